@@ -1,0 +1,38 @@
+"""Building the faust app that every ocstream command runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from socket import gethostname
+
+from .settings import Settings
+
+
+def build_app(settings: Settings, *, redis_url: str) -> Any:
+    """A faust app on the Redis transport with the dataflow of :mod:`topology` declared."""
+    import topology
+
+    data_dir = settings.data_dir.absolute()
+    (data_dir / "faust").mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=redis_url,
+        store="rocksdb://",
+        topic_partitions=settings.partitions,
+        datadir=str(data_dir / "faust"),
+        web_port=settings.port,
+        web_bind=settings.address,
+        web_host=settings.address if settings.address not in ("0.0.0.0", "::") else gethostname(),
+        broker_commit_interval=settings.commit_interval,
+        broker_commit_every=settings.commit_every,
+        table_standby_replicas=settings.standby_replicas,
+        consumer_group_instance_id=settings.instance_id,
+        stream_recovery_delay=0.1,
+        autodiscover=False,
+        topic_allow_declare=True,
+    )
+    app.transport_settings = settings.transport
+    topology.declare(app)
+    return app

@@ -1,0 +1,112 @@
+"""The ``ocstream`` command.
+
+``ocstream worker -l info [--config F] [--redis URL] [--address A] [--port P] [--data-dir D]``
+runs a faust worker; ``ocstream topology [--format text|mermaid|dot|json]`` describes the
+declared dataflow; every other faust command (``agents``, ``tables``, ``send``, …) works as
+under ``faust``. ocstream's own options may stand anywhere on the line; what is left goes to
+faust's command line.
+
+With no Redis URL, ``worker`` starts the embedded Redis under the data dir and writes its URL
+to ``<data dir>/redis/url``, so that other commands on the same data dir (``send``,
+``topology``…) talk to the same server while the worker runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .errors import OcstreamError
+from .settings import Settings, load_settings
+
+OWN_OPTIONS = {
+    "--config": "config_file",
+    "--redis": "redis_url",
+    "--address": "address",
+    "--port": "port",
+    "--data-dir": "data_dir",
+}
+
+TOPOLOGY_FORMATS = ("text", "mermaid", "dot", "json")
+
+
+def _split_argv(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for flag, dest in OWN_OPTIONS.items():
+        parser.add_argument(flag, dest=dest, type=int if dest == "port" else str)
+    known, rest = parser.parse_known_args(list(argv))
+    return vars(known), rest
+
+
+def _embedded_url_file(settings: Settings) -> Path:
+    return settings.data_dir.absolute() / "redis" / "url"
+
+
+def _running_embedded_url(settings: Settings) -> str | None:
+    """The URL of the embedded Redis a worker on this data dir is running, if it answers."""
+    path = _embedded_url_file(settings)
+    if not path.exists():
+        return None
+    url = path.read_text().strip()
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.RedisError:
+        return None
+    return url
+
+
+def _start_embedded(settings: Settings) -> str:
+    from .embedded import EmbeddedRedis
+
+    server = EmbeddedRedis(
+        settings.data_dir.absolute() / "redis", appendfsync=settings.embedded_appendfsync
+    ).start()
+    _embedded_url_file(settings).write_text(server.url + "\n")
+    print(f"ocstream: embedded Redis {server.version} at {server.url}", file=sys.stderr)
+    return server.url
+
+
+def _topology(settings: Settings, argv: list[str]) -> int:
+    from .app import build_app
+    from .dataflow import describe, render
+
+    parser = argparse.ArgumentParser(
+        prog="ocstream topology", description="Describe the dataflow declared in topology/."
+    )
+    parser.add_argument("--format", choices=TOPOLOGY_FORMATS, default="text")
+    args = parser.parse_args(argv)
+    # Describing reads declarations only: nothing connects to this URL.
+    app = build_app(settings, redis_url=settings.redis_url or "redis://127.0.0.1:6379/0")
+    app.finalize()
+    print(render(describe(app), args.format))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        own, rest = _split_argv(args)
+        settings = load_settings(own)
+        command = next((a for a in rest if not a.startswith("-")), None)
+        if command == "topology":
+            rest.remove("topology")
+            raise SystemExit(_topology(settings, rest))
+        redis_url = settings.redis_url or _running_embedded_url(settings)
+        if redis_url is None and command == "worker":
+            redis_url = _start_embedded(settings)
+        if redis_url is None:
+            redis_url = "redis://127.0.0.1:6379/0"
+        from .app import build_app
+
+        app = build_app(settings, redis_url=redis_url)
+    except OcstreamError as exc:
+        print(f"ocstream: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    sys.argv = ["ocstream", *rest]
+    app.main()
+    raise SystemExit(0)  # app.main() never returns; this keeps mypy's NoReturn honest

@@ -1,0 +1,106 @@
+"""Worker settings: parsed once, from the command line, the environment and a TOML file.
+
+Precedence, highest first: command-line options, ``OCSTREAM_*`` environment variables, the
+``[worker]`` and ``[transport]`` tables of the config file (``--config`` or
+``OCSTREAM_CONFIG_FILE``), then the defaults below.
+
+=========================  =======================  ======================================
+option                     environment              meaning
+=========================  =======================  ======================================
+``--config F``             ``OCSTREAM_CONFIG_FILE``  TOML file
+``--redis URL``            ``OCSTREAM_REDIS_URL``    Redis to use; absent: embedded Redis
+``--address A``            ``OCSTREAM_ADDRESS``      HTTP bind address (127.0.0.1)
+``--port P``               ``OCSTREAM_PORT``         HTTP port (3000)
+``--data-dir D``           ``OCSTREAM_DATA_DIR``     local state: tables, embedded Redis
+(none)                     ``OCSTREAM_APP_ID``       faust app id = consumer group (ocstream)
+(none)                     ``OCSTREAM_PARTITIONS``   default partition count (16)
+=========================  =======================  ======================================
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+from .transport.settings import TransportSettings
+
+ENV_NAMES = {
+    "config_file": "OCSTREAM_CONFIG_FILE",
+    "redis_url": "OCSTREAM_REDIS_URL",
+    "address": "OCSTREAM_ADDRESS",
+    "port": "OCSTREAM_PORT",
+    "data_dir": "OCSTREAM_DATA_DIR",
+    "app_id": "OCSTREAM_APP_ID",
+    "partitions": "OCSTREAM_PARTITIONS",
+    "instance_id": "OCSTREAM_INSTANCE_ID",
+}
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    app_id: str = Field(default="ocstream", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    config_file: Path | None = None
+    #: ``redis://`` or ``rediss://`` URL; None starts the embedded Redis.
+    redis_url: str | None = Field(default=None, pattern=r"^rediss?://")
+    address: str = "127.0.0.1"
+    port: int = Field(default=3000, ge=1, le=65535)
+    data_dir: Path = Path("data")
+    partitions: int = Field(default=16, ge=1, le=1024)
+    standby_replicas: int = Field(default=1, ge=0)
+    commit_interval: float = Field(default=1.0, gt=0)
+    commit_every: int = Field(default=10_000, ge=1)
+    #: Static membership: a stable id per worker lets a restart keep its partitions.
+    instance_id: str | None = None
+    embedded_appendfsync: Literal["always", "everysec", "no"] = "everysec"
+    transport: TransportSettings = Field(default_factory=TransportSettings)
+
+    @property
+    def embedded(self) -> bool:
+        return self.redis_url is None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such config file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def load_settings(
+    cli: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Merge the sources (see the module docstring) into one validated :class:`Settings`."""
+    env = os.environ if environ is None else environ
+    cli_values = {k: v for k, v in (cli or {}).items() if v is not None}
+    env_values = {name: env[var] for name, var in ENV_NAMES.items() if env.get(var)}
+    config_file = cli_values.get("config_file") or env_values.get("config_file")
+    file_values: dict[str, Any] = {}
+    transport_values: dict[str, Any] = {}
+    source = "defaults"
+    if config_file:
+        path = Path(config_file)
+        source = str(path)
+        document = _read_toml(path)
+        worker = document.get("worker", {})
+        transport = document.get("transport", {})
+        if not isinstance(worker, dict) or not isinstance(transport, dict):
+            raise ConfigError(f"{path}: [worker] and [transport] must be tables")
+        file_values = dict(worker)
+        transport_values = dict(transport)
+        file_values["config_file"] = path
+    values = {**file_values, **env_values, **cli_values}
+    try:
+        values["transport"] = TransportSettings.from_env(env, **transport_values)
+        return Settings(**values)
+    except (ValidationError, ValueError) as exc:
+        raise ConfigError(f"invalid settings (from {source}, environment, options): {exc}") from exc

@@ -1,0 +1,68 @@
+"""Redis connections for the transport, built from the broker URL.
+
+``redis://[[user]:password@]host[:port][/db]`` and ``rediss://…`` (TLS) are accepted; user (ACL),
+password, database and TLS options (``ssl_cert_reqs``, ``ssl_ca_certs``…) come from the URL as
+redis-py understands them. Every client retries a failed command a few times with jittered
+exponential backoff; the loops of the consumer, producer and group coordinator add their own
+longer backoff on top, so a Redis restart only pauses the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+#: Errors after which the same call may succeed once Redis is reachable again.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    OSError,
+)
+
+
+def connect(url: str, *, socket_timeout: float | None = 30.0, name: str = "ocstream") -> Redis:
+    """A client for ``url`` with retries on connection errors."""
+    return Redis.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=5.0,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        health_check_interval=15,
+        client_name=name,
+    )
+
+
+@dataclass
+class Backoff:
+    """Jittered exponential backoff for the transport's long-running loops.
+
+    ``await backoff.wait(log, "fetch", exc)`` sleeps and logs one line; ``reset()`` after a
+    success.
+    """
+
+    base: float = 0.1
+    cap: float = 5.0
+    attempts: int = 0
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.cap, self.base * (2**self.attempts))
+        self.attempts += 1
+        return random.uniform(delay / 2, delay)
+
+    async def wait(self, log: logging.Logger, what: str, exc: BaseException) -> None:
+        delay = self.next_delay()
+        log.warning("↻ %s failed (%s: %s); retrying in %.2fs", what, type(exc).__name__, exc, delay)
+        await asyncio.sleep(delay)

@@ -1,0 +1,299 @@
+"""faust's consumer on Redis: partition streams read with XREAD from client-side positions.
+
+Kafka's model is kept: the group coordinator (``group.py``) decides which partitions this worker
+owns; the consumer reads them from its own positions ("assign + seek"), faust acks and commits
+offsets, and commits are fenced by generation so that a worker that lost its partitions cannot
+move their offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+from faust.transport import base
+from faust.types import TP, ConsumerMessage
+from mode import Service, get_logger
+from redis.asyncio import Redis
+
+from .client import TRANSIENT_ERRORS, Backoff, connect
+from .group import GroupCoordinator
+from .keys import Keyspace, offset_field
+from .metrics import METRICS
+from .settings import TransportSettings
+from .wire import decode_headers, id_to_offset, partition_for_key, read_after_id
+from .writer import TopicMetadata
+
+if TYPE_CHECKING:
+    from .driver import Transport
+
+logger = get_logger(__name__)
+
+#: A fetched record: (offset, stream entry fields).
+FetchedRecord = tuple[int, dict[bytes, bytes]]
+
+#: XREAD blocks at most this long, so pauses, seeks and stops are noticed quickly.
+MAX_BLOCK_SECONDS = 1.0
+
+
+class Consumer(base.Consumer):  # type: ignore[misc]
+    """faust ``Consumer`` for ``redis://`` brokers."""
+
+    consumer_stopped_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+
+    def __post_init__(self) -> None:
+        transport = cast("Transport", self.transport)
+        self.settings: TransportSettings = transport.settings
+        self.keys = Keyspace(self.settings.prefix)
+        app_id = self.app.conf.id
+        self.client: Redis = connect(transport.redis_url, name=f"{app_id}-consumer")
+        # XREAD BLOCK holds its connection; it gets one of its own, with a socket timeout
+        # longer than the block so a silent network failure still surfaces.
+        self.fetch_client: Redis = connect(
+            transport.redis_url, socket_timeout=MAX_BLOCK_SECONDS + 10, name=f"{app_id}-fetch"
+        )
+        self.topics = TopicMetadata(self.client, self.keys)
+        self.group_keys = self.keys.group(app_id)
+        self._subscription: set[str] = set()
+        self._subscribed = asyncio.Event()
+        self._assignment: set[TP] = set()
+        self._positions: dict[TP, int | None] = {}
+        # Bumped on every seek, pause or revoke: records fetched before it are dropped.
+        self._seek_epoch: dict[TP, int] = defaultdict(int)
+        self._highwaters: dict[TP, int] = {}
+        self._fetch_backoff = Backoff()
+        self.group = GroupCoordinator(self)
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        await self.group.leave()
+        await self.client.aclose()
+        await self.fetch_client.aclose()
+
+    # -- topics ------------------------------------------------------------------------------
+    async def create_topic(
+        self, topic: str, partitions: int, replication: int, **kwargs: Any
+    ) -> None:
+        await self.topics.create(topic, partitions or self.app.conf.topic_partitions)
+
+    def topic_partitions(self, topic: str) -> int | None:
+        return self.topics.partitions.get(topic)
+
+    def key_partition(
+        self, topic: str, key: bytes | None, partition: int | None = None
+    ) -> int | None:
+        if partition is not None:
+            return partition
+        count = self.topics.partitions.get(topic)
+        return None if count is None else partition_for_key(key, count)
+
+    def _new_topicpartition(self, topic: str, partition: int) -> TP:
+        return TP(topic, partition)
+
+    # -- subscription and assignment ---------------------------------------------------------
+    async def subscribe(self, topics: Iterable[str]) -> None:
+        self._subscription = set(topics)
+        await self.topics.refresh()
+        if self.settings.auto_create_topics:
+            for topic in sorted(self._subscription - set(self.topics.partitions)):
+                count = await self.topics.create(topic, self.app.conf.topic_partitions)
+                self.log.info("Created topic %r with %d partitions", topic, count)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.sadd(self.keys.groups, self.app.conf.id)
+        pipe.delete(self.group_keys.topics)
+        if self._subscription:
+            pipe.sadd(self.group_keys.topics, *sorted(self._subscription))
+        await pipe.execute()
+        self.group.request_rejoin()
+        self._subscribed.set()
+
+    def subscription(self) -> set[str]:
+        return set(self._subscription)
+
+    def assignment(self) -> set[TP]:
+        return set(self._assignment)
+
+    def set_assignment(self, tps: set[TP]) -> None:
+        """Called by the group coordinator only."""
+        for tp in self._assignment - tps:
+            self._positions.pop(tp, None)
+            self._seek_epoch[tp] += 1
+        for tp in tps - self._assignment:
+            self._positions[tp] = None
+            self._seek_epoch[tp] += 1
+        self._assignment = set(tps)
+
+    @Service.task  # type: ignore[misc]
+    async def _group_loop(self) -> None:
+        await self._subscribed.wait()
+        await self.group.run()
+
+    # -- positions ---------------------------------------------------------------------------
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        tps = sorted(self._assignment)
+        if not tps:
+            return {}
+        raw = await self.client.hmget(
+            self.group_keys.offsets, [offset_field(tp.topic, tp.partition) for tp in tps]
+        )
+        committed: dict[TP, int] = {}
+        for tp, value in zip(tps, raw, strict=True):
+            offset = None if value is None else int(value)
+            self._set_position(tp, offset)
+            if offset is not None:
+                committed[tp] = offset
+        return committed
+
+    async def committed_offsets(self, tps: Iterable[TP]) -> dict[TP, int | None]:
+        tps = list(tps)
+        raw = await self.client.hmget(
+            self.group_keys.offsets, [offset_field(tp.topic, tp.partition) for tp in tps]
+        )
+        return {tp: None if v is None else int(v) for tp, v in zip(tps, raw, strict=True)}
+
+    def _set_position(self, tp: TP, offset: int | None) -> None:
+        self._positions[tp] = offset
+        self._seek_epoch[tp] += 1
+
+    async def _seek(self, partition: TP, offset: int) -> None:
+        self._set_position(partition, offset)
+
+    async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
+        for tp, offset in partitions.items():
+            self._set_position(tp, offset)
+
+    async def seek_to_beginning(self, *partitions: TP) -> None:
+        for tp, offset in (await self.earliest_offsets(*partitions)).items():
+            self._set_position(tp, offset)
+
+    async def position(self, tp: TP) -> int | None:
+        return self._positions.get(tp)
+
+    def highwater(self, tp: TP) -> int:
+        # Called for every message by faust's monitor: a cached value, refreshed by fetches.
+        return self._highwaters.get(tp, 0)
+
+    async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
+        if not partitions:
+            return {}
+        raw = await self.client.mget(
+            [self.keys.sequence(tp.topic, tp.partition) for tp in partitions]
+        )
+        out: dict[TP, int] = {}
+        for tp, value in zip(partitions, raw, strict=True):
+            # The sequence counter is the last seq written, i.e. the next offset.
+            out[tp] = self._highwaters[tp] = int(value or 0)
+        return out
+
+    async def earliest_offsets(self, *partitions: TP) -> Mapping[TP, int]:
+        if not partitions:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for tp in partitions:
+            pipe.xrange(self.keys.stream(tp.topic, tp.partition), count=1)
+        firsts = await pipe.execute()
+        highwaters = await self.highwaters(*partitions)
+        return {
+            tp: id_to_offset(entries[0][0]) if entries else highwaters[tp]
+            for tp, entries in zip(partitions, firsts, strict=True)
+        }
+
+    # -- fetching ----------------------------------------------------------------------------
+    async def _getmany(
+        self, active_partitions: set[TP] | None, timeout: float
+    ) -> Mapping[TP, list[FetchedRecord]]:
+        tps = [tp for tp in (active_partitions or ()) if tp in self._assignment]
+        if not tps:
+            await asyncio.sleep(min(timeout, MAX_BLOCK_SECONDS))
+            return {}
+        latest = self.app.conf.consumer_auto_offset_reset == "latest"
+        streams: dict[str, str] = {}
+        by_key: dict[bytes, TP] = {}
+        epochs: dict[TP, int] = {}
+        for tp in tps:
+            key = self.keys.stream(tp.topic, tp.partition)
+            position = self._positions.get(tp)
+            if position is None:
+                streams[key] = "$" if latest else "0-0"
+            else:
+                streams[key] = read_after_id(position)
+            by_key[key.encode()] = tp
+            epochs[tp] = self._seek_epoch[tp]
+        try:
+            reply = await self.fetch_client.xread(
+                streams,
+                count=self.settings.fetch_count,
+                block=max(1, int(min(timeout, MAX_BLOCK_SECONDS) * 1000)),
+            )
+        except TRANSIENT_ERRORS as exc:
+            METRICS.fetch_errors += 1
+            if not self.should_stop:
+                await self._fetch_backoff.wait(self.log, "fetch", exc)
+            return {}
+        self._fetch_backoff.reset()
+        records: dict[TP, list[FetchedRecord]] = {}
+        for key, entries in reply or ():
+            tp = by_key[key]
+            if self._seek_epoch[tp] != epochs[tp] or tp not in self._assignment:
+                continue  # seeked, paused or revoked while XREAD was blocked
+            batch = [(id_to_offset(entry_id), fields) for entry_id, fields in entries]
+            if batch:
+                records[tp] = batch
+                METRICS.records_fetched += len(batch)
+                next_offset = batch[-1][0] + 1
+                self._positions[tp] = next_offset
+                if next_offset > self._highwaters.get(tp, 0):
+                    self._highwaters[tp] = next_offset
+        return records
+
+    def _to_message(self, tp: TP, record: FetchedRecord) -> ConsumerMessage:
+        offset, fields = record
+        key = fields.get(b"k")
+        value = fields.get(b"v")
+        return ConsumerMessage(
+            tp.topic,
+            tp.partition,
+            offset,
+            int(fields.get(b"t", 0)) / 1000.0,
+            0,
+            decode_headers(fields.get(b"h")),
+            key,
+            value,
+            None,
+            len(key) if key else 0,
+            len(value) if value else 0,
+            tp,
+            generation_id=self.app.consumer_generation_id,
+        )
+
+    # -- committing --------------------------------------------------------------------------
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        if not offsets:
+            return True
+        try:
+            accepted = await self.group.commit(
+                {offset_field(tp.topic, tp.partition): off for tp, off in offsets.items()}
+            )
+        except TRANSIENT_ERRORS as exc:
+            self.log.warning("Commit failed (%s: %s); faust retries it", type(exc).__name__, exc)
+            return False
+        METRICS.commits += 1
+        if not accepted:
+            METRICS.commits_fenced += 1
+            self.log.warning(
+                "Commit fenced: generation %d no longer owns %s",
+                self.group.generation,
+                sorted(offsets),
+            )
+        return accepted
+
+    def close(self) -> None:
+        pass
+
+    def verify_event_path(self, now: float, tp: TP) -> None:
+        pass
+
+    def verify_recovery_event_path(self, now: float, tp: TP) -> None:
+        pass

@@ -1,0 +1,368 @@
+"""Consumer-group coordination on Redis: who owns which partition, generation by generation.
+
+An eager protocol in the spirit of Kafka's JoinGroup/SyncGroup, with all decisions about
+assignment left to faust's own ``PartitionAssignor`` (copartitioning, standby replicas and the
+``/router/`` table map keep working).
+
+Every ``heartbeat_interval`` each member runs one :meth:`GroupCoordinator.tick`:
+
+1. **Heartbeat** (Lua, Redis server time): refresh its deadline in ``members`` and take or
+   renew the leader lease.
+2. **Lead** (the lease holder only): drop members whose deadline passed; if the members, their
+   subscriptions or the partition counts changed, start generation ``gen+1`` in phase
+   ``revoking``. Once every member of that generation has released its partitions (or the
+   rebalance timeout evicts the ones that did not), run the assignor and publish the
+   assignment, phase ``stable``. Each transition is a Lua script that checks the lease and the
+   expected generation, so a deposed leader cannot overwrite a newer decision.
+3. **Follow**: on a new ``revoking`` generation, stop fetching, wait until everything taken is
+   acked, **commit** and only then hand the partitions back to faust (the order that avoids
+   faust-streaming#502 duplicates), and acknowledge. On a new ``stable`` generation, take the
+   partitions assigned to it.
+
+Commits are fenced by the COMMIT script: they are accepted from the owners of the current
+stable generation, and during a rebalance from members that have not released yet.
+
+Member ids are random per process unless ``consumer_group_instance_id`` is set (static
+membership): a static member that restarts within the session timeout finds its assignment
+waiting and no rebalance happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import os
+import socket
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
+from faust.types import TP
+from mode import get_logger
+
+from . import retention, scripts
+from .client import TRANSIENT_ERRORS, Backoff
+from .metrics import METRICS
+
+if TYPE_CHECKING:
+    from .consumer import Consumer
+
+logger = get_logger(__name__)
+
+
+class MemberState(enum.Enum):
+    JOINING = "joining"  # no assignment yet
+    REVOKED = "revoked"  # released everything for a rebalance; waiting for the assignment
+    STABLE = "stable"  # owns the assignment of `generation`
+    STOPPED = "stopped"
+
+
+class _Cluster:
+    """The one method of aiokafka's ClusterMetadata that faust's assignor calls."""
+
+    def __init__(self, partitions: dict[str, int]) -> None:
+        self._partitions = partitions
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        count = self._partitions.get(topic)
+        return set(range(count)) if count else None
+
+
+def _member_identity(raw: bytes) -> str:
+    """What about a member makes a new assignment necessary: its subscription and its URL.
+
+    The rest of the metadata (the member's current assignment, kept for stickiness) changes after
+    every assignment and must not trigger another one.
+    """
+    meta = ConsumerProtocolMemberMetadata.decode(raw)
+    url = orjson.loads(meta.user_data).get("url", "") if meta.user_data else ""
+    text = "\n".join([*sorted(meta.subscription), url])
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+class GroupCoordinator:
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+        self.app = consumer.app
+        self.settings = consumer.settings
+        self.keys = consumer.group_keys
+        instance_id = self.app.conf.consumer_group_instance_id
+        self.static = bool(instance_id)
+        self.member_id: str = instance_id or (
+            f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
+        self.state = MemberState.JOINING
+        #: Generation whose assignment this member holds; its commits are fenced with it.
+        self.generation = 0
+        self._acked_generation = 0
+        self._checked_generation = 0
+        self._send_metadata = True
+        self._change_seen_at: int | None = None
+        self._last_retention = 0.0
+        self._backoff = Backoff()
+        self.is_leader = False
+
+    @property
+    def client(self) -> Any:
+        return self.consumer.client
+
+    def request_rejoin(self) -> None:
+        self._send_metadata = True
+
+    # -- loop --------------------------------------------------------------------------------
+    async def run(self) -> None:
+        while not self.consumer.should_stop and self.state is not MemberState.STOPPED:
+            try:
+                await self.tick()
+                self._backoff.reset()
+            except asyncio.CancelledError:
+                raise
+            except TRANSIENT_ERRORS as exc:
+                if self.consumer.should_stop:
+                    return
+                await self._backoff.wait(logger, "group heartbeat", exc)
+                continue
+            except Exception:
+                if self.consumer.should_stop:
+                    return
+                logger.exception("[group] %s: tick failed", self.member_id)
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+    async def tick(self) -> None:
+        if self._send_metadata:
+            await self._publish_metadata()
+        is_leader, has_meta, gen, phase, stable_gen, now = await scripts.heartbeat(
+            self.client,
+            [self.keys.members, self.keys.leader, self.keys.state, self.keys.meta],
+            [self.member_id, int(self.settings.session_timeout * 1000)],
+        )
+        if not int(has_meta):
+            # Evicted (expired or timed out in a rebalance) while alive: join again.
+            await self._publish_metadata()
+        if bool(int(is_leader)) != self.is_leader:
+            self.is_leader = bool(int(is_leader))
+            if self.is_leader:
+                logger.info("[group] %s: leader of group %s", self.member_id, self.app.conf.id)
+        if self.is_leader:
+            await self._lead(int(now))
+        await self._follow(int(gen), phase.decode() if phase else "", int(stable_gen))
+
+    async def _publish_metadata(self) -> None:
+        subscription = self.consumer.subscription()
+        raw = self.app.assignor.metadata(subscription).encode()
+        await self.client.hset(self.keys.meta, self.member_id, raw)
+        self._send_metadata = False
+
+    # -- leader ------------------------------------------------------------------------------
+    async def _lead(self, now: int) -> None:
+        expired = await scripts.expire_members(
+            self.client, [self.keys.members, self.keys.meta, self.keys.leader], [self.member_id]
+        )
+        for member in expired:
+            logger.warning("[group] member %s missed its heartbeats: removed", member.decode())
+        members = {m.decode() for m in await self.client.zrange(self.keys.members, 0, -1)}
+        metas = {
+            m.decode(): raw
+            for m, raw in (await self.client.hgetall(self.keys.meta)).items()
+            if m.decode() in members
+        }
+        partitions = await self.consumer.topics.refresh()
+        subscribed: set[str] = set()
+        for raw in metas.values():
+            subscribed.update(ConsumerProtocolMemberMetadata.decode(raw).subscription)
+        snapshot: dict[str, Any] = {
+            "members": {m: _member_identity(raw) for m, raw in sorted(metas.items())},
+            "topics": {t: partitions.get(t, 0) for t in sorted(subscribed)},
+        }
+        state = await self.client.hgetall(self.keys.state)
+        gen = int(state.get(b"gen", 0))
+        phase = state.get(b"phase", b"").decode()
+        recorded = orjson.loads(state.get(b"members", b"{}"))
+        if snapshot != recorded:
+            if not snapshot["members"]:
+                return
+            if not recorded.get("members") and self.settings.initial_rebalance_delay:
+                # An empty group is forming: give the other members a moment to show up so
+                # they do not each cause a rebalance.
+                if self._change_seen_at is None:
+                    self._change_seen_at = now
+                if now - self._change_seen_at < self.settings.initial_rebalance_delay * 1000:
+                    return
+            self._change_seen_at = None
+            new_gen = await scripts.begin_rebalance(
+                self.client,
+                [self.keys.state, self.keys.leader],
+                [self.member_id, gen, orjson.dumps(snapshot)],
+            )
+            if new_gen:
+                logger.info(
+                    "[group] generation %d: %s (%d members)",
+                    new_gen,
+                    _describe_change(recorded, snapshot),
+                    len(snapshot["members"]),
+                )
+            return
+        if phase == "revoking":
+            await self._complete_rebalance(now, gen, state, snapshot, metas, partitions)
+        elif now / 1000 - self._last_retention >= self.settings.retention_interval:
+            self._last_retention = now / 1000
+            await retention.apply(self.consumer, self.app.tables.changelog_topics)
+
+    async def _complete_rebalance(
+        self,
+        now: int,
+        gen: int,
+        state: dict[bytes, bytes],
+        snapshot: dict[str, Any],
+        metas: dict[str, bytes],
+        partitions: dict[str, int],
+    ) -> None:
+        expected = set(snapshot["members"])
+        acked = {m.decode() for m in await self.client.smembers(self.keys.revoked(gen))}
+        waiting = expected - acked
+        if waiting:
+            started = int(state.get(b"started", now))
+            if now - started < self.settings.rebalance_timeout * 1000:
+                return
+            logger.warning(
+                "[group] generation %d: %s did not release within %.0fs: evicted",
+                gen,
+                ", ".join(sorted(waiting)),
+                self.settings.rebalance_timeout,
+            )
+        participants = sorted(expected - waiting)
+        member_metadata = {m: ConsumerProtocolMemberMetadata.decode(metas[m]) for m in participants}
+        assignment = self.app.assignor.assign(_Cluster(partitions), member_metadata)
+        final = {
+            "members": {m: snapshot["members"][m] for m in participants},
+            "topics": snapshot["topics"],
+        }
+        args: list[Any] = [self.member_id, gen, orjson.dumps(final), len(waiting), *sorted(waiting)]
+        for member, member_assignment in assignment.items():
+            args += [member, member_assignment.encode()]
+        done = await scripts.complete_rebalance(
+            self.client,
+            [
+                self.keys.state,
+                self.keys.leader,
+                self.keys.assignment(gen),
+                self.keys.members,
+                self.keys.meta,
+                self.keys.assignment(0)[:-1],
+            ],
+            args,
+        )
+        if done:
+            logger.info("[group] generation %d assigned to %d members", gen, len(participants))
+
+    # -- every member ------------------------------------------------------------------------
+    async def _follow(self, gen: int, phase: str, stable_gen: int) -> None:
+        if phase == "revoking" and gen > self._acked_generation:
+            await self._release(commit=True)
+            await scripts.ack_revoke(
+                self.client, [self.keys.state, self.keys.revoked(gen)], [self.member_id, gen]
+            )
+            self._acked_generation = gen
+            self.state = MemberState.REVOKED
+            return
+        if phase != "stable" or stable_gen in (self.generation, self._checked_generation):
+            return
+        self._checked_generation = stable_gen
+        raw = await self.client.hget(self.keys.assignment(stable_gen), self.member_id)
+        if raw is None:
+            # Not part of this generation (joined late, or evicted): give back anything held,
+            # whose offsets it can no longer commit anyway, and make sure the leader sees us.
+            if self.consumer.assignment():
+                await self._release(commit=False)
+            self.state = MemberState.JOINING
+            self._send_metadata = True
+            return
+        await self._take(stable_gen, raw)
+
+    async def _release(self, *, commit: bool) -> None:
+        consumer = self.consumer
+        revoked = consumer.assignment()
+        self.app.on_rebalance_start()
+        if revoked and commit:
+            # faust's own revoke drops the acks of these partitions before its commit (the
+            # cause of faust-streaming#502), so drain and commit first.
+            consumer.stop_flow()
+            self.app.flow_control.suspend()
+            consumer.pause_partitions(revoked)
+            self.app.flow_control.clear()
+            await consumer.wait_empty()
+        await consumer.on_partitions_revoked(revoked)
+        consumer.set_assignment(set())
+        if revoked:
+            logger.info("[group] %s: released %d partitions", self.member_id, len(revoked))
+
+    async def _take(self, gen: int, raw: bytes) -> None:
+        if self.consumer.assignment():
+            await self._release(commit=True)
+        assignment = ConsumerProtocolMemberAssignment.decode(raw)
+        self.app.assignor.on_assignment(assignment)
+        tps = {TP(topic, p) for topic, parts in assignment.assignment for p in parts}
+        if not self.app.rebalancing:
+            self.app.on_rebalance_start()
+        self.generation = gen
+        self.state = MemberState.STABLE
+        METRICS.rebalances += 1
+        self.consumer.set_assignment(tps)
+        self.app.consumer_generation_id = gen
+        logger.info("[group] %s: generation %d -> %d partitions", self.member_id, gen, len(tps))
+        await self.consumer.on_partitions_assigned(tps, gen)
+        # Our metadata now carries this assignment, which keeps the next one sticky.
+        self._send_metadata = True
+
+    async def commit(self, offsets: dict[str, int]) -> bool:
+        args: list[Any] = [self.member_id, self.generation]
+        for field, offset in offsets.items():
+            args += [field, offset]
+        accepted = await scripts.commit(
+            self.client,
+            [self.keys.state, self.keys.offsets, self.keys.revoked(0)[:-1]],
+            args,
+        )
+        return bool(accepted)
+
+    async def leave(self) -> None:
+        """Graceful stop: a dynamic member leaves now, so the others rebalance at once.
+
+        A static member stays registered until its session times out, so that a restart (a
+        rolling upgrade) gets the same partitions back without a rebalance.
+        """
+        self.state = MemberState.STOPPED
+        if self.static:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrem(self.keys.members, self.member_id)
+            pipe.hdel(self.keys.meta, self.member_id)
+            await pipe.execute()
+            if await self.client.get(self.keys.leader) == self.member_id.encode():
+                await self.client.delete(self.keys.leader)
+            logger.info("[group] %s: left group %s", self.member_id, self.app.conf.id)
+        except TRANSIENT_ERRORS as exc:
+            logger.warning("[group] %s: could not leave cleanly: %s", self.member_id, exc)
+
+
+def _describe_change(before: dict[str, Any], after: dict[str, Any]) -> str:
+    old = before.get("members", {})
+    new = after.get("members", {})
+    parts = []
+    if joined := sorted(set(new) - set(old)):
+        parts.append("joined " + ", ".join(joined))
+    if left := sorted(set(old) - set(new)):
+        parts.append("left " + ", ".join(left))
+    if changed := sorted(m for m in set(new) & set(old) if new[m] != old[m]):
+        parts.append("changed " + ", ".join(changed))
+    if before.get("topics") != after.get("topics"):
+        parts.append("topics changed")
+    return "; ".join(parts) or "first assignment"
+
+

@@ -1,0 +1,27 @@
+"""Counters of the transport, read by the worker's ``/metrics`` endpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class TransportMetrics:
+    records_produced: int = 0
+    produce_retries: int = 0
+    records_fetched: int = 0
+    fetch_errors: int = 0
+    commits: int = 0
+    commits_fenced: int = 0
+    rebalances: int = 0
+    retention_trimmed: int = 0
+    #: Entries trimmed by retention before some group committed them (they were lost to it).
+    retention_trimmed_uncommitted: int = 0
+    tombstones_removed: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+#: One set of counters per process (a worker runs one transport).
+METRICS = TransportMetrics()

@@ -1,0 +1,181 @@
+"""faust's producer on Redis: records are queued and appended in pipelined batches.
+
+``send()`` only queues; a background task drains the queue every ``linger_ms`` and writes all
+queued records in one round trip (one Lua call per partition), which is what makes table
+changelog writes cheap. A transient Redis error keeps the batch and retries it with backoff
+until Redis answers (a retried batch may be written twice if the first reply was lost: the
+transport is at-least-once, like faust on Kafka without transactions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, cast
+
+from faust.transport import base
+from faust.types import TP, RecordMetadata
+from mode import Service, get_logger
+from redis.asyncio import Redis
+
+from .client import TRANSIENT_ERRORS, Backoff, connect
+from .keys import Keyspace
+from .metrics import METRICS
+from .settings import TransportSettings
+from .wire import Record, partition_for_key, to_bytes
+from .writer import TopicMetadata, append_records
+
+if TYPE_CHECKING:
+    from .driver import Transport
+
+logger = get_logger(__name__)
+
+_Pending = tuple[str, int, Record, "asyncio.Future[RecordMetadata]"]
+
+
+class Producer(base.Producer):  # type: ignore[misc]
+    """faust ``Producer`` for ``redis://`` brokers."""
+
+    _client: Redis | None = None
+
+    def __post_init__(self) -> None:
+        transport = cast("Transport", self.transport)
+        self.settings: TransportSettings = transport.settings
+        self.keys = Keyspace(self.settings.prefix)
+        self._pending: list[_Pending] = []
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._compacted: set[str] = set()
+
+    @property
+    def client(self) -> Redis:
+        if self._client is None:
+            transport = cast("Transport", self.transport)
+            self._client = connect(transport.redis_url, name=f"{self.app.conf.id}-producer")
+            self._topics = TopicMetadata(self._client, self.keys)
+        return self._client
+
+    @property
+    def topics(self) -> TopicMetadata:
+        _ = self.client
+        return self._topics
+
+    async def on_stop(self) -> None:
+        await self.flush()
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def create_topic(
+        self, topic: str, partitions: int, replication: int, **kwargs: Any
+    ) -> None:
+        if kwargs.get("compacting"):
+            self._compacted.add(topic)
+        await self.topics.create(topic, partitions or self.app.conf.topic_partitions)
+
+    def key_partition(self, topic: str, key: bytes) -> TP:
+        count = self.topics.partitions.get(topic) or self.app.conf.topic_partitions
+        return TP(topic, partition_for_key(key, count))
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+        *,
+        transactional_id: str | None = None,
+    ) -> Awaitable[RecordMetadata]:
+        if partition is None:
+            count = await self.topics.get(topic, create_with=self.app.conf.topic_partitions)
+            partition = partition_for_key(key, cast(int, count))
+        ts = timestamp if timestamp is not None else time.time()
+        items = list(headers.items()) if isinstance(headers, dict) else list(headers or ())
+        record = Record(to_bytes(key), to_bytes(value), int(ts * 1000), items)
+        fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+        self._pending.append((topic, partition, record, fut))
+        self._idle.clear()
+        self._wakeup.set()
+        return fut
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+        *,
+        transactional_id: str | None = None,
+    ) -> RecordMetadata:
+        fut = await self.send(topic, key, value, partition, timestamp, headers)
+        return await fut
+
+    def _compacted_topics(self) -> set[str]:
+        # Table changelogs are compacted, whether or not create_topic ran in this process.
+        return self._compacted | set(self.app.tables.changelog_topics)
+
+    @Service.task  # type: ignore[misc]
+    async def _flusher(self) -> None:
+        linger = self.settings.linger_ms / 1000.0
+        backoff = Backoff()
+        while not self.should_stop:
+            await self._wakeup.wait()
+            if linger:
+                await asyncio.sleep(linger)
+            self._wakeup.clear()
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    results = await append_records(
+                        self.client,
+                        self.keys,
+                        [(topic, p, record) for topic, p, record, _ in batch],
+                        self._compacted_topics(),
+                    )
+                except TRANSIENT_ERRORS as exc:
+                    if self.should_stop:
+                        self._fail(batch, exc)
+                        break
+                    self._pending[:0] = batch  # keep order: the failed batch goes first
+                    METRICS.produce_retries += 1
+                    await backoff.wait(logger, "produce", exc)
+                    continue
+                backoff.reset()
+                METRICS.records_produced += len(batch)
+                for (topic, partition, record, fut), result in zip(batch, results, strict=True):
+                    if fut.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        fut.set_exception(result)
+                    else:
+                        fut.set_result(
+                            RecordMetadata(
+                                topic,
+                                partition,
+                                TP(topic, partition),
+                                result,
+                                record.timestamp_ms / 1000.0,
+                                0,
+                            )
+                        )
+            self._idle.set()
+
+    @staticmethod
+    def _fail(batch: list[_Pending], exc: BaseException) -> None:
+        for *_, fut in batch:
+            if not fut.done():
+                fut.set_exception(exc)
+
+    async def flush(self) -> None:
+        await self.buffer.flush()
+        if not self._idle.is_set():  # records queued or a batch in flight
+            self._wakeup.set()
+            await self._idle.wait()
+
+    def supports_headers(self) -> bool:
+        return True

@@ -1,0 +1,104 @@
+"""Bounded retention: Redis keeps every entry in memory, so topics must not grow forever.
+
+The leader of each group runs :func:`apply` every ``retention_interval``:
+
+* a non-compacted topic keeps at most ``max_len`` entries per partition (``XTRIM MINID``, which
+  Redis 6.2 has). The cut normally lies below every group's committed offset; when it does not
+  (a group fell that far behind), the entries are trimmed anyway — memory is the harder limit —
+  and the loss is logged with the group and partition and counted in
+  ``retention_trimmed_uncommitted``.
+* a compacted changelog is bounded by its key count already; tombstones older than
+  ``tombstone_retention`` are removed together with their compaction-index entries.
+
+A per-topic limit can be set in the ``retention`` hash (topic -> max entries; 0 keeps all).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import TYPE_CHECKING
+
+from mode import get_logger
+
+from . import scripts
+from .keys import offset_field
+from .metrics import METRICS
+
+if TYPE_CHECKING:
+    from .consumer import Consumer
+
+logger = get_logger(__name__)
+
+TOMBSTONES_PER_CALL = 1000
+
+
+async def apply(consumer: Consumer, compacted: Collection[str]) -> None:
+    client = consumer.client
+    keys = consumer.keys
+    settings = consumer.settings
+    partitions = consumer.topics.partitions
+    topics = sorted(t for t in consumer.subscription() if partitions.get(t))
+    limits = {k.decode(): int(v) for k, v in (await client.hgetall(keys.retention)).items()}
+    groups = sorted(g.decode() for g in await client.smembers(keys.groups))
+    for topic in topics:
+        count = partitions[topic]
+        if topic in compacted:
+            calls: list[scripts.ScriptCall] = [
+                (
+                    scripts.trim_tombstones,
+                    [
+                        keys.stream(topic, p),
+                        keys.compaction_index(topic, p),
+                        keys.tombstones(topic, p),
+                    ],
+                    [int(settings.tombstone_retention * 1000), TOMBSTONES_PER_CALL],
+                )
+                for p in range(count)
+            ]
+            removed = sum(
+                r for r in await scripts.run_pipelined(client, calls) if isinstance(r, int)
+            )
+            if removed:
+                METRICS.tombstones_removed += removed
+                logger.info("Removed %d old tombstones from changelog %r", removed, topic)
+            continue
+        max_len = limits.get(topic, settings.max_len)
+        if max_len <= 0:
+            continue
+        await _trim_topic(consumer, topic, count, max_len, groups)
+
+
+async def _trim_topic(
+    consumer: Consumer, topic: str, count: int, max_len: int, groups: list[str]
+) -> None:
+    client = consumer.client
+    keys = consumer.keys
+    highwaters = await client.mget([keys.sequence(topic, p) for p in range(count)])
+    readers = []
+    for group in groups:
+        if await client.sismember(keys.group(group).topics, topic):
+            readers.append(group)
+    for p, raw in enumerate(highwaters):
+        cut = int(raw or 0) - max_len  # offsets below `cut` go
+        if cut <= 0:
+            continue
+        field = offset_field(topic, p)
+        for group in readers:
+            committed = int(await client.hget(keys.group(group).offsets, field) or 0)
+            if committed < cut:
+                lost = cut - committed
+                METRICS.retention_trimmed_uncommitted += lost
+                logger.warning(
+                    "Retention of %s[%d] (%d entries) trims %d entries group %r has not "
+                    "committed (committed %d, trimmed below %d)",
+                    topic,
+                    p,
+                    max_len,
+                    lost,
+                    group,
+                    committed,
+                    cut,
+                )
+        # Offset `cut` has id 0-(cut+1): everything below it goes.
+        trimmed = await client.xtrim(keys.stream(topic, p), minid=f"0-{cut + 1}", approximate=False)
+        METRICS.retention_trimmed += int(trimmed or 0)

@@ -1,0 +1,256 @@
+"""Lua scripts: every state change that must be atomic runs inside Redis.
+
+Scripts are loaded once per connection pool and called with EVALSHA; a NOSCRIPT reply (Redis was
+restarted or flushed its script cache) makes :class:`LuaScript` load the script again and retry.
+
+Only commands that exist in Redis 6.2 are used (no ``XADD key 0-*``, which is 7.0 only): dense
+offsets come from a per-partition sequence counter kept next to the stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+# Appends records to one partition with dense ids 0-<seq>.
+# KEYS: stream, sequence counter, compaction index, tombstones
+# ARGV: compact ('1' or '0'), then per record: field count n, then n values (name, value, ...)
+# Returns {first seq, last seq} of the records written.
+APPEND = """
+local stream, seqkey, index, tombs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local compact = ARGV[1] == '1'
+local seq = tonumber(redis.call('GET', seqkey) or '0')
+local first = seq + 1
+local now = nil
+local i = 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  seq = seq + 1
+  local id = '0-' .. seq
+  local res = redis.pcall('XADD', stream, id, unpack(ARGV, i + 1, i + n))
+  if type(res) == 'table' and res.err then
+    -- The counter is behind the stream (its key was lost): resume after the stream's last id.
+    local info = redis.call('XINFO', 'STREAM', stream)
+    for j = 1, #info, 2 do
+      if info[j] == 'last-generated-id' then
+        seq = tonumber(string.match(info[j + 1], '%d+-(%d+)')) + 1
+      end
+    end
+    if i == 2 then first = seq end
+    id = '0-' .. seq
+    redis.call('XADD', stream, id, unpack(ARGV, i + 1, i + n))
+  end
+  if compact then
+    local key, has_value = nil, false
+    for j = i + 1, i + n, 2 do
+      if ARGV[j] == 'k' then key = ARGV[j + 1] elseif ARGV[j] == 'v' then has_value = true end
+    end
+    if key then
+      local prev = redis.call('HGET', index, key)
+      if prev then
+        redis.call('XDEL', stream, prev)
+        redis.call('ZREM', tombs, prev)
+      end
+      redis.call('HSET', index, key, id)
+      if not has_value then
+        if not now then
+          local t = redis.call('TIME')
+          now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        end
+        redis.call('ZADD', tombs, now, id)
+      end
+    end
+  end
+  i = i + n + 1
+end
+redis.call('SET', seqkey, seq)
+return {first, seq}
+"""
+
+# Removes changelog tombstones older than the retention, with their compaction index entries.
+# KEYS: stream, compaction index, tombstones ; ARGV: retention ms, max entries per call
+TRIM_TOMBSTONES = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[1]),
+                       'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(ids) do
+  local entries = redis.call('XRANGE', KEYS[1], id, id)
+  if #entries == 1 then
+    local fields = entries[1][2]
+    for j = 1, #fields, 2 do
+      if fields[j] == 'k' and redis.call('HGET', KEYS[2], fields[j + 1]) == id then
+        redis.call('HDEL', KEYS[2], fields[j + 1])
+      end
+    end
+    redis.call('XDEL', KEYS[1], id)
+  end
+  redis.call('ZREM', KEYS[3], id)
+end
+return #ids
+"""
+
+# A member's heartbeat, judged by Redis server time, and an attempt to take or keep the lease.
+# KEYS: members, leader, state, meta ; ARGV: member, session ms
+# Returns {is leader, has metadata, gen, phase, stable gen, server now ms}
+HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local session = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now + session, ARGV[1])
+local leader = redis.call('GET', KEYS[2])
+local is_leader = 0
+if not leader then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', session)
+  is_leader = 1
+elseif leader == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], session)
+  is_leader = 1
+end
+local st = redis.call('HMGET', KEYS[3], 'gen', 'phase', 'stable_gen')
+return {is_leader, redis.call('HEXISTS', KEYS[4], ARGV[1]), st[1] or '0', st[2] or '',
+        st[3] or '0', now}
+"""
+
+# Leader only: drop members whose heartbeat deadline passed. Returns the removed member ids.
+# KEYS: members, meta, leader ; ARGV: leader member id
+EXPIRE_MEMBERS = """
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return {} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+for _, m in ipairs(gone) do
+  redis.call('ZREM', KEYS[1], m)
+  redis.call('HDEL', KEYS[2], m)
+end
+return gone
+"""
+
+# Leader only: start generation gen+1 (phase revoking) if the state is still at gen.
+# KEYS: state, leader ; ARGV: leader member id, expected gen, members snapshot (json)
+# Returns the new generation, or 0 when fenced.
+BEGIN_REBALANCE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
+if gen ~= tonumber(ARGV[2]) then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'gen', gen + 1, 'phase', 'revoking', 'members', ARGV[3],
+           'started', now)
+return gen + 1
+"""
+
+# A member has released every partition for generation gen.
+# KEYS: state, revoked:{gen} ; ARGV: member, gen.  Returns 1, or 0 if gen is no longer current.
+ACK_REVOKE = """
+local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
+if gen ~= tonumber(ARGV[2]) or redis.call('HGET', KEYS[1], 'phase') ~= 'revoking' then
+  return 0
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], 86400)
+return 1
+"""
+
+# Leader only: publish the assignment of generation gen and make it stable.
+# KEYS: state, leader, assign:{gen}, members, meta, old assignment key prefix
+# ARGV: leader member id, gen, members snapshot (json), evicted count e, e member ids,
+#       then member id / assignment bytes pairs
+# Returns 1, or 0 when fenced.
+COMPLETE_REBALANCE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local gen = tonumber(ARGV[2])
+if tonumber(redis.call('HGET', KEYS[1], 'gen') or '0') ~= gen or
+   redis.call('HGET', KEYS[1], 'phase') ~= 'revoking' then
+  return 0
+end
+local evicted = tonumber(ARGV[4])
+for i = 5, 4 + evicted do
+  redis.call('ZREM', KEYS[4], ARGV[i])
+  redis.call('HDEL', KEYS[5], ARGV[i])
+end
+local old = redis.call('HGET', KEYS[1], 'stable_gen')
+redis.call('DEL', KEYS[3])
+for i = 5 + evicted, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'phase', 'stable', 'stable_gen', gen, 'members', ARGV[3])
+if old and tonumber(old) ~= gen then redis.call('DEL', KEYS[6] .. old) end
+return 1
+"""
+
+# Fenced commit: only the owner of the current stable generation may move offsets; during a
+# rebalance the previous owner may still commit until it acknowledges the revoke.
+# KEYS: state, offsets, revoked key prefix ; ARGV: member, member's gen, field, offset, ...
+COMMIT = """
+local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
+local phase = redis.call('HGET', KEYS[1], 'phase')
+local stable = tonumber(redis.call('HGET', KEYS[1], 'stable_gen') or '0')
+local mine = tonumber(ARGV[2])
+local ok = false
+if phase == 'stable' and gen == mine then
+  ok = true
+elseif phase == 'revoking' and stable == mine and
+       redis.call('SISMEMBER', KEYS[3] .. gen, ARGV[1]) == 0 then
+  ok = true
+end
+if not ok then return 0 end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+
+class LuaScript:
+    """A script called by SHA, reloaded transparently after a NOSCRIPT reply."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(
+        self, client: Redis, keys: Sequence[str], args: Sequence[Any] = ()
+    ) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+
+ScriptCall = tuple[LuaScript, Sequence[str], Sequence[Any]]
+
+
+async def run_pipelined(client: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Run many script calls in one round trip; exceptions are returned, not raised.
+
+    A call answered NOSCRIPT did nothing, so after loading the scripts it is sent again.
+    """
+    pipe = client.pipeline(transaction=False)
+    for script, keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    results: list[Any] = await pipe.execute(raise_on_error=False)
+    missing = [i for i, res in enumerate(results) if isinstance(res, NoScriptError)]
+    if not missing:
+        return results
+    for script in {calls[i][0] for i in missing}:
+        await client.script_load(script.source)
+    retry = client.pipeline(transaction=False)
+    for i in missing:
+        script, keys, args = calls[i]
+        retry.evalsha(script.sha, len(keys), *keys, *args)
+    for i, res in zip(missing, await retry.execute(raise_on_error=False), strict=True):
+        results[i] = res
+    return results
+
+
+append = LuaScript(APPEND)
+trim_tombstones = LuaScript(TRIM_TOMBSTONES)
+heartbeat = LuaScript(HEARTBEAT)
+expire_members = LuaScript(EXPIRE_MEMBERS)
+begin_rebalance = LuaScript(BEGIN_REBALANCE)
+ack_revoke = LuaScript(ACK_REVOKE)
+complete_rebalance = LuaScript(COMPLETE_REBALANCE)
+commit = LuaScript(COMMIT)

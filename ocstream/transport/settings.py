@@ -1,0 +1,65 @@
+"""Tunables of the Redis transport, parsed once into a typed object.
+
+An app carries them as ``app.transport_settings`` (``ocstream.app.build_app`` sets it); an app
+without one (a plain faust app using ``broker="redis://…"``) gets the defaults, each of which
+can be overridden by an ``OCSTREAM_TRANSPORT_<NAME>`` environment variable, e.g.
+``OCSTREAM_TRANSPORT_SESSION_TIMEOUT=4``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .keys import DEFAULT_PREFIX
+
+ENV_PREFIX = "OCSTREAM_TRANSPORT_"
+
+
+class TransportSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Prefix of every key (several deployments may share one Redis with different prefixes).
+    prefix: str = DEFAULT_PREFIX
+    #: How long the producer waits to batch more records into one round trip (like linger.ms).
+    linger_ms: float = Field(default=1.0, ge=0, le=1000)
+    #: Most records returned by one XREAD per partition.
+    fetch_count: int = Field(default=1000, ge=1, le=100_000)
+    #: A member whose heartbeat is older than this (Redis server time) is dropped from the group.
+    session_timeout: float = Field(default=10.0, gt=0)
+    heartbeat_interval: float = Field(default=0.5, gt=0)
+    #: Members that do not release their partitions within this time are evicted.
+    rebalance_timeout: float = Field(default=60.0, gt=0)
+    #: Wait this long for more members before the first assignment of an empty group.
+    initial_rebalance_delay: float = Field(default=1.0, ge=0)
+    #: Create a subscribed topic that does not exist yet (like auto.create.topics.enable).
+    auto_create_topics: bool = True
+    #: Entries kept per partition of a non-compacted topic; 0 keeps everything.
+    max_len: int = Field(default=1_000_000, ge=0)
+    #: Changelog tombstones older than this (seconds) are removed with their index entries.
+    tombstone_retention: float = Field(default=86_400.0, ge=0)
+    #: How often the group leader applies retention and removes old tombstones.
+    retention_interval: float = Field(default=30.0, gt=0)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> TransportSettings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is not None:
+                values[name] = raw
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ValueError(f"invalid transport settings: {exc}") from exc
+
+    @classmethod
+    def for_app(cls, app: Any) -> TransportSettings:
+        settings = getattr(app, "transport_settings", None)
+        if isinstance(settings, TransportSettings):
+            return settings
+        return cls.from_env()
