@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from socket import gethostname
 from typing import Any
 
 import faust
-from socket import gethostname
 
 from .settings import Settings
 
@@ -33,6 +33,6 @@ def build_app(settings: Settings, *, redis_url: str) -> Any:
         autodiscover=False,
         topic_allow_declare=True,
     )
-    app.transport_settings = settings.transport
+    app.transport_settings = settings.transport  # type: ignore[attr-defined]
     topology.declare(app)
     return app

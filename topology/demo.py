@@ -16,7 +16,7 @@ EVENTS_TOPIC = "demo-events"
 COUNTS_TABLE = "demo-counts"
 
 
-class Event(faust.Record, serializer="json"):  # type: ignore[misc,call-arg]
+class Event(faust.Record, serializer="json"):
     user: str
     n: int = 1
 
@@ -26,23 +26,21 @@ def declare(app: Any) -> None:
     counts = app.Table(COUNTS_TABLE, default=int, help="events counted per user")
     processed = {"events": 0}
 
-    @app.agent(events, name="count_events")
+    @app.agent(events, name="count_events")  # type: ignore[untyped-decorator]
     async def count_events(stream: Any) -> None:
         async for event in stream:
             counts[event.user] += event.n
             processed["events"] += 1
 
     @app.page("/demo/counts/")
-    class CountsView(View):  # type: ignore[misc]
+    class CountsView(View):
         async def get(self, request: Request) -> Response:
             return self.json(
                 {
                     "counts": dict(counts.items()),
                     "processed_here": processed["events"],
                     "partitions": sorted(
-                        tp.partition
-                        for tp in app.consumer.assignment()
-                        if tp.topic == EVENTS_TOPIC
+                        tp.partition for tp in app.consumer.assignment() if tp.topic == EVENTS_TOPIC
                     ),
                     "generation": app.consumer_generation_id,
                 }

@@ -38,7 +38,7 @@ FetchedRecord = tuple[int, dict[bytes, bytes]]
 MAX_BLOCK_SECONDS = 1.0
 
 
-class Consumer(base.Consumer):  # type: ignore[misc]
+class Consumer(base.Consumer):
     """faust ``Consumer`` for ``redis://`` brokers."""
 
     consumer_stopped_errors: ClassVar[tuple[type[BaseException], ...]] = ()
@@ -125,7 +125,7 @@ class Consumer(base.Consumer):  # type: ignore[misc]
             self._seek_epoch[tp] += 1
         self._assignment = set(tps)
 
-    @Service.task  # type: ignore[misc]
+    @Service.task
     async def _group_loop(self) -> None:
         await self._subscribed.wait()
         await self.group.run()
@@ -209,7 +209,7 @@ class Consumer(base.Consumer):  # type: ignore[misc]
             await asyncio.sleep(min(timeout, MAX_BLOCK_SECONDS))
             return {}
         latest = self.app.conf.consumer_auto_offset_reset == "latest"
-        streams: dict[str, str] = {}
+        streams: dict[Any, Any] = {}
         by_key: dict[bytes, TP] = {}
         epochs: dict[TP, int] = {}
         for tp in tps:
@@ -230,12 +230,14 @@ class Consumer(base.Consumer):  # type: ignore[misc]
         except TRANSIENT_ERRORS as exc:
             METRICS.fetch_errors += 1
             if not self.should_stop:
-                await self._fetch_backoff.wait(self.log, "fetch", exc)
+                await self._fetch_backoff.wait(logger, "fetch", exc)
             return {}
         self._fetch_backoff.reset()
         records: dict[TP, list[FetchedRecord]] = {}
-        for key, entries in reply or ():
-            tp = by_key[key]
+        for stream_name, entries in cast(
+            list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], reply or []
+        ):
+            tp = by_key[stream_name]
             if self._seek_epoch[tp] != epochs[tp] or tp not in self._assignment:
                 continue  # seeked, paused or revoked while XREAD was blocked
             batch = [(id_to_offset(entry_id), fields) for entry_id, fields in entries]

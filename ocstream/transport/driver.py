@@ -16,7 +16,7 @@ from .producer import Producer
 from .settings import TransportSettings
 
 
-class Transport(base.Transport):  # type: ignore[misc]
+class Transport(base.Transport):
     """Redis Streams transport (at-least-once; ``exactly_once`` is refused)."""
 
     Consumer: ClassVar[type[Consumer]] = Consumer

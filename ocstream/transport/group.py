@@ -108,6 +108,11 @@ class GroupCoordinator:
         self.is_leader = False
 
     @property
+    def _assignor(self) -> Any:
+        # faust's PartitionAssignor; its type stub lacks the aiokafka assignor methods.
+        return self.app.assignor
+
+    @property
     def client(self) -> Any:
         return self.consumer.client
 
@@ -154,7 +159,7 @@ class GroupCoordinator:
 
     async def _publish_metadata(self) -> None:
         subscription = self.consumer.subscription()
-        raw = self.app.assignor.metadata(subscription).encode()
+        raw = self._assignor.metadata(subscription).encode()
         await self.client.hset(self.keys.meta, self.member_id, raw)
         self._send_metadata = False
 
@@ -237,7 +242,7 @@ class GroupCoordinator:
             )
         participants = sorted(expected - waiting)
         member_metadata = {m: ConsumerProtocolMemberMetadata.decode(metas[m]) for m in participants}
-        assignment = self.app.assignor.assign(_Cluster(partitions), member_metadata)
+        assignment = self._assignor.assign(_Cluster(partitions), member_metadata)
         final = {
             "members": {m: snapshot["members"][m] for m in participants},
             "topics": snapshot["topics"],
@@ -305,7 +310,7 @@ class GroupCoordinator:
         if self.consumer.assignment():
             await self._release(commit=True)
         assignment = ConsumerProtocolMemberAssignment.decode(raw)
-        self.app.assignor.on_assignment(assignment)
+        self._assignor.on_assignment(assignment)
         tps = {TP(topic, p) for topic, parts in assignment.assignment for p in parts}
         if not self.app.rebalancing:
             self.app.on_rebalance_start()
@@ -364,5 +369,3 @@ def _describe_change(before: dict[str, Any], after: dict[str, Any]) -> str:
     if before.get("topics") != after.get("topics"):
         parts.append("topics changed")
     return "; ".join(parts) or "first assignment"
-
-

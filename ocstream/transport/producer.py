@@ -34,7 +34,7 @@ logger = get_logger(__name__)
 _Pending = tuple[str, int, Record, "asyncio.Future[RecordMetadata]"]
 
 
-class Producer(base.Producer):  # type: ignore[misc]
+class Producer(base.Producer):
     """faust ``Producer`` for ``redis://`` brokers."""
 
     _client: Redis | None = None
@@ -119,7 +119,7 @@ class Producer(base.Producer):  # type: ignore[misc]
         # Table changelogs are compacted, whether or not create_topic ran in this process.
         return self._compacted | set(self.app.tables.changelog_topics)
 
-    @Service.task  # type: ignore[misc]
+    @Service.task
     async def _flusher(self) -> None:
         linger = self.settings.linger_ms / 1000.0
         backoff = Backoff()

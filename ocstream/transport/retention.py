@@ -23,6 +23,7 @@ from mode import get_logger
 from . import scripts
 from .keys import offset_field
 from .metrics import METRICS
+from .writer import _text
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -38,8 +39,8 @@ async def apply(consumer: Consumer, compacted: Collection[str]) -> None:
     settings = consumer.settings
     partitions = consumer.topics.partitions
     topics = sorted(t for t in consumer.subscription() if partitions.get(t))
-    limits = {k.decode(): int(v) for k, v in (await client.hgetall(keys.retention)).items()}
-    groups = sorted(g.decode() for g in await client.smembers(keys.groups))
+    limits = {_text(k): int(v) for k, v in (await client.hgetall(keys.retention)).items()}
+    groups = sorted(_text(g) for g in await client.smembers(keys.groups))
     for topic in topics:
         count = partitions[topic]
         if topic in compacted:

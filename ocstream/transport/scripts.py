@@ -209,15 +209,12 @@ class LuaScript:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
-    async def __call__(
-        self, client: Redis, keys: Sequence[str], args: Sequence[Any] = ()
-    ) -> Any:
+    async def __call__(self, client: Redis, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             await client.script_load(self.source)
             return await client.evalsha(self.sha, len(keys), *keys, *args)
-
 
 
 ScriptCall = tuple[LuaScript, Sequence[str], Sequence[Any]]

@@ -9,6 +9,7 @@ can be overridden by an ``OCSTREAM_TRANSPORT_<NAME>`` environment variable, e.g.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -44,7 +45,9 @@ class TransportSettings(BaseModel):
     retention_interval: float = Field(default=30.0, gt=0)
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> TransportSettings:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> TransportSettings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name in cls.model_fields:

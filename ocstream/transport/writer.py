@@ -23,6 +23,10 @@ from .keys import DEFAULT_PREFIX, Keyspace
 from .wire import Headers, Record, partition_for_key, to_bytes
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class TopicError(Exception):
     """A topic cannot be written as asked (for example a partition it does not have)."""
 
@@ -37,7 +41,7 @@ class TopicMetadata:
 
     async def refresh(self) -> dict[str, int]:
         raw = await self.client.hgetall(self.keys.topics)
-        self.partitions = {name.decode(): int(count) for name, count in raw.items()}
+        self.partitions = {_text(name): int(count) for name, count in raw.items()}
         return self.partitions
 
     async def create(self, topic: str, partitions: int) -> int:
