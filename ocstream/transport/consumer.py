@@ -19,6 +19,7 @@ from mode import Service, get_logger
 from redis.asyncio import Redis
 
 from .client import TRANSIENT_ERRORS, Backoff, connect
+from .drain import drain_messages, wait_next_records
 from .group import GroupCoordinator
 from .keys import Keyspace, offset_field
 from .metrics import METRICS
@@ -64,6 +65,7 @@ class Consumer(base.Consumer):
         self._seek_epoch: dict[TP, int] = defaultdict(int)
         self._highwaters: dict[TP, int] = {}
         self._fetch_backoff = Backoff()
+        self._fetchable = asyncio.Event()
         self.group = GroupCoordinator(self)
 
     async def on_stop(self) -> None:
@@ -124,6 +126,32 @@ class Consumer(base.Consumer):
             self._positions[tp] = None
             self._seek_epoch[tp] += 1
         self._assignment = set(tps)
+        self._fetchable.set()
+
+    async def wait_fetchable(self, timeout: float) -> None:
+        """Wait until a partition may be fetched again (resumed, buffer drained, assigned)."""
+        self._fetchable.clear()
+        try:
+            await asyncio.wait_for(self._fetchable.wait(), timeout=timeout)
+        except TimeoutError:
+            pass
+
+    def pause_partitions(self, tps: Iterable[TP]) -> None:
+        super().pause_partitions(tps)
+        # Records fetched for a paused partition but not yet delivered are dropped by faust's
+        # getmany; read again from the one after the last delivered so none is skipped.
+        for tp in tps:
+            delivered = self._read_offset.get(tp)
+            if tp in self._assignment and delivered is not None:
+                self._set_position(tp, delivered + 1)
+
+    def resume_partitions(self, tps: Iterable[TP]) -> None:
+        super().resume_partitions(tps)
+        self._fetchable.set()
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        super().on_buffer_drop(tp)
+        self._fetchable.set()
 
     @Service.task
     async def _group_loop(self) -> None:
@@ -206,7 +234,7 @@ class Consumer(base.Consumer):
     ) -> Mapping[TP, list[FetchedRecord]]:
         tps = [tp for tp in (active_partitions or ()) if tp in self._assignment]
         if not tps:
-            await asyncio.sleep(min(timeout, MAX_BLOCK_SECONDS))
+            await self.wait_fetchable(min(timeout, MAX_BLOCK_SECONDS))
             return {}
         latest = self.app.conf.consumer_auto_offset_reset == "latest"
         streams: dict[Any, Any] = {}
@@ -221,11 +249,14 @@ class Consumer(base.Consumer):
                 streams[key] = read_after_id(position)
             by_key[key.encode()] = tp
             epochs[tp] = self._seek_epoch[tp]
+        # A partition whose stream buffer is full is left out of the active set until the
+        # agent catches up; blocking on the others would keep it waiting for up to a second,
+        # so then only poll, and wait for the buffer to drain instead.
+        buffered = bool(self._buffered_partitions & self._assignment)
+        block = None if buffered else max(1, int(min(timeout, MAX_BLOCK_SECONDS) * 1000))
         try:
             reply = await self.fetch_client.xread(
-                streams,
-                count=self.settings.fetch_count,
-                block=max(1, int(min(timeout, MAX_BLOCK_SECONDS) * 1000)),
+                streams, count=self.settings.fetch_count, block=block
             )
         except TRANSIENT_ERRORS as exc:
             METRICS.fetch_errors += 1
@@ -233,6 +264,9 @@ class Consumer(base.Consumer):
                 await self._fetch_backoff.wait(logger, "fetch", exc)
             return {}
         self._fetch_backoff.reset()
+        if not reply and buffered:
+            await self.wait_fetchable(min(timeout, MAX_BLOCK_SECONDS))
+            return {}
         records: dict[TP, list[FetchedRecord]] = {}
         for stream_name, entries in cast(
             list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], reply or []
@@ -290,6 +324,12 @@ class Consumer(base.Consumer):
                 sorted(offsets),
             )
         return accepted
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        await drain_messages(self, fetcher)
+
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+        return await wait_next_records(self, timeout)
 
     def close(self) -> None:
         pass

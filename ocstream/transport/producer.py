@@ -45,8 +45,12 @@ class Producer(base.Producer):
         self.keys = Keyspace(self.settings.prefix)
         self._pending: list[_Pending] = []
         self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # flush() waits for the records queued before it, not for the queue to drain: under
+        # steady load the queue is never empty. Counters of records queued and settled
+        # (written or failed) tell when that point has passed.
+        self._queued = 0
+        self._settled = 0
+        self._settled_changed = asyncio.Condition()
         self._compacted: set[str] = set()
 
     @property
@@ -97,7 +101,7 @@ class Producer(base.Producer):
         record = Record(to_bytes(key), to_bytes(value), int(ts * 1000), items)
         fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
         self._pending.append((topic, partition, record, fut))
-        self._idle.clear()
+        self._queued += 1
         self._wakeup.set()
         return fut
 
@@ -140,6 +144,7 @@ class Producer(base.Producer):
                 except TRANSIENT_ERRORS as exc:
                     if self.should_stop:
                         self._fail(batch, exc)
+                        await self._settle(len(batch))
                         break
                     self._pending[:0] = batch  # keep order: the failed batch goes first
                     METRICS.produce_retries += 1
@@ -163,7 +168,12 @@ class Producer(base.Producer):
                                 0,
                             )
                         )
-            self._idle.set()
+                await self._settle(len(batch))
+
+    async def _settle(self, count: int) -> None:
+        async with self._settled_changed:
+            self._settled += count
+            self._settled_changed.notify_all()
 
     @staticmethod
     def _fail(batch: list[_Pending], exc: BaseException) -> None:
@@ -173,9 +183,12 @@ class Producer(base.Producer):
 
     async def flush(self) -> None:
         await self.buffer.flush()
-        if not self._idle.is_set():  # records queued or a batch in flight
-            self._wakeup.set()
-            await self._idle.wait()
+        target = self._queued
+        if self._settled >= target:
+            return
+        self._wakeup.set()
+        async with self._settled_changed:
+            await self._settled_changed.wait_for(lambda: self._settled >= target)
 
     def supports_headers(self) -> bool:
         return True
