@@ -301,6 +301,12 @@ class GroupCoordinator:
             consumer.pause_partitions(revoked)
             self.app.flow_control.clear()
             await consumer.wait_empty()
+            # wait_empty's own commit is skipped when a periodic commit is already running
+            # (that one took its offsets before waiting for the producer flush, so it can be
+            # far behind what was acked since): let it finish, then commit what is acked now.
+            while await consumer.maybe_wait_for_commit_to_finish():
+                pass
+            await consumer.commit()
         await consumer.on_partitions_revoked(revoked)
         consumer.set_assignment(set())
         if revoked:

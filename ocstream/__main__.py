@@ -1,0 +1,3 @@
+from ocstream.cli import main
+
+main()

@@ -1,0 +1,198 @@
+"""Real ``ocstream worker`` processes for integration tests, and polling helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+
+T = TypeVar("T")
+
+HERE = Path(__file__).resolve().parent
+
+#: Short timeouts so that failover happens within seconds in tests.
+FAST_GROUP_ENV = {
+    "OCSTREAM_TRANSPORT_SESSION_TIMEOUT": "3",
+    "OCSTREAM_TRANSPORT_HEARTBEAT_INTERVAL": "0.2",
+    "OCSTREAM_TRANSPORT_INITIAL_REBALANCE_DELAY": "0.5",
+    "OCSTREAM_TRANSPORT_REBALANCE_TIMEOUT": "20",
+}
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except (OSError, urllib.error.URLError, redis.RedisError, ValueError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Worker:
+    """One ``python -m ocstream worker`` process with its own data dir and port."""
+
+    def __init__(
+        self,
+        name: str,
+        root: Path,
+        *,
+        redis_url: str | None,
+        prefix: str,
+        app_id: str,
+        partitions: int = 4,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.data_dir = root / name
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = root / f"{name}.log"
+        self.port = free_port()
+        self.redis_url = redis_url
+        self.env = dict(os.environ)
+        self.env.update(FAST_GROUP_ENV)
+        self.env.update(
+            {
+                "OCSTREAM_TRANSPORT_PREFIX": prefix,
+                "OCSTREAM_APP_ID": app_id,
+                "OCSTREAM_PARTITIONS": str(partitions),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        self.env.pop("OCSTREAM_REDIS_URL", None)
+        self.env.update(env or {})
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        args = [sys.executable, "-m", "ocstream", "worker", "-l", "info"]
+        args += ["--port", str(self.port), "--data-dir", str(self.data_dir)]
+        if self.redis_url:
+            args += ["--redis", self.redis_url]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def view(self) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.port}/demo/counts/"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return dict(json.load(response))
+
+    def wait_assigned(self, timeout: float = 60) -> dict[str, Any]:
+        """Wait until the worker serves HTTP and owns a generation's assignment."""
+
+        def ready() -> dict[str, Any] | None:
+            if not self.alive():
+                raise AssertionError(f"{self.name} exited:\n{self.log_tail()}")
+            view = self.view()
+            return view if view["generation"] > 0 else None
+
+        return wait_for(ready, timeout, f"{self.name} to be assigned partitions")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"{self.name} did not stop on SIGTERM:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+def produce(
+    redis_url: str,
+    prefix: str,
+    count: int,
+    *,
+    users: int = 10,
+    partitions: int = 4,
+    rate: float = 0.0,
+) -> subprocess.Popen[str]:
+    """Start another process that produces ``count`` demo events through TopicWriter.
+
+    It prints the offsets it got acknowledged, one ``ACK <offset count>`` line per batch, and
+    ``DONE <count>`` at the end.
+    """
+    args = [sys.executable, str(HERE / "produce_events.py"), redis_url, prefix, str(count)]
+    args += ["--users", str(users), "--partitions", str(partitions), "--rate", str(rate)]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+
+
+def produce_all(redis_url: str, prefix: str, count: int, **kwargs: Any) -> None:
+    proc = produce(redis_url, prefix, count, **kwargs)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and f"DONE {count}" in out, out
+
+
+def changelog_counts(
+    redis_url: str, prefix: str, app_id: str, partitions: int = 4
+) -> dict[str, int]:
+    """The table as its changelog in Redis holds it: the last value written per key."""
+    client = redis.Redis.from_url(redis_url)
+    table: dict[str, int] = {}
+    for p in range(partitions):
+        stream = f"{prefix}t:{app_id}-demo-counts-changelog:{p}"
+        for _, fields in client.xrange(stream):
+            key = json.loads(fields[b"k"])
+            if b"v" in fields:
+                table[key] = json.loads(fields[b"v"])
+            else:
+                table.pop(key, None)
+    return table
+
+
+def committed_offsets(redis_url: str, prefix: str, app_id: str) -> dict[str, int]:
+    client = redis.Redis.from_url(redis_url)
+    raw = client.hgetall(f"{prefix}g:{app_id}:offsets")
+    return {k.decode().replace("\x1f", "/"): int(v) for k, v in raw.items()}
+
+
+def highwaters(redis_url: str, prefix: str, topic: str, partitions: int = 4) -> dict[str, int]:
+    client = redis.Redis.from_url(redis_url)
+    return {
+        f"{topic}/{p}": int(client.get(f"{prefix}o:{topic}:{p}") or 0) for p in range(partitions)
+    }
