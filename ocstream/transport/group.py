@@ -216,7 +216,14 @@ class GroupCoordinator:
             await self._complete_rebalance(now, gen, state, snapshot, metas, partitions)
         elif now / 1000 - self._last_retention >= self.settings.retention_interval:
             self._last_retention = now / 1000
-            await retention.apply(self.consumer, self.app.tables.changelog_topics)
+            subscribed = self.consumer.subscription()
+            await retention.apply(
+                self.client,
+                self.consumer.keys,
+                self.settings,
+                {t: n for t, n in partitions.items() if t in subscribed},
+                self.app.tables.changelog_topics,
+            )
 
     async def _complete_rebalance(
         self,

@@ -15,34 +15,33 @@ A per-topic limit can be set in the ``retention`` hash (topic -> max entries; 0 
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Mapping
 
 from mode import get_logger
+from redis.asyncio import Redis
 
 from . import scripts
-from .keys import offset_field
+from .keys import Keyspace, offset_field
 from .metrics import METRICS
+from .settings import TransportSettings
 from .writer import _text
-
-if TYPE_CHECKING:
-    from .consumer import Consumer
 
 logger = get_logger(__name__)
 
 TOMBSTONES_PER_CALL = 1000
 
 
-async def apply(consumer: Consumer, compacted: Collection[str]) -> None:
-    client = consumer.client
-    keys = consumer.keys
-    settings = consumer.settings
-    partitions = consumer.topics.partitions
-    topics = sorted(t for t in consumer.subscription() if partitions.get(t))
+async def apply(
+    client: Redis,
+    keys: Keyspace,
+    settings: TransportSettings,
+    topics: Mapping[str, int],
+    compacted: Collection[str],
+) -> None:
+    """Apply retention to ``topics`` (name -> partition count); see the module docstring."""
     limits = {_text(k): int(v) for k, v in (await client.hgetall(keys.retention)).items()}
     groups = sorted(_text(g) for g in await client.smembers(keys.groups))
-    for topic in topics:
-        count = partitions[topic]
+    for topic, count in sorted(topics.items()):
         if topic in compacted:
             calls: list[scripts.ScriptCall] = [
                 (
@@ -64,16 +63,13 @@ async def apply(consumer: Consumer, compacted: Collection[str]) -> None:
                 logger.info("Removed %d old tombstones from changelog %r", removed, topic)
             continue
         max_len = limits.get(topic, settings.max_len)
-        if max_len <= 0:
-            continue
-        await _trim_topic(consumer, topic, count, max_len, groups)
+        if max_len > 0:
+            await _trim_topic(client, keys, topic, count, max_len, groups)
 
 
 async def _trim_topic(
-    consumer: Consumer, topic: str, count: int, max_len: int, groups: list[str]
+    client: Redis, keys: Keyspace, topic: str, count: int, max_len: int, groups: list[str]
 ) -> None:
-    client = consumer.client
-    keys = consumer.keys
     highwaters = await client.mget([keys.sequence(topic, p) for p in range(count)])
     readers = []
     for group in groups:

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import pytest
+from aiokafka.partitioner import murmur2
+
+from ocstream.transport.keys import Keyspace, offset_field, parse_offset_field
+from ocstream.transport.wire import (
+    Record,
+    decode_headers,
+    encode_headers,
+    id_to_offset,
+    partition_for_key,
+    read_after_id,
+)
+
+
+def test_offsets_are_sequence_minus_one() -> None:
+    assert id_to_offset(b"0-1") == 0
+    assert id_to_offset("0-1000") == 999
+    # Reading after "0-N" returns seq N+1, i.e. offset N.
+    assert read_after_id(0) == "0-0"
+    assert read_after_id(41) == "0-41"
+    assert id_to_offset("0-42") == 41
+
+
+def test_partitioning_matches_kafka_murmur2() -> None:
+    for key in (b"", b"a", b"urn:ocn:polkadot:0", bytes(range(256))):
+        expected = (murmur2(key) & 0x7FFFFFFF) % 16
+        assert partition_for_key(key, 16) == expected
+    spread = {partition_for_key(f"user{i}".encode(), 8) for i in range(200)}
+    assert spread == set(range(8))
+
+
+def test_keyless_records_spread_and_bad_counts_are_refused() -> None:
+    assert {partition_for_key(None, 4) for _ in range(200)} == {0, 1, 2, 3}
+    with pytest.raises(ValueError):
+        partition_for_key(b"k", 0)
+
+
+def test_headers_survive_any_bytes() -> None:
+    headers = [("trace", bytes(range(256))), ("empty", b"")]
+    assert decode_headers(encode_headers(headers)) == headers
+    assert decode_headers(None) == []
+
+
+def test_record_fields_omit_absent_parts() -> None:
+    assert Record(None, None, 5).fields() == ["t", 5]
+    fields = Record(b"k", b"v", 7, [("h", b"1")]).fields()
+    assert fields[:6] == ["t", 7, "k", b"k", "v", b"v"]
+    assert fields[6] == "h"
+
+
+def test_key_layout_and_offset_fields() -> None:
+    keys = Keyspace("x:")
+    assert keys.stream("blocks", 3) == "x:t:blocks:3"
+    assert keys.sequence("blocks", 3) == "x:o:blocks:3"
+    assert keys.group("g").offsets == "x:g:g:offsets"
+    assert keys.group("g").assignment(7) == "x:g:g:assign:7"
+    assert parse_offset_field(offset_field("a:b", 12).encode()) == ("a:b", 12)
