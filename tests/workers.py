@@ -126,10 +126,12 @@ class Worker:
         self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"{self.name} did not stop on SIGTERM:\n{self.log_tail()}")
+            raise AssertionError(
+                f"{self.name} did not stop on SIGTERM:\n{self.log_tail()}"
+            ) from exc
 
     def kill(self) -> None:
         assert self.proc is not None
