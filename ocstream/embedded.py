@@ -34,6 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from .errors import OcstreamError
+
 __all__ = ["EmbeddedRedis", "EmbeddedRedisError", "find_redis_server"]
 
 _HOST = "127.0.0.1"
@@ -46,7 +48,7 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _LOG_TAIL_LINES = 20
 
 
-class EmbeddedRedisError(Exception):
+class EmbeddedRedisError(OcstreamError):
     """The embedded Redis server could not be located, started or queried."""
 
 

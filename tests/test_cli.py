@@ -1,0 +1,154 @@
+"""The ``ocstream`` command: topology, embedded mode, faust's commands, settings and refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import faust
+import pytest
+import redis
+
+from ocstream.errors import ConfigError
+from ocstream.settings import load_settings
+from ocstream.transport import TransportSettings
+from tests.workers import Worker, changelog_counts, produce_all, wait_for
+
+
+def run_ocstream(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("OCSTREAM_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "ocstream", *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_topology_json_describes_the_declared_dataflow_without_a_broker() -> None:
+    # An unreachable Redis: describing must not connect to anything.
+    result = run_ocstream(
+        "topology",
+        "--format",
+        "json",
+        "--redis",
+        "redis://127.0.0.1:1/0",
+        env={"OCSTREAM_PARTITIONS": "6", "OCSTREAM_APP_ID": "demoapp"},
+    )
+    assert result.returncode == 0, result.stderr
+    flow = json.loads(result.stdout)
+    topics = {t["name"]: t for t in flow["topics"]}
+    assert topics["demo-events"]["partitions"] == 6
+    assert topics["demo-events"]["kind"] == "source"
+    assert topics["demoapp-demo-counts-changelog"]["kind"] == "changelog"
+    assert topics["demoapp-demo-counts-changelog"]["partitions"] == 6
+    [agent] = flow["agents"]
+    assert agent["name"] == "count_events" and agent["source_topics"] == ["demo-events"]
+    [table] = flow["tables"]
+    assert table["name"] == "demo-counts"
+    assert table["changelog_topic"] == "demoapp-demo-counts-changelog"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "marker"), [("text", "demo-events"), ("mermaid", "flowchart"), ("dot", "digraph")]
+)
+def test_topology_formats(fmt: str, marker: str) -> None:
+    result = run_ocstream("topology", "--format", fmt)
+    assert result.returncode == 0, result.stderr
+    assert marker in result.stdout and "count_events" in result.stdout
+
+
+def test_topology_rejects_an_unknown_format() -> None:
+    result = run_ocstream("topology", "--format", "yaml")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
+
+
+def test_faust_commands_keep_working_under_ocstream() -> None:
+    agents = run_ocstream("agents")
+    assert agents.returncode == 0, agents.stderr
+    assert "count_events" in agents.stdout
+    tables = run_ocstream("tables")
+    assert tables.returncode == 0, tables.stderr
+    assert "demo-counts" in tables.stdout
+
+
+def test_worker_without_redis_runs_on_an_embedded_redis_and_stops_it(tmp_path: Path) -> None:
+    worker = Worker("solo", tmp_path, redis_url=None, prefix="ocs:", app_id="solo")
+    worker.start()
+    try:
+        worker.wait_assigned()
+        url = (worker.data_dir / "redis" / "url").read_text().strip()
+        info = redis.Redis.from_url(url).info("server")
+        assert info["redis_version"].startswith("6.2")
+        assert redis.Redis.from_url(url).config_get("appendonly")["appendonly"] == "yes"
+        produce_all(url, "ocs:", 200, users=4)
+        wait_for(lambda: worker.view()["processed_here"] == 200, 60, "200 events")
+        redis_pid = int((worker.data_dir / "redis" / "redis.pid").read_text())
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+    assert "embedded Redis 6.2" in worker.log_text()
+    wait_for(lambda: not Path(f"/proc/{redis_pid}").exists(), 10, "embedded Redis to stop")
+    assert list((worker.data_dir / "redis").glob("appendonly.aof*"))
+    # A restart on the same data dir finds the same data through the AOF.
+    again = Worker("solo", tmp_path, redis_url=None, prefix="ocs:", app_id="solo")
+    again.start()
+    try:
+        again.wait_assigned()
+        url = (again.data_dir / "redis" / "url").read_text().strip()
+        assert sum(changelog_counts(url, "ocs:", "solo").values()) == 200
+        wait_for(lambda: sum(again.view()["counts"].values()) == 200, 30, "table restored")
+    finally:
+        assert again.stop() == 0, again.log_tail()
+
+
+def test_exactly_once_is_refused_with_a_clear_error() -> None:
+    app = faust.App("eos", broker="redis://127.0.0.1:6379/0", processing_guarantee="exactly_once")
+    with pytest.raises(faust.exceptions.ImproperlyConfigured, match="at-least-once"):
+        _ = app.transport
+
+
+def test_settings_precedence_cli_over_env_over_file(tmp_path: Path) -> None:
+    config = tmp_path / "ocstream.toml"
+    config.write_text(
+        '[worker]\nport = 4000\naddress = "0.0.0.0"\npartitions = 8\n'
+        "[transport]\nsession_timeout = 7\n"
+    )
+    env = {"OCSTREAM_PORT": "4100", "OCSTREAM_TRANSPORT_LINGER_MS": "3"}
+    settings = load_settings({"config_file": str(config), "port": 4200}, env)
+    assert settings.port == 4200
+    assert settings.address == "0.0.0.0" and settings.partitions == 8
+    assert settings.transport == TransportSettings(session_timeout=7, linger_ms=3)
+    assert load_settings({"config_file": str(config)}, env).port == 4100
+    assert load_settings({}, {}).redis_url is None  # embedded by default
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[worker\n", "not valid TOML"),
+        ("[worker]\nport = 99999\n", "port"),
+        ("[worker]\nprot = 1\n", "prot"),
+        ('[worker]\nredis_url = "http://x"\n', "redis_url"),
+        ("[transport]\nsession_timeout = -1\n", "session_timeout"),
+    ],
+)
+def test_bad_config_files_name_the_file_and_field(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(content)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings({"config_file": str(config)}, {})
+    assert str(config) in str(info.value)
+
+
+def test_worker_with_a_missing_config_exits_with_a_clear_message(tmp_path: Path) -> None:
+    result = run_ocstream("worker", "--config", str(tmp_path / "nope.toml"))
+    assert result.returncode == 2
+    assert "nope.toml: no such config file" in result.stderr
