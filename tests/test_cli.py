@@ -152,3 +152,10 @@ def test_worker_with_a_missing_config_exits_with_a_clear_message(tmp_path: Path)
     result = run_ocstream("worker", "--config", str(tmp_path / "nope.toml"))
     assert result.returncode == 2
     assert "nope.toml: no such config file" in result.stderr
+
+
+def test_the_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parent.parent / "config" / "worker.example.toml"
+    settings = load_settings({"config_file": str(example)}, {})
+    assert settings.port == 3000 and settings.partitions == 16
+    assert settings.transport.session_timeout == 10.0
