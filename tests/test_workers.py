@@ -165,3 +165,68 @@ def test_worker_joining_mid_backlog_counts_every_message_exactly_once(
         second.stop()
         first.stop()
     assert total(changelog_counts(redis_url, prefix, app_id)) == 20_000
+
+
+def test_more_partitions_for_a_topic_trigger_a_rebalance(
+    redis_url: str, prefix: str, app_id: str, data_root: Path
+) -> None:
+    import redis
+
+    worker = Worker("w1", data_root, redis_url=redis_url, prefix=prefix, app_id=app_id)
+    worker.start()
+    try:
+        assert worker.wait_assigned()["partitions"] == [0, 1, 2, 3]
+        assert "Created topic 'demo-events' with 4 partitions" in worker.log_text()
+        # Grow the topic and its table's changelog together (they are copartitioned).
+        client = redis.Redis.from_url(redis_url)
+        client.hset(
+            f"{prefix}topics",
+            mapping={"demo-events": 6, f"{app_id}-demo-counts-changelog": 6},
+        )
+        wait_for(
+            lambda: worker.view()["partitions"] == [0, 1, 2, 3, 4, 5],
+            30,
+            "the new partitions to be assigned",
+        )
+        assert "topics changed" in worker.log_text()
+        produce_all(redis_url, prefix, 600, users=60, partitions=6)
+        wait_for(lambda: worker.view()["processed_here"] == 600, 60, "600 events on 6 partitions")
+    finally:
+        assert worker.stop() == 0, worker.log_tail()
+
+
+def test_a_frozen_worker_cannot_move_offsets_when_it_wakes_up(
+    redis_url: str, prefix: str, app_id: str, data_root: Path
+) -> None:
+    import os
+    import signal
+
+    first = Worker("w1", data_root, redis_url=redis_url, prefix=prefix, app_id=app_id)
+    zombie = Worker("w2", data_root, redis_url=redis_url, prefix=prefix, app_id=app_id)
+    first.start()
+    zombie.start()
+    try:
+        first.wait_assigned()
+        zombie.wait_assigned()
+        wait_for(lambda: len(zombie.view()["partitions"]) == 2, 30, "a 2 + 2 split")
+        producer = produce(redis_url, prefix, 3000, users=USERS, rate=1000)
+        wait_for(lambda: zombie.view()["processed_here"] > 200, 30, "w2 mid-flow")
+        os.kill(zombie.pid, signal.SIGSTOP)  # frozen: no heartbeats, no commits
+        assert "DONE 3000" in producer.communicate(timeout=60)[0]
+        wait_for(lambda: first.view()["partitions"] == [0, 1, 2, 3], 30, "takeover by w1")
+        wait_for(lambda: total(first.view()["counts"]) >= 3000, 60, "w1 to count everything")
+        after_takeover = committed_offsets(redis_url, prefix, app_id)
+
+        os.kill(zombie.pid, signal.SIGCONT)  # it wakes up believing it owns 2 partitions
+        wait_for(
+            lambda: "Commit fenced" in zombie.log_text() or "released" in zombie.log_text(),
+            30,
+            "the zombie to be fenced or to give its partitions back",
+        )
+        wait_for(lambda: len(zombie.view()["partitions"]) == 2, 30, "w2 to rejoin")
+        final = committed_offsets(redis_url, prefix, app_id)
+        for tp, offset in after_takeover.items():
+            assert final[tp] >= offset, f"{tp} went back from {offset} to {final[tp]}"
+    finally:
+        zombie.stop()
+        first.stop()
