@@ -8,6 +8,7 @@ from typing import Any
 import faust
 
 from .settings import Settings
+from .web import register_views
 
 
 def build_app(settings: Settings, *, redis_url: str) -> Any:
@@ -34,5 +35,6 @@ def build_app(settings: Settings, *, redis_url: str) -> Any:
         topic_allow_declare=True,
     )
     app.transport_settings = settings.transport  # type: ignore[attr-defined]
+    register_views(app)
     topology.declare(app)
     return app

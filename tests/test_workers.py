@@ -52,6 +52,14 @@ def test_agent_consumes_everything_another_process_produced(
             20,
             "offsets committed up to the highwaters",
         )
+        metrics = worker.get("/metrics")
+        assert "ocstream_group_assigned_partitions 9" in metrics  # 4 + 4 changelog + leader
+        fetched = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("ocstream_transport_records_fetched_total ")
+        ]
+        assert int(fetched[0].split()[1]) >= 2000
     finally:
         assert worker.stop() == 0, worker.log_tail()
     # The changelog in Redis holds the same table.
@@ -230,3 +238,75 @@ def test_a_frozen_worker_cannot_move_offsets_when_it_wakes_up(
     finally:
         zombie.stop()
         first.stop()
+
+
+def test_a_static_member_restarting_gets_its_partitions_back_without_a_rebalance(
+    redis_url: str, prefix: str, app_id: str, data_root: Path
+) -> None:
+    env = {"OCSTREAM_INSTANCE_ID": "worker-a"}
+    worker = Worker("a", data_root, redis_url=redis_url, prefix=prefix, app_id=app_id, env=env)
+    worker.start()
+    generation = worker.wait_assigned()["generation"]
+    assert worker.stop() == 0, worker.log_tail()
+    # Same instance id and URL (the URL is part of what the assignor routes by).
+    again = Worker(
+        "a",
+        data_root,
+        redis_url=redis_url,
+        prefix=prefix,
+        app_id=app_id,
+        env=env,
+        port=worker.port,
+    )
+    again.start()
+    try:
+        view = again.wait_assigned()
+        assert view["generation"] == generation  # the same generation: no rebalance happened
+        assert view["partitions"] == [0, 1, 2, 3]
+        produce_all(redis_url, prefix, 100, users=USERS)
+        wait_for(lambda: again.view()["processed_here"] == 100, 30, "100 events")
+    finally:
+        assert again.stop() == 0, again.log_tail()
+
+
+def test_a_member_that_never_releases_is_evicted_after_the_rebalance_timeout(
+    redis_url: str, prefix: str, app_id: str, data_root: Path
+) -> None:
+    import threading
+    import time
+
+    import redis
+
+    from ocstream.transport.keys import Keyspace
+
+    env = {"OCSTREAM_TRANSPORT_REBALANCE_TIMEOUT": "2"}
+    worker = Worker("w1", data_root, redis_url=redis_url, prefix=prefix, app_id=app_id, env=env)
+    worker.start()
+    client = redis.Redis.from_url(redis_url)
+    group = Keyspace(prefix).group(app_id)
+    stop = threading.Event()
+    try:
+        generation = worker.wait_assigned()["generation"]
+        # A member that heartbeats and has joined, but never releases anything.
+        [real_member] = client.hkeys(group.meta)
+        client.hset(group.meta, "stuck", client.hget(group.meta, real_member))
+
+        def heartbeat() -> None:
+            while not stop.is_set():
+                client.zadd(group.members, {"stuck": int(time.time() * 1000) + 60_000})
+                stop.wait(0.2)
+
+        threading.Thread(target=heartbeat, daemon=True).start()
+        wait_for(
+            lambda: "did not release within 2s: evicted" in worker.log_text(),
+            30,
+            "the stuck member to be evicted",
+        )
+        view = wait_for(
+            lambda: (v := worker.view())["generation"] > generation and v, 30, "a new generation"
+        )
+        assert view["partitions"] == [0, 1, 2, 3]
+        assert client.hget(group.meta, "stuck") is None
+    finally:
+        stop.set()
+        assert worker.stop() == 0, worker.log_tail()

@@ -65,12 +65,13 @@ class Worker:
         app_id: str,
         partitions: int = 4,
         env: dict[str, str] | None = None,
+        port: int | None = None,
     ) -> None:
         self.name = name
         self.data_dir = root / name
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = root / f"{name}.log"
-        self.port = free_port()
+        self.port = port or free_port()
         self.redis_url = redis_url
         self.env = dict(os.environ)
         self.env.update(FAST_GROUP_ENV)
@@ -103,6 +104,10 @@ class Worker:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def get(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as response:
+            return str(response.read().decode())
 
     def view(self) -> dict[str, Any]:
         url = f"http://127.0.0.1:{self.port}/demo/counts/"

@@ -115,3 +115,28 @@ async def test_retention_trims_and_reports_uncommitted_entries(
     await apply_retention(client, keys, TransportSettings(max_len=5), {"ev": 1}, compacted=())
     assert await client.xlen(keys.stream("ev", 0)) == 40
     await client.aclose()
+
+
+async def test_acl_user_and_password_come_from_the_url(redis_url: str, prefix: str) -> None:
+    import uuid
+
+    import redis as sync_redis
+    from yarl import URL
+
+    admin = sync_redis.Redis.from_url(redis_url)
+    user = f"ocs-{uuid.uuid4().hex[:8]}"
+    # Only keys under this test's prefix: the transport must never touch anything else.
+    admin.acl_setuser(
+        user, enabled=True, passwords=["+s3cret"], keys=[f"{prefix}*"], commands=["+@all"]
+    )
+    try:
+        url = str(URL(redis_url).with_user(user).with_password("s3cret"))
+        async with TopicWriter.from_url(url, prefix=prefix) as writer:
+            await writer.create_topic("t", 2)
+            assert await writer.send_many("t", [(b"k", b"v")] * 3, partition=1) == [0, 1, 2]
+        bad = str(URL(redis_url).with_user(user).with_password("wrong"))
+        async with TopicWriter.from_url(bad, prefix=prefix) as writer:
+            with pytest.raises(sync_redis.AuthenticationError):
+                await writer.send("t", value=b"v")
+    finally:
+        admin.acl_deluser(user)
