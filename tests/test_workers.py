@@ -5,9 +5,19 @@ Every test runs against the machine's Redis 7 and the embedded Redis 6.2.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
+import redis
+
+from ocstream.transport.keys import Keyspace
 from tests.workers import (
     Worker,
     changelog_counts,
@@ -20,15 +30,34 @@ from tests.workers import (
 
 USERS = 50
 
+Spawn = Callable[..., Worker]
+
+
+@pytest.fixture
+def spawn(redis_url: str, prefix: str, app_id: str, data_root: Path) -> Iterator[Spawn]:
+    """Make workers of this test's group; any still running at the end are stopped."""
+    made: list[Worker] = []
+
+    def make(name: str, **kwargs: Any) -> Worker:
+        worker = Worker(
+            name, data_root, redis_url=redis_url, prefix=prefix, app_id=app_id, **kwargs
+        )
+        made.append(worker)
+        return worker
+
+    yield make
+    for worker in made:
+        worker.stop()
+
 
 def total(counts: dict[str, int]) -> int:
     return sum(counts.values())
 
 
 def test_agent_consumes_everything_another_process_produced(
-    redis_url: str, prefix: str, app_id: str, data_root: Path
+    spawn: Spawn, redis_url: str, prefix: str, app_id: str
 ) -> None:
-    worker = Worker("w1", data_root, redis_url=redis_url, prefix=prefix, app_id=app_id)
+    worker = spawn("w1")
     worker.start()
     try:
         view = worker.wait_assigned()
@@ -67,9 +96,9 @@ def test_agent_consumes_everything_another_process_produced(
 
 
 def test_wiped_state_is_rebuilt_from_changelog_and_consumption_resumes(
-    redis_url: str, prefix: str, app_id: str, data_root: Path
+    spawn: Spawn, redis_url: str, prefix: str, app_id: str
 ) -> None:
-    worker = Worker("w1", data_root, redis_url=redis_url, prefix=prefix, app_id=app_id)
+    worker = spawn("w1")
     worker.start()
     worker.wait_assigned()
     produce_all(redis_url, prefix, 500, users=USERS)
@@ -78,7 +107,7 @@ def test_wiped_state_is_rebuilt_from_changelog_and_consumption_resumes(
 
     shutil.rmtree(worker.data_dir / "faust")  # the local RocksDB is gone
     produce_all(redis_url, prefix, 500, users=USERS)
-    restarted = Worker("w1", data_root, redis_url=redis_url, prefix=prefix, app_id=app_id)
+    restarted = spawn("w1")
     restarted.start()
     try:
         restarted.wait_assigned()
@@ -95,11 +124,11 @@ def test_wiped_state_is_rebuilt_from_changelog_and_consumption_resumes(
 
 
 def test_two_workers_split_evenly_and_survive_kill_9(
-    redis_url: str, prefix: str, app_id: str, data_root: Path
+    spawn: Spawn, redis_url: str, prefix: str, app_id: str
 ) -> None:
     env = {"OCSTREAM_PARTITIONS": "4"}
-    first = Worker("w1", data_root, redis_url=redis_url, prefix=prefix, app_id=app_id, env=env)
-    second = Worker("w2", data_root, redis_url=redis_url, prefix=prefix, app_id=app_id, env=env)
+    first = spawn("w1", env=env)
+    second = spawn("w2", env=env)
     first.start()
     second.start()
     try:
@@ -141,11 +170,11 @@ def test_two_workers_split_evenly_and_survive_kill_9(
 
 
 def test_worker_joining_mid_backlog_counts_every_message_exactly_once(
-    redis_url: str, prefix: str, app_id: str, data_root: Path
+    spawn: Spawn, redis_url: str, prefix: str, app_id: str
 ) -> None:
     produce_all(redis_url, prefix, 20_000, users=50)
-    first = Worker("w1", data_root, redis_url=redis_url, prefix=prefix, app_id=app_id)
-    second = Worker("w2", data_root, redis_url=redis_url, prefix=prefix, app_id=app_id)
+    first = spawn("w1")
+    second = spawn("w2")
     first.start()
     try:
         first.wait_assigned()
@@ -176,11 +205,9 @@ def test_worker_joining_mid_backlog_counts_every_message_exactly_once(
 
 
 def test_more_partitions_for_a_topic_trigger_a_rebalance(
-    redis_url: str, prefix: str, app_id: str, data_root: Path
+    spawn: Spawn, redis_url: str, prefix: str, app_id: str
 ) -> None:
-    import redis
-
-    worker = Worker("w1", data_root, redis_url=redis_url, prefix=prefix, app_id=app_id)
+    worker = spawn("w1")
     worker.start()
     try:
         assert worker.wait_assigned()["partitions"] == [0, 1, 2, 3]
@@ -204,13 +231,10 @@ def test_more_partitions_for_a_topic_trigger_a_rebalance(
 
 
 def test_a_frozen_worker_cannot_move_offsets_when_it_wakes_up(
-    redis_url: str, prefix: str, app_id: str, data_root: Path
+    spawn: Spawn, redis_url: str, prefix: str, app_id: str
 ) -> None:
-    import os
-    import signal
-
-    first = Worker("w1", data_root, redis_url=redis_url, prefix=prefix, app_id=app_id)
-    zombie = Worker("w2", data_root, redis_url=redis_url, prefix=prefix, app_id=app_id)
+    first = spawn("w1")
+    zombie = spawn("w2")
     first.start()
     zombie.start()
     try:
@@ -241,23 +265,15 @@ def test_a_frozen_worker_cannot_move_offsets_when_it_wakes_up(
 
 
 def test_a_static_member_restarting_gets_its_partitions_back_without_a_rebalance(
-    redis_url: str, prefix: str, app_id: str, data_root: Path
+    spawn: Spawn, redis_url: str, prefix: str, app_id: str
 ) -> None:
     env = {"OCSTREAM_INSTANCE_ID": "worker-a"}
-    worker = Worker("a", data_root, redis_url=redis_url, prefix=prefix, app_id=app_id, env=env)
+    worker = spawn("a", env=env)
     worker.start()
     generation = worker.wait_assigned()["generation"]
     assert worker.stop() == 0, worker.log_tail()
     # Same instance id and URL (the URL is part of what the assignor routes by).
-    again = Worker(
-        "a",
-        data_root,
-        redis_url=redis_url,
-        prefix=prefix,
-        app_id=app_id,
-        env=env,
-        port=worker.port,
-    )
+    again = spawn("a", env=env, port=worker.port)
     again.start()
     try:
         view = again.wait_assigned()
@@ -270,17 +286,10 @@ def test_a_static_member_restarting_gets_its_partitions_back_without_a_rebalance
 
 
 def test_a_member_that_never_releases_is_evicted_after_the_rebalance_timeout(
-    redis_url: str, prefix: str, app_id: str, data_root: Path
+    spawn: Spawn, redis_url: str, prefix: str, app_id: str
 ) -> None:
-    import threading
-    import time
-
-    import redis
-
-    from ocstream.transport.keys import Keyspace
-
     env = {"OCSTREAM_TRANSPORT_REBALANCE_TIMEOUT": "2"}
-    worker = Worker("w1", data_root, redis_url=redis_url, prefix=prefix, app_id=app_id, env=env)
+    worker = spawn("w1", env=env)
     worker.start()
     client = redis.Redis.from_url(redis_url)
     group = Keyspace(prefix).group(app_id)
