@@ -1,0 +1,1 @@
+"""Ingress: follow chains, decode blocks, publish ExtendedBlocks."""
