@@ -144,7 +144,8 @@ class RpcClient:
         self._pending[request_id] = (method, future)
         payload = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": list(params)}
         try:
-            await self._ws.send_bytes(orjson.dumps(payload))
+            # Text frames: Substrate nodes (jsonrpsee) expect JSON-RPC as text.
+            await self._ws.send_str(orjson.dumps(payload).decode())
             return await asyncio.wait_for(future, self.request_timeout)
         except TimeoutError as exc:
             raise RpcConnectionError(

@@ -1,0 +1,256 @@
+"""Following one chain: every finalized block, in order, decoded and published once.
+
+A :class:`ChainFollower` is one asyncio task per network. It subscribes to finalized heads and,
+for each new head, publishes every block after its stored tip up to that head. It fetches in
+batches of ``batchSize`` and publishes in order, storing the tip after each block, so a
+restart or a dropped connection resumes right after the last published block, however far
+behind that is. A connection error, a node that answers garbage, a silent subscription
+(watchdog) or a block that fails to decode ends the session; the follower then reconnects with
+backoff, to the next url of the provider if it has several, and resumes from the tip. Blocks
+are never skipped: a block that cannot be decoded is retried, and a clear log line says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ..errors import OcstreamError
+from ..transport.client import Backoff
+from ..transport.writer import TopicWriter
+from .config import NetworkConfig
+from .decode import DecodeError, DecoderCache, RuntimeDecoder, blake2_256, build_extended_block
+from .metrics import IngressMetrics
+from .model import ExtendedBlock
+from .registry import NetworkRecord, NetworkRegistry
+from .rpc import RpcClient, RpcConnectionError, RpcError
+
+logger = logging.getLogger(__name__)
+
+#: twox128("System") ‖ twox128("Events")
+SYSTEM_EVENTS_KEY = "0x26aa394eea5630e07c48ae0c9558cef780d41e5e16056765bc8461851072c9d7"
+#: SCALE u32 15, the argument of Metadata_metadata_at_version
+METADATA_V15_ARG = "0x0f000000"
+
+
+class WrongChainError(OcstreamError):
+    """The node serves another chain than the one the registry knows for this network."""
+
+
+def encode_compact(value: int) -> bytes:
+    """SCALE compact encoding of a non-negative integer."""
+    if value < 1 << 6:
+        return bytes([value << 2])
+    if value < 1 << 14:
+        return ((value << 2) | 1).to_bytes(2, "little")
+    if value < 1 << 30:
+        return ((value << 2) | 2).to_bytes(4, "little")
+    raw = value.to_bytes((value.bit_length() + 7) // 8, "little")
+    return bytes([((len(raw) - 4) << 2) | 3]) + raw
+
+
+def _hex_bytes(value: Any, what: str) -> bytes:
+    if not isinstance(value, str) or not value.startswith("0x"):
+        raise DecodeError(f"{what}: expected 0x hex, got {str(value)[:40]!r}")
+    try:
+        return bytes.fromhex(value[2:])
+    except ValueError as exc:
+        raise DecodeError(f"{what}: not hex: {exc}") from exc
+
+
+def header_to_scale(header: dict[str, Any]) -> bytes:
+    """The SCALE header (whose blake2-256 is the block hash) from ``chain_getBlock``'s JSON."""
+    try:
+        logs = header["digest"]["logs"]
+        return b"".join(
+            [
+                _hex_bytes(header["parentHash"], "parentHash"),
+                encode_compact(int(header["number"], 16)),
+                _hex_bytes(header["stateRoot"], "stateRoot"),
+                _hex_bytes(header["extrinsicsRoot"], "extrinsicsRoot"),
+                encode_compact(len(logs)),
+                *(_hex_bytes(log, "digest log") for log in logs),
+            ]
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DecodeError(f"malformed header: {exc!r}") from exc
+
+
+class ChainFollower:
+    def __init__(
+        self,
+        network: NetworkConfig,
+        *,
+        writer: TopicWriter,
+        registry: NetworkRegistry,
+        decoders: DecoderCache,
+        metrics: IngressMetrics | None = None,
+        topic: str = "blocks",
+        watchdog: float = 60.0,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.network = network
+        self.urn = network.id
+        self.writer = writer
+        self.registry = registry
+        self.decoders = decoders
+        self.metrics = (metrics or IngressMetrics()).networks[self.urn]
+        self.topic = topic
+        self.watchdog = watchdog
+        self.backoff = Backoff(base=0.5, cap=max_backoff)
+        self.record: NetworkRecord | None = None
+
+    # -- the loop ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        urls = self.network.provider.urls  # type: ignore[union-attr]
+        attempt = 0
+        while True:
+            url = urls[attempt % len(urls)]
+            published_before = self.metrics.blocks_published
+            try:
+                async with RpcClient(url) as node:
+                    logger.info("%s: following %s", self.urn, url)
+                    await self._follow(node)
+            except asyncio.CancelledError:
+                raise
+            except (RpcConnectionError, RpcError, DecodeError, WrongChainError) as exc:
+                self.metrics.errors += 1
+                self.metrics.reconnects += 1
+                if self.metrics.blocks_published > published_before:
+                    self.backoff.reset()  # it worked for a while: come back quickly
+                attempt += 1
+                delay = self.backoff.next_delay()
+                logger.warning(
+                    "↻ %s via %s: %s; trying %s in %.2fs",
+                    self.urn,
+                    url,
+                    exc,
+                    urls[attempt % len(urls)],
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _follow(self, node: RpcClient) -> None:
+        genesis = await node.request("chain_getBlockHash", [0])
+        record = await self.registry.get(self.urn)
+        if record is not None and record.genesis_hash not in (None, genesis):
+            raise WrongChainError(
+                f"{node.url} serves genesis {genesis}, but {self.urn} is {record.genesis_hash}"
+            )
+        if record is None or record.genesis_hash is None:
+            record = NetworkRecord(id=self.urn, relay=self.network.relay, genesis_hash=genesis)
+            await self.registry.put(record)
+        self.record = record
+        heads = await node.subscribe(
+            "chain_subscribeFinalizedHeads", [], "chain_unsubscribeFinalizedHeads"
+        )
+        while True:
+            head = await heads.next(self.watchdog)
+            try:
+                finalized = int(head["number"], 16)
+            except (TypeError, KeyError, ValueError) as exc:
+                raise RpcConnectionError(f"malformed head notification: {head!r}") from exc
+            self.metrics.finalized_height = max(self.metrics.finalized_height, finalized)
+            tip = self.record.tip_number
+            if tip is None or not self.network.recovery and finalized - tip > 1:
+                if tip is not None:
+                    logger.warning(
+                        "%s: recovery is off; skipping %d blocks (#%d..#%d)",
+                        self.urn,
+                        finalized - tip - 1,
+                        tip + 1,
+                        finalized - 1,
+                    )
+                tip = finalized - 1  # a new network starts at the current finalized block
+            if finalized > tip:
+                await self._catch_up(node, tip + 1, finalized)
+
+    async def _catch_up(self, node: RpcClient, first: int, last: int) -> None:
+        if last - first >= self.network.max_block_dist:
+            logger.info(
+                "%s: catching up %d blocks (#%d..#%d)", self.urn, last - first + 1, first, last
+            )
+        for start in range(first, last + 1, self.network.batch_size):
+            numbers = range(start, min(last, start + self.network.batch_size - 1) + 1)
+            # Fetch a batch concurrently, publish it in order.
+            blocks = await asyncio.gather(*(self._fetch(node, n) for n in numbers))
+            for block in blocks:
+                await self._publish(block)
+
+    async def _publish(self, block: ExtendedBlock) -> None:
+        await self.writer.send(self.topic, key=self.urn, value=block.to_json_bytes())
+        assert self.record is not None
+        self.record = self.record.model_copy(
+            update={
+                "tip_number": block.number,
+                "tip_hash": block.hash,
+                "spec_version": block.spec_version,
+            }
+        )
+        await self.registry.put(self.record)
+        self.metrics.blocks_published += 1
+        self.metrics.tip_height = block.number
+
+    # -- one block -----------------------------------------------------------------------------
+    async def _fetch(self, node: RpcClient, number: int) -> ExtendedBlock:
+        block_hash = await node.request("chain_getBlockHash", [number])
+        if block_hash is None:
+            raise RpcConnectionError(f"{self.urn}: the node has no block #{number}")
+        signed = await node.request("chain_getBlock", [block_hash])
+        try:
+            block = signed["block"]
+            header = header_to_scale(block["header"])
+            extrinsics = [_hex_bytes(x, "extrinsic") for x in block["extrinsics"]]
+        except (KeyError, TypeError) as exc:
+            raise DecodeError(f"{self.urn} #{number}: malformed chain_getBlock answer") from exc
+        if "0x" + blake2_256(header).hex() != block_hash:
+            raise DecodeError(f"{self.urn} #{number}: the header does not hash to {block_hash}")
+        events = await node.request("state_getStorage", [SYSTEM_EVENTS_KEY, block_hash])
+        version = await node.request("state_getRuntimeVersion", [block_hash])
+        spec_version = int(version["specVersion"])
+        decoder = await self._decoder(node, spec_version, block_hash)
+        started = time.perf_counter()
+        extended = build_extended_block(
+            self.urn,
+            decoder,
+            header,
+            extrinsics,
+            _hex_bytes(events, "System.Events") if events else b"\x00",
+            spec_version=spec_version,
+        )
+        self.metrics.decode_seconds += time.perf_counter() - started
+        if extended.number != number:
+            raise DecodeError(f"{self.urn}: asked for #{number}, got #{extended.number}")
+        return extended
+
+    async def _decoder(self, node: RpcClient, spec_version: int, at: str) -> RuntimeDecoder:
+        decoder = self.decoders.get(self.urn, spec_version)
+        if decoder is not None:
+            return decoder
+        metadata = await self.registry.metadata(self.urn, spec_version)
+        if metadata is None:
+            # A runtime upgrade (or a first start): the metadata of this block's runtime is
+            # loaded before any of its blocks is decoded.
+            metadata = await self._fetch_metadata(node, at)
+            logger.info(
+                "%s: loaded metadata of spec %d (%d bytes)", self.urn, spec_version, len(metadata)
+            )
+        decoder = self.decoders.get_or_build(self.urn, spec_version, metadata)
+        await self.registry.put_metadata(self.urn, spec_version, metadata)
+        return decoder
+
+    async def _fetch_metadata(self, node: RpcClient, at: str) -> bytes:
+        try:
+            answer = await node.request(
+                "state_call", ["Metadata_metadata_at_version", METADATA_V15_ARG, at]
+            )
+            raw = _hex_bytes(answer, "Metadata_metadata_at_version")
+            if raw[:1] == b"\x01":  # Some(OpaqueMetadata): a compact length, then the bytes
+                mode = raw[1] & 3
+                skip = {0: 1, 1: 2, 2: 4}.get(mode, 1 + (raw[1] >> 2) + 4)
+                return raw[1 + skip :]
+        except (RpcError, DecodeError):
+            pass  # the runtime has no metadata_at_version: V14 only
+        return _hex_bytes(await node.request("state_getMetadata", [at]), "state_getMetadata")
