@@ -14,6 +14,7 @@ to ``<data dir>/redis/url``, so that other commands on the same data dir (``send
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,6 +88,45 @@ def _topology(settings: Settings, argv: list[str]) -> int:
     return 0
 
 
+def _ingress(settings: Settings, argv: list[str], *, port_given: bool) -> int:
+    import asyncio
+    import logging
+
+    from .errors import ConfigError
+    from .ingress.config import load_ingress_config
+    from .ingress.service import IngressService
+
+    parser = argparse.ArgumentParser(
+        prog="ocstream ingress",
+        description="Follow the networks of --config and publish their blocks to --redis.",
+    )
+    parser.add_argument("-l", "--loglevel", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.loglevel.upper(),
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
+    )
+    if settings.config_file is None:
+        raise ConfigError("ocstream ingress needs --config (or OCSTREAM_CONFIG_FILE)")
+    redis_url = settings.redis_url or _running_embedded_url(settings)
+    if redis_url is None:
+        raise ConfigError(
+            "ocstream ingress needs --redis (or OCSTREAM_REDIS_URL), or a worker running the "
+            "embedded Redis on the same --data-dir"
+        )
+    config = load_ingress_config(settings.config_file)
+    service = IngressService(
+        config,
+        redis_url=redis_url,
+        prefix=settings.transport.prefix,
+        partitions=settings.partitions,
+    )
+    # Its own port: next to a worker on the default 3000, the ingress takes 3001.
+    port = settings.port if port_given else settings.port + 1
+    asyncio.run(service.run(settings.address, port))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -96,6 +136,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         if command == "topology":
             rest.remove("topology")
             raise SystemExit(_topology(settings, rest))
+        if command == "ingress":
+            rest.remove("ingress")
+            port_given = own.get("port") is not None or "OCSTREAM_PORT" in os.environ
+            raise SystemExit(_ingress(settings, rest, port_given=port_given))
         redis_url = settings.redis_url or _running_embedded_url(settings)
         if redis_url is None and command == "worker":
             redis_url = _start_embedded(settings)
