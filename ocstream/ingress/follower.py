@@ -23,9 +23,10 @@ from ..transport.writer import TopicWriter
 from .config import NetworkConfig
 from .decode import DecodeError, DecoderCache, RuntimeDecoder, blake2_256, build_extended_block
 from .metrics import IngressMetrics
-from .model import ExtendedBlock
+from .model import ExtendedBlock, StorageItem
 from .registry import NetworkRecord, NetworkRegistry
 from .rpc import RpcClient, RpcConnectionError, RpcError
+from .storage import storage_needed
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +224,17 @@ class ChainFollower:
         self.metrics.decode_seconds += time.perf_counter() - started
         if extended.number != number:
             raise DecodeError(f"{self.urn}: asked for #{number}, got #{extended.number}")
-        return extended
+        requests = storage_needed(extended, is_relay=self.network.is_relay)
+        if not requests:
+            return extended
+        values = await asyncio.gather(
+            *(node.request("state_getStorage", [r.key, block_hash]) for r in requests)
+        )
+        storage = [
+            StorageItem(pallet=r.pallet, item=r.item, key=r.key, value=value)
+            for r, value in zip(requests, values, strict=True)
+        ]
+        return extended.model_copy(update={"storage": storage})
 
     async def _decoder(self, node: RpcClient, spec_version: int, at: str) -> RuntimeDecoder:
         decoder = self.decoders.get(self.urn, spec_version)

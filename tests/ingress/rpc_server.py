@@ -59,6 +59,7 @@ class RecordedChainServer:
         metadata: bytes,
         chain: str = "Polkadot",
         genesis: str = POLKADOT_GENESIS,
+        storage: dict[tuple[str, str], str] | None = None,
     ) -> None:
         self.blocks = {b.number: b for b in blocks}
         self.by_hash = {b.hash: b for b in blocks}
@@ -67,6 +68,8 @@ class RecordedChainServer:
         self.metadata = metadata
         self.chain = chain
         self.genesis = genesis
+        #: (key, block hash) -> value hex, served by state_getStorage besides System.Events
+        self.storage = dict(storage or {})
         self.finalized = self.first - 1
         #: "ok", "garbage" (answers that are not JSON-RPC) or "silent" (never answers)
         self.mode = "ok"
@@ -171,6 +174,8 @@ class RecordedChainServer:
             block = self.by_hash.get(params[1])
             if params[0] == SYSTEM_EVENTS_KEY and block is not None:
                 result = "0x" + events_value(block.events).hex()
+            else:
+                result = self.storage.get((params[0], params[1]))
         elif method == "state_getRuntimeVersion":
             result = {"specName": self.chain.lower(), "specVersion": self.spec_version}
         elif method == "state_call":

@@ -7,6 +7,7 @@ real websockets. Each test checks what reached the ``blocks`` topic.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -86,24 +87,26 @@ class Harness:
                 pass
         await self.client.aclose()
 
-    async def published(self) -> list[ExtendedBlock]:
+    async def published(self, key: str = URN) -> list[ExtendedBlock]:
         keys = Keyspace(self.prefix)
         count = await self.writer.topics.get("blocks") or 0
         blocks = []
         for p in range(count):
             for _, fields in await self.client.xrange(keys.stream("blocks", p)):
-                assert fields[b"k"] == URN.encode()
+                assert fields[b"k"] == key.encode()
                 blocks.append(ExtendedBlock.from_json_bytes(fields[b"v"]))
         return blocks
 
-    async def wait_published(self, count: int, timeout: float = 30) -> list[ExtendedBlock]:
+    async def wait_published(
+        self, count: int, timeout: float = 30, key: str = URN
+    ) -> list[ExtendedBlock]:
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:
-            blocks = await self.published()
+            blocks = await self.published(key)
             if len(blocks) >= count:
                 return blocks
             await asyncio.sleep(0.05)
-        raise AssertionError(f"only {len(await self.published())} of {count} blocks published")
+        raise AssertionError(f"only {len(await self.published(key))} of {count} blocks published")
 
 
 def numbers(blocks: list[ExtendedBlock]) -> list[int]:
@@ -228,3 +231,70 @@ async def test_registry_round_trip(redis_url: str, prefix: str) -> None:
     assert await registry.metadata(URN, 7) == b"meta\x0e"
     assert await registry.metadata(URN, 8) is None
     await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("case", "recording", "metadata", "spec", "network"),
+    [
+        (
+            "v1-hrmp-assethub-interlay.json",
+            "hrmp-out-1000.cbor.bin",
+            "assethub-9430.scale",
+            9430,
+            {"id": "urn:ocn:polkadot:1000", "relay": "urn:ocn:polkadot:0"},
+        ),
+        (
+            "v1-dmp-hop-polkadot-hydra.json",
+            "polkadot-hop-19777220.cbor.bin",
+            "polkadot-1000001.scale",
+            1000001,
+            {"id": "urn:ocn:polkadot:0"},
+        ),
+    ],
+)
+async def test_sent_blocks_carry_their_storage_items(
+    redis_url: str,
+    prefix: str,
+    fixtures_dir: Path,
+    case: str,
+    recording: str,
+    metadata: str,
+    spec: int,
+    network: dict[str, str],
+) -> None:
+    manifest = json.loads((fixtures_dir / "cases" / case).read_text())
+    blocks = load_v1_cbor(fixtures_dir / "raw/v1" / recording)
+    expected = [s for s in manifest["storage"] if s["chain"] == network["id"]]
+    assert expected, "the case names a storage item of this chain"
+    server = RecordedChainServer(
+        blocks,
+        spec_version=spec,
+        metadata=(fixtures_dir / "metadata" / metadata).read_bytes(),
+        storage={(s["key"], s["block_hash"]): s["value"] for s in expected},
+    )
+    await server.start()
+    await server.finalize(blocks[0].number)
+    harness = Harness(redis_url, prefix, [server.url])
+    harness.follower.network = NetworkConfig.model_validate(
+        {**network, "provider": {"type": "rpc", "url": server.url}}
+    )
+    harness.follower.urn = network["id"]
+    harness.start()
+    try:
+        await harness.wait_published(1, key=network["id"])  # it starts at the first block
+        await server.finalize(blocks[-1].number)
+        published = await harness.wait_published(len(blocks), key=network["id"])
+    finally:
+        await harness.stop()
+        await server.stop()
+    by_hash = {b.hash: b for b in published}
+    for item in expected:
+        block = by_hash[item["block_hash"]]
+        attached = {s.key: s for s in block.storage}
+        assert item["key"] in attached, f"{item['item']} missing from #{block.number}"
+        assert attached[item["key"]].value == item["value"]
+        assert f"{attached[item['key']].pallet}.{attached[item['key']].item}" in item["item"]
+    # Blocks that send nothing carry no storage.
+    assert all(
+        not b.storage for b in published if b.hash not in {i["block_hash"] for i in expected}
+    )
