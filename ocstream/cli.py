@@ -127,6 +127,38 @@ def _ingress(settings: Settings, argv: list[str], *, port_given: bool) -> int:
     return 0
 
 
+def _record(settings: Settings, argv: list[str]) -> int:
+    import asyncio
+    import logging
+
+    from .errors import ConfigError
+    from .ingress.config import load_ingress_config
+    from .ingress.follower import record
+
+    parser = argparse.ArgumentParser(
+        prog="ocstream record",
+        description="Save what the ingress reads for blocks FROM..TO of a network, for replay.",
+    )
+    parser.add_argument("--network", required=True, help="network URN from the config")
+    parser.add_argument("--from", dest="first", type=int, required=True)
+    parser.add_argument("--to", dest="last", type=int, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="file (.jsonl, or .jsonl.gz)")
+    parser.add_argument("-l", "--loglevel", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.loglevel.upper(), format="[%(asctime)s] %(message)s")
+    if settings.config_file is None:
+        raise ConfigError("ocstream record needs --config (or OCSTREAM_CONFIG_FILE)")
+    if args.last < args.first:
+        raise ConfigError(f"--to {args.last} is before --from {args.first}")
+    try:
+        network = load_ingress_config(settings.config_file).network(args.network)
+    except KeyError as exc:
+        raise ConfigError(str(exc)) from exc
+    count = asyncio.run(record(network, args.first, args.last, args.out))
+    print(f"recorded {count} blocks of {args.network} to {args.out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -136,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         if command == "topology":
             rest.remove("topology")
             raise SystemExit(_topology(settings, rest))
+        if command == "record":
+            rest.remove("record")
+            raise SystemExit(_record(settings, rest))
         if command == "ingress":
             rest.remove("ingress")
             port_given = own.get("port") is not None or "OCSTREAM_PORT" in os.environ

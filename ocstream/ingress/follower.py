@@ -15,16 +15,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
 from ..errors import OcstreamError
 from ..transport.client import Backoff
 from ..transport.writer import TopicWriter
-from .config import NetworkConfig
+from .config import NetworkConfig, ReplayProvider
 from .decode import DecodeError, DecoderCache, RuntimeDecoder, blake2_256, build_extended_block
 from .metrics import IngressMetrics
 from .model import ExtendedBlock, StorageItem
 from .registry import NetworkRecord, NetworkRegistry
+from .replay import RecordingError, ReplayNode
 from .rpc import RpcClient, RpcConnectionError, RpcError
 from .storage import storage_needed
 
@@ -34,6 +37,16 @@ logger = logging.getLogger(__name__)
 SYSTEM_EVENTS_KEY = "0x26aa394eea5630e07c48ae0c9558cef780d41e5e16056765bc8461851072c9d7"
 #: SCALE u32 15, the argument of Metadata_metadata_at_version
 METADATA_V15_ARG = "0x0f000000"
+
+
+class Node(Protocol):
+    """What the follower needs of a node: a live RpcClient, or a recording's ReplayNode."""
+
+    url: str
+
+    async def request(self, method: str, params: Sequence[Any] = ()) -> Any: ...
+
+    async def subscribe(self, method: str, params: Sequence[Any], unsubscribe: str) -> Any: ...
 
 
 class WrongChainError(OcstreamError):
@@ -84,8 +97,8 @@ class ChainFollower:
         self,
         network: NetworkConfig,
         *,
-        writer: TopicWriter,
-        registry: NetworkRegistry,
+        writer: TopicWriter | None,
+        registry: NetworkRegistry | None,
         decoders: DecoderCache,
         metrics: IngressMetrics | None = None,
         topic: str = "blocks",
@@ -104,19 +117,32 @@ class ChainFollower:
         self.record: NetworkRecord | None = None
 
     # -- the loop ------------------------------------------------------------------------------
+    def _connect(self, url: str) -> Any:
+        provider = self.network.provider
+        if isinstance(provider, ReplayProvider):
+            return ReplayNode(provider.file, provider.rate)
+        return RpcClient(url)
+
     async def run(self) -> None:
-        urls = self.network.provider.urls  # type: ignore[union-attr]
+        provider = self.network.provider
+        urls = [str(provider.file)] if isinstance(provider, ReplayProvider) else provider.urls
         attempt = 0
         while True:
             url = urls[attempt % len(urls)]
             published_before = self.metrics.blocks_published
             try:
-                async with RpcClient(url) as node:
+                async with self._connect(url) as node:
                     logger.info("%s: following %s", self.urn, url)
                     await self._follow(node)
             except asyncio.CancelledError:
                 raise
-            except (RpcConnectionError, RpcError, DecodeError, WrongChainError) as exc:
+            except (
+                RpcConnectionError,
+                RpcError,
+                DecodeError,
+                WrongChainError,
+                RecordingError,
+            ) as exc:
                 self.metrics.errors += 1
                 self.metrics.reconnects += 1
                 if self.metrics.blocks_published > published_before:
@@ -133,7 +159,8 @@ class ChainFollower:
                 )
                 await asyncio.sleep(delay)
 
-    async def _follow(self, node: RpcClient) -> None:
+    async def _follow(self, node: Node) -> None:
+        assert self.registry is not None, "following needs a registry"
         genesis = await node.request("chain_getBlockHash", [0])
         record = await self.registry.get(self.urn)
         if record is not None and record.genesis_hash not in (None, genesis):
@@ -168,7 +195,7 @@ class ChainFollower:
             if finalized > tip:
                 await self._catch_up(node, tip + 1, finalized)
 
-    async def _catch_up(self, node: RpcClient, first: int, last: int) -> None:
+    async def _catch_up(self, node: Node, first: int, last: int) -> None:
         if last - first >= self.network.max_block_dist:
             logger.info(
                 "%s: catching up %d blocks (#%d..#%d)", self.urn, last - first + 1, first, last
@@ -181,6 +208,7 @@ class ChainFollower:
                 await self._publish(block)
 
     async def _publish(self, block: ExtendedBlock) -> None:
+        assert self.writer is not None and self.registry is not None
         await self.writer.send(self.topic, key=self.urn, value=block.to_json_bytes())
         assert self.record is not None
         self.record = self.record.model_copy(
@@ -195,7 +223,11 @@ class ChainFollower:
         self.metrics.tip_height = block.number
 
     # -- one block -----------------------------------------------------------------------------
-    async def _fetch(self, node: RpcClient, number: int) -> ExtendedBlock:
+    async def fetch(self, node: Node, number: int) -> ExtendedBlock:
+        """Block ``number``, decoded, with its storage items (public for ``ocstream record``)."""
+        return await self._fetch(node, number)
+
+    async def _fetch(self, node: Node, number: int) -> ExtendedBlock:
         block_hash = await node.request("chain_getBlockHash", [number])
         if block_hash is None:
             raise RpcConnectionError(f"{self.urn}: the node has no block #{number}")
@@ -236,11 +268,13 @@ class ChainFollower:
         ]
         return extended.model_copy(update={"storage": storage})
 
-    async def _decoder(self, node: RpcClient, spec_version: int, at: str) -> RuntimeDecoder:
+    async def _decoder(self, node: Node, spec_version: int, at: str) -> RuntimeDecoder:
         decoder = self.decoders.get(self.urn, spec_version)
         if decoder is not None:
             return decoder
-        metadata = await self.registry.metadata(self.urn, spec_version)
+        metadata = None
+        if self.registry is not None:
+            metadata = await self.registry.metadata(self.urn, spec_version)
         if metadata is None:
             # A runtime upgrade (or a first start): the metadata of this block's runtime is
             # loaded before any of its blocks is decoded.
@@ -249,10 +283,11 @@ class ChainFollower:
                 "%s: loaded metadata of spec %d (%d bytes)", self.urn, spec_version, len(metadata)
             )
         decoder = self.decoders.get_or_build(self.urn, spec_version, metadata)
-        await self.registry.put_metadata(self.urn, spec_version, metadata)
+        if self.registry is not None:
+            await self.registry.put_metadata(self.urn, spec_version, metadata)
         return decoder
 
-    async def _fetch_metadata(self, node: RpcClient, at: str) -> bytes:
+    async def _fetch_metadata(self, node: Node, at: str) -> bytes:
         try:
             answer = await node.request(
                 "state_call", ["Metadata_metadata_at_version", METADATA_V15_ARG, at]
@@ -265,3 +300,23 @@ class ChainFollower:
         except (RpcError, DecodeError):
             pass  # the runtime has no metadata_at_version: V14 only
         return _hex_bytes(await node.request("state_getMetadata", [at]), "state_getMetadata")
+
+
+async def record(network: NetworkConfig, first: int, last: int, out: Path) -> int:
+    """Fetch blocks ``first``..``last`` of ``network`` from its first url and save every answer
+    the ingress needed to ``out`` (see :mod:`ocstream.ingress.replay`). Returns the block count."""
+    from .replay import RecordingClient, _open
+
+    urls = network.provider.urls if not isinstance(network.provider, ReplayProvider) else []
+    if not urls:
+        raise WrongChainError(f"{network.id}: record needs an rpc provider")
+    follower = ChainFollower(network, writer=None, registry=None, decoders=DecoderCache())
+    async with RpcClient(urls[0]) as live:
+        node = RecordingClient(live)
+        await node.request("chain_getBlockHash", [0])
+        for number in range(first, last + 1):
+            block = await follower.fetch(node, number)
+            logger.info("%s: recorded #%d (%s)", network.id, number, block.hash)
+    with _open(out, "w") as fh:
+        node.write(fh, {"network": network.id, "from": first, "to": last, "url": urls[0]})
+    return last - first + 1
