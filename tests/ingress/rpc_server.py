@@ -61,11 +61,12 @@ class RecordedChainServer:
         genesis: str = POLKADOT_GENESIS,
         storage: dict[tuple[str, str], str] | None = None,
     ) -> None:
-        self.blocks = {b.number: b for b in blocks}
-        self.by_hash = {b.hash: b for b in blocks}
+        self.blocks: dict[int, RawBlock] = {}
+        self.by_hash: dict[str, RawBlock] = {}
+        #: block hash -> (spec version, metadata): the runtime each block was recorded under
+        self.runtime_of: dict[str, tuple[int, bytes]] = {}
+        self.add_blocks(blocks, spec_version=spec_version, metadata=metadata)
         self.first = min(self.blocks)
-        self.spec_version = spec_version
-        self.metadata = metadata
         self.chain = chain
         self.genesis = genesis
         #: (key, block hash) -> value hex, served by state_getStorage besides System.Events
@@ -78,6 +79,14 @@ class RecordedChainServer:
         self._subscribers: dict[web.WebSocketResponse, str] = {}
         self._runner: web.AppRunner | None = None
         self.url = ""
+
+    def add_blocks(self, blocks: Sequence[RawBlock], *, spec_version: int, metadata: bytes) -> None:
+        """More recorded blocks, of another runtime if need be (a runtime upgrade)."""
+        for block in blocks:
+            assert block.number is not None and block.hash is not None
+            self.blocks[block.number] = block
+            self.by_hash[block.hash] = block
+            self.runtime_of[block.hash] = (spec_version, metadata)
 
     async def start(self) -> str:
         app = web.Application()
@@ -103,7 +112,7 @@ class RecordedChainServer:
         """Advance finality to ``number`` and notify subscribers (one notification per head)."""
         number = min(number, max(self.blocks))
         while self.finalized < number:
-            self.finalized += 1
+            self.finalized = min(n for n in self.blocks if n > self.finalized)
             await self._notify(self.finalized)
 
     async def _notify(self, number: int) -> None:
@@ -177,7 +186,8 @@ class RecordedChainServer:
             else:
                 result = self.storage.get((params[0], params[1]))
         elif method == "state_getRuntimeVersion":
-            result = {"specName": self.chain.lower(), "specVersion": self.spec_version}
+            spec, _ = self.runtime_of[params[0]]
+            result = {"specName": self.chain.lower(), "specVersion": spec}
         elif method == "state_call":
             # V14 runtimes have no Metadata_metadata_at_version, as on a real old node.
             error = {
@@ -186,7 +196,8 @@ class RecordedChainServer:
                 "Metadata_metadata_at_version is not found",
             }
         elif method == "state_getMetadata":
-            result = "0x" + self.metadata.hex()
+            _, metadata = self.runtime_of[params[0]]
+            result = "0x" + metadata.hex()
         elif method == "system_chain":
             result = self.chain
         elif method == "rpc_methods":

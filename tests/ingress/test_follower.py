@@ -298,3 +298,41 @@ async def test_sent_blocks_carry_their_storage_items(
     assert all(
         not b.storage for b in published if b.hash not in {i["block_hash"] for i in expected}
     )
+
+
+async def test_a_runtime_upgrade_loads_the_new_metadata_before_decoding(
+    redis_url: str, prefix: str, servers: Any, fixtures_dir: Path
+) -> None:
+    server = await servers()  # Polkadot #17844552.. recorded under spec 9430
+    upgraded = load_v1_cbor(fixtures_dir / "raw/v1/dmp-out-event-19505060.cbor.bin")
+    server.add_blocks(
+        upgraded,
+        spec_version=1000001,
+        metadata=(fixtures_dir / "metadata/polkadot-1000001.scale").read_bytes(),
+    )
+    await server.finalize(FIRST + 1)
+    harness = Harness(redis_url, prefix, [server.url])
+    after = Harness(redis_url, prefix, [server.url])
+    harness.start()
+    try:
+        await harness.wait_published(1)
+        await server.finalize(FIRST + 2)
+        await harness.wait_published(2)
+        # The recording has no blocks in between: move the stored tip to just before the
+        # upgraded runtime's blocks, as if the follower had published everything up to there.
+        await harness.stop()
+        record = await harness.registry.get(URN)
+        assert record is not None
+        await after.registry.put(record.model_copy(update={"tip_number": upgraded[0].number - 1}))
+        after.start()
+        await server.finalize(upgraded[-1].number)
+        blocks = await after.wait_published(2 + len(upgraded))
+    finally:
+        await harness.stop()
+        await after.stop()
+    assert [b.spec_version for b in blocks] == [9430, 9430] + [1000001] * len(upgraded)
+    assert numbers(blocks[2:]) == [b.number for b in upgraded]
+    # The new runtime's events decode with its own types (XcmPallet.Sent at Initialization).
+    assert any(e.module == "XcmPallet" and e.name == "Sent" for e in blocks[2].events)
+    assert await after.registry.metadata(URN, 1000001) is not None
+    assert after.decoders.builds == 1  # only the upgraded runtime, in the new process
