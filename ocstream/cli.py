@@ -183,6 +183,19 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         from .app import build_app
 
         app = build_app(settings, redis_url=redis_url)
+        if command == "worker" and settings.embedded and settings.config_file is not None:
+            from .ingress.config import declares_networks, load_ingress_config
+
+            if declares_networks(settings.config_file):
+                from .ingress.in_worker import attach_ingress
+
+                attach_ingress(
+                    app,
+                    load_ingress_config(settings.config_file),
+                    redis_url=redis_url,
+                    prefix=settings.transport.prefix,
+                    partitions=settings.partitions,
+                )
     except OcstreamError as exc:
         print(f"ocstream: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc

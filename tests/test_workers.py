@@ -319,3 +319,21 @@ def test_a_member_that_never_releases_is_evicted_after_the_rebalance_timeout(
     finally:
         stop.set()
         assert worker.stop() == 0, worker.log_tail()
+
+
+def test_a_distributed_worker_sees_networks_registered_later(
+    spawn: Spawn, redis_url: str, prefix: str
+) -> None:
+    import json
+
+    worker = spawn("w1")
+    worker.start()
+    worker.wait_assigned()
+    assert json.loads(worker.get("/networks")) == {}
+    # An ingress elsewhere registers a network: no restart needed to see it.
+    record = {"id": "urn:ocn:polkadot:2034", "relay": "urn:ocn:polkadot:0", "tip_number": 7}
+    redis.Redis.from_url(redis_url).hset(f"{prefix}networks", record["id"], json.dumps(record))
+    networks = json.loads(worker.get("/networks"))
+    assert networks["urn:ocn:polkadot:2034"]["tip_number"] == 7
+    assert networks["urn:ocn:polkadot:2034"]["relay"] == "urn:ocn:polkadot:0"
+    assert worker.stop() == 0, worker.log_tail()

@@ -302,6 +302,14 @@ class IngressConfig(BaseModel):
         raise KeyError(f"network {urn!r} is not configured (declared: {declared})")
 
 
+def declares_networks(path: str | os.PathLike[str]) -> bool:
+    """Whether a config file has any ``[[networks]]`` (a worker-only file has none)."""
+    try:
+        return bool(tomllib.loads(_read_text(Path(path))).get("networks"))
+    except tomllib.TOMLDecodeError:
+        return True  # let load_ingress_config report the syntax error with its line
+
+
 def load_ingress_config(path: str | os.PathLike[str]) -> IngressConfig:
     """Read and validate the networks of a TOML config file.
 

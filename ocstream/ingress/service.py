@@ -92,18 +92,25 @@ class IngressService:
         app.router.add_get("/metrics", metrics)
         return app
 
-    async def run(self, address: str, port: int) -> None:
+    async def start(self) -> None:
+        """Start one follower task per network."""
         await self.writer.create_topic(BLOCKS_TOPIC, self.partitions)
+        self._tasks = [asyncio.create_task(f.run(), name=f"follow {f.urn}") for f in self.followers]
+        logger.info("ingress: following %s", ", ".join(f.urn for f in self.followers))
+
+    async def stop(self) -> None:
+        for task in getattr(self, "_tasks", []):
+            task.cancel()
+        await asyncio.gather(*getattr(self, "_tasks", []), return_exceptions=True)
+        await self.client.aclose()
+
+    async def run(self, address: str, port: int) -> None:
+        """The ``ocstream ingress`` process: followers plus its own HTTP server, until SIGTERM."""
         runner = web.AppRunner(self.web_app())
         await runner.setup()
         await web.TCPSite(runner, address, port).start()
-        logger.info(
-            "ingress: %d networks, /health and /metrics on http://%s:%d",
-            len(self.followers),
-            address,
-            port,
-        )
-        tasks = [asyncio.create_task(f.run(), name=f"follow {f.urn}") for f in self.followers]
+        logger.info("ingress: /health and /metrics on http://%s:%d", address, port)
+        await self.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -112,8 +119,5 @@ class IngressService:
             await stop.wait()
         finally:
             logger.info("ingress: stopping")
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             await runner.cleanup()
-            await self.client.aclose()
+            await self.stop()

@@ -103,3 +103,60 @@ async def test_ingress_without_a_config_says_so(tmp_path: Path) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
     assert b"needs --config" in err
+
+
+async def test_an_embedded_worker_runs_the_ingress_itself(
+    fixtures_dir: Path, tmp_path: Path
+) -> None:
+    from tests.workers import Worker
+
+    blocks = load_v1_cbor(fixtures_dir / "raw/v1/polkadot-17844552-20.cbor.bin")
+    metadata = (fixtures_dir / "metadata/polkadot-9430.scale").read_bytes()
+    server = RecordedChainServer(blocks, spec_version=9430, metadata=metadata)
+    url = await server.start()
+    await server.finalize(FIRST)
+    config = tmp_path / "solo.toml"
+    config.write_text(
+        f'[[networks]]\nid = "urn:ocn:polkadot:0"\nprovider = {{ type = "rpc", url = "{url}" }}\n'
+    )
+    # No --redis: the worker starts its embedded Redis and follows the network itself.
+    worker = Worker(
+        "solo",
+        tmp_path,
+        redis_url=None,
+        prefix="ocs:",
+        app_id="solo",
+        env={"OCSTREAM_CONFIG_FILE": str(config)},
+    )
+    worker.start()
+    try:
+        await asyncio.to_thread(worker.wait_assigned)
+        redis_url = (worker.data_dir / "redis" / "url").read_text().strip()
+        client = aioredis.Redis.from_url(redis_url)
+        keys = Keyspace("ocs:")
+
+        async def published() -> int:
+            count = int(await client.hget(keys.topics, "blocks") or 0)
+            return sum([await client.xlen(keys.stream("blocks", p)) for p in range(count)])
+
+        for _ in range(300):
+            if await published() >= 1:
+                break
+            await asyncio.sleep(0.1)
+        await server.finalize(FIRST + 3)
+        for _ in range(300):
+            if await published() >= 4:
+                break
+            await asyncio.sleep(0.1)
+        assert await published() == 4
+        networks = json.loads(await asyncio.to_thread(worker.get, "/networks"))
+        assert networks["urn:ocn:polkadot:0"]["tip_number"] == FIRST + 3
+        health = json.loads(await asyncio.to_thread(worker.get, "/ingress/health"))
+        assert health["networks"]["urn:ocn:polkadot:0"]["published"] == 4
+        metrics = await asyncio.to_thread(worker.get, "/metrics")
+        assert "ocstream_ingress_blocks_published_total" in metrics
+        await client.aclose()
+    finally:
+        code = await asyncio.to_thread(worker.stop)
+        await server.stop()
+    assert code == 0, worker.log_tail()
