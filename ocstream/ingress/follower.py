@@ -115,6 +115,8 @@ class ChainFollower:
         self.watchdog = watchdog
         self.backoff = Backoff(base=0.5, cap=max_backoff)
         self.record: NetworkRecord | None = None
+        # When each finalized head was announced, to measure head-to-publish latency.
+        self._announced: dict[int, float] = {}
 
     # -- the loop ------------------------------------------------------------------------------
     def _connect(self, url: str) -> Any:
@@ -181,6 +183,8 @@ class ChainFollower:
             except (TypeError, KeyError, ValueError) as exc:
                 raise RpcConnectionError(f"malformed head notification: {head!r}") from exc
             self.metrics.finalized_height = max(self.metrics.finalized_height, finalized)
+            if len(self._announced) < 10_000:
+                self._announced.setdefault(finalized, time.perf_counter())
             tip = self.record.tip_number
             if tip is None or not self.network.recovery and finalized - tip > 1:
                 if tip is not None:
@@ -221,6 +225,9 @@ class ChainFollower:
         await self.registry.put(self.record)
         self.metrics.blocks_published += 1
         self.metrics.tip_height = block.number
+        announced = self._announced.pop(block.number, None)
+        if announced is not None:
+            self.metrics.publish_latencies.append(time.perf_counter() - announced)
 
     # -- one block -----------------------------------------------------------------------------
     async def fetch(self, node: Node, number: int) -> ExtendedBlock:
@@ -282,7 +289,11 @@ class ChainFollower:
             logger.info(
                 "%s: loaded metadata of spec %d (%d bytes)", self.urn, spec_version, len(metadata)
             )
-        decoder = self.decoders.get_or_build(self.urn, spec_version, metadata)
+        # Building compiles every type of the runtime (a fraction of a second of CPU): done in a
+        # thread so that the other networks' blocks keep flowing meanwhile.
+        decoder = await asyncio.to_thread(
+            self.decoders.get_or_build, self.urn, spec_version, metadata
+        )
         if self.registry is not None:
             await self.registry.put_metadata(self.urn, spec_version, metadata)
         return decoder

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 
@@ -14,6 +14,8 @@ class NetworkMetrics:
     errors: int = 0
     reconnects: int = 0
     decode_seconds: float = 0.0
+    #: Seconds from a finalized head's notification to the XADD of that block (recent ones).
+    publish_latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
 
     @property
     def backlog(self) -> int:

@@ -1,0 +1,153 @@
+"""Following many chains at once: CPU share of one core and head-to-publish latency.
+
+    python benchmarks/ingress.py [--redis URL] [--chains 12] [--rate 10] [--rounds 3]
+
+A recording of 20 real Polkadot blocks (raw SCALE, metadata V14) is made once from the tests'
+recorded-chain JSON-RPC server (``ocstream record``'s code path). Then N networks replay it at
+RATE blocks/s each. Every block is fetched from the replay, decoded with the cached cyscale
+decoders, and appended to the ``blocks`` topic on a real Redis, all in this one process. The
+script measures:
+
+* CPU share: process CPU time / wall time, as a fraction of one core;
+* publish latency: from a finalized head's notification to the XADD of its block, p50 and p99.
+
+Both are measured in the steady state. Each network's first block waits for its runtime's
+decoders to be built, a one-time cost that is reported apart as the warm-up.
+
+The baseline, in the same run, is one chain alone. The ratios printed are CPU(N) / (N × CPU(1))
+(below 1: work shared across chains, such as one decoder per runtime) and p99(N) / p99(1)
+(the latency cost of N chains on one event loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ocstream.ingress.config import NetworkConfig  # noqa: E402
+from ocstream.ingress.decode import DecoderCache  # noqa: E402
+from ocstream.ingress.follower import ChainFollower, record  # noqa: E402
+from ocstream.ingress.metrics import IngressMetrics  # noqa: E402
+from ocstream.ingress.raw import load_v1_cbor  # noqa: E402
+from ocstream.ingress.registry import NetworkRegistry  # noqa: E402
+from ocstream.transport import TopicWriter  # noqa: E402
+from tests.ingress.rpc_server import RecordedChainServer  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+BLOCKS = 20
+
+
+async def make_recording(fixtures: Path, out: Path) -> None:
+    blocks = load_v1_cbor(fixtures / "raw/v1/polkadot-17844552-20.cbor.bin")
+    metadata = (fixtures / "metadata/polkadot-9430.scale").read_bytes()
+    server = RecordedChainServer(blocks, spec_version=9430, metadata=metadata)
+    url = await server.start()
+    await server.finalize(blocks[-1].number)
+    network = NetworkConfig.model_validate(
+        {"id": "urn:ocn:polkadot:0", "provider": {"type": "rpc", "url": url}}
+    )
+    await record(network, blocks[0].number, blocks[-1].number, out)
+    await server.stop()
+
+
+async def one_round(redis_url: str, recording: Path, chains: int, rate: float) -> dict[str, float]:
+    client = aioredis.Redis.from_url(redis_url)
+    prefix = f"bench-ingress-{uuid.uuid4().hex[:6]}:"
+    writer = TopicWriter(client, prefix=prefix)
+    registry = NetworkRegistry(client, prefix)
+    metrics = IngressMetrics()
+    decoders = DecoderCache()
+    await writer.create_topic("blocks", 16)
+    followers = [
+        ChainFollower(
+            NetworkConfig.model_validate(
+                {
+                    "id": f"urn:ocn:bench:{n}",
+                    "relay": "urn:ocn:bench:0" if n else None,
+                    "provider": {"type": "replay", "file": str(recording), "rate": rate},
+                }
+            ),
+            writer=writer,
+            registry=registry,
+            decoders=decoders,
+            metrics=metrics,
+        )
+        for n in range(chains)
+    ]
+    tasks = [asyncio.create_task(f.run()) for f in followers]
+    # Warm-up: each network's first block waits for its runtime's decoders to be built, a
+    # one-time cost per (network, spec version), reported apart from the steady state.
+    started = time.perf_counter()
+    while any(metrics.networks[f.urn].blocks_published < 1 for f in followers):
+        await asyncio.sleep(0.01)
+    warmup = time.perf_counter() - started
+    for m in metrics.networks.values():
+        m.publish_latencies.clear()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    while sum(m.blocks_published for m in metrics.networks.values()) < chains * BLOCKS:
+        await asyncio.sleep(0.01)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    latencies = sorted(x for m in metrics.networks.values() for x in m.publish_latencies)
+    async for key in client.scan_iter(match=prefix + "*", count=1000):
+        await client.delete(key)
+    await client.aclose()
+    return {
+        "cpu_share": cpu / wall,
+        "p50": latencies[len(latencies) // 2],
+        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "blocks": float(len(latencies)),
+        "warmup": warmup,
+    }
+
+
+def median_of(rounds: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in rounds)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--chains", type=int, default=12)
+    parser.add_argument("--rate", type=float, default=10.0, help="blocks/s per chain")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--fixtures", type=Path, default=FIXTURES)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        recording = Path(tmp) / "polkadot.jsonl"
+        await make_recording(args.fixtures, recording)
+        results: dict[int, list[dict[str, float]]] = {1: [], args.chains: []}
+        for _ in range(args.rounds):
+            for chains in (1, args.chains):
+                results[chains].append(await one_round(args.redis, recording, chains, args.rate))
+    for chains, rounds in results.items():
+        print(
+            f"{chains:3d} chain(s) at {args.rate:g} blocks/s:"
+            f" CPU {median_of(rounds, 'cpu_share'):.1%} of one core, publish latency p50 {median_of(rounds, 'p50') * 1000:.1f} ms"
+            f" p99 {median_of(rounds, 'p99') * 1000:.1f} ms"
+            f" ({int(median_of(rounds, 'blocks'))} blocks measured per round;"
+            f" warm-up {median_of(rounds, 'warmup'):.2f} s)"
+        )
+    one, many = results[1], results[args.chains]
+    cpu_ratio = median_of(many, "cpu_share") / (args.chains * median_of(one, "cpu_share"))
+    p99_ratio = median_of(many, "p99") / median_of(one, "p99")
+    print(
+        f"RATIOS cpu({args.chains})/({args.chains}*cpu(1))={cpu_ratio:.2f}"
+        f" p99({args.chains})/p99(1)={p99_ratio:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
