@@ -135,7 +135,8 @@ async def main() -> None:
     for chains, rounds in results.items():
         print(
             f"{chains:3d} chain(s) at {args.rate:g} blocks/s:"
-            f" CPU {median_of(rounds, 'cpu_share'):.1%} of one core, publish latency p50 {median_of(rounds, 'p50') * 1000:.1f} ms"
+            f" CPU {median_of(rounds, 'cpu_share'):.1%} of one core,"
+            f" publish latency p50 {median_of(rounds, 'p50') * 1000:.1f} ms"
             f" p99 {median_of(rounds, 'p99') * 1000:.1f} ms"
             f" ({int(median_of(rounds, 'blocks'))} blocks measured per round;"
             f" warm-up {median_of(rounds, 'warmup'):.2f} s)"
