@@ -26,6 +26,7 @@ from .config import NetworkConfig, ReplayProvider
 from .decode import DecodeError, DecoderCache, RuntimeDecoder, blake2_256, build_extended_block
 from .metrics import IngressMetrics
 from .model import ExtendedBlock, StorageItem
+from .raw import hex_bytes
 from .registry import NetworkRecord, NetworkRegistry
 from .replay import RecordingError, ReplayNode
 from .rpc import RpcClient, RpcConnectionError, RpcError
@@ -65,27 +66,18 @@ def encode_compact(value: int) -> bytes:
     return bytes([((len(raw) - 4) << 2) | 3]) + raw
 
 
-def _hex_bytes(value: Any, what: str) -> bytes:
-    if not isinstance(value, str) or not value.startswith("0x"):
-        raise DecodeError(f"{what}: expected 0x hex, got {str(value)[:40]!r}")
-    try:
-        return bytes.fromhex(value[2:])
-    except ValueError as exc:
-        raise DecodeError(f"{what}: not hex: {exc}") from exc
-
-
 def header_to_scale(header: dict[str, Any]) -> bytes:
     """The SCALE header (whose blake2-256 is the block hash) from ``chain_getBlock``'s JSON."""
     try:
         logs = header["digest"]["logs"]
         return b"".join(
             [
-                _hex_bytes(header["parentHash"], "parentHash"),
+                hex_bytes(header["parentHash"], "parentHash"),
                 encode_compact(int(header["number"], 16)),
-                _hex_bytes(header["stateRoot"], "stateRoot"),
-                _hex_bytes(header["extrinsicsRoot"], "extrinsicsRoot"),
+                hex_bytes(header["stateRoot"], "stateRoot"),
+                hex_bytes(header["extrinsicsRoot"], "extrinsicsRoot"),
                 encode_compact(len(logs)),
-                *(_hex_bytes(log, "digest log") for log in logs),
+                *(hex_bytes(log, "digest log") for log in logs),
             ]
         )
     except (KeyError, TypeError, ValueError) as exc:
@@ -117,6 +109,7 @@ class ChainFollower:
         self.record: NetworkRecord | None = None
         # When each finalized head was announced, to measure head-to-publish latency.
         self._announced: dict[int, float] = {}
+        self._loading = asyncio.Lock()
 
     # -- the loop ------------------------------------------------------------------------------
     def _connect(self, url: str) -> Any:
@@ -242,7 +235,7 @@ class ChainFollower:
         try:
             block = signed["block"]
             header = header_to_scale(block["header"])
-            extrinsics = [_hex_bytes(x, "extrinsic") for x in block["extrinsics"]]
+            extrinsics = [hex_bytes(x, "extrinsic") for x in block["extrinsics"]]
         except (KeyError, TypeError) as exc:
             raise DecodeError(f"{self.urn} #{number}: malformed chain_getBlock answer") from exc
         if "0x" + blake2_256(header).hex() != block_hash:
@@ -257,7 +250,7 @@ class ChainFollower:
             decoder,
             header,
             extrinsics,
-            _hex_bytes(events, "System.Events") if events else b"\x00",
+            hex_bytes(events, "System.Events") if events else b"\x00",
             spec_version=spec_version,
         )
         self.metrics.decode_seconds += time.perf_counter() - started
@@ -279,6 +272,15 @@ class ChainFollower:
         decoder = self.decoders.get(self.urn, spec_version)
         if decoder is not None:
             return decoder
+        # The blocks of a batch are fetched concurrently: the first to need a new runtime loads
+        # it, the others wait for it rather than each building the same decoders.
+        async with self._loading:
+            decoder = self.decoders.get(self.urn, spec_version)
+            if decoder is not None:
+                return decoder
+            return await self._load_decoder(node, spec_version, at)
+
+    async def _load_decoder(self, node: Node, spec_version: int, at: str) -> RuntimeDecoder:
         metadata = None
         if self.registry is not None:
             metadata = await self.registry.metadata(self.urn, spec_version)
@@ -303,14 +305,14 @@ class ChainFollower:
             answer = await node.request(
                 "state_call", ["Metadata_metadata_at_version", METADATA_V15_ARG, at]
             )
-            raw = _hex_bytes(answer, "Metadata_metadata_at_version")
+            raw = hex_bytes(answer, "Metadata_metadata_at_version")
             if raw[:1] == b"\x01":  # Some(OpaqueMetadata): a compact length, then the bytes
                 mode = raw[1] & 3
                 skip = {0: 1, 1: 2, 2: 4}.get(mode, 1 + (raw[1] >> 2) + 4)
                 return raw[1 + skip :]
         except (RpcError, DecodeError):
             pass  # the runtime has no metadata_at_version: V14 only
-        return _hex_bytes(await node.request("state_getMetadata", [at]), "state_getMetadata")
+        return hex_bytes(await node.request("state_getMetadata", [at]), "state_getMetadata")
 
 
 async def record(network: NetworkConfig, first: int, last: int, out: Path) -> int:

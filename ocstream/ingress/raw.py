@@ -22,7 +22,7 @@ import orjson
 
 from .decode import DecodeError, Header, read_compact, read_header
 
-__all__ = ["RawBlock", "load_sidecar_json", "load_v1_cbor", "split_signed_block"]
+__all__ = ["RawBlock", "hex_bytes", "load_sidecar_json", "load_v1_cbor", "split_signed_block"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,13 +112,14 @@ def load_v1_cbor(path: str | Path) -> list[RawBlock]:
     return blocks
 
 
-def _hex(value: Any, what: str) -> bytes:
+def hex_bytes(value: Any, what: str) -> bytes:
+    """``0x`` hex to bytes; DecodeError naming ``what`` for anything else."""
     if not isinstance(value, str) or not value.startswith("0x"):
-        raise DecodeError(f"{what}: expected 0x hex")
+        raise DecodeError(f"{what}: expected 0x hex, got {str(value)[:40]!r}")
     try:
         return bytes.fromhex(value[2:])
     except ValueError as exc:
-        raise DecodeError(f"{what}: {exc}") from exc
+        raise DecodeError(f"{what}: not hex: {exc}") from exc
 
 
 def load_sidecar_json(path: str | Path) -> RawBlock:
@@ -127,11 +128,11 @@ def load_sidecar_json(path: str | Path) -> RawBlock:
     try:
         doc = orjson.loads(path.read_bytes())
         return RawBlock(
-            header=_hex(doc["header"], f"{path}: header"),
+            header=hex_bytes(doc["header"], f"{path}: header"),
             extrinsics=[
-                _hex(ext, f"{path}: extrinsic {i}") for i, ext in enumerate(doc["extrinsics"])
+                hex_bytes(ext, f"{path}: extrinsic {i}") for i, ext in enumerate(doc["extrinsics"])
             ],
-            events=_hex(doc["events"], f"{path}: events"),
+            events=hex_bytes(doc["events"], f"{path}: events"),
             spec_version=int(doc["specVersion"]) if doc.get("specVersion") is not None else None,
             hash=doc.get("hash"),
             number=int(doc["number"]) if doc.get("number") is not None else None,
