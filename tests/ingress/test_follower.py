@@ -336,3 +336,45 @@ async def test_a_runtime_upgrade_loads_the_new_metadata_before_decoding(
     assert any(e.module == "XcmPallet" and e.name == "Sent" for e in blocks[2].events)
     assert await after.registry.metadata(URN, 1000001) is not None
     assert after.decoders.builds == 1  # only the upgraded runtime, in the new process
+
+
+async def test_undecodable_metadata_is_retried_while_other_networks_keep_flowing(
+    redis_url: str,
+    prefix: str,
+    fixtures_dir: Path,
+    recorded: tuple[list[RawBlock], bytes],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    blocks, metadata = recorded
+    good = RecordedChainServer(blocks, spec_version=9430, metadata=metadata)
+    # A node whose runtime ships metadata V16 only, which the decoder cannot read.
+    v16 = (fixtures_dir / "metadata/assethub-2000007.scale").read_bytes()
+    bad = RecordedChainServer(blocks, spec_version=2000007, metadata=v16, genesis="0x" + "cd" * 32)
+    for server in (good, bad):
+        await server.start()
+        await server.finalize(FIRST)
+    healthy = Harness(redis_url, prefix, [good.url], max_backoff=0.2)
+    broken = Harness(redis_url, prefix, [bad.url], max_backoff=0.2)
+    broken.follower.urn = "urn:ocn:polkadot:1000"
+    broken.follower.metrics = broken.metrics.networks["urn:ocn:polkadot:1000"]
+    healthy.start()
+    broken.start()
+    try:
+        await healthy.wait_published(1)
+        await good.finalize(FIRST + 5)
+        await bad.finalize(FIRST + 5)
+        await healthy.wait_published(6)
+        deadline = asyncio.get_running_loop().time() + 10
+        while broken.follower.metrics.errors < 2:  # it keeps retrying
+            assert asyncio.get_running_loop().time() < deadline, "the broken network gave up"
+            await asyncio.sleep(0.05)
+    finally:
+        await healthy.stop()
+        await broken.stop()
+        await good.stop()
+        await bad.stop()
+    assert broken.follower.metrics.blocks_published == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("urn:ocn:polkadot:1000" in m and "V16 is not supported" in m for m in messages), (
+        messages[-5:]
+    )
