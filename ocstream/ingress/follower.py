@@ -138,6 +138,9 @@ class ChainFollower:
                 WrongChainError,
                 RecordingError,
             ) as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc  # stopping: do not retry
                 self.metrics.errors += 1
                 self.metrics.reconnects += 1
                 if self.metrics.blocks_published > published_before:

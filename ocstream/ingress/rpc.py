@@ -127,10 +127,9 @@ class RpcClient:
             await self._ws.close()
         if self._reader is not None:
             self._reader.cancel()
-            try:
-                await self._reader
-            except (asyncio.CancelledError, Exception):
-                pass
+            # asyncio.wait, not await: the reader's own cancellation must not be raised here,
+            # and a cancellation of the task closing us must not be swallowed.
+            await asyncio.wait([self._reader])
         if self._session is not None:
             await self._session.close()
         self._fail_all(RpcConnectionError(f"{self.url}: closed"))

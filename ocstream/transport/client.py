@@ -58,7 +58,9 @@ class Backoff:
         self.attempts = 0
 
     def next_delay(self) -> float:
-        delay = min(self.cap, self.base * (2**self.attempts))
+        # The exponent stops growing once the cap is reached: a loop that retries for days
+        # must not overflow.
+        delay = min(self.cap, self.base * (2 ** min(self.attempts, 32)))
         self.attempts += 1
         return random.uniform(delay / 2, delay)
 
