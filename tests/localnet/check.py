@@ -18,7 +18,6 @@ its prefix, stops everything, and exits 1 if any check failed. Logs stay in
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import secrets
@@ -37,6 +36,8 @@ from typing import Any, cast
 
 import redis
 
+from ocstream.ingress.decode import blake2_256 as ocstream_blake2_256
+from ocstream.ingress.decode import read_compact
 from ocstream.ingress.model import Event, ExtendedBlock, StorageItem
 
 from .network import (
@@ -91,27 +92,14 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 # -- SCALE, just enough to read the three storage values -------------------------------------
 
 
-def _compact(data: bytes, at: int) -> tuple[int, int]:
-    """A SCALE compact integer at ``data[at:]``: (value, offset after it)."""
-    mode = data[at] & 0b11
-    if mode == 0:
-        return data[at] >> 2, at + 1
-    if mode == 1:
-        return int.from_bytes(data[at : at + 2], "little") >> 2, at + 2
-    if mode == 2:
-        return int.from_bytes(data[at : at + 4], "little") >> 2, at + 4
-    size = (data[at] >> 2) + 4
-    return int.from_bytes(data[at + 1 : at + 1 + size], "little"), at + 1 + size
-
-
 def _bytes_vec(data: bytes, at: int) -> tuple[bytes, int]:
-    length, at = _compact(data, at)
+    length, at = read_compact(data, at)
     return data[at : at + length], at + length
 
 
 def decode_upward_messages(raw: bytes) -> list[bytes]:
     """``Vec<Vec<u8>>``."""
-    count, at = _compact(raw, 0)
+    count, at = read_compact(raw, 0)
     messages = []
     for _ in range(count):
         message, at = _bytes_vec(raw, at)
@@ -121,7 +109,7 @@ def decode_upward_messages(raw: bytes) -> list[bytes]:
 
 def decode_hrmp_outbound(raw: bytes) -> list[tuple[int, bytes]]:
     """``Vec<OutboundHrmpMessage { recipient: u32, data: Vec<u8> }>``."""
-    count, at = _compact(raw, 0)
+    count, at = read_compact(raw, 0)
     pages = []
     for _ in range(count):
         recipient = int.from_bytes(raw[at : at + 4], "little")
@@ -136,14 +124,11 @@ def decode_downward_queue(raw: bytes) -> list[tuple[int, bytes]]:
 
 
 def blake2_256(data: bytes) -> str:
-    return "0x" + hashlib.blake2b(data, digest_size=32).hexdigest()
+    return "0x" + ocstream_blake2_256(data).hex()
 
 
 def map_key_suffix(para_id: int) -> str:
-    """The end of a ``Twox64Concat`` map key for a u32: the key itself, in the clear.
-
-    (Twox64Concat = twox64(key) ++ key; only the clear part is compared, so no xxhash here.)
-    """
+    """The end of a ``Twox64Concat`` map key for a u32: the key itself, in the clear."""
     return para_id.to_bytes(4, "little").hex()
 
 
