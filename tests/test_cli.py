@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,12 +14,11 @@ import redis
 from ocstream.errors import ConfigError
 from ocstream.settings import load_settings
 from ocstream.transport import TransportSettings
-from tests.workers import Worker, changelog_counts, produce_all, wait_for
+from tests.workers import Worker, changelog_counts, ocstream_env, produce_all, wait_for
 
 
 def run_ocstream(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("OCSTREAM_")}
-    full_env.update(env or {})
+    full_env = ocstream_env(**(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "ocstream", *args],
         env=full_env,

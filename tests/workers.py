@@ -46,6 +46,14 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: fl
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def ocstream_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any OCSTREAM_* setting, plus ``extra``: a child
+    ``ocstream`` command sees only what the test gives it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCSTREAM_")}
+    env.update(extra)
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

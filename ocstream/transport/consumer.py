@@ -174,13 +174,6 @@ class Consumer(base.Consumer):
                 committed[tp] = offset
         return committed
 
-    async def committed_offsets(self, tps: Iterable[TP]) -> dict[TP, int | None]:
-        tps = list(tps)
-        raw = await self.client.hmget(
-            self.group_keys.offsets, [offset_field(tp.topic, tp.partition) for tp in tps]
-        )
-        return {tp: None if v is None else int(v) for tp, v in zip(tps, raw, strict=True)}
-
     def _set_position(self, tp: TP, offset: int | None) -> None:
         self._positions[tp] = offset
         self._seek_epoch[tp] += 1

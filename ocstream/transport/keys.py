@@ -109,9 +109,3 @@ class GroupKeys:
 
 def offset_field(topic: str, partition: int) -> str:
     return f"{topic}{OFFSET_FIELD_SEP}{partition}"
-
-
-def parse_offset_field(field: bytes | str) -> tuple[str, int]:
-    text = field.decode() if isinstance(field, bytes) else field
-    topic, _, partition = text.rpartition(OFFSET_FIELD_SEP)
-    return topic, int(partition)

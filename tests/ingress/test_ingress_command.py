@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 import urllib.request
@@ -15,7 +14,7 @@ import redis.asyncio as aioredis
 from ocstream.ingress.raw import load_v1_cbor
 from ocstream.transport import Keyspace
 from tests.ingress.rpc_server import RecordedChainServer
-from tests.workers import free_port
+from tests.workers import free_port, ocstream_env
 
 FIRST = 17844552
 
@@ -38,8 +37,7 @@ async def test_ingress_process_publishes_and_reports(
         f'[[networks]]\nid = "urn:ocn:polkadot:0"\nprovider = {{ type = "rpc", url = "{url}" }}\n'
     )
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCSTREAM_")}
-    env["OCSTREAM_TRANSPORT_PREFIX"] = prefix
+    env = ocstream_env(OCSTREAM_TRANSPORT_PREFIX=prefix)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -89,7 +87,7 @@ async def test_ingress_process_publishes_and_reports(
 
 
 async def test_ingress_without_a_config_says_so(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCSTREAM_")}
+    env = ocstream_env()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from ocstream.ingress.raw import load_v1_cbor
 from ocstream.ingress.replay import RecordingError, ReplayNode
 from tests.ingress.rpc_server import RecordedChainServer
 from tests.ingress.test_follower import FIRST, URN, Harness, numbers
+from tests.workers import ocstream_env
 
 
 async def test_record_then_replay_publishes_the_same_blocks(
@@ -30,7 +30,7 @@ async def test_record_then_replay_publishes_the_same_blocks(
     config = tmp_path / "net.toml"
     config.write_text(f'[[networks]]\nid = "{URN}"\nprovider = {{ type = "rpc", url = "{url}" }}\n')
     out = tmp_path / "polkadot.jsonl.gz"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCSTREAM_")}
+    env = ocstream_env()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -23,7 +23,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ import redis
 from ocstream.ingress.decode import blake2_256 as ocstream_blake2_256
 from ocstream.ingress.decode import read_compact
 from ocstream.ingress.model import Event, ExtendedBlock, StorageItem
+from tests.workers import free_port
 
 from .network import (
     LocalNet,
@@ -157,13 +157,6 @@ def events_named(blocks: list[ExtendedBlock], module: str, name: str) -> Iterato
 
 
 # -- processes --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager

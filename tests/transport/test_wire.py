@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from aiokafka.partitioner import murmur2
 
-from ocstream.transport.keys import Keyspace, offset_field, parse_offset_field
+from ocstream.transport.keys import Keyspace, offset_field
 from ocstream.transport.wire import (
     Record,
     decode_headers,
@@ -56,4 +56,4 @@ def test_key_layout_and_offset_fields() -> None:
     assert keys.sequence("blocks", 3) == "x:o:blocks:3"
     assert keys.group("g").offsets == "x:g:g:offsets"
     assert keys.group("g").assignment(7) == "x:g:g:assign:7"
-    assert parse_offset_field(offset_field("a:b", 12).encode()) == ("a:b", 12)
+    assert offset_field("a:b", 12) == "a:b\x1f12"
