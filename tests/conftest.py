@@ -69,7 +69,7 @@ def data_root(tmp_path: Path) -> Path:
 # Without it the tests that use it fail: they are the proof that real blocks decode and real
 # journeys match, and a silent skip would hide that the proof did not run.
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
