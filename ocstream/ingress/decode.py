@@ -61,6 +61,7 @@ __all__ = [
     "DigestItem",
     "Header",
     "RuntimeDecoder",
+    "ValueDecoder",
     "blake2_256",
     "build_extended_block",
     "decode_header",
@@ -196,7 +197,7 @@ def decode_header(raw: bytes) -> Header:
 # --- runtime decoder ----------------------------------------------------------------------------
 
 
-class _ValueDecoder(Protocol):
+class ValueDecoder(Protocol):
     """cyscale's compiled ``ValueDecoder`` (its extension module ships no type stubs)."""
 
     def __call__(self, data: bytes) -> Any: ...
@@ -465,9 +466,13 @@ class RuntimeDecoder:
         self._normalise_registry()
 
         registry = {t["id"]: t["type"] for t in meta["types"]["types"]}
+        self._type_ids_by_path: dict[tuple[str, ...], list[int]] = {}
+        for type_id, definition in registry.items():
+            if definition.get("path"):
+                self._type_ids_by_path.setdefault(tuple(definition["path"]), []).append(type_id)
         pallets = {p["name"]: p for p in meta["pallets"]}
         self._storage_types = self._storage_value_types(pallets.values())
-        self._storage_decoders: dict[tuple[str, str], _ValueDecoder] = {}
+        self._storage_decoders: dict[tuple[str, str], ValueDecoder] = {}
 
         version = self._constant(pallets, "System", "Version")
         self.spec_name: str = version["spec_name"]
@@ -527,7 +532,7 @@ class RuntimeDecoder:
                     "scale_info",
                 )
 
-    def _compile(self, type_string: str) -> _ValueDecoder:
+    def _compile(self, type_string: str) -> ValueDecoder:
         decoder = self._rc.get_value_decoder(type_string)
         if decoder is None:
             # get_value_decoder swallows the reason; ask the compiler itself for it.
@@ -537,7 +542,7 @@ class RuntimeDecoder:
             except Exception as exc:
                 raise DecodeError(f"cannot compile a decoder for {type_string}: {exc}") from exc
             raise DecodeError(f"cannot compile a decoder for {type_string}")
-        return cast(_ValueDecoder, decoder)
+        return cast(ValueDecoder, decoder)
 
     @staticmethod
     def _storage_value_types(pallets: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
@@ -585,6 +590,23 @@ class RuntimeDecoder:
     @property
     def label(self) -> str:
         return f"{self.network} spec {self.spec_version}"
+
+    def compile_type(self, *path: str) -> ValueDecoder:
+        """A compiled decoder for the registry type at ``path`` (e.g. ``"xcm", "VersionedXcm"``).
+
+        When several types share the path (the same generic type with other parameters), the
+        first that compiles is returned. Raises :class:`DecodeError` when none exists or compiles.
+        """
+        type_ids = self._type_ids_by_path.get(path)
+        if not type_ids:
+            raise DecodeError(f"{self.label}: the metadata has no type {'::'.join(path)}")
+        errors = []
+        for type_id in type_ids:
+            try:
+                return self._compile(f"scale_info::{type_id}")
+            except DecodeError as exc:
+                errors.append(str(exc))
+        raise DecodeError(f"{self.label}: {'; '.join(errors)}")
 
     # -- decoding (fast, per block) --
 

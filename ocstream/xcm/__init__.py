@@ -1,0 +1,1 @@
+"""XCM: codec, extraction from blocks, matching into journeys."""
