@@ -1,0 +1,297 @@
+"""What extraction finds in a block: sent, received and relayed legs (the ``xcm-legs`` contract).
+
+Each leg is a frozen pydantic model with a stable ``identity`` (the same block processed twice
+gives the same identities), so every step downstream can be idempotent. ``context`` is the
+block-side half of a notification's *Terminus context* (XCM.md §10.2), built once here:
+``{chainId, blockNumber, blockHash, extrinsicId, event, outcome, error, messageHash, messageData,
+instructions}``.
+
+Also here: resolving XCM locations to network URNs and walking a program's forwarding
+instructions into stops and legs (XCM.md §8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+__all__ = [
+    "Leg",
+    "ReceivedLeg",
+    "RelayedLeg",
+    "SentLeg",
+    "chain_id",
+    "consensus",
+    "is_relay",
+    "legs_of",
+    "relay_of",
+    "resolve_location",
+    "stops_of",
+    "urn",
+]
+
+Outcome = Literal["Success", "Fail"]
+
+
+def consensus(network: str) -> str:
+    return network.split(":")[2]
+
+
+def chain_id(network: str) -> str:
+    return network.split(":")[3]
+
+
+def urn(consensus_name: str, chain: int | str) -> str:
+    return f"urn:ocn:{consensus_name}:{chain}"
+
+
+def relay_of(network: str) -> str:
+    return urn(consensus(network), 0)
+
+
+def is_relay(network: str) -> bool:
+    return chain_id(network) == "0"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+
+class Leg(_Frozen):
+    """One hop between consecutive stops (XCM.md §8.3); serialised with ``from``/``to``."""
+
+    from_: str = Field(alias="from")
+    to: str
+    type: Literal["hrmp", "vmp", "hop", "bridge"]
+    relay: str | None = None
+
+    def payload(self) -> dict[str, str]:
+        out = {"from": self.from_, "to": self.to, "type": self.type}
+        if self.relay is not None:
+            out["relay"] = self.relay
+        return out
+
+
+class SentLeg(_Frozen):
+    """An outbound message found at its origin: the bytes, ids, route and sender."""
+
+    kind: Literal["sent"] = "sent"
+    identity: str = Field(description="origin|block hash|transport|entry|fragment")
+    origin: str
+    recipient: str
+    transport: Literal["hrmp", "ump", "dmp"]
+    block_number: int
+    block_hash: str
+    message_hash: str
+    message_data: str | None = Field(description="bare VersionedXcm hex; null when not found")
+    topic: str | None = None
+    ids: list[str] = Field(description="hash, topic, forward_id_for(topic)")
+    version: int | None = None
+    instructions: JsonValue = None
+    stops: list[str]
+    legs: list[Leg]
+    sender: JsonValue = None
+    context: dict[str, JsonValue]
+    continues: str | None = Field(
+        default=None,
+        description="identity of the received leg of the same block this message forwards "
+        "(a hop-out), when extraction can tell",
+    )
+    timestamp: int | None = None
+
+    @property
+    def destination(self) -> str:
+        return self.legs[-1].to if self.legs else self.recipient
+
+    @property
+    def has_bridge(self) -> bool:
+        return any(leg.type == "bridge" for leg in self.legs)
+
+
+class ReceivedLeg(_Frozen):
+    """A message executed at a chain: the outcome event, its ids and any assets trapped."""
+
+    kind: Literal["received"] = "received"
+    identity: str = Field(description="chain|block hash|event index")
+    chain: str
+    from_chain: str | None = Field(default=None, description="the immediate sender, if reported")
+    block_number: int
+    block_hash: str
+    message_hash: str
+    message_id: str
+    outcome: Outcome
+    error: JsonValue = None
+    assets_trapped: JsonValue = None
+    context: dict[str, JsonValue]
+
+    @property
+    def ids(self) -> list[str]:
+        return list(dict.fromkeys((self.message_id, self.message_hash)))
+
+
+class RelayedLeg(_Frozen):
+    """An HRMP message seen in a candidate the relay backed (not a receipt)."""
+
+    kind: Literal["relayed"] = "relayed"
+    identity: str = Field(description="relay|block hash|candidate|message|fragment")
+    relay: str
+    origin: str
+    recipient: str
+    block_number: int
+    block_hash: str
+    message_hash: str
+    message_id: str
+    ids: list[str]
+    outcome: Outcome
+    error: JsonValue = None
+    context: dict[str, JsonValue]
+
+
+# --- locations → URNs (XCM.md §8.2) ------------------------------------------------------------
+
+
+def _junctions(interior: Any) -> list[Any]:
+    """The junctions of an interior in any version's shape: ``"Here"``, ``{"X2": [a, b]}``,
+    ``{"X1": a}`` (V2/V3) or ``{"X1": [a]}`` (V4/V5)."""
+    if not isinstance(interior, dict) or len(interior) != 1:
+        return []
+    ((tag, inner),) = interior.items()
+    if not (tag.startswith("X") and tag[1:].isdigit()):
+        return []
+    if isinstance(inner, list):
+        return inner
+    return [inner]
+
+
+def _junction(junction: Any) -> tuple[str, Any]:
+    if isinstance(junction, dict) and len(junction) == 1:
+        ((tag, inner),) = junction.items()
+        return tag, inner
+    if isinstance(junction, str):
+        return junction, None
+    return "", None
+
+
+def _network_urn(network: Any, para: int | None) -> str | None:
+    tag, inner = _junction(network)
+    if tag == "Ethereum":
+        chain = inner.get("chain_id") if isinstance(inner, dict) else inner
+        return urn("ethereum", chain) if chain is not None else None
+    if tag in ("", "ByGenesis", "ByFork"):
+        return None
+    return urn(tag.lower(), para if para is not None else 0)
+
+
+def _unversioned(location: Any) -> Any:
+    if isinstance(location, dict) and len(location) == 1:
+        ((tag, inner),) = location.items()
+        if tag.startswith("V") and tag[1:].isdigit():
+            return inner
+    return location
+
+
+def resolve_location(location: Any, context: str) -> str | None:
+    """The network a location points to, seen from the chain ``context`` (None: no stop)."""
+    location = _unversioned(location)
+    if not isinstance(location, dict) or "parents" not in location:
+        return None
+    try:
+        parents = int(location["parents"])
+    except (TypeError, ValueError):
+        return None
+    junctions = [_junction(j) for j in _junctions(location.get("interior"))]
+    paras = [int(inner) for tag, inner in junctions if tag == "Parachain" and inner is not None]
+    here = consensus(context)
+    relay = is_relay(context)
+    global_at = next((i for i, (tag, _) in enumerate(junctions) if tag == "GlobalConsensus"), None)
+    if global_at is not None and (parents >= 2 or (parents == 1 and relay)):
+        after = [
+            int(inner)
+            for tag, inner in junctions[global_at + 1 :]
+            if tag == "Parachain" and inner is not None
+        ]
+        return _network_urn(junctions[global_at][1], after[0] if after else None)
+    if parents == 0:
+        if relay and junctions and junctions[0][0] == "Parachain":
+            return urn(here, int(junctions[0][1]))
+        return None
+    if parents == 1:
+        if relay:
+            return None
+        if paras:
+            return urn(here, paras[0])
+        return urn(here, 0)
+    return None
+
+
+# Forwarding instructions: (name, location field, nested program field).
+_FORWARDS = {
+    "DepositReserveAsset": ("dest", "xcm"),
+    "InitiateReserveWithdraw": ("reserve", "xcm"),
+    "InitiateTeleport": ("dest", "xcm"),
+    "TransferReserveAsset": ("dest", "xcm"),
+    "InitiateTransfer": ("destination", "remote_xcm"),
+}
+
+
+def _program(instructions: Any) -> list[Any]:
+    value = _unversioned(instructions)
+    return value if isinstance(value, list) else []
+
+
+def _walk(program: list[Any], context: str) -> Iterator[str]:
+    for instruction in program:
+        name, operands = _junction(instruction)
+        if not isinstance(operands, dict):
+            continue
+        if name in _FORWARDS:
+            location_field, nested_field = _FORWARDS[name]
+            stop = resolve_location(operands.get(location_field), context)
+        elif name == "ExportMessage":
+            nested_field = "xcm"
+            destination = operands.get("destination")
+            paras = [
+                int(inner)
+                for tag, inner in (_junction(j) for j in _junctions(destination))
+                if tag == "Parachain" and inner is not None
+            ]
+            stop = _network_urn(operands.get("network"), paras[0] if paras else None)
+        else:
+            continue
+        if stop is None:
+            continue
+        yield stop
+        nested = operands.get(nested_field)
+        yield from _walk(nested if isinstance(nested, list) else [], stop)
+
+
+def stops_of(recipient: str, instructions: Any) -> list[str]:
+    """``[recipient, ...]`` plus every chain the program forwards to, in program order (§8.1)."""
+    return [recipient, *_walk(_program(instructions), recipient)]
+
+
+def legs_of(origin: str, stops: list[str]) -> list[Leg]:
+    """The legs between consecutive nodes ``[origin, *stops]``; every leg but the last (and
+    bridges) is typed ``hop``, as Ocelloids HEAD does."""
+    nodes = [origin, *stops]
+    legs: list[Leg] = []
+    for source, target in zip(nodes, nodes[1:], strict=False):
+        if source == target:
+            continue
+        if consensus(source) != consensus(target):
+            legs.append(Leg.model_validate({"from": source, "to": target, "type": "bridge"}))
+        elif not is_relay(source) and not is_relay(target):
+            legs.append(
+                Leg.model_validate(
+                    {"from": source, "to": target, "type": "hrmp", "relay": relay_of(source)}
+                )
+            )
+        else:
+            legs.append(Leg.model_validate({"from": source, "to": target, "type": "vmp"}))
+    last = len(legs) - 1
+    return [
+        leg if i == last or leg.type == "bridge" else leg.model_copy(update={"type": "hop"})
+        for i, leg in enumerate(legs)
+    ]

@@ -1,0 +1,583 @@
+"""The matching engine: legs in, journey notifications out (XCM.md §9; ``docs/matching.md``).
+
+The engine is a deterministic state machine over key-value tables, one call per record of the
+``xcm-legs`` topic. Every record is **keyed by the chain it concerns** (the chain that sent a sent
+leg, received a received leg, or is the recipient of a relayed leg; the stop an index, extend,
+close or tick record addresses), so everything known about one chain lives on one partition.
+Records for other chains are not handled in place: the engine returns them (``Step.records``) and
+the dataflow sends them to the partition that owns that chain.
+
+A journey's **owner** is its final stop: the owner holds the journey's deadline and is the only
+place a terminal notification (``xcm.received``, ``xcm.timeout``, or a failed ``xcm.hop``) is
+emitted, which is what makes the terminal exactly-once whatever the arrival order. Intermediate
+stops hold ``hop`` entries; they emit hop and relayed notifications as those legs happen.
+
+Record kinds (``record["kind"]``): ``sent``, ``received``, ``relayed`` (legs from extraction);
+``index`` (a journey registers at a stop), ``extend`` (a hop-out adds its ids at the next stop),
+``close`` (the journey ended: forget it at this stop), ``terminate`` (a hop failed: the owner
+ends the journey), ``tick`` (a deadline may have passed), ``sweep`` (drop expired entries).
+
+Tables (all JSON values; keys start with the chain so a partition's keys are its own):
+
+* ``outbound`` ``{chain}:{id}`` → journey ids ending at that chain, oldest first (a FIFO: identical
+  messages are separate journeys);
+* ``hop`` ``{chain}:{id}`` → journey ids passing through that chain;
+* ``inbound`` ``{chain}:{id}`` → received legs that matched nothing yet (with an expiry);
+* ``relay`` ``{chain}:{id}`` → relayed legs that matched nothing yet (with an expiry);
+* ``journeys`` ``{chain}|{journey id}`` → the journey as that stop knows it;
+* ``seen`` ``{chain}|{leg identity}`` → legs already handled (idempotency under re-delivery).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import JsonValue
+
+from . import notifications as notify
+from .legs import ReceivedLeg, RelayedLeg, SentLeg
+
+__all__ = [
+    "Engine",
+    "MatchSettings",
+    "Step",
+    "Store",
+    "TABLES",
+    "Tables",
+    "expired_keys",
+    "journey_id",
+]
+
+TABLES = ("outbound", "hop", "inbound", "relay", "journeys", "seen")
+
+
+class Store(Protocol):
+    """The part of a table the engine uses (a faust Table, a dict, ...)."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+    def __setitem__(self, key: str, value: Any) -> None: ...
+
+    def __delitem__(self, key: str) -> None: ...
+
+
+_MISSING = object()
+
+
+class Tables:
+    """The engine's view of its tables: reads see this step's own writes, writes wait in an
+    overlay until :meth:`commit` (the dataflow commits after queueing the step's outputs, so a
+    table's changelog never runs ahead of what was sent)."""
+
+    def __init__(self, stores: dict[str, Store]) -> None:
+        missing = set(TABLES) - stores.keys()
+        if missing:
+            raise ValueError(f"missing tables: {sorted(missing)}")
+        self.stores = stores
+        self.overlay: dict[tuple[str, str], Any] = {}
+
+    def get(self, table: str, key: str) -> Any:
+        value = self.overlay.get((table, key), _MISSING)
+        if value is _MISSING:
+            return self.stores[table].get(key)
+        return value
+
+    def set(self, table: str, key: str, value: Any) -> None:
+        self.overlay[(table, key)] = value
+
+    def delete(self, table: str, key: str) -> None:
+        self.overlay[(table, key)] = None
+
+    def commit(self) -> None:
+        for (table, key), value in self.overlay.items():
+            store = self.stores[table]
+            if value is None:
+                try:
+                    del store[key]
+                except KeyError:
+                    pass
+            else:
+                store[key] = value
+        self.overlay.clear()
+
+    def rollback(self) -> None:
+        self.overlay.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class MatchSettings:
+    """Durations in seconds."""
+
+    journey_ttl: float = 3600.0  # a journey with no receipt times out after this
+    bridge_journey_ttl: float = 86400.0  # ... or this when a leg crosses a bridge
+    pending_ttl: float = 3600.0  # early inbound/relayed legs wait this long for their outbound
+    seen_ttl: float = 86400.0  # how long a handled leg is remembered (re-delivery window)
+    closed_ttl: float = 3600.0  # an ended journey's hop entries stay for late hop legs
+
+
+@dataclass(slots=True)
+class Step:
+    """What one record produced."""
+
+    notifications: list[dict[str, JsonValue]] = field(default_factory=list)
+    records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (chain, record)
+    deadlines: list[tuple[float, str, str]] = field(default_factory=list)  # (at, chain, jid)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+
+def journey_id(identity: str) -> str:
+    """A journey's id: a digest of its sent leg's identity (stable across re-processing)."""
+    return hashlib.blake2b(identity.encode(), digest_size=16).hexdigest()
+
+
+def _jkey(chain: str, jid: str) -> str:
+    return f"{chain}|{jid}"
+
+
+def _append(tables: Tables, table: str, key: str, item: Any) -> None:
+    current = list(tables.get(table, key) or [])
+    if item not in current:
+        current.append(item)
+        tables.set(table, key, current)
+
+
+def _remove(tables: Tables, table: str, key: str, item: Any) -> None:
+    current = [value for value in (tables.get(table, key) or []) if value != item]
+    if current:
+        tables.set(table, key, current)
+    else:
+        tables.delete(table, key)
+
+
+class Engine:
+    """Apply records to tables; see the module docstring. ``now`` gives wall-clock seconds and
+    ``monitored(urn)`` says whether a network is followed (only journeys that can end on a
+    followed network are tracked)."""
+
+    def __init__(
+        self,
+        settings: MatchSettings | None = None,
+        *,
+        now: Callable[[], float],
+        monitored: Callable[[str], bool] = lambda urn: True,
+    ) -> None:
+        self.settings = settings or MatchSettings()
+        self.now = now
+        self.monitored = monitored
+
+    # -- entry point --
+
+    def handle(self, tables: Tables, chain: str, record: dict[str, Any]) -> Step:
+        step = Step()
+        kind = record["kind"]
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is None:
+            raise ValueError(f"unknown xcm-legs record kind {kind!r}")
+        handler(tables, chain, record, step)
+        return step
+
+    # -- legs from extraction --
+
+    def _seen(self, tables: Tables, chain: str, identity: str) -> bool:
+        key = _jkey(chain, identity)
+        entry = tables.get("seen", key)
+        if entry is not None and entry["expires"] > self.now():
+            return True
+        tables.set("seen", key, {"expires": self.now() + self.settings.seen_ttl})
+        return False
+
+    def _on_sent(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
+        leg = SentLeg.model_validate(record["leg"])
+        if self._seen(tables, chain, leg.identity):
+            step.count("duplicate_legs")
+            return
+        if leg.continues is not None:
+            jid = tables.get("journeys", _jkey(chain, "in:" + leg.continues))
+            if jid is not None:
+                self._hop_out(tables, chain, jid["journey"], leg, step)
+                return
+            pending = tables.get("inbound", _jkey(chain, "leg:" + leg.continues))
+            if pending is not None and self._expect_origin(pending["leg"]):
+                pending = dict(pending)
+                pending["parked"] = [*pending.get("parked", []), leg.model_dump(by_alias=True)]
+                tables.set("inbound", _jkey(chain, "leg:" + leg.continues), pending)
+                step.count("hop_out_parked")
+                return
+        self._new_journey(tables, leg, step)
+
+    def _expect_origin(self, received: dict[str, Any]) -> bool:
+        """Whether the journey of an unmatched inbound can still show up: its immediate sender
+        is followed (or unknown, in which case we wait rather than guess)."""
+        sender = received.get("from_chain")
+        return sender is None or self.monitored(sender)
+
+    def _new_journey(self, tables: Tables, leg: SentLeg, step: Step) -> None:
+        jid = journey_id(leg.identity)
+        journey: dict[str, Any] = {
+            "id": jid,
+            "origin": leg.origin,
+            "destination": leg.destination,
+            "stops": [item.to for item in leg.legs] or [leg.recipient],
+            "legs": [item.payload() for item in leg.legs],
+            "sender": leg.sender,
+            "topic": leg.topic,
+            "origin_context": leg.context,
+            "message": _message_fields(leg),
+            "ids": leg.ids,
+            "bridge": leg.has_bridge,
+        }
+        step.notifications.append(notify.sent(journey))
+        step.count("sent")
+        if not self.monitored(journey["destination"]):
+            step.count("untracked")
+            return
+        stops: list[str] = journey["stops"]
+        topic_ids = [i for i in leg.ids if i != leg.message_hash]
+        for k, stop in enumerate(stops):
+            ids = leg.ids if k == 0 else topic_ids
+            role = "final" if k == len(stops) - 1 else "hop"
+            step.records.append(
+                (stop, {"kind": "index", "journey": journey, "stop": k, "role": role, "ids": ids})
+            )
+
+    def _on_received(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
+        leg = ReceivedLeg.model_validate(record["leg"])
+        if self._seen(tables, chain, leg.identity):
+            step.count("duplicate_legs")
+            return
+        data = leg.model_dump(by_alias=True)
+        if self._match_received(tables, chain, data, step):
+            return
+        # Nothing to match yet: keep it (under each id, and by identity for parked hop-outs).
+        entry = {"leg": data, "expires": self.now() + self.settings.pending_ttl}
+        for message_id in leg.ids:
+            _append(tables, "inbound", f"{chain}:{message_id}", leg.identity)
+        tables.set("inbound", _jkey(chain, "leg:" + leg.identity), entry)
+        step.count("inbound_pending")
+
+    def _match_received(self, tables: Tables, chain: str, leg: dict[str, Any], step: Step) -> bool:
+        ids = list(dict.fromkeys((leg["message_id"], leg["message_hash"])))
+        for table, role in (("outbound", "final"), ("hop", "hop")):
+            for message_id in ids:
+                for jid in tables.get(table, f"{chain}:{message_id}") or []:
+                    journey = tables.get("journeys", _jkey(chain, jid))
+                    if journey is None or not self._from_agrees(journey, leg):
+                        continue
+                    if role == "final" and journey.get("done"):
+                        continue
+                    if role == "hop" and journey.get("hopped_in"):
+                        continue
+                    if role == "final":
+                        self._final(tables, chain, journey, leg, step)
+                    else:
+                        self._hop_in(tables, chain, journey, leg, step)
+                    return True
+        return False
+
+    @staticmethod
+    def _from_agrees(journey: dict[str, Any], leg: dict[str, Any]) -> bool:
+        sender = leg.get("from_chain")
+        if sender is None:
+            return True
+        return bool(journey["leg_from"] == sender)
+
+    def _on_relayed(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
+        leg = RelayedLeg.model_validate(record["leg"])
+        if self._seen(tables, chain, leg.identity):
+            step.count("duplicate_legs")
+            return
+        data = leg.model_dump(by_alias=True)
+        if self._match_relayed(tables, chain, data, step):
+            return
+        entry = {"leg": data, "expires": self.now() + self.settings.pending_ttl}
+        for message_id in leg.ids:
+            _append(tables, "relay", f"{chain}:{message_id}", leg.identity)
+        tables.set("relay", _jkey(chain, "leg:" + leg.identity), entry)
+        step.count("relayed_pending")
+
+    def _match_relayed(self, tables: Tables, chain: str, leg: dict[str, Any], step: Step) -> bool:
+        for table in ("outbound", "hop"):
+            for message_id in leg["ids"]:
+                for jid in tables.get(table, f"{chain}:{message_id}") or []:
+                    journey = tables.get("journeys", _jkey(chain, jid))
+                    if journey is None or journey["leg_from"] != leg["origin"]:
+                        continue
+                    self._relayed(tables, chain, journey, leg, step)
+                    return True
+        return False
+
+    def _relayed(
+        self, tables: Tables, chain: str, journey: dict[str, Any], leg: dict[str, Any], step: Step
+    ) -> None:
+        leg_index = journey["stop"]
+        if leg_index in journey.get("relayed", []):
+            return
+        journey = {**journey, "relayed": [*journey.get("relayed", []), leg_index]}
+        tables.set("journeys", _jkey(chain, journey["id"]), journey)
+        context = dict(leg["context"])
+        message = journey.get("message") or {}
+        for name in ("messageData", "instructions"):
+            if context.get(name) is None and message.get(name) is not None:
+                context[name] = message[name]
+        step.notifications.append(notify.relayed(journey, context, leg_index))
+        step.count("relayed")
+
+    # -- outcomes --
+
+    def _final(
+        self, tables: Tables, chain: str, journey: dict[str, Any], leg: dict[str, Any], step: Step
+    ) -> None:
+        step.notifications.append(
+            notify.received(journey, leg["context"], leg.get("assets_trapped"))
+        )
+        step.count("received")
+        self._end(tables, chain, journey, step)
+        for parked in leg.get("parked", []):
+            # The destination forwarded the message on: that is a journey of its own.
+            self._new_journey(tables, SentLeg.model_validate(parked), step)
+
+    def _hop_in(
+        self, tables: Tables, chain: str, journey: dict[str, Any], leg: dict[str, Any], step: Step
+    ) -> None:
+        jid = journey["id"]
+        journey = {**journey, "hopped_in": leg["identity"]}
+        tables.set("journeys", _jkey(chain, jid), journey)
+        tables.set("journeys", _jkey(chain, "in:" + leg["identity"]), {"journey": journey})
+        note = notify.hop(journey, leg["context"], journey["stop"], "in", leg.get("assets_trapped"))
+        if leg["outcome"] == "Fail" and not journey.get("done"):
+            # The message stops here: the owner ends the journey with this as its terminal.
+            step.records.append(
+                (journey["owner"], {"kind": "terminate", "journey": jid, "notification": note})
+            )
+            step.count("hop_failed")
+        else:
+            step.notifications.append(note)
+            step.count("hop_in")
+        for parked in leg.get("parked", []):
+            self._hop_out(tables, chain, journey, SentLeg.model_validate(parked), step)
+
+    def _hop_out(
+        self, tables: Tables, chain: str, journey: dict[str, Any], leg: SentLeg, step: Step
+    ) -> None:
+        stops: list[str] = journey["stops"]
+        k = journey["stop"]
+        step.notifications.append(notify.hop(journey, leg.context, k + 1, "out"))
+        step.count("hop_out")
+        if k + 1 < len(stops):
+            extend = {"kind": "extend", "journey": journey["id"], "ids": leg.ids}
+            extend["message"] = _message_fields(leg)
+            step.records.append((stops[k + 1], extend))
+
+    def _end(self, tables: Tables, chain: str, journey: dict[str, Any], step: Step) -> None:
+        """The journey is over (at its owner). Its entries stay, marked done, for
+        ``closed_ttl``: relayed and hop legs that arrive late still notify, and a second receipt
+        of the same id cannot end it twice. Every other stop is told."""
+        tables.set(
+            "journeys",
+            _jkey(chain, journey["id"]),
+            {**journey, "done": True, "expires": self.now() + self.settings.closed_ttl},
+        )
+        for stop in journey["stops"][:-1]:
+            step.records.append((stop, {"kind": "close", "journey": journey["id"]}))
+
+    def _forget(self, tables: Tables, chain: str, journey: dict[str, Any]) -> None:
+        table = "outbound" if journey["role"] == "final" else "hop"
+        for message_id in journey.get("keys", []):
+            _remove(tables, table, f"{chain}:{message_id}", journey["id"])
+        tables.delete("journeys", _jkey(chain, journey["id"]))
+        if journey.get("hopped_in"):
+            tables.delete("journeys", _jkey(chain, "in:" + journey["hopped_in"]))
+
+    # -- records between partitions --
+
+    def _on_index(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
+        base = record["journey"]
+        jid = base["id"]
+        existing = tables.get("journeys", _jkey(chain, jid)) or {}
+        if existing.get("role"):
+            return  # re-delivered
+        if existing.get("done"):
+            return  # closed before it was indexed (records from two partitions raced)
+        k = record["stop"]
+        stops: list[str] = base["stops"]
+        journey: dict[str, Any] = {
+            **base,
+            "stop": k,
+            "role": record["role"],
+            "owner": stops[-1],
+            "leg_from": base["legs"][k]["from"] if k < len(base["legs"]) else base["origin"],
+            "keys": [],
+        }
+        if record["role"] == "final":
+            ttl = self.settings.bridge_journey_ttl if base["bridge"] else self.settings.journey_ttl
+            journey["deadline"] = self.now() + ttl
+            step.deadlines.append((journey["deadline"], chain, jid))
+        for extension in existing.get("extensions", []):
+            journey = _with_message(journey, extension.get("message"))
+        ids = [*record["ids"], *(i for ext in existing.get("extensions", []) for i in ext["ids"])]
+        self._add_keys(tables, chain, journey, ids, step)
+
+    def _add_keys(
+        self,
+        tables: Tables,
+        chain: str,
+        journey: dict[str, Any],
+        ids: Iterable[str],
+        step: Step,
+    ) -> None:
+        table = "outbound" if journey["role"] == "final" else "hop"
+        new = [i for i in dict.fromkeys(ids) if i not in journey["keys"]]
+        journey = {**journey, "keys": [*journey["keys"], *new]}
+        for message_id in new:
+            _append(tables, table, f"{chain}:{message_id}", journey["id"])
+        tables.set("journeys", _jkey(chain, journey["id"]), journey)
+        # Legs that arrived before the journey was known here.
+        for message_id in new:
+            for identity in list(tables.get("relay", f"{chain}:{message_id}") or []):
+                pending = tables.get("relay", _jkey(chain, "leg:" + identity))
+                if pending is None:
+                    _remove(tables, "relay", f"{chain}:{message_id}", identity)
+                    continue
+                current = tables.get("journeys", _jkey(chain, journey["id"]))
+                if current is None or current["leg_from"] != pending["leg"]["origin"]:
+                    continue
+                self._drop_pending(tables, "relay", chain, pending["leg"])
+                self._relayed(tables, chain, current, pending["leg"], step)
+            for identity in list(tables.get("inbound", f"{chain}:{message_id}") or []):
+                pending = tables.get("inbound", _jkey(chain, "leg:" + identity))
+                if pending is None:
+                    _remove(tables, "inbound", f"{chain}:{message_id}", identity)
+                    continue
+                leg = {**pending["leg"], "parked": pending.get("parked", [])}
+                current = tables.get("journeys", _jkey(chain, journey["id"]))
+                if current is None or not self._from_agrees(current, leg):
+                    continue
+                if current["role"] == "final" or not current.get("hopped_in"):
+                    self._drop_pending(tables, "inbound", chain, leg)
+                    if current["role"] == "final":
+                        self._final(tables, chain, current, leg, step)
+                        return
+                    self._hop_in(tables, chain, current, leg, step)
+
+    def _drop_pending(self, tables: Tables, table: str, chain: str, leg: dict[str, Any]) -> None:
+        for message_id in (
+            leg["ids"]
+            if table == "relay"
+            else (
+                leg["message_id"],
+                leg["message_hash"],
+            )
+        ):
+            _remove(tables, table, f"{chain}:{message_id}", leg["identity"])
+        tables.delete(table, _jkey(chain, "leg:" + leg["identity"]))
+
+    def _on_extend(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
+        jid = record["journey"]
+        journey = tables.get("journeys", _jkey(chain, jid))
+        if journey is None or not journey.get("role"):
+            if journey is not None and journey.get("done"):
+                return
+            # The index record has not arrived yet: keep the extension for it.
+            pending = journey or {"id": jid, "expires": self.now() + self.settings.pending_ttl}
+            pending = {**pending, "extensions": [*pending.get("extensions", []), record]}
+            tables.set("journeys", _jkey(chain, jid), pending)
+            return
+        journey = _with_message(journey, record.get("message"))
+        self._add_keys(tables, chain, journey, record["ids"], step)
+
+    def _on_close(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
+        jid = record["journey"]
+        journey = tables.get("journeys", _jkey(chain, jid))
+        if journey is None or not journey.get("role"):
+            tables.set(
+                "journeys",
+                _jkey(chain, jid),
+                {"id": jid, "done": True, "expires": self.now() + self.settings.closed_ttl},
+            )
+            return
+        # Keep the hop entries a while so hop legs that arrive late still notify.
+        tables.set(
+            "journeys",
+            _jkey(chain, jid),
+            {**journey, "done": True, "expires": self.now() + self.settings.closed_ttl},
+        )
+
+    def _on_terminate(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
+        journey = tables.get("journeys", _jkey(chain, record["journey"]))
+        if journey is None or journey.get("done") or not journey.get("role"):
+            # Ended already (received or timed out): the failed hop is an ordinary hop note.
+            step.notifications.append(record["notification"])
+            return
+        step.notifications.append(record["notification"])
+        step.count("terminal_hop_failed")
+        self._end(tables, chain, journey, step)
+
+    def _on_tick(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
+        journey = tables.get("journeys", _jkey(chain, record["journey"]))
+        if journey is None or journey.get("done") or journey.get("role") != "final":
+            return
+        if journey["deadline"] > self.now():
+            step.deadlines.append((journey["deadline"], chain, journey["id"]))
+            return
+        step.notifications.append(notify.timeout(journey))
+        step.count("timeout")
+        self._end(tables, chain, journey, step)
+
+    def _on_sweep(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
+        """Drop the expired entries a scan found (re-checked here: the scan may be stale)."""
+        now = self.now()
+        for table, key in record["keys"]:
+            value = tables.get(table, key)
+            if value is None or not isinstance(value, dict):
+                continue
+            expires = value.get("expires")
+            if expires is None or expires > now:
+                continue
+            if table in ("inbound", "relay") and "leg" in value:
+                leg = value["leg"]
+                self._drop_pending(tables, table, chain, leg)
+                step.count(f"{table}_expired")
+                for parked in value.get("parked", []):
+                    # Its journey never showed up: what it forwarded is a journey of its own.
+                    self._new_journey(tables, SentLeg.model_validate(parked), step)
+            elif table == "journeys":
+                if value.get("role"):
+                    self._forget(tables, chain, value)
+                else:
+                    tables.delete("journeys", key)
+            else:
+                tables.delete(table, key)
+
+
+def _message_fields(leg: SentLeg) -> dict[str, JsonValue]:
+    return {
+        "messageHash": leg.message_hash,
+        "messageData": leg.message_data,
+        "instructions": leg.instructions,
+    }
+
+
+def _with_message(journey: dict[str, Any], message: dict[str, Any] | None) -> dict[str, Any]:
+    if not message:
+        return journey
+    return {**journey, "message": message}
+
+
+def expired_keys(
+    table: str, items: Iterable[tuple[str, Any]], now: float
+) -> Iterator[tuple[str, tuple[str, str]]]:
+    """``(chain, (table, key))`` for each expired entry of a table scan (what sweeps delete)."""
+    for key, value in items:
+        if not isinstance(value, dict):
+            continue
+        expires = value.get("expires")
+        if expires is None or expires > now:
+            continue
+        chain = key.split("|", 1)[0]
+        yield chain, (table, key)

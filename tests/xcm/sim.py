@@ -1,0 +1,195 @@
+"""A model of the partitioned matching dataflow, in memory, for order and partitioning tests.
+
+It does what ``topology/xcm.py`` does with faust, without the broker: records are routed by chain
+to partitions, partitions are owned by two workers, each partition keeps its own tables and its
+own FIFO queue, and the test (hypothesis) decides which partition runs next. Nothing here
+matches legs: that is the real :class:`ocstream.xcm.matching.Engine`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+from typing import Any
+
+from ocstream.xcm.legs import ReceivedLeg, RelayedLeg, SentLeg, legs_of, relay_of
+from ocstream.xcm.matching import TABLES, Engine, MatchSettings, Tables, expired_keys
+
+PARTITIONS = 4
+WORKERS = ({0, 1}, {2, 3})
+
+
+def partition_of(chain: str) -> int:
+    return zlib.crc32(chain.encode()) % PARTITIONS
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Cluster:
+    def __init__(self, settings: MatchSettings | None = None) -> None:
+        self.clock = Clock()
+        self.engine = Engine(settings or MatchSettings(), now=self.clock)
+        self.stores: list[dict[str, dict[str, Any]]] = [
+            {name: {} for name in TABLES} for _ in range(PARTITIONS)
+        ]
+        self.queues: list[deque[tuple[str, dict[str, Any]]]] = [deque() for _ in range(PARTITIONS)]
+        self.notifications: list[dict[str, Any]] = []
+        self.deadlines: list[tuple[float, str, str]] = []
+
+    def send(self, chain: str, record: dict[str, Any]) -> None:
+        self.queues[partition_of(chain)].append((chain, record))
+
+    def publish_legs(self, legs: list[SentLeg | ReceivedLeg | RelayedLeg]) -> None:
+        """The legs of one block, in extraction order, as the extract agent routes them."""
+        for leg in legs:
+            if isinstance(leg, SentLeg):
+                chain = leg.origin
+            elif isinstance(leg, ReceivedLeg):
+                chain = leg.chain
+            else:
+                chain = leg.recipient
+            self.send(chain, {"kind": leg.kind, "leg": leg.model_dump(by_alias=True)})
+
+    def busy(self) -> list[int]:
+        return [p for p, queue in enumerate(self.queues) if queue]
+
+    def step(self, partition: int) -> None:
+        chain, record = self.queues[partition].popleft()
+        tables = Tables(self.stores[partition])  # type: ignore[arg-type]
+        step = self.engine.handle(tables, chain, record)
+        self.notifications.extend(step.notifications)
+        for target, out in step.records:
+            self.send(target, out)
+        self.deadlines.extend(step.deadlines)
+        tables.commit()
+
+    def drain(self, choose: Any = None) -> None:
+        while busy := self.busy():
+            self.step(choose(busy) if choose else busy[0])
+
+    def fire_deadlines(self) -> None:
+        due = [d for d in self.deadlines if d[0] <= self.clock.now]
+        self.deadlines = [d for d in self.deadlines if d[0] > self.clock.now]
+        for _, chain, jid in due:
+            self.send(chain, {"kind": "tick", "journey": jid})
+
+    def sweep(self) -> None:
+        for partition in range(PARTITIONS):
+            found: dict[str, list[tuple[str, str]]] = {}
+            for table in TABLES:
+                items = list(self.stores[partition][table].items())
+                for chain, entry in expired_keys(table, items, self.clock.now):
+                    found.setdefault(chain, []).append(entry)
+            for chain, keys in found.items():
+                self.send(chain, {"kind": "sweep", "keys": keys})
+
+    def keys_left(self) -> dict[str, list[str]]:
+        left: dict[str, list[str]] = {}
+        for stores in self.stores:
+            for table, store in stores.items():
+                left.setdefault(table, []).extend(store)
+        return {table: keys for table, keys in left.items() if keys}
+
+
+# --- synthetic legs ------------------------------------------------------------------------------
+
+
+def _context(chain: str, number: int, message_hash: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "chainId": chain,
+        "blockNumber": str(number),
+        "blockHash": "0x" + f"{number:064x}",
+        "extrinsicId": None,
+        "event": None,
+        "outcome": extra.pop("outcome", "Success"),
+        "error": extra.pop("error", None),
+        "messageHash": message_hash,
+        "messageData": None,
+        "instructions": None,
+        **extra,
+    }
+
+
+def sent_leg(
+    origin: str,
+    stops: list[str],
+    *,
+    message_hash: str,
+    topic: str | None = None,
+    number: int = 1,
+    entry: int = 0,
+    continues: str | None = None,
+) -> SentLeg:
+    ids = [message_hash] + ([topic] if topic else [])
+    legs = legs_of(origin, stops)
+    return SentLeg(
+        identity=f"{origin}|0x{number:064x}|hrmp|{entry}|0",
+        origin=origin,
+        recipient=stops[0],
+        transport="ump" if stops[0] == relay_of(origin) and origin != stops[0] else "hrmp",
+        block_number=number,
+        block_hash="0x" + f"{number:064x}",
+        message_hash=message_hash,
+        message_data=None,
+        topic=topic,
+        ids=ids,
+        stops=stops,
+        legs=legs,
+        context=_context(origin, number, message_hash),
+        continues=continues,
+    )
+
+
+def received_leg(
+    chain: str,
+    *,
+    message_hash: str,
+    message_id: str | None = None,
+    number: int = 1,
+    event: int = 0,
+    from_chain: str | None = None,
+    outcome: str = "Success",
+) -> ReceivedLeg:
+    return ReceivedLeg(
+        identity=f"{chain}|0x{number:064x}|{event}",
+        chain=chain,
+        from_chain=from_chain,
+        block_number=number,
+        block_hash="0x" + f"{number:064x}",
+        message_hash=message_hash,
+        message_id=message_id or message_hash,
+        outcome=outcome,  # type: ignore[arg-type]
+        context=_context(chain, number, message_hash, outcome=outcome),
+    )
+
+
+def relayed_leg(
+    relay: str,
+    origin: str,
+    recipient: str,
+    *,
+    message_hash: str,
+    topic: str | None = None,
+    number: int = 1,
+    index: int = 0,
+) -> RelayedLeg:
+    ids = [message_hash] + ([topic] if topic else [])
+    return RelayedLeg(
+        identity=f"{relay}|0x{number:064x}|0|{index}|0",
+        relay=relay,
+        origin=origin,
+        recipient=recipient,
+        block_number=number,
+        block_hash="0x" + f"{number:064x}",
+        message_hash=message_hash,
+        message_id=topic or message_hash,
+        ids=ids,
+        outcome="Success",
+        context=_context(relay, number, message_hash),
+    )
