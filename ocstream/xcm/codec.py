@@ -41,6 +41,7 @@ __all__ = [
     "PAGE_CONCATENATED",
     "PAGE_OPAQUE",
     "UnknownPageFormat",
+    "VersionRoutedCodec",
     "XcmCodec",
     "XcmDecodeError",
     "XcmMessage",
@@ -57,6 +58,8 @@ PAGE_BLOB: Final = 0x01  # ConcatenatedEncodedBlob: not XCM
 PAGE_SIGNALS: Final = 0x02  # channel Suspend/Resume signals: not XCM
 PAGE_OPAQUE: Final = 0x03  # compact(len) ‖ VersionedXcm, repeated
 
+# Where runtimes keep the type: the `xcm` crate, or `staging_xcm` for the releases of late 2023.
+_VERSIONED_XCM_PATHS: Final = (("xcm", "VersionedXcm"), ("staging_xcm", "VersionedXcm"))
 _ZERO_TOPIC: Final = "0x" + "00" * 32
 _FORWARD_ID_DOMAIN: Final = b"forward_id_for"
 
@@ -154,10 +157,15 @@ class XcmCodec:
         self.network = decoder.network
         self.spec_version = decoder.spec_version
         self.label = decoder.label
-        try:
-            self._versioned_xcm = decoder.compile_type("xcm", "VersionedXcm")
-        except DecodeError as exc:
-            raise XcmDecodeError(str(exc)) from exc
+        errors = []
+        for path in _VERSIONED_XCM_PATHS:
+            try:
+                self._versioned_xcm = decoder.compile_type(*path)
+                break
+            except DecodeError as exc:
+                errors.append(str(exc))
+        else:
+            raise XcmDecodeError("; ".join(errors))
 
     def decode_at(self, data: bytes, offset: int = 0) -> tuple[JsonValue, int]:
         """Decode the program starting at ``offset``; returns it and the offset after it."""
@@ -243,3 +251,24 @@ class _PartialPage(XcmDecodeError):
 def partial_messages(error: XcmDecodeError) -> list[XcmMessage]:
     """The programs split off a page before ``error`` stopped the split (empty if none)."""
     return list(error.found) if isinstance(error, _PartialPage) else []
+
+
+class VersionRoutedCodec(XcmCodec):
+    """Decodes each program with the codec registered for its version byte: for XCM whose
+    chain's metadata is not at hand (recorded decoded blocks), with a relay runtime per version
+    range, e.g. ``{2: v2_to_v4, 3: v3_to_v5, 4: v3_to_v5, 5: v3_to_v5}``."""
+
+    def __init__(self, by_version: dict[int, XcmCodec]) -> None:  # noqa: D107
+        first = next(iter(by_version.values()))
+        self.network = first.network
+        self.spec_version = first.spec_version
+        self.label = " / ".join(sorted({codec.label for codec in by_version.values()}))
+        self._by_version = dict(by_version)
+
+    def decode_at(self, data: bytes, offset: int = 0) -> tuple[JsonValue, int]:
+        if offset >= len(data):
+            raise XcmDecodeError(f"{self.label}: no bytes at offset {offset}")
+        codec = self._by_version.get(data[offset])
+        if codec is None:
+            raise XcmDecodeError(f"{self.label}: no codec for XCM version byte {data[offset]}")
+        return codec.decode_at(data, offset)

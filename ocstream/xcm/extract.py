@@ -666,6 +666,15 @@ def _downward_legs(context: _Block, received: Sequence[ReceivedLeg]) -> list[Sen
                 continue
             picked = pick(para, None)
             legs.append(_downward_leg(context, para, picked, None, extrinsic.index, None, received))
+    # Messages queued in this block that no event or call accounts for: sent while executing
+    # something else (a hop re-sent by the relay, a hook). They have no sender.
+    for queue_para, queue in queues.items():
+        for index, message in enumerate(queue):
+            if index not in used[queue_para]:
+                used[queue_para].add(index)
+                legs.append(
+                    _downward_leg(context, queue_para, (index, message), None, None, None, received)
+                )
     return legs
 
 
@@ -755,6 +764,7 @@ def _sent_leg(
     ctx = context.context(
         extrinsic_index=extrinsic_index, event=event, message=message, message_hash=message_hash
     )
+    continues = _continues(message, event, extrinsic_index, received)
     return SentLeg(
         identity=identity,
         origin=block.network,
@@ -772,7 +782,12 @@ def _sent_leg(
         legs=legs_of(block.network, stops),
         sender=context.sender(extrinsic_index),
         context=ctx,
-        continues=_continues(message, event, extrinsic_index, received),
+        continues=continues,
+        hop_candidates=(
+            [leg.identity for leg in received]
+            if continues is None and event is None and instructions is not None
+            else []
+        ),
         timestamp=block.timestamp,
     )
 

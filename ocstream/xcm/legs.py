@@ -25,7 +25,9 @@ __all__ = [
     "chain_id",
     "consensus",
     "is_relay",
+    "continues_program",
     "legs_of",
+    "programs_of",
     "relay_of",
     "resolve_location",
     "stops_of",
@@ -98,6 +100,11 @@ class SentLeg(_Frozen):
         default=None,
         description="identity of the received leg of the same block this message forwards "
         "(a hop-out), when extraction can tell",
+    )
+    hop_candidates: list[str] = Field(
+        default_factory=list,
+        description="identities of this block's received legs this message may forward, "
+        "when nothing links it for sure (no topic, no event to place it)",
     )
     timestamp: int | None = None
 
@@ -241,7 +248,7 @@ def _program(instructions: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _walk(program: list[Any], context: str) -> Iterator[str]:
+def _walk(program: list[Any], context: str) -> Iterator[tuple[str, list[Any]]]:
     for instruction in program:
         name, operands = _junction(instruction)
         if not isinstance(operands, dict):
@@ -262,14 +269,56 @@ def _walk(program: list[Any], context: str) -> Iterator[str]:
             continue
         if stop is None:
             continue
-        yield stop
         nested = operands.get(nested_field)
-        yield from _walk(nested if isinstance(nested, list) else [], stop)
+        nested = nested if isinstance(nested, list) else []
+        yield stop, nested
+        yield from _walk(nested, stop)
 
 
 def stops_of(recipient: str, instructions: Any) -> list[str]:
     """``[recipient, ...]`` plus every chain the program forwards to, in program order (§8.1)."""
-    return [recipient, *_walk(_program(instructions), recipient)]
+    return [recipient, *(stop for stop, _ in _walk(_program(instructions), recipient))]
+
+
+def programs_of(recipient: str, instructions: Any) -> list[list[Any]]:
+    """The program each stop of :func:`stops_of` is expected to execute: the whole program at
+    the recipient, then each forwarding instruction's nested program (what hop matching
+    without a topic compares a re-sent message with)."""
+    program = _program(instructions)
+    return [program, *(nested for _, nested in _walk(program, recipient))]
+
+
+def _plain(value: Any) -> Any:
+    """A decoded value with version-dependent shapes flattened (``X1([j])`` → ``X1(j)``,
+    numbers as strings), so programs of two XCM versions compare."""
+    if isinstance(value, dict):
+        if len(value) == 1:
+            ((tag, inner),) = value.items()
+            if tag == "X1" and isinstance(inner, list) and len(inner) == 1:
+                return {"X1": _plain(inner[0])}
+        return {key: _plain(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return str(value)
+    return value
+
+
+def continues_program(expected: list[Any], instructions: Any) -> bool:
+    """Whether a re-sent program ends like the nested program a forwarding instruction asked
+    for: the executor prepends its own instructions (asset deposits, fees) and the router appends
+    ``SetTopic``, but the requested tail (e.g. the final ``DepositAsset``) is carried over."""
+    program = [
+        item
+        for item in _program(instructions)
+        if not (isinstance(item, dict) and "SetTopic" in item)
+    ]
+    wanted = [item for item in expected if not (isinstance(item, dict) and "SetTopic" in item)]
+    if not program or not wanted:
+        return False
+    return bool(_plain(program[-1]) == _plain(wanted[-1]))
 
 
 def legs_of(origin: str, stops: list[str]) -> list[Leg]:

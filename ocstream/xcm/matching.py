@@ -38,7 +38,7 @@ from typing import Any, Protocol
 from pydantic import JsonValue
 
 from . import notifications as notify
-from .legs import ReceivedLeg, RelayedLeg, SentLeg
+from .legs import ReceivedLeg, RelayedLeg, SentLeg, continues_program, programs_of
 
 __all__ = [
     "Engine",
@@ -209,6 +209,18 @@ class Engine:
                 tables.set("inbound", _jkey(chain, "leg:" + leg.continues), pending)
                 step.count("hop_out_parked")
                 return
+        for candidate in leg.hop_candidates:
+            # No sure link: a hop-out if it ends the way the journey's forwarding asked for.
+            marker = tables.get("journeys", _jkey(chain, "in:" + candidate))
+            if marker is None:
+                continue
+            journey = marker["journey"]
+            programs = journey.get("programs") or []
+            expected = journey["stop"] + 1
+            if expected < len(programs) and continues_program(programs[expected], leg.instructions):
+                step.count("hop_out_by_content")
+                self._hop_out(tables, chain, journey, leg, step)
+                return
         self._new_journey(tables, leg, step)
 
     def _expect_origin(self, received: dict[str, Any]) -> bool:
@@ -231,6 +243,7 @@ class Engine:
             "message": _message_fields(leg),
             "ids": leg.ids,
             "bridge": leg.has_bridge,
+            "programs": programs_of(leg.recipient, leg.instructions),
         }
         step.notifications.append(notify.sent(journey))
         step.count("sent")
