@@ -232,10 +232,13 @@ def _referenced_objects(fun: Any) -> list[Any]:
     found = [namespace[n] for n in sorted(names) if n in namespace]
     for cell in getattr(fun, "__closure__", None) or ():
         try:
-            found.append(cell.cell_contents)
+            value = cell.cell_contents
         except ValueError:
             # The variable is referenced but was never assigned.
             continue
+        found.append(value)
+        if isinstance(value, dict):  # e.g. a name -> table mapping
+            found.extend(value.values())
     return found
 
 
@@ -317,6 +320,15 @@ def describe(app: Any) -> Dataflow:
             info
             for index, sink in enumerate(agent._sinks)
             for info in _sink_info(agent, index, sink)
+        ]
+        # Topics the agent's code sends to (``topic.send`` rather than a declared sink).
+        sources = set(_topic_names(agent.channel))
+        agent_sinks += [
+            SinkInfo(name=name, kind="topic")
+            for obj in _referenced_objects(getattr(agent, "fun", None))
+            if isinstance(obj, TopicT)
+            for name in _topic_names(obj)
+            if name not in sources
         ]
         sinks.update(agent_sinks)
         agents.append(

@@ -50,6 +50,9 @@ def render_metrics(app: Any) -> str:
     }
     for metric, (text, value) in gauges.items():
         lines += [f"# HELP {metric} {text}", f"# TYPE {metric} gauge", f"{metric} {value}"]
+    for name, value in sorted(getattr(app, "xcm_counters", {}).items()):
+        metric = f"oc_xcm_{name}_total"
+        lines += [f"# TYPE {metric} counter", f"{metric} {value}"]
     return "\n".join(lines) + "\n"
 
 

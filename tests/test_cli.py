@@ -45,11 +45,20 @@ def test_topology_json_describes_the_declared_dataflow_without_a_broker() -> Non
     assert topics["demo-events"]["kind"] == "source"
     assert topics["demoapp-demo-counts-changelog"]["kind"] == "changelog"
     assert topics["demoapp-demo-counts-changelog"]["partitions"] == 6
-    [agent] = flow["agents"]
-    assert agent["name"] == "count_events" and agent["source_topics"] == ["demo-events"]
-    [table] = flow["tables"]
-    assert table["name"] == "demo-counts"
-    assert table["changelog_topic"] == "demoapp-demo-counts-changelog"
+    agents = {agent["name"]: agent for agent in flow["agents"]}
+    assert agents["count_events"]["source_topics"] == ["demo-events"]
+    # The XCM dataflow: blocks -> extract -> xcm-legs -> match (six tables) -> notifications.
+    assert agents["xcm_extract"]["source_topics"] == ["blocks"]
+    assert agents["xcm_extract"]["sink_names"] == ["xcm-legs"]
+    assert agents["xcm_match"]["source_topics"] == ["xcm-legs"]
+    assert agents["xcm_match"]["sink_names"] == ["xcm-notifications"]
+    assert sorted(agents["xcm_match"]["tables"]) == [
+        f"xcm-{name}" for name in ("hop", "inbound", "journeys", "outbound", "relay", "seen")
+    ]
+    tables = {table["name"]: table for table in flow["tables"]}
+    assert tables["demo-counts"]["changelog_topic"] == "demoapp-demo-counts-changelog"
+    assert tables["xcm-outbound"]["changelog_topic"] == "demoapp-xcm-outbound-changelog"
+    assert topics["xcm-legs"]["partitions"] == 6
 
 
 @pytest.mark.parametrize(

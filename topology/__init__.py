@@ -1,19 +1,20 @@
 """The dataflow ocstream runs, declared on a faust app.
 
 ``declare(app)`` adds every topic, agent, table and page of the dataflow to ``app``;
-``ocstream topology`` describes whatever it declared. Until the XCM agents land, the dataflow
-is the small demo in :mod:`topology.demo` (events counted per user in a table), which the
-transport's integration tests and benchmarks also run.
+``ocstream topology`` describes whatever it declared: the XCM dataflow of :mod:`topology.xcm`,
+and the small demo of :mod:`topology.demo` (events counted per user in a table), a self-check of
+the transport that its integration tests and benchmarks run.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from . import demo
+from . import demo, xcm
 
 
 def declare(app: Any) -> None:
+    xcm.declare(app)
     demo.declare(app)
 
 

@@ -1,0 +1,250 @@
+"""The XCM dataflow: ``blocks`` → extract → ``xcm-legs`` → match (tables) → ``xcm-notifications``.
+
+* agent ``xcm_extract`` reads ExtendedBlocks, decodes their XCM with the runtime's metadata from
+  the registry and writes each leg to ``xcm-legs`` keyed by the chain it concerns; what it cannot
+  read goes to ``xcm-dead-letters`` with the reason.
+* agent ``xcm_match`` runs :class:`ocstream.xcm.matching.Engine` on each ``xcm-legs`` record
+  against six changelogged tables and writes notifications to ``xcm-notifications`` (keyed by
+  journey) and the records meant for other chains back to ``xcm-legs``.
+* timers turn persisted journey deadlines into ``tick`` records and expired entries into
+  ``sweep`` records, so timeouts fire on wall-clock time and tables stay bounded.
+
+``docs/matching.md`` explains the model; ``ocstream topology`` draws it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+from faust.web import Request, Response, View
+
+from ocstream.ingress.decode import DecoderCache
+from ocstream.ingress.model import ExtendedBlock
+from ocstream.ingress.registry import NetworkRegistry
+from ocstream.transport.client import connect
+from ocstream.xcm.codec import XcmCodec, XcmDecodeError
+from ocstream.xcm.extract import extract
+from ocstream.xcm.matching import TABLES, Engine, MatchSettings, Tables, expired_keys
+from ocstream.xcm.sender import sender_of
+
+log = logging.getLogger("ocstream.xcm")
+
+BLOCKS_TOPIC = "blocks"
+LEGS_TOPIC = "xcm-legs"
+NOTIFICATIONS_TOPIC = "xcm-notifications"
+DEAD_LETTERS_TOPIC = "xcm-dead-letters"
+TABLE_NAMES = {name: f"xcm-{name}" for name in TABLES}
+
+#: Counters of this process (``/metrics`` renders them as ``oc_xcm_*_total``).
+COUNTERS: Counter[str] = Counter()
+
+
+class Networks:
+    """The registry's view this worker needs: runtime codecs, SS58 prefixes, followed networks.
+    Codecs are built off the event loop, once per (network, spec version)."""
+
+    def __init__(self, app: Any, refresh_seconds: float = 10.0) -> None:
+        self.app = app
+        self.refresh_seconds = refresh_seconds
+        self._registry: NetworkRegistry | None = None
+        self._codecs: dict[tuple[str, int], XcmCodec | None] = {}
+        self._decoders = DecoderCache()
+        self._records: dict[str, Any] = {}
+        self._loaded_at = 0.0
+
+    @property
+    def registry(self) -> NetworkRegistry:
+        if self._registry is None:
+            client = connect(str(self.app.conf.broker[0]), name="ocstream-xcm")
+            self._registry = NetworkRegistry(client, self.app.transport_settings.prefix)
+        return self._registry
+
+    async def refresh(self) -> None:
+        if time.monotonic() - self._loaded_at >= self.refresh_seconds:
+            self._records = await self.registry.all()
+            self._loaded_at = time.monotonic()
+
+    def monitored(self, network: str) -> bool:
+        # With an empty registry (records published by hand, tests) every network counts.
+        return not self._records or network in self._records
+
+    def ss58_prefix(self, network: str) -> int | None:
+        record = self._records.get(network)
+        return getattr(record, "ss58_prefix", None) if record is not None else None
+
+    async def codec(self, block: ExtendedBlock) -> XcmCodec:
+        await self.refresh()
+        spec = block.spec_version
+        if spec is None:
+            record = self._records.get(block.network)
+            spec = record.spec_version if record is not None else None
+        if spec is None:
+            raise XcmDecodeError(f"{block.network} #{block.number}: no spec version known")
+        key = (block.network, spec)
+        if key not in self._codecs:
+            metadata = await self.registry.metadata(block.network, spec)
+            if metadata is None:
+                raise XcmDecodeError(f"{block.network}: no metadata for spec {spec}")
+            decoder = await asyncio.to_thread(
+                self._decoders.get_or_build, block.network, spec, lambda: metadata
+            )
+            self._codecs[key] = XcmCodec(decoder)
+        codec = self._codecs[key]
+        if codec is None:  # pragma: no cover - a failed build raises before caching
+            raise XcmDecodeError(f"{block.network}: spec {spec} has no XCM codec")
+        return codec
+
+
+def _pending_final(journey: Any) -> bool:
+    return isinstance(journey, dict) and journey.get("role") == "final" and not journey.get("done")
+
+
+def _leg_chain(leg: Any) -> str:
+    if leg.kind == "sent":
+        return str(leg.origin)
+    if leg.kind == "received":
+        return str(leg.chain)
+    return str(leg.recipient)
+
+
+def declare(app: Any, settings: MatchSettings | None = None) -> None:
+    blocks = app.topic(BLOCKS_TOPIC, key_type=str, value_serializer="raw")
+    legs = app.topic(LEGS_TOPIC, key_type=str, value_serializer="json")
+    notifications = app.topic(NOTIFICATIONS_TOPIC, key_type=str, value_serializer="json")
+    dead_letters = app.topic(DEAD_LETTERS_TOPIC, key_type=str, value_serializer="json")
+    tables = {
+        name: app.Table(table, default=None, key_type=str, help=f"XCM {name}")
+        for name, table in TABLE_NAMES.items()
+    }
+    networks = Networks(app)
+    engine = Engine(settings, now=time.time, monitored=networks.monitored)
+    deadlines: list[tuple[float, str, str]] = []
+    state: dict[str, Any] = {"assignment": frozenset(), "scanned": 0.0}
+    app.xcm_networks = networks
+    app.xcm_counters = COUNTERS
+
+    async def dead_letter(kind: str, key: str, reason: str, payload: Any) -> None:
+        COUNTERS[f"dead_letters_{kind}"] += 1
+        log.warning("dead letter (%s) %s: %s", kind, key, reason)
+        body = {"kind": kind, "reason": reason, "payload": payload, "at": time.time()}
+        await dead_letters.send(key=key, value=body)
+
+    @app.agent(blocks, name="xcm_extract")  # type: ignore[untyped-decorator]
+    async def xcm_extract(stream: Any) -> None:
+        async for key, raw in stream.items():
+            try:
+                block = ExtendedBlock.from_json_bytes(raw)
+            except Exception as exc:
+                await dead_letter("bad-block", str(key), f"not an ExtendedBlock: {exc}", None)
+                continue
+            COUNTERS["blocks"] += 1
+            try:
+                codec: XcmCodec | None = await networks.codec(block)
+            except Exception as exc:
+                codec = None
+                reason = str(exc)
+                # Without a codec, a block with no XCM storage is still fine: receipts and
+                # relayed pages of 0x03 format need no decoding; everything else is reported.
+                if block.storage:
+                    COUNTERS["unknown_runtime"] += 1
+                    log.warning("%s #%d: %s", block.network, block.number, reason)
+            prefix = networks.ss58_prefix(block.network)
+
+            def sender(b: ExtendedBlock, index: int | None, prefix: int | None = prefix) -> Any:
+                found = sender_of(b, index, ss58_prefix=prefix)
+                return found.model_dump() if found is not None else None
+
+            found = extract(block, codec, ss58_prefix=prefix, sender_of=sender)
+            for problem in found.problems:
+                await dead_letter(
+                    problem.kind,
+                    f"{block.network}:{block.number}",
+                    problem.reason,
+                    problem.payload(),
+                )
+            for leg in found.legs:
+                COUNTERS[f"legs_{leg.kind}"] += 1
+                record = {"kind": leg.kind, "leg": leg.model_dump(by_alias=True)}
+                await legs.send(key=_leg_chain(leg), value=record)
+
+    @app.agent(legs, name="xcm_match")  # type: ignore[untyped-decorator]
+    async def xcm_match(stream: Any) -> None:
+        async for chain, record in stream.items():
+            view = Tables(tables)
+            try:
+                step = engine.handle(view, chain, record)
+            except Exception as exc:
+                view.rollback()
+                await dead_letter("bad-record", str(chain), f"{type(exc).__name__}: {exc}", record)
+                continue
+            # Outputs are queued before the table writes, so a table's changelog never holds a
+            # change whose notifications were not sent (one producer queue, written in order).
+            for note in step.notifications:
+                await notifications.send(key=note["journeyId"], value=note)
+            for target, out in step.records:
+                await legs.send(key=target, value=out)
+            view.commit()
+            for deadline in step.deadlines:
+                heapq.heappush(deadlines, deadline)
+            COUNTERS.update(step.counters)
+
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+    async def xcm_deadlines() -> None:
+        """Send a tick for every journey whose deadline passed (rebuilt from the table when
+        the assignment changes, so deadlines survive restarts and rebalances)."""
+        assignment = frozenset(app.consumer.assignment())
+        if assignment != state["assignment"] or time.time() - state["scanned"] > 300:
+            state["assignment"] = assignment
+            state["scanned"] = time.time()
+            deadlines.clear()
+            for key, value in list(tables["journeys"].items()):
+                if (
+                    isinstance(value, dict)
+                    and value.get("role") == "final"
+                    and not value.get("done")
+                ):
+                    chain = key.split("|", 1)[0]
+                    deadlines.append((value["deadline"], chain, value["id"]))
+            heapq.heapify(deadlines)
+        now = time.time()
+        while deadlines and deadlines[0][0] <= now:
+            _, chain, jid = heapq.heappop(deadlines)
+            await legs.send(key=chain, value={"kind": "tick", "journey": jid})
+
+    @app.timer(interval=60.0)  # type: ignore[untyped-decorator]
+    async def xcm_sweep() -> None:
+        """Find expired entries in the tables and have their owner partitions drop them."""
+        now = time.time()
+        found: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for name, table in tables.items():
+            for chain, entry in expired_keys(name, list(table.items()), now):
+                found[chain].append(entry)
+        for chain, keys in found.items():
+            await legs.send(key=chain, value={"kind": "sweep", "keys": keys})
+
+    @app.page("/xcm/pending/")
+    class PendingView(View):
+        """Counts of what this worker's partitions hold, and the engine counters."""
+
+        async def get(self, request: Request) -> Response:
+            journeys = list(tables["journeys"].values())
+            pending = sum(
+                1
+                for j in journeys
+                if isinstance(j, dict) and j.get("role") == "final" and not j.get("done")
+            )
+            return self.json(
+                {
+                    "pending_journeys": pending,
+                    "tables": {name: len(list(table.keys())) for name, table in tables.items()},
+                    "counters": dict(COUNTERS),
+                }
+            )
+
+
+__all__ = ["COUNTERS", "declare"]
