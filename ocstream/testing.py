@@ -42,8 +42,10 @@ from pydantic import JsonValue
 from .ingress.decode import DecoderCache, build_extended_block
 from .ingress.model import Event, ExtendedBlock, Extrinsic, Phase, StorageItem
 from .ingress.raw import RawBlock, load_sidecar_json, load_v1_cbor
+from .ingress.registry import NetworkRecord, NetworkRegistry
 from .ingress.storage import downward_queue, storage_key
 from .settings import load_settings
+from .transport.client import connect
 from .transport.keys import DEFAULT_PREFIX
 from .transport.writer import TopicWriter
 
@@ -56,6 +58,8 @@ __all__ = [
     "from_papi_value",
     "publish_blocks",
     "publish_blocks_sync",
+    "register_network",
+    "register_network_sync",
 ]
 
 #: The topic the ingress publishes to (``ocstream.ingress.service.BLOCKS_TOPIC``).
@@ -592,3 +596,38 @@ def publish_blocks_sync(
     return asyncio.run(
         publish_blocks(redis_url, blocks, topic=topic, prefix=prefix, partitions=partitions)
     )
+
+
+# --- the network registry ------------------------------------------------------------------------
+
+
+async def register_network(
+    redis_url: str,
+    network: str,
+    *,
+    spec_version: int,
+    metadata: bytes,
+    relay: str | None = None,
+    ss58_prefix: int | None = None,
+    prefix: str = DEFAULT_PREFIX,
+) -> None:
+    """Put ``network`` and its runtime metadata in the registry, as an ingress following it
+    would: workers decode the XCM of that network's blocks with this metadata, and count the
+    network as followed (journeys that end on it are tracked)."""
+    client = connect(redis_url, name="ocstream-testing")
+    try:
+        registry = NetworkRegistry(client, prefix)
+        current = await registry.get(network)
+        fields: dict[str, Any] = current.model_dump() if current is not None else {"id": network}
+        fields.update({"spec_version": spec_version, "relay": relay})
+        if ss58_prefix is not None:
+            fields["ss58_prefix"] = ss58_prefix
+        await registry.put(NetworkRecord.model_validate(fields))
+        await registry.put_metadata(network, spec_version, metadata)
+    finally:
+        await client.aclose()
+
+
+def register_network_sync(redis_url: str, network: str, **kwargs: Any) -> None:
+    """:func:`register_network` for synchronous code."""
+    asyncio.run(register_network(redis_url, network, **kwargs))

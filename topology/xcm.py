@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import os
 import time
 from collections import Counter, defaultdict
 from typing import Any
@@ -122,9 +123,11 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
         for name, table in TABLE_NAMES.items()
     }
     networks = Networks(app)
+    settings = settings or MatchSettings.from_env(os.environ)
     engine = Engine(settings, now=time.time, monitored=networks.monitored)
+    sweep_every = float(os.environ.get("OCSTREAM_XCM_SWEEP_INTERVAL", "60"))
     deadlines: list[tuple[float, str, str]] = []
-    state: dict[str, Any] = {"assignment": frozenset(), "scanned": 0.0}
+    state: dict[str, Any] = {"assignment": frozenset(), "scanned": 0.0, "swept": time.time()}
     app.xcm_networks = networks
     app.xcm_counters = COUNTERS
 
@@ -216,10 +219,13 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
             _, chain, jid = heapq.heappop(deadlines)
             await legs.send(key=chain, value={"kind": "tick", "journey": jid})
 
-    @app.timer(interval=60.0)  # type: ignore[untyped-decorator]
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def xcm_sweep() -> None:
         """Find expired entries in the tables and have their owner partitions drop them."""
         now = time.time()
+        if now - state["swept"] < sweep_every:
+            return
+        state["swept"] = now
         found: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for name, table in tables.items():
             for chain, entry in expired_keys(name, list(table.items()), now):

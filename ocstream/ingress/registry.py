@@ -24,6 +24,8 @@ class NetworkRecord(BaseModel):
     relay: str | None = None
     genesis_hash: str | None = None
     spec_version: int | None = None
+    #: How the network renders addresses (``System.SS58Prefix``); None: shown as hex keys.
+    ss58_prefix: int | None = None
     #: The last block published to the blocks topic (the ingress resumes after it).
     tip_number: int | None = None
     tip_hash: str | None = None

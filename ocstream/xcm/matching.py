@@ -31,7 +31,7 @@ Tables (all JSON values; keys start with the chain so a partition's keys are its
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -116,6 +116,19 @@ class MatchSettings:
     pending_ttl: float = 3600.0  # early inbound/relayed legs wait this long for their outbound
     seen_ttl: float = 86400.0  # how long a handled leg is remembered (re-delivery window)
     closed_ttl: float = 3600.0  # an ended journey's hop entries stay for late hop legs
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> MatchSettings:
+        """Settings from ``OCSTREAM_XCM_JOURNEY_TTL``, ``OCSTREAM_XCM_PENDING_TTL``, ... (s)."""
+        values: dict[str, float] = {}
+        for name in cls.__dataclass_fields__:
+            raw = environ.get(f"OCSTREAM_XCM_{name.upper()}")
+            if raw is not None:
+                try:
+                    values[name] = float(raw)
+                except ValueError as exc:
+                    raise ValueError(f"OCSTREAM_XCM_{name.upper()}: not a number: {raw!r}") from exc
+        return cls(**values)
 
 
 @dataclass(slots=True)
