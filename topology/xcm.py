@@ -30,6 +30,7 @@ from ocstream.ingress.registry import NetworkRegistry
 from ocstream.transport.client import connect
 from ocstream.xcm.codec import XcmCodec, XcmDecodeError
 from ocstream.xcm.extract import extract
+from ocstream.xcm.legs import is_relay
 from ocstream.xcm.matching import TABLES, Engine, MatchSettings, Tables, expired_keys
 from ocstream.xcm.sender import sender_of
 
@@ -146,16 +147,20 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
                 await dead_letter("bad-block", str(key), f"not an ExtendedBlock: {exc}", None)
                 continue
             COUNTERS["blocks"] += 1
+            where = f"{block.network}:{block.number}"
+            await networks.refresh()
+            if not networks.monitored(block.network):
+                reason = f"{block.network} is not in the network registry"
+                await dead_letter("unknown-network", where, reason, {"hash": block.hash})
+                continue
             try:
                 codec: XcmCodec | None = await networks.codec(block)
             except Exception as exc:
                 codec = None
-                reason = str(exc)
-                # Without a codec, a block with no XCM storage is still fine: receipts and
-                # relayed pages of 0x03 format need no decoding; everything else is reported.
-                if block.storage:
-                    COUNTERS["unknown_runtime"] += 1
-                    log.warning("%s #%d: %s", block.network, block.number, reason)
+                # Receipts need no decoding; messages are still tracked by hash, without
+                # instructions. Blocks carrying XCM bytes say so in a dead letter.
+                if block.storage or is_relay(block.network):
+                    await dead_letter("unknown-runtime", where, str(exc), {"hash": block.hash})
             prefix = networks.ss58_prefix(block.network)
 
             def sender(b: ExtendedBlock, index: int | None, prefix: int | None = prefix) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from ocstream.transport.keys import Keyspace
 from ..workers import Worker, wait_for
 
 PARTITIONS = 4
+UPWARD_MESSAGES_KEY = "0x45323df7cc47150b3930e2666b0aa313549294c71991aee810463ccf34a0f1d1"
 NETWORKS = {
     "urn:ocn:polkadot:1000": "assethub-9430.scale",
     "urn:ocn:polkadot:2032": "interlay-1025002.scale",
@@ -72,29 +74,34 @@ def test_two_workers_match_recorded_journeys(
         # Only the origin block of the UMP case: its journey has no receipt and must time out.
         ump_origin = [b for b in ump if b.number == 4818937]
         publish_blocks_sync(redis_url, ump_origin, prefix=prefix, partitions=PARTITIONS)
-        # Bad input: a value that is not a block, and a block of a network with no metadata
-        # whose storage holds bytes that are not XCM.
-        client = redis.Redis.from_url(redis_url)
-        stranger = ExtendedBlock.model_validate(
-            {
-                "network": "urn:ocn:polkadot:2099",
-                "number": 5,
-                "hash": "0x" + "ab" * 32,
-                "parent_hash": "0x" + "cd" * 32,
-                "spec_version": 7,
-                "events": [],
-                "storage": [
-                    {
-                        "pallet": "ParachainSystem",
-                        "item": "UpwardMessages",
-                        "key": "0x45323df7cc47150b3930e2666b0aa313549294c71991aee810463ccf34a0f1d1",
-                        "value": "0x0408ffff",
-                    }
-                ],
-            }
-        )
-        publish_blocks_sync(redis_url, [stranger], prefix=prefix, partitions=PARTITIONS)
-        client.close()
+
+        # Bad input: a value that is not a block; a block of a network nobody registered; an
+        # Asset Hub block whose upward message is not XCM; one of a runtime with no metadata.
+        def fake(network: str, number: int, spec: int, upward: str) -> ExtendedBlock:
+            return ExtendedBlock.model_validate(
+                {
+                    "network": network,
+                    "number": number,
+                    "hash": "0x" + f"{number:064x}",
+                    "parent_hash": "0x" + "cd" * 32,
+                    "spec_version": spec,
+                    "storage": [
+                        {
+                            "pallet": "ParachainSystem",
+                            "item": "UpwardMessages",
+                            "key": UPWARD_MESSAGES_KEY,
+                            "value": upward,
+                        }
+                    ],
+                }
+            )
+
+        bad = [
+            fake("urn:ocn:polkadot:2099", 5, 9430, "0x0408ffff"),
+            fake("urn:ocn:polkadot:1000", 6, 9430, "0x0408ffff"),
+            fake("urn:ocn:polkadot:1000", 7, 1234, "0x0408ffff"),
+        ]
+        publish_blocks_sync(redis_url, bad, prefix=prefix, partitions=PARTITIONS)
         from ocstream.transport.writer import TopicWriter  # noqa: PLC0415
 
         async def garbage() -> None:
@@ -108,34 +115,39 @@ def test_two_workers_match_recorded_journeys(
         def settled() -> list[dict[str, Any]] | None:
             notes = read_topic(redis_url, prefix, "xcm-notifications")
             types = Counter(n["type"] for n in {n["id"]: n for n in notes}.values())
-            if types.get("xcm.timeout", 0) >= 2 and types.get("xcm.received"):
+            if types.get("xcm.timeout", 0) >= 3 and types.get("xcm.received"):
                 return notes
             return None
 
-        notes = wait_for(settled, 90, "a receipt and two timeouts")
+        notes = wait_for(settled, 90, "a receipt and three timeouts")
     finally:
         for worker in workers:
             worker.stop()
     by_id = {n["id"]: n for n in notes}
-    journeys: dict[tuple[str, str], list[str]] = {}
+    journeys: dict[str, list[str]] = {}
     for note in by_id.values():
-        key = (note["origin"]["chainId"], note["origin"]["messageHash"])
-        journeys.setdefault(key, []).append(note["type"])
-    kinds = {key[0]: sorted(types) for key, types in journeys.items()}
-    assert len(journeys) == 3, journeys
-    by_origin_hash = {key[1]: sorted(types) for key, types in journeys.items()}
-    # AH -> Interlay: matched; AH -> relay (UMP, receipt not published): timed out.
-    assert by_origin_hash["0x19f82753eb9718974dd2d6dfc5e3b238625d012c1a8de5e3347f56079f143867"] == [
-        "xcm.received",
-        "xcm.sent",
-    ]
-    assert by_origin_hash["0xfbc0ad07a5d82bfb829330eb25dbf93280e00fe602d5e0b93d57c0293926b041"] == [
-        "xcm.sent",
-        "xcm.timeout",
-    ]
-    # The unknown network's bytes could not be decoded, yet its message is tracked by hash
-    # (with no instructions) and times out like any other.
-    assert kinds["urn:ocn:polkadot:2099"] == ["xcm.sent", "xcm.timeout"]
+        journeys.setdefault(note["journeyId"], []).append(note["type"])
+    hashes = {n["journeyId"]: n["origin"]["messageHash"] for n in by_id.values()}
+    found = sorted((hashes[jid], sorted(types)) for jid, types in journeys.items())
+    garbage = "0x" + blake2b(b"\xff\xff", digest_size=32).hexdigest()
+    assert found == sorted(
+        [
+            # Asset Hub -> Interlay: matched although the receipt was published first.
+            (
+                "0x19f82753eb9718974dd2d6dfc5e3b238625d012c1a8de5e3347f56079f143867",
+                ["xcm.received", "xcm.sent"],
+            ),
+            # Asset Hub -> relay (UMP) whose receipt was never published: timed out.
+            (
+                "0xfbc0ad07a5d82bfb829330eb25dbf93280e00fe602d5e0b93d57c0293926b041",
+                ["xcm.sent", "xcm.timeout"],
+            ),
+            # Bytes that are not XCM (and bytes of a runtime with no metadata): dead-lettered,
+            # yet tracked by hash, two identical messages as two journeys.
+            (garbage, ["xcm.sent", "xcm.timeout"]),
+            (garbage, ["xcm.sent", "xcm.timeout"]),
+        ]
+    ), journeys
     received = next(n for n in by_id.values() if n["type"] == "xcm.received")
     assert received["origin"]["chainId"] == "urn:ocn:polkadot:1000"
     assert received["destination"]["chainId"] == "urn:ocn:polkadot:2032"
@@ -155,8 +167,12 @@ def test_two_workers_match_recorded_journeys(
         {"from": "urn:ocn:polkadot:1000", "to": "urn:ocn:polkadot:0", "type": "vmp"}
     ]
     dead = read_topic(redis_url, prefix, "xcm-dead-letters")
-    kinds_dead = {d["kind"] for d in dead}
-    assert "bad-block" in kinds_dead, dead
-    assert "undecodable" in kinds_dead, dead
-    stranger_letter = next(d for d in dead if d["kind"] == "undecodable")
-    assert "urn:ocn:polkadot:2099" in stranger_letter["reason"]
+    kinds_dead = Counter(d["kind"] for d in dead)
+    assert kinds_dead["bad-block"] == 1, dead
+    assert kinds_dead["unknown-network"] == 1, dead
+    assert kinds_dead["unknown-runtime"] == 1, dead
+    assert kinds_dead["undecodable"] == 2, dead  # the garbage entry in blocks #6 and #7
+    unknown = next(d for d in dead if d["kind"] == "unknown-network")
+    assert "urn:ocn:polkadot:2099" in unknown["reason"]
+    runtime = next(d for d in dead if d["kind"] == "unknown-runtime")
+    assert "1234" in runtime["reason"]
