@@ -190,6 +190,39 @@ def running_ingress(
                 process.wait()
 
 
+@contextmanager
+def running_worker(
+    redis_url: str, prefix: str, log_path: Path, data_dir: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``ocstream worker`` on the same Redis and prefix: the XCM dataflow over what the ingress
+    publishes. A child in its own process group, stopped on exit."""
+    env = dict(
+        os.environ, OCSTREAM_TRANSPORT_PREFIX=prefix, OCSTREAM_APP_ID=prefix.rstrip(":") + "-xcm"
+    )
+    command = [sys.executable, "-m", "ocstream", "worker", "-l", "info", "--redis", redis_url]
+    command += ["--port", str(free_port()), "--data-dir", str(data_dir)]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
 def write_config(directory: Path, net: LocalNet) -> Path:
     path = directory / "ingress.toml"
     path.write_text(
@@ -226,6 +259,30 @@ def published_blocks(client: redis.Redis, prefix: str) -> dict[str, list[Extende
             block = ExtendedBlock.from_json_bytes(fields[b"v"])
             out.setdefault(block.network, []).append(block)
     return out
+
+
+def notifications(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
+    """Every notification on ``xcm-notifications``, one per notification id."""
+    partitions = int(cast(bytes | None, client.hget(f"{prefix}topics", "xcm-notifications")) or 0)
+    found: dict[str, dict[str, Any]] = {}
+    for partition in range(partitions):
+        stream = f"{prefix}t:xcm-notifications:{partition}"
+        for _, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream)):
+            note = json.loads(fields[b"v"])
+            found[note["id"]] = note
+    return list(found.values())
+
+
+def journey_of(
+    notes: list[dict[str, Any]], origin: str, block_hash: str
+) -> dict[str, dict[str, Any]]:
+    """The notifications, by type, of the journey sent from ``origin`` in that block."""
+    journeys = {
+        n["journeyId"]
+        for n in notes
+        if n["origin"]["chainId"] == origin and n["origin"]["blockHash"] == block_hash
+    }
+    return {n["type"]: n for n in notes if n["journeyId"] in journeys}
 
 
 def delete_prefix(client: redis.Redis, prefix: str) -> int:
@@ -399,6 +456,52 @@ def verify(
         report.check(bool(outcomes), "XCMP received on 1001", ", ".join(outcomes))
 
 
+#: (transfer, origin, destination, outcome, error) the worker must report for each transfer.
+EXPECTED_JOURNEYS = (
+    ("dmp", RELAY, PARA1000, "Success", None),
+    ("ump", PARA1000, RELAY, "Success", None),
+    # statemine 900 on 1001 does not trust 1000 as a reserve: the correct outcome is a failure.
+    ("xcmp", PARA1000, PARA1001, "Fail", "UntrustedReserveLocation"),
+)
+
+
+def journeys_complete(client: redis.Redis, prefix: str, sent: dict[str, Transfer]) -> bool:
+    notes = notifications(client, prefix)
+    return all(
+        "xcm.received" in journey_of(notes, origin, sent[kind].block_hash)
+        for kind, origin, *_ in EXPECTED_JOURNEYS
+    )
+
+
+def verify_notifications(
+    report: Report, client: redis.Redis, prefix: str, sent: dict[str, Transfer]
+) -> None:
+    notes = notifications(client, prefix)
+    report.info("notifications", f"{len(notes)}: {sorted(n['type'] for n in notes)}")
+    for kind, origin, destination, outcome, error in EXPECTED_JOURNEYS:
+        journey = journey_of(notes, origin, sent[kind].block_hash)
+        label = f"{kind.upper()} journey {origin} -> {destination}"
+        report.check("xcm.sent" in journey, f"{label}: xcm.sent", str(sorted(journey)))
+        received = journey.get("xcm.received")
+        if not report.check(received is not None, f"{label}: xcm.received"):
+            continue
+        assert received is not None
+        waypoint = received["waypoint"]
+        report.check(
+            received["destination"]["chainId"] == destination
+            and waypoint["outcome"] == outcome
+            and waypoint["error"] == error,
+            f"{label}: outcome {outcome}" + (f" ({error})" if error else ""),
+            f"{waypoint['chainId']} #{waypoint['blockNumber']} {waypoint['outcome']} "
+            f"{waypoint['error']}",
+        )
+        report.check(
+            "xcm.timeout" not in journey,
+            f"{label}: one terminal",
+            str(sorted(journey)),
+        )
+
+
 def run(workdir: Path, redis_url: str) -> int:
     report = Report()
     began = time.monotonic()
@@ -415,7 +518,11 @@ def run(workdir: Path, redis_url: str) -> int:
             report.info("network", f"up in {net.startup_seconds:.1f} s: {net.urls}")
             config = write_config(scratch, net)
             log = workdir / "logs" / f"ingress-{prefix.rstrip(':')}.log"
-            with running_ingress(config, redis_url, prefix, log) as ingress:
+            worker_log = workdir / "logs" / f"worker-{prefix.rstrip(':')}.log"
+            with (
+                running_ingress(config, redis_url, prefix, log) as ingress,
+                running_worker(redis_url, prefix, worker_log, scratch / "worker") as worker,
+            ):
                 # A new network starts at the finalized head: wait until all three have a tip
                 # so that no transfer lands before the ingress follows its chain.
                 wait_for(
@@ -447,6 +554,16 @@ def run(workdir: Path, redis_url: str) -> int:
                 wait_caught_up(client, prefix, net, 60)
                 report.check(ingress.poll() is None, "ingress still running")
                 verify(report, client, prefix, sent)
+                try:
+                    wait_for(
+                        lambda: journeys_complete(client, prefix, sent),
+                        90,
+                        f"the worker's notifications (log: {worker_log})",
+                    )
+                except TimeoutError as exc:
+                    report.info("notifications", str(exc))
+                report.check(worker.poll() is None, "worker still running")
+                verify_notifications(report, client, prefix, sent)
     except Exception as exc:  # reported as a failed check so the summary is always printed
         report.check(False, "run", f"{type(exc).__name__}: {exc}")
     finally:

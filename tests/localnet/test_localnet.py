@@ -1,9 +1,12 @@
-"""The ingress on a real local network (chopsticks: a relay chain and two parachains).
+"""The ingress and the XCM dataflow on a real local network (chopsticks: a relay chain and two
+parachains).
 
 Real signed DMP, UMP and XCMP transfers are executed by real runtimes. The ingress, run as
 ``ocstream ingress``, must follow all three networks, register them with their metadata, and
 publish each transfer's "sent" block with the storage item that holds the message bytes; the
-message's hash must match the id the destination chain reports. ``tests/localnet/check.py``
+message's hash must match the id the destination chain reports. An ``ocstream worker`` on the
+same Redis must turn each transfer into a journey whose ``xcm.received`` carries the outcome the
+destination reported. ``tests/localnet/check.py``
 does the work and prints one line per check. The first run installs chopsticks from npm into
 ``.localnet/`` (about 90 s); later runs reuse it.
 """
@@ -42,5 +45,9 @@ def test_ingress_follows_the_local_network_and_attaches_the_sent_messages(
         "DMP correlated",
         "UMP correlated",
         "XCMP correlated",
+        "DMP journey urn:ocn:local:0 -> urn:ocn:local:1000: outcome Success",
+        "UMP journey urn:ocn:local:1000 -> urn:ocn:local:0: outcome Success",
+        "XCMP journey urn:ocn:local:1000 -> urn:ocn:local:1001: outcome Fail "
+        "(UntrustedReserveLocation)",
     ):
         assert f"PASS {check}" in report, f"no 'PASS {check}' in the report"
