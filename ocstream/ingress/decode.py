@@ -410,6 +410,19 @@ def _event_model(
     )
 
 
+def _constant_bytes(value: Any) -> bytes:
+    """A metadata constant's value: cyscale gives ``0x`` hex, or the raw bytes as a ``str``
+    when they happen to be printable (``"\\x00\\x00"`` for a zero u16)."""
+    if isinstance(value, str):
+        if value.startswith("0x"):
+            try:
+                return bytes.fromhex(value[2:])
+            except ValueError:
+                pass
+        return value.encode()
+    return bytes(value)
+
+
 class RuntimeDecoder:
     """Decodes the blocks of one runtime (one network at one spec version) from its metadata.
 
@@ -477,6 +490,12 @@ class RuntimeDecoder:
         version = self._constant(pallets, "System", "Version")
         self.spec_name: str = version["spec_name"]
         self.spec_version: int = version["spec_version"]
+        try:
+            prefix = self._constant(pallets, "System", "SS58Prefix")
+        except DecodeError:  # an old runtime without the constant
+            prefix = None
+        #: How this runtime renders addresses (``System.SS58Prefix``), when it says.
+        self.ss58_prefix: int | None = prefix if isinstance(prefix, int) else None
 
         events_type = versioned.get_metadata_pallet("System").get_storage_function("Events")
         if events_type is None:
@@ -557,8 +576,7 @@ class RuntimeDecoder:
     def _constant(self, pallets: Mapping[str, Any], pallet: str, name: str) -> Any:
         for constant in (pallets.get(pallet) or {}).get("constants") or ():
             if constant["name"] == name:
-                value = constant["value"]
-                raw = bytes.fromhex(value[2:]) if isinstance(value, str) else bytes(value)
+                raw = _constant_bytes(constant["value"])
                 return self._compile(f"scale_info::{constant['type']}")(raw)
         raise DecodeError(f"the metadata has no {pallet}.{name} constant")
 

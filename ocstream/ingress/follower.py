@@ -211,11 +211,17 @@ class ChainFollower:
         assert self.writer is not None and self.registry is not None
         await self.writer.send(self.topic, key=self.urn, value=block.to_json_bytes())
         assert self.record is not None
+        decoder = (
+            self.decoders.get(self.urn, block.spec_version)
+            if block.spec_version is not None
+            else None
+        )
         self.record = self.record.model_copy(
             update={
                 "tip_number": block.number,
                 "tip_hash": block.hash,
                 "spec_version": block.spec_version,
+                "ss58_prefix": decoder.ss58_prefix if decoder is not None else None,
             }
         )
         await self.registry.put(self.record)

@@ -136,6 +136,7 @@ async def test_every_finalized_block_is_published_once_in_order(
         record = await harness.registry.get(URN)
         assert record is not None and record.tip_number == FIRST + 19
         assert record.genesis_hash == server.genesis
+        assert record.ss58_prefix == 0  # System.SS58Prefix of the Polkadot relay runtime
         assert await harness.registry.metadata(URN, 9430) == recorded[1]
         assert harness.decoders.builds == 1
         assert harness.metrics.networks[URN].blocks_published == 18
