@@ -103,6 +103,13 @@ def hop(
     payload = _base(journey, "xcm.hop")
     waypoint = dict(context)
     waypoint.pop("messageId", None)
+    if direction == "in":
+        # The event names only an id (maybe the topic): the message that arrived is the
+        # journey's message at this stop.
+        message = journey.get("message") or {}
+        for field in _MESSAGE_FIELDS:
+            if message.get(field) is not None:
+                waypoint[field] = message[field]
     waypoint["legIndex"] = leg_index
     if assets_trapped is not None:
         waypoint["assetsTrapped"] = assets_trapped

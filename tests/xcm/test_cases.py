@@ -197,3 +197,31 @@ def test_case_notifications(
         if note["type"] == "xcm.received":
             assert note["destination"]["chainId"] == note["legs"][-1]["to"]
             assert note["waypoint"]["legIndex"] == len(note["legs"]) - 1
+
+
+def test_hop_notifications_carry_the_hops_own_messages(
+    fixtures_dir: Path,
+    decoder_for: Callable[[str, str], RuntimeDecoder],
+    routed_codec: XcmCodec,
+    decoders: DecoderCache,
+) -> None:
+    case = load_case(fixtures_dir, "v1-dmp-hop-polkadot-hydra")
+    found = extract_case(fixtures_dir, case, decoder_for, routed_codec, decoders)
+    cluster = Cluster()
+    for entry in case["blocks"]:
+        cluster.publish_legs(found[entry["ref"]][1].legs)
+        cluster.drain()
+    messages = {m["label"]: m for m in case["messages"]}
+    hops = {n["direction"]: n for n in cluster.notifications if n["type"] == "xcm.hop"}
+    # In: the DMP message that reached Hydration; out: the one Hydration sent on to Asset Hub.
+    assert hops["in"]["waypoint"]["messageHash"] == messages["m1"]["hash"]
+    assert hops["in"]["waypoint"]["messageData"] == messages["m1"]["data"]
+    assert hops["in"]["waypoint"]["legIndex"] == 0
+    assert hops["out"]["waypoint"]["messageHash"] == messages["m2"]["hash"]
+    assert hops["out"]["waypoint"]["messageData"] == messages["m2"]["data"]
+    assert hops["out"]["waypoint"]["legIndex"] == 1
+    assert hops["in"]["messageId"] == messages["m1"]["topic"]
+    relayed = [n for n in cluster.notifications if n["type"] == "xcm.relayed"]
+    journey_relayed = [n for n in relayed if n["journeyId"] == hops["in"]["journeyId"]]
+    assert [n["waypoint"]["legIndex"] for n in journey_relayed] == [1]
+    assert journey_relayed[0]["waypoint"]["chainId"] == "urn:ocn:polkadot:0"
