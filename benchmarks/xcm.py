@@ -1,0 +1,904 @@
+"""XCM matching through real ``ocstream worker`` processes, against the transport's raw rate.
+
+    python benchmarks/xcm.py [--redis URL] [--journeys N] [--workers 1 2] [--partitions P]
+                             [--pending M] [--rounds R] [--standby-replicas K] [--seed S]
+                             [--timeout S] [--keep DIR]
+
+Legs are synthetic but shaped like real ones (a reserve-transfer program, its bytes, the sender,
+the events), so records weigh about what extracted legs weigh: 3.3 kB for a sent leg, 1.2 kB for
+a relayed or a received one (3.4 and 1.4 kB for the recorded Asset Hub -> Interlay case). They
+go straight into ``xcm-legs`` keyed by chain, as ``xcm_extract`` keys them; extraction itself is
+not measured (``benchmarks/decode.py`` covers decoding).
+
+1. **Baseline** (same run): ``benchmarks/throughput.py``'s plain XREADGROUP+XACK loop over
+   3 x N messages on P partitions (msg/s).
+2. **Journeys**: for each worker count, a fresh group runs that many workers; then N journeys
+   (a sent leg from a parachain A to a parachain B among ten ``urn:ocn:polkadot`` parachains,
+   half of them with a topic; the relayed leg at the relay; the received leg at B, reporting
+   the topic or else the hash) are published as 3 x N leg records in a seeded random order.
+   Timed from the first publish until every journey's ``xcm.received`` notification is in
+   ``xcm-notifications``. A small warm-up batch of journeys goes first, untimed.
+3. **Memory per pending journey**: one worker; M sent legs with no receipt. Growth of the
+   worker's RSS, of this run's Redis keys (by kind) and of the worker's data dir, over M.
+
+Prints a table and the ratios (with ``--rounds R``, phases 1 and 2 run R times and the ratios are
+medians of per-round ratios); also the CPU seconds the workers, Redis and this script used, which
+vary less than wall time on a busy machine. Exits 1 (with the workers' log tails) when something
+does not complete in ``--timeout`` seconds, or when notifications are missing. Keys live
+under fresh prefixes that are deleted at the end; ``--keep DIR`` keeps the workers' logs and data.
+The default run takes about 2.5 minutes on the 2-core development machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+
+import orjson
+import redis
+from throughput import baseline, fill  # benchmarks/ is this script's directory
+
+from ocstream.transport import Keyspace, TopicWriter
+from ocstream.xcm.legs import ReceivedLeg, RelayedLeg, SentLeg, legs_of
+
+T = TypeVar("T")
+
+REPO = Path(__file__).resolve().parent.parent
+LEGS = "xcm-legs"
+NOTIFICATIONS = "xcm-notifications"
+DEAD_LETTERS = "xcm-dead-letters"
+RELAY = "urn:ocn:polkadot:0"
+PARAS = [
+    f"urn:ocn:polkadot:{n}" for n in (1000, 2000, 2004, 2006, 2030, 2032, 2034, 2035, 2051, 2104)
+]
+
+#: The short group timeouts of tests/workers.py: a worker is assigned within a second or two.
+FAST_GROUP_ENV = {
+    "OCSTREAM_TRANSPORT_SESSION_TIMEOUT": "3",
+    "OCSTREAM_TRANSPORT_HEARTBEAT_INTERVAL": "0.2",
+    "OCSTREAM_TRANSPORT_INITIAL_REBALANCE_DELAY": "0.5",
+    "OCSTREAM_TRANSPORT_REBALANCE_TIMEOUT": "20",
+}
+
+
+class Incomplete(Exception):
+    """A phase did not complete in time (or a worker died)."""
+
+
+# --- workers -------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class WorkerProc:
+    """One ``python -m ocstream worker`` with its own data dir, port and log file."""
+
+    def __init__(
+        self,
+        name: str,
+        root: Path,
+        *,
+        url: str,
+        prefix: str,
+        app_id: str,
+        partitions: int,
+        standby_replicas: int | None = None,
+    ) -> None:
+        self.name = name
+        self.data_dir = root / name
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = root / f"{name}.log"
+        self.port = free_port()
+        self.url = url
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("OCSTREAM_")}
+        self.env.update(FAST_GROUP_ENV)
+        self.env.update(
+            {
+                "OCSTREAM_TRANSPORT_PREFIX": prefix,
+                "OCSTREAM_APP_ID": app_id,
+                "OCSTREAM_PARTITIONS": str(partitions),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        self.config: Path | None = None
+        if standby_replicas is not None:
+            self.config = root / f"{name}.toml"
+            self.config.write_text(f"[worker]\nstandby_replicas = {standby_replicas}\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProc:
+        args = [sys.executable, "-m", "ocstream", "worker", "-l", "info"]
+        args += ["--port", str(self.port), "--data-dir", str(self.data_dir), "--redis", self.url]
+        if self.config is not None:
+            args += ["--config", str(self.config)]
+        with self.log_path.open("ab") as log:
+            # Own session: Ctrl-C reaches this script only, which then stops the workers.
+            self.proc = subprocess.Popen(
+                args, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            raise Incomplete(f"worker {self.name} exited")
+
+    def get(self, path: str, timeout: float = 10) -> bytes:
+        url = f"http://127.0.0.1:{self.port}{path}"
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return bytes(response.read())
+
+    def pending(self) -> dict[str, Any]:
+        return dict(json.loads(self.get("/xcm/pending/", timeout=60)))
+
+    def metrics(self) -> dict[str, float]:
+        found: dict[str, float] = {}
+        for line in self.get("/metrics").decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                found[name] = float(value)
+        return found
+
+    def rss_bytes(self, field: str = "VmRSS") -> int:
+        """Resident memory now (``VmHWM``: its peak)."""
+        assert self.proc is not None
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        found = re.search(rf"^{field}:\s+(\d+) kB", status, re.M)
+        assert found, status
+        return int(found.group(1)) * 1024
+
+    def data_bytes(self) -> int:
+        """Apparent size of the worker's data dir (its RocksDB tables)."""
+        return sum(
+            (Path(d) / f).stat().st_size for d, _, files in os.walk(self.data_dir) for f in files
+        )
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except (OSError, urllib.error.URLError, redis.RedisError, ValueError, KeyError) as exc:
+            last = exc
+        else:
+            if last:
+                return last  # type: ignore[no-any-return]
+        time.sleep(interval)
+    raise Incomplete(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+def wait_group(workers: list[WorkerProc], timeout: float) -> None:
+    """Every worker answers ``/xcm/pending/`` and holds partitions of one generation > 0 (twice,
+    one second apart, so that a rebalance in progress is not mistaken for the end of one)."""
+
+    def snapshot() -> tuple[float, ...] | None:
+        gens = []
+        for worker in workers:
+            worker.check_alive()
+            worker.pending()
+            metrics = worker.metrics()
+            if metrics["ocstream_group_assigned_partitions"] <= 0:
+                return None
+            gens.append(metrics["ocstream_group_generation"])
+        return tuple(gens) if min(gens) > 0 and len(set(gens)) == 1 else None
+
+    deadline = time.monotonic() + timeout
+    while True:
+        first = wait_for(snapshot, max(1.0, deadline - time.monotonic()), "the group to settle")
+        time.sleep(1.0)
+        if snapshot() == first:
+            return
+        if time.monotonic() > deadline:
+            raise Incomplete("the group kept rebalancing")
+
+
+# --- synthetic legs ------------------------------------------------------------------------------
+
+
+def _hex(rng: random.Random, size: int = 32) -> str:
+    return "0x" + rng.randbytes(size).hex()
+
+
+def _event(section: str, method: str, data: dict[str, Any], number: int, bh: str, pos: int) -> Any:
+    return {
+        "section": section,
+        "method": method,
+        "data": data,
+        "eventId": f"{number}-{pos}",
+        "blockPosition": pos,
+        "extrinsicId": f"{number}-1",
+        "blockNumber": str(number),
+        "blockHash": bh,
+    }
+
+
+def _program(rng: random.Random, origin_para: int, beneficiary: str, topic: str | None) -> Any:
+    asset = {
+        "id": {
+            "Concrete": {
+                "parents": 1,
+                "interior": {
+                    "X3": [
+                        {"Parachain": origin_para},
+                        {"PalletInstance": 50},
+                        {"GeneralIndex": 1984},
+                    ]
+                },
+            }
+        },
+        "fun": {"Fungible": rng.randrange(10**6, 10**12)},
+    }
+    program: list[Any] = [
+        {"ReserveAssetDeposited": [asset]},
+        "ClearOrigin",
+        {"BuyExecution": {"fees": asset, "weight_limit": "Unlimited"}},
+        {
+            "DepositAsset": {
+                "assets": {"Wild": {"AllCounted": 1}},
+                "beneficiary": {
+                    "parents": 0,
+                    "interior": {"X1": {"AccountId32": {"network": None, "id": beneficiary}}},
+                },
+            }
+        },
+    ]
+    if topic is not None:
+        program.append({"SetTopic": topic})
+    return {"V3": program}
+
+
+def journey_legs(j: int, rng: random.Random) -> list[tuple[str, bytes]]:
+    """The three leg records of journey ``j`` as ``(key, value)``, keyed as extraction keys
+    them: sent -> origin, relayed -> recipient, received -> the receiving chain."""
+    origin, recipient = rng.sample(PARAS, 2)
+    message_hash = _hex(rng)
+    topic = _hex(rng) if rng.random() < 0.5 else None
+    ids = [message_hash, *([topic] if topic else [])]
+    account = _hex(rng)
+    data = _hex(rng, 90 if topic else 58)
+    instructions = _program(rng, int(origin.rsplit(":", 1)[1]), account, topic)
+    number = 5_000_000 + j
+    now_ms = 1_700_000_000_000 + j * 6000
+
+    def context(chain: str, bh: str, event: Any, **extra: Any) -> dict[str, Any]:
+        return {
+            "chainId": chain,
+            "blockNumber": str(number),
+            "blockHash": bh,
+            "timestamp": now_ms,
+            "extrinsicId": f"{number}-1",
+            "event": event,
+            "outcome": "Success",
+            "error": None,
+            "messageHash": message_hash,
+            "messageData": None,
+            "instructions": None,
+            **extra,
+        }
+
+    bh = _hex(rng)
+    sent_event = _event(
+        "XcmpQueue", "XcmpMessageSent", {"message_hash": message_hash}, number, bh, 5
+    )
+    sent = SentLeg(
+        identity=f"{origin}|{bh}|hrmp|0|0",
+        origin=origin,
+        recipient=recipient,
+        transport="hrmp",
+        block_number=number,
+        block_hash=bh,
+        message_hash=message_hash,
+        message_data=data,
+        topic=topic,
+        ids=ids,
+        version=3,
+        instructions=instructions,
+        stops=[recipient],
+        legs=legs_of(origin, [recipient]),
+        sender={"signer": {"id": account[:50], "publicKey": account}, "extraSigners": []},
+        context=context(origin, bh, sent_event, messageData=data, instructions=instructions),
+        timestamp=now_ms,
+    )
+    rbh = _hex(rng)
+    relayed = RelayedLeg(
+        identity=f"{RELAY}|{rbh}|0|0|0",
+        relay=RELAY,
+        origin=origin,
+        recipient=recipient,
+        block_number=number,
+        block_hash=rbh,
+        message_hash=message_hash,
+        message_id=topic or message_hash,
+        ids=ids,
+        outcome="Success",
+        context=context(RELAY, rbh, None, messageData=data),
+    )
+    dbh = _hex(rng)
+    # With a topic the destination reports it as the id; its own hash of the message differs.
+    seen_hash = _hex(rng) if topic else message_hash
+    received_event = _event(
+        "MessageQueue",
+        "Processed",
+        {"id": topic or message_hash, "origin": origin, "success": True},
+        number,
+        dbh,
+        9,
+    )
+    received = ReceivedLeg(
+        identity=f"{recipient}|{dbh}|9",
+        chain=recipient,
+        from_chain=origin,
+        block_number=number,
+        block_hash=dbh,
+        message_hash=seen_hash,
+        message_id=topic or message_hash,
+        outcome="Success",
+        context=context(recipient, dbh, received_event, messageHash=seen_hash),
+    )
+
+    def record(key: str, leg: SentLeg | RelayedLeg | ReceivedLeg) -> tuple[str, bytes]:
+        return key, orjson.dumps({"kind": leg.kind, "leg": leg.model_dump(by_alias=True)})
+
+    return [record(origin, sent), record(recipient, relayed), record(recipient, received)]
+
+
+def build_journeys(first: int, count: int, seed: int) -> list[list[tuple[str, bytes]]]:
+    rng = random.Random(seed)
+    return [journey_legs(j, rng) for j in range(first, first + count)]
+
+
+def shuffled(journeys: list[list[tuple[str, bytes]]], seed: int) -> list[tuple[str, bytes]]:
+    records = [record for legs in journeys for record in legs]
+    random.Random(seed).shuffle(records)
+    return records
+
+
+async def _publish(
+    url: str, prefix: str, partitions: int, records: list[tuple[str, bytes]]
+) -> None:
+    async with TopicWriter.from_url(url, prefix=prefix, default_partitions=partitions) as writer:
+        await writer.create_topic(LEGS, partitions)
+        for start in range(0, len(records), 1000):
+            await writer.send_many(LEGS, records[start : start + 1000])
+
+
+def publish(url: str, prefix: str, partitions: int, records: list[tuple[str, bytes]]) -> None:
+    asyncio.run(_publish(url, prefix, partitions, records))
+
+
+# --- reading what came out -----------------------------------------------------------------------
+
+
+class NotificationReader:
+    """Reads ``xcm-notifications`` incrementally; distinct notification ids by type."""
+
+    def __init__(self, client: redis.Redis, prefix: str, partitions: int) -> None:
+        keys = Keyspace(prefix)
+        self.client = client
+        self.streams = [keys.stream(NOTIFICATIONS, p) for p in range(partitions)]
+        self.last = {stream: "-" for stream in self.streams}
+        self.ids: dict[str, set[str]] = {}
+        self.entries = 0
+
+    def poll(self) -> None:
+        while True:
+            pipe = self.client.pipeline(transaction=False)
+            for stream in self.streams:
+                pipe.xrange(stream, min=self.last[stream], count=5000)
+            more = False
+            for stream, entries in zip(self.streams, pipe.execute(), strict=True):
+                if not entries:
+                    continue
+                more = more or len(entries) == 5000
+                self.last[stream] = "(" + entries[-1][0].decode()
+                for _, fields in entries:
+                    note = orjson.loads(fields[b"v"])
+                    self.ids.setdefault(note["type"], set()).add(note["id"])
+                    self.entries += 1
+            if not more:
+                return
+
+    def count(self, kind: str) -> int:
+        return len(self.ids.get(kind, ()))
+
+    def distinct(self) -> int:
+        return sum(len(ids) for ids in self.ids.values())
+
+
+def highwater(client: redis.Redis, prefix: str, topic: str, partitions: int) -> int:
+    keys = Keyspace(prefix)
+    return sum(
+        int(v or 0) for v in client.mget([keys.sequence(topic, p) for p in range(partitions)])
+    )
+
+
+def changelog_records(client: redis.Redis, prefix: str) -> int:
+    """Records written to every table changelog of the run (their sequence counters)."""
+    keys = list(client.scan_iter(match=prefix + "o:*-changelog:*", count=1000))
+    return sum(int(v or 0) for v in client.mget(keys)) if keys else 0
+
+
+def legs_committed(client: redis.Redis, prefix: str, app_id: str, partitions: int) -> bool:
+    """Whether the group committed every ``xcm-legs`` record written so far."""
+    keys = Keyspace(prefix)
+    ends = client.mget([keys.sequence(LEGS, p) for p in range(partitions)])
+    fields = [f"{LEGS}\x1f{p}" for p in range(partitions)]
+    done = client.hmget(keys.group(app_id).offsets, fields)
+    return all(int(d or 0) >= int(e or 0) for d, e in zip(done, ends, strict=True))
+
+
+def redis_by_kind(client: redis.Redis, prefix: str) -> dict[str, int]:
+    """``MEMORY USAGE`` of this run's keys, by what they hold (topic, table changelog, ...)."""
+    keys = [key.decode() for key in client.scan_iter(match=prefix + "*", count=1000)]
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.memory_usage(key, samples=0)
+    out: dict[str, int] = {}
+    for key, size in zip(keys, pipe.execute(), strict=True):
+        rest = key[len(prefix) :]
+        table = re.match(r"(?:t|ci|tomb):.*-xcm-(\w+)-changelog:\d+$", rest)
+        if table:
+            kind = f"{table.group(1)} table"
+        elif rest.startswith(f"t:{LEGS}:"):
+            kind = "xcm-legs topic"
+        elif rest.startswith(f"t:{NOTIFICATIONS}:"):
+            kind = "notifications topic"
+        else:
+            kind = "other"
+        out[kind] = out.get(kind, 0) + int(size or 0)
+    return out
+
+
+def journey_value_sizes(client: redis.Redis, prefix: str, app_id: str, partitions: int) -> float:
+    """Mean size of the values in the journeys table's changelog (bytes)."""
+    keys = Keyspace(prefix)
+    sizes = []
+    for p in range(partitions):
+        entries = client.xrange(keys.stream(f"{app_id}-xcm-journeys-changelog", p), count=200)
+        sizes += [len((fields or {}).get(b"v", b"")) for _, fields in entries or []]
+    return sum(sizes) / max(1, len(sizes))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+class CpuMeter:
+    """CPU seconds spent by the workers, the Redis server (all of it) and this script."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.start = self.read()
+
+    def read(self) -> dict[str, float]:
+        own = os.times()
+        return {
+            "workers": sum(cpu_seconds(w.proc.pid) for w in self.run.workers if w.proc),
+            "redis": redis_cpu(self.run.client),
+            "script": own.user + own.system,
+        }
+
+    def used(self) -> dict[str, float]:
+        end = self.read()
+        return {k: end[k] - self.start[k] for k in end}
+
+
+def cleanup(client: redis.Redis, prefix: str) -> None:
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=prefix + "*", count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            client.unlink(*batch)
+            batch = []
+    if batch:
+        client.unlink(*batch)
+
+
+# --- phases --------------------------------------------------------------------------------------
+
+
+class Run:
+    """What a phase started, so that ``stop`` can always end it."""
+
+    def __init__(
+        self, url: str, root: Path, partitions: int, tag: str, standby: int | None = None
+    ) -> None:
+        token = uuid.uuid4().hex[:8]
+        self.standby = standby
+        self.prefix = f"xcmbench-{token}:"
+        self.app_id = f"xcmbench{tag}{token}"
+        self.url = url
+        self.root = root / f"{tag}-{token}"
+        self.partitions = partitions
+        self.workers: list[WorkerProc] = []
+        self.client = redis.Redis.from_url(url)
+        self.stopped = False
+
+    def start(self, count: int, timeout: float) -> None:
+        self.workers = [
+            WorkerProc(
+                f"w{n + 1}", self.root, url=self.url, prefix=self.prefix, app_id=self.app_id,
+                partitions=self.partitions, standby_replicas=self.standby,
+            ).start()
+            for n in range(count)
+        ]  # fmt: skip
+        wait_group(self.workers, timeout)
+
+    def check_alive(self) -> None:
+        for worker in self.workers:
+            worker.check_alive()
+
+    def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        for worker in self.workers:
+            if worker.alive():
+                assert worker.proc is not None
+                worker.proc.send_signal(signal.SIGTERM)
+        for worker in self.workers:
+            worker.stop()
+        cleanup(self.client, self.prefix)
+        self.client.close()
+
+    def tails(self) -> str:
+        return "\n".join(
+            f"--- {w.name} ({w.log_path}) last lines:\n{w.log_tail()}" for w in self.workers
+        )
+
+
+def wait_received(
+    run: Run, reader: NotificationReader, target: int, timeout: float, interval: float = 0.02
+) -> float:
+    deadline = time.monotonic() + timeout
+    while True:
+        reader.poll()
+        if reader.count("xcm.received") >= target:
+            return time.perf_counter()
+        if time.monotonic() > deadline:
+            raise Incomplete(
+                f"{reader.count('xcm.received')} of {target} journeys received after "
+                f"{timeout:.0f} s ({ {k: len(v) for k, v in reader.ids.items()} })"
+            )
+        run.check_alive()
+        time.sleep(interval)
+
+
+def journeys_phase(
+    args: argparse.Namespace, workers: int, root: Path, runs: list[Run]
+) -> dict[str, Any]:
+    run = Run(args.redis, root, args.partitions, f"j{workers}", args.standby_replicas)
+    runs.append(run)
+    warm = build_journeys(0, args.warmup, args.seed + 1000)
+    measured = build_journeys(args.warmup, args.journeys, args.seed)
+    records = shuffled(measured, args.seed)
+    run.start(workers, args.timeout)
+    reader = NotificationReader(run.client, run.prefix, args.partitions)
+    if warm:
+        publish(run.url, run.prefix, args.partitions, shuffled(warm, args.seed + 1000))
+        wait_received(run, reader, len(warm), args.timeout)
+    cpu = CpuMeter(run)
+    t0 = time.perf_counter()
+    publish(run.url, run.prefix, args.partitions, records)
+    published = time.perf_counter() - t0
+    t1 = wait_received(run, reader, len(warm) + args.journeys, args.timeout)
+    elapsed = t1 - t0
+    cpu_used = cpu.used()
+
+    # Late relayed notifications (a relayed leg after its receipt) may still be on their way.
+    def all_relayed() -> bool:
+        reader.poll()
+        return bool(reader.count("xcm.relayed") >= len(warm) + args.journeys)
+
+    wait_for(all_relayed, 30, "every relayed notification")
+    wait_for(
+        lambda: legs_committed(run.client, run.prefix, run.app_id, args.partitions),
+        args.timeout, "every xcm-legs record committed", interval=0.2,
+    )  # fmt: skip
+    changelog = [-1]
+
+    def changelog_settled() -> bool:
+        previous, changelog[0] = changelog[0], changelog_records(run.client, run.prefix)
+        return previous == changelog[0]
+
+    wait_for(changelog_settled, 30, "the changelogs to settle", interval=0.5)
+    views = [w.pending() for w in run.workers]
+    counters: dict[str, int] = {}
+    for view in views:
+        for name, value in view["counters"].items():
+            counters[name] = counters.get(name, 0) + value
+    total = len(warm) + args.journeys
+    return {
+        "workers": workers,
+        "elapsed": elapsed,
+        "published": published,
+        "journeys_s": args.journeys / elapsed,
+        "legs_s": 3 * args.journeys / elapsed,
+        "records": highwater(run.client, run.prefix, LEGS, args.partitions),
+        "notes": {k: len(v) for k, v in sorted(reader.ids.items())},
+        "duplicates": reader.entries - reader.distinct(),
+        "expected_notes": 3 * total,
+        "dead_letters": highwater(run.client, run.prefix, DEAD_LETTERS, args.partitions),
+        "pending": sum(v["pending_journeys"] for v in views),
+        "counters": counters,
+        "cpu": cpu_used,
+        "changelog": changelog[0],
+        "peak_rss": max(w.rss_bytes("VmHWM") for w in run.workers),
+    }
+
+
+def memory_phase(args: argparse.Namespace, root: Path, runs: list[Run]) -> dict[str, Any]:
+    run = Run(args.redis, root, args.partitions, "mem", args.standby_replicas)
+    runs.append(run)
+    warm_n = min(1000, max(1, args.pending // 10))
+    sent_only = [legs[0] for legs in build_journeys(0, warm_n + args.pending, args.seed + 2000)]
+    warm, measured = sent_only[:warm_n], sent_only[warm_n:]
+    run.start(1, args.timeout)
+    [worker] = run.workers
+
+    def handled(target: int) -> bool:
+        worker.check_alive()
+        return worker.metrics().get("oc_xcm_sent_total", 0) >= target
+
+    def settled(target: int) -> None:
+        wait_for(lambda: handled(target), args.timeout, f"{target} sent legs", interval=0.2)
+        wait_for(
+            lambda: legs_committed(run.client, run.prefix, run.app_id, args.partitions),
+            args.timeout, "every xcm-legs record committed", interval=0.2,
+        )  # fmt: skip
+        wait_for(
+            lambda: worker.pending()["pending_journeys"] >= target,
+            args.timeout, f"{target} pending journeys", interval=1.0,
+        )  # fmt: skip
+        time.sleep(1.0)  # the last changelog and offset flushes
+
+    publish(run.url, run.prefix, args.partitions, warm)
+    settled(warm_n)
+    before: dict[str, Any] = {
+        "rss": worker.rss_bytes(),
+        "redis": redis_by_kind(run.client, run.prefix),
+        "used": int(run.client.info("memory")["used_memory"]),
+        "disk": worker.data_bytes(),
+    }
+    t0 = time.perf_counter()
+    publish(run.url, run.prefix, args.partitions, measured)
+    settled(warm_n + args.pending)
+    elapsed = time.perf_counter() - t0
+    after: dict[str, Any] = {
+        "rss": worker.rss_bytes(),
+        "redis": redis_by_kind(run.client, run.prefix),
+        "used": int(run.client.info("memory")["used_memory"]),
+        "disk": worker.data_bytes(),
+    }
+    t_view = time.perf_counter()
+    view = worker.pending()
+    view_s = time.perf_counter() - t_view
+    m = args.pending
+    redis_kinds = {k: (after["redis"][k] - before["redis"][k]) / m for k in after["redis"]}
+    return {
+        "pending": view["pending_journeys"],
+        "tables": view["tables"],
+        "sent_s": m / elapsed,
+        "rss": (after["rss"] - before["rss"]) / m,
+        "rss_total": after["rss"],
+        "redis": sum(redis_kinds.values()),
+        "redis_kinds": redis_kinds,
+        "used": (after["used"] - before["used"]) / m,
+        "disk": (after["disk"] - before["disk"]) / m,
+        "view_s": view_s,
+        "journey_value": journey_value_sizes(run.client, run.prefix, run.app_id, args.partitions),
+    }
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def kb(value: float) -> str:
+    return f"{value / 1000:.2f} kB"
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--journeys", type=int, default=5000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--pending", type=int, default=20_000, help="0 skips the memory phase")
+    parser.add_argument("--warmup", type=int, default=200, help="untimed journeys first")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat baseline + journeys")
+    parser.add_argument("--keep", metavar="DIR", help="keep the workers' logs and data dirs here")
+    parser.add_argument(
+        "--standby-replicas", type=int, help="the workers' standby_replicas (default: theirs, 1)"
+    )
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per wait")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)
+    client = redis.Redis.from_url(args.redis)
+    version = client.info("server")["redis_version"]
+    client.close()
+    print("command: python benchmarks/xcm.py " + shlex.join(sys.argv[1:]))
+    standby = "default (1)" if args.standby_replicas is None else args.standby_replicas
+    print(
+        f"parameters: journeys={args.journeys} (3 legs each, half with a topic, "
+        f"{len(PARAS)} parachains), warm-up={args.warmup}, workers={args.workers}, "
+        f"partitions={args.partitions}, pending={args.pending}, seed={args.seed}, "
+        f"rounds={args.rounds}, "
+        f"standby replicas={standby}; "
+        f"Python {sys.version.split()[0]}, Redis {version}, {os.cpu_count()} cores",
+        flush=True,
+    )
+    runs: list[Run] = []
+    results: list[dict[str, Any]] = []
+    if args.keep:
+        root = Path(args.keep).absolute()
+        root.mkdir(parents=True, exist_ok=True)
+    else:
+        root = Path(tempfile.mkdtemp(prefix="xcmbench-"))
+    raws: list[float] = []
+    raw_prefix = f"xcmbench-raw-{uuid.uuid4().hex[:8]}:"
+    raw_client = redis.Redis.from_url(args.redis)
+    try:
+        n_raw = 3 * args.journeys
+        for round_ in range(1, args.rounds + 1):
+            written = asyncio.run(fill(args.redis, raw_prefix, "raw", n_raw, args.partitions))
+            raw = asyncio.run(baseline(args.redis, raw_prefix, "raw", n_raw, args.partitions))
+            cleanup(raw_client, raw_prefix)
+            raws.append(raw)
+            print(
+                f"round {round_}: a  raw XREADGROUP+XACK, {n_raw:,} msgs  {raw:>10,.0f} msg/s"
+                f"   (filled at {written:,.0f} msg/s via TopicWriter)",
+                flush=True,
+            )
+            for count in args.workers:
+                result = journeys_phase(args, count, root, runs)
+                runs[-1].stop()
+                result["round"] = round_
+                result["raw"] = raw
+                results.append(result)
+                print(
+                    f"round {round_}: j{count} {count} worker(s): "
+                    f"{result['journeys_s']:>6,.0f} journeys/s {result['legs_s']:>6,.0f} legs/s "
+                    f"in {result['elapsed']:.2f} s (published in {result['published']:.2f} s)",
+                    flush=True,
+                )
+        memory = memory_phase(args, root, runs) if args.pending > 0 else None
+        if runs:
+            runs[-1].stop()
+    except Incomplete as exc:
+        print(f"INCOMPLETE: {exc}", file=sys.stderr)
+        if runs:
+            print(runs[-1].tails(), file=sys.stderr)
+            print(
+                f"(logs under {root}{'' if args.keep else ', deleted now; --keep DIR keeps them'})"
+            )
+        return 1
+    finally:
+        for run in runs:
+            run.stop()
+        cleanup(raw_client, raw_prefix)
+        raw_client.close()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+    print()
+    print(
+        "round  workers  journeys/s    legs/s  records/s  elapsed s  j/a      "
+        "CPU s: workers  redis  script  (ms CPU per journey)"
+    )
+    for r in results:
+        cpu = r["cpu"]
+        per = 1000 * sum(cpu.values()) / args.journeys
+        print(
+            f"{r['round']:>5}  {r['workers']:>7}  {r['journeys_s']:>10,.0f}  {r['legs_s']:>8,.0f}"
+            f"  {r['records'] / r['elapsed']:>9,.0f}  {r['elapsed']:>9.2f}"
+            f"  {r['journeys_s'] / r['raw']:.4f}  {cpu['workers']:>14.1f}  {cpu['redis']:>5.1f}"
+            f"  {cpu['script']:>6.1f}  ({per:.2f})"
+        )
+    problems = []
+    for r in results:
+        note = ", ".join(f"{k} {v}" for k, v in r["notes"].items())
+        print(
+            f"  round {r['round']}, {r['workers']} worker(s): notifications {note} "
+            f"(expected {r['expected_notes']:,} with the warm-up), re-emitted {r['duplicates']}, "
+            f"dead letters {r['dead_letters']}, "
+            f"pending after {r['pending']}, xcm-legs records {r['records']:,}, changelog records "
+            f"{r['changelog']:,} ({r['changelog'] / (r['expected_notes'] / 3):.1f} per journey), "
+            f"peak worker RSS {r['peak_rss'] / 2**20:.0f} MiB\n"
+            f"    engine counters: {dict(sorted(r['counters'].items()))}"
+        )
+        if r["dead_letters"] or r["pending"] or sum(r["notes"].values()) != r["expected_notes"]:
+            problems.append(f"{r['workers']} worker(s)")
+    if memory is not None:
+        kinds = ", ".join(
+            f"{k} {kb(v)}" for k, v in sorted(memory["redis_kinds"].items(), key=lambda i: -i[1])
+        )
+        print(
+            f"memory per pending journey ({args.pending:,} sent legs, 1 worker, "
+            f"{memory['pending']:,} pending, ingested at {memory['sent_s']:,.0f} sent legs/s):\n"
+            f"  worker RSS {kb(memory['rss'])} (RSS {memory['rss_total'] / 2**20:.0f} MiB at the "
+            f"end); RocksDB data dir {kb(memory['disk'])}\n"
+            f"  Redis keys of the run {kb(memory['redis'])}: {kinds}\n"
+            f"  Redis used_memory (whole server) {kb(memory['used'])}\n"
+            f"  tables at the end: {memory['tables']}; a journeys value is "
+            f"{memory['journey_value']:,.0f} bytes; GET /xcm/pending/ took {memory['view_s']:.2f} s"
+        )
+    # Ratios within a round (same baseline, same minutes of machine noise); medians over rounds.
+    median = statistics.median
+    parts = [f"a={median(raws):,.0f} msg/s"]
+    for count in args.workers:
+        mine = [r for r in results if r["workers"] == count]
+        parts.append(f"j{count}={median(r['journeys_s'] for r in mine):,.0f} journeys/s")
+        parts.append(f"j{count}/a={median(r['journeys_s'] / r['raw'] for r in mine):.4f}")
+    if 1 in args.workers and 2 in args.workers:
+        by_round = {(r["round"], r["workers"]): r["journeys_s"] for r in results}
+        ratios = [by_round[(n, 2)] / by_round[(n, 1)] for n in range(1, args.rounds + 1)]
+        parts.append(f"j2/j1={median(ratios):.2f}")
+        if args.rounds > 1:
+            parts.append(f"(j2/j1 by round: {', '.join(f'{x:.2f}' for x in ratios)})")
+    if memory is not None:
+        parts.append(f"rss/journey={kb(memory['rss'])} redis/journey={kb(memory['redis'])}")
+    print("RATIOS " + " ".join(parts))
+    if problems:
+        print(f"UNEXPECTED notifications, dead letters or pending journeys: {problems}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
