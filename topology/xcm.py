@@ -42,6 +42,19 @@ NOTIFICATIONS_TOPIC = "xcm-notifications"
 DEAD_LETTERS_TOPIC = "xcm-dead-letters"
 TABLE_NAMES = {name: f"xcm-{name}" for name in TABLES}
 
+#: RocksDB settings of each XCM table partition. faust's defaults (3 x 64 MiB write buffers and
+#: a 2 GiB block cache per database) are sized for a few large tables; here six tables times
+#: the partition count each open a database, and their entries are small.
+ROCKSDB_OPTIONS = {
+    "write_buffer_size": 4 * 2**20,
+    "max_write_buffer_number": 2,
+    "block_cache_size": 8 * 2**20,
+}
+
+#: Scans of a table (sweeps, deadline rebuilds, the pending view) yield to the event loop after
+#: this many entries, so that the worker keeps processing records while it scans.
+SCAN_CHUNK = 500
+
 #: Counters of this process (``/metrics`` renders them as ``oc_xcm_*_total``).
 COUNTERS: Counter[str] = Counter()
 
@@ -102,6 +115,14 @@ class Networks:
         return codec
 
 
+async def _scan(table: Any) -> Any:
+    """``table.items()`` that lets the event loop run between chunks."""
+    for count, item in enumerate(table.items(), 1):
+        yield item
+        if count % SCAN_CHUNK == 0:
+            await asyncio.sleep(0)
+
+
 def _pending_final(journey: Any) -> bool:
     return isinstance(journey, dict) and journey.get("role") == "final" and not journey.get("done")
 
@@ -120,7 +141,9 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
     notifications = app.topic(NOTIFICATIONS_TOPIC, key_type=str, value_serializer="json")
     dead_letters = app.topic(DEAD_LETTERS_TOPIC, key_type=str, value_serializer="json")
     tables = {
-        name: app.Table(table, default=None, key_type=str, help=f"XCM {name}")
+        name: app.Table(
+            table, default=None, key_type=str, help=f"XCM {name}", options=dict(ROCKSDB_OPTIONS)
+        )
         for name, table in TABLE_NAMES.items()
     }
     networks = Networks(app)
@@ -233,7 +256,8 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
         state["swept"] = now
         found: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for name, table in tables.items():
-            for chain, entry in expired_keys(name, list(table.items()), now):
+            items = [item async for item in _scan(table)]
+            for chain, entry in expired_keys(name, items, now):
                 found[chain].append(entry)
         for chain, keys in found.items():
             await legs.send(key=chain, value={"kind": "sweep", "keys": keys})

@@ -182,7 +182,11 @@ class Producer(base.Producer):
                 fut.set_exception(exc)
 
     async def flush(self) -> None:
-        await self.buffer.flush()
+        # faust's buffer.flush() returns only once the buffer is empty, which never happens
+        # while tables keep writing under load: commits then waited for the backlog to end.
+        # The buffer is FIFO, so sending as many messages as it holds now covers every message
+        # queued before this call.
+        await self.buffer.flush_atmost(self.buffer.size)
         target = self._queued
         if self._settled >= target:
             return

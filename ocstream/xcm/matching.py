@@ -229,7 +229,7 @@ class Engine:
                 continue
             journey = marker["journey"]
             programs = journey.get("programs") or []
-            expected = journey["stop"] + 1
+            expected = journey["stop"]  # programs[k] is what stop k + 1 runs
             if expected < len(programs) and continues_program(programs[expected], leg.instructions):
                 step.count("hop_out_by_content")
                 self._hop_out(tables, chain, journey, leg, step)
@@ -256,7 +256,8 @@ class Engine:
             "message": _message_fields(leg),
             "ids": leg.ids,
             "bridge": leg.has_bridge,
-            "programs": programs_of(leg.recipient, leg.instructions),
+            # What each later stop is asked to run (the first runs the whole program).
+            "programs": programs_of(leg.recipient, leg.instructions)[1:],
         }
         step.notifications.append(notify.sent(journey))
         step.count("sent")
@@ -273,9 +274,11 @@ class Engine:
             )
 
     def _on_received(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
+        # No seen-check: a re-delivered receipt finds its journey done (and is kept as an
+        # orphan until it expires) or replaces its own pending entry; ids make it harmless.
         leg = ReceivedLeg.model_validate(record["leg"])
-        if self._seen(tables, chain, leg.identity):
-            step.count("duplicate_legs")
+        if tables.get("inbound", _jkey(chain, "leg:" + leg.identity)) is not None:
+            step.count("duplicate_legs")  # already waiting (perhaps with hop-outs parked on it)
             return
         data = leg.model_dump(by_alias=True)
         if self._match_received(tables, chain, data, step):
@@ -314,8 +317,9 @@ class Engine:
         return bool(journey["leg_from"] == sender)
 
     def _on_relayed(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
+        # No seen-check: a journey notes each relayed leg once, and a pending one is replaced.
         leg = RelayedLeg.model_validate(record["leg"])
-        if self._seen(tables, chain, leg.identity):
+        if tables.get("relay", _jkey(chain, "leg:" + leg.identity)) is not None:
             step.count("duplicate_legs")
             return
         data = leg.model_dump(by_alias=True)
