@@ -1,0 +1,154 @@
+"""The subscriptions API served for real: an aiohttp server on a free port, on the test's Redis
+(both servers, through ``redis_url``) and key prefix, with a few networks in the registry."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from redis.asyncio import Redis
+
+from ocstream.ingress.registry import NetworkRecord, NetworkRegistry
+from ocstream.subscriptions import (
+    ApiSettings,
+    LiveSubscriptions,
+    SubscriptionApi,
+    SubscriptionLimits,
+    SubscriptionStore,
+    registry_networks,
+)
+from ocstream.transport.client import connect
+
+NETWORKS = (
+    "urn:ocn:polkadot:0",
+    "urn:ocn:polkadot:1000",
+    "urn:ocn:polkadot:2000",
+    "urn:ocn:polkadot:2032",
+    "urn:ocn:polkadot:2034",
+)
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[Redis]:
+    redis = connect(redis_url, name="ocstream-test-subscriptions")
+    yield redis
+    await redis.aclose()
+
+
+@pytest.fixture
+async def registry(client: Redis, prefix: str) -> NetworkRegistry:
+    networks = NetworkRegistry(client, prefix)
+    for urn in NETWORKS:
+        relay = None if urn.endswith(":0") else "urn:ocn:polkadot:0"
+        await networks.put(NetworkRecord(id=urn, relay=relay, ss58_prefix=0))
+    return networks
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Any
+    body: bytes
+
+    @property
+    def content_type(self) -> str:
+        return str(self.headers.get("Content-Type", ""))
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+@dataclass
+class Server:
+    base: str
+    api: SubscriptionApi
+    store: SubscriptionStore
+    live: LiveSubscriptions
+    session: aiohttp.ClientSession
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        token: str | None = None,
+    ) -> Reply:
+        all_headers = dict(headers or {})
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        data = raw
+        if data is None and body is not None:
+            data = orjson.dumps(body)
+            all_headers.setdefault("Content-Type", "application/json")
+        async with self.session.request(
+            method, self.base + path, data=data, headers=all_headers
+        ) as response:
+            return Reply(response.status, response.headers, await response.read())
+
+    async def get(self, path: str, **kwargs: Any) -> Reply:
+        return await self.request("GET", path, **kwargs)
+
+    async def post(self, path: str, body: Any = None, **kwargs: Any) -> Reply:
+        return await self.request("POST", path, body, **kwargs)
+
+    async def patch(self, path: str, body: Any = None, **kwargs: Any) -> Reply:
+        return await self.request("PATCH", path, body, **kwargs)
+
+    async def delete(self, path: str, **kwargs: Any) -> Reply:
+        return await self.request("DELETE", path, **kwargs)
+
+
+ServeFactory = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def serve(
+    client: Redis, prefix: str, registry: NetworkRegistry
+) -> AsyncIterator[ServeFactory]:
+    """``await serve(settings=..., limits=...)``: the API on a real HTTP server."""
+    runners: list[web.AppRunner] = []
+    sessions: list[aiohttp.ClientSession] = []
+    lives: list[LiveSubscriptions] = []
+
+    async def start(
+        settings: ApiSettings | None = None, limits: SubscriptionLimits | None = None
+    ) -> Server:
+        store = SubscriptionStore(client, prefix, limits)
+        live = LiveSubscriptions(client, prefix)
+        await live.start()
+        lives.append(live)
+        api = SubscriptionApi(
+            store=store, networks=registry_networks(registry), live=live, settings=settings
+        )
+        app = web.Application()
+        api.add_routes(app.router)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        runners.append(runner)
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        session = aiohttp.ClientSession()
+        sessions.append(session)
+        return Server(f"http://127.0.0.1:{port}", api, store, live, session)
+
+    yield start
+    for session in sessions:
+        await session.close()
+    for runner in runners:
+        await runner.cleanup()
+    for live in lives:
+        await live.stop()
+
+
+@pytest.fixture
+async def server(serve: ServeFactory) -> Server:
+    return await serve()
