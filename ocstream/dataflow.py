@@ -216,7 +216,7 @@ def _sink_info(agent: Any, index: int, sink: Any) -> list[SinkInfo]:
     return [SinkInfo(name=canonshortname(sink), kind="callable")]
 
 
-def _referenced_objects(fun: Any) -> list[Any]:
+def _referenced_objects(fun: Any, depth: int = 0) -> list[Any]:
     """Globals and closure values that an agent function's code refers to."""
     code = getattr(fun, "__code__", None)
     if not isinstance(code, types.CodeType):
@@ -239,6 +239,9 @@ def _referenced_objects(fun: Any) -> list[Any]:
         found.append(value)
         if isinstance(value, dict):  # e.g. a name -> table mapping
             found.extend(value.values())
+        elif isinstance(value, types.FunctionType) and depth < 2:
+            # A helper defined next to the agent (``dead_letter(...)``) that sends for it.
+            found.extend(_referenced_objects(value, depth + 1))
     return found
 
 
@@ -294,7 +297,13 @@ def describe(app: Any) -> Dataflow:
     # name -> (partitions or None, internal); the same name can turn up several
     # times (clones in the conductor, a topic both consumed and used as sink).
     seen: dict[str, tuple[int | None, bool]] = {}
-    for topic in _declared_topics(app):
+    written = [
+        obj
+        for agent in app.agents.values()
+        for obj in _referenced_objects(getattr(agent, "fun", None))
+        if isinstance(obj, TopicT)
+    ]
+    for topic in [*_declared_topics(app), *written]:
         for name in _topic_names(topic):
             partitions, internal = seen.get(name, (None, False))
             seen[name] = (
@@ -321,14 +330,13 @@ def describe(app: Any) -> Dataflow:
             for index, sink in enumerate(agent._sinks)
             for info in _sink_info(agent, index, sink)
         ]
-        # Topics the agent's code sends to (``topic.send`` rather than a declared sink).
-        sources = set(_topic_names(agent.channel))
+        # Topics the agent's code sends to (``topic.send`` rather than a declared sink),
+        # its own source included: a loop back into it is part of the dataflow.
         agent_sinks += [
             SinkInfo(name=name, kind="topic")
             for obj in _referenced_objects(getattr(agent, "fun", None))
             if isinstance(obj, TopicT)
             for name in _topic_names(obj)
-            if name not in sources
         ]
         sinks.update(agent_sinks)
         agents.append(

@@ -49,9 +49,16 @@ def test_topology_json_describes_the_declared_dataflow_without_a_broker() -> Non
     assert agents["count_events"]["source_topics"] == ["demo-events"]
     # The XCM dataflow: blocks -> extract -> xcm-legs -> match (six tables) -> notifications.
     assert agents["xcm_extract"]["source_topics"] == ["blocks"]
-    assert agents["xcm_extract"]["sink_names"] == ["xcm-legs"]
+    assert agents["xcm_extract"]["sink_names"] == ["xcm-dead-letters", "xcm-legs"]
     assert agents["xcm_match"]["source_topics"] == ["xcm-legs"]
-    assert agents["xcm_match"]["sink_names"] == ["xcm-notifications"]
+    # The matcher writes back into its own source: records for other chains' partitions.
+    assert agents["xcm_match"]["sink_names"] == [
+        "xcm-dead-letters",
+        "xcm-legs",
+        "xcm-notifications",
+    ]
+    assert topics["xcm-notifications"]["kind"] == "source"
+    assert topics["xcm-notifications"]["partitions"] == 6
     assert sorted(agents["xcm_match"]["tables"]) == [
         f"xcm-{name}" for name in ("hop", "inbound", "journeys", "outbound", "relay", "seen")
     ]
