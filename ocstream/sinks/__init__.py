@@ -1,0 +1,1 @@
+"""Sinks: where notifications go (webhook, websocket, log)."""
