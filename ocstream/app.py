@@ -7,6 +7,7 @@ from typing import Any
 
 import faust
 
+from .services import install as install_services
 from .settings import Settings
 from .web import register_views
 
@@ -36,5 +37,6 @@ def build_app(settings: Settings, *, redis_url: str) -> Any:
     )
     app.transport_settings = settings.transport  # type: ignore[attr-defined]
     register_views(app)
+    install_services(app, settings, redis_url=redis_url)
     topology.declare(app)
     return app

@@ -183,19 +183,24 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         from .app import build_app
 
         app = build_app(settings, redis_url=redis_url)
-        if command == "worker" and settings.embedded and settings.config_file is not None:
+        if command == "worker" and settings.config_file is not None:
             from .ingress.config import declares_networks, load_ingress_config
 
             if declares_networks(settings.config_file):
-                from .ingress.in_worker import attach_ingress
+                from .ingress.in_worker import attach_ingress, declare_networks
 
-                attach_ingress(
-                    app,
-                    load_ingress_config(settings.config_file),
-                    redis_url=redis_url,
-                    prefix=settings.transport.prefix,
-                    partitions=settings.partitions,
-                )
+                config = load_ingress_config(settings.config_file)
+                prefix = settings.transport.prefix
+                if settings.embedded:
+                    attach_ingress(
+                        app,
+                        config,
+                        redis_url=redis_url,
+                        prefix=prefix,
+                        partitions=settings.partitions,
+                    )
+                else:
+                    declare_networks(app, config, redis_url=redis_url, prefix=prefix)
     except OcstreamError as exc:
         print(f"ocstream: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc

@@ -14,7 +14,12 @@ option                     environment              meaning
 ``--data-dir D``           ``OCSTREAM_DATA_DIR``     local state: tables, embedded Redis
 (none)                     ``OCSTREAM_APP_ID``       faust app id = consumer group (ocstream)
 (none)                     ``OCSTREAM_PARTITIONS``   default partition count (16)
+(none)                     ``OCSTREAM_API_TOKENS``   bearer tokens for the API's write routes
+(none)                     ``OCSTREAM_ADMIN_TOKENS`` bearer tokens for the admin routes
+(none)                     ``OCSTREAM_WEBHOOK_ALLOW_PRIVATE``  allow webhooks to private hosts
 =========================  =======================  ======================================
+
+Token lists in the environment are comma-separated; in the file they are arrays.
 """
 
 from __future__ import annotations
@@ -39,7 +44,11 @@ ENV_NAMES = {
     "app_id": "OCSTREAM_APP_ID",
     "partitions": "OCSTREAM_PARTITIONS",
     "instance_id": "OCSTREAM_INSTANCE_ID",
+    "api_tokens": "OCSTREAM_API_TOKENS",
+    "admin_tokens": "OCSTREAM_ADMIN_TOKENS",
+    "webhook_allow_private": "OCSTREAM_WEBHOOK_ALLOW_PRIVATE",
 }
+_LISTS = ("api_tokens", "admin_tokens")
 
 
 class Settings(BaseModel):
@@ -59,6 +68,12 @@ class Settings(BaseModel):
     #: Static membership: a stable id per worker lets a restart keep its partitions.
     instance_id: str | None = None
     embedded_appendfsync: Literal["always", "everysec", "no"] = "everysec"
+    #: Bearer tokens accepted on the API's write routes (POST/PATCH/DELETE /subs); none: open.
+    api_tokens: tuple[str, ...] = ()
+    #: Bearer tokens of the admin routes (/admin/...); none: the admin routes are disabled.
+    admin_tokens: tuple[str, ...] = ()
+    #: Let webhooks target loopback, private and link-local addresses (off: SSRF guard).
+    webhook_allow_private: bool = False
     transport: TransportSettings = Field(default_factory=TransportSettings)
 
     @property
@@ -82,7 +97,10 @@ def load_settings(
     """Merge the sources (see the module docstring) into one validated :class:`Settings`."""
     env = os.environ if environ is None else environ
     cli_values = {k: v for k, v in (cli or {}).items() if v is not None}
-    env_values = {name: env[var] for name, var in ENV_NAMES.items() if env.get(var)}
+    env_values: dict[str, Any] = {name: env[var] for name, var in ENV_NAMES.items() if env.get(var)}
+    for name in _LISTS:
+        if name in env_values:
+            env_values[name] = tuple(t.strip() for t in env_values[name].split(",") if t.strip())
     config_file = cli_values.get("config_file") or env_values.get("config_file")
     file_values: dict[str, Any] = {}
     transport_values: dict[str, Any] = {}

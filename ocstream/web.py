@@ -10,6 +10,7 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
+from .ops import render_delivery_metrics
 from .transport import METRICS
 
 COUNTER_HELP = {
@@ -61,6 +62,14 @@ def register_views(app: Any) -> None:
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
             text = render_metrics(self.app)
+            app: Any = self.app
+            webhooks = getattr(app, "webhooks", None)
+            if webhooks is not None:
+                try:
+                    app.webhook_gauges = await webhooks.gauges()
+                except Exception:  # Redis away: the counters still render
+                    app.webhook_gauges = {}
+            text += render_delivery_metrics(app)
             ingress = getattr(self.app, "ingress", None)
             if ingress is not None:
                 text += ingress.metrics.render()

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import demo, xcm
+from . import delivery, demo, xcm
 
 
 def declare(app: Any) -> None:
     xcm.declare(app)
+    delivery.declare(app)
     demo.declare(app)
 
 

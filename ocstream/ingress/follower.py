@@ -222,6 +222,7 @@ class ChainFollower:
                 "tip_hash": block.hash,
                 "spec_version": block.spec_version,
                 "ss58_prefix": decoder.ss58_prefix if decoder is not None else None,
+                "updated_at": time.time(),
             }
         )
         await self.registry.put(self.record)

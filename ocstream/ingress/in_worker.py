@@ -11,7 +11,9 @@ from typing import Any
 
 from mode import Service
 
+from ..transport.client import connect
 from .config import IngressConfig
+from .registry import NetworkRecord, NetworkRegistry
 from .service import IngressService
 
 
@@ -30,3 +32,22 @@ def attach_ingress(
     app.service(WorkerIngress)
     app.ingress = ingress
     return ingress
+
+
+def declare_networks(app: Any, config: IngressConfig, *, redis_url: str, prefix: str) -> None:
+    """A worker on a shared Redis with a network config: the ingress runs elsewhere, but the
+    networks the config declares are put in the registry at start (when absent), so that
+    subscriptions to them are accepted before the ingress has published anything."""
+    records = [NetworkRecord(id=n.id, relay=n.relay) for n in config.networks]
+
+    class DeclareNetworks(Service):
+        async def on_start(self) -> None:
+            client = connect(redis_url, name="ocstream-declare")
+            try:
+                registry = NetworkRegistry(client, prefix)
+                for record in records:
+                    await registry.declare(record)
+            finally:
+                await client.aclose()
+
+    app.service(DeclareNetworks)

@@ -28,6 +28,8 @@ class NetworkRecord(BaseModel):
     ss58_prefix: int | None = None
     #: The last block published to the blocks topic (the ingress resumes after it).
     tip_number: int | None = None
+    #: When the ingress last published a block of this network (Unix seconds).
+    updated_at: float | None = None
     tip_hash: str | None = None
 
 
@@ -53,6 +55,13 @@ class NetworkRegistry:
             (k.decode() if isinstance(k, bytes) else k): NetworkRecord.model_validate_json(v)
             for k, v in raw.items()
         }
+
+    async def declare(self, record: NetworkRecord) -> bool:
+        """Add ``record`` unless the network is already registered (an ingress's record, with
+        its tip, wins); returns whether it was added."""
+        return bool(
+            await self.client.hsetnx(self.networks_key, record.id, record.model_dump_json())
+        )
 
     async def put(self, record: NetworkRecord) -> None:
         await self.client.hset(self.networks_key, record.id, record.model_dump_json())

@@ -1,0 +1,121 @@
+"""Wiring of the worker's user-facing services onto the faust app.
+
+:func:`install` mounts the subscriptions API, the websocket endpoints, the dashboard and the
+operations views, and adds the delivery service (live subscriptions, webhook dispatcher,
+per-subscription timers) to the app, so it starts and stops with the worker. Building these
+objects opens no connection: ``ocstream topology`` and faust's commands build the same app.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .delivery import Delivery
+from .ingress.registry import NetworkRegistry
+from .ops import register_ops
+from .settings import Settings
+from .sinks.log import LogSink
+from .sinks.webhook import WebhookDispatcher, WebhookSettings
+from .sinks.websocket import SubscriptionRejected, WebsocketHub
+from .subscriptions import (
+    ApiSettings,
+    LiveSubscriptions,
+    Subscription,
+    SubscriptionChanges,
+    SubscriptionError,
+    SubscriptionStore,
+    register_api,
+    unknown_networks,
+)
+from .transport.client import connect
+from .webui import register_webui
+
+__all__ = ["install"]
+
+log = logging.getLogger("ocstream.services")
+
+
+def _as_json(subscription: Subscription | None) -> dict[str, Any] | None:
+    return subscription.to_json() if subscription is not None else None
+
+
+def install(app: Any, settings: Settings, *, redis_url: str) -> None:
+    client = connect(redis_url, name=f"{settings.app_id}-services")
+    prefix = settings.transport.prefix
+    store = SubscriptionStore(client, prefix)
+    live = LiveSubscriptions(client, prefix)
+    registry = NetworkRegistry(client, prefix)
+    register_api(
+        app,
+        store=store,
+        live=live,
+        registry=registry,
+        settings=ApiSettings(write_tokens=settings.api_tokens),
+        start_live=False,  # the delivery service starts it, with the worker
+    )
+    webhooks = WebhookDispatcher(
+        client,
+        prefix,
+        WebhookSettings(allow_private_targets=settings.webhook_allow_private),
+        get_subscription=lambda subscription_id: _as_json(live.get(subscription_id)),
+    )
+
+    async def validate(data: dict[str, Any]) -> dict[str, Any]:
+        subscription = Subscription.model_validate(data)  # a ValidationError becomes a 400
+        unknown = unknown_networks(subscription, (await registry.all()).keys())
+        if unknown:
+            raise SubscriptionRejected.bad_request(f"Invalid chain id:{unknown[0]}")
+        return subscription.to_json()
+
+    async def get_subscription(subscription_id: str) -> dict[str, Any] | None:
+        found = live.get(subscription_id)
+        return found.to_json() if found is not None else None
+
+    async def register_ephemeral(data: dict[str, Any]) -> None:
+        try:
+            live.ephemeral.add(Subscription.model_validate(data))
+        except SubscriptionError as exc:
+            raise SubscriptionRejected(
+                {"error": True, "statusCode": exc.status, "reason": exc.reason}
+            ) from exc
+
+    async def unregister_ephemeral(subscription_id: str) -> None:
+        live.ephemeral.remove(subscription_id)
+
+    hub = WebsocketHub(
+        client,
+        prefix,
+        validate=validate,
+        get_subscription=get_subscription,
+        register_ephemeral=register_ephemeral,
+        unregister_ephemeral=unregister_ephemeral,
+    )
+
+    async def on_change(changes: SubscriptionChanges) -> None:
+        # A deleted subscription's sockets close on every worker (its webhook deliveries are
+        # dropped by the dispatcher, which re-reads the subscription at each attempt).
+        for subscription_id in changes.removed:
+            await hub.close_subscription(subscription_id)
+
+    live.add_listener(on_change)
+    web_app = app.web.web_app
+    hub.mount(web_app)
+    register_webui(web_app)
+    delivery = Delivery(
+        client=client,
+        prefix=prefix,
+        subscriptions=live,
+        webhooks=webhooks,
+        hub=hub,
+        log_sink=LogSink(logging.getLogger("ocstream.notifications")),
+        services=(webhooks,),
+    )
+    # faust starts the instances in this list with the app (what @app.service does for classes).
+    app._extra_services.append(delivery)
+    app.delivery = delivery
+    app.webhooks = webhooks
+    app.websocket_hub = hub
+    app.subscriptions_live = live
+    app.subscriptions_store = store
+    register_ops(app, admin_tokens=settings.admin_tokens)
