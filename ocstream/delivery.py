@@ -108,6 +108,8 @@ class Delivery(Service):
         self._ttl_key = f"{prefix}dlv:ttl"
         self._ttl_notes = f"{prefix}dlv:ttl:notes"
         self._notes = f"{prefix}dlv:notes"
+        #: Set while the fan-out of notifications to ephemeral subscriptions is subscribed.
+        self.listening = asyncio.Event()
 
     async def on_start(self) -> None:
         await self.subscriptions.start()
@@ -152,6 +154,7 @@ class Delivery(Service):
             pubsub = self.client.pubsub()
             try:
                 await pubsub.subscribe(self._notes)
+                self.listening.set()
                 backoff.reset()
                 while not self.should_stop:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -164,6 +167,7 @@ class Delivery(Service):
                     except Exception:
                         log.exception("ephemeral delivery failed")
             except TRANSIENT_ERRORS as exc:
+                self.listening.clear()
                 delay = backoff.next_delay()
                 log.warning("notification fan-out: Redis error (%s), again in %.1fs", exc, delay)
                 await self.sleep(delay)

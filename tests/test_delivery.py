@@ -1,0 +1,193 @@
+"""Delivery rules on real Redis: filters, one terminal per journey and subscription, persisted
+``outboundTTL`` timers shared by workers, at most once per channel, and ephemeral subscriptions
+served by whichever worker holds their socket.
+
+The channels are recording stand-ins with the sinks' interfaces; the webhook, websocket and log
+sinks have their own tests, and the deployment test runs the whole chain in a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from ocstream.delivery import Delivery, is_terminal
+from ocstream.subscriptions import LiveSubscriptions, Subscription, SubscriptionStore
+from ocstream.transport.client import connect
+
+RELAY, ASSET_HUB, HYDRATION = "urn:ocn:polkadot:0", "urn:ocn:polkadot:1000", "urn:ocn:polkadot:2034"
+
+
+class Recorder:
+    """Records what a channel was given, per subscription."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, dict[str, Any]]] = []
+
+    async def enqueue(self, subscription_id: str, index: int, note: dict[str, Any]) -> bool:
+        self.got.append((subscription_id, note))
+        return True
+
+    async def publish(self, subscription_id: str, note: dict[str, Any]) -> int:
+        self.got.append((subscription_id, note))
+        return 1
+
+    async def deliver(self, subscription_id: str, note: dict[str, Any]) -> None:
+        self.got.append((subscription_id, note))
+
+    def types(self, subscription_id: str) -> list[str]:
+        return [n["type"] for s, n in self.got if s == subscription_id]
+
+
+def note(kind: str, journey: str = "j1", **extra: Any) -> dict[str, Any]:
+    legs = [{"from": RELAY, "to": ASSET_HUB, "type": "vmp"}]
+    return {
+        "id": f"{journey}:{kind.split('.')[1]}:0",
+        "journeyId": journey,
+        "type": kind,
+        "legs": legs,
+        "origin": {"chainId": RELAY, "blockNumber": "1"},
+        "destination": {"chainId": ASSET_HUB},
+        "waypoint": {"chainId": RELAY, "outcome": extra.pop("outcome", "Success")},
+        "sender": None,
+        **extra,
+    }
+
+
+def sub(sid: str, channel: str = "webhook", **extra: Any) -> Subscription:
+    channels = {
+        "webhook": [{"type": "webhook", "url": "https://example.org/hook"}],
+        "log": [{"type": "log"}],
+        "websocket": [{"type": "websocket"}],
+    }[channel]
+    body = {"id": sid, "origin": RELAY, "destinations": [ASSET_HUB], "channels": channels}
+    return Subscription.model_validate({**body, **extra})
+
+
+@pytest.fixture
+async def world(redis_url: str, prefix: str) -> AsyncIterator[dict[str, Any]]:
+    client = connect(redis_url, name="test-delivery")
+    store = SubscriptionStore(client, prefix)
+    lives = [LiveSubscriptions(client, prefix, poll_interval=0.1) for _ in range(2)]
+    hooks, hub, log = Recorder(), Recorder(), Recorder()
+    workers = [
+        Delivery(
+            client=client,
+            prefix=prefix,
+            subscriptions=live,
+            webhooks=hooks,
+            hub=hub,
+            log_sink=log,
+            timer_interval=0.05,
+        )
+        for live in lives
+    ]
+    for worker in workers:
+        await worker.start()
+    yield {
+        "store": store,
+        "lives": lives,
+        "workers": workers,
+        "hooks": hooks,
+        "hub": hub,
+        "log": log,
+    }
+    for worker in workers:
+        await worker.stop()
+    await client.aclose()
+
+
+async def settle(lives: list[LiveSubscriptions], count: int) -> None:
+    for _ in range(100):
+        for live in lives:
+            await live.refresh(force=True)
+        if all(len(live.persistent()) == count for live in lives):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the live views did not see the subscriptions")
+
+
+async def test_filters_and_one_terminal_per_subscription(world: dict[str, Any]) -> None:
+    store, lives, (first, second) = world["store"], world["lives"], world["workers"]
+    await store.create_many(
+        [
+            sub("all"),
+            sub("received-only", events=["xcm.received"]),
+            sub("elsewhere", destinations=[HYDRATION]),
+            sub("logged", channel="log"),
+        ]
+    )
+    await settle(lives, 4)
+    await first.deliver(note("xcm.sent"))
+    await second.deliver(note("xcm.received"))
+    # A late terminal (the engine's timeout after the receipt, on another worker) is dropped.
+    await first.deliver(note("xcm.timeout"))
+    hooks, log = world["hooks"], world["log"]
+    assert hooks.types("all") == ["xcm.sent", "xcm.received"]
+    assert hooks.types("received-only") == ["xcm.received"]
+    assert hooks.types("elsewhere") == []
+    assert log.types("logged") == ["xcm.sent", "xcm.received"]
+    assert all(n["subscriptionId"] == s for s, n in hooks.got + log.got)
+    assert first.counters["late"] + second.counters["late"] >= 2
+    # The log channel gets a notification id once, whichever worker delivers it again.
+    await second.deliver(note("xcm.sent"))
+    assert log.types("logged") == ["xcm.sent", "xcm.received"]
+
+
+async def test_outbound_ttl_fires_once_across_workers_and_beats_a_late_receipt(
+    world: dict[str, Any],
+) -> None:
+    store, lives, (first, second) = world["store"], world["lives"], world["workers"]
+    await store.create_many([sub("patient"), sub("hasty", outboundTTL=6000)])
+    await settle(lives, 2)
+    await first.deliver(note("xcm.sent", journey="slow"))
+    hooks = world["hooks"]
+    # Both workers run the timer loop; 6 s later exactly one of them fires it.
+    for _ in range(200):
+        if hooks.types("hasty") == ["xcm.sent", "xcm.timeout"]:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    assert hooks.types("hasty") == ["xcm.sent", "xcm.timeout"]
+    timeout = [n for s, n in hooks.got if s == "hasty" and n["type"] == "xcm.timeout"][0]
+    assert timeout["journeyId"] == "slow" and timeout["origin"]["chainId"] == RELAY
+    await second.deliver(note("xcm.received", journey="slow"))
+    # The receipt comes after this subscription's own timeout: not delivered to it.
+    assert hooks.types("hasty") == ["xcm.sent", "xcm.timeout"]
+    assert hooks.types("patient") == ["xcm.sent", "xcm.received"]
+
+
+async def test_a_receipt_cancels_the_subscription_timer(world: dict[str, Any]) -> None:
+    store, lives, (first, second) = world["store"], world["lives"], world["workers"]
+    await store.create_many([sub("hasty", outboundTTL=6000)])
+    await settle(lives, 1)
+    await first.deliver(note("xcm.sent", journey="quick"))
+    await second.deliver(note("xcm.received", journey="quick"))
+    assert await first.fire_due_timers(now=10**12) == 0
+    assert world["hooks"].types("hasty") == ["xcm.sent", "xcm.received"]
+
+
+async def test_ephemeral_subscriptions_are_served_by_the_worker_holding_them(
+    world: dict[str, Any],
+) -> None:
+    lives, (first, second) = world["lives"], world["workers"]
+    await asyncio.wait_for(second.listening.wait(), 10)
+    ephemeral = sub("socket-1", channel="websocket", ephemeral=True)
+    lives[1].ephemeral.add(ephemeral)  # the second worker holds the socket
+    # The first worker processes the notification; the fan-out brings it to the second.
+    await first.deliver(note("xcm.sent", journey="e"))
+    hub = world["hub"]
+    for _ in range(100):
+        if hub.types("socket-1"):
+            break
+        await asyncio.sleep(0.05)
+    assert hub.types("socket-1") == ["xcm.sent"]
+
+
+def test_terminal_notifications() -> None:
+    assert is_terminal(note("xcm.received")) and is_terminal(note("xcm.timeout"))
+    assert is_terminal(note("xcm.hop", outcome="Fail"))
+    assert not is_terminal(note("xcm.hop")) and not is_terminal(note("xcm.sent"))
