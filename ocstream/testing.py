@@ -619,7 +619,9 @@ async def register_network(
         registry = NetworkRegistry(client, prefix)
         current = await registry.get(network)
         fields: dict[str, Any] = current.model_dump() if current is not None else {"id": network}
-        fields.update({"spec_version": spec_version, "relay": relay})
+        fields["spec_version"] = spec_version
+        if relay is not None:
+            fields["relay"] = relay
         if ss58_prefix is not None:
             fields["ss58_prefix"] = ss58_prefix
         await registry.put(NetworkRecord.model_validate(fields))

@@ -27,6 +27,7 @@ from aiohttp import web
 from ocstream.testing import blocks_from_case, publish_blocks_sync, register_network_sync
 
 from .conftest import SYSTEM_REDIS_URL
+from .test_dashboard import chromium_or_fail, png_size, run_chromium
 from .workers import ocstream_env, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,6 +145,7 @@ def test_the_guides_example_delivers_recorded_xcm_to_the_webhook(
                 network,
                 spec_version=int(metadata.removesuffix(".scale").rsplit("-", 1)[1]),
                 metadata=(fixtures_dir / "metadata" / metadata).read_bytes(),
+                relay=None if network.endswith(":0") else "urn:ocn:polkadot:0",
                 prefix=prefix,
             )
         case = fixtures_dir / "cases" / "v1-dmp-hop-polkadot-hydra.json"
@@ -157,6 +159,25 @@ def test_the_guides_example_delivers_recorded_xcm_to_the_webhook(
             return bodies if types == ["xcm.hop", "xcm.hop", "xcm.relayed", "xcm.sent"] else None
 
         bodies = wait_for(journey, 90, "the journey's notifications at the webhook")
+
+        # The worker's own dashboard, in headless Chromium: the networks and the subscription.
+        binary = chromium_or_fail()
+        dashboard = "http://127.0.0.1:3000/dashboard/"
+        dom = asyncio.run(run_chromium(binary, tmp_path / "profile", "--dump-dom", dashboard))
+        for expected in ("unique-sub-name-1", "urn:ocn:polkadot:0", "urn:ocn:polkadot:2034"):
+            assert expected in dom, f"{expected} not on the dashboard"
+        shot = tmp_path / "dashboard.png"
+        asyncio.run(
+            run_chromium(
+                binary,
+                tmp_path / "profile2",
+                f"--screenshot={shot}",
+                "--window-size=1280,900",
+                dashboard,
+            )
+        )
+        assert png_size(shot) == (1280, 900)
+        print(f"dashboard screenshot: {shot}")
     finally:
         worker.terminate()
         try:
