@@ -16,6 +16,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,17 @@ def receiver() -> Iterator[Receiver]:
     found.stop()
 
 
+def http_get(path: str, token: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:3000{path}")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
 def port_free(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) != 0
@@ -111,6 +124,7 @@ def test_the_guides_example_delivers_recorded_xcm_to_the_webhook(
         OCSTREAM_DATA_DIR=str(tmp_path / "data"),
         # The receiver is on loopback, which the SSRF guard refuses by default.
         OCSTREAM_WEBHOOK_ALLOW_PRIVATE="1",
+        OCSTREAM_ADMIN_TOKENS="admin-secret",
     )
     args = shlex.split(WORKER_COMMAND)
     command = [sys.executable, "-m", "ocstream", *args[1:]]
@@ -159,6 +173,19 @@ def test_the_guides_example_delivers_recorded_xcm_to_the_webhook(
             return bodies if types == ["xcm.hop", "xcm.hop", "xcm.relayed", "xcm.sent"] else None
 
         bodies = wait_for(journey, 90, "the journey's notifications at the webhook")
+
+        # Operations: health, metrics and the admin routes of the same worker.
+        health = json.loads(http_get("/health")[1])
+        assert health["status"] in ("ok", "degraded") and health["redis"] == "ok"
+        assert set(NETWORKS) <= set(health["networks"])
+        metrics = http_get("/metrics")[1]
+        assert 'oc_active_subscriptions_count{type="persistent"} 1' in metrics
+        assert "oc_webhook_delivered_total 4" in metrics
+        assert 'oc_notifier_notification_total{type="xcm.sent"} 1' in metrics
+        assert http_get("/admin/webhooks/dead-letters")[0] == 401
+        status, body = http_get("/admin/webhooks/dead-letters", token="admin-secret")
+        assert status == 200 and json.loads(body) == []
+        assert http_get("/openapi.json")[0] == 200
 
         # The worker's own dashboard, in headless Chromium: the networks and the subscription.
         binary = chromium_or_fail()
