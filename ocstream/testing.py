@@ -28,7 +28,6 @@ See ``docs/testing.md`` for what the papi conversion does and does not reproduce
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -39,7 +38,7 @@ import cbor2
 import orjson
 from pydantic import JsonValue
 
-from .ingress.decode import DecoderCache, build_extended_block
+from .ingress.decode import DecoderCache, build_extended_block, dispatch_error_of, timestamp_of
 from .ingress.model import Event, ExtendedBlock, Extrinsic, Phase, StorageItem
 from .ingress.raw import RawBlock, load_sidecar_json, load_v1_cbor
 from .ingress.registry import NetworkRecord, NetworkRegistry
@@ -48,6 +47,7 @@ from .settings import load_settings
 from .transport.client import connect
 from .transport.keys import DEFAULT_PREFIX
 from .transport.writer import TopicWriter
+from .xcm.ss58 import ss58_decode
 
 __all__ = [
     "BLOCKS_TOPIC",
@@ -94,42 +94,15 @@ def fixtures_path() -> Path:
 
 # --- SS58 ---------------------------------------------------------------------------------------
 
-_B58_ALPHABET: Final = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_B58_DIGITS: Final = {char: value for value, char in enumerate(_B58_ALPHABET)}
-_B58_CHARS: Final = frozenset(_B58_ALPHABET)
-_SS58_PREFIX: Final = b"SS58PRE"
-
-
-def _base58_decode(text: str) -> bytes:
-    number = 0
-    for char in text:
-        digit = _B58_DIGITS.get(char)
-        if digit is None:
-            raise ValueError(f"not base58: {char!r} in {text!r}")
-        number = number * 58 + digit
-    body = number.to_bytes((number.bit_length() + 7) // 8, "big")
-    leading_zeros = len(text) - len(text.lstrip("1"))
-    return b"\x00" * leading_zeros + body
+_B58_CHARS: Final = frozenset("123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz")
 
 
 def _ss58_public_key(address: str) -> bytes:
     """The 32-byte public key of an SS58 address (any network prefix); ValueError if the text is
     not one, or its checksum is wrong."""
-    raw = _base58_decode(address)
-    if not raw:
-        raise ValueError("empty SS58 address")
-    if raw[0] < 64:
-        prefix_length = 1
-    elif raw[0] < 128:
-        prefix_length = 2
-    else:
-        raise ValueError(f"{address!r}: reserved SS58 prefix byte {raw[0]}")
-    key = raw[prefix_length:-2]
+    _, key = ss58_decode(address)
     if len(key) != 32:
-        raise ValueError(f"{address!r}: not an SS58 account id ({len(raw)} bytes)")
-    checksum = hashlib.blake2b(_SS58_PREFIX + raw[:-2], digest_size=64).digest()[:2]
-    if checksum != raw[-2:]:
-        raise ValueError(f"{address!r}: bad SS58 checksum")
+        raise ValueError(f"{address!r}: not an SS58 account id ({len(key)}-byte payload)")
     return key
 
 
@@ -329,23 +302,6 @@ def _signer(address: Any, index: int) -> str | None:
     raise ValueError(f"extrinsic {index}: unreadable address {address!r}")
 
 
-def _dispatch_error(fields: JsonValue) -> JsonValue:
-    if isinstance(fields, dict):
-        return fields.get("dispatch_error")
-    if isinstance(fields, list) and fields:
-        return fields[0]
-    return None
-
-
-def _timestamp(args: JsonValue) -> int | None:
-    now = args.get("now") if isinstance(args, dict) else None
-    if isinstance(now, int) and not isinstance(now, bool):
-        return now
-    if isinstance(now, str) and now.isdigit():
-        return int(now)
-    return None
-
-
 def _storage_item(entry: StorageItem | Mapping[str, Any]) -> StorageItem:
     if isinstance(entry, StorageItem):
         return entry
@@ -408,7 +364,7 @@ def block_from_decoded(
         if event.name == "ExtrinsicSuccess":
             outcomes[event.extrinsic_index] = (True, None)
         elif event.name == "ExtrinsicFailed":
-            outcomes[event.extrinsic_index] = (False, _dispatch_error(event.fields))
+            outcomes[event.extrinsic_index] = (False, dispatch_error_of(event.fields))
 
     raw_extrinsics = block.get("extrinsics") or ()
     if outcomes and max(outcomes) >= len(raw_extrinsics):
@@ -439,7 +395,7 @@ def block_from_decoded(
             hash=_string(raw["hash"]) if raw.get("hash") else None,
         )
         if extrinsic.module == "Timestamp" and extrinsic.call == "set":
-            timestamp = _timestamp(extrinsic.args)
+            timestamp = timestamp_of(extrinsic.args)
         extrinsics.append(extrinsic)
 
     if spec_version is None and block.get("specVersion") is not None:

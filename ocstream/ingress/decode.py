@@ -65,8 +65,10 @@ __all__ = [
     "blake2_256",
     "build_extended_block",
     "decode_header",
+    "dispatch_error_of",
     "read_compact",
     "read_header",
+    "timestamp_of",
 ]
 
 METADATA_MAGIC: Final = b"meta"
@@ -850,7 +852,7 @@ def build_extended_block(
         if event.name == "ExtrinsicSuccess":
             outcomes[event.extrinsic_index] = (True, None)
         elif event.name == "ExtrinsicFailed":
-            outcomes[event.extrinsic_index] = (False, _dispatch_error(event.fields))
+            outcomes[event.extrinsic_index] = (False, dispatch_error_of(event.fields))
     # Every applied extrinsic reports exactly one outcome; a gap means the events belong to another
     # block (or were cut), and publishing made-up outcomes would mislead every subscriber.
     if outcomes and max(outcomes) >= len(extrinsics):
@@ -870,7 +872,7 @@ def build_extended_block(
             )
         extrinsic = decoder.decode_extrinsic(raw, index, success=outcome[0], error=outcome[1])
         if extrinsic.module == "Timestamp" and extrinsic.call == "set":
-            timestamp = _timestamp_of(extrinsic.args)
+            timestamp = timestamp_of(extrinsic.args)
         decoded_extrinsics.append(extrinsic)
 
     return construct_trusted(
@@ -904,7 +906,8 @@ def _as_events(
     return decoded
 
 
-def _dispatch_error(fields: JsonValue) -> JsonValue:
+def dispatch_error_of(fields: JsonValue) -> JsonValue:
+    """The dispatch error of a ``System.ExtrinsicFailed`` event's fields."""
     # Newer runtimes name it (dispatch_error); old ones emit positional (error, info).
     if isinstance(fields, dict):
         return fields.get("dispatch_error")
@@ -913,9 +916,10 @@ def _dispatch_error(fields: JsonValue) -> JsonValue:
     return None
 
 
-def _timestamp_of(args: JsonValue) -> int | None:
+def timestamp_of(args: JsonValue) -> int | None:
+    """The ``now`` argument of ``Timestamp.set`` (ms), as an int."""
     now = args.get("now") if isinstance(args, dict) else None
-    if isinstance(now, int):
+    if isinstance(now, int) and not isinstance(now, bool):
         return now
     if isinstance(now, str) and now.isdigit():  # beyond 2**53 ms: not a real clock, but lossless
         return int(now)

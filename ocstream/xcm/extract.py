@@ -39,7 +39,15 @@ from .legs import (
     urn,
 )
 
-__all__ = ["Extracted", "Problem", "extract", "outcome_of"]
+__all__ = [
+    "Extracted",
+    "Problem",
+    "decode_downward_queue",
+    "decode_hrmp_outbound",
+    "decode_upward_messages",
+    "extract",
+    "outcome_of",
+]
 
 _HASH = re.compile(r"^0x[0-9a-f]{64}$")
 
@@ -230,7 +238,8 @@ def _bytes_vec(raw: bytes, pos: int) -> tuple[bytes, int]:
     return raw[pos : pos + length], pos + length
 
 
-def _hrmp_outbound(raw: bytes) -> list[tuple[int, bytes]]:
+def decode_hrmp_outbound(raw: bytes) -> list[tuple[int, bytes]]:
+    """``ParachainSystem.HrmpOutboundMessages``: ``Vec<{recipient: u32, data: Vec<u8>}>``."""
     count, pos = read_compact(raw, 0)
     pages = []
     for _ in range(count):
@@ -240,7 +249,8 @@ def _hrmp_outbound(raw: bytes) -> list[tuple[int, bytes]]:
     return pages
 
 
-def _upward(raw: bytes) -> list[bytes]:
+def decode_upward_messages(raw: bytes) -> list[bytes]:
+    """``ParachainSystem.UpwardMessages``: ``Vec<Vec<u8>>`` (signals included)."""
     count, pos = read_compact(raw, 0)
     entries = []
     for _ in range(count):
@@ -249,14 +259,10 @@ def _upward(raw: bytes) -> list[bytes]:
     return entries
 
 
-def _downward(raw: bytes) -> list[tuple[int, bytes]]:
-    count, pos = read_compact(raw, 0)
-    entries = []
-    for _ in range(count):
-        sent_at = int.from_bytes(raw[pos : pos + 4], "little")
-        msg, pos = _bytes_vec(raw, pos + 4)
-        entries.append((sent_at, msg))
-    return entries
+def decode_downward_queue(raw: bytes) -> list[tuple[int, bytes]]:
+    """``Dmp.DownwardMessageQueues(para)``: ``Vec<{sent_at: u32, msg: Vec<u8>}>``, the same
+    layout as an outbound HRMP list (a u32, then bytes)."""
+    return decode_hrmp_outbound(raw)
 
 
 def _storage_bytes(context: _Block, pallet: str, item: str) -> bytes | None:
@@ -503,13 +509,13 @@ def _sent_legs(context: _Block, received: Sequence[ReceivedLeg]) -> list[SentLeg
     fragments: list[_Fragment] = []
     raw = _storage_bytes(context, "ParachainSystem", "HrmpOutboundMessages")
     if raw is not None:
-        for e, (para_id, page) in enumerate(_hrmp_outbound(raw)):
+        for e, (para_id, page) in enumerate(decode_hrmp_outbound(raw)):
             target = urn(consensus(network), para_id)
             for f, message in enumerate(context.split_page(page)):
                 fragments.append(_Fragment("hrmp", e, f, target, message))
     raw = _storage_bytes(context, "ParachainSystem", "UpwardMessages")
     if raw is not None:
-        entries = _upward(raw)
+        entries = decode_upward_messages(raw)
         for e, entry in enumerate(entries):
             if not entry:
                 break  # UMP signals follow the first empty entry
@@ -616,7 +622,7 @@ def _downward_legs(context: _Block, received: Sequence[ReceivedLeg]) -> list[Sen
             continue
         queue_para = int.from_bytes(bytes.fromhex(item.key[-8:]), "little")
         raw = bytes.fromhex(item.value[2:]) if item.value else b""
-        entries = _downward(raw) if raw else []
+        entries = decode_downward_queue(raw) if raw else []
         queues[queue_para] = [
             context.message(msg) for sent_at, msg in entries if sent_at == block.number
         ]

@@ -18,6 +18,7 @@ its prefix, stops everything, and exits 1 if any check failed. Logs stay in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -36,8 +37,12 @@ from typing import Any, cast
 import redis
 
 from ocstream.ingress.decode import blake2_256 as ocstream_blake2_256
-from ocstream.ingress.decode import read_compact
 from ocstream.ingress.model import Event, ExtendedBlock, StorageItem
+from ocstream.xcm.extract import (
+    decode_downward_queue,
+    decode_hrmp_outbound,
+    decode_upward_messages,
+)
 from tests.workers import free_port
 
 from .network import (
@@ -89,38 +94,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.25)
 
 
-# -- SCALE, just enough to read the three storage values -------------------------------------
-
-
-def _bytes_vec(data: bytes, at: int) -> tuple[bytes, int]:
-    length, at = read_compact(data, at)
-    return data[at : at + length], at + length
-
-
-def decode_upward_messages(raw: bytes) -> list[bytes]:
-    """``Vec<Vec<u8>>``."""
-    count, at = read_compact(raw, 0)
-    messages = []
-    for _ in range(count):
-        message, at = _bytes_vec(raw, at)
-        messages.append(message)
-    return messages
-
-
-def decode_hrmp_outbound(raw: bytes) -> list[tuple[int, bytes]]:
-    """``Vec<OutboundHrmpMessage { recipient: u32, data: Vec<u8> }>``."""
-    count, at = read_compact(raw, 0)
-    pages = []
-    for _ in range(count):
-        recipient = int.from_bytes(raw[at : at + 4], "little")
-        data, at = _bytes_vec(raw, at + 4)
-        pages.append((recipient, data))
-    return pages
-
-
-def decode_downward_queue(raw: bytes) -> list[tuple[int, bytes]]:
-    """``Vec<InboundDownwardMessage { sent_at: u32, msg: Vec<u8> }>``."""
-    return decode_hrmp_outbound(raw)  # same layout: a u32 then bytes
+# -- the three storage values are read with the XCM extractor's own decoders ------------------
 
 
 def blake2_256(data: bytes) -> str:
@@ -160,47 +134,12 @@ def events_named(blocks: list[ExtendedBlock], module: str, name: str) -> Iterato
 
 
 @contextmanager
-def running_ingress(
-    config: Path, redis_url: str, prefix: str, log_path: Path
+def running_child(
+    command: list[str], env: dict[str, str], log_path: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``ocstream ingress`` as a child in its own process group, stopped on exit."""
-    env = dict(os.environ, OCSTREAM_TRANSPORT_PREFIX=prefix)
-    command = [sys.executable, "-m", "ocstream", "ingress", "--config", str(config)]
-    command += ["--redis", redis_url, "--port", str(free_port())]
+    """A child in its own process group with its output in ``log_path``, stopped on exit
+    (SIGTERM, which ocstream's commands handle cleanly; SIGKILL after 30 s)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)  # the ingress stops cleanly on SIGTERM
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-
-@contextmanager
-def running_worker(
-    redis_url: str, prefix: str, log_path: Path, data_dir: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """``ocstream worker`` on the same Redis and prefix: the XCM dataflow over what the ingress
-    publishes. A child in its own process group, stopped on exit."""
-    env = dict(
-        os.environ, OCSTREAM_TRANSPORT_PREFIX=prefix, OCSTREAM_APP_ID=prefix.rstrip(":") + "-xcm"
-    )
-    command = [sys.executable, "-m", "ocstream", "worker", "-l", "info", "--redis", redis_url]
-    command += ["--port", str(free_port()), "--data-dir", str(data_dir)]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command,
@@ -221,6 +160,28 @@ def running_worker(
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def running_ingress(
+    config: Path, redis_url: str, prefix: str, log_path: Path
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    """``ocstream ingress`` on the local network's config."""
+    env = dict(os.environ, OCSTREAM_TRANSPORT_PREFIX=prefix)
+    command = [sys.executable, "-m", "ocstream", "ingress", "--config", str(config)]
+    command += ["--redis", redis_url, "--port", str(free_port())]
+    return running_child(command, env, log_path)
+
+
+def running_worker(
+    redis_url: str, prefix: str, log_path: Path, data_dir: Path
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    """``ocstream worker`` on the same Redis and prefix: the XCM dataflow over what the
+    ingress publishes."""
+    app_id = prefix.rstrip(":") + "-xcm"
+    env = dict(os.environ, OCSTREAM_TRANSPORT_PREFIX=prefix, OCSTREAM_APP_ID=app_id)
+    command = [sys.executable, "-m", "ocstream", "worker", "-l", "info", "--redis", redis_url]
+    command += ["--port", str(free_port()), "--data-dir", str(data_dir)]
+    return running_child(command, env, log_path)
 
 
 def write_config(directory: Path, net: LocalNet) -> Path:
