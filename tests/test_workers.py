@@ -83,9 +83,9 @@ def test_agent_consumes_everything_another_process_produced(
         )
         metrics = worker.get("/metrics")
         # A lone worker holds every partition: 4 each of the source topics (demo-events, blocks,
-        # xcm-legs) and of the 7 table changelogs (demo-counts and the six XCM tables), plus the
-        # leader topic's one.
-        assert f"ocstream_group_assigned_partitions {4 * (3 + 7) + 1}" in metrics
+        # xcm-legs, xcm-notifications) and of the 7 table changelogs (demo-counts and the six
+        # XCM tables), plus the leader topic's one.
+        assert f"ocstream_group_assigned_partitions {4 * (4 + 7) + 1}" in metrics
         fetched = [
             line
             for line in metrics.splitlines()
