@@ -1,27 +1,38 @@
 """Webhook delivery against a bare aiohttp client loop, in one run.
 
     python benchmarks/webhook.py [--redis URL] [--rounds K] [--notifications N] [--paced M]
-                                 [--rate R] [--concurrency C]
+                                 [--rate R] [--concurrency C] [--partitions P] [--no-worker]
 
 A local aiohttp receiver runs in a subprocess (so it does not share the sender's core) and
 records, for every POST, the notification id in the body and the arrival time (CLOCK_MONOTONIC,
-the same clock in both processes). Two senders post the same notification bodies to it with the
-same concurrency C:
+the same clock in every process: the sender keeps each notification's publish time and the
+latency is arrival − publish). Three senders deliver the same notification bodies to it:
 
 a. a bare aiohttp client loop: C tasks POSTing the bodies (the baseline: no Redis, no signing);
 b. ocstream's WebhookDispatcher with a ``whsec_`` secret (Standard Webhooks signing), fed by
-   ``enqueue`` as the delivery agent would call it; every delivery goes through Redis (the
-   at-most-once marker, the due set, the claim and the result scripts).
+   ``enqueue`` as the delivery agent would call it, with C POSTs in flight; every delivery goes
+   through Redis (the at-most-once marker, the due set, the claim and the result scripts);
+c. one real ``ocstream worker`` process (its own defaults: 64 POSTs in flight, a 0.5 s poll):
+   the notifications are appended to the ``xcm-notifications`` topic with ``TopicWriter``
+   (key: the journey id), and go the production way: the transport's consumer → the
+   ``xcm_deliver`` agent → ``Delivery.deliver`` (the live subscriptions' filters, the
+   ``dlv:notes`` fan-out) → ``WebhookDispatcher.enqueue`` → the POST. The run declares the two
+   networks in the registry and creates the subscription (origin urn:ocn:polkadot:1000,
+   destination urn:ocn:polkadot:2034, one signed webhook channel) with ``POST /subs``; the worker
+   is started once, waited for (assigned partitions), warmed up, and stopped with SIGTERM at the
+   end, on errors too.
 
 Each sender runs two phases:
 
 * throughput: N notifications published at once; notifications/s = N / (last arrival − first
-  publish);
-* latency: M notifications published at R per second; latency = arrival − publish, p50/p99.
+  publish); c appends them 500 to a round trip;
+* latency: M notifications published at R per second, one at a time; latency = arrival − publish
+  (for b, the ``enqueue`` call; for c, the ``send_many`` call that appends the record), p50/p99.
 
-The machine is shared and noisy, so a and b alternate for ``--rounds`` rounds; the script prints
-each round, the medians and the medians of the per-round ratios b/a. Redis keys live under a
-fresh prefix that is deleted at the end. A default run takes about half a minute.
+The machine is shared and noisy, so a, b and c alternate for ``--rounds`` rounds; the script
+prints each round, the medians and the medians of the per-round ratios b/a, c/a and c/b. Redis
+keys live under fresh prefixes that are deleted at the end. A default run takes about a minute
+(``--no-worker``: a and b only, about half a minute).
 """
 
 from __future__ import annotations
@@ -30,12 +41,17 @@ import argparse
 import asyncio
 import base64
 import os
+import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -43,8 +59,23 @@ import orjson
 import redis
 from aiohttp import web
 
+from ocstream.ingress.registry import NetworkRecord, NetworkRegistry
 from ocstream.sinks.webhook import WebhookDispatcher, WebhookSettings
+from ocstream.transport import TopicWriter
 from ocstream.transport.client import connect
+
+REPO = Path(__file__).resolve().parent.parent
+ORIGIN = "urn:ocn:polkadot:1000"
+DESTINATION = "urn:ocn:polkadot:2034"
+NOTIFICATIONS = "xcm-notifications"
+
+#: The short group timeouts of tests/workers.py: a lone worker is assigned within a second or two.
+FAST_GROUP_ENV = {
+    "OCSTREAM_TRANSPORT_SESSION_TIMEOUT": "3",
+    "OCSTREAM_TRANSPORT_HEARTBEAT_INTERVAL": "0.2",
+    "OCSTREAM_TRANSPORT_INITIAL_REBALANCE_DELAY": "0.5",
+    "OCSTREAM_TRANSPORT_REBALANCE_TIMEOUT": "20",
+}
 
 # -- the receiver (subprocess)
 
@@ -63,9 +94,13 @@ def serve() -> None:
         arrivals.clear()
         return web.Response(body=data, content_type="application/json")
 
+    async def count(request: web.Request) -> web.Response:
+        return web.Response(text=str(len(arrivals)))
+
     async def main() -> None:
         app = web.Application()
         app.router.add_get("/stats", stats)
+        app.router.add_get("/count", count)
         app.router.add_post("/{tail:.*}", hook)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -79,11 +114,14 @@ def serve() -> None:
 
 # -- senders
 
-Publish = Callable[[list[dict[str, Any]]], Awaitable[dict[str, float]]]
+PublishMany = Callable[[list[dict[str, Any]]], Awaitable[None]]
+#: notifications/s, latencies (s), CPU seconds per notification of the delivering process
+Result = tuple[float, list[float], float]
 
 
 def make_notifications(tag: str, n: int) -> list[dict[str, Any]]:
-    """Notification-shaped bodies of about 1.3 kB, like a real xcm.sent."""
+    """Notification-shaped bodies of about 1.3 kB, like a real xcm.sent (which subscription
+    ``bench`` selects: origin Asset Hub, final destination 2034)."""
     out = []
     for i in range(n):
         journey = uuid.uuid4().hex
@@ -95,14 +133,14 @@ def make_notifications(tag: str, n: int) -> list[dict[str, Any]]:
                 "subscriptionId": "bench",
                 "legs": [
                     {
-                        "from": "urn:ocn:polkadot:1000",
-                        "to": "urn:ocn:polkadot:2032",
+                        "from": ORIGIN,
+                        "to": DESTINATION,
                         "type": "hrmp",
                         "relay": "urn:ocn:polkadot:0",
                     }
                 ],
                 "origin": {
-                    "chainId": "urn:ocn:polkadot:1000",
+                    "chainId": ORIGIN,
                     "blockNumber": str(4833171 + i),
                     "blockHash": "0x" + os.urandom(32).hex(),
                     "extrinsicId": f"{4833171 + i}-2",
@@ -112,8 +150,8 @@ def make_notifications(tag: str, n: int) -> list[dict[str, Any]]:
                     "messageData": "0x" + os.urandom(120).hex(),
                     "event": {"section": "XcmpQueue", "method": "XcmpMessageSent", "tag": tag},
                 },
-                "destination": {"chainId": "urn:ocn:polkadot:2032"},
-                "waypoint": {"chainId": "urn:ocn:polkadot:1000", "legIndex": 0},
+                "destination": {"chainId": DESTINATION},
+                "waypoint": {"chainId": ORIGIN, "legIndex": 0},
                 "sender": {
                     "signer": {"id": "14DqgdKU6Zfh1UjdU4PYwpoHi2QTp37R6djehfbhXe9zoyQT"},
                     "extraSigners": [],
@@ -123,21 +161,33 @@ def make_notifications(tag: str, n: int) -> list[dict[str, Any]]:
     return out
 
 
+def in_gathers(publish: Callable[[dict[str, Any]], Awaitable[None]]) -> PublishMany:
+    """A ``publish_many`` that calls ``publish`` 50 at a time."""
+
+    async def publish_many(items: list[dict[str, Any]]) -> None:
+        for start in range(0, len(items), 50):
+            await asyncio.gather(*(publish(x) for x in items[start : start + 50]))
+
+    return publish_many
+
+
 async def run_phases(
-    publish: Callable[[dict[str, Any]], Awaitable[None]],
+    publish_many: PublishMany,
     drained: Callable[[], Awaitable[None]],
     stats: Callable[[], Awaitable[dict[str, float]]],
     n: int,
     paced: int,
     rate: float,
     tag: str,
-) -> tuple[float, list[float]]:
+    cpu: Callable[[], float] = time.process_time,
+) -> Result:
     # throughput: everything at once
     batch = make_notifications(tag + "-t", n)
+    cpu0 = cpu()
     t0 = time.monotonic()
-    for start in range(0, n, 50):
-        await asyncio.gather(*(publish(x) for x in batch[start : start + 50]))
+    await publish_many(batch)
     await drained()
+    cpu_each = (cpu() - cpu0) / n
     arrivals = await stats()
     assert len(arrivals) == n, f"{tag}: {len(arrivals)} of {n} arrived"
     throughput = n / (max(arrivals.values()) - t0)
@@ -150,17 +200,17 @@ async def run_phases(
         if delay > 0:
             await asyncio.sleep(delay)
         published[item["id"]] = time.monotonic()
-        await publish(item)
+        await publish_many([item])
     await drained()
     arrivals = await stats()
     assert len(arrivals) == paced, f"{tag}: {len(arrivals)} of {paced} arrived"
     latencies = sorted(arrivals[i] - published[i] for i in published)
-    return throughput, latencies
+    return throughput, latencies, cpu_each
 
 
 async def bench_bare(
     base: str, concurrency: int, n: int, paced: int, rate: float, stats: Any
-) -> tuple[float, list[float]]:
+) -> Result:
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
     headers = {"content-type": "application/json"}
@@ -181,7 +231,7 @@ async def bench_bare(
 
     try:
         session.headers.update(headers)
-        return await run_phases(publish, queue.join, stats, n, paced, rate, "bare")
+        return await run_phases(in_gathers(publish), queue.join, stats, n, paced, rate, "bare")
     finally:
         for task in workers:
             task.cancel()
@@ -191,7 +241,7 @@ async def bench_bare(
 
 async def bench_dispatcher(
     base: str, url: str, concurrency: int, n: int, paced: int, rate: float, stats: Any
-) -> tuple[float, list[float]]:
+) -> Result:
     prefix = f"bench-wh-{uuid.uuid4().hex[:8]}:"
     client = connect(url, name="bench-webhook")
     secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
@@ -218,16 +268,203 @@ async def bench_dispatcher(
             await asyncio.sleep(0.005)
 
     try:
-        return await run_phases(publish, drained, stats, n, paced, rate, "dispatcher")
+        return await run_phases(in_gathers(publish), drained, stats, n, paced, rate, "dispatcher")
     finally:
         await dispatcher.stop()
         failed = dispatcher.counters["failed_attempts"]
         if failed:
             print(f"  (dispatcher: {failed} failed attempts)")
         await client.aclose()
-        sync = redis.Redis.from_url(url)
-        for key in sync.scan_iter(match=prefix + "*", count=1000):
-            sync.delete(key)
+        delete_keys(url, prefix)
+
+
+# -- c: a real worker
+
+
+class WorkerFailed(Exception):
+    """The worker died, or did not get ready or deliver in time."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def delete_keys(url: str, prefix: str) -> None:
+    sync = redis.Redis.from_url(url)
+    try:
+        batch = list(sync.scan_iter(match=prefix + "*", count=1000))
+        for start in range(0, len(batch), 1000):
+            sync.delete(*batch[start : start + 1000])
+    finally:
+        sync.close()
+
+
+class BenchWorker:
+    """One ``python -m ocstream worker`` on a fresh prefix, with a subscription whose webhook
+    channel points at the receiver."""
+
+    def __init__(self, url: str, base: str, partitions: int, root: Path) -> None:
+        self.url = url
+        self.base = base
+        self.partitions = partitions
+        self.root = root
+        self.prefix = f"bench-whw-{uuid.uuid4().hex[:8]}:"
+        self.port = free_port()
+        self.http = f"http://127.0.0.1:{self.port}"
+        self.log_path = root / "worker.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.client = connect(url, name="bench-webhook-worker")
+        self.writer = TopicWriter(self.client, prefix=self.prefix, default_partitions=partitions)
+        self.session: aiohttp.ClientSession | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OCSTREAM_")}
+        env.update(FAST_GROUP_ENV)
+        env.update(
+            {
+                "OCSTREAM_TRANSPORT_PREFIX": self.prefix,
+                "OCSTREAM_APP_ID": f"bench-wh-{uuid.uuid4().hex[:6]}",
+                "OCSTREAM_PARTITIONS": str(self.partitions),
+                "OCSTREAM_WEBHOOK_ALLOW_PRIVATE": "1",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        args = [sys.executable, "-m", "ocstream", "worker", "-l", "info"]
+        args += ["--redis", self.url, "--port", str(self.port)]
+        args += ["--data-dir", str(self.root / "data")]
+        with self.log_path.open("ab") as log:
+            # Own session: Ctrl-C reaches this script only, which then stops the worker.
+            self.proc = subprocess.Popen(
+                args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+
+    def check_alive(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            raise WorkerFailed(f"the worker exited:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    async def _get(self, path: str) -> tuple[int, bytes]:
+        assert self.session is not None
+        async with self.session.get(self.http + path) as response:
+            return response.status, await response.read()
+
+    async def metrics(self) -> dict[str, float]:
+        _, body = await self._get("/metrics")
+        found: dict[str, float] = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                try:
+                    found[name] = float(value)
+                except ValueError:
+                    pass
+        return found
+
+    async def ready(self, timeout: float = 60.0) -> None:
+        """Networks declared, the worker up and assigned, the subscription created."""
+        registry = NetworkRegistry(self.client, self.prefix)
+        for urn in (ORIGIN, DESTINATION):
+            await registry.declare(NetworkRecord(id=urn))
+        await self.writer.create_topic(NOTIFICATIONS, self.partitions)
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while True:
+            self.check_alive()
+            try:
+                status, _ = await self._get("/health")
+                if status == 200:
+                    found = await self.metrics()
+                    if found.get("ocstream_group_assigned_partitions", 0) > 0:
+                        break
+                    last = "no partitions assigned yet"
+                else:
+                    last = f"/health {status}"
+            except (aiohttp.ClientError, OSError) as exc:
+                last = exc
+            if time.monotonic() > deadline:
+                raise WorkerFailed(f"the worker was not ready in {timeout:.0f} s ({last!r})")
+            await asyncio.sleep(0.2)
+        secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
+        subscription = {
+            "id": "bench",
+            "origin": ORIGIN,
+            "senders": "*",
+            "destinations": [DESTINATION],
+            "channels": [{"type": "webhook", "url": f"{self.base}/hook", "secret": secret}],
+        }
+        async with self.session.post(f"{self.http}/subs", json=subscription) as response:
+            if response.status != 201:
+                raise WorkerFailed(f"POST /subs: {response.status} {await response.text()}")
+
+    async def bench(
+        self, n: int, paced: int, rate: float, stats: Any, count: Any, tag: str = "worker"
+    ) -> Result:
+        expected = 0
+
+        async def publish_many(items: list[dict[str, Any]]) -> None:
+            nonlocal expected
+            expected += len(items)
+            records = []
+            for item in items:
+                body = {k: v for k, v in item.items() if k != "subscriptionId"}  # delivery adds it
+                records.append((item["journeyId"], orjson.dumps(body)))
+            for start in range(0, len(records), 500):
+                await self.writer.send_many(NOTIFICATIONS, records[start : start + 500])
+
+        async def drained() -> None:
+            deadline = time.monotonic() + 60
+            last = -1
+            while True:
+                got = await count()
+                if got >= expected:
+                    return
+                if got != last:
+                    last, deadline = got, time.monotonic() + 60  # progress: wait on
+                self.check_alive()
+                if time.monotonic() > deadline:
+                    raise WorkerFailed(
+                        f"{tag}: {got} of {expected} arrived, none for 60 s:\n{self.log_tail()}"
+                    )
+                await asyncio.sleep(0.005)
+
+        async def stats_and_reset() -> dict[str, float]:
+            nonlocal expected
+            expected = 0
+            data: dict[str, float] = await stats()
+            return data
+
+        assert self.proc is not None
+        pid = self.proc.pid
+        return await run_phases(
+            publish_many, drained, stats_and_reset, n, paced, rate, tag, lambda: cpu_seconds(pid)
+        )
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+        await self.client.aclose()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self.proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                print("  (the worker did not stop in 30 s after SIGTERM; killed)")
+                self.proc.kill()
+                self.proc.wait()
+        delete_keys(self.url, self.prefix)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -240,66 +477,121 @@ async def amain(args: argparse.Namespace) -> None:
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True
     )
-    rounds: list[tuple[tuple[float, list[float]], tuple[float, list[float]]]] = []
+    root = Path(tempfile.mkdtemp(prefix="bench-webhook-"))
+    worker: BenchWorker | None = None
+    rounds: list[dict[str, Result]] = []
+    keys = ["a", "b"] if args.no_worker else ["a", "b", "c"]
+    # SIGTERM cancels the run like Ctrl-C does (asyncio.run's own SIGINT handling), so the
+    # finally below still stops the worker and deletes the keys.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    stats_session = aiohttp.ClientSession()
     try:
         assert proc.stdout is not None
         port = int(proc.stdout.readline())
         base = f"http://127.0.0.1:{port}"
-        stats_session = aiohttp.ClientSession()
 
         async def stats() -> dict[str, float]:
             async with stats_session.get(f"{base}/stats") as r:
                 data: dict[str, float] = orjson.loads(await r.read())
                 return data
 
+        async def count() -> int:
+            async with stats_session.get(f"{base}/count") as r:
+                return int(await r.text())
+
         c, n, m, rate = args.concurrency, args.notifications, args.paced, args.rate
         print(
-            f"{args.rounds} rounds of a then b: {n} notifications at once, then {m} at "
+            f"{args.rounds} rounds of {', '.join(keys)}: {n} notifications at once, then {m} at "
             f"{rate:g}/s; concurrency {c}; receiver in a subprocess on port {port}"
         )
-        # warm up both paths (connections, script loading) before measuring
+        if not args.no_worker:
+            worker = BenchWorker(args.redis, base, args.partitions, root)
+            worker.start()
+            started = time.monotonic()
+            await worker.ready()
+            print(
+                f"worker ready in {time.monotonic() - started:.1f} s "
+                f"({args.partitions} partitions of {NOTIFICATIONS})"
+            )
+        # warm up every path (connections, script loading, the worker's live subscriptions)
         await bench_bare(base, c, 200, 20, 200.0, stats)
         await bench_dispatcher(base, args.redis, c, 200, 20, 200.0, stats)
+        if worker is not None:
+            await worker.bench(200, 20, 200.0, stats, count, "worker warm-up")
+        labels = {"a": "a bare aiohttp", "b": "b dispatcher  ", "c": "c worker      "}
         for i in range(args.rounds):
-            a = await bench_bare(base, c, n, m, rate, stats)
-            b = await bench_dispatcher(base, args.redis, c, n, m, rate, stats)
-            rounds.append((a, b))
-            for label, (thr, lat) in (("a bare aiohttp", a), ("b dispatcher  ", b)):
+            results: dict[str, Result] = {}
+            results["a"] = await bench_bare(base, c, n, m, rate, stats)
+            results["b"] = await bench_dispatcher(base, args.redis, c, n, m, rate, stats)
+            if worker is not None:
+                results["c"] = await worker.bench(n, m, rate, stats, count)
+            rounds.append(results)
+            for key in keys:
+                thr, lat, cpu = results[key]
                 p50, p99 = percentile(lat, 50) * 1000, percentile(lat, 99) * 1000
                 print(
-                    f"round {i + 1}  {label} {thr:>8,.0f} notifications/s"
-                    f"   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms"
+                    f"round {i + 1}  {labels[key]} {thr:>8,.0f} notifications/s"
+                    f"   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   CPU {cpu * 1e6:5.0f} µs each"
                 )
-        await stats_session.close()
+        if worker is not None:
+            found = await worker.metrics()
+            problems = {
+                name: value
+                for name in (
+                    "oc_webhook_failed_attempts_total",
+                    "oc_webhook_dropped_duplicates_total",
+                    "oc_delivery_errors_total",
+                )
+                if (value := found.get(name, 0))
+            }
+            if problems:
+                print(f"  (worker: {problems})")
+    except WorkerFailed as exc:
+        print(f"phase c failed: {exc}", file=sys.stderr)
+        raise SystemExit(1) from exc
     finally:
+        await stats_session.close()
+        if worker is not None:
+            await worker.stop()
         proc.terminate()
         proc.wait(timeout=10)
+        shutil.rmtree(root, ignore_errors=True)
 
     def median(values: list[float]) -> float:
         return statistics.median(values)
 
     summary = {}
-    for key, index in (("a", 0), ("b", 1)):
-        runs = [r[index] for r in rounds]
+    for key in keys:
+        runs = [r[key] for r in rounds]
         summary[key] = (
-            median([thr for thr, _ in runs]),
-            median([percentile(lat, 50) for _, lat in runs]),
-            median([percentile(lat, 99) for _, lat in runs]),
+            median([thr for thr, _, _ in runs]),
+            median([percentile(lat, 50) for _, lat, _ in runs]),
+            median([percentile(lat, 99) for _, lat, _ in runs]),
+            median([cpu for _, _, cpu in runs]),
         )
-    labels = {"a": "a  bare aiohttp client loop ", "b": "b  WebhookDispatcher, signed"}
-    for key in ("a", "b"):
-        thr, p50, p99 = summary[key]
+    labels = {
+        "a": "a  bare aiohttp client loop ",
+        "b": "b  WebhookDispatcher, signed",
+        "c": "c  worker: topic → webhook  ",
+    }
+    for key in keys:
+        thr, p50, p99, cpu = summary[key]
         print(
             f"{labels[key]} {thr:>8,.0f} notifications/s   latency p50 {p50 * 1000:5.1f} ms"
-            f"   p99 {p99 * 1000:5.1f} ms   (medians)"
+            f"   p99 {p99 * 1000:5.1f} ms   CPU {cpu * 1e6:5.0f} µs each   (medians)"
         )
-    thr_ratio = median([b[0] / a[0] for a, b in rounds])
-    p50_ratio = median([percentile(b[1], 50) / percentile(a[1], 50) for a, b in rounds])
-    p99_ratio = median([percentile(b[1], 99) / percentile(a[1], 99) for a, b in rounds])
-    print(
-        f"RATIOS throughput b/a={thr_ratio:.3f}  latency p50 b/a={p50_ratio:.2f}"
-        f"  p99 b/a={p99_ratio:.2f}  (medians of the per-round ratios)"
-    )
+
+    def ratios(top: str, bottom: str) -> str:
+        thr = median([r[top][0] / r[bottom][0] for r in rounds])
+        p50 = median([percentile(r[top][1], 50) / percentile(r[bottom][1], 50) for r in rounds])
+        p99 = median([percentile(r[top][1], 99) / percentile(r[bottom][1], 99) for r in rounds])
+        return f"{top}/{bottom}: throughput {thr:.3f}  p50 {p50:.2f}  p99 {p99:.2f}"
+
+    pairs = [("b", "a")] + ([] if args.no_worker else [("c", "a"), ("c", "b")])
+    print("RATIOS " + "   ".join(ratios(*pair) for pair in pairs))
+    print("       (medians of the per-round ratios)")
 
 
 def main() -> None:
@@ -309,13 +601,21 @@ def main() -> None:
     parser.add_argument("--notifications", type=int, default=3000)
     parser.add_argument("--paced", type=int, default=400, help="notifications in the latency phase")
     parser.add_argument("--rate", type=float, default=200.0, help="per second, latency phase")
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=64, help="POSTs in flight, a and b")
+    parser.add_argument(
+        "--partitions", type=int, default=4, help="partitions of xcm-notifications (c)"
+    )
+    parser.add_argument("--no-worker", action="store_true", help="skip c (a and b only)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve()
         return
-    asyncio.run(amain(args))
+    try:
+        asyncio.run(amain(args))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":
