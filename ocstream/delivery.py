@@ -182,15 +182,15 @@ class Delivery(Service):
         journey = str(notification.get("journeyId", ""))
         member = f"{subscription.id}|{journey}"
         if is_terminal(notification):
-            first = await self.client.set(
-                f"{self.prefix}dlv:term:{subscription.id}:{journey}",
-                kind,
-                nx=True,
-                ex=BOOKKEEPING_SECONDS,
-            )
-            if not first:
-                self.counters["late"] += 1  # this subscription already had its terminal
-                return 0
+            # The marker holds the terminal's notification id: a retry of this same delivery
+            # (after a Redis error further down) goes on; another terminal is late.
+            key = f"{self.prefix}dlv:term:{subscription.id}:{journey}"
+            note_id = str(notification["id"])
+            if not await self.client.set(key, note_id, nx=True, ex=BOOKKEEPING_SECONDS):
+                held = await self.client.get(key)
+                if (held.decode() if isinstance(held, bytes) else held) != note_id:
+                    self.counters["late"] += 1  # this subscription already had its terminal
+                    return 0
             await self.client.zrem(self._ttl_key, member)
             await self.client.hdel(self._ttl_notes, member)
         elif (
@@ -258,13 +258,13 @@ class Delivery(Service):
         fired = 0
         for raw in due:
             member = raw.decode() if isinstance(raw, bytes) else str(raw)
+            note = await self.client.hget(self._ttl_notes, member)
             if not await self.client.zrem(self._ttl_key, member):
                 continue  # another worker took it
-            note = await self.client.hget(self._ttl_notes, member)
-            await self.client.hdel(self._ttl_notes, member)
             subscription_id = member.split("|", 1)[0]
             subscription = self.subscriptions.get(subscription_id)
             if note is None or subscription is None:
+                await self.client.hdel(self._ttl_notes, member)
                 continue
             sent = orjson.loads(note)
             timeout = {
@@ -272,7 +272,14 @@ class Delivery(Service):
                 "type": "xcm.timeout",
                 "id": f"{sent['journeyId']}:timeout:{len(sent.get('legs') or [1]) - 1}",
             }
-            await self.deliver_to(subscription, timeout)
+            try:
+                await self.deliver_to(subscription, timeout)
+            except BaseException:
+                # Not delivered: put the timer back (due now) for the next pass, or another
+                # worker, to fire it again.
+                await self.client.zadd(self._ttl_key, {member: now})
+                raise
+            await self.client.hdel(self._ttl_notes, member)
             self.counters["subscription_timeouts"] += 1
             fired += 1
         return fired

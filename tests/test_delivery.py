@@ -191,3 +191,29 @@ def test_terminal_notifications() -> None:
     assert is_terminal(note("xcm.received")) and is_terminal(note("xcm.timeout"))
     assert is_terminal(note("xcm.hop", outcome="Fail"))
     assert not is_terminal(note("xcm.hop")) and not is_terminal(note("xcm.sent"))
+
+
+async def test_a_terminal_retried_after_a_redis_error_is_still_delivered(
+    world: dict[str, Any],
+) -> None:
+    store, lives, (first, _) = world["store"], world["lives"], world["workers"]
+    await store.create_many([sub("one")])
+    await settle(lives, 1)
+    hooks = world["hooks"]
+    original = hooks.enqueue
+    failures = [ConnectionError("Redis went away")]
+
+    async def flaky(subscription_id: str, index: int, note: dict[str, Any]) -> bool:
+        if failures:
+            raise failures.pop()
+        return await original(subscription_id, index, note)
+
+    hooks.enqueue = flaky
+    with pytest.raises(ConnectionError):
+        await first.deliver(note("xcm.received", journey="retry"))
+    # The agent retries the same notification: its terminal marker must not count it as late.
+    await first.deliver(note("xcm.received", journey="retry"))
+    assert hooks.types("one") == ["xcm.received"]
+    # A different terminal of the same journey is late.
+    await first.deliver(note("xcm.timeout", journey="retry"))
+    assert hooks.types("one") == ["xcm.received"]
