@@ -93,7 +93,7 @@ def test_faust_commands_keep_working_under_ocstream() -> None:
 
 
 def test_worker_without_redis_runs_on_an_embedded_redis_and_stops_it(tmp_path: Path) -> None:
-    worker = Worker("solo", tmp_path, redis_url=None, prefix="ocs:", app_id="solo")
+    worker = Worker("solo", tmp_path, redis_url=None, prefix="ocs:", app_id="solo", dataflow=None)
     worker.start()
     try:
         worker.wait_assigned()
@@ -110,7 +110,7 @@ def test_worker_without_redis_runs_on_an_embedded_redis_and_stops_it(tmp_path: P
     wait_for(lambda: not Path(f"/proc/{redis_pid}").exists(), 10, "embedded Redis to stop")
     assert list((worker.data_dir / "redis").glob("appendonly.aof*"))
     # A restart on the same data dir finds the same data through the AOF.
-    again = Worker("solo", tmp_path, redis_url=None, prefix="ocs:", app_id="solo")
+    again = Worker("solo", tmp_path, redis_url=None, prefix="ocs:", app_id="solo", dataflow=None)
     again.start()
     try:
         again.wait_assigned()

@@ -74,6 +74,7 @@ class Worker:
         partitions: int = 4,
         env: dict[str, str] | None = None,
         port: int | None = None,
+        dataflow: str | None = "demo",
     ) -> None:
         self.name = name
         self.data_dir = root / name
@@ -92,6 +93,9 @@ class Worker:
             }
         )
         self.env.pop("OCSTREAM_REDIS_URL", None)
+        # The transport's tests run the demo dataflow alone (None: the whole dataflow).
+        if dataflow is not None:
+            self.env["OCSTREAM_DATAFLOW"] = dataflow
         self.env.update(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 

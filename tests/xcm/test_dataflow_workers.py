@@ -58,7 +58,15 @@ def test_two_workers_match_recorded_journeys(
     ump = blocks_from_case(fixtures_dir / "cases" / "v1-ump-assethub-polkadot.json", fixtures_dir)
     env = {"OCSTREAM_XCM_JOURNEY_TTL": "8", "OCSTREAM_XCM_SWEEP_INTERVAL": "2"}
     workers = [
-        Worker(name, tmp_path, redis_url=redis_url, prefix=prefix, app_id=app_id, env=env)
+        Worker(
+            name,
+            tmp_path,
+            redis_url=redis_url,
+            prefix=prefix,
+            app_id=app_id,
+            env=env,
+            dataflow="xcm",
+        )
         for name in ("w1", "w2")
     ]
     try:
