@@ -65,7 +65,7 @@ def test_two_workers_match_recorded_journeys(
             prefix=prefix,
             app_id=app_id,
             env=env,
-            dataflow="xcm",
+            dataflow="xcm,demo",  # the demo's page tells when a worker is assigned
         )
         for name in ("w1", "w2")
     ]
