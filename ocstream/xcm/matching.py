@@ -277,18 +277,11 @@ class Engine:
         # No seen-check: a re-delivered receipt finds its journey done (and is kept as an
         # orphan until it expires) or replaces its own pending entry; ids make it harmless.
         leg = ReceivedLeg.model_validate(record["leg"])
-        if tables.get("inbound", _jkey(chain, "leg:" + leg.identity)) is not None:
-            step.count("duplicate_legs")  # already waiting (perhaps with hop-outs parked on it)
-            return
+        if self._is_pending(tables, "inbound", chain, leg.identity, step):
+            return  # already waiting (perhaps with hop-outs parked on it)
         data = leg.model_dump(by_alias=True)
-        if self._match_received(tables, chain, data, step):
-            return
-        # Nothing to match yet: keep it (under each id, and by identity for parked hop-outs).
-        entry = {"leg": data, "expires": self.now() + self.settings.pending_ttl}
-        for message_id in leg.ids:
-            _append(tables, "inbound", f"{chain}:{message_id}", leg.identity)
-        tables.set("inbound", _jkey(chain, "leg:" + leg.identity), entry)
-        step.count("inbound_pending")
+        if not self._match_received(tables, chain, data, step):
+            self._keep_pending(tables, "inbound", chain, data, leg.ids, step)
 
     def _match_received(self, tables: Tables, chain: str, leg: dict[str, Any], step: Step) -> bool:
         ids = list(dict.fromkeys((leg["message_id"], leg["message_hash"])))
@@ -319,17 +312,44 @@ class Engine:
     def _on_relayed(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
         # No seen-check: a journey notes each relayed leg once, and a pending one is replaced.
         leg = RelayedLeg.model_validate(record["leg"])
-        if tables.get("relay", _jkey(chain, "leg:" + leg.identity)) is not None:
-            step.count("duplicate_legs")
+        if self._is_pending(tables, "relay", chain, leg.identity, step):
             return
         data = leg.model_dump(by_alias=True)
-        if self._match_relayed(tables, chain, data, step):
-            return
-        entry = {"leg": data, "expires": self.now() + self.settings.pending_ttl}
-        for message_id in leg.ids:
-            _append(tables, "relay", f"{chain}:{message_id}", leg.identity)
-        tables.set("relay", _jkey(chain, "leg:" + leg.identity), entry)
-        step.count("relayed_pending")
+        if not self._match_relayed(tables, chain, data, step):
+            self._keep_pending(tables, "relay", chain, data, leg.ids, step)
+
+    # -- legs waiting for their journey (tables inbound and relay) --
+
+    @staticmethod
+    def _is_pending(tables: Tables, table: str, chain: str, identity: str, step: Step) -> bool:
+        if tables.get(table, _jkey(chain, "leg:" + identity)) is None:
+            return False
+        step.count("duplicate_legs")
+        return True
+
+    def _keep_pending(
+        self,
+        tables: Tables,
+        table: str,
+        chain: str,
+        leg: dict[str, Any],
+        ids: list[str],
+        step: Step,
+    ) -> None:
+        """Nothing to match yet: keep the leg by identity (hop-outs park on it) and list it
+        under each of its ids, until its journey arrives or it expires."""
+        entry = {"leg": leg, "ids": ids, "expires": self.now() + self.settings.pending_ttl}
+        for message_id in ids:
+            _append(tables, table, f"{chain}:{message_id}", leg["identity"])
+        tables.set(table, _jkey(chain, "leg:" + leg["identity"]), entry)
+        step.count(f"{table}_pending")
+
+    @staticmethod
+    def _drop_pending(tables: Tables, table: str, chain: str, entry: dict[str, Any]) -> None:
+        identity = entry["leg"]["identity"]
+        for message_id in entry["ids"]:
+            _remove(tables, table, f"{chain}:{message_id}", identity)
+        tables.delete(table, _jkey(chain, "leg:" + identity))
 
     def _match_relayed(self, tables: Tables, chain: str, leg: dict[str, Any], step: Step) -> bool:
         for table in ("outbound", "hop"):
@@ -477,7 +497,7 @@ class Engine:
                 current = tables.get("journeys", _jkey(chain, journey["id"]))
                 if current is None or current["leg_from"] != pending["leg"]["origin"]:
                     continue
-                self._drop_pending(tables, "relay", chain, pending["leg"])
+                self._drop_pending(tables, "relay", chain, pending)
                 self._relayed(tables, chain, current, pending["leg"], step)
             for identity in list(tables.get("inbound", f"{chain}:{message_id}") or []):
                 pending = tables.get("inbound", _jkey(chain, "leg:" + identity))
@@ -489,23 +509,11 @@ class Engine:
                 if current is None or not self._from_agrees(current, leg):
                     continue
                 if current["role"] == "final" or not current.get("hopped_in"):
-                    self._drop_pending(tables, "inbound", chain, leg)
+                    self._drop_pending(tables, "inbound", chain, pending)
                     if current["role"] == "final":
                         self._final(tables, chain, current, leg, step)
                         return
                     self._hop_in(tables, chain, current, leg, step)
-
-    def _drop_pending(self, tables: Tables, table: str, chain: str, leg: dict[str, Any]) -> None:
-        for message_id in (
-            leg["ids"]
-            if table == "relay"
-            else (
-                leg["message_id"],
-                leg["message_hash"],
-            )
-        ):
-            _remove(tables, table, f"{chain}:{message_id}", leg["identity"])
-        tables.delete(table, _jkey(chain, "leg:" + leg["identity"]))
 
     def _on_extend(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
         jid = record["journey"]
@@ -570,8 +578,7 @@ class Engine:
             if expires is None or expires > now:
                 continue
             if table in ("inbound", "relay") and "leg" in value:
-                leg = value["leg"]
-                self._drop_pending(tables, table, chain, leg)
+                self._drop_pending(tables, table, chain, value)
                 step.count(f"{table}_expired")
                 for parked in value.get("parked", []):
                     # Its journey never showed up: what it forwarded is a journey of its own.
