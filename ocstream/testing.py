@@ -38,7 +38,7 @@ import cbor2
 import orjson
 from pydantic import JsonValue
 
-from .ingress.decode import DecoderCache, build_extended_block, dispatch_error_of, timestamp_of
+from .ingress.decode import DecoderCache, build_extended_block, extrinsic_outcomes, timestamp_of
 from .ingress.model import Event, ExtendedBlock, Extrinsic, Phase, StorageItem
 from .ingress.raw import RawBlock, load_sidecar_json, load_v1_cbor
 from .ingress.registry import NetworkRecord, NetworkRegistry
@@ -357,14 +357,7 @@ def block_from_decoded(
     where = f"{network} #{number}"
 
     events = [_event(index, record) for index, record in enumerate(block.get("events") or ())]
-    outcomes: dict[int, tuple[bool, JsonValue]] = {}
-    for event in events:
-        if event.module != "System" or event.extrinsic_index is None:
-            continue
-        if event.name == "ExtrinsicSuccess":
-            outcomes[event.extrinsic_index] = (True, None)
-        elif event.name == "ExtrinsicFailed":
-            outcomes[event.extrinsic_index] = (False, dispatch_error_of(event.fields))
+    outcomes = extrinsic_outcomes(events)
 
     raw_extrinsics = block.get("extrinsics") or ()
     if outcomes and max(outcomes) >= len(raw_extrinsics):

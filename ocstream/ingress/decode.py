@@ -66,6 +66,7 @@ __all__ = [
     "build_extended_block",
     "decode_header",
     "dispatch_error_of",
+    "extrinsic_outcomes",
     "read_compact",
     "read_header",
     "timestamp_of",
@@ -845,14 +846,7 @@ def build_extended_block(
     head = decode_header(header)
     decoded_events = _as_events(decoder, events)
 
-    outcomes: dict[int, tuple[bool, JsonValue]] = {}
-    for event in decoded_events:
-        if event.module != "System" or event.extrinsic_index is None:
-            continue
-        if event.name == "ExtrinsicSuccess":
-            outcomes[event.extrinsic_index] = (True, None)
-        elif event.name == "ExtrinsicFailed":
-            outcomes[event.extrinsic_index] = (False, dispatch_error_of(event.fields))
+    outcomes = extrinsic_outcomes(decoded_events)
     # Every applied extrinsic reports exactly one outcome; a gap means the events belong to another
     # block (or were cut), and publishing made-up outcomes would mislead every subscriber.
     if outcomes and max(outcomes) >= len(extrinsics):
@@ -904,6 +898,20 @@ def _as_events(
         else:
             decoded.append(decoder.decode_event_record(bytes(item), index))
     return decoded
+
+
+def extrinsic_outcomes(events: Iterable[Event]) -> dict[int, tuple[bool, JsonValue]]:
+    """``{extrinsic index: (success, dispatch error)}`` from the ``System.ExtrinsicSuccess`` /
+    ``System.ExtrinsicFailed`` events of the ApplyExtrinsic phases."""
+    outcomes: dict[int, tuple[bool, JsonValue]] = {}
+    for event in events:
+        if event.module != "System" or event.extrinsic_index is None:
+            continue
+        if event.name == "ExtrinsicSuccess":
+            outcomes[event.extrinsic_index] = (True, None)
+        elif event.name == "ExtrinsicFailed":
+            outcomes[event.extrinsic_index] = (False, dispatch_error_of(event.fields))
+    return outcomes
 
 
 def dispatch_error_of(fields: JsonValue) -> JsonValue:
