@@ -43,7 +43,6 @@ import base64
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -64,18 +63,15 @@ from ocstream.sinks.webhook import WebhookDispatcher, WebhookSettings
 from ocstream.transport import TopicWriter
 from ocstream.transport.client import connect
 
+# The process helpers of the tests: free ports, the fast group timeouts, a clean environment.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.workers import FAST_GROUP_ENV, free_port, ocstream_env  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 ORIGIN = "urn:ocn:polkadot:1000"
 DESTINATION = "urn:ocn:polkadot:2034"
 NOTIFICATIONS = "xcm-notifications"
 
-#: The short group timeouts of tests/workers.py: a lone worker is assigned within a second or two.
-FAST_GROUP_ENV = {
-    "OCSTREAM_TRANSPORT_SESSION_TIMEOUT": "3",
-    "OCSTREAM_TRANSPORT_HEARTBEAT_INTERVAL": "0.2",
-    "OCSTREAM_TRANSPORT_INITIAL_REBALANCE_DELAY": "0.5",
-    "OCSTREAM_TRANSPORT_REBALANCE_TIMEOUT": "20",
-}
 
 # -- the receiver (subprocess)
 
@@ -285,12 +281,6 @@ class WorkerFailed(Exception):
     """The worker died, or did not get ready or deliver in time."""
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -326,7 +316,7 @@ class BenchWorker:
         self.session: aiohttp.ClientSession | None = None
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OCSTREAM_")}
+        env = ocstream_env()
         env.update(FAST_GROUP_ENV)
         env.update(
             {

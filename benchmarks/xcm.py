@@ -40,7 +40,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -61,6 +60,10 @@ from throughput import baseline, fill  # benchmarks/ is this script's directory
 from ocstream.transport import Keyspace, TopicWriter
 from ocstream.xcm.legs import ReceivedLeg, RelayedLeg, SentLeg, legs_of
 
+# The process helpers of the tests: free ports, the fast group timeouts, a clean environment.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.workers import FAST_GROUP_ENV, free_port, ocstream_env  # noqa: E402
+
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,26 +75,12 @@ PARAS = [
     f"urn:ocn:polkadot:{n}" for n in (1000, 2000, 2004, 2006, 2030, 2032, 2034, 2035, 2051, 2104)
 ]
 
-#: The short group timeouts of tests/workers.py: a worker is assigned within a second or two.
-FAST_GROUP_ENV = {
-    "OCSTREAM_TRANSPORT_SESSION_TIMEOUT": "3",
-    "OCSTREAM_TRANSPORT_HEARTBEAT_INTERVAL": "0.2",
-    "OCSTREAM_TRANSPORT_INITIAL_REBALANCE_DELAY": "0.5",
-    "OCSTREAM_TRANSPORT_REBALANCE_TIMEOUT": "20",
-}
-
 
 class Incomplete(Exception):
     """A phase did not complete in time (or a worker died)."""
 
 
 # --- workers -------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class WorkerProc:
@@ -114,7 +103,7 @@ class WorkerProc:
         self.log_path = root / f"{name}.log"
         self.port = free_port()
         self.url = url
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("OCSTREAM_")}
+        self.env = ocstream_env()
         self.env.update(FAST_GROUP_ENV)
         self.env.update(
             {

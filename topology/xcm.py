@@ -67,7 +67,7 @@ class Networks:
         self.app = app
         self.refresh_seconds = refresh_seconds
         self._registry: NetworkRegistry | None = None
-        self._codecs: dict[tuple[str, int], XcmCodec | None] = {}
+        self._codecs: dict[tuple[str, int], XcmCodec] = {}
         self._decoders = DecoderCache()
         self._records: dict[str, Any] = {}
         self._loaded_at = 0.0
@@ -93,7 +93,7 @@ class Networks:
         return getattr(record, "ss58_prefix", None) if record is not None else None
 
     async def codec(self, block: ExtendedBlock) -> XcmCodec:
-        await self.refresh()
+        """The codec of the block's runtime (call :meth:`refresh` first)."""
         spec = block.spec_version
         if spec is None:
             record = self._records.get(block.network)
@@ -109,10 +109,7 @@ class Networks:
                 self._decoders.get_or_build, block.network, spec, lambda: metadata
             )
             self._codecs[key] = XcmCodec(decoder)
-        codec = self._codecs[key]
-        if codec is None:  # pragma: no cover - a failed build raises before caching
-            raise XcmDecodeError(f"{block.network}: spec {spec} has no XCM codec")
-        return codec
+        return self._codecs[key]
 
 
 async def _scan(table: Any) -> Any:
