@@ -18,16 +18,16 @@ import pytest
 
 from ocstream.ingress.decode import DecoderCache, RuntimeDecoder
 from ocstream.ingress.model import ExtendedBlock
-from ocstream.testing import blocks_from_case
+from ocstream.testing import blocks_from_case, fixtures_path
 from ocstream.xcm.codec import VersionRoutedCodec, XcmCodec
 from ocstream.xcm.extract import Extracted, extract
 from ocstream.xcm.sender import sender_of
 
 from .sim import Cluster
 
-CASES = sorted(
-    p.stem for p in (Path(__file__).parents[2].parent / "shared/fixtures/cases").glob("*.json")
-)
+# From the same place the fixtures fixture reads ($OCSTREAM_FIXTURES or ../shared/fixtures): a
+# missing folder fails the collection instead of leaving an empty, silently skipped parameter set.
+CASES = sorted(p.stem for p in (fixtures_path() / "cases").glob("*.json"))
 
 
 def load_case(fixtures_dir: Path, name: str) -> dict[str, Any]:
@@ -69,6 +69,15 @@ def extract_case(
 
         found[entry["ref"]] = (block, extract(block, codec, ss58_prefix=prefix, sender_of=sender))
     return found
+
+
+def match_case(found: dict[str, tuple[ExtendedBlock, Extracted]], case: dict[str, Any]) -> Cluster:
+    """The case's legs through the simulated partitions, block by block in journey order."""
+    cluster = Cluster()
+    for entry in case["blocks"]:
+        cluster.publish_legs(found[entry["ref"]][1].legs)
+        cluster.drain()
+    return cluster
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -184,10 +193,7 @@ def test_case_notifications(
 ) -> None:
     case = load_case(fixtures_dir, name)
     found = extract_case(fixtures_dir, case, decoder_for, routed_codec, decoders)
-    cluster = Cluster()
-    for entry in case["blocks"]:
-        cluster.publish_legs(found[entry["ref"]][1].legs)
-        cluster.drain()
+    cluster = match_case(found, case)
     types = [n["type"] for n in cluster.notifications]
     assert types == JOURNEYS[name], types
     ids = [n["id"] for n in cluster.notifications]
@@ -207,10 +213,7 @@ def test_hop_notifications_carry_the_hops_own_messages(
 ) -> None:
     case = load_case(fixtures_dir, "v1-dmp-hop-polkadot-hydra")
     found = extract_case(fixtures_dir, case, decoder_for, routed_codec, decoders)
-    cluster = Cluster()
-    for entry in case["blocks"]:
-        cluster.publish_legs(found[entry["ref"]][1].legs)
-        cluster.drain()
+    cluster = match_case(found, case)
     messages = {m["label"]: m for m in case["messages"]}
     hops = {n["direction"]: n for n in cluster.notifications if n["type"] == "xcm.hop"}
     # In: the DMP message that reached Hydration; out: the one Hydration sent on to Asset Hub.
