@@ -30,7 +30,7 @@ from ocstream.testing import blocks_from_case, publish_blocks_sync, register_net
 
 from .conftest import SYSTEM_REDIS_URL
 from .test_dashboard import chromium_or_fail, png_size, run_chromium
-from .workers import ocstream_env, wait_for
+from .workers import free_port, ocstream_env, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 GUIDE = REPO / "docs" / "deploy.md"
@@ -90,8 +90,10 @@ def receiver() -> Iterator[Receiver]:
     found.stop()
 
 
-def http_get(path: str, token: str | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(f"http://127.0.0.1:3000{path}")
+def http_get(
+    path: str, token: str | None = None, base: str = "http://127.0.0.1:3000"
+) -> tuple[int, str]:
+    request = urllib.request.Request(f"{base}{path}")
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -207,6 +209,40 @@ def test_the_guides_example_delivers_recorded_xcm_to_the_webhook(
         )
         assert png_size(shot) == (1280, 900)
         print(f"dashboard screenshot: {shot}")
+
+        # A second worker, started afterwards on the same Redis, serves the stored subscription,
+        # and sees a change made through the first one (the subscriptions live in Redis).
+        second_port = free_port()
+        second_cmd = [*command, "--port", str(second_port), "--data-dir", str(tmp_path / "w2")]
+        with (tmp_path / "worker2.log").open("wb") as log2:
+            second = subprocess.Popen(
+                second_cmd, cwd=REPO, env=env, stdout=log2, stderr=subprocess.STDOUT
+            )
+        try:
+            base2 = f"http://127.0.0.1:{second_port}"
+
+            def stored() -> dict[str, Any] | None:
+                status, body = http_get("/subs/unique-sub-name-1", base=base2)
+                return json.loads(body) if status == 200 else None
+
+            assert wait_for(stored, 60, "the second worker")["origin"] == "urn:ocn:polkadot:0"
+            patch = [{"op": "replace", "path": "/senders", "value": ["0x" + "11" * 32]}]
+            request = urllib.request.Request(
+                "http://127.0.0.1:3000/subs/unique-sub-name-1",
+                data=json.dumps(patch).encode(),
+                method="PATCH",
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                assert answer.status == 200
+            wait_for(
+                lambda: (found := stored()) is not None and found["senders"] != "*",
+                10,
+                "the patch to show on the second worker",
+            )
+        finally:
+            second.terminate()
+            second.wait(30)
     finally:
         worker.terminate()
         try:
