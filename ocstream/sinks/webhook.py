@@ -675,8 +675,6 @@ class WebhookDispatcher:
         except Exception as exc:  # a bug must not kill the loop; retry the delivery later
             log.exception("webhook: delivery %s failed unexpectedly", delivery_id)
             outcome = _Outcome("defer", error=f"internal error: {exc!r}", delay=5.0)
-        if outcome.counter:
-            self.counters[outcome.counter] += 1
         attempts = _int(record.get("attempt"), 0) or 0
         if outcome.attempted and outcome.action != "delete":
             self.counters["failed_attempts"] += 1
@@ -689,7 +687,6 @@ class WebhookDispatcher:
                     outcome.delay = self.settings.delay(attempts)
                     self.counters["retries_scheduled"] += 1
         if outcome.action == "dead":
-            self.counters["dead_letters"] += 1
             log.warning(
                 "webhook: delivery %s (subscription %s, channel %s) dead-lettered: %s",
                 delivery_id,
@@ -699,6 +696,12 @@ class WebhookDispatcher:
             )
         record["attempt"] = str(attempts)
         await self._write(delivery_id, token, outcome, record)
+        # counted once the outcome is stored, so a reader who sees a count (a
+        # test, /metrics) also finds the delivery in its new state
+        if outcome.counter:
+            self.counters[outcome.counter] += 1
+        if outcome.action == "dead":
+            self.counters["dead_letters"] += 1
 
     async def _write(
         self, delivery_id: str, token: str, outcome: _Outcome, record: Mapping[str, str]
