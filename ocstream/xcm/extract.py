@@ -15,6 +15,7 @@ Usage::
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,6 +33,7 @@ from .legs import (
     RelayedLeg,
     SentLeg,
     consensus,
+    downward_slot,
     is_relay,
     legs_of,
     relay_of,
@@ -325,9 +327,39 @@ def _is_local_origin(origin: Any) -> bool:
     return bool(origin == "Here")
 
 
+def _downward_slots(block: ExtendedBlock) -> dict[str, str]:
+    """Message hash -> :func:`downward_slot` for the downward messages a para block's
+    ``ParachainSystem.set_validation_data`` brings in (older ``data.downward_messages`` or newer
+    ``inbound_messages_data.downward_messages.full_messages``, each ``{sent_at, msg}``)."""
+    slots: dict[str, str] = {}
+    for extrinsic in block.extrinsics:
+        if (extrinsic.module, extrinsic.call) != ("ParachainSystem", "set_validation_data"):
+            continue
+        args = extrinsic.args if isinstance(extrinsic.args, dict) else {}
+        data = args.get("data")
+        messages = data.get("downward_messages") if isinstance(data, dict) else None
+        if messages is None:
+            inbound = args.get("inbound_messages_data")
+            downward = inbound.get("downward_messages") if isinstance(inbound, dict) else None
+            messages = downward.get("full_messages") if isinstance(downward, dict) else None
+        seen: dict[int, int] = defaultdict(int)
+        for message in messages if isinstance(messages, list) else []:
+            if not isinstance(message, dict):
+                continue
+            data_hex, sent_at = message.get("msg"), message.get("sent_at")
+            if not isinstance(data_hex, str) or not data_hex.startswith("0x") or sent_at is None:
+                continue
+            at = int(str(sent_at))
+            digest = hashlib.blake2b(bytes.fromhex(data_hex[2:]), digest_size=32).hexdigest()
+            slots.setdefault("0x" + digest, downward_slot(at, seen[at]))
+            seen[at] += 1
+    return slots
+
+
 def _received_legs(context: _Block) -> list[ReceivedLeg]:
     block = context.block
     legs: list[ReceivedLeg] = []
+    slots = _downward_slots(block) if not is_relay(block.network) else {}
     last_trap: dict[tuple[str, int | None], Event] = {}
     for event in block.events:
         scope = (event.phase, event.extrinsic_index)
@@ -362,6 +394,11 @@ def _received_legs(context: _Block) -> list[ReceivedLeg]:
                 error=error,
                 assets_trapped=assets_trapped,
                 context=ctx,
+                slot=(
+                    slots.get(message_hash) or slots.get(message_id)
+                    if from_chain is not None and is_relay(from_chain)
+                    else None
+                ),
             )
         )
     return legs
@@ -627,6 +664,17 @@ def _downward_legs(context: _Block, received: Sequence[ReceivedLeg]) -> list[Sen
             context.message(msg) for sent_at, msg in entries if sent_at == block.number
         ]
     used: dict[int, set[int]] = defaultdict(set)
+    unread: dict[int, int] = defaultdict(int)
+
+    def slot(para: int, picked: tuple[int, XcmMessage] | None) -> str | None:
+        """A send whose bytes are not in the queue (read too late, or not at all) is matched
+        by its place instead: the messages queued before it, then the byteless sends of this
+        block before it, in event and call order."""
+        if picked is not None:
+            return None
+        position = len(queues.get(para, [])) + unread[para]
+        unread[para] += 1
+        return downward_slot(block.number, position)
 
     def pick(para: int, message_id: str | None) -> tuple[int, XcmMessage] | None:
         queue = queues.get(para, [])
@@ -655,7 +703,16 @@ def _downward_legs(context: _Block, received: Sequence[ReceivedLeg]) -> list[Sen
         message_id = _hash_value(_field(event.fields, "message_id", 3))
         picked = pick(para, message_id)
         legs.append(
-            _downward_leg(context, para, picked, event, event.extrinsic_index, message_id, received)
+            _downward_leg(
+                context,
+                para,
+                picked,
+                event,
+                event.extrinsic_index,
+                message_id,
+                received,
+                slot(para, picked),
+            )
         )
     for extrinsic in block.extrinsics:
         for call in _calls(extrinsic):
@@ -671,7 +728,11 @@ def _downward_legs(context: _Block, received: Sequence[ReceivedLeg]) -> list[Sen
             if para is None:
                 continue
             picked = pick(para, None)
-            legs.append(_downward_leg(context, para, picked, None, extrinsic.index, None, received))
+            legs.append(
+                _downward_leg(
+                    context, para, picked, None, extrinsic.index, None, received, slot(para, picked)
+                )
+            )
     # Messages queued in this block that no event or call accounts for: sent while executing
     # something else (a hop re-sent by the relay, a hook). They have no sender.
     for queue_para, queue in queues.items():
@@ -716,6 +777,7 @@ def _downward_leg(
     extrinsic_index: int | None,
     message_id: str | None,
     received: Sequence[ReceivedLeg],
+    slot: str | None = None,
 ) -> SentLeg:
     block = context.block
     recipient = urn(consensus(block.network), para)
@@ -736,6 +798,7 @@ def _downward_leg(
             event=event,
             extrinsic_index=extrinsic_index,
             received=received,
+            slot=slot,
         )
     index, message = picked
     return _sent_leg(
@@ -762,11 +825,17 @@ def _sent_leg(
     event: Event | None,
     extrinsic_index: int | None,
     received: Sequence[ReceivedLeg],
+    slot: str | None = None,
 ) -> SentLeg:
     block = context.block
     instructions = message.instructions if message is not None else None
     stops = stops_of(recipient, instructions)
-    ids = list(message.ids) if message is not None else [message_hash]
+    if message is not None:
+        ids = list(message.ids)
+    else:  # the hash the event reported, if any (never the all-zero placeholder)
+        ids = [message_hash] if message_hash != "0x" + "00" * 32 else []
+    if slot is not None:
+        ids.append(slot)
     ctx = context.context(
         extrinsic_index=extrinsic_index, event=event, message=message, message_hash=message_hash
     )

@@ -26,6 +26,8 @@ __all__ = [
     "consensus",
     "is_relay",
     "continues_program",
+    "downward_slot",
+    "is_slot",
     "legs_of",
     "programs_of",
     "relay_of",
@@ -55,6 +57,18 @@ def relay_of(network: str) -> str:
 
 def is_relay(network: str) -> bool:
     return chain_id(network) == "0"
+
+
+def downward_slot(sent_at: int, position: int) -> str:
+    """The id of a downward message by its place: the ``position``-th message the relay queued
+    for a para at relay block ``sent_at``. Both ends can tell it without the message bytes (the
+    relay by the order of its sends, the para from the messages its ``set_validation_data``
+    carries), so a DMP whose bytes the ingress could not read can still be matched."""
+    return f"dmp:{sent_at}:{position}"
+
+
+def is_slot(message_id: str) -> bool:
+    return message_id.startswith("dmp:")
 
 
 class _Frozen(BaseModel):
@@ -132,10 +146,16 @@ class ReceivedLeg(_Frozen):
     error: JsonValue = None
     assets_trapped: JsonValue = None
     context: dict[str, JsonValue]
+    slot: str | None = Field(
+        default=None, description="downward_slot() of a DMP, when the para block carries it"
+    )
 
     @property
     def ids(self) -> list[str]:
-        return list(dict.fromkeys((self.message_id, self.message_hash)))
+        ids = [self.message_id, self.message_hash]
+        if self.slot is not None:
+            ids.append(self.slot)
+        return list(dict.fromkeys(ids))
 
 
 class RelayedLeg(_Frozen):

@@ -38,7 +38,14 @@ from typing import Any, Protocol
 from pydantic import JsonValue
 
 from . import notifications as notify
-from .legs import ReceivedLeg, RelayedLeg, SentLeg, continues_program, programs_of
+from .legs import (
+    ReceivedLeg,
+    RelayedLeg,
+    SentLeg,
+    continues_program,
+    is_slot,
+    programs_of,
+)
 
 __all__ = [
     "Engine",
@@ -265,7 +272,9 @@ class Engine:
             step.count("untracked")
             return
         stops: list[str] = journey["stops"]
-        topic_ids = [i for i in leg.ids if i != leg.message_hash]
+        # Later stops know the message by its topic only (a downward slot, like the hash,
+        # names it at its first stop).
+        topic_ids = [i for i in leg.ids if i != leg.message_hash and not is_slot(i)]
         for k, stop in enumerate(stops):
             ids = leg.ids if k == 0 else topic_ids
             role = "final" if k == len(stops) - 1 else "hop"
@@ -284,7 +293,8 @@ class Engine:
             self._keep_pending(tables, "inbound", chain, data, leg.ids, step)
 
     def _match_received(self, tables: Tables, chain: str, leg: dict[str, Any], step: Step) -> bool:
-        ids = list(dict.fromkeys((leg["message_id"], leg["message_hash"])))
+        ids = list(dict.fromkeys((leg["message_id"], leg["message_hash"], leg.get("slot"))))
+        ids = [i for i in ids if i is not None]  # the hash first: a slot is the fallback
         for table, role in (("outbound", "final"), ("hop", "hop")):
             for message_id in ids:
                 for jid in tables.get(table, f"{chain}:{message_id}") or []:

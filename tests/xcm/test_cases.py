@@ -21,6 +21,7 @@ from ocstream.ingress.model import ExtendedBlock
 from ocstream.testing import blocks_from_case, fixtures_path
 from ocstream.xcm.codec import VersionRoutedCodec, XcmCodec
 from ocstream.xcm.extract import Extracted, extract
+from ocstream.xcm.legs import ReceivedLeg, SentLeg, downward_slot
 from ocstream.xcm.sender import sender_of
 
 from .sim import Cluster
@@ -228,3 +229,100 @@ def test_hop_notifications_carry_the_hops_own_messages(
     journey_relayed = [n for n in relayed if n["journeyId"] == hops["in"]["journeyId"]]
     assert [n["waypoint"]["legIndex"] for n in journey_relayed] == [1]
     assert journey_relayed[0]["waypoint"]["chainId"] == "urn:ocn:polkadot:0"
+
+
+# --- a DMP without bytes ----------------------------------------------------------------------
+
+# A downward message whose bytes the ingress could not read is matched by its place.
+#
+# The relay's ``Dmp.DownwardMessageQueues`` is read at the sent block. When that read comes back
+# empty (the local network's chopsticks clears the queue once it forwards the message; a pruned
+# node has no state for an old block), the send is still found from its event or call, but has no
+# hash. Both ends know the message's place, though: the relay queued it as the k-th message for
+# that para at block N, and the para's ``set_validation_data`` lists it with ``sent_at = N`` in the
+# same order. That slot joins the journey.
+
+SLOT_CASE = "v1-dmp-hop-polkadot-hydra"
+RELAY_BLOCK = "dot19777220"
+RELAY_NUMBER = 19777220
+
+
+def _as_read_too_late(block: ExtendedBlock) -> ExtendedBlock:
+    """The relay block as a late reader of an older relay sees it: the queue read came back
+    empty, and ``XcmPallet.Sent`` has no ``message_id`` (older relays emit origin, destination
+    and message only), so nothing in the block names the message."""
+    storage = [
+        item.model_copy(update={"value": None})
+        if (item.pallet, item.item) == ("Dmp", "DownwardMessageQueues")
+        else item
+        for item in block.storage
+    ]
+    events = []
+    for event in block.events:
+        if (event.module, event.name) == ("XcmPallet", "Sent"):
+            assert isinstance(event.fields, dict) and "message_id" in event.fields
+            fields = {k: v for k, v in event.fields.items() if k != "message_id"}
+            event = event.model_copy(update={"fields": fields})
+        events.append(event)
+    return block.model_copy(update={"storage": storage, "events": events})
+
+
+def test_a_dmp_without_bytes_is_matched_by_its_slot(
+    fixtures_dir: Path,
+    decoder_for: Callable[[str, str], RuntimeDecoder],
+    routed_codec: XcmCodec,
+    decoders: DecoderCache,
+) -> None:
+    case = load_case(fixtures_dir, SLOT_CASE)
+    found = extract_case(fixtures_dir, case, decoder_for, routed_codec, decoders)
+    relay, _ = found[RELAY_BLOCK]
+    metadata = next(b["metadata"] for b in case["blocks"] if b["ref"] == RELAY_BLOCK)
+    codec = XcmCodec(decoder_for(relay.network, metadata.rsplit("/", 1)[-1]))
+    late = _as_read_too_late(relay)
+    found[RELAY_BLOCK] = (late, extract(late, codec, ss58_prefix=0))
+
+    slot = downward_slot(RELAY_NUMBER, 0)
+    sent = [leg for leg in found[RELAY_BLOCK][1].legs if isinstance(leg, SentLeg)]
+    assert len(sent) == 1
+    assert sent[0].message_data is None  # no bytes, no hash ...
+    assert sent[0].ids == [slot]  # ... only its place
+    assert [p.kind for p in found[RELAY_BLOCK][1].problems] == ["missing-bytes"]
+    received = [
+        leg
+        for ref, (block, extracted) in found.items()
+        if block.network == "urn:ocn:polkadot:2034"
+        for leg in extracted.legs
+        if isinstance(leg, ReceivedLeg)
+    ]
+    assert [leg.slot for leg in received] == [slot]
+
+    cluster = match_case(found, case)
+    mine = [n for n in cluster.notifications if n["origin"]["blockNumber"] == str(RELAY_NUMBER)]
+    assert [n["type"] for n in mine] == ["xcm.sent", "xcm.received"], mine
+    assert mine[1]["waypoint"]["outcome"] == "Success"
+    assert mine[1]["destination"]["chainId"] == "urn:ocn:polkadot:2034"
+
+
+def test_without_the_slot_the_same_journey_is_left_unmatched(
+    fixtures_dir: Path,
+    decoder_for: Callable[[str, str], RuntimeDecoder],
+    routed_codec: XcmCodec,
+    decoders: DecoderCache,
+) -> None:
+    """The control: the same late read with the para's slot taken away never completes."""
+    case = load_case(fixtures_dir, SLOT_CASE)
+    found = extract_case(fixtures_dir, case, decoder_for, routed_codec, decoders)
+    relay, _ = found[RELAY_BLOCK]
+    metadata = next(b["metadata"] for b in case["blocks"] if b["ref"] == RELAY_BLOCK)
+    codec = XcmCodec(decoder_for(relay.network, metadata.rsplit("/", 1)[-1]))
+    late = _as_read_too_late(relay)
+    found[RELAY_BLOCK] = (late, extract(late, codec, ss58_prefix=0))
+    for ref, (block, extracted) in list(found.items()):
+        legs = [
+            leg.model_copy(update={"slot": None}) if isinstance(leg, ReceivedLeg) else leg
+            for leg in extracted.legs
+        ]
+        found[ref] = (block, Extracted(legs=legs, problems=extracted.problems))
+    cluster = match_case(found, case)
+    mine = [n for n in cluster.notifications if n["origin"]["blockNumber"] == str(RELAY_NUMBER)]
+    assert [n["type"] for n in mine] == ["xcm.sent"]
