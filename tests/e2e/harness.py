@@ -413,8 +413,13 @@ class Stack:
                 for kind, origin, *_ in EXPECTED_JOURNEYS
                 if kind in self.sent
             }
+            sent = {
+                kind: [r.json.get("waypoint") for r in journey.get("xcm.sent", [])]
+                for kind, journey in self.journeys().items()
+            }
             raise AssertionError(
                 f"{exc}\njourneys: { {k: sorted(v) for k, v in self.journeys().items()} }\n"
+                f"sent waypoints (no messageHash: the sent block had no bytes): {sent}\n"
                 f"on the xcm-notifications topic: {topic}\n"
                 f"pending: {self.pending_deliveries()}\n{self.logs()}"
             ) from None

@@ -26,10 +26,6 @@ def test_transfers_reach_the_webhook(net: LocalNet, root: Path) -> None:
         stack.assert_exactly_once()
 
 
-@pytest.mark.skip(
-    reason="flaky (2 of about 8 runs): the DMP transfer's journey never reaches "
-    "xcm-notifications when a worker is killed mid-flow; under investigation for issue 6"
-)
 def test_a_worker_killed_mid_flow(net: LocalNet, root: Path) -> None:
     """kill -9 of the worker the subscriptions were created on, right after the first transfer:
     the other worker takes over its partitions and its deliveries."""
@@ -44,21 +40,18 @@ def test_a_worker_killed_mid_flow(net: LocalNet, root: Path) -> None:
 
 
 def test_the_ingress_killed_and_restarted_fills_the_gap(net: LocalNet, root: Path) -> None:
-    """kill -9 of the ingress; the UMP and XCMP transfers while it is down; started again, it
-    resumes from its stored tips and publishes the blocks it missed. The DMP transfer is made
-    after the restart: the worker correlates DMP by the relay's ``Dmp.DownwardMessageQueues``
-    at the sent block, which chopsticks empties once it forwards the message (XCM.md §16), so
-    a DMP block read late (as a gap fill does) has no message to match; see docs/e2e.md."""
+    """kill -9 of the ingress; all three transfers while it is down; started again, it resumes
+    from its stored tips and publishes the blocks it missed. The relay block of the DMP is read
+    late, after chopsticks emptied its ``Dmp.DownwardMessageQueues`` (XCM.md §16): that send
+    has no bytes and is matched by its downward slot (docs/matching.md)."""
     with running_stack(net, SYSTEM_REDIS_URL, root, "killingress") as stack:
         stack.ingress.kill9()
-        stack.transfer("ump", "xcmp")
+        stack.transfer("dmp", "ump", "xcmp")
         assert not stack.receiver.snapshot()  # nothing can have been seen yet
         stack.ingress.start()
         # The restarted ingress catches up when the chains announce a new head; an idle
         # chopsticks chain announces none (a live chain would within a block time).
         stack.new_blocks()
-        stack.wait_following()
-        stack.transfer("dmp")
         stack.wait_delivered()
         time.sleep(2)
         stack.assert_exactly_once()
