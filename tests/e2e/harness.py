@@ -137,6 +137,84 @@ class Receiver:
         return [r for r in self.snapshot() if 200 <= r.status < 300]
 
 
+# -- a node's endpoint that can go away ------------------------------------------------------
+
+
+class NodeEndpoint:
+    """A TCP relay on 127.0.0.1 in front of one chain's RPC port, in a thread of its own.
+
+    The ingress talks to the chain through it. ``stop()`` plays the node's process dying: the
+    listening socket closes (new connections are refused) and every open connection is reset.
+    ``start()`` plays the node coming back on the same port. The chain itself keeps running
+    behind it, as a live network keeps making blocks while one of its RPC nodes restarts;
+    ``docs/e2e.md`` says why chopsticks itself is not restarted.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
+        self.connections = 0  # accepted since creation
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.close()
+            return
+        self._open.update((writer, up_writer))
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        finally:
+            self._open.difference_update((writer, up_writer))
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._serve, "127.0.0.1", self.port, reuse_address=True
+        )
+
+    async def _stop(self) -> None:
+        if self._server is not None:
+            server, self._server = self._server, None
+            server.close()
+        for writer in list(self._open):
+            transport = writer.transport
+            if transport is not None:
+                transport.abort()  # a reset, as when the node's process is killed
+        self._open.clear()
+
+    def start(self) -> NodeEndpoint:
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+
+    def close(self) -> None:
+        self.stop()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
 # -- processes --------------------------------------------------------------------------------
 
 
@@ -181,6 +259,12 @@ class Child:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -231,6 +315,14 @@ class PrivateRedis:
 
 # -- the stack --------------------------------------------------------------------------------
 
+#: kind -> (origin, destination, outcome, error)
+EXPECTED = {kind: tuple(rest) for kind, *rest in EXPECTED_JOURNEYS}
+
+
+def _kind(label: str) -> str:
+    return label.split("#", 1)[0]
+
+
 TRANSFERS: dict[str, Callable[[LocalNet], Transfer]] = {
     "dmp": lambda net: dmp_transfer(net.relay_url, 1000, 5 * 10**12, workdir=WORKDIR),
     "ump": lambda net: ump_transfer(net.para1000_url, 2 * 10**12, workdir=WORKDIR),
@@ -242,9 +334,18 @@ class Stack:
     """Ingress + two workers + receiver on one local network, one Redis prefix."""
 
     def __init__(
-        self, net: LocalNet, redis_url: str, root: Path, receiver: Receiver, name: str
+        self,
+        net: LocalNet,
+        redis_url: str,
+        root: Path,
+        receiver: Receiver,
+        name: str,
+        *,
+        endpoints: dict[str, NodeEndpoint] | None = None,
     ) -> None:
         self.net = net
+        #: chain name -> the endpoint the ingress reaches it through (None: directly).
+        self.endpoints = endpoints or {}
         self.redis_url = redis_url
         self.root = root
         self.receiver = receiver
@@ -252,7 +353,8 @@ class Stack:
         self.app_id = self.prefix.rstrip(":") + "-xcm"
         self.secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
         self.client = redis.Redis.from_url(redis_url)
-        config = write_config(root, net)
+        urls = {name: e.url for name, e in self.endpoints.items()} if self.endpoints else None
+        config = write_config(root, net, urls)
         env = ocstream_env(OCSTREAM_TRANSPORT_PREFIX=self.prefix, PYTHONUNBUFFERED="1")
         ingress = [sys.executable, "-m", "ocstream", "ingress", "--config", str(config)]
         ingress += ["--redis", redis_url, "--port", str(free_port())]
@@ -356,7 +458,10 @@ class Stack:
     # transfers and checks
     def transfer(self, *kinds: str) -> None:
         for kind in kinds:
-            self.sent[kind] = TRANSFERS[kind](self.net)
+            # A second transfer of a kind is labelled "dmp#2", and so on.
+            count = sum(1 for label in self.sent if _kind(label) == kind)
+            label = kind if count == 0 else f"{kind}#{count + 1}"
+            self.sent[label] = TRANSFERS[kind](self.net)
 
     def new_blocks(self) -> None:
         """One empty block on each chain (``dev_newBlock``), as a live chain would make."""
@@ -367,10 +472,9 @@ class Stack:
         """Per sent transfer: notification type -> the delivered requests of its journey."""
         delivered = self.receiver.delivered()
         out: dict[str, dict[str, list[Received]]] = {}
-        for kind, origin, *_ in EXPECTED_JOURNEYS:
-            if kind not in self.sent:
-                continue
-            block_hash = self.sent[kind].block_hash
+        for kind, transfer in self.sent.items():
+            origin = EXPECTED[_kind(kind)][0]
+            block_hash = transfer.block_hash
             ids = {
                 r.json["journeyId"]
                 for r in delivered
@@ -409,9 +513,8 @@ class Stack:
         except AssertionError as exc:
             notes = notifications(self.client, self.prefix)
             topic = {
-                kind: sorted(journey_of(notes, origin, self.sent[kind].block_hash))
-                for kind, origin, *_ in EXPECTED_JOURNEYS
-                if kind in self.sent
+                kind: sorted(journey_of(notes, EXPECTED[_kind(kind)][0], transfer.block_hash))
+                for kind, transfer in self.sent.items()
             }
             sent = {
                 kind: [r.json.get("waypoint") for r in journey.get("xcm.sent", [])]
@@ -439,9 +542,8 @@ class Stack:
         assert max(by_note.values(), default=1) == 1, by_note.most_common(3)
         assert all(r.path == f"/hook/{r.headers['webhook-id']}" for r in requests)
         journeys = self.journeys()
-        for kind, origin, destination, outcome, error in EXPECTED_JOURNEYS:
-            if kind not in self.sent:
-                continue
+        for kind in self.sent:
+            origin, destination, outcome, error = EXPECTED[_kind(kind)]
             journey = journeys[kind]
             assert "xcm.timeout" not in journey, (kind, sorted(journey))
             assert len(journey["xcm.sent"]) == 1 and len(journey["xcm.received"]) == 1, kind
@@ -457,13 +559,25 @@ class Stack:
 
 @contextmanager
 def running_stack(
-    net: LocalNet, redis_url: str, root: Path, name: str, *, start: bool = True
+    net: LocalNet,
+    redis_url: str,
+    root: Path,
+    name: str,
+    *,
+    start: bool = True,
+    endpoints: bool = False,
 ) -> Iterator[Stack]:
-    """A started Stack (and a fresh receiver), stopped and its keys deleted on exit."""
+    """A started Stack (and a fresh receiver), stopped and its keys deleted on exit.
+    ``endpoints``: the ingress reaches each chain through a :class:`NodeEndpoint`."""
     with ExitStack() as stack:
         receiver = Receiver().start()
         stack.callback(receiver.close)
-        s = Stack(net, redis_url, root, receiver, name)
+        relays: dict[str, NodeEndpoint] = {}
+        if endpoints:
+            for chain in net.chains:
+                relays[chain.name] = NodeEndpoint(chain.port).start()
+                stack.callback(relays[chain.name].close)
+        s = Stack(net, redis_url, root, receiver, name, endpoints=relays)
         stack.callback(s.cleanup)
         stack.callback(s.stop)
         if start:

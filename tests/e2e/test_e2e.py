@@ -118,3 +118,34 @@ def test_the_receiver_down_then_back(net: LocalNet, root: Path) -> None:
         delivered_ids = {r.headers["webhook-id"] for r in receiver.delivered()}
         # The refused deliveries were delivered later, under the same delivery id.
         assert {r.headers["webhook-id"] for r in refused} <= delivered_ids
+
+
+def test_a_chain_node_stopped_and_restarted(net: LocalNet, root: Path) -> None:
+    """The ingress's RPC node of every chain goes away (its port closed, its connections reset)
+    after the first DMP; the UMP and XCMP transfers are made while it is down, the chains going
+    on without it; it comes back on the same port, the ingress reconnects, fills the gap, and
+    a second DMP follows. Every journey is delivered once."""
+    with running_stack(net, SYSTEM_REDIS_URL, root, "node", endpoints=True) as stack:
+        stack.transfer("dmp")
+        stack.wait_delivered()
+        for endpoint in stack.endpoints.values():
+            endpoint.stop()
+        stack.transfer("ump", "xcmp")
+        # The ingress notices: each chain's connection drops and reconnecting is refused.
+        wait_for(
+            lambda: stack.ingress.log_text().count("↻") >= 2 * len(stack.endpoints),
+            60,
+            "the ingress to retry every chain at least twice",
+        )
+        assert not stack.complete()  # the UMP and XCMP journeys cannot have been seen
+        accepted = {name: e.connections for name, e in stack.endpoints.items()}
+        for endpoint in stack.endpoints.values():
+            endpoint.start()
+        stack.new_blocks()  # an idle chopsticks chain announces no head by itself
+        stack.transfer("dmp")
+        stack.wait_delivered()
+        # Every chain was reached again through its restarted endpoint.
+        assert all(e.connections > accepted[n] for n, e in stack.endpoints.items()), accepted
+        time.sleep(2)
+        stack.assert_exactly_once()
+        assert set(stack.sent) == {"dmp", "ump", "xcmp", "dmp#2"}

@@ -184,15 +184,18 @@ def running_worker(
     return running_child(command, env, log_path)
 
 
-def write_config(directory: Path, net: LocalNet) -> Path:
+def write_config(directory: Path, net: LocalNet, urls: dict[str, str] | None = None) -> Path:
+    """The ingress config for the three chains (``urls``: chain name -> URL, to reach them
+    some other way than ``net.urls``)."""
+    urls = urls or net.urls
     path = directory / "ingress.toml"
     path.write_text(
         f'[[networks]]\nid = "{RELAY}"\n'
-        f'provider = {{ type = "rpc", url = "{net.relay_url}" }}\n\n'
+        f'provider = {{ type = "rpc", url = "{urls["relay"]}" }}\n\n'
         f'[[networks]]\nid = "{PARA1000}"\nrelay = "{RELAY}"\n'
-        f'provider = {{ type = "rpc", url = "{net.para1000_url}" }}\n\n'
+        f'provider = {{ type = "rpc", url = "{urls["para1000"]}" }}\n\n'
         f'[[networks]]\nid = "{PARA1001}"\nrelay = "{RELAY}"\n'
-        f'provider = {{ type = "rpc", url = "{net.para1001_url}" }}\n'
+        f'provider = {{ type = "rpc", url = "{urls["para1001"]}" }}\n'
     )
     return path
 
