@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Self, cast
 
 import redis
 from aiohttp import web
@@ -75,7 +75,37 @@ class Received:
         return cast(dict[str, Any], json.loads(self.body))
 
 
-class Receiver:
+class _LoopServer:
+    """A server on 127.0.0.1 run by an event loop in a thread of its own: ``start()`` opens
+    its port, ``stop()`` closes it (connections refused), ``start()`` opens the same port
+    again, ``close()`` ends the thread."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def _stop(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+
+    def close(self) -> None:
+        self.stop()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+class Receiver(_LoopServer):
     """An aiohttp webhook receiver on 127.0.0.1 in a thread of its own.
 
     Records every POST (path, headers, raw body, the status it answered). ``status`` is what
@@ -84,13 +114,10 @@ class Receiver:
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[Received] = []
         self.status = 204
-        self.port = free_port()
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
         self._runner: web.AppRunner | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
@@ -112,18 +139,6 @@ class Receiver:
             runner, self._runner = self._runner, None
             await runner.cleanup()
 
-    def start(self) -> Receiver:
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
-
-    def close(self) -> None:
-        self.stop()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
@@ -140,7 +155,7 @@ class Receiver:
 # -- a node's endpoint that can go away ------------------------------------------------------
 
 
-class NodeEndpoint:
+class NodeEndpoint(_LoopServer):
     """A TCP relay on 127.0.0.1 in front of one chain's RPC port, in a thread of its own.
 
     The ingress talks to the chain through it. ``stop()`` plays the node's process dying: the
@@ -151,11 +166,8 @@ class NodeEndpoint:
     """
 
     def __init__(self, upstream_port: int) -> None:
+        super().__init__()
         self.upstream_port = upstream_port
-        self.port = free_port()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
         self.connections = 0  # accepted since creation
@@ -201,18 +213,6 @@ class NodeEndpoint:
             if transport is not None:
                 transport.abort()  # a reset, as when the node's process is killed
         self._open.clear()
-
-    def start(self) -> NodeEndpoint:
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
-
-    def close(self) -> None:
-        self.stop()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
 
 
 # -- processes --------------------------------------------------------------------------------

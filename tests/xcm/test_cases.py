@@ -267,12 +267,13 @@ def _as_read_too_late(block: ExtendedBlock) -> ExtendedBlock:
     return block.model_copy(update={"storage": storage, "events": events})
 
 
-def test_a_dmp_without_bytes_is_matched_by_its_slot(
+def _extracted_with_a_late_relay_read(
     fixtures_dir: Path,
     decoder_for: Callable[[str, str], RuntimeDecoder],
     routed_codec: XcmCodec,
     decoders: DecoderCache,
-) -> None:
+) -> tuple[dict[str, Any], dict[str, tuple[ExtendedBlock, Extracted]]]:
+    """The case's legs, with its relay block extracted as a late reader sees it."""
     case = load_case(fixtures_dir, SLOT_CASE)
     found = extract_case(fixtures_dir, case, decoder_for, routed_codec, decoders)
     relay, _ = found[RELAY_BLOCK]
@@ -280,7 +281,22 @@ def test_a_dmp_without_bytes_is_matched_by_its_slot(
     codec = XcmCodec(decoder_for(relay.network, metadata.rsplit("/", 1)[-1]))
     late = _as_read_too_late(relay)
     found[RELAY_BLOCK] = (late, extract(late, codec, ss58_prefix=0))
+    return case, found
 
+
+def _relay_journey(cluster: Cluster) -> list[dict[str, Any]]:
+    return [n for n in cluster.notifications if n["origin"]["blockNumber"] == str(RELAY_NUMBER)]
+
+
+def test_a_dmp_without_bytes_is_matched_by_its_slot(
+    fixtures_dir: Path,
+    decoder_for: Callable[[str, str], RuntimeDecoder],
+    routed_codec: XcmCodec,
+    decoders: DecoderCache,
+) -> None:
+    case, found = _extracted_with_a_late_relay_read(
+        fixtures_dir, decoder_for, routed_codec, decoders
+    )
     slot = downward_slot(RELAY_NUMBER, 0)
     sent = [leg for leg in found[RELAY_BLOCK][1].legs if isinstance(leg, SentLeg)]
     assert len(sent) == 1
@@ -289,15 +305,14 @@ def test_a_dmp_without_bytes_is_matched_by_its_slot(
     assert [p.kind for p in found[RELAY_BLOCK][1].problems] == ["missing-bytes"]
     received = [
         leg
-        for ref, (block, extracted) in found.items()
+        for block, extracted in found.values()
         if block.network == "urn:ocn:polkadot:2034"
         for leg in extracted.legs
         if isinstance(leg, ReceivedLeg)
     ]
     assert [leg.slot for leg in received] == [slot]
 
-    cluster = match_case(found, case)
-    mine = [n for n in cluster.notifications if n["origin"]["blockNumber"] == str(RELAY_NUMBER)]
+    mine = _relay_journey(match_case(found, case))
     assert [n["type"] for n in mine] == ["xcm.sent", "xcm.received"], mine
     assert mine[1]["waypoint"]["outcome"] == "Success"
     assert mine[1]["destination"]["chainId"] == "urn:ocn:polkadot:2034"
@@ -310,19 +325,13 @@ def test_without_the_slot_the_same_journey_is_left_unmatched(
     decoders: DecoderCache,
 ) -> None:
     """The control: the same late read with the para's slot taken away never completes."""
-    case = load_case(fixtures_dir, SLOT_CASE)
-    found = extract_case(fixtures_dir, case, decoder_for, routed_codec, decoders)
-    relay, _ = found[RELAY_BLOCK]
-    metadata = next(b["metadata"] for b in case["blocks"] if b["ref"] == RELAY_BLOCK)
-    codec = XcmCodec(decoder_for(relay.network, metadata.rsplit("/", 1)[-1]))
-    late = _as_read_too_late(relay)
-    found[RELAY_BLOCK] = (late, extract(late, codec, ss58_prefix=0))
+    case, found = _extracted_with_a_late_relay_read(
+        fixtures_dir, decoder_for, routed_codec, decoders
+    )
     for ref, (block, extracted) in list(found.items()):
         legs = [
             leg.model_copy(update={"slot": None}) if isinstance(leg, ReceivedLeg) else leg
             for leg in extracted.legs
         ]
         found[ref] = (block, Extracted(legs=legs, problems=extracted.problems))
-    cluster = match_case(found, case)
-    mine = [n for n in cluster.notifications if n["origin"]["blockNumber"] == str(RELAY_NUMBER)]
-    assert [n["type"] for n in mine] == ["xcm.sent"]
+    assert [n["type"] for n in _relay_journey(match_case(found, case))] == ["xcm.sent"]
