@@ -86,16 +86,30 @@ def load_recording(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str
 
 
 class ReplaySubscription:
+    """Finalized heads on a fixed schedule: head ``i`` is due ``(i + 1) / rate`` seconds after
+    the first call. The schedule does not slip when the follower is slow: a late call gets the
+    newest head that is due (the follower then fetches the blocks in between, as it does when
+    a node's finality jumps), so the offered rate is the asked one, and a follower that cannot
+    keep up falls behind instead of slowing the chain down."""
+
     def __init__(self, heads: list[Any], rate: float) -> None:
         self.heads = heads
         self.rate = rate
         self.position = 0
+        self.started: float | None = None
 
     async def next(self, timeout: float) -> Any:
         if self.position < len(self.heads):
-            await asyncio.sleep(1.0 / self.rate)
-            head = self.heads[self.position]
-            self.position += 1
+            loop = asyncio.get_running_loop()
+            if self.started is None:
+                self.started = loop.time()
+            due = self.started + (self.position + 1) / self.rate
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            # Every head due by now: hand out the newest of them.
+            elapsed = loop.time() - self.started
+            newest = min(len(self.heads), max(self.position + 1, int(elapsed * self.rate)))
+            head = self.heads[newest - 1]
+            self.position = newest
             return head
         # The recording is over: finality "stalls" on its last head, which is re-announced
         # so the watchdog does not take the end of a replay for a dead node.

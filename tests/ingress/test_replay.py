@@ -10,7 +10,7 @@ import pytest
 
 from ocstream.ingress.config import NetworkConfig
 from ocstream.ingress.raw import load_v1_cbor
-from ocstream.ingress.replay import RecordingError, ReplayNode
+from ocstream.ingress.replay import RecordingError, ReplayNode, ReplaySubscription
 from tests.ingress.rpc_server import RecordedChainServer
 from tests.ingress.test_follower import FIRST, URN, Harness, numbers
 from tests.workers import ocstream_env
@@ -78,3 +78,19 @@ async def test_a_file_that_is_not_a_recording_is_refused(tmp_path: Path) -> None
         ReplayNode(bad, rate=1)
     with pytest.raises(RecordingError, match="not a readable recording"):
         ReplayNode(tmp_path / "missing.jsonl", rate=1)
+
+
+async def test_a_slow_follower_gets_the_newest_due_head_so_the_replay_keeps_its_rate() -> None:
+    """The schedule does not wait for the follower: one that takes 50 ms per head on a 100
+    heads/s replay is handed the newest head due each time (it skips heads, and fetches the
+    blocks in between itself), and still reaches the end."""
+    heads = [{"number": hex(n)} for n in range(1, 21)]
+    subscription = ReplaySubscription(heads, rate=100.0)
+    seen: list[int] = []
+    while not seen or seen[-1] < 20:
+        seen.append(int((await subscription.next(timeout=5.0))["number"], 16))
+        await asyncio.sleep(0.05)  # the follower processing the block
+    assert seen == sorted(set(seen)), seen  # never backwards, never twice
+    assert len(seen) < 20, seen  # heads were skipped rather than the schedule slipping
+    # At the end, finality stalls on the last head.
+    assert int((await subscription.next(timeout=0.2))["number"], 16) == 20
