@@ -43,9 +43,14 @@ def _authorized(request: Request, tokens: Iterable[str]) -> bool:
 
 
 def consumer_lag(app: Any) -> dict[str, int]:
-    """Records not yet read, per assigned topic partition (``topic:partition``)."""
+    """Records not yet processed, per assigned topic partition (``topic:partition``): the
+    partition's end minus this worker's committed offset (the next record to process). The
+    consumer reads ahead into its buffers, so the offset it has *read* says little: under a
+    backlog the records wait in memory, read but not processed. Commits come every few
+    seconds, so the figure includes up to that much of recent work."""
     consumer = app.consumer
     lag: dict[str, int] = {}
+    committed = getattr(consumer, "_committed_offset", {})
     read = getattr(consumer, "_read_offset", {})
     for tp in sorted(consumer.assignment()):
         try:
@@ -54,9 +59,11 @@ def consumer_lag(app: Any) -> dict[str, int]:
             continue
         if highwater is None:
             continue
-        position = read.get(tp)
-        behind = highwater - (position + 1 if position is not None else 0)
-        lag[f"{tp.topic}:{tp.partition}"] = max(0, int(behind))
+        done = committed.get(tp)
+        if done is None:  # nothing committed yet in this assignment: what was read
+            position = read.get(tp)
+            done = position + 1 if position is not None else 0
+        lag[f"{tp.topic}:{tp.partition}"] = max(0, int(highwater - done))
     return lag
 
 
