@@ -1,0 +1,838 @@
+"""Load through the whole pipeline: replayed chains -> ingress -> workers -> webhook receiver.
+
+    python benchmarks/e2e.py [--redis URL] [--rates 10,50,100,125,150,175,200,250,300,350]
+                             [--seconds 15] [--block-rate 2] [--workers 1,2] [--partitions 4]
+                             [--quick] [--check] [--keep DIR]
+
+**Traffic.** Two synthetic chains, Polkadot Asset Hub (para 1000) and the Polkadot relay, made
+by ``benchmarks/e2e_chain.py`` from one real UMP teleport of the fixtures (Asset Hub #4818937
+-> Polkadot #17773282, both runtime 9430): every Asset Hub block carries K copies of the real
+transfer (extrinsic, events, ``UpwardMessages`` entry), each made unique by its own 32-byte
+account, and the relay block two blocks later carries their K executions (5 balance events and
+``MessageQueue.Processed`` each) next to the block's real 45 kB ``ParaInherent.enter``. Before
+anything runs, the first blocks are decoded through the follower's fetch path and extracted with
+``ocstream.xcm.extract``: each journey must come out as one sent and one received leg with its
+own hash (``--check`` stops there).
+
+**Pipeline.** Per worker count (``--workers 1,2``), on a fresh Redis key prefix and app id:
+N real ``ocstream worker`` processes (the short group timeouts of ``tests/workers.py``,
+``OCSTREAM_WEBHOOK_ALLOW_PRIVATE=1``, ``--partitions`` partitions), a webhook receiver in a
+subprocess (aiohttp, checks every request's Standard Webhooks signature, records the arrival
+time), one subscription made with ``POST /subs`` (origin Asset Hub, destination the relay,
+``"events": "*"``, a signed webhook channel). Then, for each rate, one real ``ocstream
+ingress`` process follows the two chains from ``replay`` providers: ``--seconds`` worth of blocks at
+``--block-rate`` blocks/s per chain, K = rate / block rate journeys per block. The next rate
+starts when every journey of this one was delivered; the rates stop rising after the first one
+that is not kept up with. A small untimed warm-up step comes first.
+
+Blocks and legs are keyed by chain, so this traffic's extraction and matching live in two
+partitions: the relay's and Asset Hub's. The workers are started one after the other, so that
+faust's sticky assignor hands the second one the lower half of the partitions; with 4 partitions
+that puts the two chains on different workers (the script prints who got which). A fixed block
+rate with more journeys per block, rather than more blocks, is how real chains get busier; it
+also keeps the replay's pacing error small (below).
+
+**Figures per step** (a journey is its UMP transfer; each gives an ``xcm.sent`` and an
+``xcm.received`` POST):
+
+* *offered*: K x the rate at which the ingress published the relay blocks that carry receipts,
+  from their ``t`` field in the ``blocks`` topic (the ingress's wall clock, in ms, right before
+  the XADD). The replay paces heads by sleeping 1/rate after each block is processed, so the
+  real rate is a little below the nominal one, and well below it when the ingress is the
+  bottleneck;
+* *delivered*: journeys whose ``xcm.received`` arrived, over the time from the first to the last
+  such arrival plus one block interval. A pipeline that keeps up delivers at the offered rate; one
+  that falls behind delivers at its capacity, and its latency grows during the step;
+* *latency*: webhook arrival (receiver's ``time.time()``) minus the publish time of the block
+  that holds the leg: the relay block for ``xcm.received``, the Asset Hub block for ``xcm.sent``;
+  p50 and p99;
+* *backlog*: journeys of the step's relay blocks but the last, not yet delivered when the last
+  one was published; *drain*: from that publish to the last arrival; *lag*: records the group
+  had not committed at that moment, per topic (``blocks``/``xcm-legs``/``xcm-notifications``);
+* memory: peak RSS (``VmHWM``) of the ingress and of each worker, Redis ``used_memory`` (the
+  whole server) at the end of the step; CPU milliseconds per journey of the workers, the
+  ingress and Redis (the whole server: other users of it count too).
+
+A step is *kept up with* when every journey was delivered (within ``--drain-timeout``), the
+median ``xcm.received`` latency of its last third of relay blocks is at most 0.5 s above that
+of its first third (*growth*: a pipeline that falls behind by a fraction f of the offered rate
+adds f x the elapsed time), and delivered >= 0.95 x offered. The *sustained* rate of a worker
+count is the highest offered rate of a step kept up with; the script prints it for each worker
+count, and the 2-worker / 1-worker ratios of the sustained and of the highest delivered rates.
+It also counts, per run, missing and duplicate notifications (more than one POST per journey and
+type), bad signatures and wrong outcomes, and exits 1 if there are any.
+
+Everything started is stopped and every key of the run's prefixes deleted at the end, on errors
+and on Ctrl-C too. The default run takes 5 to 7 minutes on the 2-core development machine
+(the figures and their reading are in ``docs/load.md``); ``--quick`` (rates 10 and 40, 6 s
+each, which do not saturate anything) about 70 seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, cast
+
+import orjson
+import redis
+from e2e_chain import ASSET_HUB, LAG, RELAY, Segment, Synthesizer, check_segment
+from xcm import (  # benchmarks/ is this script's directory
+    Incomplete,
+    WorkerProc,
+    cleanup,
+    cpu_seconds,
+    redis_cpu,
+    wait_for,
+    wait_group,
+)
+
+from ocstream.ingress.registry import NetworkRecord
+from ocstream.testing import fixtures_path
+from ocstream.transport import Keyspace
+from ocstream.transport.wire import partition_for_key
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.workers import free_port, ocstream_env  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SUBSCRIPTION = "bench-e2e"
+MiB = 2**20
+#: Seconds the median latency may grow from a step's first third to its last third.
+GROWTH_LIMIT = 0.5
+
+
+# --- the webhook receiver (a subprocess) ---------------------------------------------------------
+
+
+def serve() -> None:
+    """Answer 204 to every POST and record it; ``GET /take`` hands the records over and forgets
+    them, ``GET /count`` tells how many of each type arrived since the start."""
+    from aiohttp import web
+    from standardwebhooks import Webhook, WebhookVerificationError
+
+    verifier = Webhook(os.environ["BENCH_E2E_SECRET"])
+    records: list[list[Any]] = []
+    counts: Counter[str] = Counter()
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        arrived = time.time()
+        try:
+            verifier.verify(body, dict(request.headers))
+            signed = True
+        except WebhookVerificationError:
+            signed = False
+        note = orjson.loads(body)
+        origin, waypoint = note.get("origin") or {}, note.get("waypoint") or {}
+        records.append(
+            [
+                arrived,
+                note.get("type"),
+                origin.get("messageHash"),
+                (note.get("destination") or {}).get("blockNumber"),
+                waypoint.get("outcome"),
+                signed,
+                note.get("subscriptionId"),
+            ]
+        )
+        counts[str(note.get("type"))] += 1
+        return web.Response(status=204)
+
+    async def take(request: web.Request) -> web.Response:
+        data = orjson.dumps(records)
+        records.clear()
+        return web.Response(body=data, content_type="application/json")
+
+    async def count(request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(counts), content_type="application/json")
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/take", take)
+        app.router.add_get("/count", count)
+        app.router.add_post("/{tail:.*}", hook)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        print(runner.addresses[0][1], flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+class Receiver:
+    def __init__(self, secret: str) -> None:
+        env = dict(os.environ, BENCH_E2E_SECRET=secret)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True, env=env,
+            start_new_session=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return orjson.loads(response.read())
+
+    def take(self) -> list[list[Any]]:
+        return list(self._get("/take"))
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._get("/count"))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+
+def rss_peak(pid: int) -> int:
+    found = re.search(r"^VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+    return int(found.group(1)) * 1024 if found else 0
+
+
+class Ingress:
+    """One ``ocstream ingress`` process following a segment's two recordings at ``rate``."""
+
+    def __init__(self, run: Run, segment: Segment, rate: float, name: str) -> None:
+        self.segment = segment
+        self.port = free_port()
+        self.log_path = run.root / f"ingress-{name}.log"
+        config = run.root / f"ingress-{name}.toml"
+        lines = []
+        for network, path in segment.files.items():
+            lines += ["[[networks]]", f'id = "{network}"']
+            if network != RELAY:
+                lines.append(f'relay = "{RELAY}"')
+            lines += [f'provider = {{ type = "replay", file = "{path}", rate = {rate!r} }}', ""]
+        config.write_text("\n".join(lines))
+        self.args = [sys.executable, "-m", "ocstream", "ingress", "-l", "info"]
+        self.args += ["--config", str(config), "--redis", run.url, "--port", str(self.port)]
+        self.env = ocstream_env(
+            OCSTREAM_TRANSPORT_PREFIX=run.prefix,
+            OCSTREAM_PARTITIONS=str(run.partitions),
+            PYTHONUNBUFFERED="1",
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Ingress:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.args, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def check_alive(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            raise Incomplete(f"the ingress exited:\n{self.log_tail()}")
+
+    def tips(self) -> dict[str, int | None]:
+        url = f"http://127.0.0.1:{self.port}/health"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            networks = json.load(response)["networks"]
+        return {urn: networks.get(urn, {}).get("tip") for urn in self.segment.files}
+
+    def published_first(self) -> bool:
+        self.check_alive()
+        tips = self.tips()
+        return all((tips[urn] or 0) >= self.segment.first[urn] for urn in self.segment.files)
+
+    def published_all(self) -> bool:
+        self.check_alive()
+        tips = self.tips()
+        return all(tips[urn] == self.segment.last[urn] for urn in self.segment.files)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class Run:
+    """One worker count: its prefix, app id, processes and the records it received."""
+
+    url: str
+    workers_n: int
+    partitions: int
+    root: Path
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    workers: list[WorkerProc] = field(default_factory=list)
+    ingress: Ingress | None = None
+    records: list[list[Any]] = field(default_factory=list)
+    #: The segments replayed so far, and whether each was delivered in full.
+    done: list[tuple[Segment, bool]] = field(default_factory=list)
+    stopped: bool = False
+
+    def __post_init__(self) -> None:
+        self.prefix = f"bench-e2e-{self.token}:"
+        self.app_id = f"benche2e{self.workers_n}w{self.token}"
+        self.root = self.root / f"w{self.workers_n}-{self.token}"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.client = redis.Redis.from_url(self.url)
+        self.keys = Keyspace(self.prefix)
+        self.read_ids: dict[str, str] = {}
+        self.published: dict[tuple[str, int], float] = {}
+
+    def start_workers(self, timeout: float) -> None:
+        for network in (RELAY, ASSET_HUB):
+            record = NetworkRecord(id=network, relay=None if network == RELAY else RELAY)
+            self.client.hsetnx(f"{self.prefix}networks", network, record.model_dump_json())
+        for n in range(self.workers_n):
+            worker = WorkerProc(
+                f"w{n + 1}", self.root, url=self.url, prefix=self.prefix, app_id=self.app_id,
+                partitions=self.partitions,
+            )  # fmt: skip
+            worker.env["OCSTREAM_WEBHOOK_ALLOW_PRIVATE"] = "1"
+            self.workers.append(worker.start())
+            # One at a time: faust's sticky assignor then hands the newcomer the lower half of
+            # the partitions, which puts the two chains on different workers (see owners()).
+            wait_group(self.workers, timeout)
+
+    def subscribe(self, receiver: Receiver, secret: str) -> None:
+        body = {
+            "id": SUBSCRIPTION,
+            "origin": ASSET_HUB,
+            "senders": "*",
+            "destinations": [RELAY],
+            "events": "*",
+            "channels": [{"type": "webhook", "url": f"{receiver.url}/hook", "secret": secret}],
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.workers[0].port}/subs",
+            json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            if response.status != 201:
+                raise Incomplete(f"POST /subs: {response.status} {response.read()!r}")
+
+    def owners(self) -> str:
+        """Which worker reads each chain's partition of ``blocks`` (and so of ``xcm-legs``,
+        keyed by chain too): only two partitions carry this traffic's blocks."""
+        parts = []
+        for network in (ASSET_HUB, RELAY):
+            p = partition_for_key(network.encode(), self.partitions)
+            owner = [
+                w.name
+                for w in self.workers
+                if f'ocstream_consumer_lag_records{{topic="blocks",partition="{p}"}}' in w.metrics()
+            ]
+            parts.append(f"{network} -> blocks/{p} on {', '.join(owner) or '?'}")
+        return "; ".join(parts)
+
+    def lag(self) -> dict[str, int]:
+        """Records not yet committed by the group, per topic: what an operator sees as the
+        group's lag. (The workers' own ``ocstream_consumer_lag_records`` counts records not yet
+        fetched; a worker fetches ahead into its buffers, so it stays near 0 under a backlog.)"""
+        topics = ("blocks", "xcm-legs", "xcm-notifications")
+        pairs = [(t, p) for t in topics for p in range(self.partitions)]
+        ends = self.client.mget([self.keys.sequence(t, p) for t, p in pairs])
+        fields = [f"{t}\x1f{p}" for t, p in pairs]
+        done = self.client.hmget(self.keys.group(self.app_id).offsets, fields)
+        out: Counter[str] = Counter()
+        for (topic, _), end, committed in zip(pairs, ends, done, strict=True):
+            out[topic] += max(0, int(end or 0) - int(committed or 0))
+        return dict(out)
+
+    def read_published(self) -> None:
+        """Publish times (``t``, ms) of the chains' blocks appended since the last call."""
+        for network in (ASSET_HUB, RELAY):
+            stream = self.keys.stream(
+                "blocks", partition_for_key(network.encode(), self.partitions)
+            )
+            while True:
+                start = self.read_ids.get(stream, "-")
+                entries = cast(
+                    list[tuple[bytes, dict[bytes, bytes]]],
+                    self.client.xrange(stream, min=start, count=50),
+                )
+                if not entries:
+                    break
+                for _, fields in entries:
+                    if fields.get(b"k") != network.encode():
+                        continue
+                    number = re.search(rb'"number":(\d+)', fields[b"v"][:400])
+                    assert number, "a block without a number"
+                    self.published[(network, int(number.group(1)))] = int(fields[b"t"]) / 1000
+                self.read_ids[stream] = "(" + entries[-1][0].decode()
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far: each worker (by name), all workers, the Redis server."""
+        out = {w.name: cpu_seconds(w.proc.pid) for w in self.workers if w.alive() and w.proc}
+        return {**out, "workers": sum(out.values()), "redis": redis_cpu(self.client)}
+
+    def check_alive(self) -> None:
+        for worker in self.workers:
+            if not worker.alive():
+                raise Incomplete(f"worker {worker.name} exited:\n{worker.log_tail()}")
+
+    def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.ingress is not None:
+            self.ingress.stop()
+        for worker in self.workers:
+            if worker.alive():
+                assert worker.proc is not None
+                worker.proc.send_signal(signal.SIGTERM)
+        for worker in self.workers:
+            worker.stop()
+        cleanup(self.client, self.prefix)
+        self.client.close()
+
+    def tails(self) -> str:
+        out = [f"--- {w.name} ({w.log_path}):\n{w.log_tail()}" for w in self.workers]
+        if self.ingress is not None:
+            out.append(f"--- ingress ({self.ingress.log_path}):\n{self.ingress.log_tail()}")
+        return "\n".join(out)
+
+
+# --- one step ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    workers: int
+    nominal: float  # journeys/s asked for
+    per_block: int
+    block_rate: float
+    journeys: int
+    offered: float = 0.0
+    delivered: float = 0.0
+    received: int = 0
+    p50: float = 0.0
+    p99: float = 0.0
+    sent_p50: float = 0.0
+    sent_p99: float = 0.0
+    backlog: int = 0
+    drain: float = 0.0
+    lag: dict[str, int] = field(default_factory=dict)
+    rss_ingress: int = 0
+    rss_workers: list[int] = field(default_factory=list)
+    redis_used: int = 0
+    cpu: dict[str, float] = field(default_factory=dict)
+    growth: float = float("nan")
+    kept_up: bool = False
+    drained: bool = True
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def run_step(
+    run: Run,
+    receiver: Receiver,
+    segment: Segment,
+    step: Step,
+    name: str,
+    expected: Counter[str],
+    drain_timeout: float,
+) -> Step:
+    ingress = Ingress(run, segment, step.block_rate, name)
+    run.ingress = ingress
+    try:
+        ingress.start()
+
+        # CPU is counted from the first block on: the ingress's start (imports, reading the
+        # recordings, building the decoders) is not per-journey work.
+        def started() -> bool:
+            run.check_alive()
+            return ingress.published_first()
+
+        def finished() -> bool:
+            run.check_alive()
+            return ingress.published_all()
+
+        wait_for(started, 60, f"the ingress to start publishing {name}", interval=0.02)
+        cpu0, ingress_cpu0 = run.cpu(), cpu_seconds(ingress.pid)
+        timeout = 60 + 3 * segment.blocks / step.block_rate
+        wait_for(finished, timeout, f"the ingress to publish {name}", interval=0.1)
+        step.lag = run.lag()
+        step.rss_ingress = rss_peak(ingress.pid)
+        ingress_cpu = cpu_seconds(ingress.pid) - ingress_cpu0
+    finally:
+        ingress.stop()
+        run.ingress = None
+    expected["xcm.sent"] += step.journeys
+    expected["xcm.received"] += step.journeys
+
+    def delivered() -> bool:
+        run.check_alive()
+        counts = receiver.counts()
+        return all(counts.get(kind, 0) >= n for kind, n in expected.items())
+
+    try:
+        wait_for(delivered, drain_timeout, f"every notification of {name}", interval=0.1)
+    except Incomplete:
+        step.drained = False
+    if step.drained:
+        time.sleep(0.5)  # a duplicate would come right after
+    cpu1 = run.cpu()
+    step.cpu = {k: (cpu1[k] - cpu0[k]) * 1000 / step.journeys for k in cpu1}
+    step.cpu["ingress"] = ingress_cpu * 1000 / step.journeys
+    step.rss_workers = [rss_peak(w.proc.pid) for w in run.workers if w.proc]
+    step.redis_used = int(run.client.info("memory")["used_memory"])
+    records = receiver.take()
+    run.records += records
+    run.read_published()
+    run.done.append((segment, step.drained))
+
+    hashes = {j.hash: j for j in segment.journeys}
+    first_arrival: dict[tuple[str, str], float] = {}
+    for arrived, kind, message_hash, *_ in records:
+        if message_hash in hashes:
+            key = (kind, message_hash)
+            first_arrival[key] = min(arrived, first_arrival.get(key, arrived))
+    receipts = range(segment.first[RELAY] + LAG, segment.last[RELAY] + 1)
+    times = [run.published[(RELAY, n)] for n in receipts]
+    interval = (times[-1] - times[0]) / max(1, len(times) - 1)
+    step.offered = segment.per_block / interval if interval > 0 else float("nan")
+    received, sent = [], []
+    arrivals = []
+    by_block: dict[int, list[float]] = {}
+    for j in segment.journeys:
+        got = first_arrival.get(("xcm.received", j.hash))
+        if got is not None:
+            arrivals.append(got)
+            received.append(got - run.published[(RELAY, j.received_block)])
+            by_block.setdefault(j.received_block, []).append(received[-1])
+        got = first_arrival.get(("xcm.sent", j.hash))
+        if got is not None:
+            sent.append(got - run.published[(ASSET_HUB, j.sent_block)])
+    step.received = len(arrivals)
+    if arrivals:
+        span = max(arrivals) - min(arrivals) + interval
+        step.delivered = len(arrivals) / span
+        # Journeys of the blocks before the last one, not delivered when the last was published.
+        early = {
+            j.hash for j in segment.journeys if run.published[(RELAY, j.received_block)] < times[-1]
+        }
+        step.backlog = sum(
+            1 for h in early if first_arrival.get(("xcm.received", h), float("inf")) > times[-1]
+        )
+        step.drain = max(arrivals) - times[-1]
+    step.p50, step.p99 = percentile(received, 50), percentile(received, 99)
+    step.sent_p50, step.sent_p99 = percentile(sent, 50), percentile(sent, 99)
+    # A pipeline that keeps up has the same latency at the end of a step as at its start; one
+    # that falls behind by a fraction f of the offered rate adds f x the elapsed time.
+    third = max(1, len(receipts) // 3)
+    head = [x for n in receipts[:third] for x in by_block.get(n, [])]
+    tail = [x for n in receipts[-third:] for x in by_block.get(n, [])]
+    if head and tail:
+        step.growth = statistics.median(tail) - statistics.median(head)
+    step.kept_up = (
+        step.drained
+        and step.received == step.journeys
+        and step.growth <= GROWTH_LIMIT
+        and step.delivered >= 0.95 * step.offered
+    )
+    return step
+
+
+def worker_cpu(step: Step) -> str:
+    """``6.8`` for one worker, ``6.8 (w1 4.1, w2 2.7)`` for several."""
+    names = sorted(k for k in step.cpu if re.fullmatch(r"w\d+", k))
+    split = ", ".join(f"{k} {step.cpu[k]:.1f}" for k in names)
+    return f"{step.cpu['workers']:.1f}" + (f" ({split})" if len(names) > 1 else "")
+
+
+def step_line(step: Step, label: str) -> str:
+    lag = "/".join(str(step.lag.get(t, 0)) for t in ("blocks", "xcm-legs", "xcm-notifications"))
+    verdict = "kept up" if step.kept_up else "FELL BEHIND"
+    if not step.drained:
+        verdict += f" (not drained: {step.received}/{step.journeys} delivered)"
+    return (
+        f"{label}: {step.workers} worker(s), {step.nominal:g}/s asked "
+        f"(K={step.per_block} x {step.block_rate:.2f} blocks/s): offered {step.offered:.1f}/s, "
+        f"delivered {step.delivered:.1f}/s; received p50 {step.p50:.2f} s p99 {step.p99:.2f} s "
+        f"(growth {step.growth:+.2f} s), sent p50 {step.sent_p50:.2f} s "
+        f"p99 {step.sent_p99:.2f} s; backlog {step.backlog}, "
+        f"drain {step.drain:.2f} s, lag blocks/legs/notes {lag}; peak RSS ingress "
+        f"{step.rss_ingress / MiB:.0f} MiB, workers "
+        f"{'+'.join(f'{r / MiB:.0f}' for r in step.rss_workers)} MiB; Redis "
+        f"{step.redis_used / MiB:.0f} MiB; CPU ms/journey workers {worker_cpu(step)} "
+        f"ingress {step.cpu['ingress']:.1f} redis {step.cpu['redis']:.1f} -> {verdict}"
+    )
+
+
+def correctness(run: Run) -> dict[str, int]:
+    """Over the whole run: missing and duplicate notifications, bad signatures, wrong outcomes
+    or blocks, notifications of journeys this run did not make. Journeys of a step that was not
+    drained (saturated, the run stopped with a backlog) are counted apart, as ``undelivered``."""
+    journeys = {j.hash: j for segment, _ in run.done for j in segment.journeys}
+    late = {j.hash for segment, drained in run.done if not drained for j in segment.journeys}
+    by_key: Counter[tuple[str, str]] = Counter()
+    out = Counter({"bad_signature": 0, "wrong_outcome": 0, "wrong_block": 0, "unknown": 0})
+    for _, kind, message_hash, dest_block, outcome, signed, subscription in run.records:
+        if message_hash not in journeys or subscription != SUBSCRIPTION:
+            out["unknown"] += 1
+            continue
+        by_key[(kind, message_hash)] += 1
+        out["bad_signature"] += 0 if signed else 1
+        if kind == "xcm.received":
+            out["wrong_outcome"] += 0 if outcome == "Success" else 1
+            out["wrong_block"] += int(dest_block != str(journeys[message_hash].received_block))
+    for kind in ("xcm.sent", "xcm.received"):
+        missing = [h for h in journeys if by_key[(kind, h)] == 0]
+        out[f"missing_{kind}"] = sum(1 for h in missing if h not in late)
+        out[f"undelivered_{kind}"] = sum(1 for h in missing if h in late)
+        out[f"duplicate_{kind}"] = sum(n - 1 for (k, _), n in by_key.items() if k == kind and n > 1)
+    out["other_types"] = sum(
+        n for (k, _), n in by_key.items() if k not in ("xcm.sent", "xcm.received")
+    )
+    return dict(out)
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def parse_list(text: str, kind: type) -> list[Any]:
+    return [kind(x) for x in text.replace(" ", "").split(",") if x]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--rates", default="10,50,100,125,150,175,200,250,300,350", help="journeys/s, rising"
+    )
+    parser.add_argument("--seconds", type=float, default=15.0, help="of traffic per rate")
+    parser.add_argument("--block-rate", type=float, default=2.0, help="blocks/s per chain")
+    parser.add_argument("--workers", default="1,2", help="worker counts, one run each")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of untimed traffic")
+    parser.add_argument(
+        "--drain-timeout", type=float, default=60.0, help="seconds to wait for a step's last POST"
+    )
+    parser.add_argument(
+        "--fixtures", type=Path, help="default: $OCSTREAM_FIXTURES or ../shared/fixtures"
+    )
+    parser.add_argument("--quick", action="store_true", help="rates 10,40, 6 s each: a smoke run")
+    parser.add_argument("--check", action="store_true", help="only make and check the chains")
+    parser.add_argument("--keep", metavar="DIR", help="keep recordings and logs here")
+    parser.add_argument("--timeout", type=float, default=120, help="seconds for workers to start")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve()
+        return 0
+    if args.quick:
+        args.rates, args.seconds, args.warmup = "10,40", 6.0, 2.0
+        args.drain_timeout = min(args.drain_timeout, 30.0)
+    rates = parse_list(args.rates, float)
+    counts = parse_list(args.workers, int)
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)
+
+    root = Path(args.keep).absolute() if args.keep else Path(tempfile.mkdtemp(prefix="e2ebench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        return bench(args, rates, counts, root)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def bench(args: argparse.Namespace, rates: list[float], counts: list[int], root: Path) -> int:
+    """Make the chains, then one run per worker count; prints as it goes; the exit status."""
+    client = redis.Redis.from_url(args.redis)
+    version = client.info("server")["redis_version"]
+    client.close()
+    print(("command: python benchmarks/e2e.py " + shlex.join(sys.argv[1:])).rstrip())
+    print(
+        f"parameters: rates={rates} journeys/s, {args.seconds:g} s each, block rate "
+        f"{args.block_rate:g}/s per chain, workers={counts}, partitions={args.partitions}, "
+        f"warm-up {args.warmup:g} s; Python {sys.version.split()[0]}, Redis {version}, "
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+
+    # Chains: one warm-up segment and one per rate, generated once, replayed for each run.
+    synth = Synthesizer(args.fixtures or fixtures_path())
+    recordings = root / "recordings"
+    recordings.mkdir(exist_ok=True)
+    plan: list[tuple[str, float, Segment]] = []
+    for index, rate in enumerate([rates[0], *rates]):
+        per_block = max(1, round(rate / args.block_rate))
+        block_rate = rate / per_block
+        seconds = args.warmup if index == 0 else args.seconds
+        blocks = max(2, round(seconds * block_rate))
+        name = "warmup" if index == 0 else f"rate{rate:g}"
+        plan.append((name, rate, synth.segment(recordings, name, blocks, per_block)))
+    journeys = {j.hash: j for _, _, s in plan for j in s.journeys}
+    print(
+        f"chains: {len(journeys):,} journeys in {sum(s.blocks for _, _, s in plan)} blocks per "
+        f"chain ({sum(p.stat().st_size for _, _, s in plan for p in s.files.values()) / MiB:.0f} "
+        f"MiB of recordings)",
+        flush=True,
+    )
+    print("check: " + asyncio.run(check_segment(plan[1][2])), flush=True)
+    print("check: " + asyncio.run(check_segment(plan[-1][2], blocks=LAG + 1)), flush=True)
+    if args.check:
+        return 0
+
+    secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    receiver: Receiver | None = None
+    runs: list[Run] = []
+    results: dict[int, list[Step]] = {}
+    problems: dict[int, dict[str, int]] = {}
+    try:
+        receiver = Receiver(secret)
+        for count in counts:
+            run = Run(args.redis, count, args.partitions, root)
+            runs.append(run)
+            used0 = int(run.client.info("memory")["used_memory"])
+            started = time.monotonic()
+            run.start_workers(args.timeout)
+            run.subscribe(receiver, secret)
+            print(
+                f"{count} worker(s) ready in {time.monotonic() - started:.1f} s; {run.owners()}",
+                flush=True,
+            )
+            # The receiver's counts are since its start, over every run.
+            before = receiver.counts()
+            expected = Counter({k: before.get(k, 0) for k in ("xcm.sent", "xcm.received")})
+            receiver.take()
+            results[count] = []
+            for name, rate, segment in plan:
+                step = Step(
+                    workers=count,
+                    nominal=rate,
+                    per_block=segment.per_block,
+                    block_rate=rate / segment.per_block,
+                    journeys=len(segment.journeys),
+                )
+                run_step(run, receiver, segment, step, name, expected, args.drain_timeout)
+                label = "warm-up" if name == "warmup" else f"rate {rate:g}"
+                print(step_line(step, label), flush=True)
+                if name == "warmup":
+                    if not step.drained:
+                        raise Incomplete(f"the warm-up was not delivered:\n{run.tails()}")
+                    continue
+                results[count].append(step)
+                if not step.kept_up:
+                    break  # saturated: higher rates would only queue more
+            problems[count] = correctness(run)
+            print(
+                f"  {count} worker(s): Redis used_memory {used0 / MiB:.0f} -> "
+                f"{int(run.client.info('memory')['used_memory']) / MiB:.0f} MiB; "
+                f"notifications: {problems[count]}",
+                flush=True,
+            )
+            run.stop()
+    except Incomplete as exc:
+        print(f"INCOMPLETE: {exc}", file=sys.stderr)
+        if runs:
+            print(runs[-1].tails(), file=sys.stderr)
+        return 1
+    finally:
+        for run in runs:
+            run.stop()
+        if receiver is not None:
+            receiver.stop()
+
+    print()
+    print(
+        "| workers | asked /s | K x blocks/s | offered /s | delivered /s | received p50 s | "
+        "p99 s | growth s | sent p50 s | p99 s | backlog | drain s | peak RSS ingress / workers "
+        "MiB | Redis MiB | CPU ms/journey workers + ingress + redis | kept up |"
+    )
+    print("|" + "---|" * 16)
+    for count, steps in results.items():
+        for s in steps:
+            print(
+                f"| {count} | {s.nominal:g} | {s.per_block} x {s.block_rate:.2f} | "
+                f"{s.offered:.1f} | {s.delivered:.1f} | {s.p50:.2f} | {s.p99:.2f} | "
+                f"{s.growth:+.2f} | {s.sent_p50:.2f} | {s.sent_p99:.2f} | {s.backlog} | "
+                f"{s.drain:.2f} | "
+                f"{s.rss_ingress / MiB:.0f} / {'+'.join(f'{r / MiB:.0f}' for r in s.rss_workers)}"
+                f" | {s.redis_used / MiB:.0f} | {worker_cpu(s)} + {s.cpu['ingress']:.1f} + "
+                f"{s.cpu['redis']:.1f} | {'yes' if s.kept_up else 'no'} |"
+            )
+    sustained: dict[int, float] = {}
+    capacity: dict[int, float] = {}
+    for count, steps in results.items():
+        sustained[count] = max([s.offered for s in steps if s.kept_up], default=0.0)
+        capacity[count] = max([s.delivered for s in steps], default=0.0)
+        print(
+            f"SUSTAINED {count} worker(s): {sustained[count]:.1f} journeys/s (the highest offered "
+            f"rate kept up with); highest delivered rate {capacity[count]:.1f} journeys/s"
+        )
+    if 1 in sustained and 2 in sustained and sustained[1] > 0 and capacity[1] > 0:
+        print(
+            f"RATIO 2 workers / 1 worker: sustained {sustained[2] / sustained[1]:.2f}, "
+            f"highest delivered {capacity[2] / capacity[1]:.2f}"
+        )
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+    bad = {
+        c: {k: v for k, v in p.items() if v and not k.startswith("undelivered")}
+        for c, p in problems.items()
+    }
+    bad = {c: p for c, p in bad.items() if p}
+    if bad:
+        print(f"UNEXPECTED notifications: {bad}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
