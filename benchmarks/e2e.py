@@ -96,6 +96,7 @@ import orjson
 import redis
 from e2e_chain import ASSET_HUB, LAG, RELAY, Segment, Synthesizer, check_segment
 from xcm import (  # benchmarks/ is this script's directory
+    ChildProc,
     Incomplete,
     WorkerProc,
     cleanup,
@@ -219,7 +220,7 @@ def rss_peak(pid: int) -> int:
     return int(found.group(1)) * 1024 if found else 0
 
 
-class Ingress:
+class Ingress(ChildProc):
     """One ``ocstream ingress`` process following a segment's two recordings at ``rate``."""
 
     def __init__(self, run: Run, segment: Segment, rate: float, name: str) -> None:
@@ -275,20 +276,6 @@ class Ingress:
         self.check_alive()
         tips = self.tips()
         return all(tips[urn] == self.segment.last[urn] for urn in self.segment.files)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def log_tail(self, lines: int = 30) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
 
 
 @dataclass

@@ -83,7 +83,28 @@ class Incomplete(Exception):
 # --- workers -------------------------------------------------------------------------------------
 
 
-class WorkerProc:
+class ChildProc:
+    """A child process writing to a log file; stopped with SIGTERM, killed after 30 s."""
+
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class WorkerProc(ChildProc):
     """One ``python -m ocstream worker`` with its own data dir, port and log file."""
 
     def __init__(
@@ -168,20 +189,6 @@ class WorkerProc:
         return sum(
             (Path(d) / f).stat().st_size for d, _, files in os.walk(self.data_dir) for f in files
         )
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
 
 
 def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
