@@ -102,6 +102,7 @@ from xcm import (  # benchmarks/ is this script's directory
     cleanup,
     cpu_seconds,
     redis_cpu,
+    stop_all,
     wait_for,
     wait_group,
 )
@@ -404,12 +405,7 @@ class Run:
         self.stopped = True
         if self.ingress is not None:
             self.ingress.stop()
-        for worker in self.workers:
-            if worker.alive():
-                assert worker.proc is not None
-                worker.proc.send_signal(signal.SIGTERM)
-        for worker in self.workers:
-            worker.stop()
+        stop_all(self.workers)
         cleanup(self.client, self.prefix)
         self.client.close()
 

@@ -104,6 +104,16 @@ class ChildProc:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def stop_all(children: list[WorkerProc]) -> None:
+    """SIGTERM to every worker at once (they shut down in parallel), then wait for each."""
+    for child in children:
+        if child.alive():
+            assert child.proc is not None
+            child.proc.send_signal(signal.SIGTERM)
+    for child in children:
+        child.stop()
+
+
 class WorkerProc(ChildProc):
     """One ``python -m ocstream worker`` with its own data dir, port and log file."""
 
@@ -578,12 +588,7 @@ class Run:
         if self.stopped:
             return
         self.stopped = True
-        for worker in self.workers:
-            if worker.alive():
-                assert worker.proc is not None
-                worker.proc.send_signal(signal.SIGTERM)
-        for worker in self.workers:
-            worker.stop()
+        stop_all(self.workers)
         cleanup(self.client, self.prefix)
         self.client.close()
 
