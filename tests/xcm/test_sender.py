@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from ocstream.ingress.decode import RuntimeDecoder, build_extended_block, read_compact
 from ocstream.ingress.model import Event, ExtendedBlock, Extrinsic
 from ocstream.ingress.raw import load_sidecar_json, load_v1_cbor
+from ocstream.testing import block_from_decoded
 from ocstream.xcm.sender import (
     ExtraSigner,
     Sender,
@@ -40,11 +41,6 @@ from ocstream.xcm.sender import (
     sender_of,
 )
 from ocstream.xcm.ss58 import public_key_of, ss58_encode
-
-try:  # written alongside; the papi-decoded cases run only once it is there
-    from ocstream.testing import block_from_decoded
-except ImportError:  # pragma: no cover - depends on the tree's state
-    block_from_decoded = None  # type: ignore[assignment]
 
 DecoderFor = Callable[[str, str], RuntimeDecoder]
 
@@ -72,15 +68,11 @@ WRAPPERS = {
 }
 
 
-def block_of(
-    fixtures_dir: Path, decoder_for: DecoderFor, entry: dict[str, Any]
-) -> ExtendedBlock | None:
-    """The ExtendedBlock of a manifest ``blocks[]`` entry (None: decoded, and no converter)."""
+def block_of(fixtures_dir: Path, decoder_for: DecoderFor, entry: dict[str, Any]) -> ExtendedBlock:
+    """The ExtendedBlock of a manifest ``blocks[]`` entry."""
     network = entry["chain"]
     path = fixtures_dir / entry["file"]
     if entry["format"] == "decoded-cbor":
-        if block_from_decoded is None:
-            return None
         return block_from_decoded(path, network=network)
     if entry["format"] == "v1-cbor":
         raw = _v1_file(path)[entry["index"]]
@@ -120,8 +112,6 @@ def test_sender_of_real_sends(fixtures_dir: Path, decoder_for: DecoderFor, case:
     }
     message, entry = found[case]
     block = block_of(fixtures_dir, decoder_for, entry)
-    if block is None:
-        pytest.skip("ocstream.testing.block_from_decoded is not available")
     sent = message["sent"]
     event = block.events[sent["event_index"]]
     assert f"{event.module}.{event.name}" == sent["event"]
@@ -245,8 +235,6 @@ def test_real_batches_add_no_extra_signer(fixtures_dir: Path, decoder_for: Decod
 
 
 def test_a_papi_decoded_batch_adds_no_extra_signer(fixtures_dir: Path) -> None:
-    if block_from_decoded is None:
-        pytest.skip("ocstream.testing.block_from_decoded is not available")
     block = block_from_decoded(
         fixtures_dir / "decoded" / "hydra" / "6783591.cbor", network="urn:ocn:polkadot:2034"
     )
