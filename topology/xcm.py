@@ -112,9 +112,10 @@ class Networks:
         return self._codecs[key]
 
 
-async def _scan(table: Any) -> Any:
-    """``table.items()`` that lets the event loop run between chunks."""
-    for count, item in enumerate(table.items(), 1):
+async def _scan(items: Any) -> Any:
+    """Iterate over a table's ``items()`` or ``keys()``, letting the event loop run between
+    chunks."""
+    for count, item in enumerate(items, 1):
         yield item
         if count % SCAN_CHUNK == 0:
             await asyncio.sleep(0)
@@ -148,7 +149,12 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
     engine = Engine(settings, now=time.time, monitored=networks.monitored)
     sweep_every = float(os.environ.get("OCSTREAM_XCM_SWEEP_INTERVAL", "60"))
     deadlines: list[tuple[float, str, str]] = []
-    state: dict[str, Any] = {"assignment": frozenset(), "scanned": 0.0, "swept": time.time()}
+    state: dict[str, Any] = {
+        "assignment": frozenset(),
+        "scanned": 0.0,
+        "swept": time.time(),
+        "pushed": None,
+    }
     app.xcm_networks = networks
     app.xcm_counters = COUNTERS
 
@@ -219,6 +225,8 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
             view.commit()
             for deadline in step.deadlines:
                 heapq.heappush(deadlines, deadline)
+                if state["pushed"] is not None:
+                    state["pushed"].append(deadline)
             COUNTERS.update(step.counters)
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
@@ -229,16 +237,18 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
         if assignment != state["assignment"] or time.time() - state["scanned"] > 300:
             state["assignment"] = assignment
             state["scanned"] = time.time()
-            deadlines.clear()
-            for key, value in list(tables["journeys"].items()):
-                if (
-                    isinstance(value, dict)
-                    and value.get("role") == "final"
-                    and not value.get("done")
-                ):
+            # The scan yields to the event loop, so xcm_match may push deadlines meanwhile:
+            # those are kept aside and added to what the scan found.
+            found: list[tuple[float, str, str]] = []
+            state["pushed"] = []
+            async for key, value in _scan(tables["journeys"].items()):
+                if _pending_final(value):
                     chain = key.split("|", 1)[0]
-                    deadlines.append((value["deadline"], chain, value["id"]))
-            heapq.heapify(deadlines)
+                    found.append((value["deadline"], chain, value["id"]))
+            found.extend(state["pushed"])
+            state["pushed"] = None
+            heapq.heapify(found)
+            deadlines[:] = found
         now = time.time()
         while deadlines and deadlines[0][0] <= now:
             _, chain, jid = heapq.heappop(deadlines)
@@ -253,7 +263,7 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
         state["swept"] = now
         found: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for name, table in tables.items():
-            items = [item async for item in _scan(table)]
+            items = [item async for item in _scan(table.items())]
             for chain, entry in expired_keys(name, items, now):
                 found[chain].append(entry)
         for chain, keys in found.items():
@@ -264,18 +274,17 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
         """Counts of what this worker's partitions hold, and the engine counters."""
 
         async def get(self, request: Request) -> Response:
-            journeys = list(tables["journeys"].values())
-            pending = sum(
-                1
-                for j in journeys
-                if isinstance(j, dict) and j.get("role") == "final" and not j.get("done")
-            )
+            pending = 0
+            sizes: dict[str, int] = {}
+            for name, table in tables.items():
+                size = 0
+                async for _ in _scan(table.keys()):
+                    size += 1
+                sizes[name] = size
+            async for value in _scan(tables["journeys"].values()):
+                pending += _pending_final(value)
             return self.json(
-                {
-                    "pending_journeys": pending,
-                    "tables": {name: len(list(table.keys())) for name, table in tables.items()},
-                    "counters": dict(COUNTERS),
-                }
+                {"pending_journeys": pending, "tables": sizes, "counters": dict(COUNTERS)}
             )
 
 

@@ -128,6 +128,21 @@ def test_two_workers_match_recorded_journeys(
             return None
 
         notes = wait_for(settled, 90, "a receipt and three timeouts")
+
+        # Each worker's /xcm/pending/ view counts its partitions: nothing is pending any more,
+        # and the counters of the two add up to the terminal notifications.
+        def views() -> list[dict[str, Any]]:
+            return [json.loads(worker.get("/xcm/pending/")) for worker in workers]
+
+        def drained() -> list[dict[str, Any]] | None:
+            found = views()
+            done = sum(v["counters"].get("timeout", 0) for v in found) >= 3
+            return found if done and all(v["pending_journeys"] == 0 for v in found) else None
+
+        pending = wait_for(drained, 30, "no pending journey in /xcm/pending/")
+        assert sum(v["counters"].get("received", 0) for v in pending) == 1, pending
+        assert sum(v["counters"].get("timeout", 0) for v in pending) == 3, pending
+        assert all(set(v["tables"]) >= {"journeys", "outbound", "inbound"} for v in pending)
     finally:
         for worker in workers:
             worker.stop()
