@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -218,3 +219,84 @@ async def test_a_terminal_retried_after_a_redis_error_is_still_delivered(
     # A different terminal of the same journey is late.
     await first.deliver(note("xcm.timeout", journey="retry"))
     assert hooks.types("one") == ["xcm.received"]
+
+
+class SlowHooks(Recorder):
+    """A webhook channel that takes a few milliseconds per enqueue and counts how many run at
+    once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = 0
+        self.most = 0
+
+    async def enqueue(self, subscription_id: str, index: int, note: dict[str, Any]) -> bool:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        await asyncio.sleep(0.002 + 0.004 * (hash(note["id"]) % 3))
+        self.running -= 1
+        return await super().enqueue(subscription_id, index, note)
+
+
+class RecordedStream:
+    """What ``deliver_stream`` uses of a faust stream: iteration, ``current_event``,
+    ``enable_acks`` and ``ack``."""
+
+    def __init__(self, values: list[dict[str, Any]], hooks: Recorder) -> None:
+        self.values = values
+        self.hooks = hooks
+        self.enable_acks = True
+        self.current_event: Any = None
+        self.acked: list[tuple[int, set[str]]] = []  # (event, ids delivered when it was acked)
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        for index, value in enumerate(self.values):
+            self.current_event = index
+            yield value
+            await asyncio.sleep(0)
+
+    async def ack(self, event: int) -> None:
+        self.acked.append((event, {n["id"] for _, n in self.hooks.got}))
+
+
+async def test_the_agent_delivers_concurrently_and_each_journey_in_order(
+    redis_url: str, prefix: str
+) -> None:
+    from topology.delivery import CONCURRENCY, deliver_stream  # noqa: PLC0415
+
+    client = connect(redis_url, name="test-delivery-agent")
+    store = SubscriptionStore(client, prefix)
+    live = LiveSubscriptions(client, prefix, poll_interval=0.1)
+    hooks = SlowHooks()
+    delivery = Delivery(
+        client=client, prefix=prefix, subscriptions=live, webhooks=hooks, timer_interval=60
+    )
+    await delivery.start()
+    try:
+        await store.create_many([sub("timed", outboundTTL=6000)])
+        await settle([live], 1)
+        # 60 journeys, interleaved the way partitions interleave them: sent, sent, received...
+        notes = []
+        for pair in range(30):
+            a, b = f"a{pair}", f"b{pair}"
+            notes += [note("xcm.sent", a), note("xcm.sent", b)]
+            notes += [note("xcm.received", a), note("xcm.received", b)]
+        stream = RecordedStream(notes, hooks)
+        await deliver_stream(SimpleNamespace(delivery=delivery), stream)
+
+        assert stream.enable_acks is False
+        delivered = [n["id"] for _, n in hooks.got]
+        assert sorted(delivered) == sorted(n["id"] for n in notes)  # each once
+        for journey in {n["journeyId"] for n in notes}:
+            kinds = [n["type"] for _, n in hooks.got if n["journeyId"] == journey]
+            assert kinds == ["xcm.sent", "xcm.received"], (journey, kinds)
+        # Every xcm.sent set the subscription's timer before its receipt removed it.
+        assert await delivery.fire_due_timers(now=10**12) == 0
+        assert 1 < hooks.most <= CONCURRENCY
+        # Each record acknowledged once, after its own delivery was recorded.
+        assert sorted(event for event, _ in stream.acked) == list(range(len(notes)))
+        assert all(notes[event]["id"] in done for event, done in stream.acked)
+        assert len(stream.acked) == len(hooks.got)
+    finally:
+        await delivery.stop()
+        await client.aclose()
