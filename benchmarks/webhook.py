@@ -510,6 +510,12 @@ async def amain(args: argparse.Namespace) -> None:
         await bench_dispatcher(base, args.redis, c, 200, 20, 200.0, stats)
         if worker is not None:
             await worker.bench(200, 20, 200.0, stats, count, "worker warm-up")
+            # What the worker costs with nothing to deliver (timers, heartbeats, fetch waits).
+            assert worker.proc is not None
+            idle0 = cpu_seconds(worker.proc.pid)
+            await asyncio.sleep(args.idle_seconds)
+            idle = (cpu_seconds(worker.proc.pid) - idle0) / args.idle_seconds
+            print(f"worker idle: {idle * 100:.2f}% of a core over {args.idle_seconds:g} s")
         labels = {"a": "a bare aiohttp", "b": "b dispatcher  ", "c": "c worker      "}
         for i in range(args.rounds):
             results: dict[str, Result] = {}
@@ -596,6 +602,9 @@ def main() -> None:
         "--partitions", type=int, default=4, help="partitions of xcm-notifications (c)"
     )
     parser.add_argument("--no-worker", action="store_true", help="skip c (a and b only)")
+    parser.add_argument(
+        "--idle-seconds", type=float, default=5.0, help="how long the worker's idle CPU is measured"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:

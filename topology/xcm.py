@@ -149,12 +149,7 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
     engine = Engine(settings, now=time.time, monitored=networks.monitored)
     sweep_every = float(os.environ.get("OCSTREAM_XCM_SWEEP_INTERVAL", "60"))
     deadlines: list[tuple[float, str, str]] = []
-    state: dict[str, Any] = {
-        "assignment": frozenset(),
-        "scanned": 0.0,
-        "swept": time.time(),
-        "pushed": None,
-    }
+    state: dict[str, Any] = {"assignment": frozenset(), "scanned": 0.0, "swept": time.time()}
     app.xcm_networks = networks
     app.xcm_counters = COUNTERS
 
@@ -225,8 +220,6 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
             view.commit()
             for deadline in step.deadlines:
                 heapq.heappush(deadlines, deadline)
-                if state["pushed"] is not None:
-                    state["pushed"].append(deadline)
             COUNTERS.update(step.counters)
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
@@ -237,18 +230,13 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
         if assignment != state["assignment"] or time.time() - state["scanned"] > 300:
             state["assignment"] = assignment
             state["scanned"] = time.time()
-            # The scan yields to the event loop, so xcm_match may push deadlines meanwhile:
-            # those are kept aside and added to what the scan found.
-            found: list[tuple[float, str, str]] = []
-            state["pushed"] = []
+            # The scan yields to the event loop, and xcm_match may push deadlines meanwhile: they
+            # stay in the heap. One found twice only sends a second tick, which does nothing.
+            deadlines.clear()
             async for key, value in _scan(tables["journeys"].items()):
                 if _pending_final(value):
                     chain = key.split("|", 1)[0]
-                    found.append((value["deadline"], chain, value["id"]))
-            found.extend(state["pushed"])
-            state["pushed"] = None
-            heapq.heapify(found)
-            deadlines[:] = found
+                    heapq.heappush(deadlines, (value["deadline"], chain, value["id"]))
         now = time.time()
         while deadlines and deadlines[0][0] <= now:
             _, chain, jid = heapq.heappop(deadlines)
@@ -274,15 +262,16 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
         """Counts of what this worker's partitions hold, and the engine counters."""
 
         async def get(self, request: Request) -> Response:
+            # Values are decoded for the journeys table only; the others are counted by key.
             pending = 0
-            sizes: dict[str, int] = {}
-            for name, table in tables.items():
-                size = 0
-                async for _ in _scan(table.keys()):
-                    size += 1
-                sizes[name] = size
+            sizes = dict.fromkeys(tables, 0)
             async for value in _scan(tables["journeys"].values()):
+                sizes["journeys"] += 1
                 pending += _pending_final(value)
+            for name, table in tables.items():
+                if name != "journeys":
+                    async for _ in _scan(table.keys()):
+                        sizes[name] += 1
             return self.json(
                 {"pending_journeys": pending, "tables": sizes, "counters": dict(COUNTERS)}
             )
