@@ -236,7 +236,9 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
             async for key, value in _scan(tables["journeys"].items()):
                 if _pending_final(value):
                     chain = key.split("|", 1)[0]
-                    heapq.heappush(deadlines, (value["deadline"], chain, value["id"]))
+                    # A held receipt is due at its hold time, before the journey's deadline.
+                    due = value.get("hold_until") or value["deadline"]
+                    heapq.heappush(deadlines, (due, chain, value["id"]))
         now = time.time()
         while deadlines and deadlines[0][0] <= now:
             _, chain, jid = heapq.heappop(deadlines)

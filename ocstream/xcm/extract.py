@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 _HASH = re.compile(r"^0x[0-9a-f]{64}$")
+_ZERO_HASH = "0x" + "00" * 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -794,7 +795,7 @@ def _downward_leg(
             transport="dmp",
             recipient=recipient,
             message=None,
-            message_hash=message_id or "0x" + "00" * 32,
+            message_hash=message_id or _ZERO_HASH,
             event=event,
             extrinsic_index=extrinsic_index,
             received=received,
@@ -833,13 +834,23 @@ def _sent_leg(
     if message is not None:
         ids = list(message.ids)
     else:  # the hash the event reported, if any (never the all-zero placeholder)
-        ids = [message_hash] if message_hash != "0x" + "00" * 32 else []
+        ids = [message_hash] if message_hash != _ZERO_HASH else []
     if slot is not None:
         ids.append(slot)
     ctx = context.context(
-        extrinsic_index=extrinsic_index, event=event, message=message, message_hash=message_hash
+        extrinsic_index=extrinsic_index,
+        event=event,
+        message=message,
+        # A DMP found by its call, whose bytes could not be read, has no hash to report yet:
+        # null, never the all-zero placeholder (the receipt's event tells the real one).
+        message_hash=None if message_hash == _ZERO_HASH else message_hash,
     )
     continues = _continues(message, event, extrinsic_index, received)
+    candidates = (
+        _hop_candidates(context, event, extrinsic_index, received)
+        if continues is None and instructions is not None
+        else []
+    )
     return SentLeg(
         identity=identity,
         origin=block.network,
@@ -858,11 +869,7 @@ def _sent_leg(
         sender=context.sender(extrinsic_index),
         context=ctx,
         continues=continues,
-        hop_candidates=(
-            [leg.identity for leg in received]
-            if continues is None and event is None and instructions is not None
-            else []
-        ),
+        hop_candidates=candidates,
         timestamp=block.timestamp,
     )
 
@@ -873,16 +880,17 @@ def _continues(
     extrinsic_index: int | None,
     received: Sequence[ReceivedLeg],
 ) -> str | None:
-    """The received leg of this block that this message forwards, when it can be told: the
-    same topic, or (no topic) the first outcome event after the send in the same phase and
-    extrinsic — executing a program emits its sends before its outcome."""
+    """The received leg of this block that this message forwards, when it can be told for sure:
+    the same topic, or the first outcome event after the send in the same extrinsic (executing a
+    program emits its sends before its outcome). A topic that no receipt of the block carries is
+    no answer: a chain that swaps on the way re-sends with a topic of its own, and older receivers
+    report only the hash; the position in the extrinsic may still tell."""
     if message is not None and message.topic is not None:
         for leg in received:
             if message.topic in leg.ids:
                 return leg.identity
-        return None
     if event is None or event.phase != "ApplyExtrinsic":
-        return None  # many queued messages run in one phase: no safe link without a topic
+        return None  # many queued messages run in one phase: no safe link by position
     for leg in received:
         position = leg.context.get("event")
         if not isinstance(position, dict):
@@ -892,3 +900,24 @@ def _continues(
         if isinstance(after, int) and after > event.index and same_extrinsic:
             return leg.identity
     return None
+
+
+def _hop_candidates(
+    context: _Block,
+    event: Event | None,
+    extrinsic_index: int | None,
+    received: Sequence[ReceivedLeg],
+) -> list[str]:
+    """The received legs of this block that a message with no sure link may forward (the
+    matcher decides by content). A send by a signed extrinsic is the signer's own, unless a
+    receipt sits in that same extrinsic; a send from a hook, an inherent or the block's
+    Initialization or Finalization phase (Astar emits ``XcmpMessageSent`` at finalization while
+    its queue executes the incoming message elsewhere) may forward any message the block
+    executed."""
+    signed = extrinsic_index is not None and any(
+        x.index == extrinsic_index and x.signer is not None for x in context.block.extrinsics
+    )
+    if event is not None and event.phase == "ApplyExtrinsic" and signed:
+        wanted = f"{context.block.number}-{extrinsic_index}"
+        return [leg.identity for leg in received if leg.context.get("extrinsicId") == wanted]
+    return [leg.identity for leg in received]

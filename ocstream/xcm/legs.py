@@ -309,14 +309,21 @@ def programs_of(recipient: str, instructions: Any) -> list[list[Any]]:
 
 
 def _plain(value: Any) -> Any:
-    """A decoded value with version-dependent shapes flattened (``X1([j])`` → ``X1(j)``,
-    numbers as strings), so programs of two XCM versions compare."""
+    """A decoded value with version-dependent shapes flattened, so programs of two XCM versions
+    compare: ``X1([j])`` (V4/V5) → ``X1(j)`` (V2/V3), a V3 ``{"Concrete": location}`` asset id →
+    the V4 location, V2's ``network: "Any"`` → absent, numbers as strings."""
     if isinstance(value, dict):
         if len(value) == 1:
             ((tag, inner),) = value.items()
             if tag == "X1" and isinstance(inner, list) and len(inner) == 1:
                 return {"X1": _plain(inner[0])}
-        return {key: _plain(item) for key, item in value.items() if item is not None}
+            if tag == "Concrete":
+                return _plain(inner)
+        return {
+            key: _plain(item)
+            for key, item in value.items()
+            if item is not None and not (key == "network" and item == "Any")
+        }
     if isinstance(value, list):
         return [_plain(item) for item in value]
     if isinstance(value, bool) or value is None:
@@ -326,19 +333,45 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# Where an instruction sends what it carries: the part of it the executor passes on unchanged.
+# Asset amounts and locations are not: fees are taken and assets are reanchored at each hop, and
+# the asset filter changes shape between versions (V2 ``Wild(All)`` + ``max_assets`` becomes V3
+# ``Wild(AllCounted(n))``).
+_TARGETS: dict[str, tuple[str, ...]] = {
+    "DepositAsset": ("beneficiary",),
+    "DepositReserveAsset": ("dest",),
+    "InitiateReserveWithdraw": ("reserve",),
+    "InitiateTeleport": ("dest",),
+    "TransferAsset": ("beneficiary",),
+    "TransferReserveAsset": ("dest",),
+    "InitiateTransfer": ("destination",),
+}
+
+
+def _signature(instruction: Any) -> Any:
+    name, operands = _junction(instruction)
+    fields = _TARGETS.get(name)
+    if fields is None or not isinstance(operands, dict):
+        return _plain(instruction)
+    return [name, *(_plain(operands.get(f)) for f in fields)]
+
+
+def _without_topic(program: list[Any]) -> list[Any]:
+    return [item for item in program if not (isinstance(item, dict) and "SetTopic" in item)]
+
+
 def continues_program(expected: list[Any], instructions: Any) -> bool:
     """Whether a re-sent program ends like the nested program a forwarding instruction asked
-    for: the executor prepends its own instructions (asset deposits, fees) and the router appends
-    ``SetTopic``, but the requested tail (e.g. the final ``DepositAsset``) is carried over."""
-    program = [
-        item
-        for item in _program(instructions)
-        if not (isinstance(item, dict) and "SetTopic" in item)
-    ]
-    wanted = [item for item in expected if not (isinstance(item, dict) and "SetTopic" in item)]
+    for. The executor prepends its own instructions (asset deposits, fees), reanchors the assets
+    and may re-encode the program in another XCM version, and the router appends ``SetTopic``
+    (a new one where the chain re-sends with its own topic); what is carried over is the
+    requested tail: the last instruction and where it sends the assets (e.g. the final
+    ``DepositAsset`` and its beneficiary)."""
+    program = _without_topic(_program(instructions))
+    wanted = _without_topic(expected)
     if not program or not wanted:
         return False
-    return bool(_plain(program[-1]) == _plain(wanted[-1]))
+    return bool(_signature(program[-1]) == _signature(wanted[-1]))
 
 
 def legs_of(origin: str, stops: list[str]) -> list[Leg]:

@@ -72,6 +72,7 @@ class Store(Protocol):
 
 
 _MISSING = object()
+_ZERO_HASH = "0x" + "00" * 32
 
 
 class Tables:
@@ -123,6 +124,9 @@ class MatchSettings:
     pending_ttl: float = 3600.0  # early inbound/relayed legs wait this long for their outbound
     seen_ttl: float = 86400.0  # how long a handled leg is remembered (re-delivery window)
     closed_ttl: float = 3600.0  # an ended journey's hop entries stay for late hop legs
+    late_ttl: float = 86400.0  # a timed-out journey waits this long for its late receipt
+    hold_ttl: float = 300.0  # a receipt waits this long for the last hop's message (see _final)
+    clock_window: float = 6 * 3600.0  # block clocks further apart are not compared (test nets)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> MatchSettings:
@@ -229,19 +233,84 @@ class Engine:
                 tables.set("inbound", _jkey(chain, "leg:" + leg.continues), pending)
                 step.count("hop_out_parked")
                 return
+        # No sure link: a hop-out if one of the block's receipts brought a journey whose
+        # forwarding this message carries out (same topic, or the content it asked for).
+        waiting: list[str] = []
         for candidate in leg.hop_candidates:
-            # No sure link: a hop-out if it ends the way the journey's forwarding asked for.
             marker = tables.get("journeys", _jkey(chain, "in:" + candidate))
-            if marker is None:
+            if marker is not None:
+                if self._forwards(tables, chain, marker["journey"], leg):
+                    step.count("hop_out_by_content")
+                    self._hop_out(tables, chain, marker["journey"], leg, step)
+                    return
                 continue
-            journey = marker["journey"]
-            programs = journey.get("programs") or []
-            expected = journey["stop"]  # programs[k] is what stop k + 1 runs
-            if expected < len(programs) and continues_program(programs[expected], leg.instructions):
+            pending = tables.get("inbound", _jkey(chain, "leg:" + candidate))
+            if pending is not None and self._expect_origin(pending["leg"]):
+                waiting.append(candidate)
+        if waiting:
+            # The receipts it may continue are waiting for their journeys: so does it, and the
+            # first of them whose journey it forwards takes it (any arrival order, one answer).
+            tables.set(
+                "journeys",
+                _jkey(chain, "parked:" + leg.identity),
+                {
+                    "parked_leg": leg.model_dump(by_alias=True),
+                    "waiting": waiting,
+                    "expires": self.now() + 2 * self.settings.pending_ttl,
+                },
+            )
+            for candidate in waiting:
+                key = _jkey(chain, "leg:" + candidate)
+                pending = dict(tables.get("inbound", key))
+                pending["candidates"] = [*pending.get("candidates", []), leg.identity]
+                tables.set("inbound", key, pending)
+            step.count("hop_out_parked")
+            return
+        self._new_journey(tables, leg, step)
+
+    def _forwards(self, tables: Tables, chain: str, journey: dict[str, Any], leg: SentLeg) -> bool:
+        """Whether ``leg``, sent at ``chain`` with no sure link, is the hop-out of ``journey``
+        (which arrived there): it carries the journey's topic, or it ends the way the journey's
+        forwarding instruction asked (this heuristic can give ``xcm.hop``; a receipt still needs
+        the hop-out's own ids)."""
+        current = tables.get("journeys", _jkey(chain, journey["id"])) or journey
+        if current.get("hopped_out"):
+            return False  # one message forwarded per stop
+        if leg.topic is not None and leg.topic == journey.get("topic"):
+            return True
+        programs = journey.get("programs") or []
+        expected = journey["stop"]  # programs[k] is what stop k + 1 runs
+        return expected < len(programs) and continues_program(programs[expected], leg.instructions)
+
+    def _release_candidates(
+        self,
+        tables: Tables,
+        chain: str,
+        receipt: dict[str, Any],
+        journey: dict[str, Any] | None,
+        step: Step,
+    ) -> None:
+        """A pending receipt found its journey (``journey``: the one that hopped in here, or
+        None when it was the final receipt or expired): each hop-out waiting on it is that
+        journey's hop-out if it forwards it; otherwise it waits for its other candidates, and
+        with none left it is a journey of its own."""
+        for identity in receipt.get("candidates", []):
+            key = _jkey(chain, "parked:" + identity)
+            parked = tables.get("journeys", key)
+            if parked is None:
+                continue  # already placed
+            leg = SentLeg.model_validate(parked["parked_leg"])
+            if journey is not None and self._forwards(tables, chain, journey, leg):
+                tables.delete("journeys", key)
                 step.count("hop_out_by_content")
                 self._hop_out(tables, chain, journey, leg, step)
-                return
-        self._new_journey(tables, leg, step)
+                continue
+            waiting = [c for c in parked["waiting"] if c != receipt["identity"]]
+            if waiting:
+                tables.set("journeys", key, {**parked, "waiting": waiting})
+            else:
+                tables.delete("journeys", key)
+                self._new_journey(tables, leg, step)
 
     def _expect_origin(self, received: dict[str, Any]) -> bool:
         """Whether the journey of an unmatched inbound can still show up: its immediate sender
@@ -283,33 +352,65 @@ class Engine:
             )
 
     def _on_received(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
-        # No seen-check: a re-delivered receipt finds its journey done (and is kept as an
-        # orphan until it expires) or replaces its own pending entry; ids make it harmless.
         leg = ReceivedLeg.model_validate(record["leg"])
+        if tables.get("seen", _jkey(chain, "rcv:" + leg.identity)) is not None:
+            # This receipt already ended (or hopped) its journey: a re-delivery (a worker killed
+            # after its outputs were written) must not become the receipt of a later journey
+            # with the same bytes.
+            step.count("duplicate_legs")
+            return
         if self._is_pending(tables, "inbound", chain, leg.identity, step):
             return  # already waiting (perhaps with hop-outs parked on it)
         data = leg.model_dump(by_alias=True)
         if not self._match_received(tables, chain, data, step):
             self._keep_pending(tables, "inbound", chain, data, leg.ids, step)
 
+    def _consume(self, tables: Tables, chain: str, leg: dict[str, Any]) -> None:
+        """Remember that a receipt found its journey (see :meth:`_on_received`)."""
+        tables.set(
+            "seen",
+            _jkey(chain, "rcv:" + leg["identity"]),
+            {"expires": self.now() + self.settings.seen_ttl},
+        )
+
+    def _before_send(self, journey: dict[str, Any], leg: dict[str, Any]) -> bool:
+        """Whether the receipt's block is older than the journey's send, so it cannot be its
+        receipt (an identical earlier message's). Block times come from each chain's own
+        clock; clocks that disagree by more than ``clock_window`` (test networks started at
+        different dates) are not compared."""
+        received_at = leg.get("context", {}).get("timestamp")
+        sent_at = (journey.get("origin_context") or {}).get("timestamp")
+        if not isinstance(received_at, int) or not isinstance(sent_at, int):
+            return False
+        gap = (sent_at - received_at) / 1000
+        return 0 < gap < self.settings.clock_window
+
     def _match_received(self, tables: Tables, chain: str, leg: dict[str, Any], step: Step) -> bool:
         ids = list(dict.fromkeys((leg["message_id"], leg["message_hash"], leg.get("slot"))))
         ids = [i for i in ids if i is not None]  # the hash first: a slot is the fallback
+        late: dict[str, Any] | None = None
         for table, role in (("outbound", "final"), ("hop", "hop")):
             for message_id in ids:
                 for jid in tables.get(table, f"{chain}:{message_id}") or []:
                     journey = tables.get("journeys", _jkey(chain, jid))
                     if journey is None or not self._from_agrees(journey, leg):
                         continue
-                    if role == "final" and journey.get("done"):
-                        continue
-                    if role == "hop" and journey.get("hopped_in"):
+                    if self._before_send(journey, leg):
                         continue
                     if role == "final":
+                        if journey.get("done") or journey.get("receipt"):
+                            if late is None and _awaits_late_receipt(journey):
+                                late = journey
+                            continue
                         self._final(tables, chain, journey, leg, step)
-                    else:
-                        self._hop_in(tables, chain, journey, leg, step)
+                        return True
+                    if journey.get("hopped_in"):
+                        continue
+                    self._hop_in(tables, chain, journey, leg, step)
                     return True
+        if late is not None:
+            self._late(tables, chain, late, leg, step)
+            return True
         return False
 
     @staticmethod
@@ -393,19 +494,99 @@ class Engine:
     def _final(
         self, tables: Tables, chain: str, journey: dict[str, Any], leg: dict[str, Any], step: Step
     ) -> None:
-        step.notifications.append(
-            notify.received(journey, leg["context"], leg.get("assets_trapped"))
+        self._consume(tables, chain, leg)
+        if self._message_unknown(journey):
+            # Matched by the topic before the last hop's message reached this stop: the receipt
+            # waits (a short while) for it, so that it reports the message that ran here.
+            hold_until = min(journey["deadline"], self.now() + self.settings.hold_ttl)
+            tables.set(
+                "journeys",
+                _jkey(chain, journey["id"]),
+                {**journey, "receipt": leg, "hold_until": hold_until},
+            )
+            step.deadlines.append((hold_until, chain, journey["id"]))
+            step.count("receipt_held")
+            return
+        self._receive(tables, chain, journey, leg, step)
+
+    def _message_unknown(self, journey: dict[str, Any]) -> bool:
+        """Whether the final stop still lacks the message its previous stop forwarded (a
+        journey of several stops whose last ``extend`` has not arrived), and it can come: the
+        previous stop is followed."""
+        return (
+            len(journey["stops"]) > 1
+            and not journey.get("extended")
+            and self.monitored(journey["leg_from"])
         )
+
+    def _receive(
+        self,
+        tables: Tables,
+        chain: str,
+        journey: dict[str, Any],
+        leg: dict[str, Any],
+        step: Step,
+        *,
+        late: bool = False,
+    ) -> None:
+        if len(journey["stops"]) > 1 and not journey.get("extended"):
+            # The last hop's message never reached this stop: report what the receipt itself
+            # says (its hash, when the event gives one) rather than the first leg's message.
+            reported = leg["message_hash"]
+            known = reported not in (journey.get("ids") or [])  # else it is the topic
+            journey = {
+                **journey,
+                "message": {
+                    "messageHash": reported if known else None,
+                    "messageData": None,
+                    "instructions": None,
+                },
+            }
+        note = notify.received(journey, leg["context"], leg.get("assets_trapped"))
+        if late:
+            note["late"] = True
+        step.notifications.append(note)
+        if late:
+            step.count("late_received")
+            return
         step.count("received")
         self._end(tables, chain, journey, step)
-        for parked in leg.get("parked", []):
-            # The destination forwarded the message on: that is a journey of its own.
-            self._new_journey(tables, SentLeg.model_validate(parked), step)
+        self._release_parked(tables, chain, leg, None, step)
+
+    def _late(
+        self, tables: Tables, chain: str, journey: dict[str, Any], leg: dict[str, Any], step: Step
+    ) -> None:
+        """The receipt of a journey that already timed out: reported once, flagged ``late``
+        (the delivery layer counts it as late for subscriptions that had the timeout), and
+        never kept for a later journey with the same bytes."""
+        self._consume(tables, chain, leg)
+        tables.set("journeys", _jkey(chain, journey["id"]), {**journey, "late": leg["identity"]})
+        self._receive(tables, chain, journey, leg, step, late=True)
+        self._release_parked(tables, chain, leg, None, step)
+
+    def _release_parked(
+        self,
+        tables: Tables,
+        chain: str,
+        leg: dict[str, Any],
+        journey: dict[str, Any] | None,
+        step: Step,
+    ) -> None:
+        """Hop-outs that waited on a receipt which turned out to end its journey here (or to
+        expire): what they forwarded is a journey of its own."""
+        if journey is None:
+            for parked in leg.get("parked", []):
+                self._new_journey(tables, SentLeg.model_validate(parked), step)
+        else:
+            for parked in leg.get("parked", []):
+                self._hop_out(tables, chain, journey, SentLeg.model_validate(parked), step)
+        self._release_candidates(tables, chain, leg, journey, step)
 
     def _hop_in(
         self, tables: Tables, chain: str, journey: dict[str, Any], leg: dict[str, Any], step: Step
     ) -> None:
         jid = journey["id"]
+        self._consume(tables, chain, leg)
         journey = {**journey, "hopped_in": leg["identity"]}
         tables.set("journeys", _jkey(chain, jid), journey)
         tables.set("journeys", _jkey(chain, "in:" + leg["identity"]), {"journey": journey})
@@ -419,14 +600,16 @@ class Engine:
         else:
             step.notifications.append(note)
             step.count("hop_in")
-        for parked in leg.get("parked", []):
-            self._hop_out(tables, chain, journey, SentLeg.model_validate(parked), step)
+        self._release_parked(tables, chain, leg, journey, step)
 
     def _hop_out(
         self, tables: Tables, chain: str, journey: dict[str, Any], leg: SentLeg, step: Step
     ) -> None:
         stops: list[str] = journey["stops"]
         k = journey["stop"]
+        current = tables.get("journeys", _jkey(chain, journey["id"]))
+        if current is not None and current.get("role") and not current.get("hopped_out"):
+            tables.set("journeys", _jkey(chain, journey["id"]), {**current, "hopped_out": True})
         step.notifications.append(notify.hop(journey, leg.context, k + 1, "out"))
         step.count("hop_out")
         if k + 1 < len(stops):
@@ -434,14 +617,25 @@ class Engine:
             extend["message"] = _message_fields(leg)
             step.records.append((stops[k + 1], extend))
 
-    def _end(self, tables: Tables, chain: str, journey: dict[str, Any], step: Step) -> None:
+    def _end(
+        self,
+        tables: Tables,
+        chain: str,
+        journey: dict[str, Any],
+        step: Step,
+        *,
+        ended: str = "received",
+    ) -> None:
         """The journey is over (at its owner). Its entries stay, marked done, for
-        ``closed_ttl``: relayed and hop legs that arrive late still notify, and a second receipt
-        of the same id cannot end it twice. Every other stop is told."""
+        ``closed_ttl`` (``late_ttl`` after a timeout, for the late receipt): relayed and hop
+        legs that arrive late still notify, and a second receipt of the same id cannot end it
+        twice. Every other stop is told."""
+        ttl = self.settings.late_ttl if ended == "timeout" else self.settings.closed_ttl
+        current = tables.get("journeys", _jkey(chain, journey["id"])) or journey
         tables.set(
             "journeys",
             _jkey(chain, journey["id"]),
-            {**journey, "done": True, "expires": self.now() + self.settings.closed_ttl},
+            {**current, "done": True, "ended": ended, "expires": self.now() + ttl},
         )
         for stop in journey["stops"][:-1]:
             step.records.append((stop, {"kind": "close", "journey": journey["id"]}))
@@ -479,7 +673,7 @@ class Engine:
             journey["deadline"] = self.now() + ttl
             step.deadlines.append((journey["deadline"], chain, jid))
         for extension in existing.get("extensions", []):
-            journey = _with_message(journey, extension.get("message"))
+            journey = {**_with_message(journey, extension.get("message")), "extended": True}
         ids = [*record["ids"], *(i for ext in existing.get("extensions", []) for i in ext["ids"])]
         self._add_keys(tables, chain, journey, ids, step)
 
@@ -514,15 +708,24 @@ class Engine:
                 if pending is None:
                     _remove(tables, "inbound", f"{chain}:{message_id}", identity)
                     continue
-                leg = {**pending["leg"], "parked": pending.get("parked", [])}
+                leg = {
+                    **pending["leg"],
+                    "parked": pending.get("parked", []),
+                    "candidates": pending.get("candidates", []),
+                }
                 current = tables.get("journeys", _jkey(chain, journey["id"]))
                 if current is None or not self._from_agrees(current, leg):
                     continue
-                if current["role"] == "final" or not current.get("hopped_in"):
+                if current.get("done") or current.get("receipt"):
+                    continue
+                if self._before_send(current, leg):
+                    continue  # an earlier identical message's receipt: not this journey's
+                if current["role"] == "final":
                     self._drop_pending(tables, "inbound", chain, pending)
-                    if current["role"] == "final":
-                        self._final(tables, chain, current, leg, step)
-                        return
+                    self._final(tables, chain, current, leg, step)
+                    return
+                if not current.get("hopped_in"):
+                    self._drop_pending(tables, "inbound", chain, pending)
                     self._hop_in(tables, chain, current, leg, step)
 
     def _on_extend(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
@@ -536,8 +739,12 @@ class Engine:
             pending = {**pending, "extensions": [*pending.get("extensions", []), record]}
             tables.set("journeys", _jkey(chain, jid), pending)
             return
-        journey = _with_message(journey, record.get("message"))
+        journey = {**_with_message(journey, record.get("message")), "extended": True}
         self._add_keys(tables, chain, journey, record["ids"], step)
+        current = tables.get("journeys", _jkey(chain, jid))
+        if current is not None and current.get("receipt") and not current.get("done"):
+            # The receipt that waited for this message: now it can say what ran here.
+            self._receive(tables, chain, current, current["receipt"], step)
 
     def _on_close(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
         jid = record["journey"]
@@ -564,18 +771,26 @@ class Engine:
             return
         step.notifications.append(record["notification"])
         step.count("terminal_hop_failed")
-        self._end(tables, chain, journey, step)
+        self._end(tables, chain, journey, step, ended="hop_failed")
 
     def _on_tick(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
         journey = tables.get("journeys", _jkey(chain, record["journey"]))
         if journey is None or journey.get("done") or journey.get("role") != "final":
+            return
+        if journey.get("receipt"):
+            if journey["hold_until"] > self.now():
+                step.deadlines.append((journey["hold_until"], chain, journey["id"]))
+                return
+            # The last hop's message did not come in time: report the receipt as it is.
+            step.count("receipt_hold_expired")
+            self._receive(tables, chain, journey, journey["receipt"], step)
             return
         if journey["deadline"] > self.now():
             step.deadlines.append((journey["deadline"], chain, journey["id"]))
             return
         step.notifications.append(notify.timeout(journey))
         step.count("timeout")
-        self._end(tables, chain, journey, step)
+        self._end(tables, chain, journey, step, ended="timeout")
 
     def _on_sweep(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
         """Drop the expired entries a scan found (re-checked here: the scan may be stale)."""
@@ -590,9 +805,17 @@ class Engine:
             if table in ("inbound", "relay") and "leg" in value:
                 self._drop_pending(tables, table, chain, value)
                 step.count(f"{table}_expired")
-                for parked in value.get("parked", []):
-                    # Its journey never showed up: what it forwarded is a journey of its own.
-                    self._new_journey(tables, SentLeg.model_validate(parked), step)
+                # Its journey never showed up: what it forwarded is a journey of its own.
+                leg = {
+                    **value["leg"],
+                    "parked": value.get("parked", []),
+                    "candidates": value.get("candidates", []),
+                }
+                self._release_parked(tables, chain, leg, None, step)
+            elif table == "journeys" and "parked_leg" in value:
+                # A hop-out whose candidate receipts all vanished without a word.
+                tables.delete("journeys", key)
+                self._new_journey(tables, SentLeg.model_validate(value["parked_leg"]), step)
             elif table == "journeys":
                 if value.get("role"):
                     self._forget(tables, chain, value)
@@ -604,10 +827,16 @@ class Engine:
 
 def _message_fields(leg: SentLeg) -> dict[str, JsonValue]:
     return {
-        "messageHash": leg.message_hash,
+        # A DMP whose bytes were not read has no hash yet (never the all-zero placeholder).
+        "messageHash": None if leg.message_hash == _ZERO_HASH else leg.message_hash,
         "messageData": leg.message_data,
         "instructions": leg.instructions,
     }
+
+
+def _awaits_late_receipt(journey: dict[str, Any]) -> bool:
+    """A journey that timed out and has not had its late receipt yet."""
+    return journey.get("ended") == "timeout" and not journey.get("late")
 
 
 def _with_message(journey: dict[str, Any], message: dict[str, Any] | None) -> dict[str, Any]:

@@ -41,6 +41,7 @@ class Cluster:
         self.queues: list[deque[tuple[str, dict[str, Any]]]] = [deque() for _ in range(PARTITIONS)]
         self.notifications: list[dict[str, Any]] = []
         self.deadlines: list[tuple[float, str, str]] = []
+        self.counters: dict[str, int] = {}
 
     def send(self, chain: str, record: dict[str, Any]) -> None:
         self.queues[partition_of(chain)].append((chain, record))
@@ -64,6 +65,8 @@ class Cluster:
         tables = Tables(self.stores[partition])  # type: ignore[arg-type]
         step = self.engine.handle(tables, chain, record)
         self.notifications.extend(step.notifications)
+        for name, n in step.counters.items():
+            self.counters[name] = self.counters.get(name, 0) + n
         for target, out in step.records:
             self.send(target, out)
         self.deadlines.extend(step.deadlines)
