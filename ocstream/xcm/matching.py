@@ -126,6 +126,7 @@ class MatchSettings:
     closed_ttl: float = 3600.0  # an ended journey's hop entries stay for late hop legs
     late_ttl: float = 86400.0  # a timed-out journey waits this long for its late receipt
     hold_ttl: float = 300.0  # a receipt waits this long for the last hop's message (see _final)
+    clock_slack: float = 30.0  # a receipt may carry an older block time than its send by this
     clock_window: float = 6 * 3600.0  # block clocks further apart are not compared (test nets)
 
     @classmethod
@@ -376,14 +377,15 @@ class Engine:
     def _before_send(self, journey: dict[str, Any], leg: dict[str, Any]) -> bool:
         """Whether the receipt's block is older than the journey's send, so it cannot be its
         receipt (an identical earlier message's). Block times come from each chain's own
-        clock; clocks that disagree by more than ``clock_window`` (test networks started at
-        different dates) are not compared."""
+        clock: a parachain's slot may trail the relay's, hence ``clock_slack``; clocks that
+        disagree by more than ``clock_window`` (test networks started at different dates) are
+        not compared."""
         received_at = leg.get("context", {}).get("timestamp")
         sent_at = (journey.get("origin_context") or {}).get("timestamp")
         if not isinstance(received_at, int) or not isinstance(sent_at, int):
             return False
         gap = (sent_at - received_at) / 1000
-        return 0 < gap < self.settings.clock_window
+        return self.settings.clock_slack < gap < self.settings.clock_window
 
     def _match_received(self, tables: Tables, chain: str, leg: dict[str, Any], step: Step) -> bool:
         ids = list(dict.fromkeys((leg["message_id"], leg["message_hash"], leg.get("slot"))))
@@ -529,20 +531,16 @@ class Engine:
         *,
         late: bool = False,
     ) -> None:
+        context = leg["context"]
         if len(journey["stops"]) > 1 and not journey.get("extended"):
             # The last hop's message never reached this stop: report what the receipt itself
             # says (its hash, when the event gives one) rather than the first leg's message.
             reported = leg["message_hash"]
             known = reported not in (journey.get("ids") or [])  # else it is the topic
-            journey = {
-                **journey,
-                "message": {
-                    "messageHash": reported if known else None,
-                    "messageData": None,
-                    "instructions": None,
-                },
-            }
-        note = notify.received(journey, leg["context"], leg.get("assets_trapped"))
+            unknown: dict[str, Any] = {"messageData": None, "instructions": None}
+            journey = {**journey, "message": {"messageHash": None, **unknown}}
+            context = {**context, "messageHash": reported if known else None, **unknown}
+        note = notify.received(journey, context, leg.get("assets_trapped"))
         if late:
             note["late"] = True
         step.notifications.append(note)

@@ -108,6 +108,7 @@ def _context(chain: str, number: int, message_hash: str, **extra: Any) -> dict[s
         "chainId": chain,
         "blockNumber": str(number),
         "blockHash": "0x" + f"{number:064x}",
+        "timestamp": extra.pop("timestamp", None),
         "extrinsicId": None,
         "event": None,
         "outcome": extra.pop("outcome", "Success"),
@@ -128,6 +129,9 @@ def sent_leg(
     number: int = 1,
     entry: int = 0,
     continues: str | None = None,
+    hop_candidates: list[str] | None = None,
+    instructions: Any = None,
+    timestamp: int | None = None,
 ) -> SentLeg:
     ids = [message_hash] + ([topic] if topic else [])
     legs = legs_of(origin, stops)
@@ -144,8 +148,11 @@ def sent_leg(
         ids=ids,
         stops=stops,
         legs=legs,
-        context=_context(origin, number, message_hash),
+        instructions=instructions,
+        context=_context(origin, number, message_hash, timestamp=timestamp),
         continues=continues,
+        hop_candidates=hop_candidates or [],
+        timestamp=timestamp,
     )
 
 
@@ -158,6 +165,7 @@ def received_leg(
     event: int = 0,
     from_chain: str | None = None,
     outcome: str = "Success",
+    timestamp: int | None = None,
 ) -> ReceivedLeg:
     return ReceivedLeg(
         identity=f"{chain}|0x{number:064x}|{event}",
@@ -168,7 +176,7 @@ def received_leg(
         message_hash=message_hash,
         message_id=message_id or message_hash,
         outcome=outcome,  # type: ignore[arg-type]
-        context=_context(chain, number, message_hash, outcome=outcome),
+        context=_context(chain, number, message_hash, outcome=outcome, timestamp=timestamp),
     )
 
 

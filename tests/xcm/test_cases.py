@@ -19,7 +19,7 @@ import pytest
 from ocstream.ingress.decode import DecoderCache, RuntimeDecoder
 from ocstream.ingress.model import ExtendedBlock
 from ocstream.testing import blocks_from_case, fixtures_path
-from ocstream.xcm.codec import VersionRoutedCodec, XcmCodec
+from ocstream.xcm.codec import XcmCodec
 from ocstream.xcm.extract import Extracted, extract
 from ocstream.xcm.legs import ReceivedLeg, SentLeg, downward_slot
 from ocstream.xcm.sender import sender_of
@@ -33,19 +33,6 @@ CASES = sorted(p.stem for p in (fixtures_path() / "cases").glob("*.json"))
 
 def load_case(fixtures_dir: Path, name: str) -> dict[str, Any]:
     return json.loads((fixtures_dir / "cases" / f"{name}.json").read_text())  # type: ignore[no-any-return]
-
-
-@pytest.fixture(scope="module")
-def decoders() -> DecoderCache:
-    return DecoderCache()
-
-
-@pytest.fixture(scope="module")
-def routed_codec(decoder_for: Callable[[str, str], RuntimeDecoder]) -> XcmCodec:
-    """For decoded blocks (no runtime metadata recorded): relay runtimes by XCM version."""
-    v3_v5 = XcmCodec(decoder_for("urn:ocn:polkadot:0", "polkadot-1005001.scale"))
-    v2_v4 = XcmCodec(decoder_for("urn:ocn:polkadot:0", "polkadot-1003003.scale"))
-    return VersionRoutedCodec({2: v2_v4, 3: v3_v5, 4: v3_v5, 5: v3_v5})
 
 
 def extract_case(
@@ -316,6 +303,14 @@ def test_a_dmp_without_bytes_is_matched_by_its_slot(
     assert [n["type"] for n in mine] == ["xcm.sent", "xcm.received"], mine
     assert mine[1]["waypoint"]["outcome"] == "Success"
     assert mine[1]["destination"]["chainId"] == "urn:ocn:polkadot:2034"
+    # No all-zero placeholder anywhere: the send does not know its hash yet, the receipt's
+    # event tells the real one.
+    zero = "0x" + "00" * 32
+    assert zero not in json.dumps(mine)
+    assert mine[0]["waypoint"]["messageHash"] is None
+    real = next(m["hash"] for m in case["messages"] if m["sent"]["block"] == RELAY_BLOCK)
+    assert mine[1]["waypoint"]["messageHash"] == real
+    assert mine[1]["destination"]["messageHash"] == real
 
 
 def test_without_the_slot_the_same_journey_is_left_unmatched(

@@ -1,0 +1,456 @@
+"""Multi-hop journeys as real chains send them (issue 11, point 1 and 4).
+
+The real journey of ``cases/v1-dmp-hop-polkadot-hydra.json``: Polkadot #19777220 sends a V3
+message (topic ``0x2d61…``) to Hydration, whose ``InitiateReserveWithdraw`` forwards it to Asset
+Hub. Hydration #4624161 executes it (``DmpQueue.ExecutedDownward``) and re-sends the nested
+program as ``0x03f0…`` (no topic) in the same extrinsic; a user's unrelated transfer ``0x6e39…``
+shares the page. Polkadot #19777221 backs the page. The Asset Hub receipt is not recorded; it is
+built as the old ``XcmpQueue.Success`` Asset Hub emitted then would report it.
+
+Real chains vary this journey in ways the recording does not show, so the tests edit the recorded
+Hydration block the way those chains behave, and check that the link holds in every arrival order:
+
+* Astar emits ``XcmpQueue.XcmpMessageSent`` in the **Finalization** phase, apart from the
+  execution of the incoming message: no position links the send to the receipt.
+* A chain that swaps on the way re-sends with a **new SetTopic** of its own.
+* A current runtime keeps the **same topic** on the re-sent message, and the destination's
+  ``MessageQueue.Processed`` reports the topic: the receipt can reach the destination's partition
+  before the hop-out's ids do, and must still report the message that ran there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ocstream.ingress.decode import DecoderCache, RuntimeDecoder, read_compact
+from ocstream.ingress.model import ExtendedBlock
+from ocstream.xcm.codec import XcmCodec
+from ocstream.xcm.extract import Extracted, decode_hrmp_outbound, extract
+from ocstream.xcm.legs import RelayedLeg, SentLeg, continues_program
+
+from .sim import Cluster, received_leg
+from .test_cases import extract_case, load_case
+from .test_matching_orders import finish
+
+CASE = "v1-dmp-hop-polkadot-hydra"
+HYDRATION_BLOCK = "hy4624161"
+HYDRATION = "urn:ocn:polkadot:2034"
+ASSET_HUB = "urn:ocn:polkadot:1000"
+ORIGIN_HASH = "0xba3e17a74b5454c96b426c1379e5d9f7acebc3f239bd84b066bad9e5dec26b2f"
+HOP_OUT_HASH = "0x03f0f87c9f89de3b78e730e0c6af44941b3ada5446b46ff59460faa667a0c85d"
+ORIGIN_TOPIC = "0x2d61ceafa0f62007fe36e1029ed347f974db05be5e5baaff31736202aeaffbdf"
+NEW_TOPIC = "0x" + "5a" * 32
+TERMINAL = {"xcm.received", "xcm.timeout"}
+
+
+def _blake2(data: bytes) -> str:
+    return "0x" + hashlib.blake2b(data, digest_size=32).hexdigest()
+
+
+def _compact(n: int) -> bytes:
+    if n < 1 << 6:
+        return bytes([n << 2])
+    if n < 1 << 14:
+        return ((n << 2) | 1).to_bytes(2, "little")
+    return ((n << 2) | 2).to_bytes(4, "little")
+
+
+def _with_topic(message: bytes, topic: str) -> bytes:
+    """A V3+ message with ``SetTopic(topic)`` appended, as a router appends it."""
+    count, pos = read_compact(message, 1)
+    return message[:1] + _compact(count + 1) + message[pos:] + b"\x2c" + bytes.fromhex(topic[2:])
+
+
+def _edit_hop_out(
+    block: ExtendedBlock, codec: XcmCodec, *, topic: str | None, phase: str | None
+) -> tuple[ExtendedBlock, str]:
+    """Hydration's block with its hop-out re-sent under ``topic`` and/or its send event moved
+    to ``phase``; returns the block and the hop-out's hash."""
+    storage = []
+    new_hash = HOP_OUT_HASH
+    for item in block.storage:
+        if (item.pallet, item.item) == ("ParachainSystem", "HrmpOutboundMessages") and topic:
+            assert item.value is not None
+            entries = decode_hrmp_outbound(bytes.fromhex(item.value[2:]))
+            value = _compact(len(entries))
+            for recipient, page in entries:
+                fragments = [m.data for m in codec.split_page(page)]
+                assert _blake2(fragments[0]) == HOP_OUT_HASH
+                fragments[0] = _with_topic(fragments[0], topic)
+                new_hash = _blake2(fragments[0])
+                page = page[:1] + b"".join(fragments)
+                value += recipient.to_bytes(4, "little") + _compact(len(page)) + page
+            item = item.model_copy(update={"value": "0x" + value.hex()})
+        storage.append(item)
+    events = []
+    for event in block.events:
+        if (event.module, event.name) == ("XcmpQueue", "XcmpMessageSent") and event.fields == {
+            "message_hash": HOP_OUT_HASH
+        }:
+            update: dict[str, Any] = {"fields": {"message_hash": new_hash}}
+            if phase is not None:
+                update.update(phase=phase, extrinsic_index=None)
+            event = event.model_copy(update=update)
+        events.append(event)
+    return block.model_copy(update={"storage": storage, "events": events}), new_hash
+
+
+def _journey(
+    fixtures_dir: Path,
+    decoder_for: Callable[[str, str], RuntimeDecoder],
+    routed_codec: XcmCodec,
+    decoders: DecoderCache,
+    *,
+    topic: str | None = None,
+    phase: str | None = None,
+    receipt_reports: str = "hash",
+) -> tuple[list[list[Any]], str, Extracted]:
+    """The journey's blocks as leg lists (Polkadot send, Hydration hop, Polkadot relayed,
+    Asset Hub receipt), with Hydration edited; also the hop-out's hash and the Hydration
+    extraction."""
+    case = load_case(fixtures_dir, CASE)
+    found = extract_case(fixtures_dir, case, decoder_for, routed_codec, decoders)
+    block, _ = found[HYDRATION_BLOCK]
+    metadata = next(b["metadata"] for b in case["blocks"] if b["ref"] == HYDRATION_BLOCK)
+    codec = XcmCodec(decoder_for(HYDRATION, metadata.rsplit("/", 1)[-1]))
+    edited, hop_hash = _edit_hop_out(block, codec, topic=topic, phase=phase)
+    hydration = extract(edited, codec, ss58_prefix=0)
+    reported = {"hash": hop_hash, "topic": topic or ORIGIN_TOPIC}[receipt_reports]
+    receipt = received_leg(
+        ASSET_HUB,
+        message_hash=reported,
+        message_id=reported,
+        number=5_000_000,
+        from_chain=HYDRATION,
+        timestamp=1709704020000,
+    )
+    # The relay backed the page Hydration sent: with the edited message in it.
+    (hop_out,) = [leg for leg in hydration.sent if leg.message_hash == hop_hash]
+    relayed = [
+        leg.model_copy(
+            update={
+                "message_hash": hop_hash,
+                "message_id": hop_out.topic or hop_hash,
+                "ids": hop_out.ids,
+            }
+        )
+        if isinstance(leg, RelayedLeg) and leg.message_hash == HOP_OUT_HASH
+        else leg
+        for leg in found["dot19777221"][1].legs
+    ]
+    blocks = [found["dot19777220"][1].legs, hydration.legs, relayed, [receipt]]
+    return blocks, hop_hash, hydration
+
+
+def _run(blocks: list[list[Any]], order: list[int], choices: list[int]) -> Cluster:
+    cluster = Cluster()
+    picks = iter(choices)
+
+    def choose(busy: list[int]) -> int:
+        return busy[next(picks, 0) % len(busy)]
+
+    for index in order:
+        cluster.publish_legs(blocks[index])
+        for _ in range(next(picks, 0) % 4):
+            if busy := cluster.busy():
+                cluster.step(choose(busy))
+    cluster.drain(choose)
+    return cluster
+
+
+def _origin_journey(cluster: Cluster) -> list[dict[str, Any]]:
+    unique = {n["id"]: n for n in cluster.notifications}.values()
+    return [n for n in unique if n["origin"]["messageHash"] == ORIGIN_HASH]
+
+
+def _types(notifications: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(n["type"] for n in notifications)
+
+
+EXPECTED = Counter({"xcm.sent": 1, "xcm.hop": 2, "xcm.relayed": 1, "xcm.received": 1})
+
+VARIANTS = {
+    # (topic of the re-sent message, phase of its send event, what the receipt reports)
+    "finalization-phase": (None, "Finalization", "hash"),
+    "new-topic": (NEW_TOPIC, None, "topic"),
+    "new-topic-finalization": (NEW_TOPIC, "Finalization", "hash"),
+    "same-topic-receipt-by-topic": (ORIGIN_TOPIC, None, "topic"),
+    "same-topic-finalization-receipt-by-topic": (ORIGIN_TOPIC, "Finalization", "topic"),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_the_hop_out_is_linked_in_the_recorded_order(
+    variant: str,
+    fixtures_dir: Path,
+    decoder_for: Callable[[str, str], RuntimeDecoder],
+    routed_codec: XcmCodec,
+    decoders: DecoderCache,
+) -> None:
+    topic, phase, reports = VARIANTS[variant]
+    blocks, hop_hash, hydration = _journey(
+        fixtures_dir,
+        decoder_for,
+        routed_codec,
+        decoders,
+        topic=topic,
+        phase=phase,
+        receipt_reports=reports,
+    )
+    (hop_out,) = [leg for leg in hydration.sent if leg.message_hash == hop_hash]
+    (receipt,) = hydration.received
+    if phase == "Finalization" and topic is None:
+        # No position and no topic: only the content can tell, so the receipt is offered.
+        assert hop_out.continues is None
+        assert hop_out.hop_candidates == [receipt.identity]
+    # The user's own transfer in extrinsic 2 is not offered anything to continue.
+    (other,) = [leg for leg in hydration.sent if leg.message_hash != hop_hash]
+    assert other.continues is None and other.hop_candidates == []
+
+    cluster = _run(blocks, [0, 1, 2, 3], [])
+    mine = _origin_journey(cluster)
+    assert _types(mine) == EXPECTED, [n["type"] for n in mine]
+    hops = sorted(
+        (n["direction"], n["waypoint"]["messageHash"]) for n in mine if n["type"] == "xcm.hop"
+    )
+    assert hops == [("in", ORIGIN_HASH), ("out", hop_hash)]
+    (received,) = [n for n in mine if n["type"] == "xcm.received"]
+    # The message that ran at Asset Hub is the hop-out, whatever id the receipt reported.
+    assert received["waypoint"]["messageHash"] == hop_hash
+    assert received["destination"]["messageHash"] == hop_hash
+    # The user's transfer is a journey of its own, and the only other one.
+    others = [n for n in cluster.notifications if n not in mine]
+    assert {n["origin"]["messageHash"] for n in others} == {other.message_hash}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_the_hop_out_is_linked_in_any_arrival_order(
+    variant: str,
+    data: st.DataObject,
+    fixtures_dir: Path,
+    decoder_for: Callable[[str, str], RuntimeDecoder],
+    routed_codec: XcmCodec,
+    decoders: DecoderCache,
+) -> None:
+    topic, phase, reports = VARIANTS[variant]
+    blocks, hop_hash, _ = _cached_journey(
+        variant, fixtures_dir, decoder_for, routed_codec, decoders, topic, phase, reports
+    )
+    order = data.draw(st.permutations(range(len(blocks))), label="arrival order")
+    again = data.draw(st.lists(st.sampled_from(range(len(blocks))), max_size=2), label="again")
+    for index in again:
+        order.insert(data.draw(st.integers(0, len(order)), label="where"), index)
+    choices = data.draw(st.lists(st.integers(0, 7), max_size=40), label="scheduling")
+    reference = _run(blocks, list(range(len(blocks))), [])
+    cluster = _run(blocks, order, choices)
+    assert {n["id"] for n in cluster.notifications} == {n["id"] for n in reference.notifications}
+    mine = _origin_journey(cluster)
+    assert _types(mine) == EXPECTED
+    assert [n for n in mine if n["type"] in TERMINAL][0]["waypoint"]["messageHash"] == hop_hash
+    # No second journey was started for the hop-out.
+    sent = [
+        n for n in {n["id"]: n for n in cluster.notifications}.values() if n["type"] == "xcm.sent"
+    ]
+    assert len(sent) == 2  # the origin's and the user's unrelated transfer
+
+
+_CACHE: dict[str, tuple[list[list[Any]], str, Extracted]] = {}
+
+
+def _cached_journey(
+    variant: str,
+    fixtures_dir: Path,
+    decoder_for: Callable[[str, str], RuntimeDecoder],
+    routed_codec: XcmCodec,
+    decoders: DecoderCache,
+    topic: str | None,
+    phase: str | None,
+    reports: str,
+) -> tuple[list[list[Any]], str, Extracted]:
+    if variant not in _CACHE:
+        _CACHE[variant] = _journey(
+            fixtures_dir,
+            decoder_for,
+            routed_codec,
+            decoders,
+            topic=topic,
+            phase=phase,
+            receipt_reports=reports,
+        )
+    return _CACHE[variant]
+
+
+# -- the content comparison across XCM versions ---------------------------------------------------
+
+BENEFICIARY_V3 = {
+    "parents": 0,
+    "interior": {"X1": {"AccountId32": {"network": None, "id": "0x" + "8e" * 32}}},
+}
+BENEFICIARY_V4 = {
+    "parents": 0,
+    "interior": {"X1": [{"AccountId32": {"network": None, "id": "0x" + "8e" * 32}}]},
+}
+USDT_V3 = {
+    "Concrete": {
+        "parents": 1,
+        "interior": {"X3": [{"Parachain": 1000}, {"PalletInstance": 50}, {"GeneralIndex": 1984}]},
+    }
+}
+USDT_V4 = {
+    "parents": 1,
+    "interior": {"X3": [{"Parachain": 1000}, {"PalletInstance": 50}, {"GeneralIndex": 1984}]},
+}
+
+
+def test_content_matches_across_xcm_versions() -> None:
+    """A V3 nested program (what the origin asked for) against the V4 message the hop chain
+    re-sent: ``Concrete`` asset ids, ``X1([j])`` junctions, reanchored fees and a new topic."""
+    asked = [
+        {
+            "BuyExecution": {
+                "fees": {"id": USDT_V3, "fun": {"Fungible": 1000}},
+                "weight_limit": "Unlimited",
+            }
+        },
+        {"DepositAsset": {"assets": {"Wild": {"AllCounted": 1}}, "beneficiary": BENEFICIARY_V3}},
+    ]
+    resent = {
+        "V4": [
+            {"ReserveAssetDeposited": [{"id": USDT_V4, "fun": {"Fungible": 900}}]},
+            "ClearOrigin",
+            {
+                "BuyExecution": {
+                    "fees": {"id": USDT_V4, "fun": {"Fungible": 900}},
+                    "weight_limit": "Unlimited",
+                }
+            },
+            {
+                "DepositAsset": {
+                    "assets": {"Wild": {"AllCounted": 1}},
+                    "beneficiary": BENEFICIARY_V4,
+                }
+            },
+            {"SetTopic": NEW_TOPIC},
+        ]
+    }
+    assert continues_program(asked, resent)
+    other = {
+        "V4": [
+            *resent["V4"][:3],
+            {
+                "DepositAsset": {
+                    "assets": {"Wild": {"AllCounted": 1}},
+                    "beneficiary": {**BENEFICIARY_V4, "parents": 1},
+                }
+            },
+        ]
+    }
+    assert not continues_program(asked, other)
+    # A V2 program (``Wild(All)`` with ``max_assets``, ``network: Any``) carried on as V3.
+    asked_v2 = [
+        {
+            "DepositAsset": {
+                "assets": {"Wild": "All"},
+                "max_assets": 1,
+                "beneficiary": {
+                    "parents": 0,
+                    "interior": {"X1": {"AccountId32": {"network": "Any", "id": "0x" + "8e" * 32}}},
+                },
+            }
+        }
+    ]
+    assert continues_program(asked_v2, resent)
+
+
+def test_a_signed_send_is_not_a_hop_out_of_another_extrinsic(
+    fixtures_dir: Path,
+    decoder_for: Callable[[str, str], RuntimeDecoder],
+    routed_codec: XcmCodec,
+    decoders: DecoderCache,
+) -> None:
+    """The user's transfer (signed, extrinsic 2) ends like nothing the relay asked for, but the
+    rule does not even try: a signed send continues only a receipt of its own extrinsic."""
+    _, _, hydration = _journey(fixtures_dir, decoder_for, routed_codec, decoders)
+    signed = [
+        leg
+        for leg in hydration.sent
+        if leg.sender is not None or leg.context["extrinsicId"] == "4624161-2"
+    ]
+    assert signed and all(isinstance(leg, SentLeg) and leg.hop_candidates == [] for leg in signed)
+
+
+def test_a_receipt_by_topic_waits_for_the_last_hops_message(
+    fixtures_dir: Path,
+    decoder_for: Callable[[str, str], RuntimeDecoder],
+    routed_codec: XcmCodec,
+    decoders: DecoderCache,
+) -> None:
+    """Asset Hub's receipt (by the topic the hop kept) is ingested before Hydration's block: it
+    matches the journey at once, but reports the message that ran, which only Hydration's
+    hop-out tells."""
+    blocks, hop_hash, _ = _journey(
+        fixtures_dir,
+        decoder_for,
+        routed_codec,
+        decoders,
+        topic=ORIGIN_TOPIC,
+        receipt_reports="topic",
+    )
+    cluster = Cluster()
+    for index in (0, 3):
+        cluster.publish_legs(blocks[index])
+        cluster.drain()
+    assert cluster.counters["receipt_held"] == 1
+    assert "xcm.received" not in _types(_origin_journey(cluster))
+    for index in (1, 2):
+        cluster.publish_legs(blocks[index])
+        cluster.drain()
+    (received,) = [n for n in _origin_journey(cluster) if n["type"] == "xcm.received"]
+    assert received["waypoint"]["messageHash"] == hop_hash
+    assert received["waypoint"]["messageData"] is not None
+
+
+def test_a_held_receipt_is_reported_when_the_hop_never_shows(
+    fixtures_dir: Path,
+    decoder_for: Callable[[str, str], RuntimeDecoder],
+    routed_codec: XcmCodec,
+    decoders: DecoderCache,
+) -> None:
+    """Hydration's block never arrives (its ingress is down): after ``hold_ttl`` the receipt is
+    reported as it is — it names only the topic, so no hash — and never with the first leg's
+    message, which did not run at Asset Hub."""
+    blocks, _, _ = _journey(
+        fixtures_dir,
+        decoder_for,
+        routed_codec,
+        decoders,
+        topic=ORIGIN_TOPIC,
+        receipt_reports="topic",
+    )
+    cluster = Cluster()
+    for index in (0, 3):
+        cluster.publish_legs(blocks[index])
+        cluster.drain()
+    cluster.clock.now += 301
+    cluster.fire_deadlines()
+    cluster.drain()
+    (received,) = [n for n in _origin_journey(cluster) if n["type"] == "xcm.received"]
+    assert received["waypoint"]["messageHash"] is None
+    assert received["waypoint"]["instructions"] is None
+    assert cluster.counters["receipt_hold_expired"] == 1
+    finish(cluster)
+    assert [n["type"] for n in _origin_journey(cluster)].count("xcm.timeout") == 0

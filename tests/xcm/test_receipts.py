@@ -1,0 +1,171 @@
+"""Receipts of identical messages, replayed receipts and late receipts (issue 11, point 5).
+
+Two transfers with the same asset, amount and beneficiary and no topic are byte-identical: the
+same hash, so the same keys. What keeps their receipts apart:
+
+* a receipt that ended (or hopped) a journey is remembered by its identity, so a re-delivery of
+  it (a worker killed after its outputs were written, before its offset was committed) is
+  dropped instead of waiting for the next identical message;
+* a receipt whose journey already timed out is that journey's late receipt: reported once,
+  flagged ``late``, and not kept for a later journey;
+* a receipt whose block is older than a send cannot be that send's receipt.
+
+Legs of one chain reach its partition in block order (one chain, one partition, blocks in
+order), so the orders drawn here keep each chain's legs in order and interleave the chains.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ocstream.xcm.legs import ReceivedLeg, SentLeg
+from ocstream.xcm.matching import MatchSettings
+
+from .sim import Cluster, received_leg, sent_leg
+from .test_matching_orders import finish
+
+MOONBEAM = "urn:ocn:polkadot:2004"
+ASSET_HUB = "urn:ocn:polkadot:1000"
+HASH = "0x" + "77" * 32
+T0 = 1_709_700_000_000  # ms, a real 2024 block time
+
+
+def send(number: int, at: int | None) -> SentLeg:
+    return sent_leg(MOONBEAM, [ASSET_HUB], message_hash=HASH, number=number, timestamp=at)
+
+
+def receipt(number: int, at: int | None) -> ReceivedLeg:
+    return received_leg(
+        ASSET_HUB, message_hash=HASH, number=number, event=1, from_chain=MOONBEAM, timestamp=at
+    )
+
+
+def publish(cluster: Cluster, *legs: SentLeg | ReceivedLeg) -> None:
+    for leg in legs:
+        cluster.publish_legs([leg])
+    cluster.drain()
+
+
+def received_blocks(cluster: Cluster) -> dict[str, str]:
+    """Journey's origin block → the block of the receipt it was given."""
+    return {
+        n["origin"]["blockNumber"]: n["waypoint"]["blockNumber"]
+        for n in {n["id"]: n for n in cluster.notifications}.values()
+        if n["type"] == "xcm.received"
+    }
+
+
+def test_a_replayed_receipt_is_not_the_receipt_of_a_later_identical_message() -> None:
+    # Both workers were killed right after the first receipt's outputs were written: the record
+    # comes again after the restart, once its journey has ended.
+    cluster = Cluster()
+    first, r1 = send(10, None), receipt(30, None)
+    publish(cluster, first, r1)
+    assert received_blocks(cluster) == {"10": "30"}
+    publish(cluster, r1)
+    second, r2 = send(11, None), receipt(31, None)
+    publish(cluster, second)
+    assert received_blocks(cluster) == {"10": "30"}  # the replay did not end the second
+    publish(cluster, r2)
+    assert received_blocks(cluster) == {"10": "30", "11": "31"}
+    finish(cluster)
+    assert cluster.keys_left() == {}
+
+
+def test_a_late_receipt_is_reported_once_and_not_given_to_the_next_message() -> None:
+    cluster = Cluster(MatchSettings(journey_ttl=60))
+    first = send(10, T0)
+    publish(cluster, first)
+    cluster.clock.now += 61
+    cluster.fire_deadlines()
+    cluster.drain()
+    late = receipt(30, T0 + 3_600_000)  # the destination was paused past the timeout
+    publish(cluster, late)
+    second, r2 = send(11, T0 + 3_700_000), receipt(31, T0 + 3_712_000)
+    publish(cluster, second, late)  # ... and a re-delivery of the late one changes nothing
+    assert [n["type"] for n in cluster.notifications] == [
+        "xcm.sent",
+        "xcm.timeout",
+        "xcm.received",
+        "xcm.sent",
+    ]
+    assert cluster.notifications[2]["late"] is True
+    assert cluster.notifications[2]["waypoint"]["blockNumber"] == "30"
+    publish(cluster, r2)
+    assert received_blocks(cluster) == {"10": "30", "11": "31"}
+    assert "late" not in cluster.notifications[-1]
+    assert cluster.counters["late_received"] == 1
+
+
+def test_a_receipt_older_than_the_send_is_not_its_receipt() -> None:
+    # The destination was ingested ahead: a receipt of an earlier identical message (sent before
+    # ocstream followed the origin) waits; the send that comes next is 10 minutes younger.
+    cluster = Cluster()
+    stale = receipt(29, T0)
+    publish(cluster, stale)
+    fresh_send, fresh = send(11, T0 + 600_000), receipt(31, T0 + 612_000)
+    publish(cluster, fresh_send)
+    assert received_blocks(cluster) == {}
+    publish(cluster, fresh)
+    assert received_blocks(cluster) == {"11": "31"}
+
+
+def test_clocks_of_test_networks_are_not_compared() -> None:
+    # The local network's relay starts in 2023 and its paras at the wall clock: years apart.
+    cluster = Cluster()
+    publish(cluster, receipt(29, T0 - 3 * 365 * 86400_000), send(11, T0))
+    assert received_blocks(cluster) == {"11": "29"}
+
+
+def test_a_para_clock_a_little_behind_the_relay_is_tolerated() -> None:
+    # A parachain's block time can trail the relay block that sent it by a slot.
+    cluster = Cluster()
+    publish(cluster, send(11, T0), receipt(31, T0 - 6_000))
+    assert received_blocks(cluster) == {"11": "31"}
+
+
+@st.composite
+def interleavings(draw: st.DrawFn) -> list[tuple[str, int]]:
+    """Each chain's legs in block order (sends at Moonbeam, receipts at Asset Hub), the chains
+    interleaved in any way, with re-deliveries of receipts after a simulated crash."""
+    sends = [("send", i) for i in range(3)]
+    receipts = [("receipt", i) for i in range(3)]
+    merged: list[tuple[str, int]] = []
+    while sends or receipts:
+        pick = draw(st.sampled_from([q for q in (sends, receipts) if q]))
+        merged.append(pick.pop(0))
+    for _ in range(draw(st.integers(0, 3))):
+        seen = [i for i, (kind, _) in enumerate(merged) if kind == "receipt"]
+        at = draw(st.sampled_from(seen))
+        merged.insert(draw(st.integers(at + 1, len(merged))), merged[at])
+    return merged
+
+
+@settings(max_examples=300, deadline=None)
+@given(interleavings(), st.lists(st.integers(0, 7), max_size=40), st.booleans())
+def test_identical_messages_get_their_own_receipts_in_any_order(
+    order: list[tuple[str, int]], choices: list[int], clocks: bool
+) -> None:
+    # Three identical transfers a minute apart, each received 12 s after it was sent.
+    legs: dict[tuple[str, int], Any] = {}
+    for i in range(3):
+        at = T0 + 60_000 * i if clocks else None
+        legs[("send", i)] = send(10 + i, at)
+        legs[("receipt", i)] = receipt(30 + i, at + 12_000 if at is not None else None)
+    cluster = Cluster()
+    picks = iter(choices)
+    for key in order:
+        cluster.publish_legs([legs[key]])
+        for _ in range(next(picks, 0) % 3):
+            if busy := cluster.busy():
+                cluster.step(busy[next(picks, 0) % len(busy)])
+    cluster.drain()
+    assert received_blocks(cluster) == {"10": "30", "11": "31", "12": "32"}
+    finish(cluster)
+    unique = {n["id"]: n for n in cluster.notifications}.values()
+    assert Counter(n["type"] for n in unique) == {"xcm.sent": 3, "xcm.received": 3}
+    assert cluster.keys_left() == {}
