@@ -35,6 +35,7 @@ ENGINE_METRICS = {
     "oc_engine_hop_total": ("hop_in", "hop_out", "hop_failed"),
     "oc_engine_timeout_total": ("timeout",),
     "oc_engine_orphan_inbound_total": ("inbound_expired",),
+    "oc_engine_late_received_total": ("late_received",),
     "oc_xcm_unknown_page_format_total": ("dead_letters_unknown-page-format",),
     "oc_xcm_missing_bytes_total": ("dead_letters_missing-bytes",),
 }
