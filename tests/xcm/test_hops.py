@@ -36,7 +36,7 @@ from ocstream.xcm.codec import XcmCodec
 from ocstream.xcm.extract import Extracted, decode_hrmp_outbound, extract
 from ocstream.xcm.legs import RelayedLeg, SentLeg, continues_program
 
-from .sim import Cluster, received_leg
+from .sim import Cluster, received_leg, relayed_leg, sent_leg
 from .test_cases import extract_case, load_case
 from .test_matching_orders import finish
 
@@ -454,3 +454,151 @@ def test_a_held_receipt_is_reported_when_the_hop_never_shows(
     assert cluster.counters["receipt_hold_expired"] == 1
     finish(cluster)
     assert [n["type"] for n in _origin_journey(cluster)].count("xcm.timeout") == 0
+
+
+# -- three stops: Polkadot → Hydration → Asset Hub → Astar (XCM.md §9.11) ------------------------
+
+RELAY = "urn:ocn:polkadot:0"
+ASTAR = "urn:ocn:polkadot:2006"
+BENEFICIARY = BENEFICIARY_V3
+
+
+def _h(n: int) -> str:
+    return "0x" + f"{n:064x}"
+
+
+def _to_para(para: int) -> dict[str, Any]:
+    return {"parents": 1, "interior": {"X1": {"Parachain": para}}}
+
+
+def _fees() -> dict[str, Any]:
+    return {"fees": {"id": USDT_V3, "fun": {"Fungible": 10**9}}, "weight_limit": "Unlimited"}
+
+
+def _deposit() -> dict[str, Any]:
+    return {"DepositAsset": {"assets": {"Wild": {"AllCounted": 1}}, "beneficiary": BENEFICIARY}}
+
+
+def _reserve_to(para: int, then: list[Any]) -> dict[str, Any]:
+    return {
+        "DepositReserveAsset": {
+            "assets": {"Wild": {"AllCounted": 1}},
+            "dest": _to_para(para),
+            "xcm": then,
+        }
+    }
+
+
+def _resent(tail: dict[str, Any], topic: str | None, amount: int) -> dict[str, Any]:
+    """What a hop chain sends on: its own prefix (reanchored asset, fees), the tail it was asked
+    to carry over, and the router's topic."""
+    asset = [{"id": USDT_V4, "fun": {"Fungible": amount}}]
+    fees = {"fees": asset[0], "weight_limit": "Unlimited"}
+    program: list[Any] = [{"ReserveAssetDeposited": asset}, "ClearOrigin", {"BuyExecution": fees}]
+    program.append(tail)
+    if topic is not None:
+        program.append({"SetTopic": topic})
+    return {"V4": program}
+
+
+def three_stops(topics: str, link: str, reports: str) -> tuple[list[list[Any]], str]:
+    """The journey's blocks and the hash of the message that ran at Astar. ``topics``: none,
+    same (each hop keeps the origin's topic) or new (each hop re-sends with its own);
+    ``link``: sure (extraction placed the send in the receipt's extrinsic) or content (only
+    candidates); ``reports``: what receipts name when the message has a topic."""
+    t0 = _h(0xA0) if topics != "none" else None
+    t1 = {"none": None, "same": t0, "new": _h(0xA1)}[topics]
+    t2 = {"none": None, "same": t0, "new": _h(0xA2)}[topics]
+    outer = {
+        "V3": [
+            {"WithdrawAsset": [{"id": USDT_V3, "fun": {"Fungible": 10**10}}]},
+            {"BuyExecution": _fees()},
+            _reserve_to(
+                1000,
+                [
+                    {"BuyExecution": _fees()},
+                    _reserve_to(2006, [{"BuyExecution": _fees()}, _deposit()]),
+                ],
+            ),
+        ]
+        + ([{"SetTopic": t0}] if t0 else [])
+    }
+    stops = [HYDRATION, ASSET_HUB, ASTAR]
+    send = sent_leg(RELAY, stops, message_hash=_h(1), topic=t0, number=10, instructions=outer)
+
+    def receipt(chain: str, number: int, message_hash: str, topic: str | None, source: str) -> Any:
+        reported = topic if (topic and reports == "topic") else message_hash
+        return received_leg(
+            chain,
+            message_hash=reported,
+            message_id=reported,
+            number=number,
+            event=3,
+            from_chain=source,
+        )
+
+    def hop_out(
+        chain: str, number: int, message_hash: str, topic: str | None, program: Any, after: Any
+    ) -> SentLeg:
+        rest = (
+            {"continues": after.identity}
+            if link == "sure"
+            else {"hop_candidates": [after.identity]}
+        )
+        first = next(s for s in stops if s != chain and stops.index(s) > stops.index(chain))
+        return sent_leg(
+            chain,
+            [first, *stops[stops.index(first) + 1 :]],
+            message_hash=message_hash,
+            topic=topic,
+            number=number,
+            entry=1,
+            instructions=program,
+            **rest,
+        )
+
+    in1 = receipt(HYDRATION, 40, _h(1), t0, RELAY)
+    out1 = hop_out(HYDRATION, 40, _h(2), t1, _resent(_reserve_to(2006, []), t1, 900), in1)
+    in2 = receipt(ASSET_HUB, 50, _h(2), t1, HYDRATION)
+    out2 = hop_out(ASSET_HUB, 50, _h(3), t2, _resent(_deposit(), t2, 800), in2)
+    in3 = receipt(ASTAR, 60, _h(3), t2, ASSET_HUB)
+    relayed1 = relayed_leg(RELAY, HYDRATION, ASSET_HUB, message_hash=_h(2), topic=t1, number=41)
+    relayed2 = relayed_leg(RELAY, ASSET_HUB, ASTAR, message_hash=_h(3), topic=t2, number=51)
+    return [[send], [in1, out1], [relayed1], [in2, out2], [relayed2], [in3]], _h(3)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(["none", "same", "new"]),
+    st.sampled_from(["sure", "content"]),
+    st.sampled_from(["hash", "topic"]),
+    st.data(),
+)
+def test_three_stops_in_any_order(
+    topics: str, link: str, reports: str, data: st.DataObject
+) -> None:
+    blocks, last_hash = three_stops(topics, link, reports)
+    order = data.draw(st.permutations(range(len(blocks))), label="arrival order")
+    again = data.draw(st.lists(st.sampled_from(range(len(blocks))), max_size=2), label="again")
+    for index in again:
+        order.insert(data.draw(st.integers(0, len(order)), label="where"), index)
+    choices = data.draw(st.lists(st.integers(0, 7), max_size=60), label="scheduling")
+    reference = _run(blocks, list(range(len(blocks))), [])
+    cluster = _run(blocks, order, choices)
+    unique = list({n["id"]: n for n in cluster.notifications}.values())
+    assert {n["id"] for n in unique} == {n["id"] for n in reference.notifications}
+    assert _types(unique) == {"xcm.sent": 1, "xcm.hop": 4, "xcm.relayed": 2, "xcm.received": 1}
+    hops = sorted(
+        (n["waypoint"]["legIndex"], n["direction"], n["waypoint"]["chainId"])
+        for n in unique
+        if n["type"] == "xcm.hop"
+    )
+    assert hops == sorted(
+        [(0, "in", HYDRATION), (1, "out", HYDRATION), (1, "in", ASSET_HUB), (2, "out", ASSET_HUB)]
+    )
+    (received,) = [n for n in unique if n["type"] == "xcm.received"]
+    assert received["waypoint"]["messageHash"] == last_hash
+    assert received["waypoint"]["legIndex"] == 2
+    finish(cluster)
+    assert cluster.keys_left() == {}
+    assert _types({n["id"]: n for n in cluster.notifications}.values()) == _types(unique)
