@@ -714,10 +714,15 @@ class Engine:
                 current = tables.get("journeys", _jkey(chain, journey["id"]))
                 if current is None or not self._from_agrees(current, leg):
                     continue
-                if current.get("done") or current.get("receipt"):
-                    continue
                 if self._before_send(current, leg):
                     continue  # an earlier identical message's receipt: not this journey's
+                if current["role"] == "final" and _awaits_late_receipt(current):
+                    # Its ids came late (a hop after the timeout): so did its receipt.
+                    self._drop_pending(tables, "inbound", chain, pending)
+                    self._late(tables, chain, current, leg, step)
+                    return
+                if current.get("done") or current.get("receipt"):
+                    continue
                 if current["role"] == "final":
                     self._drop_pending(tables, "inbound", chain, pending)
                     self._final(tables, chain, current, leg, step)

@@ -26,7 +26,7 @@ from ocstream.xcm.legs import ReceivedLeg, SentLeg
 from ocstream.xcm.matching import MatchSettings
 
 from .sim import Cluster, received_leg, sent_leg
-from .test_matching_orders import finish
+from .test_matching_orders import finish, two_legs
 
 MOONBEAM = "urn:ocn:polkadot:2004"
 ASSET_HUB = "urn:ocn:polkadot:1000"
@@ -169,3 +169,22 @@ def test_identical_messages_get_their_own_receipts_in_any_order(
     unique = {n["id"]: n for n in cluster.notifications}.values()
     assert Counter(n["type"] for n in unique) == {"xcm.sent": 3, "xcm.received": 3}
     assert cluster.keys_left() == {}
+
+
+def test_a_late_hop_and_its_receipt_after_the_timeout() -> None:
+    """Relay → Hydration → Asset Hub timed out; then Asset Hub's receipt of the hop-out comes,
+    and only after it Hydration's block (its ingress was lagging): the receipt waits for the
+    hop-out's ids, then is reported once as the journey's late receipt."""
+    blocks, _ = two_legs(topic=False, fail_at_hop=False)
+    sent, hop, _relayed, final = blocks
+    cluster = Cluster(MatchSettings(journey_ttl=60))
+    publish(cluster, *sent)
+    cluster.clock.now += 61
+    cluster.fire_deadlines()
+    cluster.drain()
+    publish(cluster, *final)
+    publish(cluster, *hop)
+    types = [n["type"] for n in cluster.notifications]
+    assert types == ["xcm.sent", "xcm.timeout", "xcm.hop", "xcm.hop", "xcm.received"]
+    assert cluster.notifications[-1]["late"] is True
+    assert cluster.counters["late_received"] == 1
