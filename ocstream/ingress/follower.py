@@ -113,6 +113,8 @@ class ChainFollower:
         self._announced: dict[int, float] = {}
         self._loading = asyncio.Lock()
         self._warned_keys = False
+        #: The next block published starts an unbroken stretch (recorded as covered_from).
+        self._stretch_starts = False
 
     # -- the loop ------------------------------------------------------------------------------
     def _connect(self, url: str) -> Any:
@@ -195,6 +197,7 @@ class ChainFollower:
                         finalized - 1,
                     )
                 tip = finalized - 1  # a new network starts at the current finalized block
+                self._stretch_starts = True  # what came before it was never seen
             if finalized > tip:
                 await self._catch_up(node, tip + 1, finalized)
 
@@ -219,15 +222,19 @@ class ChainFollower:
             if block.spec_version is not None
             else None
         )
-        self.record = self.record.model_copy(
-            update={
-                "tip_number": block.number,
-                "tip_hash": block.hash,
-                "spec_version": block.spec_version,
-                "ss58_prefix": decoder.ss58_prefix if decoder is not None else None,
-                "updated_at": time.time(),
-            }
-        )
+        update: dict[str, Any] = {
+            "tip_number": block.number,
+            "tip_hash": block.hash,
+            "spec_version": block.spec_version,
+            "ss58_prefix": decoder.ss58_prefix if decoder is not None else None,
+            "updated_at": time.time(),
+        }
+        if self._stretch_starts:
+            self._stretch_starts = False
+            update["covered_from"] = block.number
+            update["covered_from_timestamp"] = block.timestamp
+            logger.info("%s: coverage starts at #%d", self.urn, block.number)
+        self.record = self.record.model_copy(update=update)
         await self.registry.put(self.record)
         self.metrics.blocks_published += 1
         self.metrics.tip_height = block.number
