@@ -29,6 +29,7 @@ from ocstream.ingress.model import ExtendedBlock
 from ocstream.ingress.registry import NetworkRegistry
 from ocstream.transport.client import connect
 from ocstream.xcm.codec import XcmCodec, XcmDecodeError
+from ocstream.xcm.coverage import Coverage, coverage_of_record
 from ocstream.xcm.extract import extract
 from ocstream.xcm.legs import is_relay
 from ocstream.xcm.matching import TABLES, Engine, MatchSettings, Tables, expired_keys
@@ -88,6 +89,11 @@ class Networks:
         # With an empty registry (records published by hand, tests) every network counts.
         return not self._records or network in self._records
 
+    def coverage(self, network: str) -> Coverage | None:
+        """Where the ingress of ``network`` began its current unbroken stretch."""
+        record = self._records.get(network)
+        return coverage_of_record(record) if record is not None else None
+
     def ss58_prefix(self, network: str) -> int | None:
         record = self._records.get(network)
         return getattr(record, "ss58_prefix", None) if record is not None else None
@@ -146,7 +152,9 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
     }
     networks = Networks(app)
     settings = settings or MatchSettings.from_env(os.environ)
-    engine = Engine(settings, now=time.time, monitored=networks.monitored)
+    engine = Engine(
+        settings, now=time.time, monitored=networks.monitored, coverage=networks.coverage
+    )
     sweep_every = float(os.environ.get("OCSTREAM_XCM_SWEEP_INTERVAL", "60"))
     deadlines: list[tuple[float, str, str]] = []
     state: dict[str, Any] = {"assignment": frozenset(), "scanned": 0.0, "swept": time.time()}
@@ -204,6 +212,11 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
     @app.agent(legs, name="xcm_match")  # type: ignore[untyped-decorator]
     async def xcm_match(stream: Any) -> None:
         async for chain, record in stream.items():
+            if isinstance(record, dict) and record.get("kind") == "tick":
+                try:  # a timeout reads where each network's ingress began
+                    await networks.refresh()
+                except Exception as exc:  # the last known records will do
+                    log.warning("network registry not refreshed: %s", exc)
             view = Tables(tables)
             try:
                 step = engine.handle(view, chain, record)

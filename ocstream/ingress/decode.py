@@ -588,11 +588,17 @@ class RuntimeDecoder:
     ) -> dict[tuple[str, str], tuple[int, Any]]:
         compiler = _PlanCompiler(self._rc)
         plans: dict[tuple[str, str], tuple[int, Any]] = {}
+        #: (pallet, event) -> (pallet index, variant index): what the runtime can emit.
+        self.event_indexes: dict[tuple[str, str], tuple[int, int]] = {}
         for pallet in pallets:
             if not pallet.get("event"):
                 continue
             enum = registry[pallet["event"]["ty"]]["def"].get("variant") or {}
             for variant in enum.get("variants") or ():
+                self.event_indexes[(pallet["name"], variant["name"])] = (
+                    int(pallet["index"]),
+                    int(variant["index"]),
+                )
                 fields = variant.get("fields") or []
                 types = [f"scale_info::{f['type']}" for f in fields]
                 entry: tuple[int, Any]
@@ -607,6 +613,10 @@ class RuntimeDecoder:
                     entry = (_TUPLE, tuple(compiler.plan(t) for t in types))
                 plans[(pallet["name"], variant["name"])] = entry
         return plans
+
+    def has_event(self, pallet: str, name: str) -> bool:
+        """Whether this runtime declares the event ``pallet.name`` (it may then emit it)."""
+        return (pallet, name) in self.event_indexes
 
     @property
     def label(self) -> str:

@@ -30,7 +30,7 @@ from .raw import hex_bytes
 from .registry import NetworkRecord, NetworkRegistry
 from .replay import RecordingError, ReplayNode
 from .rpc import RpcClient, RpcConnectionError, RpcError
-from .storage import storage_needed
+from .storage import DOWNWARD_QUEUES_PREFIX, executes_upward, queued_at, storage_needed
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 SYSTEM_EVENTS_KEY = "0x26aa394eea5630e07c48ae0c9558cef780d41e5e16056765bc8461851072c9d7"
 #: SCALE u32 15, the argument of Metadata_metadata_at_version
 METADATA_V15_ARG = "0x0f000000"
+#: Keys asked per state_getKeysPaged page (a relay has a downward queue per para: tens).
+KEYS_PAGE = 1000
 
 
 class Node(Protocol):
@@ -110,6 +112,9 @@ class ChainFollower:
         # When each finalized head was announced, to measure head-to-publish latency.
         self._announced: dict[int, float] = {}
         self._loading = asyncio.Lock()
+        self._warned_keys = False
+        #: The next block published starts an unbroken stretch (recorded as covered_from).
+        self._stretch_starts = False
 
     # -- the loop ------------------------------------------------------------------------------
     def _connect(self, url: str) -> Any:
@@ -192,6 +197,7 @@ class ChainFollower:
                         finalized - 1,
                     )
                 tip = finalized - 1  # a new network starts at the current finalized block
+                self._stretch_starts = True  # what came before it was never seen
             if finalized > tip:
                 await self._catch_up(node, tip + 1, finalized)
 
@@ -216,15 +222,19 @@ class ChainFollower:
             if block.spec_version is not None
             else None
         )
-        self.record = self.record.model_copy(
-            update={
-                "tip_number": block.number,
-                "tip_hash": block.hash,
-                "spec_version": block.spec_version,
-                "ss58_prefix": decoder.ss58_prefix if decoder is not None else None,
-                "updated_at": time.time(),
-            }
-        )
+        update: dict[str, Any] = {
+            "tip_number": block.number,
+            "tip_hash": block.hash,
+            "spec_version": block.spec_version,
+            "ss58_prefix": decoder.ss58_prefix if decoder is not None else None,
+            "updated_at": time.time(),
+        }
+        if self._stretch_starts:
+            self._stretch_starts = False
+            update["covered_from"] = block.number
+            update["covered_from_timestamp"] = block.timestamp
+            logger.info("%s: coverage starts at #%d", self.urn, block.number)
+        self.record = self.record.model_copy(update=update)
         await self.registry.put(self.record)
         self.metrics.blocks_published += 1
         self.metrics.tip_height = block.number
@@ -266,8 +276,9 @@ class ChainFollower:
         self.metrics.decode_seconds += time.perf_counter() - started
         if extended.number != number:
             raise DecodeError(f"{self.urn}: asked for #{number}, got #{extended.number}")
-        requests = storage_needed(extended, is_relay=self.network.is_relay)
-        if not requests:
+        requests = storage_needed(extended, is_relay=self.network.is_relay, runtime=decoder)
+        scan = self.network.is_relay and executes_upward(extended)
+        if not requests and not scan:
             return extended
         values = await asyncio.gather(
             *(node.request("state_getStorage", [r.key, block_hash]) for r in requests)
@@ -276,7 +287,63 @@ class ChainFollower:
             StorageItem(pallet=r.pallet, item=r.item, key=r.key, value=value)
             for r, value in zip(requests, values, strict=True)
         ]
+        if scan:
+            known = {r.key for r in requests}
+            storage += await self._downward_queues(node, block_hash, number, known)
         return extended.model_copy(update={"storage": storage})
+
+    async def _downward_queues(
+        self, node: Node, block_hash: str, number: int, known: set[str]
+    ) -> list[StorageItem]:
+        """The downward queues of every para that hold a message queued at this relay block,
+        besides those in ``known`` (read already). Two requests: the keys of every para's
+        queue (``state_getKeysPaged``), then their values (``state_queryStorageAt``, or one
+        ``state_getStorage`` each from a node that lacks it)."""
+        keys: list[str] = []
+        start: str | None = None
+        while True:
+            try:
+                page = await node.request(
+                    "state_getKeysPaged", [DOWNWARD_QUEUES_PREFIX, KEYS_PAGE, start, block_hash]
+                )
+            except RpcError as exc:
+                # A node that cannot list keys: the gap stays open (docs/ingress.md), the
+                # chain keeps flowing.
+                if not self._warned_keys:
+                    self._warned_keys = True
+                    logger.warning(
+                        "%s: no state_getKeysPaged (%s): downward messages queued while the "
+                        "relay executes upward ones are not read",
+                        self.urn,
+                        exc,
+                    )
+                return []
+            if not isinstance(page, list):
+                raise RpcConnectionError(f"{self.urn}: state_getKeysPaged answered {page!r}")
+            keys += [k for k in page if isinstance(k, str) and k not in known]
+            if len(page) < KEYS_PAGE:
+                break
+            start = page[-1]
+        if not keys:
+            return []
+        values: dict[str, str | None] = {}
+        try:
+            answer = await node.request("state_queryStorageAt", [keys, block_hash])
+            for change_set in answer or []:
+                for key, value in change_set.get("changes", []):
+                    values[key] = value
+        except RpcError:
+            found = await asyncio.gather(
+                *(node.request("state_getStorage", [k, block_hash]) for k in keys)
+            )
+            values = dict(zip(keys, found, strict=True))
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise RpcConnectionError(f"{self.urn}: bad state_queryStorageAt answer") from exc
+        return [
+            StorageItem(pallet="Dmp", item="DownwardMessageQueues", key=key, value=values[key])
+            for key in keys
+            if queued_at(values.get(key), number)
+        ]
 
     async def _decoder(self, node: Node, spec_version: int, at: str) -> RuntimeDecoder:
         decoder = self.decoders.get(self.urn, spec_version)

@@ -31,6 +31,11 @@ class NetworkRecord(BaseModel):
     #: When the ingress last published a block of this network (Unix seconds).
     updated_at: float | None = None
     tip_hash: str | None = None
+    #: The first block of the current unbroken stretch the ingress published (a start with no
+    #: tip, or a gap skipped with recovery off), and its timestamp (ms): receipts before it
+    #: were never seen (``ocstream/xcm/coverage.py``).
+    covered_from: int | None = None
+    covered_from_timestamp: int | None = None
 
 
 class NetworkRegistry:

@@ -40,6 +40,7 @@ from .legs import (
     stops_of,
     urn,
 )
+from .sender import is_version_control, sent_by_call
 
 __all__ = [
     "Extracted",
@@ -615,18 +616,40 @@ def _sent_legs(context: _Block, received: Sequence[ReceivedLeg]) -> list[SentLeg
         legs.extend(_downward_legs(context, received))
     else:
         # Old parachains (statemine 900) send without an event: whatever storage holds that no
-        # event claimed was sent in this block, by the block's single XCM extrinsic if any.
+        # event claimed was sent in this block. The block's single XCM extrinsic, if any, sent
+        # one of them (unless an event already gave it its message): the one that carries its
+        # beneficiary and amounts, else the first that is not version negotiation. The others
+        # (replies, version discovery from a hook) have no sender.
         unclaimed = [fragment for fragment in fragments if not fragment.claimed]
         if unclaimed:
             senders = [
-                x.index
+                x
                 for x in block.extrinsics
                 if x.success and x.signer is not None and x.module in PARA_TRANSFER_PALLETS
             ]
-            extrinsic_index = senders[0] if len(senders) == 1 else None
+            signed = _sent_by(senders[0], unclaimed, legs) if len(senders) == 1 else None
             for fragment in unclaimed:
+                extrinsic_index = senders[0].index if fragment is signed else None
                 legs.append(_fragment_leg(context, fragment, None, extrinsic_index, received))
     return legs
+
+
+def _sent_by(
+    extrinsic: Extrinsic, unclaimed: Sequence[_Fragment], legs: Sequence[SentLeg]
+) -> _Fragment | None:
+    """Which unclaimed fragment an old parachain's transfer extrinsic sent (see above)."""
+    if any(
+        leg.context.get("extrinsicId") == f"{leg.block_number}-{extrinsic.index}" for leg in legs
+    ):
+        return None  # its send event claimed its message already
+    args = next((a for m, _, a in _calls(extrinsic) if m in PARA_TRANSFER_PALLETS), {})
+    for fragment in unclaimed:
+        if sent_by_call(args, fragment.message.instructions):
+            return fragment
+    for fragment in unclaimed:
+        if not is_version_control(fragment.message.instructions):
+            return fragment
+    return None
 
 
 def _fragment_leg(
@@ -677,7 +700,13 @@ def _downward_legs(context: _Block, received: Sequence[ReceivedLeg]) -> list[Sen
         unread[para] += 1
         return downward_slot(block.number, position)
 
-    def pick(para: int, message_id: str | None) -> tuple[int, XcmMessage] | None:
+    def pick(
+        para: int, message_id: str | None, call: Mapping[str, Any] | None = None
+    ) -> tuple[int, XcmMessage] | None:
+        """The queued message a send accounts for: by the event's id (topic, then hash); for
+        a call, the one carrying the call's beneficiary and amounts; else the first in order
+        that is not version negotiation (queued by the runtime, before the transfer, when the
+        destination's version is unknown)."""
         queue = queues.get(para, [])
         free = [(i, m) for i, m in enumerate(queue) if i not in used[para]]
         for check in ("topic", "hash"):
@@ -685,6 +714,12 @@ def _downward_legs(context: _Block, received: Sequence[ReceivedLeg]) -> list[Sen
                 if message_id is not None and getattr(message, check) == message_id:
                     used[para].add(i)
                     return i, message
+        if call is not None:
+            for i, message in free:
+                if sent_by_call(call, message.instructions):
+                    used[para].add(i)
+                    return i, message
+        free = [(i, m) for i, m in free if not is_version_control(m.instructions)]
         if free:
             used[para].add(free[0][0])
             return free[0]
@@ -728,7 +763,7 @@ def _downward_legs(context: _Block, received: Sequence[ReceivedLeg]) -> list[Sen
                 para = child_para(args.get("dest"))
             if para is None:
                 continue
-            picked = pick(para, None)
+            picked = pick(para, None, args)
             legs.append(
                 _downward_leg(
                     context, para, picked, None, extrinsic.index, None, received, slot(para, picked)

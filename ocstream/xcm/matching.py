@@ -38,6 +38,7 @@ from typing import Any, Protocol
 from pydantic import JsonValue
 
 from . import notifications as notify
+from .coverage import CoverageOf, mark_timeout
 from .legs import (
     ReceivedLeg,
     RelayedLeg,
@@ -191,10 +192,12 @@ class Engine:
         *,
         now: Callable[[], float],
         monitored: Callable[[str], bool] = lambda urn: True,
+        coverage: CoverageOf | None = None,
     ) -> None:
         self.settings = settings or MatchSettings()
         self.now = now
         self.monitored = monitored
+        self.coverage = coverage  # where each network's ingress began (docs/ingress.md)
 
     # -- entry point --
 
@@ -791,7 +794,7 @@ class Engine:
         if journey["deadline"] > self.now():
             step.deadlines.append((journey["deadline"], chain, journey["id"]))
             return
-        step.notifications.append(notify.timeout(journey))
+        step.notifications.append(mark_timeout(notify.timeout(journey), journey, self.coverage))
         step.count("timeout")
         self._end(tables, chain, journey, step, ended="timeout")
 

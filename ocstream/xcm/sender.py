@@ -19,6 +19,13 @@ The whole call tree is looked through, not only the branch that sent the message
 gives no way to tell which call of a batch emitted a given event. A subscription to an account
 that acts anywhere in the extrinsic therefore matches every message the extrinsic sends.
 
+**Which message a call sent**, when the only link is the call itself (a DMP sent by an old
+relay's extrinsic, an HRMP or upward message of an old parachain, with no send event): the
+queue may hold other messages of the same block, such as the ``SubscribeVersion`` that version
+discovery queues before the transfer. :func:`sent_by_call` says whether a message carries the
+call's beneficiary and amounts; :func:`is_version_control` recognises version negotiation,
+which no user signs.
+
 Usage::
 
     sender = sender_of(block, event.extrinsic_index, ss58_prefix=0)
@@ -28,8 +35,8 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Annotated, Literal
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
@@ -42,9 +49,11 @@ __all__ = [
     "ExtraSigner",
     "Sender",
     "Signer",
+    "is_version_control",
     "multisig_account",
     "sender_matches",
     "sender_of",
+    "sent_by_call",
 ]
 
 _PublicKey = Annotated[str, StringConstraints(pattern=r"^0x([0-9a-f]{2})+$")]
@@ -280,3 +289,80 @@ class _CallWalk:
                 del self._executed[position]
                 return multisig
         return None
+
+
+# --- which message a call sent -------------------------------------------------------------------
+
+#: Programs made only of these are version negotiation (XCM.md §9.9), sent by the runtime itself.
+_VERSION_CONTROL = {"SubscribeVersion", "UnsubscribeVersion", "QueryResponse"}
+
+
+def _program(instructions: Any) -> list[Any]:
+    """The instruction list of a (versioned) program: ``{"V2": [...]}`` or ``[...]``."""
+    if isinstance(instructions, Mapping) and len(instructions) == 1:
+        [(tag, inner)] = instructions.items()
+        if isinstance(tag, str) and tag.startswith("V") and tag[1:].isdigit():
+            instructions = inner
+    return list(instructions) if isinstance(instructions, list) else []
+
+
+def _names(program: list[Any]) -> list[str]:
+    return [
+        next(iter(item)) if isinstance(item, Mapping) else str(item)
+        for item in program
+        if isinstance(item, Mapping | str) and item
+    ]
+
+
+def is_version_control(instructions: Any) -> bool:
+    """Whether a program only negotiates versions (``SubscribeVersion``, ``QueryResponse``...)."""
+    names = _names(_program(instructions))
+    return bool(names) and set(names) <= _VERSION_CONTROL
+
+
+def _walk(value: Any, key: str | None = None) -> Iterator[tuple[str | None, Any]]:
+    yield key, value
+    if isinstance(value, Mapping):
+        for k, inner in value.items():
+            yield from _walk(inner, str(k))
+    elif isinstance(value, list):
+        for inner in value:
+            yield from _walk(inner, key)
+
+
+def _accounts(value: Any) -> set[str]:
+    """The account keys named in a location (``AccountId32.id``, ``AccountKey20.key``)."""
+    found: set[str] = set()
+    for key, inner in _walk(value):
+        if key in ("AccountId32", "AccountKey20") and isinstance(inner, Mapping):
+            account = inner.get("id", inner.get("key"))
+            if isinstance(account, str):
+                found.add(account.lower())
+    return found
+
+
+def _amounts(value: Any) -> set[int]:
+    """The fungible amounts of the assets in ``value``."""
+    found: set[int] = set()
+    for key, inner in _walk(value):
+        if key == "Fungible" and isinstance(inner, int | str) and str(inner).isdigit():
+            found.add(int(inner))
+    return found
+
+
+def sent_by_call(args: Mapping[str, Any], instructions: Any) -> bool | None:
+    """Whether a message is the one a transfer call sent: it names the call's beneficiary and
+    carries each amount the call moved (the asset ids differ: the message sees them from the
+    destination). None when the call has no beneficiary or assets to compare (``send``,
+    ``execute``), or the message did not decode."""
+    # XcmPallet/PolkadotXcm name a beneficiary and assets; XTokens puts the account in its
+    # ``dest`` and gives a plain ``amount``.
+    beneficiary = _accounts(args.get("beneficiary")) or _accounts(args.get("dest"))
+    amounts = _amounts(args.get("assets")) or _amounts(args.get("asset"))
+    amount = args.get("amount")
+    if not amounts and isinstance(amount, int | str) and str(amount).isdigit():
+        amounts = {int(amount)}
+    program = _program(instructions)
+    if not beneficiary or not amounts or not program:
+        return None
+    return beneficiary <= _accounts(program) and amounts <= _amounts(program)

@@ -2,8 +2,9 @@
 
 It speaks the real method names and subscription semantics (``chain_subscribeFinalizedHeads``
 notifications, ``chain_getBlockHash``, ``chain_getBlock``, ``chain_getHeader``,
-``state_getStorage`` of ``System.Events``, ``state_getMetadata``, ``state_call``
-``Metadata_metadata_at_version``, ``state_getRuntimeVersion``, ``system_chain``,
+``state_getStorage`` of ``System.Events`` and of the items the test gives
+(``state_getKeysPaged`` and ``state_queryStorageAt`` over them), ``state_getMetadata``,
+``state_call`` ``Metadata_metadata_at_version``, ``state_getRuntimeVersion``, ``system_chain``,
 ``rpc_methods``). The test decides how far the chain is finalized (:meth:`finalize`) and can
 drop every connection (:meth:`drop_connections`) or turn the server bad (``mode``).
 """
@@ -185,6 +186,17 @@ class RecordedChainServer:
                 result = "0x" + events_value(block.events).hex()
             else:
                 result = self.storage.get((params[0], params[1]))
+        elif method == "state_getKeysPaged":
+            prefix, count, start, at = params
+            keys = sorted(
+                key
+                for key, block_hash in self.storage
+                if block_hash == at and key.startswith(prefix) and (start is None or key > start)
+            )
+            result = keys[:count]
+        elif method == "state_queryStorageAt":
+            keys, at = params
+            result = [{"block": at, "changes": [[k, self.storage.get((k, at))] for k in keys]}]
         elif method == "state_getRuntimeVersion":
             spec, _ = self.runtime_of[params[0]]
             result = {"specName": self.chain.lower(), "specVersion": spec}
@@ -209,7 +221,9 @@ class RecordedChainServer:
                     "chain_subscribeFinalizedHeads",
                     "state_getMetadata",
                     "state_getRuntimeVersion",
+                    "state_getKeysPaged",
                     "state_getStorage",
+                    "state_queryStorageAt",
                     "system_chain",
                 ]
             }

@@ -23,6 +23,7 @@ from ocstream.ingress.model import ExtendedBlock
 from ocstream.ingress.raw import RawBlock, load_v1_cbor
 from ocstream.ingress.registry import NetworkRecord, NetworkRegistry
 from ocstream.transport import Keyspace, TopicWriter
+from ocstream.xcm.coverage import Coverage, coverage_of_record
 from tests.ingress.rpc_server import RecordedChainServer
 
 URN = "urn:ocn:polkadot:0"
@@ -378,4 +379,62 @@ async def test_undecodable_metadata_is_retried_while_other_networks_keep_flowing
     messages = [r.getMessage() for r in caplog.records]
     assert any("urn:ocn:polkadot:1000" in m and "V16 is not supported" in m for m in messages), (
         messages[-5:]
+    )
+
+
+# -- where coverage begins (the start-up boundary, ocstream/xcm/coverage.py) ---------------------
+# A fresh ingress starts at the finalized head it first sees, so what was received before that
+# block was never published: the registry says so (covered_from, covered_from_timestamp). A
+# restart that resumes from the tip keeps the start; a gap skipped with recovery off moves it.
+
+
+async def test_the_first_block_of_each_unbroken_stretch_is_recorded(
+    redis_url: str, prefix: str, servers: Any
+) -> None:
+    server = await servers()
+    await server.finalize(FIRST + 2)
+    first = Harness(redis_url, prefix, [server.url])
+    first.start()
+    try:
+        await first.wait_published(1)
+        await server.finalize(FIRST + 4)
+        blocks = await first.wait_published(3)
+    finally:
+        await first.stop()
+    start = blocks[0]
+    assert start.number == FIRST + 2 and start.timestamp
+    record = await first.registry.get(URN)
+    assert record is not None
+    assert (record.covered_from, record.covered_from_timestamp) == (FIRST + 2, start.timestamp)
+    assert coverage_of_record(record) == Coverage(FIRST + 2, start.timestamp)
+
+    # A restart resumes from the tip: nothing was skipped, the coverage still starts there.
+    await server.finalize(FIRST + 7)
+    again = Harness(redis_url, prefix, [server.url])
+    again.start()
+    try:
+        blocks = await again.wait_published(6)
+    finally:
+        await again.stop()
+    assert numbers(blocks) == list(range(FIRST + 2, FIRST + 8))
+    record = await again.registry.get(URN)
+    assert record is not None and record.covered_from == FIRST + 2
+
+    # With recovery off, a restart skips the blocks finalized meanwhile: a new stretch.
+    await server.finalize(FIRST + 12)
+    skipping = Harness(redis_url, prefix, [server.url])
+    skipping.follower.network = NetworkConfig.model_validate(
+        {"id": URN, "provider": {"type": "rpc", "url": server.url}, "recovery": False}
+    )
+    skipping.start()
+    try:
+        blocks = await skipping.wait_published(7)
+    finally:
+        await skipping.stop()
+    assert blocks[-1].number == FIRST + 12
+    record = await skipping.registry.get(URN)
+    assert record is not None
+    assert (record.covered_from, record.covered_from_timestamp) == (
+        FIRST + 12,
+        blocks[-1].timestamp,
     )

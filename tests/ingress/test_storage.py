@@ -103,7 +103,7 @@ def test_storage_needed_on_real_blocks(
     for raw in load_v1_cbor(fixtures_dir / "raw/v1" / recording):
         block = build_extended_block(network, decoder, raw.header, raw.extrinsics, raw.events)
         names = []
-        for request in storage_needed(block, is_relay=relay):
+        for request in storage_needed(block, is_relay=relay, runtime=decoder):
             name = request.item
             if request.item == "DownwardMessageQueues":
                 name += f":{int.from_bytes(bytes.fromhex(request.key[-8:]), 'little')}"
