@@ -883,8 +883,8 @@ def _sent_leg(
     continues = _continues(message, event, extrinsic_index, received)
     candidates = (
         _hop_candidates(context, event, extrinsic_index, received)
-        if continues is None and instructions is not None
-        else []
+        if continues is None and instructions is not None and not is_version_control(instructions)
+        else []  # version discovery is a chain's own message, never a forwarded one
     )
     return SentLeg(
         identity=identity,

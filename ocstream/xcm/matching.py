@@ -127,6 +127,7 @@ class MatchSettings:
     closed_ttl: float = 3600.0  # an ended journey's hop entries stay for late hop legs
     late_ttl: float = 86400.0  # a timed-out journey waits this long for its late receipt
     hold_ttl: float = 300.0  # a receipt waits this long for the last hop's message (see _final)
+    park_ttl: float = 120.0  # a possible hop-out waits this long for its candidates' journeys
     clock_slack: float = 30.0  # a receipt may carry an older block time than its send by this
     clock_window: float = 6 * 3600.0  # block clocks further apart are not compared (test nets)
 
@@ -260,7 +261,7 @@ class Engine:
                 {
                     "parked_leg": leg.model_dump(by_alias=True),
                     "waiting": waiting,
-                    "expires": self.now() + 2 * self.settings.pending_ttl,
+                    "expires": self.now() + self.settings.park_ttl,
                 },
             )
             for candidate in waiting:
@@ -819,7 +820,8 @@ class Engine:
                 }
                 self._release_parked(tables, chain, leg, None, step)
             elif table == "journeys" and "parked_leg" in value:
-                # A hop-out whose candidate receipts all vanished without a word.
+                # None of its candidates' journeys came in time (their senders' ingress lags,
+                # or they were sent before it started): it is announced as a journey of its own.
                 tables.delete("journeys", key)
                 self._new_journey(tables, SentLeg.model_validate(value["parked_leg"]), step)
             elif table == "journeys":

@@ -602,3 +602,21 @@ def test_three_stops_in_any_order(
     finish(cluster)
     assert cluster.keys_left() == {}
     assert _types({n["id"]: n for n in cluster.notifications}.values()) == _types(unique)
+
+
+def test_a_possible_hop_out_waits_for_its_candidates_only_a_while() -> None:
+    """A hook's message sent at Finalization in a block whose receipt's journey never comes
+    (its sender's ingress is far behind): it is not a hop-out of anything known, and after
+    ``park_ttl`` it is announced as a journey of its own."""
+    blocks, _ = three_stops("none", "content", "hash")
+    in1, out1 = blocks[1]
+    cluster = Cluster()
+    cluster.publish_legs([in1, out1])
+    cluster.drain()
+    assert cluster.notifications == []
+    assert cluster.counters["hop_out_parked"] == 1
+    cluster.clock.now += 121
+    cluster.sweep()
+    cluster.drain()
+    assert [n["type"] for n in cluster.notifications] == ["xcm.sent"]
+    assert cluster.notifications[0]["origin"]["chainId"] == HYDRATION
