@@ -55,7 +55,14 @@ __all__ = [
 ]
 
 #: Notification types a subscription (or a webhook channel) can ask for, in v1's order.
-EVENT_TYPES: Final = ("xcm.sent", "xcm.received", "xcm.relayed", "xcm.timeout", "xcm.hop")
+EVENT_TYPES: Final = (
+    "xcm.sent",
+    "xcm.received",
+    "xcm.relayed",
+    "xcm.timeout",
+    "xcm.hop",
+    "xcm.bridge",
+)
 assert set(EVENT_TYPES) == set(NOTIFICATION_TYPES)
 
 #: 2^53 - 1, the largest integer every JSON reader keeps exact (JavaScript's MAX_SAFE_INTEGER).

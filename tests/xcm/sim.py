@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import zlib
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
+from ocstream.xcm.bridge import BridgeLeg
 from ocstream.xcm.legs import ReceivedLeg, RelayedLeg, SentLeg, legs_of, relay_of
 from ocstream.xcm.matching import TABLES, Engine, MatchSettings, Tables, expired_keys
 
@@ -45,12 +47,12 @@ class Cluster:
     def send(self, chain: str, record: dict[str, Any]) -> None:
         self.queues[partition_of(chain)].append((chain, record))
 
-    def publish_legs(self, legs: list[SentLeg | ReceivedLeg | RelayedLeg]) -> None:
+    def publish_legs(self, legs: Sequence[SentLeg | ReceivedLeg | RelayedLeg | BridgeLeg]) -> None:
         """The legs of one block, in extraction order, as the extract agent routes them."""
         for leg in legs:
             if isinstance(leg, SentLeg):
                 chain = leg.origin
-            elif isinstance(leg, ReceivedLeg):
+            elif isinstance(leg, (ReceivedLeg, BridgeLeg)):
                 chain = leg.chain
             else:
                 chain = leg.recipient
