@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ocstream.xcm.bridge import BridgeLeg
@@ -34,9 +34,13 @@ class Clock:
 
 
 class Cluster:
-    def __init__(self, settings: MatchSettings | None = None) -> None:
+    def __init__(
+        self, settings: MatchSettings | None = None, monitored: Callable[[str], bool] | None = None
+    ) -> None:
         self.clock = Clock()
-        self.engine = Engine(settings or MatchSettings(), now=self.clock)
+        self.engine = Engine(
+            settings or MatchSettings(), now=self.clock, monitored=monitored or (lambda urn: True)
+        )
         self.stores: list[dict[str, dict[str, Any]]] = [
             {name: {} for name in TABLES} for _ in range(PARTITIONS)
         ]
@@ -127,6 +131,7 @@ def sent_leg(
     number: int = 1,
     entry: int = 0,
     continues: str | None = None,
+    bridge_in: BridgeLeg | None = None,
 ) -> SentLeg:
     ids = [message_hash] + ([topic] if topic else [])
     legs = legs_of(origin, stops)
@@ -145,6 +150,7 @@ def sent_leg(
         legs=legs,
         context=_context(origin, number, message_hash),
         continues=continues,
+        bridge_in=bridge_in.model_dump() if bridge_in is not None else None,
     )
 
 
@@ -194,4 +200,35 @@ def relayed_leg(
         ids=ids,
         outcome="Success",
         context=_context(relay, number, message_hash),
+    )
+
+
+def bridge_leg(
+    chain: str,
+    status: str,
+    *,
+    bridge: str = "pkbridge",
+    ids: list[str],
+    nonce: str,
+    channel: str | None = None,
+    keys: list[str] | None = None,
+    from_chain: str | None = None,
+    number: int = 1,
+    event: int = 0,
+    outcome: str = "Success",
+) -> BridgeLeg:
+    return BridgeLeg(
+        identity=f"{chain}|0x{number:064x}|{event}|{nonce}",
+        chain=chain,
+        bridge=bridge,  # type: ignore[arg-type]
+        status=status,  # type: ignore[arg-type]
+        channel=channel,
+        nonce=nonce,
+        from_chain=from_chain,
+        ids=ids,
+        keys=keys or [],
+        block_number=number,
+        block_hash="0x" + f"{number:064x}",
+        outcome=outcome,  # type: ignore[arg-type]
+        context=_context(chain, number, "", outcome=outcome) | {"messageHash": None},
     )
