@@ -470,7 +470,13 @@ def _key(account: Mapping[str, Any]) -> str | None:
 
 
 def unknown_networks(subscription: Subscription, known: Iterable[str]) -> list[str]:
-    """The subscription's origin and destinations that are not among ``known``, in order."""
+    """The subscription's origin and destinations that are not among ``known``, in order.
+    An Ethereum destination needs no registration: ocstream follows a journey there up to the
+    bridge that takes it out (Snowbridge's accept at the bridge hub, ``docs/matching.md``)."""
     known_set = set(known)
-    wanted = [subscription.origin, *subscription.destinations]
+    destinations = [urn for urn in subscription.destinations if not urn.startswith(_ETHEREUM)]
+    wanted = [subscription.origin, *destinations]
     return [urn for urn in _dedup(wanted) if urn not in known_set]
+
+
+_ETHEREUM: Final = "urn:ocn:ethereum:"

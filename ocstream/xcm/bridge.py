@@ -447,6 +447,8 @@ def on_bridge(
                     return
     if leg.ids:
         engine._keep_pending(tables, "inbound", chain, data, [_WAIT + i for i in leg.ids], step)
+    else:
+        step.count("bridge_unlinked")  # an accept with no receipt after it: nothing names it
 
 
 def pick_up(

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from ocstream.delivery import is_terminal
 from ocstream.ingress.model import ExtendedBlock
-from ocstream.subscriptions.models import Subscription
+from ocstream.subscriptions.models import Subscription, unknown_networks
 from ocstream.testing import block_from_decoded, blocks_from_case
 from ocstream.xcm.bridge import BridgeLeg, bridge_key
 from ocstream.xcm.codec import XcmCodec
@@ -534,6 +534,9 @@ def test_subscriptions_can_ask_for_xcm_bridge() -> None:
         "channels": [{"type": "log"}],
     }
     assert Subscription.model_validate(body).events == ["xcm.bridge"]
+    # A journey to Ethereum can be followed although Ethereum is not a network ocstream reads.
+    to_ethereum = Subscription.model_validate({**body, "destinations": [ETHEREUM, K_AH]})
+    assert unknown_networks(to_ethereum, [P_AH]) == [K_AH]
 
 
 def test_only_an_accept_on_the_last_leg_or_a_failure_is_terminal() -> None:
