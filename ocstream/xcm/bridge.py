@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from ..ingress.model import Event, ExtendedBlock
 from . import notifications as notify
-from .legs import ReceivedLeg, SentLeg, bridge_hub, urn
+from .legs import BRIDGE_HUBS, ReceivedLeg, SentLeg, bridge_hub, urn
 
 if TYPE_CHECKING:
     from .matching import Engine, Step, Tables
@@ -68,6 +68,10 @@ _PK_PALLET = re.compile(r"^Bridge([A-Z][a-z]+)Messages$")
 _OUTBOUND = ("EthereumOutboundQueue", "EthereumOutboundQueueV2")
 _INBOUND = ("EthereumInboundQueue", "EthereumInboundQueueV2")
 _WAIT = "bw:"
+#: Every pallet read here: the messages pallet of each bridged consensus system, and Snowbridge's.
+_MODULES = frozenset(
+    [*(f"Bridge{name.capitalize()}Messages" for name in BRIDGE_HUBS), *_OUTBOUND, *_INBOUND]
+)
 
 
 def bridge_key(lane: str, nonce: str | int) -> str:
@@ -208,6 +212,8 @@ def bridge_legs(
         )
 
     for event in block.events:
+        if event.module not in _MODULES:
+            continue  # the common case: one set lookup per event
         fields = _fields(event)
         pk = _PK_PALLET.match(event.module)
         if pk is not None:
@@ -311,6 +317,8 @@ def bridge_legs(
             # bridge receipt travels with it instead of waiting for a journey that never comes.
             if chosen:
                 links[chosen[0].identity] = found
+    if not links:
+        return legs, list(sent)
     linked = [
         s.model_copy(
             update={
