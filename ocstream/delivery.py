@@ -52,7 +52,11 @@ def is_terminal(notification: Mapping[str, Any]) -> bool:
     if kind in ("xcm.received", "xcm.timeout"):
         return True
     waypoint = notification.get("waypoint") or {}
-    return bool(kind == "xcm.hop" and waypoint.get("outcome") == "Fail")
+    if kind == "xcm.bridge" and notification.get("bridgeStatus") == "accepted":
+        # Accepted onto a bridge that is the journey's last leg (e.g. to Ethereum): ocstream
+        # follows it no further, so that is where the journey ends (docs/matching.md).
+        return bool(waypoint.get("legIndex") == len(notification.get("legs") or []) - 1)
+    return bool(kind in ("xcm.hop", "xcm.bridge") and waypoint.get("outcome") == "Fail")
 
 
 class _Subscriptions(Protocol):

@@ -134,7 +134,7 @@ def _pending_final(journey: Any) -> bool:
 def _leg_chain(leg: Any) -> str:
     if leg.kind == "sent":
         return str(leg.origin)
-    if leg.kind == "received":
+    if leg.kind in ("received", "bridge"):
         return str(leg.chain)
     return str(leg.recipient)
 

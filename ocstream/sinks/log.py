@@ -7,8 +7,9 @@
 
 The arrow tells the kind of step: ``➜`` sent, received and timed out, ``↠`` relayed (the relay
 chain carried the HRMP message), ``↷`` a hop at an intermediate stop, with ``in`` (executed there)
-or ``out`` (sent on from there). The block numbers are ``o`` (origin), ``d`` (destination), ``r``
-(relay) and ``h`` (hop). A line is built from whatever the notification holds: a field that is
+or ``out`` (sent on from there), ``⇢`` a bridge hub's event (``xcm.bridge``, with the bridge, status
+and nonce). The block numbers are ``o`` (origin), ``d`` (destination), ``r`` (relay), ``h`` (hop)
+and ``b`` (bridge hub). A line is built from whatever the notification holds: a field that is
 missing is left out, so a malformed notification is logged, never raised on.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 
 import orjson
 
-ARROWS = {"xcm.relayed": "↠", "xcm.hop": "↷"}
+ARROWS = {"xcm.relayed": "↠", "xcm.hop": "↷", "xcm.bridge": "⇢"}
 #: Logged at WARNING: the subscriber's transfer did not (yet) arrive as hoped.
 _WARN_TYPES = {"xcm.timeout"}
 
@@ -45,6 +46,14 @@ def format_line(notification: Mapping[str, Any], subscription_id: str) -> str:
     elif kind == "xcm.relayed":
         fields.append(("relay", waypoint.get("chainId")))
         blocks.append(("r", waypoint.get("blockNumber")))
+    elif kind == "xcm.bridge":
+        fields += [
+            ("bridge", notification.get("bridgeName")),
+            ("status", notification.get("bridgeStatus")),
+            ("hub", waypoint.get("chainId")),
+            ("nonce", notification.get("nonce")),
+        ]
+        blocks.append(("b", waypoint.get("blockNumber")))
     elif kind == "xcm.received":
         blocks.append(("d", destination.get("blockNumber") or waypoint.get("blockNumber")))
     fields += [

@@ -55,7 +55,14 @@ __all__ = [
 ]
 
 #: Notification types a subscription (or a webhook channel) can ask for, in v1's order.
-EVENT_TYPES: Final = ("xcm.sent", "xcm.received", "xcm.relayed", "xcm.timeout", "xcm.hop")
+EVENT_TYPES: Final = (
+    "xcm.sent",
+    "xcm.received",
+    "xcm.relayed",
+    "xcm.timeout",
+    "xcm.hop",
+    "xcm.bridge",
+)
 assert set(EVENT_TYPES) == set(NOTIFICATION_TYPES)
 
 #: 2^53 - 1, the largest integer every JSON reader keeps exact (JavaScript's MAX_SAFE_INTEGER).
@@ -463,7 +470,13 @@ def _key(account: Mapping[str, Any]) -> str | None:
 
 
 def unknown_networks(subscription: Subscription, known: Iterable[str]) -> list[str]:
-    """The subscription's origin and destinations that are not among ``known``, in order."""
+    """The subscription's origin and destinations that are not among ``known``, in order.
+    An Ethereum destination needs no registration: ocstream follows a journey there up to the
+    bridge that takes it out (Snowbridge's accept at the bridge hub, ``docs/matching.md``)."""
     known_set = set(known)
-    wanted = [subscription.origin, *subscription.destinations]
+    destinations = [urn for urn in subscription.destinations if not urn.startswith(_ETHEREUM)]
+    wanted = [subscription.origin, *destinations]
     return [urn for urn in _dedup(wanted) if urn not in known_set]
+
+
+_ETHEREUM: Final = "urn:ocn:ethereum:"

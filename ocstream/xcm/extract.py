@@ -27,6 +27,7 @@ from pydantic import JsonValue
 from ..ingress.decode import read_compact
 from ..ingress.model import Event, ExtendedBlock, Extrinsic
 from ..ingress.storage import PARA_TRANSFER_PALLETS, RELAY_SEND_CALLS, child_para
+from .bridge import BridgeLeg, bridge_legs, is_bridge_queue
 from .codec import UnknownPageFormat, XcmCodec, XcmDecodeError, XcmMessage, partial_messages
 from .legs import (
     ReceivedLeg,
@@ -80,7 +81,7 @@ class Problem:
 
 @dataclass(slots=True)
 class Extracted:
-    legs: list[SentLeg | ReceivedLeg | RelayedLeg] = field(default_factory=list)
+    legs: list[SentLeg | ReceivedLeg | RelayedLeg | BridgeLeg] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -94,6 +95,10 @@ class Extracted:
     @property
     def relayed(self) -> list[RelayedLeg]:
         return [leg for leg in self.legs if isinstance(leg, RelayedLeg)]
+
+    @property
+    def bridged(self) -> list[BridgeLeg]:
+        return [leg for leg in self.legs if isinstance(leg, BridgeLeg)]
 
 
 SenderOf = Any  # Callable[[ExtendedBlock, int | None], JsonValue]
@@ -112,9 +117,14 @@ def extract(
     context = _Block(block, codec, out, ss58_prefix, sender_of)
     received = _received_legs(context)
     out.legs.extend(received)
+    sent = _sent_legs(context, received)
+    # Bridge hook (xcm/bridge.py): bridge events, after the receipts they follow and before the
+    # sends they dispatched (which continue them).
+    bridged, sent = bridge_legs(block, received, sent, context.bridge_context)
+    out.legs.extend(bridged)
     if is_relay(block.network):
         out.legs.extend(_relayed_legs(context))
-    out.legs.extend(_sent_legs(context, received))
+    out.legs.extend(sent)
     return out
 
 
@@ -191,6 +201,11 @@ class _Block:
             "blockNumber": str(self.block.number),
             "blockHash": self.block.hash,
         }
+
+    def bridge_context(self, event: Event, outcome: str, error: JsonValue) -> dict[str, JsonValue]:
+        return self.context(
+            extrinsic_index=event.extrinsic_index, event=event, outcome=outcome, error=error
+        )
 
     def context(
         self,
@@ -326,7 +341,8 @@ def _origin_chain(origin: Any, chain: str) -> str | None:
 
 
 def _is_local_origin(origin: Any) -> bool:
-    return bool(origin == "Here")
+    # A bridge's own queue (Snowbridge's outbound messages) carries no XCM receipt.
+    return bool(origin == "Here") or is_bridge_queue(origin)
 
 
 def _downward_slots(block: ExtendedBlock) -> dict[str, str]:

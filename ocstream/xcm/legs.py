@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 __all__ = [
+    "BRIDGE_HUBS",
     "Leg",
     "ReceivedLeg",
     "RelayedLeg",
@@ -25,6 +26,7 @@ __all__ = [
     "chain_id",
     "consensus",
     "is_relay",
+    "bridge_hub",
     "continues_program",
     "downward_slot",
     "is_slot",
@@ -121,6 +123,11 @@ class SentLeg(_Frozen):
         "when nothing links it for sure (no topic, no event to place it)",
     )
     timestamp: int | None = None
+    bridge_in: dict[str, JsonValue] | None = Field(
+        default=None,
+        description="the bridge receipt (a BridgeLeg dump) whose dispatch sent this message, "
+        "when it left a bridge hub right after crossing a bridge (ocstream/xcm/bridge.py)",
+    )
 
     @property
     def destination(self) -> str:
@@ -295,17 +302,60 @@ def _walk(program: list[Any], context: str) -> Iterator[tuple[str, list[Any]]]:
         yield from _walk(nested, stop)
 
 
+def _route(recipient: str, instructions: Any) -> list[tuple[str, list[Any]]]:
+    """``(stop, program it runs)`` for the recipient and every forwarded stop, with the bridge
+    hubs a bridged step passes through (:func:`through_bridge_hubs`)."""
+    program = _program(instructions)
+    route = [(recipient, program)]
+    for stop, nested in _walk(program, recipient):
+        # A bridge hub on the way re-sends what the forwarding instruction asked for.
+        route.extend((hub, nested) for hub in through_bridge_hubs(route[-1][0], stop))
+        route.append((stop, nested))
+    return route
+
+
 def stops_of(recipient: str, instructions: Any) -> list[str]:
-    """``[recipient, ...]`` plus every chain the program forwards to, in program order (§8.1)."""
-    return [recipient, *(stop for stop, _ in _walk(_program(instructions), recipient))]
+    """``[recipient, ...]`` plus every chain the program forwards to, in program order (§8.1),
+    with the bridge hubs of each step that crosses a bridge."""
+    return [stop for stop, _ in _route(recipient, instructions)]
 
 
 def programs_of(recipient: str, instructions: Any) -> list[list[Any]]:
     """The program each stop of :func:`stops_of` is expected to execute: the whole program at
     the recipient, then each forwarding instruction's nested program (what hop matching
     without a topic compares a re-sent message with)."""
-    program = _program(instructions)
-    return [program, *(nested for _, nested in _walk(program, recipient))]
+    return [program for _, program in _route(recipient, instructions)]
+
+
+# --- bridges: the bridge hubs a step between two consensus systems goes through ----------------
+
+#: The parachain that hosts the bridges of each consensus system: the Polkadot <> Kusama bridge
+#: (pallet-bridge-messages) and Snowbridge to Ethereum. Rococo's was para 1013.
+BRIDGE_HUBS: dict[str, int] = {
+    "polkadot": 1002,
+    "kusama": 1002,
+    "westend": 1002,
+    "paseo": 1002,
+    "rococo": 1013,
+}
+
+
+def bridge_hub(network: str) -> str | None:
+    """The bridge hub of ``network``'s consensus system, if it has a known one."""
+    para = BRIDGE_HUBS.get(consensus(network))
+    return urn(consensus(network), para) if para is not None else None
+
+
+def through_bridge_hubs(source: str, target: str) -> list[str]:
+    """The bridge hubs a message from ``source`` to ``target`` passes through, in order (none
+    when both are in one consensus system). Another consensus system is reached through the local
+    bridge hub, which exports the message, then the remote bridge hub, which dispatches it;
+    Ethereum has no bridge hub, so Snowbridge has only the Polkadot-side one. A hub that is
+    ``source`` or ``target`` itself, or unknown (e.g. ``local``), is left out."""
+    if consensus(source) == consensus(target):
+        return []
+    hubs = [bridge_hub(source), bridge_hub(target)]
+    return [hub for hub in dict.fromkeys(hubs) if hub is not None and hub not in (source, target)]
 
 
 def _plain(value: Any) -> Any:

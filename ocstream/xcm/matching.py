@@ -12,7 +12,8 @@ place a terminal notification (``xcm.received``, ``xcm.timeout``, or a failed ``
 emitted, which is what makes the terminal exactly-once whatever the arrival order. Intermediate
 stops hold ``hop`` entries; they emit hop and relayed notifications as those legs happen.
 
-Record kinds (``record["kind"]``): ``sent``, ``received``, ``relayed`` (legs from extraction);
+Record kinds (``record["kind"]``): ``sent``, ``received``, ``relayed``, ``bridge`` (legs from
+extraction; bridge legs are handled in ``bridge.py``);
 ``index`` (a journey registers at a stop), ``extend`` (a hop-out adds its ids at the next stop),
 ``close`` (the journey ended: forget it at this stop), ``terminate`` (a hop failed: the owner
 ends the journey), ``tick`` (a deadline may have passed), ``sweep`` (drop expired entries).
@@ -37,6 +38,7 @@ from typing import Any, Protocol
 
 from pydantic import JsonValue
 
+from . import bridge
 from . import notifications as notify
 from .coverage import CoverageOf, mark_timeout
 from .legs import (
@@ -317,6 +319,9 @@ class Engine:
                 tables.delete("journeys", key)
                 self._new_journey(tables, leg, step)
 
+    def _on_bridge(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
+        bridge.on_bridge(self, tables, chain, record, step)  # bridge hook (xcm/bridge.py)
+
     def _expect_origin(self, received: dict[str, Any]) -> bool:
         """Whether the journey of an unmatched inbound can still show up: its immediate sender
         is followed (or unknown, in which case we wait rather than guess)."""
@@ -342,7 +347,11 @@ class Engine:
         }
         step.notifications.append(notify.sent(journey))
         step.count("sent")
-        if not self.monitored(journey["destination"]):
+        if leg.bridge_in is not None:  # bridge hook: it starts right after crossing a bridge
+            step.notifications.append(bridge.origin_note(journey, leg.bridge_in))
+        if not self.monitored(journey["destination"]) and not bridge.ends_at_bridge(
+            journey, self.monitored
+        ):
             step.count("untracked")
             return
         stops: list[str] = journey["stops"]
@@ -592,7 +601,12 @@ class Engine:
         journey = {**journey, "hopped_in": leg["identity"]}
         tables.set("journeys", _jkey(chain, jid), journey)
         tables.set("journeys", _jkey(chain, "in:" + leg["identity"]), {"journey": journey})
-        note = notify.hop(journey, leg["context"], journey["stop"], "in", leg.get("assets_trapped"))
+        if leg.get("kind") == "bridge":  # bridge hook: a bridge delivered it to this hub
+            note = bridge.note(journey, leg, journey["stop"])
+        else:
+            note = notify.hop(
+                journey, leg["context"], journey["stop"], "in", leg.get("assets_trapped")
+            )
         if leg["outcome"] == "Fail" and not journey.get("done"):
             # The message stops here: the owner ends the journey with this as its terminal.
             step.records.append(
@@ -693,6 +707,7 @@ class Engine:
         for message_id in new:
             _append(tables, table, f"{chain}:{message_id}", journey["id"])
         tables.set("journeys", _jkey(chain, journey["id"]), journey)
+        bridge.pick_up(self, tables, chain, journey["id"], new, step)  # bridge hook
         # Legs that arrived before the journey was known here.
         for message_id in new:
             for identity in list(tables.get("relay", f"{chain}:{message_id}") or []):
@@ -777,7 +792,7 @@ class Engine:
             step.notifications.append(record["notification"])
             return
         step.notifications.append(record["notification"])
-        step.count("terminal_hop_failed")
+        step.count(record.get("counter", "terminal_hop_failed"))
         self._end(tables, chain, journey, step, ended="hop_failed")
 
     def _on_tick(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:

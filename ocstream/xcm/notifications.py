@@ -14,6 +14,7 @@ from pydantic import JsonValue
 
 __all__ = [
     "NOTIFICATION_TYPES",
+    "bridge",
     "hop",
     "notification_id",
     "received",
@@ -22,7 +23,14 @@ __all__ = [
     "timeout",
 ]
 
-NOTIFICATION_TYPES: Final = ("xcm.sent", "xcm.relayed", "xcm.hop", "xcm.received", "xcm.timeout")
+NOTIFICATION_TYPES: Final = (
+    "xcm.sent",
+    "xcm.relayed",
+    "xcm.hop",
+    "xcm.received",
+    "xcm.timeout",
+    "xcm.bridge",
+)
 
 # The context fields of a journey's message that received/relayed waypoints repeat.
 _MESSAGE_FIELDS: Final = ("messageHash", "messageData", "instructions")
@@ -115,5 +123,33 @@ def hop(
         waypoint["assetsTrapped"] = assets_trapped
     payload["id"] = notification_id(journey["id"], "hop", leg_index, direction)
     payload["direction"] = direction
+    payload["waypoint"] = waypoint
+    return payload
+
+
+def bridge(
+    journey: dict[str, Any],
+    context: dict[str, Any],
+    leg_index: int,
+    *,
+    status: str,
+    name: str,
+    channel: str | None,
+    nonce: str | None,
+    version: int,
+) -> dict[str, JsonValue]:
+    """``xcm.bridge``: a bridge accepted, delivered or received the journey's message (XCM.md
+    §10.1). The waypoint is the bridge hub's event; ``legIndex`` is the bridge leg."""
+    payload = _base(journey, "xcm.bridge")
+    waypoint = dict(context)
+    waypoint.pop("messageId", None)
+    waypoint["legIndex"] = leg_index
+    payload["id"] = notification_id(journey["id"], "bridge", leg_index, status)
+    payload["bridgeStatus"] = status
+    payload["bridgeName"] = name
+    if channel is not None:
+        payload["channelId"] = channel
+    payload["nonce"] = nonce
+    payload["version"] = version
     payload["waypoint"] = waypoint
     return payload

@@ -114,6 +114,26 @@ def test_hop_in_and_out(direction: str) -> None:
     )
 
 
+def test_bridge() -> None:
+    hub = "urn:ocn:polkadot:1002"
+    at_hub = {**context(hub, 5290866), "messageHash": None}
+    payload = notifications.bridge(
+        journey(topic=TOPIC),
+        at_hub,
+        1,
+        status="accepted",
+        name="pkbridge",
+        channel="0x00000001",
+        nonce="7",
+        version=1,
+    )
+    assert format_line(payload, "s1") == (
+        f"[{ASSET_HUB} ⇢ {HYDRATION}] NOTIFICATION xcm.bridge subscription=s1, bridge=pkbridge, "
+        f"status=accepted, hub={hub}, nonce=7, messageHash={HASH}, messageId={TOPIC}, "
+        "outcome=Success (o: #4833171, b: #5290866)"
+    )
+
+
 def test_timeout() -> None:
     assert format_line(notifications.timeout(journey()), "s1") == (
         f"[{ASSET_HUB} ➜ {HYDRATION}] NOTIFICATION xcm.timeout subscription=s1, "
@@ -125,7 +145,7 @@ def test_malformed_notifications_still_make_a_line() -> None:
     assert format_line({}, "s1") == "[? ➜ ?] NOTIFICATION unknown subscription=s1"
     bridge = {"type": "xcm.bridge", "legs": [{"from": ASSET_HUB, "to": "urn:ocn:kusama:1000"}]}
     assert format_line(bridge, "s1") == (
-        f"[{ASSET_HUB} ➜ urn:ocn:kusama:1000] NOTIFICATION xcm.bridge subscription=s1"
+        f"[{ASSET_HUB} ⇢ urn:ocn:kusama:1000] NOTIFICATION xcm.bridge subscription=s1"
     )
     assert format_line({"type": "xcm.sent", "origin": "nope", "waypoint": 3}, "s") == (
         "[? ➜ ?] NOTIFICATION xcm.sent subscription=s"

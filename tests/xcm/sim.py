@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import zlib
 from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from ocstream.xcm.bridge import BridgeLeg
 from ocstream.xcm.legs import ReceivedLeg, RelayedLeg, SentLeg, legs_of, relay_of
 from ocstream.xcm.matching import TABLES, Engine, MatchSettings, Tables, expired_keys
 
@@ -32,9 +34,13 @@ class Clock:
 
 
 class Cluster:
-    def __init__(self, settings: MatchSettings | None = None) -> None:
+    def __init__(
+        self, settings: MatchSettings | None = None, monitored: Callable[[str], bool] | None = None
+    ) -> None:
         self.clock = Clock()
-        self.engine = Engine(settings or MatchSettings(), now=self.clock)
+        self.engine = Engine(
+            settings or MatchSettings(), now=self.clock, monitored=monitored or (lambda urn: True)
+        )
         self.stores: list[dict[str, dict[str, Any]]] = [
             {name: {} for name in TABLES} for _ in range(PARTITIONS)
         ]
@@ -46,12 +52,12 @@ class Cluster:
     def send(self, chain: str, record: dict[str, Any]) -> None:
         self.queues[partition_of(chain)].append((chain, record))
 
-    def publish_legs(self, legs: list[SentLeg | ReceivedLeg | RelayedLeg]) -> None:
+    def publish_legs(self, legs: Sequence[SentLeg | ReceivedLeg | RelayedLeg | BridgeLeg]) -> None:
         """The legs of one block, in extraction order, as the extract agent routes them."""
         for leg in legs:
             if isinstance(leg, SentLeg):
                 chain = leg.origin
-            elif isinstance(leg, ReceivedLeg):
+            elif isinstance(leg, (ReceivedLeg, BridgeLeg)):
                 chain = leg.chain
             else:
                 chain = leg.recipient
@@ -132,6 +138,7 @@ def sent_leg(
     hop_candidates: list[str] | None = None,
     instructions: Any = None,
     timestamp: int | None = None,
+    bridge_in: BridgeLeg | None = None,
 ) -> SentLeg:
     ids = [message_hash] + ([topic] if topic else [])
     legs = legs_of(origin, stops)
@@ -153,6 +160,7 @@ def sent_leg(
         continues=continues,
         hop_candidates=hop_candidates or [],
         timestamp=timestamp,
+        bridge_in=bridge_in.model_dump() if bridge_in is not None else None,
     )
 
 
@@ -203,4 +211,35 @@ def relayed_leg(
         ids=ids,
         outcome="Success",
         context=_context(relay, number, message_hash),
+    )
+
+
+def bridge_leg(
+    chain: str,
+    status: str,
+    *,
+    bridge: str = "pkbridge",
+    ids: list[str],
+    nonce: str,
+    channel: str | None = None,
+    keys: list[str] | None = None,
+    from_chain: str | None = None,
+    number: int = 1,
+    event: int = 0,
+    outcome: str = "Success",
+) -> BridgeLeg:
+    return BridgeLeg(
+        identity=f"{chain}|0x{number:064x}|{event}|{nonce}",
+        chain=chain,
+        bridge=bridge,  # type: ignore[arg-type]
+        status=status,  # type: ignore[arg-type]
+        channel=channel,
+        nonce=nonce,
+        from_chain=from_chain,
+        ids=ids,
+        keys=keys or [],
+        block_number=number,
+        block_hash="0x" + f"{number:064x}",
+        outcome=outcome,  # type: ignore[arg-type]
+        context=_context(chain, number, "", outcome=outcome) | {"messageHash": None},
     )
