@@ -114,8 +114,13 @@ class IngressService:
             }
             if not running:
                 reasons[follower.urn] = "its follower is not running"
-            elif follower.state in ("retrying", "crashed"):
-                reasons[follower.urn] = f"follower {follower.state} after {follower.last_error}"
+            elif follower.last_error_at is not None and follower.last_error_at > (
+                follower.last_progress
+            ):
+                # Failing, or back but with no block published since: not healthy yet.
+                reasons[follower.urn] = (
+                    f"follower {follower.state}, no block published since {follower.last_error}"
+                )
             elif idle > self.stale_after:
                 what = "no block published" if m.blocks_published else "no block published yet"
                 reasons[follower.urn] = (
