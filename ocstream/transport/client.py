@@ -57,18 +57,19 @@ def request_client(
     name: str,
     timeout: float = REQUEST_TIMEOUT,
     max_connections: int = 32,
+    pool_timeout: float = 2.0,
 ) -> Redis:
     """A client for code that answers HTTP requests (see the module docstring).
 
     Each read and each connect is bounded by ``timeout``, a failed command is retried once,
     and at most ``max_connections`` connections are opened: a caller beyond that waits up to
-    ``timeout`` for one to be released, then gets a ``ConnectionError`` ("No connection
+    ``pool_timeout`` for one to be released, then gets a ``ConnectionError`` ("No connection
     available"). Every failure is a ``RedisError``, which the views turn into a 503.
     """
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
-        timeout=timeout,
+        timeout=pool_timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.2), retries=1),
