@@ -158,6 +158,8 @@ class HealthProbe:
         """The network records; raises when Redis does not answer in time."""
         if self._inflight is None or self._inflight.done():
             self._inflight = asyncio.ensure_future(self._probe())
+            # Retrieved here too, in case every request that waited for it went away.
+            self._inflight.add_done_callback(lambda f: f.cancelled() or f.exception())
         return await asyncio.shield(self._inflight)
 
     async def close(self) -> None:

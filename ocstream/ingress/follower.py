@@ -191,7 +191,8 @@ class ChainFollower:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise asyncio.CancelledError from exc  # stopping: do not retry
-                self._failed(ERROR_STEPS.get(type(exc), "rpc"), exc)
+                step = next((s for kind, s in ERROR_STEPS.items() if isinstance(exc, kind)), "rpc")
+                self._failed(step, exc)
                 self.metrics.reconnects += 1
                 if self.metrics.blocks_published > published_before:
                     self.backoff.reset()  # it worked for a while: come back quickly
