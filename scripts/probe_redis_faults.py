@@ -129,9 +129,18 @@ async def p1(root: Path, code: Path) -> str:
         stderr=asyncio.subprocess.STDOUT,
     )
     during: list[str] = []
+    keys = Keyspace("probe:")
+    client = redis.Redis.from_url(url)
+
+    def first_blocks() -> bool:  # every network has published its first block (#FIRST)
+        count = int(client.hget(keys.topics, "blocks") or 0)
+        found = {f[b"k"] for p in range(count) for _, f in client.xrange(keys.stream("blocks", p))}
+        return len(found) == len(NETWORKS)
+
+    await asyncio.to_thread(wait_for, first_blocks, 60, "the first block of every network")
+    client.close()
     timeout = aiohttp.ClientTimeout(total=130)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        await asyncio.sleep(3)
         number = FIRST
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for _ in range(3):
@@ -161,7 +170,6 @@ async def p1(root: Path, code: Path) -> str:
         status, body, _ = await request(session, "GET", f"http://127.0.0.1:{http}/health")
         after = f"{status} {status_of(body)}"
     client = redis.Redis.from_url(url)
-    keys = Keyspace("probe:")
     seen: dict[str, list[int]] = {urn: [] for urn in NETWORKS}
     for p in range(int(client.hget(keys.topics, "blocks") or 0)):
         for _, fields in client.xrange(keys.stream("blocks", p)):
@@ -187,7 +195,10 @@ async def p1(root: Path, code: Path) -> str:
             f"{urn.split(':')[2]} {len(set(numbers))}/20 dup={dups} missing={missing}"
             f"{'' if ordered else ' OUT-OF-ORDER'}"
         )
-    logged = (root / "ingress.log").read_text(errors="replace").count("Redis")
+    text = (root / "ingress.log").read_text(errors="replace")
+    logged = text.count("Redis")
+    if os.environ.get("PROBE_LOG"):
+        print(text[-int(os.environ["PROBE_LOG"]) :])
     return (
         f"p1 ingress outage: {'; '.join(parts)}; /health during outages: {during}; "
         f"after: {after}; process alive: {alive}; log lines naming Redis: {logged}"
