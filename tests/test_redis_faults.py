@@ -165,7 +165,7 @@ async def test_a_redis_back_empty_gets_the_configured_networks_again(
 ) -> None:
     worker = start_worker(tmp_path, own_redis.url, network_config(tmp_path))
     base = f"http://127.0.0.1:{worker.port}"
-    client = redis.Redis.from_url(own_redis.url)
+    client = redis.Redis.from_url(own_redis.url, socket_timeout=10)
     key = f"{PREFIX}networks"
 
     def declared() -> bool:
@@ -187,7 +187,7 @@ async def test_a_redis_back_empty_gets_the_configured_networks_again(
             kill_redis(server, signal.SIGKILL)
             wipe(server.data_dir)
             server = start_redis(server.data_dir, port)
-            client = redis.Redis.from_url(server.url)
+            client = redis.Redis.from_url(server.url, socket_timeout=10)
             assert not client.hkeys(key)
             wait_for(declared, 30, "the networks declared again after an empty restart")
             status, body, _ = await call(session, "POST", f"{base}/subs", subscription("two"))

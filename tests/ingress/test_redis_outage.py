@@ -58,7 +58,7 @@ def config_text(servers: list[RecordedChainServer], networks: list[str]) -> str:
 
 async def published(url: str, prefix: str) -> dict[str, list[int]]:
     """Block numbers in the blocks topic, per network, in topic order."""
-    client = aioredis.Redis.from_url(url)
+    client = aioredis.Redis.from_url(url, socket_timeout=10)
     keys = Keyspace(prefix)
     out: dict[str, list[int]] = defaultdict(list)
     try:
@@ -168,7 +168,7 @@ async def test_every_block_is_published_once_through_redis_kills_and_restarts(
         blocks = await published(url, prefix)
         for urn in NETWORKS:
             assert blocks[urn] == list(range(FIRST, LAST + 1)), (urn, blocks[urn])
-        client = aioredis.Redis.from_url(url)
+        client = aioredis.Redis.from_url(url, socket_timeout=10)
         registry = NetworkRegistry(client, prefix)
         for urn in NETWORKS:
             record = await registry.get(urn)
@@ -210,7 +210,7 @@ async def test_health_reports_redis_down_and_a_stale_network(
         {"networks": [{"id": NETWORKS[0], "provider": {"type": "rpc", "url": servers[0].url}}]}
     )
     service = IngressService(
-        config, redis_url=server.url, prefix="health:", partitions=2, stale_after=1.5
+        config, redis_url=server.url, prefix="health:", partitions=2, stale_after=3.0
     )
     await service.start()
     try:
@@ -220,7 +220,7 @@ async def test_health_reports_redis_down_and_a_stale_network(
         health = await service.health()
         assert health["status"] == "ok" and health["reasons"] == [], health
         # No new block for longer than stale_after: degraded, and why.
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(4.0)
         health = await service.health()
         assert health["status"] == "degraded", health
         assert "no block published for" in health["reasons"][0], health
@@ -313,7 +313,7 @@ async def test_a_redis_that_comes_back_empty_gets_the_network_back(
         await asyncio.to_thread(kill_redis, server, signal.SIGKILL)
         wipe(redis_dir)
         server = await asyncio.to_thread(start_redis, redis_dir, port)
-        client = aioredis.Redis.from_url(server.url)
+        client = aioredis.Redis.from_url(server.url, socket_timeout=10)
         registry = NetworkRegistry(client, prefix)
         try:
             # Before any new block: the record (with its tip), the metadata and the topic.
@@ -341,7 +341,7 @@ async def test_a_redis_that_comes_back_empty_gets_the_network_back(
 async def test_publishing_a_block_twice_appends_it_once(redis_url: str, prefix: str) -> None:
     """The retry of a publish whose answer was lost (Redis applied it) must not append the
     block again: the script sees the stored tip already there."""
-    client = aioredis.Redis.from_url(redis_url)
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=10)
     writer = TopicWriter(client, prefix=prefix, default_partitions=2)
     registry = NetworkRegistry(client, prefix)
     try:
