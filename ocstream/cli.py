@@ -120,6 +120,7 @@ def _ingress(settings: Settings, argv: list[str], *, port_given: bool) -> int:
         redis_url=redis_url,
         prefix=settings.transport.prefix,
         partitions=settings.partitions,
+        stale_after=settings.health_stale_after,
     )
     # Its own port: next to a worker on the default 3000, the ingress takes 3001.
     port = settings.port if port_given else settings.port + 1
@@ -191,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
                 config = load_ingress_config(settings.config_file)
                 prefix = settings.transport.prefix
+                # Declared at start in both modes: subscriptions to them are accepted at once.
+                declare_networks(app, config, redis_url=redis_url, prefix=prefix)
                 if settings.embedded:
                     attach_ingress(
                         app,
@@ -198,9 +201,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                         redis_url=redis_url,
                         prefix=prefix,
                         partitions=settings.partitions,
+                        stale_after=settings.health_stale_after,
                     )
-                else:
-                    declare_networks(app, config, redis_url=redis_url, prefix=prefix)
     except OcstreamError as exc:
         print(f"ocstream: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc

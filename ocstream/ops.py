@@ -2,9 +2,11 @@
 routes (webhook dead letters) and ``/topology.json``.
 
 ``/health`` answers 200 when Redis answers, with the freshness of each network's tip and this
-worker's consumer lag; 503 when Redis does not. A network whose last block is older than
-``stale_after`` seconds is listed as stale and makes the status ``degraded`` (still 200: the
-worker itself is fine, and a load balancer should keep it).
+worker's consumer lag; 503 with ``"status": "down"`` when Redis does not answer within 1.5 s.
+The status is ``degraded`` (still 200: the worker itself is fine, and a load balancer should
+keep it) when a network's last block is older than ``stale_after`` seconds, when a network was
+never reached (no tip yet), or, in the embedded mode, when one of the worker's own followers is
+not following; ``reasons`` says which, one line each (``docs/deploy.md``).
 
 Admin routes need ``Authorization: Bearer <token>`` with one of the configured admin tokens;
 with none configured they answer 403.
@@ -12,6 +14,7 @@ with none configured they answer 403.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import Iterable
@@ -112,32 +115,119 @@ def render_delivery_metrics(app: Any) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def register_ops(app: Any, *, admin_tokens: tuple[str, ...], stale_after: float = 120.0) -> None:
+#: Seconds /health waits for Redis (one probe, shared by concurrent requests) before "down".
+HEALTH_TIMEOUT = 1.5
+
+
+class HealthProbe:
+    """Reads what ``/health`` needs from Redis, on a small pool of its own with short timeouts.
+
+    Concurrent requests share one probe in flight (single flight): a burst of 300 health checks
+    costs Redis one PING and one HGETALL, and none of them waits behind the API's connections.
+    Each answer is at most one probe old. A probe that takes longer than ``timeout`` fails
+    ("down"); a request that gives up does not cancel the probe the others wait for.
+    """
+
+    def __init__(self, redis_url: str, prefix: str, *, timeout: float = HEALTH_TIMEOUT) -> None:
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.timeout = timeout
+        self._registry: Any = None
+        self._inflight: asyncio.Future[dict[str, Any]] | None = None
+        self.probes = 0
+
+    def registry(self) -> Any:
+        from .ingress.registry import NetworkRegistry
+        from .transport.client import request_client
+
+        if self._registry is None:
+            client = request_client(
+                self.redis_url, name="ocstream-health", timeout=1.0, max_connections=4
+            )
+            self._registry = NetworkRegistry(client, self.prefix)
+        return self._registry
+
+    async def _probe(self) -> dict[str, Any]:
+        self.probes += 1
+        registry = self.registry()
+        async with asyncio.timeout(self.timeout):
+            await registry.client.ping()
+            return dict(await registry.all())
+
+    async def records(self) -> dict[str, Any]:
+        """The network records; raises when Redis does not answer in time."""
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.ensure_future(self._probe())
+            # Retrieved here too, in case every request that waited for it went away.
+            self._inflight.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return await asyncio.shield(self._inflight)
+
+    async def close(self) -> None:
+        if self._registry is not None:
+            await self._registry.client.aclose()
+
+
+def network_reasons(
+    records: dict[str, Any], now: float, stale_after: float
+) -> tuple[dict[str, Any], list[str], dict[str, str]]:
+    """Per network its tip and the age of its last block; the stale networks; and the reason
+    of each network that is stale or was never reached (no tip yet)."""
+    networks: dict[str, Any] = {}
+    stale: list[str] = []
+    reasons: dict[str, str] = {}
+    for urn, record in sorted(records.items()):
+        age = None if record.updated_at is None else round(now - record.updated_at, 1)
+        networks[urn] = {"tip": record.tip_number, "age_seconds": age}
+        if record.tip_number is None:
+            reasons[urn] = "never reached (no block published yet)"
+        elif age is not None and age > stale_after:
+            stale.append(urn)
+            reasons[urn] = f"last block {age:.0f}s ago (stale after {stale_after:g}s)"
+    return networks, stale, reasons
+
+
+def register_ops(
+    app: Any,
+    *,
+    admin_tokens: tuple[str, ...],
+    stale_after: float = 120.0,
+    redis_url: str | None = None,
+) -> None:
+    probe = HealthProbe(redis_url or str(app.conf.broker[0]), app.transport_settings.prefix)
+    app.health_probe = probe
+
     @app.page("/health")
     class HealthView(View):
         async def get(self, request: Request) -> Response:
-            from .web import _registry
-
-            registry = _registry(self.app)
             try:
-                await registry.client.ping()
-                records = await registry.all()
-            except Exception as exc:
-                body = {"status": "down", "redis": f"unreachable: {exc}", "statusCode": 503}
+                records = await probe.records()
+            except Exception as exc:  # a timeout, a Redis error: the answer is "down"
+                text = str(exc) or f"no answer within {probe.timeout:g}s"
+                reason = f"Redis does not answer: {type(exc).__name__}: {text}"
+                body = {
+                    "status": "down",
+                    "redis": f"unreachable: {type(exc).__name__}: {text}",
+                    "reasons": [reason],
+                    "statusCode": 503,
+                }
                 return self.json(body, status=503)
             now = time.time()
-            networks = {}
-            stale = []
-            for urn, record in sorted(records.items()):
-                age = None if record.updated_at is None else round(now - record.updated_at, 1)
-                if age is not None and age > stale_after:
-                    stale.append(urn)
-                networks[urn] = {"tip": record.tip_number, "age_seconds": age}
+            networks, stale, problems = network_reasons(records, now, stale_after)
+            ingress = getattr(self.app, "ingress", None)
+            if ingress is not None:  # the embedded mode: this worker's own followers
+                followed, follower_problems = ingress.network_health(now)
+                for urn, state in followed.items():
+                    networks.setdefault(urn, {"tip": None, "age_seconds": None})
+                    networks[urn]["follower"] = state["state"]
+                for urn, reason in follower_problems.items():
+                    problems.setdefault(urn, reason)  # the registry's reason first
+            reasons = [f"{urn}: {reason}" for urn, reason in sorted(problems.items())]
             lag = consumer_lag(self.app)
             body = {
-                "status": "degraded" if stale else "ok",
+                "status": "degraded" if reasons else "ok",
                 "uptime_seconds": round(now - STARTED, 1),
                 "redis": "ok",
+                "reasons": reasons,
                 "networks": networks,
                 "stale_networks": stale,
                 "consumer_lag": {"total": sum(lag.values()), "partitions": lag},

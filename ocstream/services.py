@@ -28,7 +28,7 @@ from .subscriptions import (
     register_api,
     unknown_networks,
 )
-from .transport.client import connect
+from .transport.client import connect, request_client
 from .webui import register_webui
 
 __all__ = ["install"]
@@ -42,15 +42,19 @@ def _as_json(subscription: Subscription | None) -> dict[str, Any] | None:
 
 def install(app: Any, settings: Settings, *, redis_url: str) -> None:
     client = connect(redis_url, name=f"{settings.app_id}-services")
+    # The API's requests have their own bounded pool with short timeouts: a frozen Redis
+    # answers them 503 in about two seconds, and a burst waits for a connection instead of
+    # failing with "Too many connections".
+    api_client = request_client(redis_url, name=f"{settings.app_id}-api")
     prefix = settings.transport.prefix
-    store = SubscriptionStore(client, prefix)
+    store = SubscriptionStore(api_client, prefix)
     live = LiveSubscriptions(client, prefix)
     registry = NetworkRegistry(client, prefix)
     register_api(
         app,
         store=store,
         live=live,
-        registry=registry,
+        registry=NetworkRegistry(api_client, prefix),
         settings=ApiSettings(write_tokens=settings.api_tokens),
         start_live=False,  # the delivery service starts it, with the worker
     )
@@ -118,4 +122,9 @@ def install(app: Any, settings: Settings, *, redis_url: str) -> None:
     app.websocket_hub = hub
     app.subscriptions_live = live
     app.subscriptions_store = store
-    register_ops(app, admin_tokens=settings.admin_tokens)
+    register_ops(
+        app,
+        admin_tokens=settings.admin_tokens,
+        stale_after=settings.health_stale_after,
+        redis_url=redis_url,
+    )

@@ -17,6 +17,8 @@ option                     environment              meaning
 (none)                     ``OCSTREAM_API_TOKENS``   bearer tokens for the API's write routes
 (none)                     ``OCSTREAM_ADMIN_TOKENS`` bearer tokens for the admin routes
 (none)                     ``OCSTREAM_WEBHOOK_ALLOW_PRIVATE``  allow webhooks to private hosts
+(none)                     ``OCSTREAM_HEALTH_STALE_AFTER``  seconds without a new block before
+                                                    /health calls a network stale (120)
 =========================  =======================  ======================================
 
 Token lists in the environment are comma-separated; in the file they are arrays.
@@ -47,6 +49,7 @@ ENV_NAMES = {
     "api_tokens": "OCSTREAM_API_TOKENS",
     "admin_tokens": "OCSTREAM_ADMIN_TOKENS",
     "webhook_allow_private": "OCSTREAM_WEBHOOK_ALLOW_PRIVATE",
+    "health_stale_after": "OCSTREAM_HEALTH_STALE_AFTER",
 }
 _LISTS = ("api_tokens", "admin_tokens")
 
@@ -74,6 +77,8 @@ class Settings(BaseModel):
     admin_tokens: tuple[str, ...] = ()
     #: Let webhooks target loopback, private and link-local addresses (off: SSRF guard).
     webhook_allow_private: bool = False
+    #: Seconds without a new block of a network after which /health reports it stale.
+    health_stale_after: float = Field(default=120.0, gt=0)
     transport: TransportSettings = Field(default_factory=TransportSettings)
 
     @property

@@ -116,11 +116,12 @@ def register_views(app: Any) -> None:
 
 def _registry(app: Any) -> Any:
     from .ingress.registry import NetworkRegistry
-    from .transport.client import connect
+    from .transport.client import request_client
 
     registry = getattr(app, "_ocstream_registry", None)
     if registry is None:
-        client = connect(str(app.conf.broker[0]), name="ocstream-web")
+        # Request path: bounded pool, short timeouts (see request_client).
+        client = request_client(str(app.conf.broker[0]), name="ocstream-web")
         registry = NetworkRegistry(client, app.transport_settings.prefix)
         app._ocstream_registry = registry
     return registry

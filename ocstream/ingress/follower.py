@@ -8,6 +8,14 @@ behind that is. A connection error, a node that answers garbage, a silent subscr
 (watchdog) or a block that fails to decode ends the session; the follower then reconnects with
 backoff, to the next url of the provider if it has several, and resumes from the tip. Blocks
 are never skipped: a block that cannot be decoded is retried, and a clear log line says why.
+
+A Redis error (Redis down, restarting, loading its AOF, frozen) ends the session the same way:
+logged, counted under ``step="redis"``, retried with backoff (capped at 5 s, so the follower is
+back soon after Redis is), then resumed from the tip stored in Redis. Each block and the tip
+that follows it are written by one atomic, idempotent script (:mod:`.publish`), so the stored
+tip always names the last block in the topic: none is lost or published twice. When Redis comes
+back without the network's record (its data was lost), the follower resumes after the last
+block it published itself rather than jumping to the current head.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from redis.exceptions import RedisError
+
 from ..errors import OcstreamError
 from ..transport.client import Backoff
 from ..transport.writer import TopicWriter
@@ -26,6 +36,7 @@ from .config import NetworkConfig, ReplayProvider
 from .decode import DecodeError, DecoderCache, RuntimeDecoder, blake2_256, build_extended_block
 from .metrics import IngressMetrics
 from .model import ExtendedBlock, StorageItem
+from .publish import publish_block
 from .raw import hex_bytes
 from .registry import NetworkRecord, NetworkRegistry
 from .replay import RecordingError, ReplayNode
@@ -54,6 +65,16 @@ class Node(Protocol):
 
 class WrongChainError(OcstreamError):
     """The node serves another chain than the one the registry knows for this network."""
+
+
+#: The ``step`` label of ``oc_catcher_errors_total`` for each kind of error that ends a session.
+ERROR_STEPS: dict[type[BaseException], str] = {
+    RpcConnectionError: "rpc",
+    RpcError: "rpc",
+    DecodeError: "decode",
+    WrongChainError: "chain",
+    RecordingError: "replay",
+}
 
 
 def encode_compact(value: int) -> bytes:
@@ -108,7 +129,19 @@ class ChainFollower:
         self.topic = topic
         self.watchdog = watchdog
         self.backoff = Backoff(base=0.5, cap=max_backoff)
+        #: Redis outages are retried sooner than a bad node: Redis is usually back in seconds.
+        self.redis_backoff = Backoff(base=0.2, cap=min(max_backoff, 5.0))
         self.record: NetworkRecord | None = None
+        #: What the follower is doing, for /health: starting, following, retrying, crashed.
+        self.state = "starting"
+        #: The last error that ended a session (or crashed the task), with its wall time.
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        #: Wall time of the last block published, or of the start when none was yet.
+        self.last_progress = time.time()
+        #: Raw metadata of the runtimes this follower loaded, to restore them to a Redis that
+        #: lost its data (the workers decode blocks with the metadata in Redis).
+        self.metadata: dict[int, bytes] = {}
         # When each finalized head was announced, to measure head-to-publish latency.
         self._announced: dict[int, float] = {}
         self._loading = asyncio.Lock()
@@ -136,6 +169,23 @@ class ChainFollower:
                     await self._follow(node)
             except asyncio.CancelledError:
                 raise
+            except RedisError as exc:
+                # Redis, not the node, failed: same url again once Redis answers.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc  # stopping: do not retry
+                self._failed("redis", exc)
+                if self.metrics.blocks_published > published_before:
+                    self.redis_backoff.reset()
+                delay = self.redis_backoff.next_delay()
+                logger.warning(
+                    "↻ %s: Redis failed (%s: %s); resuming from the stored tip in %.2fs",
+                    self.urn,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
             except (
                 RpcConnectionError,
                 RpcError,
@@ -146,7 +196,8 @@ class ChainFollower:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise asyncio.CancelledError from exc  # stopping: do not retry
-                self.metrics.errors += 1
+                step = next((s for kind, s in ERROR_STEPS.items() if isinstance(exc, kind)), "rpc")
+                self._failed(step, exc)
                 self.metrics.reconnects += 1
                 if self.metrics.blocks_published > published_before:
                     self.backoff.reset()  # it worked for a while: come back quickly
@@ -162,6 +213,13 @@ class ChainFollower:
                 )
                 await asyncio.sleep(delay)
 
+    def _failed(self, step: str, exc: BaseException) -> None:
+        self.state = "retrying"
+        self.last_error = f"{step}: {type(exc).__name__}: {exc}"
+        self.last_error_at = time.time()
+        self.metrics.errors += 1
+        self.metrics.errors_by_step[step] += 1
+
     async def _follow(self, node: Node) -> None:
         assert self.registry is not None, "following needs a registry"
         genesis = await node.request("chain_getBlockHash", [0])
@@ -170,10 +228,28 @@ class ChainFollower:
             raise WrongChainError(
                 f"{node.url} serves genesis {genesis}, but {self.urn} is {record.genesis_hash}"
             )
-        if record is None or record.genesis_hash is None:
+        mine = self.record
+        if (
+            mine is not None
+            and mine.tip_number is not None
+            and mine.genesis_hash == genesis
+            and (record is None or record.tip_number is None)
+        ):
+            # Redis lost this network's record (restarted empty, flushed): resume after the last
+            # block this process published, not at the current head, and put back what the
+            # workers need (the record and the metadata of the runtimes seen).
+            logger.warning(
+                "%s: the registry lost this network's record; restoring it (tip #%d)",
+                self.urn,
+                mine.tip_number,
+            )
+            await self.restore()
+            record = mine
+        elif record is None or record.genesis_hash is None:
             record = NetworkRecord(id=self.urn, relay=self.network.relay, genesis_hash=genesis)
             await self.registry.put(record)
         self.record = record
+        self.state = "following"
         heads = await node.subscribe(
             "chain_subscribeFinalizedHeads", [], "chain_unsubscribeFinalizedHeads"
         )
@@ -213,9 +289,20 @@ class ChainFollower:
             for block in blocks:
                 await self._publish(block)
 
+    async def restore(self) -> None:
+        """Put this follower's record and runtime metadata back into Redis where they are
+        missing (Redis lost its data); nothing is overwritten."""
+        assert self.registry is not None
+        if self.record is not None:
+            if await self.registry.declare(self.record):
+                logger.warning("%s: re-declared in the registry", self.urn)
+        for spec_version, metadata in self.metadata.items():
+            if not await self.registry.has_metadata(self.urn, spec_version):
+                await self.registry.put_metadata(self.urn, spec_version, metadata)
+                logger.warning("%s: restored the metadata of spec %d", self.urn, spec_version)
+
     async def _publish(self, block: ExtendedBlock) -> None:
         assert self.writer is not None and self.registry is not None
-        await self.writer.send(self.topic, key=self.urn, value=block.to_json_bytes())
         assert self.record is not None
         decoder = (
             self.decoders.get(self.urn, block.spec_version)
@@ -230,12 +317,22 @@ class ChainFollower:
             "updated_at": time.time(),
         }
         if self._stretch_starts:
-            self._stretch_starts = False
             update["covered_from"] = block.number
             update["covered_from_timestamp"] = block.timestamp
+        record = self.record.model_copy(update=update)
+        appended = await publish_block(
+            self.writer, self.registry, self.topic, record, block.to_json_bytes()
+        )
+        self.record = record
+        self.last_progress = time.time()
+        self.state = "following"
+        if self._stretch_starts:
+            self._stretch_starts = False
             logger.info("%s: coverage starts at #%d", self.urn, block.number)
-        self.record = self.record.model_copy(update=update)
-        await self.registry.put(self.record)
+        if not appended:
+            # A retry of a call Redis had applied (its answer was lost): already in the topic.
+            logger.info("%s: #%d was already published", self.urn, block.number)
+            return
         self.metrics.blocks_published += 1
         self.metrics.tip_height = block.number
         announced = self._announced.pop(block.number, None)
@@ -373,6 +470,9 @@ class ChainFollower:
         decoder = await asyncio.to_thread(
             self.decoders.get_or_build, self.urn, spec_version, metadata
         )
+        self.metadata[spec_version] = metadata
+        while len(self.metadata) > 4:  # the newest runtimes are the ones still being published
+            del self.metadata[min(self.metadata)]
         if self.registry is not None:
             await self.registry.put_metadata(self.urn, spec_version, metadata)
         return decoder

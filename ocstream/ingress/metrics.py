@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 
 
@@ -12,6 +12,8 @@ class NetworkMetrics:
     finalized_height: int = 0
     tip_height: int = 0
     errors: int = 0
+    #: Errors by the step that failed: rpc, decode, chain, replay, redis, crash.
+    errors_by_step: Counter[str] = field(default_factory=Counter)
     reconnects: int = 0
     decode_seconds: float = 0.0
     #: Seconds from a finalized head's notification to the XADD of that block (recent ones).
@@ -43,4 +45,9 @@ class IngressMetrics:
             lines.append(f"# TYPE {metric} {kind}")
             for network, values in sorted(self.networks.items()):
                 lines.append(f'{metric}{{network="{network}"}} {getattr(values, attribute)}')
+        # The v1 name dashboards know (XCM.md §14), by network (origin) and failed step.
+        lines.append("# TYPE oc_catcher_errors_total counter")
+        for network, values in sorted(self.networks.items()):
+            for step, count in sorted(values.errors_by_step.items()):
+                lines.append(f'oc_catcher_errors_total{{origin="{network}",step="{step}"}} {count}')
         return "\n".join(lines) + "\n"

@@ -75,5 +75,8 @@ class NetworkRegistry:
         raw = await self.client.get(self.metadata_key(network, spec_version))
         return None if raw is None else raw.encode() if isinstance(raw, str) else bytes(raw)
 
+    async def has_metadata(self, network: str, spec_version: int) -> bool:
+        return bool(await self.client.exists(self.metadata_key(network, spec_version)))
+
     async def put_metadata(self, network: str, spec_version: int, metadata: bytes) -> None:
         await self.client.set(self.metadata_key(network, spec_version), metadata)

@@ -5,6 +5,12 @@ password, database and TLS options (``ssl_cert_reqs``, ``ssl_ca_certs``…) come
 redis-py understands them. Every client retries a failed command a few times with jittered
 exponential backoff; the loops of the consumer, producer and group coordinator add their own
 longer backoff on top, so a Redis restart only pauses the worker.
+
+Code that answers an HTTP request uses :func:`request_client` instead: short socket timeouts,
+one retry, each command bounded to 2 s in all, and a *blocking* pool of bounded size, so that a
+frozen Redis costs a request about two seconds (not the two minutes of four 30 s reads), and a
+burst of requests waits for a free connection instead of failing with redis-py's "Too many
+connections".
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
+from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -40,6 +47,61 @@ def connect(url: str, *, socket_timeout: float | None = 30.0, name: str = "ocstr
         health_check_interval=15,
         client_name=name,
     )
+
+
+#: Seconds a request-path Redis read or connect may take before it fails (one retry).
+REQUEST_TIMEOUT = 1.0
+#: Seconds a whole request-path command may take, retries and health check included.
+COMMAND_TIMEOUT = 2.0
+
+
+class BoundedRedis(Redis):
+    """A client whose every command (retries, the pool wait and the connection's health check
+    included) ends within ``command_timeout`` seconds, with redis-py's ``TimeoutError``."""
+
+    command_timeout: float = COMMAND_TIMEOUT
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        try:
+            async with asyncio.timeout(self.command_timeout):
+                return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        except TimeoutError as exc:  # asyncio's, not redis-py's (a RedisError, passed on)
+            raise RedisTimeoutError(f"no answer within {self.command_timeout:g}s") from exc
+
+
+def request_client(
+    url: str,
+    *,
+    name: str,
+    timeout: float = REQUEST_TIMEOUT,
+    max_connections: int = 32,
+    pool_timeout: float = 2.0,
+    command_timeout: float = COMMAND_TIMEOUT,
+) -> Redis:
+    """A client for code that answers HTTP requests (see the module docstring).
+
+    Each read and each connect is bounded by ``timeout``, a failed command is retried once,
+    and at most ``max_connections`` connections are opened: a caller beyond that waits up to
+    ``pool_timeout`` for one to be released, then gets a ``ConnectionError`` ("No connection
+    available"). A whole command, retries included, is bounded by ``command_timeout``. Every
+    failure is a ``RedisError``, which the views turn into a 503. (Pipelines are bounded by
+    the socket timeouts only.)
+    """
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=pool_timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.2), retries=1),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        health_check_interval=15,
+        client_name=name,
+    )
+    client = BoundedRedis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # closing the client closes its pool (from_pool)
+    client.command_timeout = command_timeout
+    return client
 
 
 @dataclass
