@@ -71,7 +71,6 @@ def data_root(tmp_path: Path) -> Path:
 # journeys match, and a silent skip would hide that the proof did not run.
 
 
-
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     try:
