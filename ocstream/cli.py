@@ -422,6 +422,44 @@ def _record(settings: Settings, argv: list[str]) -> int:
     return 0
 
 
+#: The line a worker with nothing to follow logs at start.
+NO_NETWORKS = (
+    "no networks to follow: the API and the dataflow run, but no chain feeds them blocks. "
+    "Give --config a file with [[networks]] (examples in config/, keys in docs/config.md), "
+    'or follow a local network as in README.md, "Try it offline".'
+)
+
+
+def _alone_in_its_group(settings: Settings) -> Settings:
+    """An embedded Redis is private to its worker: no other member can join the group, so the
+    wait of an empty group for more members (``initial_rebalance_delay``) is skipped unless it
+    was set explicitly."""
+    if "initial_rebalance_delay" in settings.transport.model_fields_set:
+        return settings
+    transport = settings.transport.model_copy(update={"initial_rebalance_delay": 0.0})
+    return settings.model_copy(update={"transport": transport})
+
+
+def _has_networks(settings: Settings) -> bool:
+    if settings.config_file is None:
+        return False
+    from .ingress.config import declares_networks
+
+    return declares_networks(settings.config_file)
+
+
+def _say_there_are_no_networks(app: Any) -> None:
+    import logging
+
+    from mode import Service
+
+    class NoNetworks(Service):
+        async def on_start(self) -> None:
+            logging.getLogger("ocstream").warning(NO_NETWORKS)
+
+    app.service(NoNetworks)
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -449,6 +487,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             port_given = own.get("port") is not None or "OCSTREAM_PORT" in os.environ
             raise SystemExit(_ingress(settings, rest, port_given=port_given))
         redis_url = settings.redis_url or _running_embedded_url(settings)
+        if command == "worker" and settings.embedded:
+            settings = _alone_in_its_group(settings)
         if redis_url is None and command == "worker":
             redis_url = _start_embedded(settings)
         if redis_url is None:
@@ -474,6 +514,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                     )
                 else:
                     declare_networks(app, config, redis_url=redis_url, prefix=prefix)
+        if command == "worker" and settings.embedded and not _has_networks(settings):
+            _say_there_are_no_networks(app)
     except OcstreamError as exc:
         print(f"ocstream: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc

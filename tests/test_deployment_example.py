@@ -37,7 +37,7 @@ GUIDE = REPO / "docs" / "deploy.md"
 WORKER_COMMAND = (
     "ocstream worker --config config/minimal.toml --redis redis://127.0.0.1:6379 --address 0.0.0.0"
 )
-CURL_PREFIX = 'curl -H "Content-Type: application/json" -d \''
+CURL_PREFIX = 'curl -i -H "Content-Type: application/json" -d \''
 NETWORKS = {
     "urn:ocn:polkadot:0": "polkadot-1000001.scale",
     "urn:ocn:polkadot:2034": "hydra-207.scale",
