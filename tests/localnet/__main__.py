@@ -55,7 +55,7 @@ def up(workdir: Path, relay_port: int) -> int:
     def say(line: str) -> None:
         print(line, flush=True)
 
-    say(f"preparing {workdir} (the first time: npm install, 1.5 to 5 minutes) …")
+    say(f"preparing {workdir} (the first time: npm install, 5 to 12 minutes) …")
     prepare(workdir, progress=say)
     net = LocalNet(
         workdir, relay_port=relay_port, para1000_port=relay_port + 1, para1001_port=relay_port + 2

@@ -147,7 +147,7 @@ def _unpacked(modules: Path) -> int:
 def install_chopsticks(workdir: Path, progress: Progress | None = None) -> Path:
     """Install chopsticks into ``workdir/npm`` unless present; return its CLI entry point.
 
-    About 270 MB and 1.5 to 7 minutes the first time. Presence of the
+    About 270 MB and 5 to 12 minutes the first time. Presence of the
     entry point is the cache key: a half-finished install has no ``chopsticks.cjs`` yet only if
     npm failed before linking, and npm is rerun then. Most of the time goes to compiling
     sqlite3 (a dependency of chopsticks) from source. ``progress`` gets a line every
