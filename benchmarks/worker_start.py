@@ -8,7 +8,11 @@ Each round starts ``python -m ocstream worker -l info`` in a fresh data dir, wai
 * ``embedded``: no ``--redis``, the first-run case of the README (the worker starts its own
   Redis and stops it on exit);
 * ``shared``: ``--redis URL`` with a fresh key prefix and app id (an empty group, as in a first
-  deployment).
+  deployment);
+* ``shared, with data`` (``--with-data N``, default 2000): the same, but before the stop the
+  worker handles N demo events over its 16 partitions, so that its table holds 16 RocksDB
+  databases; then ``restart with data`` starts it again on that data dir (the databases exist
+  and are opened at assignment) and stops it.
 
 The baseline, measured in the same run and in the same way, is a bare faust app on the same
 transport and the same Redis (``shared``; one agent on one topic, 16 partitions, an in-memory
@@ -26,6 +30,7 @@ stores and recovery. The number of log lines before ``Ready`` is printed too.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -35,8 +40,11 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
+import urllib.request
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -89,8 +97,12 @@ def parse_stamp(line: str) -> float | None:
     return datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-def run_once(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, list[str]]:
-    """(seconds from launch to the Ready line, seconds from SIGTERM to exit, log lines)."""
+def run_once(
+    command: list[str], env: dict[str, str], cwd: Path, between: Callable[[], None] | None = None
+) -> tuple[float, float, list[str]]:
+    """(seconds from launch to the Ready line, seconds from SIGTERM to exit, log lines).
+
+    ``between`` runs after Ready and before SIGTERM (untimed)."""
     launched = time.time()
     proc = subprocess.Popen(
         command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -109,6 +121,22 @@ def run_once(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float,
     if ready is None:
         proc.kill()
         sys.exit("no Ready line:\n" + "".join(lines[-30:]))
+    if between is not None:
+        # Keep reading the log so that the worker never blocks on a full pipe.
+        reader = threading.Thread(
+            target=lambda: [lines.append(f"{time.time() - launched:.3f} {x}") for x in proc.stdout],
+            daemon=True,
+        )
+        reader.start()
+        between()
+        stopping = time.time()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait()
+        reader.join(10)
+        stopped = time.time() - stopping
+        if code != 0:
+            sys.exit(f"exit code {code} after SIGTERM:\n" + "".join(lines[-30:]))
+        return ready, stopped, [line.split(" ", 1)[1] for line in lines] + [f"@launch {launched}"]
     stopping = time.time()
     proc.send_signal(signal.SIGTERM)
     for line in proc.stdout:
@@ -118,6 +146,21 @@ def run_once(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float,
     if code != 0:
         sys.exit(f"exit code {code} after SIGTERM:\n" + "".join(lines[-30:]))
     return ready, stopped, [line.split(" ", 1)[1] for line in lines] + [f"@launch {launched}"]
+
+
+def wait_processed(port: int, count: int, timeout: float = 120) -> None:
+    """Until the worker's demo view says it handled ``count`` events."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            url = f"http://127.0.0.1:{port}/demo/counts/"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if json.load(response)["processed_here"] >= count:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    sys.exit(f"the worker did not process {count} events in {timeout:.0f} s")
 
 
 def phases(lines: list[str]) -> dict[str, float]:
@@ -143,12 +186,20 @@ def main() -> None:
     )
     parser.add_argument("--mode", choices=["embedded", "shared", "both"], default="both")
     parser.add_argument("--log", type=Path, help="write the last round's worker log here")
+    parser.add_argument(
+        "--with-data",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="also time a worker whose table got N demo events, and its restart (0: skip)",
+    )
     args = parser.parse_args()
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("OCSTREAM_")}
     base_env["PYTHONPATH"] = str(REPO)
     python = sys.executable
     modes = ["embedded", "shared"] if args.mode == "both" else [args.mode]
-    results: dict[str, list[tuple[float, float]]] = {m: [] for m in [*modes, "bare faust app"]}
+    names = [*modes, *(["shared, with data", "restart with data"] if args.with_data else [])]
+    results: dict[str, list[tuple[float, float]]] = {m: [] for m in [*names, "bare faust app"]}
     split: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     interpreter = []
     last_log: list[str] = []
@@ -186,17 +237,43 @@ def main() -> None:
                 results[mode].append((ready, stop))
                 split[mode].append(phases(lines))
                 last_log = lines
+            if args.with_data:
+                # A worker whose tables hold data: it writes args.with_data demo events over
+                # all 16 partitions (one RocksDB database each), then stops; then it starts
+                # again on the same data dir (the databases exist and are opened) and stops.
+                data = root / f"data-{round_}"
+                env = {
+                    **base_env,
+                    "OCSTREAM_DATA_DIR": str(data),
+                    "OCSTREAM_APP_ID": f"data{tag}",
+                    "OCSTREAM_TRANSPORT_PREFIX": f"bench-start-d{tag}:",
+                }
+                port = str(free_port())
+                command = [python, "-m", "ocstream", "worker", "-l", "info", "--port", port]
+                command += ["--redis", args.redis]
+
+                def write_data(tag: str = tag, port: str = port) -> None:
+                    produce = [python, str(REPO / "tests" / "produce_events.py"), args.redis]
+                    produce += [f"bench-start-d{tag}:", str(args.with_data)]
+                    produce += ["--users", "64", "--partitions", "16"]
+                    subprocess.run(produce, env=base_env, check=True, stdout=subprocess.DEVNULL)
+                    wait_processed(int(port), args.with_data)
+
+                ready, stop, _ = run_once(command, env, root, between=write_data)
+                results["shared, with data"].append((ready, stop))
+                ready, stop, _ = run_once(command, env, root)
+                results["restart with data"].append((ready, stop))
         cleanup_prefixes(args.redis, "bench-start-")
     base_ready = statistics.median(r for r, _ in results["bare faust app"])
     base_stop = statistics.median(s for _, s in results["bare faust app"])
     print(f"median of {args.rounds} rounds, {os.cpu_count()} CPUs, Redis {args.redis}")
     print(f"python -c pass: {statistics.median(interpreter):.3f} s")
-    print(f"{'':<18} {'start->Ready':>12} {'ratio':>6} {'stop':>7} {'ratio':>6}")
+    print(f"{'':<20} {'start->Ready':>12} {'ratio':>6} {'stop':>7} {'ratio':>6}")
     for name, values in results.items():
         ready = statistics.median(r for r, _ in values)
         stop = statistics.median(s for _, s in values)
         print(
-            f"{name:<18} {ready:10.2f} s {ready / base_ready:6.2f} "
+            f"{name:<20} {ready:10.2f} s {ready / base_ready:6.2f} "
             f"{stop:5.2f} s {stop / base_stop:6.2f}"
         )
     for mode in modes:
