@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ocstream.cli import NO_NETWORKS
+from ocstream.cli import NO_NETWORKS, _alone_in_its_group
 from ocstream.runtime import QUIET_AT_INFO
+from ocstream.settings import load_settings
 from tests.conftest import SYSTEM_REDIS_URL
 from tests.workers import Worker, wait_for
 
@@ -62,9 +63,21 @@ def test_info_leaves_out_fausts_per_partition_lines_and_debug_keeps_them(tmp_pat
         finally:
             assert worker.stop() == 0, worker.log_tail()
         texts[worker.name] = lines
+    # Nothing was written, so no partition of the 7 tables got a RocksDB database: faust used
+    # to open (and create) all 112 at assignment, which was most of the start's time.
+    assert list((tmp_path / "info" / "faust").rglob("*.db")) == []
     quiet = [line for line in texts["info"] if any(q in line for q in QUIET_AT_INFO)]
     assert quiet == []
     assert "offsets at start of reading" not in "\n".join(texts["info"])
     # What the info log leaves out is still there at debug: the recovery's offset tables.
     assert "offsets at start of reading" in "\n".join(texts["debug"])
     assert len(texts["info"]) < 120, len(texts["info"])  # was 418 lines before Ready
+
+
+def test_on_the_embedded_redis_the_group_does_not_wait_for_more_members() -> None:
+    # Nobody else can join a private Redis; an explicit setting is kept.
+    alone = _alone_in_its_group(load_settings({}, {}))
+    assert alone.transport.initial_rebalance_delay == 0
+    assert load_settings({}, {}).transport.initial_rebalance_delay == 1.0
+    env = {"OCSTREAM_TRANSPORT_INITIAL_REBALANCE_DELAY": "2.5"}
+    assert _alone_in_its_group(load_settings({}, env)).transport.initial_rebalance_delay == 2.5
