@@ -37,7 +37,7 @@ from ocstream.ingress.model import to_json_value
 from ocstream.ingress.raw import load_sidecar_json
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("OCSTREAM_FIXTURES", REPO.parent / "shared" / "fixtures"))
+FIXTURES = Path(os.environ.get("OCSTREAM_FIXTURES", REPO / "tests" / "fixtures"))
 BLOCK = "raw/sidecar/polkadot-19772575.json"
 NETWORK = "urn:ocn:polkadot:0"
 BASELINE_VERSION = "1.2.12"

@@ -643,7 +643,7 @@ def main() -> int:
         "--drain-timeout", type=float, default=60.0, help="seconds to wait for a step's last POST"
     )
     parser.add_argument(
-        "--fixtures", type=Path, help="default: $OCSTREAM_FIXTURES or ../shared/fixtures"
+        "--fixtures", type=Path, help="default: $OCSTREAM_FIXTURES or tests/fixtures"
     )
     parser.add_argument("--quick", action="store_true", help="rates 10,40, 6 s each: a smoke run")
     parser.add_argument("--check", action="store_true", help="only make and check the chains")

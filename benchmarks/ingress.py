@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -32,7 +33,8 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
 from ocstream.ingress.config import NetworkConfig  # noqa: E402
 from ocstream.ingress.decode import DecoderCache  # noqa: E402
@@ -43,7 +45,7 @@ from ocstream.ingress.registry import NetworkRegistry  # noqa: E402
 from ocstream.transport import TopicWriter  # noqa: E402
 from tests.ingress.rpc_server import RecordedChainServer  # noqa: E402
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+FIXTURES = Path(os.environ.get("OCSTREAM_FIXTURES", REPO / "tests" / "fixtures"))
 BLOCKS = 20
 
 

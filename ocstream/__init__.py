@@ -12,13 +12,40 @@ Public API (kept honest by tests/test_public_api.py):
 
 from __future__ import annotations
 
-from .app import build_app
-from .embedded import EmbeddedRedis
-from .errors import ConfigError, OcstreamError
-from .settings import Settings, load_settings
-from .transport import TopicWriter, TransportSettings
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .app import build_app
+    from .embedded import EmbeddedRedis
+    from .errors import ConfigError, OcstreamError
+    from .settings import Settings, load_settings
+    from .transport import TopicWriter, TransportSettings
 
 __version__ = "0.1.0"
+
+# Imported on first use (PEP 562): ``import ocstream`` stays cheap, so ``ocstream --help`` and
+# ``--version`` do not pay for faust, aiohttp and the dataflow.
+_LAZY = {
+    "build_app": ".app",
+    "EmbeddedRedis": ".embedded",
+    "ConfigError": ".errors",
+    "OcstreamError": ".errors",
+    "Settings": ".settings",
+    "load_settings": ".settings",
+    "TopicWriter": ".transport",
+    "TransportSettings": ".transport",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ConfigError",

@@ -7,6 +7,7 @@ from typing import Any
 
 import faust
 
+from .runtime import Table, TableManager, Worker
 from .services import install as install_services
 from .settings import Settings
 from .web import register_views
@@ -34,6 +35,10 @@ def build_app(settings: Settings, *, redis_url: str) -> Any:
         stream_recovery_delay=0.1,
         autodiscover=False,
         topic_allow_declare=True,
+        # Quicker start and stop, and a quieter log at -l info (ocstream/runtime.py).
+        Worker=Worker,
+        TableManager=TableManager,
+        Table=Table,
     )
     app.transport_settings = settings.transport  # type: ignore[attr-defined]
     register_views(app)

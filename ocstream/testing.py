@@ -78,11 +78,15 @@ _DECODERS: Final = DecoderCache()
 # --- fixtures -----------------------------------------------------------------------------------
 
 
+#: The recorded fixtures shipped in the repository (``tests/fixtures``, with their README).
+DEFAULT_FIXTURES: Final = _REPO / "tests" / "fixtures"
+
+
 def fixtures_path() -> Path:
-    """The recorded fixtures folder: ``$OCSTREAM_FIXTURES``, else ``../shared/fixtures`` beside
-    the repository. Raises FileNotFoundError when neither holds the fixtures' ``README.md``."""
+    """The recorded fixtures folder: ``$OCSTREAM_FIXTURES``, else the repository's
+    ``tests/fixtures``. Raises FileNotFoundError when it holds no ``README.md``."""
     configured = os.environ.get("OCSTREAM_FIXTURES")
-    path = Path(configured) if configured else _REPO.parent / "shared" / "fixtures"
+    path = Path(configured) if configured else DEFAULT_FIXTURES
     if not (path / "README.md").is_file():
         where = "$OCSTREAM_FIXTURES" if configured else "the default location"
         raise FileNotFoundError(

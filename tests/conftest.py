@@ -18,6 +18,7 @@ import redis
 
 from ocstream.embedded import EmbeddedRedis
 from ocstream.ingress.decode import DecoderCache, RuntimeDecoder
+from ocstream.testing import fixtures_path
 
 SYSTEM_REDIS_URL = os.environ.get("OCSTREAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -65,19 +66,17 @@ def data_root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-# -- recorded chain data: ../shared/fixtures next to the repository, or $OCSTREAM_FIXTURES.
+# -- recorded chain data: tests/fixtures (in the repository), or $OCSTREAM_FIXTURES.
 # Without it the tests that use it fail: they are the proof that real blocks decode and real
 # journeys match, and a silent skip would hide that the proof did not run.
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    path = Path(os.environ.get("OCSTREAM_FIXTURES", REPO.parent / "shared" / "fixtures"))
-    if not (path / "README.md").is_file():
-        pytest.fail(f"the recorded chain fixtures are missing: no {path / 'README.md'}")
-    return path
+    try:
+        return fixtures_path()
+    except FileNotFoundError as exc:
+        pytest.fail(f"the recorded chain fixtures are missing: {exc}")
 
 
 @pytest.fixture(scope="session")

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
+import tomllib
+from importlib import metadata
 from pathlib import Path
 
+import click
 import faust
 import pytest
 import redis
 
+import ocstream
+from ocstream.cli import FAUST_COMMANDS, _faust_parser
 from ocstream.errors import ConfigError
-from ocstream.settings import load_settings
+from ocstream.settings import Settings, load_settings
 from ocstream.transport import TransportSettings
+from tests.conftest import SYSTEM_REDIS_URL
 from tests.workers import Worker, changelog_counts, ocstream_env, produce_all, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run_ocstream(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -122,7 +132,7 @@ def test_worker_without_redis_runs_on_an_embedded_redis_and_stops_it(tmp_path: P
 
 
 def test_exactly_once_is_refused_with_a_clear_error() -> None:
-    app = faust.App("eos", broker="redis://127.0.0.1:6379/0", processing_guarantee="exactly_once")
+    app = faust.App("eos", broker=SYSTEM_REDIS_URL, processing_guarantee="exactly_once")
     with pytest.raises(faust.exceptions.ImproperlyConfigured, match="at-least-once"):
         _ = app.transport
 
@@ -173,3 +183,144 @@ def test_the_example_config_is_valid() -> None:
     settings = load_settings({"config_file": str(example)}, {})
     assert settings.port == 3000 and settings.partitions == 16
     assert settings.transport.session_timeout == 10.0
+
+
+# --- help and version ------------------------------------------------------------------------
+
+HELP_COMMANDS = ["", "worker", "ingress", "record", "topology", *FAUST_COMMANDS]
+
+
+def redis_processes_under(path: Path) -> list[str]:
+    """Command lines of running redis-server processes that mention ``path`` (an embedded
+    Redis keeps its files under the data dir, which is named on its command line or is its cwd)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if "redis-server" in cmdline and (str(path) in cmdline or cwd.startswith(str(path))):
+            found.append(cmdline)
+    return found
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS)
+def test_help_is_ocstreams_own_with_the_real_defaults(command: str, tmp_path: Path) -> None:
+    args = [command, "--help"] if command else ["--help"]
+    result = subprocess.run(
+        [sys.executable, "-m", "ocstream", *args],
+        cwd=tmp_path,
+        env={**ocstream_env(), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert text.startswith(f"usage: ocstream {command}".rstrip()), text[:200]
+    for option in ("--config F", "--redis URL", "--address A", "--port P", "--data-dir D"):
+        assert option in text, (option, text)
+    defaults = Settings()
+    flat = " ".join(text.split())  # argparse wraps lines anywhere
+    assert f"(OCSTREAM_PORT; default: {defaults.port})" in flat
+    assert f"(OCSTREAM_ADDRESS; default: {defaults.address})" in flat
+    assert f"(OCSTREAM_DATA_DIR; default: ./{defaults.data_dir})" in flat
+    # None of faust's own text or defaults, which contradict ocstream's.
+    for faust_text in ("6066", "0.0.0.0", "faust-streaming.github.io", "Welcome, see list"):
+        assert faust_text not in text, faust_text
+    if command == "":
+        for listed in ("worker", "ingress", "record", "topology", "agents", "send"):
+            assert f"\n  {listed} " in text, listed
+        assert "Try it offline" in text
+    if command == "ingress":
+        assert f"the worker's port + 1 ({defaults.port + 1})" in flat
+    if command == "topology":
+        assert "{text,mermaid,dot,json}" in text
+    # Printing help started nothing and wrote nothing.
+    assert list(tmp_path.iterdir()) == []
+    assert redis_processes_under(tmp_path) == []
+
+
+def test_help_flags_and_no_command_print_help_and_start_nothing(tmp_path: Path) -> None:
+    env = {**ocstream_env(), "PYTHONPATH": str(REPO)}
+    outputs = []
+    for args in ([], ["-h"], ["worker", "-h"], ["-l", "info", "worker", "--help"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "ocstream", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, (args, result.stderr)
+        outputs.append(result.stdout)
+    assert outputs[0] == outputs[1] and outputs[0].startswith("usage: ocstream [OPTIONS]")
+    assert outputs[2] == outputs[3] and outputs[2].startswith("usage: ocstream worker")
+    assert list(tmp_path.iterdir()) == []
+    assert redis_processes_under(tmp_path) == []
+
+
+def test_version_names_ocstream_and_faust_as_installed(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ocstream", "--version"],
+        cwd=tmp_path,
+        env={**ocstream_env(), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    expected = f"ocstream {ocstream.__version__} (faust {metadata.version('faust-streaming')})"
+    assert result.stdout == expected + "\n"
+    assert re.fullmatch(r"ocstream 0\.\d+\.\d+ \(faust \d+\.\d+\.\d+\)\n", result.stdout)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert ocstream.__version__ == project["version"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", sorted(FAUST_COMMANDS))
+def test_the_help_of_fausts_commands_lists_the_options_faust_accepts(command: str) -> None:
+    from faust.cli.faust import cli
+
+    root = click.Context(cli, info_name="ocstream")
+    faust_command = cli.get_command(root, command)
+    assert faust_command is not None
+    theirs = set()
+    for param in faust_command.params:
+        theirs |= {o for o in param.opts if o.startswith("-")}
+        if not param.opts[0].startswith("-"):
+            theirs.add(param.name or "")
+    ours = set()
+    own = {"-h", "--help", "--config", "--redis", "--address", "--port", "--data-dir"}
+    for action in _faust_parser(command)._actions:
+        ours |= set(action.option_strings) - own
+        if not action.option_strings:
+            ours.add(action.dest)
+    assert ours == theirs
+
+
+@pytest.mark.parametrize(("faust_option", "ours"), [("--web-port", "--port"), ("-D", "--data-dir")])
+def test_fausts_options_that_contradict_ocstreams_are_refused(
+    faust_option: str, ours: str, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ocstream", "worker", faust_option, "6066"],
+        cwd=tmp_path,
+        env={**ocstream_env(), "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"{faust_option} is faust's; ocstream's is {ours}" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_command_with_help_is_named(tmp_path: Path) -> None:
+    result = run_ocstream("nosuch", "--help")
+    assert result.returncode == 2
+    assert "no such command: 'nosuch'" in result.stderr

@@ -37,7 +37,7 @@ GUIDE = REPO / "docs" / "deploy.md"
 WORKER_COMMAND = (
     "ocstream worker --config config/minimal.toml --redis redis://127.0.0.1:6379 --address 0.0.0.0"
 )
-CURL_PREFIX = 'curl -H "Content-Type: application/json" -d \''
+CURL_PREFIX = 'curl -i -H "Content-Type: application/json" -d \''
 NETWORKS = {
     "urn:ocn:polkadot:0": "polkadot-1000001.scale",
     "urn:ocn:polkadot:2034": "hydra-207.scale",
@@ -129,6 +129,9 @@ def test_the_guides_example_delivers_recorded_xcm_to_the_webhook(
         OCSTREAM_ADMIN_TOKENS="admin-secret",
     )
     args = shlex.split(WORKER_COMMAND)
+    # The guide's Redis is the machine's default one; the tests' Redis may be elsewhere
+    # (OCSTREAM_TEST_REDIS_URL), so the URL after --redis is swapped for it.
+    args[args.index("--redis") + 1] = SYSTEM_REDIS_URL
     command = [sys.executable, "-m", "ocstream", *args[1:]]
     log_path = tmp_path / "worker.log"
     with log_path.open("wb") as log:

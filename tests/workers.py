@@ -75,8 +75,10 @@ class Worker:
         env: dict[str, str] | None = None,
         port: int | None = None,
         dataflow: str | None = "demo",
+        loglevel: str = "info",
     ) -> None:
         self.name = name
+        self.loglevel = loglevel
         self.data_dir = root / name
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = root / f"{name}.log"
@@ -100,7 +102,7 @@ class Worker:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
-        args = [sys.executable, "-m", "ocstream", "worker", "-l", "info"]
+        args = [sys.executable, "-m", "ocstream", "worker", "-l", self.loglevel]
         args += ["--port", str(self.port), "--data-dir", str(self.data_dir)]
         if self.redis_url:
             args += ["--redis", self.redis_url]

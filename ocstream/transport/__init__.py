@@ -11,11 +11,36 @@ retried with backoff by every loop of the transport, never surfaced to agents.
 
 from __future__ import annotations
 
-from .driver import Transport
-from .keys import Keyspace
-from .metrics import METRICS, TransportMetrics
-from .settings import TransportSettings
-from .writer import TopicError, TopicWriter
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .driver import Transport
+    from .keys import Keyspace
+    from .metrics import METRICS, TransportMetrics
+    from .settings import TransportSettings
+    from .writer import TopicError, TopicWriter
+
+# Imported on first use (PEP 562), so that reading the settings does not import faust.
+_LAZY = {
+    "Transport": ".driver",
+    "Keyspace": ".keys",
+    "METRICS": ".metrics",
+    "TransportMetrics": ".metrics",
+    "TransportSettings": ".settings",
+    "TopicError": ".writer",
+    "TopicWriter": ".writer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "METRICS",

@@ -106,6 +106,10 @@ class GroupCoordinator:
         self._last_retention = 0.0
         self._backoff = Backoff()
         self.is_leader = False
+        #: Set by a tick that moved the group on (a generation begun or assigned, a release
+        #: acknowledged, an assignment taken): the next tick runs at once instead of after
+        #: ``heartbeat_interval``, so a rebalance takes a few round trips, not several ticks.
+        self._progressed = False
 
     @property
     def _assignor(self) -> Any:
@@ -136,6 +140,10 @@ class GroupCoordinator:
                 if self.consumer.should_stop:
                     return
                 logger.exception("[group] %s: tick failed", self.member_id)
+            if self._progressed:
+                self._progressed = False
+                await asyncio.sleep(0)
+                continue
             await asyncio.sleep(self.settings.heartbeat_interval)
 
     async def tick(self) -> None:
@@ -205,6 +213,7 @@ class GroupCoordinator:
                 [self.member_id, gen, orjson.dumps(snapshot)],
             )
             if new_gen:
+                self._progressed = True
                 logger.info(
                     "[group] generation %d: %s (%d members)",
                     new_gen,
@@ -270,6 +279,7 @@ class GroupCoordinator:
             args,
         )
         if done:
+            self._progressed = True
             logger.info("[group] generation %d assigned to %d members", gen, len(participants))
 
     # -- every member ------------------------------------------------------------------------
@@ -281,6 +291,7 @@ class GroupCoordinator:
             )
             self._acked_generation = gen
             self.state = MemberState.REVOKED
+            self._progressed = True
             return
         if phase != "stable" or stable_gen in (self.generation, self._checked_generation):
             return
@@ -295,6 +306,7 @@ class GroupCoordinator:
             self._send_metadata = True
             return
         await self._take(stable_gen, raw)
+        self._progressed = True
 
     async def _release(self, *, commit: bool) -> None:
         consumer = self.consumer

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from ocstream.ingress.raw import load_v1_cbor
 from ocstream.transport import Keyspace
+from tests.conftest import SYSTEM_REDIS_URL
 from tests.ingress.rpc_server import RecordedChainServer
 from tests.workers import free_port, ocstream_env
 
@@ -94,7 +95,7 @@ async def test_ingress_without_a_config_says_so(tmp_path: Path) -> None:
         "ocstream",
         "ingress",
         "--redis",
-        "redis://127.0.0.1:6379/0",
+        SYSTEM_REDIS_URL,
         env=env,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -52,8 +52,11 @@ def write_ocstream_config(net: LocalNet, path: Path) -> None:
 
 
 def up(workdir: Path, relay_port: int) -> int:
-    print(f"preparing {workdir} (the first time: npm install, about 90 s) …", flush=True)
-    prepare(workdir)
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    say(f"preparing {workdir} (the first time: npm install, 5 to 12 minutes) …")
+    prepare(workdir, progress=say)
     net = LocalNet(
         workdir, relay_port=relay_port, para1000_port=relay_port + 1, para1001_port=relay_port + 2
     )
@@ -65,6 +68,10 @@ def up(workdir: Path, relay_port: int) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    say(
+        f"starting the relay chain (port {relay_port}) and paras 1000, 1001 "
+        f"(ports {relay_port + 1}, {relay_port + 2}) with chopsticks …"
+    )
     with net:
         config = workdir / "ocstream.toml"
         write_ocstream_config(net, config)

@@ -35,7 +35,7 @@ import signal
 import subprocess
 import tarfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -45,6 +45,7 @@ import aiohttp
 
 __all__ = [
     "CHOPSTICKS",
+    "PROGRESS_EVERY",
     "LocalNet",
     "LocalNetError",
     "Transfer",
@@ -78,6 +79,12 @@ CODE_KEY = "0x3a636f6465"
 SPEC_FILES = ("relay.json", "para1000.json", "para1001.json")
 TRANSFER_SCRIPT = Path(__file__).with_name("transfer.cjs")
 
+#: Seconds between two progress lines of a long step (the npm install).
+PROGRESS_EVERY = 10.0
+
+#: Where progress lines go (``print``, for instance).
+Progress = Callable[[str], None]
+
 #: Linux prctl option: the kernel sends this signal to the child when its parent thread dies.
 _PR_SET_PDEATHSIG = 1
 
@@ -97,31 +104,89 @@ def _chopsticks_entry(workdir: Path) -> Path:
     return workdir / "npm" / "node_modules" / "@acala-network" / "chopsticks" / "chopsticks.cjs"
 
 
-def install_chopsticks(workdir: Path) -> Path:
+def _npm_progress(log_path: Path) -> str:
+    """What npm has done so far, from its ``--loglevel info`` log: its requests (to the registry
+    or its cache) and the install scripts still running (a native build such as sqlite3's is
+    the longest part of the install)."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return "starting"
+    requests = sum(1 for line in lines if line.startswith(("npm http fetch", "npm http cache")))
+    running: dict[str, None] = {}
+    for line in lines:
+        if line.startswith("npm info run "):
+            package, _event, rest = (line.removeprefix("npm info run ").split(" ", 2) + ["", ""])[
+                :3
+            ]
+            if rest.startswith("{"):
+                running.pop(package, None)  # "{ code: 0, signal: null }": the script ended
+            else:
+                running[package] = None
+    text = f"{requests} npm requests"
+    if running:
+        text += "; running the install script of " + ", ".join(running)
+    return text
+
+
+def _unpacked(modules: Path) -> int:
+    """How many packages are in ``node_modules`` so far (scoped ones counted one by one)."""
+    try:
+        entries = list(modules.iterdir())
+    except FileNotFoundError:
+        return 0
+    count = 0
+    for entry in entries:
+        if entry.name.startswith("@") and entry.is_dir():
+            count += sum(1 for _ in entry.iterdir())
+        elif not entry.name.startswith("."):
+            count += 1
+    return count
+
+
+def install_chopsticks(workdir: Path, progress: Progress | None = None) -> Path:
     """Install chopsticks into ``workdir/npm`` unless present; return its CLI entry point.
 
-    About 80-90 s and 270 MB the first time. Presence of the entry point is the cache key: a
-    half-finished install has no ``chopsticks.cjs`` yet only if npm failed before linking, and
-    npm is rerun then.
+    About 270 MB and 5 to 12 minutes the first time. Presence of the
+    entry point is the cache key: a half-finished install has no ``chopsticks.cjs`` yet only if
+    npm failed before linking, and npm is rerun then. Most of the time goes to compiling
+    sqlite3 (a dependency of chopsticks) from source. ``progress`` gets a line every
+    :data:`PROGRESS_EVERY` seconds while npm runs (its log goes to ``logs/npm-install.log``).
     """
     entry = _chopsticks_entry(workdir)
     if entry.is_file():
         return entry
+    say = progress or (lambda _line: None)
     npm_dir = workdir / "npm"
     npm_dir.mkdir(parents=True, exist_ok=True)
     # A package.json of our own keeps npm from walking up and installing into /work/main.
     package_json = npm_dir / "package.json"
     if not package_json.exists():
         package_json.write_text('{"name": "ocstream-localnet", "private": true}\n')
-    result = subprocess.run(
-        ["npm", "install", "--no-audit", "--no-fund", "--save-exact", CHOPSTICKS],
-        cwd=npm_dir,
-        capture_output=True,
-        text=True,
-        check=False,
+    log_path = workdir / "logs" / "npm-install.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    say(f"npm install {CHOPSTICKS} into {npm_dir} (about 270 MB; log: {log_path})")
+    started = time.monotonic()
+    command = ["npm", "install", "--no-audit", "--no-fund", "--save-exact", "--loglevel", "info"]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([*command, CHOPSTICKS], cwd=npm_dir, stdout=log, stderr=log)
+        reported = started
+        while proc.poll() is None:
+            time.sleep(0.5)
+            if time.monotonic() - reported >= PROGRESS_EVERY:
+                reported = time.monotonic()
+                say(
+                    f"  npm install: {reported - started:.0f} s, "
+                    f"{_unpacked(npm_dir / 'node_modules')} packages unpacked, "
+                    f"{_npm_progress(log_path)}"
+                )
+    if proc.returncode != 0 or not entry.is_file():
+        tail = log_path.read_text(errors="replace")[-4000:]
+        raise LocalNetError(f"npm install {CHOPSTICKS} failed:\n{tail}")
+    say(
+        f"  npm install done in {time.monotonic() - started:.0f} s "
+        f"({_unpacked(npm_dir / 'node_modules')} packages)"
     )
-    if result.returncode != 0 or not entry.is_file():
-        raise LocalNetError(f"npm install {CHOPSTICKS} failed:\n{result.stderr[-4000:]}")
     return entry
 
 
@@ -206,13 +271,17 @@ def build_specs(workdir: Path) -> Path:
     return specs
 
 
-def prepare(workdir: Path) -> Path:
-    """Install chopsticks and build the specs, both cached in ``workdir``; return the spec dir."""
+def prepare(workdir: Path, progress: Progress | None = None) -> Path:
+    """Install chopsticks and build the specs, both cached in ``workdir``; return the spec dir.
+
+    ``progress`` (``print``, for instance) is told what is being done while it takes time."""
     workdir = workdir.resolve()
     for tool in ("node", "npm"):
         if shutil.which(tool) is None:
             raise LocalNetError(f"{tool} is not on PATH; the local network needs Node >= 20")
-    install_chopsticks(workdir)
+    install_chopsticks(workdir, progress)
+    if progress is not None and not all((workdir / "specs" / n).is_file() for n in SPEC_FILES):
+        progress(f"fetching the runtimes ({RELAY_PACKAGE}, {PARA_PACKAGE}) and writing the specs")
     return build_specs(workdir)
 
 

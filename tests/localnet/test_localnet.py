@@ -8,7 +8,7 @@ message's hash must match the id the destination chain reports. An ``ocstream wo
 same Redis must turn each transfer into a journey whose ``xcm.received`` carries the outcome the
 destination reported. ``tests/localnet/check.py``
 does the work and prints one line per check. The first run installs chopsticks from npm into
-``.localnet/`` (about 90 s); later runs reuse it.
+``.localnet/`` (5 to 12 minutes); later runs reuse it.
 """
 
 from __future__ import annotations

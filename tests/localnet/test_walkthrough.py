@@ -95,7 +95,7 @@ def test_the_readme_walkthrough_shows_notifications_in_the_log_and_at_the_webhoo
         ["python", "-m", "tests.localnet", "up"],
         ["ocstream", "worker", "-l", "info"],
         ["python", "-m", "tests.localnet", "receive"],
-        ["curl", "-H", '"Content-Type:', 'application/json"'],
+        ["curl", "-i", "-H", '"Content-Type:'],
         ["python", "-m", "tests.localnet", "transfer"],
         ["python", "-m", "tests.localnet", "down"],
     ], lines

@@ -26,7 +26,7 @@ from ocstream.xcm.sender import sender_of
 
 from .sim import Cluster
 
-# From the same place the fixtures fixture reads ($OCSTREAM_FIXTURES or ../shared/fixtures): a
+# From the same place the fixtures fixture reads ($OCSTREAM_FIXTURES or tests/fixtures): a
 # missing folder fails the collection instead of leaving an empty, silently skipped parameter set.
 CASES = sorted(p.stem for p in (fixtures_path() / "cases").glob("*.json"))
 

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from ocstream.ingress.decode import RuntimeDecoder, build_extended_block, read_compact
 from ocstream.ingress.model import Event, ExtendedBlock, Extrinsic
 from ocstream.ingress.raw import load_sidecar_json, load_v1_cbor
-from ocstream.testing import block_from_decoded
+from ocstream.testing import DEFAULT_FIXTURES, block_from_decoded
 from ocstream.xcm.sender import (
     ExtraSigner,
     Sender,
@@ -45,9 +45,7 @@ from ocstream.xcm.ss58 import public_key_of, ss58_encode
 DecoderFor = Callable[[str, str], RuntimeDecoder]
 
 # Where conftest's fixtures_dir looks, known at collection time to name the parametrised cases.
-FIXTURES = Path(
-    os.environ.get("OCSTREAM_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures")
-)
+FIXTURES = Path(os.environ.get("OCSTREAM_FIXTURES", DEFAULT_FIXTURES))
 
 
 # --- blocks of the case manifests ---------------------------------------------------------------

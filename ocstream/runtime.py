@@ -1,0 +1,157 @@
+"""faust's worker, table manager and RocksDB store, adjusted for a quick start and stop.
+
+Measured on the 2-core machine (``benchmarks/worker_start.py``, ``docs/benchmarks.md``), a
+worker spent most of its start and stop in places that do no work for ocstream:
+
+* :class:`TableManager`: faust's table manager sleeps a fixed second before it registers the
+  tables' changelogs, to leave agents time to create tables lazily. ocstream declares every table
+  before the app starts (``topology/``), so there is nothing to wait for.
+* :class:`RocksDBStore`: faust opens the RocksDB database of every assigned partition of every
+  table on assignment (16 partitions x 7 tables = 112 databases, 20-50 ms each on this disk,
+  most of it fsync). A partition whose database does not exist on disk holds no data, so this
+  store skips opening it: the first access creates it (faust's store opens or creates a
+  partition's database on any access to one it has not opened). A database that exists is
+  opened on assignment as before, with faust's retries when another process holds its lock.
+  faust also runs a full ``gc.collect()`` per table at every rebalance and at stop, to close
+  the databases it drops (0.1 s on an empty worker, seconds once the runtime decoders are
+  loaded): here a database is closed by dropping it, and the collection runs only when
+  something else still holds one.
+* :class:`Worker`: mode's worker waits a fixed second before closing the event loop, after
+  everything has stopped; a tenth of a second is enough for the last callbacks to run.
+
+:class:`Worker` also keeps faust's per-partition and recovery-table lines (``opening partition``,
+the highwater and offset tables: hundreds of lines before ``Ready``) out of the log at ``info``
+and above; ``-l debug`` shows them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import sys
+from typing import Any
+
+import faust
+from faust.stores.rocksdb import Store as _FaustRocksDBStore
+from faust.tables import TableManager as _FaustTableManager
+from faust.types import TP
+from yarl import URL
+
+__all__ = ["QUIET_AT_INFO", "RocksDBStore", "Table", "TableManager", "Worker"]
+
+#: Beginnings of faust's log messages shown only at ``-l debug`` (one per partition and table,
+#: or multi-line tables of every changelog partition).
+QUIET_AT_INFO = (
+    "opening partition ",
+    "closing db ",
+    "Closing rocksdb on stop",
+    "Executing _on_partitions_assigned",
+    "generation id ",
+    "Highwater for ",
+    "%s offsets at start of reading",
+)
+
+
+class QuietAtInfo(logging.Filter):
+    """Drops the messages of :data:`QUIET_AT_INFO` unless the root logger is at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+            return True
+        message = record.msg if isinstance(record.msg, str) else ""
+        if message.startswith("[^"):  # a faust service's name: "[^---Recovery]: ..."
+            message = message.split("]: ", 1)[-1]
+        return not message.startswith(QUIET_AT_INFO)
+
+
+class Worker(faust.Worker):
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        super().on_setup_root_logger(logger, level)
+        for handler in logger.handlers:
+            handler.addFilter(QuietAtInfo())
+
+    async def _sentinel_task(self) -> None:
+        # mode sleeps 1 s here before closing the loop, once every service has stopped.
+        await asyncio.sleep(0.1)
+
+
+class TableManager(_FaustTableManager):
+    async def on_start(self) -> None:
+        # faust's own on_start sleeps 1 s first; the tables are all declared already.
+        await asyncio.sleep(0)
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
+
+
+class RocksDBStore(_FaustRocksDBStore):
+    async def assign_partitions(self, table: Any, tps: set[TP], generation_id: int = 0) -> None:
+        self.rebalance_ack = True
+        standby_tps = self.app.assignor.assigned_standbys()
+        my_topics = table.changelog_topic.topics
+        for tp in tps:
+            if tp.topic in my_topics and tp not in standby_tps and self.rebalance_ack:
+                if tp.partition not in self._dbs and not self.partition_path(tp.partition).exists():
+                    continue  # nothing stored yet: the first write creates it
+                await self._try_open_db_for_partition(tp.partition, generation_id=generation_id)
+                await asyncio.sleep(0)
+
+    def revoke_partitions(self, table: Any, tps: set[TP]) -> None:
+        dropped = []
+        for tp in tps:
+            if tp.topic in table.changelog_topic.topics:
+                db = self._dbs.pop(tp.partition, None)
+                if db is not None:
+                    self.logger.info(f"closing db {tp.topic} partition {tp.partition}")
+                    dropped.append(db)
+        db = None  # the loop's last reference: _release counts the others
+        _release(dropped)
+
+    async def stop(self) -> None:
+        self.logger.info("Closing rocksdb on stop")
+        dropped = list(self._dbs.values())
+        self._dbs.clear()
+        _release(dropped)
+
+    def persisted_offset(self, tp: TP) -> int | None:
+        if tp.partition not in self._dbs and not self.partition_path(tp.partition).exists():
+            return None  # what a fresh database would answer, without creating one
+        offset: int | None = super().persisted_offset(tp)
+        return offset
+
+
+def _release(dbs: list[Any]) -> None:
+    """Close the databases in ``dbs`` by dropping them. faust runs a full ``gc.collect()`` for
+    this after every table's revoke and stop: seconds in a worker whose heap holds the runtime
+    decoders (1.5-3.4 s per table at stop were measured on the loaded machine). Dropping the last
+    reference closes a database at once, so the collection runs only when something else still
+    refers to one (a cycle, an iterator), which would keep its lock."""
+    held = False
+    for db in dbs:
+        # References: the list, the loop variable and getrefcount's own argument.
+        if sys.getrefcount(db) > 3:
+            held = True
+    dbs.clear()
+    if held:
+        gc.collect()
+
+
+class Table(faust.Table[Any, Any]):
+    """faust's table, with :class:`RocksDBStore` for ``rocksdb://`` stores."""
+
+    def _new_store_by_url(self, url: str | URL) -> Any:
+        if URL(str(url)).scheme != "rocksdb":
+            return super()._new_store_by_url(url)
+        return RocksDBStore(
+            url,
+            self.app,
+            self,
+            table_name=self.name,
+            key_type=self.key_type,
+            key_serializer=self.key_serializer,
+            value_serializer=self.value_serializer,
+            value_type=self.value_type,
+            loop=self.loop,
+            options=self.options,
+        )
