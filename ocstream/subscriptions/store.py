@@ -7,7 +7,12 @@ key                        type    content
 ``{prefix}subs``           hash    subscription id -> its JSON as the user gave it
 ``{prefix}subs:version``   string  counter, incremented by every change
 ``{prefix}subs:changed``   pubsub  the new version, published by every change
+``{prefix}subs:owner``     hash    subscription id -> the client that created it
+``{prefix}subs:owned``     hash    client -> how many subscriptions it holds
 =========================  ======  ==========================================================
+
+A client is what :func:`ocstream.guard.client_key` makes of a request (its bearer token, else
+its address); the per-client limit counts what a client created and still exists.
 
 Every change is one Lua script (check, write, ``INCR`` the version, ``PUBLISH`` it), so a batch
 is created all or nothing and two workers cannot both take the last slot under the limit.
@@ -86,7 +91,10 @@ class TooManySubscriptions(SubscriptionError):
     status = 429
 
     def __init__(self, kind: str, limit: int) -> None:
-        super().__init__("too many subscriptions")
+        if kind == "client":
+            super().__init__(f"too many subscriptions for this client (at most {limit})")
+        else:
+            super().__init__("too many subscriptions")
         self.kind = kind
         self.limit = limit
 
@@ -110,15 +118,18 @@ class SubscriptionLimits(BaseModel):
     max_persistent: int = Field(default=5000, ge=0)
     #: Ephemeral (websocket) subscriptions, per worker process.
     max_ephemeral: int = Field(default=5000, ge=0)
+    #: Persistent subscriptions one client may hold (0: no per-client limit).
+    max_persistent_per_client: int = Field(default=1000, ge=0)
 
 
 # --- Lua ----------------------------------------------------------------------------------------
 
-# KEYS: subs hash, version. ARGV: limit, channel, then id, json pairs.
+# KEYS: subs hash, version, owner hash, owned counts.
+# ARGV: limit, channel, per-client limit (0: none), owner ('' = none), then id, json pairs.
 _CREATE = """
-local n = (#ARGV - 2) / 2
+local n = (#ARGV - 4) / 2
 local seen = {}
-for i = 3, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local id = ARGV[i]
   if seen[id] or redis.call('HEXISTS', KEYS[1], id) == 1 then
     return {'duplicate', id}
@@ -129,8 +140,22 @@ local count = redis.call('HLEN', KEYS[1])
 if count + n > tonumber(ARGV[1]) then
   return {'limit', tostring(count)}
 end
-for i = 3, #ARGV, 2 do
+local owner = ARGV[4]
+local per_client = tonumber(ARGV[3])
+if owner ~= '' and per_client > 0 then
+  local owned = tonumber(redis.call('HGET', KEYS[4], owner) or '0')
+  if owned + n > per_client then
+    return {'client-limit', tostring(owned)}
+  end
+end
+for i = 5, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  if owner ~= '' then
+    redis.call('HSET', KEYS[3], ARGV[i], owner)
+  end
+end
+if owner ~= '' then
+  redis.call('HINCRBY', KEYS[4], owner, n)
 end
 local version = redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', ARGV[2], version)
@@ -155,17 +180,29 @@ redis.call('PUBLISH', ARGV[4], version)
 return {'ok', tostring(version)}
 """
 
-# KEYS: subs hash, version. ARGV: channel, ids.
+# KEYS: subs hash, version, owner hash, owned counts. ARGV: channel, ids.
+# Returns {removed, version}.
 _DELETE = """
 local removed = 0
 for i = 2, #ARGV do
-  removed = removed + redis.call('HDEL', KEYS[1], ARGV[i])
+  local gone = redis.call('HDEL', KEYS[1], ARGV[i])
+  removed = removed + gone
+  local owner = redis.call('HGET', KEYS[3], ARGV[i])
+  if owner then
+    redis.call('HDEL', KEYS[3], ARGV[i])
+    if gone == 1 and redis.call('HINCRBY', KEYS[4], owner, -1) <= 0 then
+      redis.call('HDEL', KEYS[4], owner)
+    end
+  end
 end
+local version
 if removed > 0 then
-  local version = redis.call('INCR', KEYS[2])
+  version = redis.call('INCR', KEYS[2])
   redis.call('PUBLISH', ARGV[1], version)
+else
+  version = tonumber(redis.call('GET', KEYS[2]) or '0')
 end
-return removed
+return {removed, version}
 """
 
 
@@ -204,6 +241,8 @@ class SubscriptionStore:
         self.hash_key = f"{prefix}subs"
         self.version_key = f"{prefix}subs:version"
         self.channel = f"{prefix}subs:changed"
+        self.owner_key = f"{prefix}subs:owner"
+        self.owned_key = f"{prefix}subs:owned"
         self._create = client.register_script(_CREATE)
         self._replace = client.register_script(_REPLACE)
         self._delete = client.register_script(_DELETE)
@@ -211,14 +250,22 @@ class SubscriptionStore:
     async def create(self, subscription: Subscription) -> int:
         return await self.create_many([subscription])
 
-    async def create_many(self, subscriptions: Sequence[Subscription]) -> int:
+    async def create_many(
+        self, subscriptions: Sequence[Subscription], *, owner: str | None = None
+    ) -> int:
         """Store every subscription, or none: a duplicate id (in the batch or already stored)
-        raises :class:`DuplicateSubscription`, going over the limit
-        :class:`TooManySubscriptions`. Returns the new version."""
+        raises :class:`DuplicateSubscription`, going over the limit (the global one, or with
+        ``owner`` the per-client one) :class:`TooManySubscriptions`. Returns the new version."""
         if not subscriptions:
             raise ValueError("no subscriptions to create")
         seen: set[str] = set()
-        args: list[str | bytes | int] = [self.limits.max_persistent, self.channel]
+        per_client = self.limits.max_persistent_per_client
+        args: list[str | bytes | int] = [
+            self.limits.max_persistent,
+            self.channel,
+            per_client,
+            owner or "",
+        ]
         for subscription in subscriptions:
             if subscription.is_ephemeral:
                 raise SubscriptionError("ephemeral subscriptions are not stored")
@@ -228,12 +275,18 @@ class SubscriptionStore:
             args += [subscription.id, subscription.to_json_bytes()]
         if len(subscriptions) > self.limits.max_persistent:
             raise TooManySubscriptions("persistent", self.limits.max_persistent)
-        status, value = await self._create(keys=[self.hash_key, self.version_key], args=args)
+        if owner and per_client and len(subscriptions) > per_client:
+            raise TooManySubscriptions("client", per_client)
+        status, value = await self._create(
+            keys=[self.hash_key, self.version_key, self.owner_key, self.owned_key], args=args
+        )
         status, value = _text(status), _text(value)
         if status == "duplicate":
             raise DuplicateSubscription(value)
         if status == "limit":
             raise TooManySubscriptions("persistent", self.limits.max_persistent)
+        if status == "client-limit":
+            raise TooManySubscriptions("client", per_client)
         return int(value)
 
     async def get_raw(self, subscription_id: str) -> bytes | None:
@@ -275,10 +328,21 @@ class SubscriptionStore:
 
     async def delete(self, subscription_id: str) -> bool:
         """Remove a subscription; True if it existed. Deleting an unknown id is no error."""
-        removed = await self._delete(
-            keys=[self.hash_key, self.version_key], args=[self.channel, subscription_id]
+        removed, _ = await self.delete_versioned(subscription_id)
+        return removed
+
+    async def delete_versioned(self, subscription_id: str) -> tuple[bool, int]:
+        """:meth:`delete`, also returning the version after it."""
+        removed, version = await self._delete(
+            keys=[self.hash_key, self.version_key, self.owner_key, self.owned_key],
+            args=[self.channel, subscription_id],
         )
-        return int(removed) > 0
+        return int(removed) > 0, int(version)
+
+    async def owned(self, owner: str) -> int:
+        """How many stored subscriptions ``owner`` created."""
+        raw = await self.client.hget(self.owned_key, owner)
+        return 0 if raw is None else int(_text(raw))
 
     async def count(self) -> int:
         return int(await self.client.hlen(self.hash_key))
@@ -489,6 +553,77 @@ class LiveSubscriptions:
         if changes:
             await self._tell(changes)
         return True
+
+    async def apply(
+        self,
+        version: int,
+        upserts: Mapping[str, bytes] | None = None,
+        removed: Iterable[str] = (),
+    ) -> bool:
+        """Take in a change this process just wrote (the API), without reloading every
+        subscription: ``upserts`` (id -> stored JSON) and ``removed`` ids, which the store
+        reported as ``version``. Applied only if it is the one change after the loaded version
+        (False otherwise: call :meth:`refresh`, which reloads everything). A version already
+        loaded is a no-op (True)."""
+        async with self._lock:
+            if self._version is None:
+                return False
+            if version <= self._version:
+                return True
+            if version != self._version + 1:
+                return False
+            changes = self._apply(version, dict(upserts or {}), set(removed))
+        if changes:
+            await self._tell(changes)
+        return True
+
+    def _apply(
+        self, version: int, upserts: dict[str, bytes], removed: set[str]
+    ) -> SubscriptionChanges:
+        added: set[str] = set()
+        updated: set[str] = set()
+        gone: set[str] = set()
+        origins: set[str] = set()
+        for subscription_id in removed:
+            old = self._subscriptions.pop(subscription_id, None)
+            if self._raw.pop(subscription_id, None) is not None:
+                gone.add(subscription_id)
+            if old is not None:
+                origins.add(old.origin)
+        for subscription_id, value in upserts.items():
+            previous = self._raw.get(subscription_id)
+            if previous == value:
+                continue
+            old = self._subscriptions.pop(subscription_id, None)
+            if old is not None:
+                origins.add(old.origin)
+            self._raw[subscription_id] = value
+            (added if previous is None else updated).add(subscription_id)
+            try:
+                subscription = _parse(value)
+            except ValidationError as exc:
+                log.warning(
+                    "subscription %s in Redis is invalid, skipped: %s", subscription_id, exc
+                )
+                continue
+            self._subscriptions[subscription_id] = subscription
+            origins.add(subscription.origin)
+        changed = added | updated | gone
+        for origin in origins:
+            kept = [s for s in self._by_origin.get(origin, ()) if s.id not in changed]
+            kept += [
+                self._subscriptions[i]
+                for i in (added | updated)
+                if i in self._subscriptions and self._subscriptions[i].origin == origin
+            ]
+            if kept:
+                self._by_origin[origin] = tuple(kept)
+            else:
+                self._by_origin.pop(origin, None)
+        self._version = version
+        return SubscriptionChanges(
+            added=frozenset(added), updated=frozenset(updated), removed=frozenset(gone)
+        )
 
     def _load(self, version: int, raw: dict[str, bytes]) -> SubscriptionChanges:
         old_raw = self._raw
