@@ -15,11 +15,14 @@ A client is what :func:`ocstream.guard.client_key` makes of a request (its beare
 its address); the per-client limit counts what a client created and still exists.
 
 Every change is one Lua script (check, write, ``INCR`` the version, ``PUBLISH`` it), so a batch
-is created all or nothing and two workers cannot both take the last slot under the limit.
+is created all or nothing and two workers cannot both take the last slot under the limit. The
+message is the new version followed by the ids it changed (``"42 sub-a sub-b"``).
 
-:class:`LiveSubscriptions` keeps every worker's cache in step: a message on the channel wakes
-it at once, and it also polls the version every ``poll_interval`` (1 s) in case a message was
-lost (a pub/sub connection that broke, a Redis restart). A full reload also runs every
+:class:`LiveSubscriptions` keeps every worker's cache in step, one change at a time: a message
+that follows the loaded version reads just the ids it names (``HMGET``), and the API hands the
+worker that wrote a change the new JSON directly (:meth:`LiveSubscriptions.apply`). A message
+that does not follow (one was lost) triggers a full reload, and so does a version that moved
+while no message came for a whole ``poll_interval`` (1 s) poll. A full reload also runs every
 ``resync_interval`` (60 s), for a Redis that lost its data and counted its version up again.
 """
 
@@ -148,17 +151,19 @@ if owner ~= '' and per_client > 0 then
     return {'client-limit', tostring(owned)}
   end
 end
+local ids = {}
 for i = 5, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   if owner ~= '' then
     redis.call('HSET', KEYS[3], ARGV[i], owner)
   end
+  ids[#ids + 1] = ARGV[i]
 end
 if owner ~= '' then
   redis.call('HINCRBY', KEYS[4], owner, n)
 end
 local version = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', ARGV[2], version)
+redis.call('PUBLISH', ARGV[2], version .. ' ' .. table.concat(ids, ' '))
 return {'ok', tostring(version)}
 """
 
@@ -176,7 +181,7 @@ if current == ARGV[2] then
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local version = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', ARGV[4], version)
+redis.call('PUBLISH', ARGV[4], version .. ' ' .. ARGV[1])
 return {'ok', tostring(version)}
 """
 
@@ -184,9 +189,13 @@ return {'ok', tostring(version)}
 # Returns {removed, version}.
 _DELETE = """
 local removed = 0
+local ids = {}
 for i = 2, #ARGV do
   local gone = redis.call('HDEL', KEYS[1], ARGV[i])
   removed = removed + gone
+  if gone == 1 then
+    ids[#ids + 1] = ARGV[i]
+  end
   local owner = redis.call('HGET', KEYS[3], ARGV[i])
   if owner then
     redis.call('HDEL', KEYS[3], ARGV[i])
@@ -198,7 +207,7 @@ end
 local version
 if removed > 0 then
   version = redis.call('INCR', KEYS[2])
-  redis.call('PUBLISH', ARGV[1], version)
+  redis.call('PUBLISH', ARGV[1], version .. ' ' .. table.concat(ids, ' '))
 else
   version = tonumber(redis.call('GET', KEYS[2]) or '0')
 end
@@ -456,7 +465,11 @@ class LiveSubscriptions:
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_full = 0.0
+        self._stalled: int | None = None
         self._stopping = False
+        #: Full reloads done (the first load included), and changes taken in one by one.
+        self.reloads = 0
+        self.increments = 0
 
     # --- lifecycle ---
 
@@ -534,14 +547,21 @@ class LiveSubscriptions:
 
     # --- loading ---
 
-    async def refresh(self, *, force: bool = False) -> bool:
+    async def refresh(self, *, force: bool = False, grace: bool = False) -> bool:
         """Reload the persistent subscriptions if their version moved (always with ``force``).
-        Returns whether a reload happened."""
+        With ``grace`` (the periodic poll), a moved version is reloaded only if it was already
+        behind at the previous poll with nothing taken in since: the change messages usually
+        bring it in one change at a time. Returns whether a reload happened."""
         async with self._lock:
             if not force and self._version is not None:
                 current = await self.client.get(self.version_key)
                 if (0 if current is None else int(_text(current))) == self._version:
+                    self._stalled = None
                     return False
+                if grace and self._stalled != self._version:
+                    self._stalled = self._version
+                    return False
+            self._stalled = None
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.get(self.version_key)
                 pipe.hgetall(self.hash_key)
@@ -549,6 +569,7 @@ class LiveSubscriptions:
             version = 0 if version_raw is None else int(_text(version_raw))
             changes = self._load(version, {_text(k): _bytes(v) for k, v in entries.items()})
             self._last_full = time.monotonic()
+            self.reloads += 1
             self._ready.set()
         if changes:
             await self._tell(changes)
@@ -576,6 +597,43 @@ class LiveSubscriptions:
         if changes:
             await self._tell(changes)
         return True
+
+    async def apply_ids(self, version: int, ids: Sequence[str]) -> bool:
+        """Take in the change a message announced: ``ids`` changed at ``version``; reads just
+        those (a missing one was deleted). Same rules as :meth:`apply`."""
+        async with self._lock:
+            if self._version is None:
+                return False
+            if version <= self._version:
+                return True
+            if version != self._version + 1:
+                return False
+            values = await self.client.hmget(self.hash_key, list(ids))
+            upserts = {i: _bytes(v) for i, v in zip(ids, values, strict=True) if v is not None}
+            removed = {i for i, v in zip(ids, values, strict=True) if v is None}
+            changes = self._apply(version, upserts, removed)
+        if changes:
+            await self._tell(changes)
+        return True
+
+    async def _on_message(self, data: Any) -> None:
+        """A change message: ``"<version> <id> ..."``; anything else, or a change that does
+        not follow the loaded version, wakes the refresher for a full reload."""
+        parts = _text(data).split()
+        try:
+            version = int(parts[0])
+        except (IndexError, ValueError):
+            version = -1
+        done = False
+        if version >= 0 and len(parts) > 1:
+            try:
+                done = await self.apply_ids(version, parts[1:])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("subscriptions: taking in change %s failed (%s)", version, exc)
+        if not done:
+            self._wake.set()
 
     def _apply(
         self, version: int, upserts: dict[str, bytes], removed: set[str]
@@ -608,6 +666,7 @@ class LiveSubscriptions:
                 continue
             self._subscriptions[subscription_id] = subscription
             origins.add(subscription.origin)
+        self.increments += 1
         changed = added | updated | gone
         for origin in origins:
             kept = [s for s in self._by_origin.get(origin, ()) if s.id not in changed]
@@ -673,10 +732,11 @@ class LiveSubscriptions:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_interval):
                     await self._wake.wait()
+            woken = self._wake.is_set()  # asked for (a lost message): no grace
             self._wake.clear()
             try:
                 force = time.monotonic() - self._last_full >= self.resync_interval
-                await self.refresh(force=force)
+                await self.refresh(force=force, grace=not woken)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -701,8 +761,8 @@ class LiveSubscriptions:
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=max(self.poll_interval, 0.1)
                     )
-                    if message is not None:
-                        self._wake.set()
+                    if message is not None and message.get("type") == "message":
+                        await self._on_message(message["data"])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
