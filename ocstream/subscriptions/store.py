@@ -458,7 +458,7 @@ class LiveSubscriptions:
         self._version: int | None = None
         self._raw: dict[str, bytes] = {}
         self._subscriptions: dict[str, Subscription] = {}
-        self._by_origin: dict[str, tuple[Subscription, ...]] = {}
+        self._by_origin: dict[str, dict[str, Subscription]] = {}
         self._listeners: list[ChangeListener] = []
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -539,7 +539,9 @@ class LiveSubscriptions:
         chain = origin.get("chainId") if isinstance(origin, Mapping) else None
         if not isinstance(chain, str):
             return []
-        candidates = [*self._by_origin.get(chain, ()), *self.ephemeral.with_origin(chain)]
+        same_origin = self._by_origin.get(chain)
+        persistent = same_origin.values() if same_origin is not None else ()
+        candidates = [*persistent, *self.ephemeral.with_origin(chain)]
         return [subscription for subscription in candidates if subscription.matches(notification)]
 
     def __len__(self) -> int:
@@ -638,23 +640,19 @@ class LiveSubscriptions:
     def _apply(
         self, version: int, upserts: dict[str, bytes], removed: set[str]
     ) -> SubscriptionChanges:
+        """Change the cache for these ids only: O(changed ids), whatever the total."""
         added: set[str] = set()
         updated: set[str] = set()
         gone: set[str] = set()
-        origins: set[str] = set()
         for subscription_id in removed:
-            old = self._subscriptions.pop(subscription_id, None)
+            self._forget(subscription_id)
             if self._raw.pop(subscription_id, None) is not None:
                 gone.add(subscription_id)
-            if old is not None:
-                origins.add(old.origin)
         for subscription_id, value in upserts.items():
             previous = self._raw.get(subscription_id)
             if previous == value:
                 continue
-            old = self._subscriptions.pop(subscription_id, None)
-            if old is not None:
-                origins.add(old.origin)
+            self._forget(subscription_id)
             self._raw[subscription_id] = value
             (added if previous is None else updated).add(subscription_id)
             try:
@@ -665,24 +663,21 @@ class LiveSubscriptions:
                 )
                 continue
             self._subscriptions[subscription_id] = subscription
-            origins.add(subscription.origin)
+            self._by_origin.setdefault(subscription.origin, {})[subscription_id] = subscription
         self.increments += 1
-        changed = added | updated | gone
-        for origin in origins:
-            kept = [s for s in self._by_origin.get(origin, ()) if s.id not in changed]
-            kept += [
-                self._subscriptions[i]
-                for i in (added | updated)
-                if i in self._subscriptions and self._subscriptions[i].origin == origin
-            ]
-            if kept:
-                self._by_origin[origin] = tuple(kept)
-            else:
-                self._by_origin.pop(origin, None)
         self._version = version
         return SubscriptionChanges(
             added=frozenset(added), updated=frozenset(updated), removed=frozenset(gone)
         )
+
+    def _forget(self, subscription_id: str) -> None:
+        old = self._subscriptions.pop(subscription_id, None)
+        if old is not None:
+            same_origin = self._by_origin.get(old.origin)
+            if same_origin is not None:
+                same_origin.pop(subscription_id, None)
+                if not same_origin:
+                    del self._by_origin[old.origin]
 
     def _load(self, version: int, raw: dict[str, bytes]) -> SubscriptionChanges:
         old_raw = self._raw
@@ -698,9 +693,9 @@ class LiveSubscriptions:
                 log.warning(
                     "subscription %s in Redis is invalid, skipped: %s", subscription_id, exc
                 )
-        by_origin: dict[str, list[Subscription]] = {}
+        by_origin: dict[str, dict[str, Subscription]] = {}
         for subscription in subscriptions.values():
-            by_origin.setdefault(subscription.origin, []).append(subscription)
+            by_origin.setdefault(subscription.origin, {})[subscription.id] = subscription
         changes = SubscriptionChanges(
             added=frozenset(raw.keys() - old_raw.keys()),
             updated=frozenset(k for k in raw.keys() & old_raw.keys() if raw[k] != old_raw[k]),
@@ -708,7 +703,7 @@ class LiveSubscriptions:
         )
         self._raw = raw
         self._subscriptions = subscriptions
-        self._by_origin = {origin: tuple(subs) for origin, subs in by_origin.items()}
+        self._by_origin = by_origin
         if self._version != version or changes:
             log.debug("subscriptions: version %s, %d persistent", version, len(subscriptions))
         self._version = version
