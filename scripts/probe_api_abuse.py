@@ -354,7 +354,8 @@ async def main_async(tree: Path, out: Path | None) -> None:
             env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         base = f"http://127.0.0.1:{port}"
-        async with aiohttp.ClientSession() as session:
+        # No connection limit: the websocket probe holds more than aiohttp's default 100.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             deadline = time.monotonic() + 90
             while True:
                 try:
