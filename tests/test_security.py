@@ -27,6 +27,7 @@ from ocstream.transport.settings import TransportSettings
 from ocstream.xcm.ss58 import public_key_of
 
 from .subscriptions import payloads as p
+from .test_dashboard import chromium_or_fail, run_chromium
 from .workers import free_port
 
 NETWORKS = ("urn:ocn:polkadot:0", p.ASSET_HUB, p.INTERLAY)
@@ -548,3 +549,18 @@ async def test_writes_update_the_live_view_without_a_reload(
     live = w.app.subscriptions_live
     assert live.reloads == reloads[0] + 1
     assert live.get("raw") is not None and live.get("o5") is None
+
+
+async def test_the_dashboard_reads_with_a_token_from_its_address(
+    worker: WorkerFactory, tmp_path: Path
+) -> None:
+    binary = chromium_or_fail()
+    w = await worker(api_tokens=("w",), read_tokens=("r",))
+    assert (await w.call("POST", "/subs", sub("dash-sub"), token="w")).status == 201
+    page = w.base + "/dashboard/"
+    dom = await run_chromium(binary, tmp_path / "without", "--dump-dom", page)
+    assert "Could not load /subs: GET /subs answered 401" in dom
+    assert 'data-subscription="dash-sub"' not in dom
+    dom = await run_chromium(binary, tmp_path / "with", "--dump-dom", page + "#token=r")
+    assert 'data-subscription="dash-sub"' in dom
+    assert "ephemeral subscription" in dom, "the live feed did not subscribe with the token"
