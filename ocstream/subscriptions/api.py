@@ -406,16 +406,16 @@ class SubscriptionApi:
             )
         return value
 
-    def _bounded(self, details: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """At most ``max_errors`` details, the last one saying how many were left out."""
+    def _bounded(self, details: list[dict[str, Any]], unchecked: int = 0) -> list[dict[str, Any]]:
+        """At most ``max_errors`` details, then one saying how many were left out (and how
+        many items of a batch were not checked at all)."""
         limit = self.settings.max_errors
-        if len(details) <= limit:
+        if len(details) <= limit and not unchecked:
             return details
-        left = len(details) - limit
-        return [
-            *details[:limit],
-            {"path": [], "message": f"{left} more errors not listed", "type": "truncated"},
-        ]
+        message = f"{max(0, len(details) - limit)} more errors not listed"
+        if unchecked:
+            message += f"; {unchecked} more subscriptions not checked"
+        return [*details[:limit], {"path": [], "message": message, "type": "truncated"}]
 
     async def _check_networks(
         self, subscriptions: Sequence[Subscription], indexes: Sequence[int | None]
@@ -435,7 +435,7 @@ class SubscriptionApi:
                 )
         if details:
             reason = details[0]["message"] if len(details) == 1 else _reason(details)
-            raise ApiError(400, reason, details)
+            raise ApiError(400, reason, self._bounded(details))
 
     async def _changed(
         self,
@@ -484,7 +484,11 @@ class SubscriptionApi:
             raise ApiError(400, "Request body must be a subscription object or an array of them")
         subscriptions: list[Subscription] = []
         details: list[dict[str, Any]] = []
-        for item, index in zip(items, indexes, strict=True):
+        unchecked = 0
+        for position, (item, index) in enumerate(zip(items, indexes, strict=True)):
+            if len(details) > self.settings.max_errors:
+                unchecked = len(items) - position  # enough to report: not checked
+                break
             prefix: list[str | int] = [] if index is None else [index]
             if not isinstance(item, dict):
                 details.append(
@@ -511,10 +515,8 @@ class SubscriptionApi:
                 )
                 continue
             subscriptions.append(subscription)
-            if len(details) > self.settings.max_errors:
-                break  # enough to report: the rest is not checked
         if details:
-            raise ApiError(400, _reason(details), self._bounded(details))
+            raise ApiError(400, _reason(details), self._bounded(details, unchecked))
         await self._check_networks(subscriptions, indexes)
         version = await self.store.create_many(subscriptions, owner=client_key(request, token))
         await self._changed(version, {s.id: s.to_json_bytes() for s in subscriptions})
