@@ -397,14 +397,16 @@ class SubscriptionApi:
         if not body.strip():
             raise ApiError(400, "Request body is empty: expected JSON")
         try:
-            value = orjson.loads(body)
+            return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise ApiError(400, f"Request body is not valid JSON: {exc}") from None
-        if json_depth_exceeds(value, settings.max_depth):
-            raise ApiError(
-                400, f"Request body nests arrays and objects deeper than {settings.max_depth}"
-            )
-        return value
+
+    def _check_depth(self, value: Any) -> None:
+        """400 for a body nested deeper than ``max_depth`` (after the cheap length checks: this
+        one visits every value)."""
+        depth = self.settings.max_depth
+        if json_depth_exceeds(value, depth):
+            raise ApiError(400, f"Request body nests arrays and objects deeper than {depth}")
 
     def _bounded(self, details: list[dict[str, Any]], unchecked: int = 0) -> list[dict[str, Any]]:
         """At most ``max_errors`` details, then one saying how many were left out (and how
@@ -482,6 +484,7 @@ class SubscriptionApi:
             items, indexes = body, list(range(len(body)))
         else:
             raise ApiError(400, "Request body must be a subscription object or an array of them")
+        self._check_depth(body)
         subscriptions: list[Subscription] = []
         details: list[dict[str, Any]] = []
         unchecked = 0
@@ -537,15 +540,16 @@ class SubscriptionApi:
         self._authorize(request, write=True)
         subscription_id = request.match_info["id"]
         document = await self._read_json(request, patch=True)
+        limit = self.settings.max_patch_operations
+        if isinstance(document, list) and len(document) > limit:
+            raise ApiError(400, f"At most {limit} JSON Patch operations per request")
+        self._check_depth(document)
         try:
             operations = parse_operations(
                 document, allowed_roots=ALLOWED_PATCH_PATHS, roots_error=PATCH_PATHS_ERROR
             )
         except PatchError as exc:
             raise ApiError(400, str(exc)) from None
-        limit = self.settings.max_patch_operations
-        if len(operations) > limit:
-            raise ApiError(400, f"At most {limit} JSON Patch operations per request")
         _refuse_secret_reads(operations)
         for _ in range(_PATCH_ATTEMPTS):
             raw = await self.store.get_raw(subscription_id)
