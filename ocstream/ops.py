@@ -37,6 +37,24 @@ def _error(view: View, status: int, reason: str) -> Response:
     return view.json({"error": True, "statusCode": status, "reason": reason}, status=status)
 
 
+#: Largest integer accepted in an admin query (Redis ranges are 64-bit).
+MAX_QUERY_INT = 1 << 31
+#: Channel indexes accepted by the admin routes.
+MAX_CHANNELS = 1000
+
+
+def _small_int(text: str) -> int:
+    """A decimal integer of ASCII digits (optional sign) below :data:`MAX_QUERY_INT`; else
+    ValueError."""
+    digits = text[1:] if text[:1] in "+-" else text
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 10:
+        raise ValueError(text)
+    value = int(text)
+    if abs(value) >= MAX_QUERY_INT:
+        raise ValueError(text)
+    return value
+
+
 def _authorized(request: Request, tokens: Iterable[str]) -> bool:
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer "):
@@ -252,10 +270,10 @@ def register_ops(
             if (refused := admin(self, request)) is not None:
                 return refused
             try:
-                limit = min(1000, max(1, int(request.query.get("limit", "100"))))
-                offset = max(0, int(request.query.get("offset", "0")))
+                limit = min(1000, max(1, _small_int(request.query.get("limit", "100"))))
+                offset = max(0, _small_int(request.query.get("offset", "0")))
             except ValueError:
-                return _error(self, 400, "limit and offset must be integers")
+                return _error(self, 400, f"limit and offset must be integers below {MAX_QUERY_INT}")
             letters = await _webhooks(self.app).dead_letters(limit=limit, offset=offset)
             return self.json(letters)
 
@@ -273,7 +291,15 @@ def register_ops(
         async def post(self, request: Request, subscription_id: str, channel: str) -> Response:
             if (refused := admin(self, request)) is not None:
                 return refused
-            if not channel.isdigit():
-                return _error(self, 400, "the channel is its index in the subscription")
-            await _webhooks(self.app).enable(subscription_id, int(channel))
-            return self.json({"enabled": [subscription_id, int(channel)]})
+            try:
+                index = _small_int(channel)
+            except ValueError:
+                index = -1
+            if index < 0 or index >= MAX_CHANNELS:
+                return _error(
+                    self,
+                    400,
+                    f"the channel is its index in the subscription (0 to {MAX_CHANNELS - 1})",
+                )
+            await _webhooks(self.app).enable(subscription_id, index)
+            return self.json({"enabled": [subscription_id, index]})

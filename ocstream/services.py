@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from .delivery import Delivery
+from .guard import harden
 from .ingress.registry import NetworkRegistry
 from .ops import register_ops
 from .settings import Settings
@@ -24,6 +25,7 @@ from .subscriptions import (
     Subscription,
     SubscriptionChanges,
     SubscriptionError,
+    SubscriptionLimits,
     SubscriptionStore,
     register_api,
     unknown_networks,
@@ -47,15 +49,22 @@ def install(app: Any, settings: Settings, *, redis_url: str) -> None:
     # failing with "Too many connections".
     api_client = request_client(redis_url, name=f"{settings.app_id}-api")
     prefix = settings.transport.prefix
-    store = SubscriptionStore(api_client, prefix)
+    store = SubscriptionStore(
+        api_client, prefix, SubscriptionLimits(max_persistent_per_client=settings.subs_per_client)
+    )
     live = LiveSubscriptions(client, prefix)
     registry = NetworkRegistry(client, prefix)
+    read_tokens = settings.read_tokens or None
     register_api(
         app,
         store=store,
         live=live,
         registry=NetworkRegistry(api_client, prefix),
-        settings=ApiSettings(write_tokens=settings.api_tokens),
+        settings=ApiSettings(
+            write_tokens=settings.api_tokens,
+            read_tokens=read_tokens,
+            body_timeout=settings.body_timeout,
+        ),
         start_live=False,  # the delivery service starts it, with the worker
     )
     webhooks = WebhookDispatcher(
@@ -94,6 +103,9 @@ def install(app: Any, settings: Settings, *, redis_url: str) -> None:
         get_subscription=get_subscription,
         register_ephemeral=register_ephemeral,
         unregister_ephemeral=unregister_ephemeral,
+        # A write token reads too, as on GET /subs.
+        read_tokens=None if read_tokens is None else (*read_tokens, *settings.api_tokens),
+        max_per_client=settings.ws_per_client,
     )
 
     async def on_change(changes: SubscriptionChanges) -> None:
@@ -104,6 +116,19 @@ def install(app: Any, settings: Settings, *, redis_url: str) -> None:
 
     live.add_listener(on_change)
     web_app = app.web.web_app
+    allowed_hosts = settings.effective_allowed_hosts()
+    if allowed_hosts is None and not (settings.api_tokens and settings.read_tokens):
+        log.warning(
+            "the HTTP server accepts any Host and %s: set allowed_hosts and tokens "
+            "before exposing it (docs/security.md)",
+            "open writes" if not settings.api_tokens else "open reads",
+        )
+    harden(
+        web_app,
+        allowed_hosts=allowed_hosts,
+        runner=getattr(app.web, "_runner", None),
+        header_timeout=settings.header_timeout,
+    )
     hub.mount(web_app)
     register_webui(web_app)
     delivery = Delivery(

@@ -15,13 +15,20 @@ option                     environment              meaning
 (none)                     ``OCSTREAM_APP_ID``       faust app id = consumer group (ocstream)
 (none)                     ``OCSTREAM_PARTITIONS``   default partition count (16)
 (none)                     ``OCSTREAM_API_TOKENS``   bearer tokens for the API's write routes
+(none)                     ``OCSTREAM_READ_TOKENS``  bearer tokens for the API's read routes
 (none)                     ``OCSTREAM_ADMIN_TOKENS`` bearer tokens for the admin routes
+(none)                     ``OCSTREAM_ALLOWED_HOSTS``  ``Host`` header values accepted
+(none)                     ``OCSTREAM_SUBS_PER_CLIENT``  persistent subscriptions per client
+(none)                     ``OCSTREAM_WS_PER_CLIENT``  websockets per client and worker
+(none)                     ``OCSTREAM_HEADER_TIMEOUT``  seconds to send a request's headers
+(none)                     ``OCSTREAM_BODY_TIMEOUT``  seconds to send a request's body
 (none)                     ``OCSTREAM_WEBHOOK_ALLOW_PRIVATE``  allow webhooks to private hosts
 (none)                     ``OCSTREAM_HEALTH_STALE_AFTER``  seconds without a new block before
                                                     /health calls a network stale (120)
 =========================  =======================  ======================================
 
-Token lists in the environment are comma-separated; in the file they are arrays.
+Token and host lists in the environment are comma-separated; in the file they are arrays.
+``docs/security.md`` explains the access settings and limits.
 """
 
 from __future__ import annotations
@@ -48,10 +55,18 @@ ENV_NAMES = {
     "instance_id": "OCSTREAM_INSTANCE_ID",
     "api_tokens": "OCSTREAM_API_TOKENS",
     "admin_tokens": "OCSTREAM_ADMIN_TOKENS",
+    "read_tokens": "OCSTREAM_READ_TOKENS",
+    "allowed_hosts": "OCSTREAM_ALLOWED_HOSTS",
+    "subs_per_client": "OCSTREAM_SUBS_PER_CLIENT",
+    "ws_per_client": "OCSTREAM_WS_PER_CLIENT",
+    "header_timeout": "OCSTREAM_HEADER_TIMEOUT",
+    "body_timeout": "OCSTREAM_BODY_TIMEOUT",
     "webhook_allow_private": "OCSTREAM_WEBHOOK_ALLOW_PRIVATE",
     "health_stale_after": "OCSTREAM_HEALTH_STALE_AFTER",
 }
-_LISTS = ("api_tokens", "admin_tokens")
+_LISTS = ("api_tokens", "admin_tokens", "read_tokens", "allowed_hosts")
+#: ``Host`` names accepted by default when the worker listens on a loopback address.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 class Settings(BaseModel):
@@ -75,6 +90,22 @@ class Settings(BaseModel):
     api_tokens: tuple[str, ...] = ()
     #: Bearer tokens of the admin routes (/admin/...); none: the admin routes are disabled.
     admin_tokens: tuple[str, ...] = ()
+    #: Bearer tokens accepted on the read routes (GET /subs, /ws/subs, ...); a write token also
+    #: works. None set: reads are open.
+    read_tokens: tuple[str, ...] = ()
+    #: ``Host`` header values (names, without the port) the HTTP server answers; ``*`` allows
+    #: any. Empty: the loopback names when bound to a loopback address, else the bind address
+    #: and any name (see :meth:`effective_allowed_hosts`).
+    allowed_hosts: tuple[str, ...] = ()
+    #: Persistent subscriptions one client (bearer token, else IP address) may create; 0: no
+    #: limit beyond the global one.
+    subs_per_client: int = Field(default=1000, ge=0)
+    #: Websockets one client may hold open on one worker; 0: no limit beyond the global one.
+    ws_per_client: int = Field(default=100, ge=0)
+    #: Seconds a client has to send a request's headers (also the idle keep-alive time).
+    header_timeout: float = Field(default=15.0, gt=0)
+    #: Seconds a client has to send a request's body.
+    body_timeout: float = Field(default=30.0, gt=0)
     #: Let webhooks target loopback, private and link-local addresses (off: SSRF guard).
     webhook_allow_private: bool = False
     #: Seconds without a new block of a network after which /health reports it stale.
@@ -84,6 +115,19 @@ class Settings(BaseModel):
     @property
     def embedded(self) -> bool:
         return self.redis_url is None
+
+    def effective_allowed_hosts(self) -> tuple[str, ...] | None:
+        """The ``Host`` names to accept, lower case; None: any. Configured hosts win; without
+        them a loopback bind accepts the loopback names, a wildcard bind (``0.0.0.0``, ``::``)
+        any name, and any other bind its own address plus the loopback names."""
+        if self.allowed_hosts:
+            if "*" in self.allowed_hosts:
+                return None
+            return tuple(host.lower().strip("[]") for host in self.allowed_hosts)
+        address = self.address.lower().strip("[]")
+        if address in ("0.0.0.0", "::", ""):
+            return None
+        return tuple(dict.fromkeys((address, *LOOPBACK_HOSTS)))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -6,12 +6,16 @@ place in its group. The XCM and API metrics will join it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from faust.web import Request, Response, View
+from redis.exceptions import RedisError
 
 from .ops import render_delivery_metrics
 from .transport import METRICS
+
+log = logging.getLogger(__name__)
 
 COUNTER_HELP = {
     "records_produced": "Records appended to topics by this process.",
@@ -101,7 +105,16 @@ def register_views(app: Any) -> None:
         later show up without a restart (the distributed mode)."""
 
         async def get(self, request: Request) -> Response:
-            records = await _registry(self.app).all()
+            try:
+                records = await _registry(self.app).all()
+            except RedisError as exc:
+                log.warning("/networks: Redis failed (%s: %s)", type(exc).__name__, exc)
+                body = {
+                    "error": True,
+                    "statusCode": 503,
+                    "reason": "the network registry is unavailable; retry later",
+                }
+                return self.json(body, status=503)
             return self.json({urn: r.model_dump() for urn, r in sorted(records.items())})
 
     @app.page("/ingress/health")

@@ -34,9 +34,7 @@ from .workers import free_port, ocstream_env, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 GUIDE = REPO / "docs" / "deploy.md"
-WORKER_COMMAND = (
-    "ocstream worker --config config/minimal.toml --redis redis://127.0.0.1:6379 --address 0.0.0.0"
-)
+WORKER_COMMAND = "ocstream worker --config config/minimal.toml --redis redis://127.0.0.1:6379"
 CURL_PREFIX = 'curl -i -H "Content-Type: application/json" -d \''
 NETWORKS = {
     "urn:ocn:polkadot:0": "polkadot-1000001.scale",
@@ -112,7 +110,13 @@ def test_the_guides_example_delivers_recorded_xcm_to_the_webhook(
     receiver: Receiver, tmp_path: Path, fixtures_dir: Path
 ) -> None:
     guide = GUIDE.read_text()
-    assert WORKER_COMMAND in guide
+    assert f"\n{WORKER_COMMAND}\n" in guide
+    # The guide binds a public address only together with tokens and allowed hosts.
+    for line in guide.splitlines():
+        if "--address 0.0.0.0" in line:
+            block = guide[: guide.index(line)].rsplit("```sh", 1)[1]
+            for setting in ("API_TOKENS", "READ_TOKENS", "ALLOWED_HOSTS"):
+                assert f"OCSTREAM_{setting}=" in block, (setting, line)
     curl_line = next(line for line in guide.splitlines() if line.startswith(CURL_PREFIX))
     # The guide's curl, pointed at our receiver instead of example.org.
     hook = f"http://127.0.0.1:{receiver.port}/hook"

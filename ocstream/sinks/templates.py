@@ -36,7 +36,9 @@ The behaviour follows handlebars.js 4.7 compiled with ``{strict: true, knownHelp
 
 Differences from handlebars.js, all in the direction of refusing: a key inherited from
 ``Object.prototype`` (``constructor``, ``__proto__``) is a missing key, and a block nested deeper
-than 64 levels is refused.
+than 64 levels is refused. Each ``{{else if}}`` of a chain counts as one more level (the chain
+is a block inside the previous block's inverse, and both the whitespace pass and the renderer
+walk it that way), so a chain of more than 64 is refused too.
 """
 
 from __future__ import annotations
@@ -636,12 +638,19 @@ class _Parser:
                     inverse, inverse_strip = inner, end.strip
                 end = nxt
                 continue
-            # {{else if x}}: the inverse is a program holding one chained block
+            # {{else if x}}: the inverse is a program holding one chained block, one level
+            # deeper than the previous one
+            depth = nesting + len(chain) + 1
+            if depth > MAX_NESTING:
+                raise TemplateSyntaxError(
+                    f"blocks nested deeper than {MAX_NESTING} levels at {end.loc} "
+                    "(each {{else if}} of a chain counts as a level)"
+                )
             chead, cparams, chash, cbparams = _ExprParser(end.tokens, end.loc).call(
                 block_params=True
             )
             chelper, cpath = self.block_head(chead, cparams, chash, end.loc)
-            cprogram, nxt = self.program(nesting)
+            cprogram, nxt = self.program(depth)
             chained = _Block(
                 chelper, cpath, cparams, chash, cbparams, cprogram, None,
                 end.strip, _Strip(), _Strip(), end.loc,
@@ -1206,8 +1215,11 @@ class Template:
         if not isinstance(source, str):
             raise TemplateSyntaxError("a template must be a string")
         self.source = source
-        program = _Parser(source).parse()
-        _ws_program(program, is_root=True)
+        try:
+            program = _Parser(source).parse()
+            _ws_program(program, is_root=True)
+        except RecursionError:  # nesting is bounded above; this is the last line of defence
+            raise TemplateSyntaxError("the template nests too deeply") from None
         self._program = program
 
     def render(
@@ -1222,8 +1234,8 @@ class Template:
         frame = _Frame((context,), {"root": context}, ())
         try:
             renderer.program(self._program, frame)
-        except RecursionError as exc:  # pragma: no cover - nesting is bounded at compile time
-            raise TemplateRenderError("the template nests too deeply") from exc
+        except RecursionError:  # pragma: no cover - nesting is bounded at compile time
+            raise TemplateRenderError("the template nests too deeply") from None
         return "".join(renderer.out)
 
     def __repr__(self) -> str:

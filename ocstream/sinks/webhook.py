@@ -78,6 +78,7 @@ import secrets
 import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -672,9 +673,14 @@ class WebhookDispatcher:
             with contextlib.suppress(Exception):
                 await self._write(delivery_id, token, _Outcome("release"), record)
             raise
-        except Exception as exc:  # a bug must not kill the loop; retry the delivery later
-            log.exception("webhook: delivery %s failed unexpectedly", delivery_id)
-            outcome = _Outcome("defer", error=f"internal error: {exc!r}", delay=5.0)
+        except Exception as exc:  # a bug must not kill the loop
+            # Counted as a failed attempt: retried on the schedule, then a dead letter (a
+            # failure that repeats must not be retried forever). The log shows the innermost
+            # frames only: a RecursionError's full traceback is thousands of lines.
+            frames = "".join(traceback.format_exception(exc, limit=-6))
+            log.error("webhook: delivery %s failed unexpectedly: %s", delivery_id, frames[-4000:])
+            error = f"internal error: {type(exc).__name__}: {str(exc)[:300]}"
+            outcome = _Outcome("retry", error=error, attempted=True)
         attempts = _int(record.get("attempt"), 0) or 0
         if outcome.attempted and outcome.action != "delete":
             self.counters["failed_attempts"] += 1
@@ -847,8 +853,9 @@ class WebhookDispatcher:
                     .render(orjson.loads(body), max_chars=self.settings.max_body_chars)
                     .encode()
                 )
-            except TemplateError as exc:
-                error = f"template: {exc}"
+            except (TemplateError, RecursionError, MemoryError, ValueError) as exc:
+                # Any failure of the template is the template's: retrying cannot help.
+                error = f"template: {exc}"[:1000]
                 return _Outcome("dead", "template_errors", error=error, url=target, attempted=True)
 
         content_type = channel.get("contentType") or "application/json"

@@ -26,6 +26,15 @@ The callbacks keep this module free of the subscription models; they take and gi
   deliver to (or stop delivering to) an ephemeral subscription. A failing register closes the
   socket with 1013 "server too busy", after sending the error object.
 
+Access: with ``read_tokens``, both routes need one of them, as ``Authorization: Bearer <token>``
+or, for browsers (which cannot set headers on a websocket), ``?access_token=<token>``; without
+it the handshake is answered 401 (JSON). One client (its verified token, else its address) may
+hold at most ``max_per_client`` sockets on a worker; the next one gets a 429 error object and
+is closed with 1013 "too many sockets for this client".
+
+Error objects sent on the socket never carry exception texts: an unexpected failure is a 500
+"Internal server error" (503 when Redis failed), the details go to the log.
+
 Close codes: 1013 "server too busy" (more than ``max_clients`` sockets, or registering failed),
 1007 "subscription not found", 1007 "websocket channel not enabled in subscription",
 1001 "server shutdown" (:meth:`WebsocketHub.stop`), 1000 "subscription deleted"
@@ -50,7 +59,9 @@ import pydantic
 from aiohttp import WSMsgType, web
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
 
+from ..guard import bearer_token, client_key, json_depth_exceeds, json_error, token_matches
 from ..transport.client import TRANSIENT_ERRORS, Backoff
 
 logger = logging.getLogger(__name__)
@@ -94,14 +105,25 @@ def error_body(exc: BaseException) -> JsonObject:
     if exc.args and isinstance(exc.args[0], Mapping) and exc.args[0].get("error") is True:
         return dict(exc.args[0])
     if isinstance(exc, pydantic.ValidationError):
-        details = orjson.loads(exc.json(include_url=False, include_context=False))
+        details = orjson.loads(
+            exc.json(include_url=False, include_context=False, include_input=False)
+        )
         return {
             "error": True,
             "statusCode": 400,
             "reason": "invalid subscription",
-            "details": details,
+            "details": details[:20],
         }
-    return {"error": True, "statusCode": 500, "reason": f"{type(exc).__name__}: {exc}"}
+    # Anything else is ours: the client gets a plain reason, the log gets the exception.
+    if isinstance(exc, RedisError | ConnectionError | TimeoutError):
+        logger.warning("ws: subscription storage failed (%s: %s)", type(exc).__name__, exc)
+        return {
+            "error": True,
+            "statusCode": 503,
+            "reason": "Subscription storage is unavailable; retry later",
+        }
+    logger.error("ws: unexpected failure (%s: %s)", type(exc).__name__, exc)
+    return {"error": True, "statusCode": 500, "reason": "Internal server error"}
 
 
 # -- ULIDs: 48-bit millisecond time + 80 random bits, Crockford base32 (26 characters) ----------
@@ -146,6 +168,7 @@ class _Client:
         self.ws = ws
         self.kind: ClientKind = kind
         self.subscription_id: str | None = None
+        self.key = ""
         self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
         self.writer: asyncio.Task[None] | None = None
 
@@ -186,10 +209,17 @@ class WebsocketHub:
         unregister_ephemeral: UnregisterEphemeral,
         queue_size: int = 1000,
         heartbeat: float | None = 30.0,
+        read_tokens: tuple[str, ...] | None = None,
+        max_per_client: int = 0,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.max_clients = max_clients
+        #: Tokens the routes need (None or empty: open).
+        self.read_tokens = read_tokens or None
+        #: Sockets one client may hold on this worker (0: no per-client limit).
+        self.max_per_client = max_per_client
+        self._per_client: defaultdict[str, int] = defaultdict(int)
         self._validate = validate
         self._get_subscription = get_subscription
         self._register_ephemeral = register_ephemeral
@@ -336,6 +366,9 @@ class WebsocketHub:
 
     async def handle_ephemeral(self, request: web.Request) -> web.StreamResponse:
         """``/ws/subs``: the first valid message creates an ephemeral subscription."""
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
         ws, client = await self._accept(request, "ephemeral")
         if client is None:
             return ws
@@ -355,6 +388,9 @@ class WebsocketHub:
 
     async def handle_attach(self, request: web.Request) -> web.StreamResponse:
         """``/ws/subs/{id}``: stream an existing subscription with a websocket channel."""
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
         ws, client = await self._accept(request, "persistent")
         if client is None:
             return ws
@@ -382,6 +418,24 @@ class WebsocketHub:
             await self._release(client)
         return ws
 
+    def _refuse(self, request: web.Request) -> web.Response | None:
+        """The 401 answer to a handshake without a valid read token (None: it may go on)."""
+        if self.read_tokens is None:
+            return None
+        given = bearer_token(request, query=True)
+        if token_matches(given, self.read_tokens):
+            return None
+        reason = "Missing bearer token" if given is None else "Invalid bearer token"
+        return json_error(
+            401,
+            f"{reason} (Authorization: Bearer <token> or ?access_token=<token>)",
+            {"WWW-Authenticate": 'Bearer realm="ocstream"'},
+        )
+
+    def _client_key(self, request: web.Request) -> str:
+        token = bearer_token(request, query=True) if self.read_tokens is not None else None
+        return client_key(request, token if token_matches(token, self.read_tokens or ()) else None)
+
     async def _accept(
         self, request: web.Request, kind: ClientKind
     ) -> tuple[web.WebSocketResponse, _Client | None]:
@@ -399,7 +453,23 @@ class WebsocketHub:
             logger.warning("ws: refused a client, %d connected (max)", len(self._clients))
             await ws.close(code=CLOSE_TRY_AGAIN_LATER, message=b"server too busy")
             return ws, None
+        key = self._client_key(request)
+        if self.max_per_client and self._per_client[key] >= self.max_per_client:
+            logger.warning(
+                "ws: refused a client of %s, %d sockets (its max)", key, self.max_per_client
+            )
+            body = {
+                "error": True,
+                "statusCode": 429,
+                "reason": f"too many sockets for this client (at most {self.max_per_client})",
+            }
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.send_str(_json(body))
+            await ws.close(code=CLOSE_TRY_AGAIN_LATER, message=b"too many sockets for this client")
+            return ws, None
         client = _Client(ws, kind, self._queue_size)
+        client.key = key
+        self._per_client[key] += 1
         self._clients.add(client)
         self._idle.clear()
         client.writer = asyncio.create_task(client.write_loop())
@@ -414,6 +484,9 @@ class WebsocketHub:
             return True
         if not isinstance(fields, dict):
             client.send(_json(_bad_request("expected a JSON object with the subscription")))
+            return True
+        if json_depth_exceeds(fields):
+            client.send(_json(_bad_request("the subscription nests too deeply")))
             return True
         subscription_id = new_ulid()
         candidate = {
@@ -455,6 +528,10 @@ class WebsocketHub:
     async def _release(self, client: _Client) -> None:
         if client.writer is not None:
             client.writer.cancel()
+        if client in self._clients:
+            self._per_client[client.key] -= 1
+            if self._per_client[client.key] <= 0:
+                del self._per_client[client.key]
         self._clients.discard(client)
         subscription_id = client.subscription_id
         if subscription_id is not None:

@@ -8,12 +8,15 @@ The handlers are plain aiohttp handlers on :class:`SubscriptionApi`; two ways to
 
 Every path answers with and without a trailing slash. Every error is an ``application/json``
 body ``{"error": true, "statusCode": n, "reason": "...", "details": [...]?}`` (pitfall 18),
-including 401, 405, 413, 415, Redis outages (503) and unexpected failures (500).
+including 401, 405, 408, 413, 415, 429, Redis outages (503) and unexpected failures (500).
+
+Webhook ``secret`` and ``bearer`` values are written, never read back: every answer shows them
+as ``"hasSecret": true`` / ``"hasBearer": true`` (``docs/security.md``).
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,9 +27,18 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from redis.exceptions import RedisError
 
+from ..guard import MAX_JSON_DEPTH, bearer_token, client_key, json_depth_exceeds, token_matches
 from ..ingress.registry import NetworkRegistry
-from .jsonpatch import PatchError, PatchTestFailed, apply_patch, parse_operations
-from .models import Subscription, unknown_networks
+from .jsonpatch import (
+    Operation,
+    PatchError,
+    PatchTestFailed,
+    PatchTooLarge,
+    apply_patch,
+    parse_operations,
+    parse_pointer,
+)
+from .models import Subscription, public_json, unknown_networks
 from .openapi import ALLOWED_PATCH_PATHS, docs_page, openapi_document
 from .store import (
     ConcurrentModification,
@@ -57,8 +69,9 @@ PATCH_PATHS_ERROR: Final = "Only operations on these paths are allowed: " + ",".
     ALLOWED_PATCH_PATHS
 )
 _PATCH_ATTEMPTS: Final = 10
-_JSON_TYPES: Final = frozenset({"application/json", "application/octet-stream"})
 _MAX_REASON_ERRORS: Final = 3
+#: Channel members that are written but never shown (nor readable through a patch).
+_HIDDEN: Final = {"secret": "hasSecret", "bearer": "hasBearer"}
 
 
 class ApiSettings(BaseModel):
@@ -71,8 +84,18 @@ class ApiSettings(BaseModel):
     #: Bearer tokens accepted on GET /subs and /subs/{id} (a write token also works);
     #: None: reads are open. /openapi.json and /docs are always open.
     read_tokens: tuple[str, ...] | None = Field(default=None, repr=False)
-    #: Largest request body, in bytes (413 above it).
+    #: Largest request body, in bytes (413 above it); also the largest patched subscription.
     max_body_bytes: int = Field(default=1 << 20, ge=1)
+    #: Most subscriptions in one POST array (400 above it).
+    max_batch: int = Field(default=100, ge=1)
+    #: Most operations in one JSON Patch (400 above it).
+    max_patch_operations: int = Field(default=100, ge=1)
+    #: Most field errors listed in one 400 answer (the count of the others is given).
+    max_errors: int = Field(default=20, ge=1)
+    #: Deepest nesting of arrays and objects in a request body (400 above it).
+    max_depth: int = Field(default=MAX_JSON_DEPTH, ge=2)
+    #: Seconds a client has to send the whole request body (408 after it).
+    body_timeout: float = Field(default=30.0, gt=0)
 
     @field_validator("write_tokens", "read_tokens")
     @classmethod
@@ -148,6 +171,60 @@ def _reason(details: list[dict[str, Any]]) -> str:
         parts.append(f"{where}: {detail['message']}" if where else detail["message"])
     more = len(details) - _MAX_REASON_ERRORS
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _secret_member(pointer: str) -> bool:
+    """Whether ``pointer`` names a channel's secret or bearer (or something inside it)."""
+    tokens = parse_pointer(pointer)
+    return len(tokens) >= 3 and tokens[0] == "channels" and tokens[2] in _HIDDEN
+
+
+def _refuse_secret_reads(operations: Sequence[Operation]) -> None:
+    """Secrets can be replaced or removed by a patch, not read: no ``copy``/``move`` from a
+    secret (into a field that is shown) and no ``test`` that compares one."""
+    for position, operation in enumerate(operations):
+        leaks = (operation.from_ is not None and _secret_member(operation.from_)) or (
+            operation.op == "test"
+            and (
+                _secret_member(operation.path)
+                or len(parse_pointer(operation.path)) < 3
+                and operation.path.startswith("/channels")
+            )
+        )
+        if leaks:
+            raise ApiError(
+                400,
+                f"operation {position} ({operation.describe()}): a channel's secret and "
+                "bearer can be replaced or removed, not copied, moved or tested",
+            )
+
+
+def _keep_hidden(patched: Any, stored: Any) -> None:
+    """Turn ``"hasSecret": true`` / ``"hasBearer": true`` in the patched channels (what a
+    client read with GET and sent back) into the stored values of the channel at the same
+    index; ``false`` just goes away."""
+    channels = patched.get("channels") if isinstance(patched, dict) else None
+    if not isinstance(channels, list):
+        return
+    old = stored.get("channels") if isinstance(stored, dict) else None
+    old_channels = old if isinstance(old, list) else []
+    for index, channel in enumerate(channels):
+        if not isinstance(channel, dict):
+            continue
+        for member, flag in _HIDDEN.items():
+            if flag not in channel:
+                continue
+            keep = channel.pop(flag)
+            if keep is not True or member in channel:
+                continue
+            source = old_channels[index] if index < len(old_channels) else None
+            value = source.get(member) if isinstance(source, dict) else None
+            if not isinstance(value, str):
+                raise ApiError(
+                    400,
+                    f"channels[{index}].{flag}: the stored channel {index} has no {member} to keep",
+                )
+            channel[member] = value
 
 
 def registry_networks(registry: NetworkRegistry | Callable[[], NetworkRegistry]) -> KnownNetworks:
@@ -263,7 +340,9 @@ class SubscriptionApi:
 
     # --- request helpers ---
 
-    def _authorize(self, request: web.Request, *, write: bool) -> None:
+    def _authorize(self, request: web.Request, *, write: bool) -> str | None:
+        """Check the bearer token a route needs; returns the verified token (None: the route
+        is open, or no token was needed)."""
         settings = self.settings
         tokens: Collection[str]
         if write:
@@ -273,51 +352,72 @@ class SubscriptionApi:
         else:
             tokens = ()
         if not tokens:
-            return
+            return None
         challenge = {"WWW-Authenticate": 'Bearer realm="ocstream"'}
-        header = request.headers.get("Authorization")
-        if header is None:
+        given = bearer_token(request)
+        if given is None:
             raise ApiError(
                 401, "Missing bearer token (Authorization: Bearer <token>)", None, challenge
             )
-        scheme, _, token = header.strip().partition(" ")
-        given = token.strip().encode()
-        matched = False
-        for candidate in tokens:
-            # Compare with every token, in constant time each: no early exit to time.
-            matched |= hmac.compare_digest(candidate.encode(), given)
-        if scheme.lower() != "bearer" or not matched:
+        if not token_matches(given, tokens):
             raise ApiError(401, "Invalid bearer token", None, challenge)
+        return given
 
     async def _read_json(self, request: web.Request, *, patch: bool = False) -> Any:
         content_type = request.headers.get("Content-Type")
-        if content_type is not None:
-            mime = content_type.split(";", 1)[0].strip().lower()
-            # No form or text types: a browser may send those cross-site without asking
-            # (CORS "simple requests"); octet-stream is what clients send for raw bytes.
-            if mime not in _JSON_TYPES and not mime.endswith("+json"):
-                expected = (
-                    "application/json-patch+json or application/json"
-                    if patch
-                    else ("application/json")
-                )
-                raise ApiError(415, f"Unsupported content type {mime!r}: expected {expected}")
-        limit = self.settings.max_body_bytes
+        mime = (content_type or "").split(";", 1)[0].strip().lower()
+        # Only JSON types, and one must be given: a browser sends form, text and untyped
+        # bodies cross-site without asking first (CORS "simple requests").
+        if mime != "application/json" and not mime.endswith("+json"):
+            expected = (
+                "application/json-patch+json or application/json" if patch else "application/json"
+            )
+            if not mime:
+                raise ApiError(415, f"Missing Content-Type: expected {expected}")
+            raise ApiError(415, f"Unsupported content type {mime!r}: expected {expected}")
+        settings = self.settings
+        limit = settings.max_body_bytes
         too_large = f"Request body is larger than {limit} bytes"
         length = request.content_length
         if length is not None and length > limit:
             raise ApiError(413, too_large)
         body = bytearray()
-        async for chunk in request.content.iter_chunked(1 << 16):
-            body += chunk
-            if len(body) > limit:
-                raise ApiError(413, too_large)
+        try:
+            async with asyncio.timeout(settings.body_timeout):
+                async for chunk in request.content.iter_chunked(1 << 16):
+                    body += chunk
+                    if len(body) > limit:
+                        raise ApiError(413, too_large)
+        except TimeoutError:
+            raise ApiError(
+                408,
+                f"Request body not received within {settings.body_timeout:g} s",
+                headers={"Connection": "close"},
+            ) from None
         if not body.strip():
             raise ApiError(400, "Request body is empty: expected JSON")
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise ApiError(400, f"Request body is not valid JSON: {exc}") from None
+
+    def _check_depth(self, value: Any) -> None:
+        """400 for a body nested deeper than ``max_depth`` (after the cheap length checks: this
+        one visits every value)."""
+        depth = self.settings.max_depth
+        if json_depth_exceeds(value, depth):
+            raise ApiError(400, f"Request body nests arrays and objects deeper than {depth}")
+
+    def _bounded(self, details: list[dict[str, Any]], unchecked: int = 0) -> list[dict[str, Any]]:
+        """At most ``max_errors`` details, then one saying how many were left out (and how
+        many items of a batch were not checked at all)."""
+        limit = self.settings.max_errors
+        if len(details) <= limit and not unchecked:
+            return details
+        message = f"{max(0, len(details) - limit)} more errors not listed"
+        if unchecked:
+            message += f"; {unchecked} more subscriptions not checked"
+        return [*details[:limit], {"path": [], "message": message, "type": "truncated"}]
 
     async def _check_networks(
         self, subscriptions: Sequence[Subscription], indexes: Sequence[int | None]
@@ -337,13 +437,21 @@ class SubscriptionApi:
                 )
         if details:
             reason = details[0]["message"] if len(details) == 1 else _reason(details)
-            raise ApiError(400, reason, details)
+            raise ApiError(400, reason, self._bounded(details))
 
-    async def _changed(self) -> None:
+    async def _changed(
+        self,
+        version: int,
+        upserts: Mapping[str, bytes] | None = None,
+        removed: Sequence[str] = (),
+    ) -> None:
+        """Bring this worker's live view up to ``version`` before answering: just the change
+        when it is the only one since the view's version, else a reload."""
         if self.live is None:
             return
         try:
-            await self.live.refresh()
+            if not await self.live.apply(version, upserts, removed):
+                await self.live.refresh()
         except Exception as exc:  # the live view's own loop retries
             log.warning("subscriptions: refresh after a change failed (%s)", exc)
             self.live.notify()
@@ -353,11 +461,13 @@ class SubscriptionApi:
     async def list_subscriptions(self, request: web.Request) -> web.StreamResponse:
         """``GET /subs``: every persistent subscription."""
         self._authorize(request, write=False)
-        return json_response([subscription.to_json() for subscription in await self.store.list()])
+        return json_response(
+            [public_json(subscription.to_json()) for subscription in await self.store.list()]
+        )
 
     async def create_subscriptions(self, request: web.Request) -> web.StreamResponse:
         """``POST /subs``: one subscription or an array, all or nothing; 201."""
-        self._authorize(request, write=True)
+        token = self._authorize(request, write=True)
         body = await self._read_json(request)
         if isinstance(body, dict):
             items: list[Any] = [body]
@@ -365,12 +475,23 @@ class SubscriptionApi:
         elif isinstance(body, list):
             if not body:
                 raise ApiError(400, "At least 1 subscription is required")
+            if len(body) > self.settings.max_batch:
+                raise ApiError(
+                    400,
+                    f"At most {self.settings.max_batch} subscriptions per request "
+                    f"(got {len(body)})",
+                )
             items, indexes = body, list(range(len(body)))
         else:
             raise ApiError(400, "Request body must be a subscription object or an array of them")
+        self._check_depth(body)
         subscriptions: list[Subscription] = []
         details: list[dict[str, Any]] = []
-        for item, index in zip(items, indexes, strict=True):
+        unchecked = 0
+        for position, (item, index) in enumerate(zip(items, indexes, strict=True)):
+            if len(details) > self.settings.max_errors:
+                unchecked = len(items) - position  # enough to report: not checked
+                break
             prefix: list[str | int] = [] if index is None else [index]
             if not isinstance(item, dict):
                 details.append(
@@ -398,10 +519,10 @@ class SubscriptionApi:
                 continue
             subscriptions.append(subscription)
         if details:
-            raise ApiError(400, _reason(details), details)
+            raise ApiError(400, _reason(details), self._bounded(details, unchecked))
         await self._check_networks(subscriptions, indexes)
-        await self.store.create_many(subscriptions)
-        await self._changed()
+        version = await self.store.create_many(subscriptions, owner=client_key(request, token))
+        await self._changed(version, {s.id: s.to_json_bytes() for s in subscriptions})
         return web.Response(status=201)
 
     async def get_subscription(self, request: web.Request) -> web.StreamResponse:
@@ -411,7 +532,7 @@ class SubscriptionApi:
         raw = await self.store.get_raw(subscription_id)
         if raw is None:
             raise SubscriptionNotFound(subscription_id)
-        return web.Response(body=raw, content_type="application/json")
+        return json_response(public_json(orjson.loads(raw)))
 
     async def patch_subscription(self, request: web.Request) -> web.StreamResponse:
         """``PATCH /subs/{id}``: an RFC 6902 patch on /senders, /destinations, /channels or
@@ -419,41 +540,52 @@ class SubscriptionApi:
         self._authorize(request, write=True)
         subscription_id = request.match_info["id"]
         document = await self._read_json(request, patch=True)
+        limit = self.settings.max_patch_operations
+        if isinstance(document, list) and len(document) > limit:
+            raise ApiError(400, f"At most {limit} JSON Patch operations per request")
+        self._check_depth(document)
         try:
             operations = parse_operations(
                 document, allowed_roots=ALLOWED_PATCH_PATHS, roots_error=PATCH_PATHS_ERROR
             )
         except PatchError as exc:
             raise ApiError(400, str(exc)) from None
+        _refuse_secret_reads(operations)
         for _ in range(_PATCH_ATTEMPTS):
             raw = await self.store.get_raw(subscription_id)
             if raw is None:
                 raise SubscriptionNotFound(subscription_id)
+            stored = orjson.loads(raw)
             try:
-                patched = apply_patch(orjson.loads(raw), operations)
+                patched = apply_patch(stored, operations, max_bytes=self.settings.max_body_bytes)
             except PatchTestFailed as exc:
                 raise ApiError(409, f"JSON Patch test failed: {exc}") from None
+            except PatchTooLarge as exc:
+                raise ApiError(413, f"JSON Patch result too large: {exc}") from None
             except PatchError as exc:
                 raise ApiError(400, f"JSON Patch cannot be applied: {exc}") from None
+            _keep_hidden(patched, stored)
             try:
                 subscription = Subscription.model_validate(patched)
             except ValidationError as exc:
-                details = validation_details(exc)
+                details = self._bounded(validation_details(exc))
                 raise ApiError(400, _reason(details), details) from None
             await self._check_networks([subscription], [None])
             try:
-                await self.store.replace(subscription, expected=raw)
+                version = await self.store.replace(subscription, expected=raw)
             except ConcurrentModification:
                 continue  # another PATCH won the race: apply ours to its result
-            await self._changed()
-            return json_response(subscription.to_json())
+            await self._changed(version, {subscription.id: subscription.to_json_bytes()})
+            return json_response(public_json(subscription.to_json()))
         raise ConcurrentModification(subscription_id)
 
     async def delete_subscription(self, request: web.Request) -> web.StreamResponse:
         """``DELETE /subs/{id}``: 200, also for an unknown id."""
         self._authorize(request, write=True)
-        if await self.store.delete(request.match_info["id"]):
-            await self._changed()
+        subscription_id = request.match_info["id"]
+        removed, version = await self.store.delete_versioned(subscription_id)
+        if removed:
+            await self._changed(version, removed=[subscription_id])
         return web.Response(status=200)
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:

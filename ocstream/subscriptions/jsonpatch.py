@@ -6,8 +6,10 @@ document and, with ``allowed_roots``, that every ``path`` and ``from`` lies unde
 roots, matched by whole segments (``/senders`` and ``/senders/0``, not ``/sendersX``).
 
 Errors: :class:`PatchError` (a malformed patch, or an operation that cannot apply: a missing
-member, an index out of range) and its subclass :class:`PatchTestFailed` (a ``test`` operation
-whose value differs).
+member, an index out of range) and its subclasses :class:`PatchTestFailed` (a ``test`` operation
+whose value differs) and :class:`PatchTooLarge` (with ``max_bytes``: the document grew past it;
+checked after every operation, so a chain of ``copy`` operations that doubles the document each
+time stops as soon as it crosses the limit).
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
 
+import orjson
+
 __all__ = [
     "Operation",
     "PatchError",
     "PatchTestFailed",
+    "PatchTooLarge",
     "apply_patch",
     "parse_operations",
     "parse_pointer",
@@ -39,6 +44,15 @@ class PatchError(ValueError):
 
 class PatchTestFailed(PatchError):
     """A ``test`` operation found another value."""
+
+
+class PatchTooLarge(PatchError):
+    """The patched document would be larger than the limit."""
+
+
+def _size(value: Any) -> int:
+    """The size of ``value`` as compact JSON, in bytes."""
+    return len(orjson.dumps(value))
 
 
 @dataclass(frozen=True)
@@ -114,17 +128,48 @@ def parse_operations(
     return operations
 
 
-def apply_patch(document: Any, operations: Sequence[Operation]) -> Any:
-    """``document`` with ``operations`` applied, in order, to a deep copy of it."""
+def apply_patch(
+    document: Any, operations: Sequence[Operation], *, max_bytes: int | None = None
+) -> Any:
+    """``document`` with ``operations`` applied, in order, to a deep copy of it. With
+    ``max_bytes``, :class:`PatchTooLarge` as soon as the result (as compact JSON) would be
+    larger."""
     result = copy.deepcopy(document)
+    size = _size(result) if max_bytes is not None else 0
     for position, operation in enumerate(operations):
         try:
+            if max_bytes is not None:
+                size += _growth(result, operation)
+                if size > max_bytes:
+                    raise PatchTooLarge(f"the result would be larger than {max_bytes} bytes")
             result = _apply(result, operation)
+        except PatchTooLarge as exc:
+            raise PatchTooLarge(f"operation {position} ({operation.describe()}): {exc}") from None
         except PatchTestFailed as exc:
             raise PatchTestFailed(f"operation {position} ({operation.describe()}): {exc}") from None
         except PatchError as exc:
             raise PatchError(f"operation {position} ({operation.describe()}): {exc}") from None
     return result
+
+
+def _growth(document: Any, operation: Operation) -> int:
+    """About how many bytes ``operation`` adds to ``document`` (negative: removes), measured
+    before it runs, without copying anything."""
+    op = operation.op
+    if op in ("test", "move"):
+        return 0
+    tokens = parse_pointer(operation.path)
+    removed = 0
+    if op in ("remove", "replace"):
+        removed = _size(_get(document, tokens))
+        if op == "remove":
+            return -removed
+    if op == "copy":
+        assert operation.from_ is not None
+        added = _size(_get(document, parse_pointer(operation.from_)))
+    else:
+        added = _size(operation.value)
+    return added + 1 - removed  # + 1: the comma before a new member
 
 
 def _apply(document: Any, operation: Operation) -> Any:

@@ -40,6 +40,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ..sinks.templates import TemplateError, compile_template
 from ..xcm.notifications import NOTIFICATION_TYPES
 from ..xcm.ss58 import public_key_of
 
@@ -51,6 +52,7 @@ __all__ = [
     "Subscription",
     "WebhookChannel",
     "WebsocketChannel",
+    "public_json",
     "unknown_networks",
 ]
 
@@ -234,6 +236,17 @@ class WebhookChannel(_Strict):
     @classmethod
     def _events(cls, value: str | list[str] | None) -> str | list[str] | None:
         return None if value is None else _check_events(value)
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        # Compiled here, so a template that cannot work is a 400 now, not a dead letter later.
+        if value is not None:
+            try:
+                compile_template(value)
+            except TemplateError as exc:
+                raise _error("template", f"template: {exc}") from None
+        return value
 
     @field_validator("secret")
     @classmethod
@@ -477,6 +490,24 @@ def unknown_networks(subscription: Subscription, known: Iterable[str]) -> list[s
     destinations = [urn for urn in subscription.destinations if not urn.startswith(_ETHEREUM)]
     wanted = [subscription.origin, *destinations]
     return [urn for urn in _dedup(wanted) if urn not in known_set]
+
+
+def public_json(subscription: dict[str, Any]) -> dict[str, Any]:
+    """A subscription's JSON as answers show it: each channel's ``secret`` and ``bearer``
+    replaced by ``"hasSecret": true`` and ``"hasBearer": true`` (a copy; the input is kept)."""
+    channels = subscription.get("channels")
+    if not isinstance(channels, list):
+        return subscription
+    shown: list[Any] = []
+    for channel in channels:
+        if isinstance(channel, dict) and ("secret" in channel or "bearer" in channel):
+            channel = dict(channel)
+            if channel.pop("secret", None) is not None:
+                channel["hasSecret"] = True
+            if channel.pop("bearer", None) is not None:
+                channel["hasBearer"] = True
+        shown.append(channel)
+    return {**subscription, "channels": shown}
 
 
 _ETHEREUM: Final = "urn:ocn:ethereum:"

@@ -7,7 +7,9 @@ lines of JavaScript that list the paths, methods, parameters, bodies and respons
 
 from __future__ import annotations
 
+import copy
 import html
+import json
 from typing import Any, Final, Literal
 
 import orjson
@@ -61,13 +63,16 @@ class PatchOperation(BaseModel):
 
 def _error_responses(*statuses: int) -> dict[str, Any]:
     text = {
-        400: "invalid request: bad JSON, schema errors (with details), unknown network",
+        400: "invalid request: bad JSON, schema errors (with details), unknown network, a limit "
+        "(batch size, patch operations, nesting), a template that does not compile",
         401: "missing or wrong bearer token",
         404: "no such subscription",
+        408: "the body did not arrive in time",
         409: "duplicate id, a failed JSON Patch test, or a concurrent change",
-        413: "body larger than the limit",
-        415: "body is not JSON",
-        429: "subscription limit reached",
+        413: "body (or the patched subscription) larger than the limit",
+        415: "no content type, or not JSON",
+        421: "Host header not allowed",
+        429: "subscription limit reached (in all, or for this client)",
         503: "Redis unavailable",
     }
     return {
@@ -77,6 +82,29 @@ def _error_responses(*statuses: int) -> dict[str, Any]:
         }
         for status in statuses
     }
+
+
+def _add_shown_schemas(schemas: dict[str, Any]) -> None:
+    """``ShownSubscription``: a subscription as answers show it, each webhook channel's
+    ``secret`` and ``bearer`` replaced by the ``hasSecret`` and ``hasBearer`` flags."""
+    hook = copy.deepcopy(schemas["WebhookChannel"])
+    properties = hook["properties"]
+    for member, flag in (("secret", "hasSecret"), ("bearer", "hasBearer")):
+        properties.pop(member, None)
+        properties[flag] = {
+            "type": "boolean",
+            "const": True,
+            "description": f"present when the channel has a {member}, which is never shown; "
+            "sent back in a PATCH, it keeps the stored value",
+        }
+    hook["title"] = "ShownWebhookChannel"
+    schemas["ShownWebhookChannel"] = hook
+    text = json.dumps(schemas["Subscription"]).replace(
+        '"#/components/schemas/WebhookChannel"', '"#/components/schemas/ShownWebhookChannel"'
+    )
+    shown = json.loads(text)
+    shown["title"] = "ShownSubscription"
+    schemas["ShownSubscription"] = shown
 
 
 def openapi_document(
@@ -92,7 +120,9 @@ def openapi_document(
         ref_template="#/components/schemas/{model}",
     )
     schemas: dict[str, Any] = top["$defs"]
+    _add_shown_schemas(schemas)
     sub_ref = {"$ref": "#/components/schemas/Subscription"}
+    shown_ref = {"$ref": "#/components/schemas/ShownSubscription"}
     write: list[dict[str, list[str]]] = [{"bearer": []}] if secured_writes else []
     read: list[dict[str, list[str]]] = [{"bearer": []}] if secured_reads else []
     id_param = {
@@ -101,7 +131,7 @@ def openapi_document(
         "required": True,
         "schema": {"type": "string", "pattern": r"^[A-Za-z0-9:.\-_]{1,100}$"},
     }
-    json_body = {"application/json": {"schema": sub_ref}}
+    json_body = {"application/json": {"schema": shown_ref}}
     paths: dict[str, Any] = {
         "/subs": {
             "get": {
@@ -110,12 +140,12 @@ def openapi_document(
                 "security": read,
                 "responses": {
                     "200": {
-                        "description": "every stored subscription, as created",
+                        "description": "every stored subscription, as created (secrets hidden)",
                         "content": {
-                            "application/json": {"schema": {"type": "array", "items": sub_ref}}
+                            "application/json": {"schema": {"type": "array", "items": shown_ref}}
                         },
                     },
-                    **_error_responses(401, 503),
+                    **_error_responses(401, 421, 503),
                 },
             },
             "post": {
@@ -137,19 +167,19 @@ def openapi_document(
                 },
                 "responses": {
                     "201": {"description": "created; empty body"},
-                    **_error_responses(400, 401, 409, 413, 415, 429, 503),
+                    **_error_responses(400, 401, 408, 409, 413, 415, 421, 429, 503),
                 },
             },
         },
         "/subs/{id}": {
             "parameters": [id_param],
             "get": {
-                "summary": "One subscription, as created",
+                "summary": "One subscription, as created (secrets hidden)",
                 "operationId": "getSubscription",
                 "security": read,
                 "responses": {
                     "200": {"description": "the subscription", "content": json_body},
-                    **_error_responses(401, 404, 503),
+                    **_error_responses(401, 404, 421, 503),
                 },
             },
             "patch": {
@@ -170,7 +200,7 @@ def openapi_document(
                 },
                 "responses": {
                     "200": {"description": "the updated subscription", "content": json_body},
-                    **_error_responses(400, 401, 404, 409, 413, 415, 503),
+                    **_error_responses(400, 401, 404, 408, 409, 413, 415, 421, 503),
                 },
             },
             "delete": {
@@ -179,7 +209,7 @@ def openapi_document(
                 "security": write,
                 "responses": {
                     "200": {"description": "deleted, or was not there; empty body"},
-                    **_error_responses(401, 503),
+                    **_error_responses(401, 421, 503),
                 },
             },
         },

@@ -7,14 +7,22 @@ key                        type    content
 ``{prefix}subs``           hash    subscription id -> its JSON as the user gave it
 ``{prefix}subs:version``   string  counter, incremented by every change
 ``{prefix}subs:changed``   pubsub  the new version, published by every change
+``{prefix}subs:owner``     hash    subscription id -> the client that created it
+``{prefix}subs:owned``     hash    client -> how many subscriptions it holds
 =========================  ======  ==========================================================
 
-Every change is one Lua script (check, write, ``INCR`` the version, ``PUBLISH`` it), so a batch
-is created all or nothing and two workers cannot both take the last slot under the limit.
+A client is what :func:`ocstream.guard.client_key` makes of a request (its bearer token, else
+its address); the per-client limit counts what a client created and still exists.
 
-:class:`LiveSubscriptions` keeps every worker's cache in step: a message on the channel wakes
-it at once, and it also polls the version every ``poll_interval`` (1 s) in case a message was
-lost (a pub/sub connection that broke, a Redis restart). A full reload also runs every
+Every change is one Lua script (check, write, ``INCR`` the version, ``PUBLISH`` it), so a batch
+is created all or nothing and two workers cannot both take the last slot under the limit. The
+message is the new version followed by the ids it changed (``"42 sub-a sub-b"``).
+
+:class:`LiveSubscriptions` keeps every worker's cache in step, one change at a time: a message
+that follows the loaded version reads just the ids it names (``HMGET``), and the API hands the
+worker that wrote a change the new JSON directly (:meth:`LiveSubscriptions.apply`). A message
+that does not follow (one was lost) triggers a full reload, and so does a version that moved
+while no message came for a whole ``poll_interval`` (1 s) poll. A full reload also runs every
 ``resync_interval`` (60 s), for a Redis that lost its data and counted its version up again.
 """
 
@@ -86,7 +94,10 @@ class TooManySubscriptions(SubscriptionError):
     status = 429
 
     def __init__(self, kind: str, limit: int) -> None:
-        super().__init__("too many subscriptions")
+        if kind == "client":
+            super().__init__(f"too many subscriptions for this client (at most {limit})")
+        else:
+            super().__init__("too many subscriptions")
         self.kind = kind
         self.limit = limit
 
@@ -110,15 +121,18 @@ class SubscriptionLimits(BaseModel):
     max_persistent: int = Field(default=5000, ge=0)
     #: Ephemeral (websocket) subscriptions, per worker process.
     max_ephemeral: int = Field(default=5000, ge=0)
+    #: Persistent subscriptions one client may hold (0: no per-client limit).
+    max_persistent_per_client: int = Field(default=1000, ge=0)
 
 
 # --- Lua ----------------------------------------------------------------------------------------
 
-# KEYS: subs hash, version. ARGV: limit, channel, then id, json pairs.
+# KEYS: subs hash, version, owner hash, owned counts.
+# ARGV: limit, channel, per-client limit (0: none), owner ('' = none), then id, json pairs.
 _CREATE = """
-local n = (#ARGV - 2) / 2
+local n = (#ARGV - 4) / 2
 local seen = {}
-for i = 3, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local id = ARGV[i]
   if seen[id] or redis.call('HEXISTS', KEYS[1], id) == 1 then
     return {'duplicate', id}
@@ -129,11 +143,27 @@ local count = redis.call('HLEN', KEYS[1])
 if count + n > tonumber(ARGV[1]) then
   return {'limit', tostring(count)}
 end
-for i = 3, #ARGV, 2 do
+local owner = ARGV[4]
+local per_client = tonumber(ARGV[3])
+if owner ~= '' and per_client > 0 then
+  local owned = tonumber(redis.call('HGET', KEYS[4], owner) or '0')
+  if owned + n > per_client then
+    return {'client-limit', tostring(owned)}
+  end
+end
+local ids = {}
+for i = 5, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  if owner ~= '' then
+    redis.call('HSET', KEYS[3], ARGV[i], owner)
+  end
+  ids[#ids + 1] = ARGV[i]
+end
+if owner ~= '' then
+  redis.call('HINCRBY', KEYS[4], owner, n)
 end
 local version = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', ARGV[2], version)
+redis.call('PUBLISH', ARGV[2], version .. ' ' .. table.concat(ids, ' '))
 return {'ok', tostring(version)}
 """
 
@@ -151,21 +181,37 @@ if current == ARGV[2] then
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local version = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', ARGV[4], version)
+redis.call('PUBLISH', ARGV[4], version .. ' ' .. ARGV[1])
 return {'ok', tostring(version)}
 """
 
-# KEYS: subs hash, version. ARGV: channel, ids.
+# KEYS: subs hash, version, owner hash, owned counts. ARGV: channel, ids.
+# Returns {removed, version}.
 _DELETE = """
 local removed = 0
+local ids = {}
 for i = 2, #ARGV do
-  removed = removed + redis.call('HDEL', KEYS[1], ARGV[i])
+  local gone = redis.call('HDEL', KEYS[1], ARGV[i])
+  removed = removed + gone
+  if gone == 1 then
+    ids[#ids + 1] = ARGV[i]
+  end
+  local owner = redis.call('HGET', KEYS[3], ARGV[i])
+  if owner then
+    redis.call('HDEL', KEYS[3], ARGV[i])
+    if gone == 1 and redis.call('HINCRBY', KEYS[4], owner, -1) <= 0 then
+      redis.call('HDEL', KEYS[4], owner)
+    end
+  end
 end
+local version
 if removed > 0 then
-  local version = redis.call('INCR', KEYS[2])
-  redis.call('PUBLISH', ARGV[1], version)
+  version = redis.call('INCR', KEYS[2])
+  redis.call('PUBLISH', ARGV[1], version .. ' ' .. table.concat(ids, ' '))
+else
+  version = tonumber(redis.call('GET', KEYS[2]) or '0')
 end
-return removed
+return {removed, version}
 """
 
 
@@ -204,6 +250,8 @@ class SubscriptionStore:
         self.hash_key = f"{prefix}subs"
         self.version_key = f"{prefix}subs:version"
         self.channel = f"{prefix}subs:changed"
+        self.owner_key = f"{prefix}subs:owner"
+        self.owned_key = f"{prefix}subs:owned"
         self._create = client.register_script(_CREATE)
         self._replace = client.register_script(_REPLACE)
         self._delete = client.register_script(_DELETE)
@@ -211,14 +259,22 @@ class SubscriptionStore:
     async def create(self, subscription: Subscription) -> int:
         return await self.create_many([subscription])
 
-    async def create_many(self, subscriptions: Sequence[Subscription]) -> int:
+    async def create_many(
+        self, subscriptions: Sequence[Subscription], *, owner: str | None = None
+    ) -> int:
         """Store every subscription, or none: a duplicate id (in the batch or already stored)
-        raises :class:`DuplicateSubscription`, going over the limit
-        :class:`TooManySubscriptions`. Returns the new version."""
+        raises :class:`DuplicateSubscription`, going over the limit (the global one, or with
+        ``owner`` the per-client one) :class:`TooManySubscriptions`. Returns the new version."""
         if not subscriptions:
             raise ValueError("no subscriptions to create")
         seen: set[str] = set()
-        args: list[str | bytes | int] = [self.limits.max_persistent, self.channel]
+        per_client = self.limits.max_persistent_per_client
+        args: list[str | bytes | int] = [
+            self.limits.max_persistent,
+            self.channel,
+            per_client,
+            owner or "",
+        ]
         for subscription in subscriptions:
             if subscription.is_ephemeral:
                 raise SubscriptionError("ephemeral subscriptions are not stored")
@@ -228,12 +284,18 @@ class SubscriptionStore:
             args += [subscription.id, subscription.to_json_bytes()]
         if len(subscriptions) > self.limits.max_persistent:
             raise TooManySubscriptions("persistent", self.limits.max_persistent)
-        status, value = await self._create(keys=[self.hash_key, self.version_key], args=args)
+        if owner and per_client and len(subscriptions) > per_client:
+            raise TooManySubscriptions("client", per_client)
+        status, value = await self._create(
+            keys=[self.hash_key, self.version_key, self.owner_key, self.owned_key], args=args
+        )
         status, value = _text(status), _text(value)
         if status == "duplicate":
             raise DuplicateSubscription(value)
         if status == "limit":
             raise TooManySubscriptions("persistent", self.limits.max_persistent)
+        if status == "client-limit":
+            raise TooManySubscriptions("client", per_client)
         return int(value)
 
     async def get_raw(self, subscription_id: str) -> bytes | None:
@@ -275,10 +337,21 @@ class SubscriptionStore:
 
     async def delete(self, subscription_id: str) -> bool:
         """Remove a subscription; True if it existed. Deleting an unknown id is no error."""
-        removed = await self._delete(
-            keys=[self.hash_key, self.version_key], args=[self.channel, subscription_id]
+        removed, _ = await self.delete_versioned(subscription_id)
+        return removed
+
+    async def delete_versioned(self, subscription_id: str) -> tuple[bool, int]:
+        """:meth:`delete`, also returning the version after it."""
+        removed, version = await self._delete(
+            keys=[self.hash_key, self.version_key, self.owner_key, self.owned_key],
+            args=[self.channel, subscription_id],
         )
-        return int(removed) > 0
+        return int(removed) > 0, int(version)
+
+    async def owned(self, owner: str) -> int:
+        """How many stored subscriptions ``owner`` created."""
+        raw = await self.client.hget(self.owned_key, owner)
+        return 0 if raw is None else int(_text(raw))
 
     async def count(self) -> int:
         return int(await self.client.hlen(self.hash_key))
@@ -385,14 +458,18 @@ class LiveSubscriptions:
         self._version: int | None = None
         self._raw: dict[str, bytes] = {}
         self._subscriptions: dict[str, Subscription] = {}
-        self._by_origin: dict[str, tuple[Subscription, ...]] = {}
+        self._by_origin: dict[str, dict[str, Subscription]] = {}
         self._listeners: list[ChangeListener] = []
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_full = 0.0
+        self._stalled: int | None = None
         self._stopping = False
+        #: Full reloads done (the first load included), and changes taken in one by one.
+        self.reloads = 0
+        self.increments = 0
 
     # --- lifecycle ---
 
@@ -462,7 +539,9 @@ class LiveSubscriptions:
         chain = origin.get("chainId") if isinstance(origin, Mapping) else None
         if not isinstance(chain, str):
             return []
-        candidates = [*self._by_origin.get(chain, ()), *self.ephemeral.with_origin(chain)]
+        same_origin = self._by_origin.get(chain)
+        persistent = same_origin.values() if same_origin is not None else ()
+        candidates = [*persistent, *self.ephemeral.with_origin(chain)]
         return [subscription for subscription in candidates if subscription.matches(notification)]
 
     def __len__(self) -> int:
@@ -470,14 +549,21 @@ class LiveSubscriptions:
 
     # --- loading ---
 
-    async def refresh(self, *, force: bool = False) -> bool:
+    async def refresh(self, *, force: bool = False, grace: bool = False) -> bool:
         """Reload the persistent subscriptions if their version moved (always with ``force``).
-        Returns whether a reload happened."""
+        With ``grace`` (the periodic poll), a moved version is reloaded only if it was already
+        behind at the previous poll with nothing taken in since: the change messages usually
+        bring it in one change at a time. Returns whether a reload happened."""
         async with self._lock:
             if not force and self._version is not None:
                 current = await self.client.get(self.version_key)
                 if (0 if current is None else int(_text(current))) == self._version:
+                    self._stalled = None
                     return False
+                if grace and self._stalled != self._version:
+                    self._stalled = self._version
+                    return False
+            self._stalled = None
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.get(self.version_key)
                 pipe.hgetall(self.hash_key)
@@ -485,10 +571,113 @@ class LiveSubscriptions:
             version = 0 if version_raw is None else int(_text(version_raw))
             changes = self._load(version, {_text(k): _bytes(v) for k, v in entries.items()})
             self._last_full = time.monotonic()
+            self.reloads += 1
             self._ready.set()
         if changes:
             await self._tell(changes)
         return True
+
+    async def apply(
+        self,
+        version: int,
+        upserts: Mapping[str, bytes] | None = None,
+        removed: Iterable[str] = (),
+    ) -> bool:
+        """Take in a change this process just wrote (the API), without reloading every
+        subscription: ``upserts`` (id -> stored JSON) and ``removed`` ids, which the store
+        reported as ``version``. Applied only if it is the one change after the loaded version
+        (False otherwise: call :meth:`refresh`, which reloads everything). A version already
+        loaded is a no-op (True)."""
+        async with self._lock:
+            if self._version is None:
+                return False
+            if version <= self._version:
+                return True
+            if version != self._version + 1:
+                return False
+            changes = self._apply(version, dict(upserts or {}), set(removed))
+        if changes:
+            await self._tell(changes)
+        return True
+
+    async def apply_ids(self, version: int, ids: Sequence[str]) -> bool:
+        """Take in the change a message announced: ``ids`` changed at ``version``; reads just
+        those (a missing one was deleted). Same rules as :meth:`apply`."""
+        async with self._lock:
+            if self._version is None:
+                return False
+            if version <= self._version:
+                return True
+            if version != self._version + 1:
+                return False
+            values = await self.client.hmget(self.hash_key, list(ids))
+            upserts = {i: _bytes(v) for i, v in zip(ids, values, strict=True) if v is not None}
+            removed = {i for i, v in zip(ids, values, strict=True) if v is None}
+            changes = self._apply(version, upserts, removed)
+        if changes:
+            await self._tell(changes)
+        return True
+
+    async def _on_message(self, data: Any) -> None:
+        """A change message: ``"<version> <id> ..."``; anything else, or a change that does
+        not follow the loaded version, wakes the refresher for a full reload."""
+        parts = _text(data).split()
+        try:
+            version = int(parts[0])
+        except (IndexError, ValueError):
+            version = -1
+        done = False
+        if version >= 0 and len(parts) > 1:
+            try:
+                done = await self.apply_ids(version, parts[1:])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("subscriptions: taking in change %s failed (%s)", version, exc)
+        if not done:
+            self._wake.set()
+
+    def _apply(
+        self, version: int, upserts: dict[str, bytes], removed: set[str]
+    ) -> SubscriptionChanges:
+        """Change the cache for these ids only: O(changed ids), whatever the total."""
+        added: set[str] = set()
+        updated: set[str] = set()
+        gone: set[str] = set()
+        for subscription_id in removed:
+            self._forget(subscription_id)
+            if self._raw.pop(subscription_id, None) is not None:
+                gone.add(subscription_id)
+        for subscription_id, value in upserts.items():
+            previous = self._raw.get(subscription_id)
+            if previous == value:
+                continue
+            self._forget(subscription_id)
+            self._raw[subscription_id] = value
+            (added if previous is None else updated).add(subscription_id)
+            try:
+                subscription = _parse(value)
+            except ValidationError as exc:
+                log.warning(
+                    "subscription %s in Redis is invalid, skipped: %s", subscription_id, exc
+                )
+                continue
+            self._subscriptions[subscription_id] = subscription
+            self._by_origin.setdefault(subscription.origin, {})[subscription_id] = subscription
+        self.increments += 1
+        self._version = version
+        return SubscriptionChanges(
+            added=frozenset(added), updated=frozenset(updated), removed=frozenset(gone)
+        )
+
+    def _forget(self, subscription_id: str) -> None:
+        old = self._subscriptions.pop(subscription_id, None)
+        if old is not None:
+            same_origin = self._by_origin.get(old.origin)
+            if same_origin is not None:
+                same_origin.pop(subscription_id, None)
+                if not same_origin:
+                    del self._by_origin[old.origin]
 
     def _load(self, version: int, raw: dict[str, bytes]) -> SubscriptionChanges:
         old_raw = self._raw
@@ -504,9 +693,9 @@ class LiveSubscriptions:
                 log.warning(
                     "subscription %s in Redis is invalid, skipped: %s", subscription_id, exc
                 )
-        by_origin: dict[str, list[Subscription]] = {}
+        by_origin: dict[str, dict[str, Subscription]] = {}
         for subscription in subscriptions.values():
-            by_origin.setdefault(subscription.origin, []).append(subscription)
+            by_origin.setdefault(subscription.origin, {})[subscription.id] = subscription
         changes = SubscriptionChanges(
             added=frozenset(raw.keys() - old_raw.keys()),
             updated=frozenset(k for k in raw.keys() & old_raw.keys() if raw[k] != old_raw[k]),
@@ -514,7 +703,7 @@ class LiveSubscriptions:
         )
         self._raw = raw
         self._subscriptions = subscriptions
-        self._by_origin = {origin: tuple(subs) for origin, subs in by_origin.items()}
+        self._by_origin = by_origin
         if self._version != version or changes:
             log.debug("subscriptions: version %s, %d persistent", version, len(subscriptions))
         self._version = version
@@ -538,10 +727,11 @@ class LiveSubscriptions:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_interval):
                     await self._wake.wait()
+            woken = self._wake.is_set()  # asked for (a lost message): no grace
             self._wake.clear()
             try:
                 force = time.monotonic() - self._last_full >= self.resync_interval
-                await self.refresh(force=force)
+                await self.refresh(force=force, grace=not woken)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -566,8 +756,8 @@ class LiveSubscriptions:
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=max(self.poll_interval, 0.1)
                     )
-                    if message is not None:
-                        self._wake.set()
+                    if message is not None and message.get("type") == "message":
+                        await self._on_message(message["data"])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

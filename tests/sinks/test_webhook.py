@@ -302,6 +302,69 @@ async def test_template_with_a_missing_property_is_a_dead_letter(env: Env, recei
     assert dispatcher.counters["retries_scheduled"] == 0
 
 
+async def test_a_template_that_recurses_too_deeply_is_a_dead_letter_at_once(
+    env: Env, receivers: Any
+) -> None:
+    # A subscription stored before templates were compiled at POST (the API refuses this one
+    # now): 500 chained {{else if}} made the compiler recurse 2,500 frames deep.
+    receiver = await receivers()
+    chain = "{{#if type}}x" + "{{else if type}}y" * 500 + "{{/if}}"
+    env.subs.webhook("sub-1", receiver.url, template=chain)
+    dispatcher = await env.started()
+    await dispatcher.enqueue("sub-1", 0, notification(6))
+    await until(lambda: dispatcher.counters["dead_letters"] == 1)
+    [dead] = await dispatcher.dead_letters()
+    assert dead["reason"].startswith("template: blocks nested deeper than 64 levels")
+    assert dead["attempts"] == 1 and receiver.requests == []
+    assert dispatcher.counters["template_errors"] == 1
+    await settle(0.3)
+    assert (await dispatcher.gauges())["due"] == 0  # nothing left to retry
+
+
+async def test_an_unexpected_failure_is_retried_on_the_schedule_then_dead_lettered(
+    env: Env, receivers: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver = await receivers()
+    calls = 0
+
+    def deep(n: int) -> int:
+        return deep(n + 1)
+
+    class Channel(dict[str, Any]):
+        """A channel whose bearer lookup hits a bug (a RecursionError) every time."""
+
+        def get(self, key: str, default: Any = None) -> Any:
+            nonlocal calls
+            if key == "bearer":
+                calls += 1
+                deep(0)
+            return super().get(key, default)
+
+    async def broken(subscription_id: str) -> dict[str, Any] | None:
+        sub = env.subs.webhook(subscription_id, receiver.url)
+        sub["channels"] = [Channel(sub["channels"][0])]
+        return sub
+
+    dispatcher = WebhookDispatcher(
+        env.client,
+        env.prefix,
+        WebhookSettings(schedule=FAST, allow_private_targets=True, poll_interval=0.05),
+        get_subscription=broken,
+    )
+    env.dispatchers.append(dispatcher)
+    await dispatcher.start()
+    await dispatcher.enqueue("sub-1", 0, notification(7))
+    await until(lambda: dispatcher.counters["dead_letters"] == 1)
+    [dead] = await dispatcher.dead_letters()
+    assert dead["attempts"] == len(FAST) == calls
+    assert dead["reason"].startswith("gave up after 3 attempts: internal error: RecursionError")
+    assert receiver.requests == []
+    # Each failure is logged with its innermost frames only, not thousands of lines.
+    failures = [r for r in caplog.records if "failed unexpectedly" in r.getMessage()]
+    assert len(failures) == 3
+    assert all(len(r.getMessage().splitlines()) < 60 for r in failures)
+
+
 # -- retries
 
 

@@ -84,12 +84,20 @@ async def test_create_one_and_read_it_back_exactly(server: Server) -> None:
     )
     reply = await server.post("/subs", given)
     assert (reply.status, reply.body) == (201, b"")
+    # As posted (senders as written, no defaults added), except that the secret and the
+    # bearer are never shown again.
+    shown = copy.deepcopy(given)
+    hook = shown["channels"][0]
+    del hook["bearer"], hook["secret"]
+    hook.update(hasBearer=True, hasSecret=True)
     for path in ("/subs/ah-transfers", "/subs/ah-transfers/"):
         reply = await server.get(path)
         assert reply.status == 200 and reply.content_type == "application/json"
-        assert reply.json() == given  # as posted: senders as written, no defaults added
+        assert reply.json() == shown
     for path in ("/subs", "/subs/"):
-        assert (await server.get(path)).json() == [given]
+        assert (await server.get(path)).json() == [shown]
+    # Stored (and used) as given.
+    assert orjson.loads(await server.store.get_raw("ah-transfers") or b"") == given
     # This worker's live filters have it before the answer went out.
     assert server.live.get("ah-transfers") is not None
 
@@ -239,9 +247,12 @@ async def test_invalid_bodies_are_refused_with_a_reason(
     ("raw", "headers", "status", "text"),
     [
         (b'{"id": "a",', {"Content-Type": "application/json"}, 400, "not valid JSON"),
-        (b"{'id': 'a'}", {}, 400, "not valid JSON"),
-        (b'{"outboundTTL": NaN}', {}, 400, "not valid JSON"),
-        (b"\xff\xfe", {}, 400, "not valid JSON"),
+        (b"{'id': 'a'}", {"Content-Type": "application/json"}, 400, "not valid JSON"),
+        (b'{"outboundTTL": NaN}', {"Content-Type": "application/json"}, 400, "not valid JSON"),
+        (b"\xff\xfe", {"Content-Type": "application/json"}, 400, "not valid JSON"),
+        # Raw bytes (aiohttp's default type for them) and untyped bodies are refused: a
+        # browser may send those cross-site without asking first.
+        (b'{"id": "a"}', {}, 415, "'application/octet-stream': expected application/json"),
         (b'"unterminated', {"Content-Type": "application/json-patch+json"}, 400, "not valid JSON"),
         (b"", {"Content-Type": "application/json"}, 400, "empty"),
         (
@@ -265,17 +276,20 @@ async def test_json_content_types_with_parameters_are_accepted(server: Server) -
         body = orjson.dumps(sub(uuid.uuid4().hex))
         reply = await server.post("/subs", raw=body, headers={"Content-Type": content_type})
         assert reply.status == 201
-    # Raw bytes (aiohttp's default type for them): parsed as JSON too.
-    reply = await server.post("/subs", raw=orjson.dumps(sub("plain")), headers={})
-    assert reply.status == 201
-    # And no content type at all.
+    # No content type at all: 415 (as for any type that is not JSON).
     async with server.session.post(
         server.base + "/subs",
         data=orjson.dumps(sub("untyped")),
         skip_auto_headers=["Content-Type"],
     ) as response:
-        assert response.status == 201
         assert "Content-Type" not in response.request_info.headers
+        assert response.status == 415
+        reason = (await response.json())["reason"]
+        assert reason == "Missing Content-Type: expected application/json"
+    async with server.session.patch(
+        server.base + "/subs/x", data=b"[]", skip_auto_headers=["Content-Type"]
+    ) as response:
+        assert response.status == 415
 
 
 async def test_bodies_over_the_limit_are_413(serve: ServeFactory) -> None:

@@ -109,9 +109,28 @@
     }
   }
 
+  // A read token for workers that require one (docs/security.md): opened as
+  // /dashboard/#token=<token>, kept for this tab's session, never sent in a URL but the
+  // websocket's (browsers cannot set headers there).
+  const TOKEN_KEY = "ocstream-read-token";
+  const readToken = (function () {
+    const match = /(?:^#|&)token=([^&]+)/.exec(window.location.hash);
+    try {
+      if (match) {
+        sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
+        history.replaceState(null, "", window.location.pathname + window.location.search);
+      }
+      return sessionStorage.getItem(TOKEN_KEY);
+    } catch (error) {
+      return match ? decodeURIComponent(match[1]) : null;
+    }
+  })();
+
   async function getJson(path) {
     const url = new URL(`../${path}`, window.location.href);
-    const response = await fetch(url, { headers: { Accept: "application/json" }, cache: "no-store" });
+    const headers = { Accept: "application/json" };
+    if (readToken) headers.Authorization = `Bearer ${readToken}`;
+    const response = await fetch(url, { headers, cache: "no-store" });
     if (!response.ok) throw new HttpError(`GET /${path}`, response.status);
     return response.json();
   }
@@ -557,6 +576,7 @@
     const destinations = selectedDestinations();
     const url = new URL("../ws/subs", window.location.href);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    if (readToken) url.searchParams.set("access_token", readToken);
     feed.wanted = true;
     feedStatus("connecting…", "pending");
     let socket;
