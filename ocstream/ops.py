@@ -1,4 +1,4 @@
-"""Operations views of the worker: ``/health``, the delivery part of ``/metrics``, the admin
+"""Operations views of the worker: ``/health``, the admin
 routes (webhook dead letters) and ``/topology.json``.
 
 ``/health`` answers 200 when Redis answers, with the freshness of each network's tip and this
@@ -21,7 +21,7 @@ from faust.web import Request, Response, View
 
 from .dataflow import describe
 
-__all__ = ["register_ops", "render_delivery_metrics"]
+__all__ = ["consumer_lag", "register_ops"]
 
 STARTED = time.time()
 
@@ -65,51 +65,6 @@ def consumer_lag(app: Any) -> dict[str, int]:
             done = position + 1 if position is not None else 0
         lag[f"{tp.topic}:{tp.partition}"] = max(0, int(highwater - done))
     return lag
-
-
-def render_delivery_metrics(app: Any) -> str:
-    """Prometheus text for subscriptions, deliveries and webhooks (``oc_*`` names)."""
-    lines: list[str] = []
-    live = getattr(app, "subscriptions_live", None)
-    if live is not None:
-        persistent = len(live.persistent())
-        ephemeral = len(live.all()) - persistent
-        lines += [
-            "# TYPE oc_active_subscriptions_count gauge",
-            f'oc_active_subscriptions_count{{type="persistent"}} {persistent}',
-            f'oc_active_subscriptions_count{{type="ephemeral"}} {ephemeral}',
-        ]
-    delivery = getattr(app, "delivery", None)
-    if delivery is not None:
-        lines.append("# TYPE oc_notifier_notification_total counter")
-        for name, value in sorted(delivery.counters.items()):
-            if name.startswith("delivered_"):
-                kind = name.removeprefix("delivered_")
-                lines.append(f'oc_notifier_notification_total{{type="{kind}"}} {value}')
-        for name in ("late", "duplicates", "errors", "subscription_timeouts"):
-            metric = f"oc_delivery_{name}_total"
-            lines += [f"# TYPE {metric} counter", f"{metric} {delivery.counters.get(name, 0)}"]
-    webhooks = getattr(app, "webhooks", None)
-    if webhooks is not None:
-        for name, value in sorted(webhooks.counters.items()):
-            metric = f"oc_webhook_{name}_total"
-            lines += [f"# TYPE {metric} counter", f"{metric} {value}"]
-        for name, value in sorted(getattr(app, "webhook_gauges", {}).items()):
-            metric = f"oc_webhook_{name}"
-            lines += [f"# TYPE {metric} gauge", f"{metric} {value}"]
-    hub = getattr(app, "websocket_hub", None)
-    if hub is not None:
-        lines.append("# TYPE oc_socket_listener_count gauge")
-        for kind, count in sorted(hub.clients_by_type().items()):
-            lines.append(f'oc_socket_listener_count{{type="{kind}"}} {count}')
-    lag = consumer_lag(app) if getattr(app, "consumer", None) is not None else {}
-    lines.append("# TYPE ocstream_consumer_lag_records gauge")
-    for key, behind in lag.items():
-        topic, partition = key.rsplit(":", 1)
-        lines.append(
-            f'ocstream_consumer_lag_records{{topic="{topic}",partition="{partition}"}} {behind}'
-        )
-    return "\n".join(lines) + "\n" if lines else ""
 
 
 def register_ops(app: Any, *, admin_tokens: tuple[str, ...], stale_after: float = 120.0) -> None:

@@ -5,7 +5,8 @@ names, types and label names with ``tests/data/metrics_before.json``: what the h
 exposition text of the code before ``ocstream/metrics.py`` (commit 2069286) gave for the same
 state. That file was written by running this module against that code, read-only:
 
-    PYTHONPATH=/path/to/checkout-of-2069286:. python -m tests.metrics_sample > tests/data/metrics_before.json
+    cd <this checkout>; PYTHONPATH=<checkout of 2069286>:. \
+        python -m tests.metrics_sample > tests/data/metrics_before.json
 
 (the ``__main__`` part calls the renderers that commit had: ``ocstream.web.render_metrics``,
 ``ocstream.ops.render_delivery_metrics`` and ``IngressMetrics.render``).
@@ -107,9 +108,7 @@ def sample_app() -> Any:
         webhooks=_Webhooks(),
         webhook_gauges=dict(WEBHOOK_GAUGES),
         subscriptions_live=_Live(),
-        websocket_hub=SimpleNamespace(
-            clients_by_type=lambda: {"ephemeral": 1, "persistent": 0}
-        ),
+        websocket_hub=SimpleNamespace(clients_by_type=lambda: {"ephemeral": 1, "persistent": 0}),
         ingress=ingress,
     )
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..metrics import CONTENT_TYPE as metrics_content_type
 from ..transport.client import connect
 from ..transport.writer import TopicWriter
 from .config import IngressConfig
@@ -85,7 +86,9 @@ class IngressService:
             return web.json_response(body, status=200 if body["redis"] else 503)
 
         async def metrics(request: web.Request) -> web.Response:
-            return web.Response(text=self.metrics.render(), content_type="text/plain")
+            return web.Response(
+                body=self.metrics.render(), headers={"Content-Type": metrics_content_type}
+            )
 
         app = web.Application()
         app.router.add_get("/health", health)
