@@ -119,13 +119,17 @@ class _Families(Collector):
         return self._produce()
 
 
-def render(*families: Callable[[], Iterable[Metric]]) -> bytes:
-    """Text exposition of :data:`REGISTRY` and of the families the callables yield."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(REGISTRY.collect))
+def render(
+    *families: Callable[[], Iterable[Metric]], registry: CollectorRegistry | None = REGISTRY
+) -> bytes:
+    """Text exposition of ``registry`` (:data:`REGISTRY`; None: none) and of the families the
+    callables yield."""
+    combined = CollectorRegistry(auto_describe=False)
+    if registry is not None:
+        combined.register(_Families(registry.collect))
     for produce in families:
-        registry.register(_Families(produce))
-    return generate_latest(registry)
+        combined.register(_Families(produce))
+    return generate_latest(combined)
 
 
 def collect_worker(app: Any) -> Iterator[Metric]:
