@@ -1,5 +1,7 @@
-"""Operations views of the worker: ``/health``, the admin
-routes (webhook dead letters) and ``/topology.json``.
+"""Operations views of the worker: ``/health``, the admin routes (webhook dead letters),
+``/topology.json``, and the read-only views behind the dashboard: ``/xcm/notifications``,
+``/xcm/journeys``, ``/xcm/journeys/{id}`` (read back from the ``xcm-notifications`` topic, see
+:mod:`ocstream.recent`) and ``/webhooks/status``.
 
 ``/health`` answers 200 when Redis answers, with the freshness of each network's tip and this
 worker's consumer lag; 503 when Redis does not. A network whose last block is older than
@@ -19,7 +21,9 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
+from . import recent
 from .dataflow import describe
+from .transport.keys import Keyspace
 
 __all__ = ["consumer_lag", "register_ops"]
 
@@ -103,6 +107,102 @@ def register_ops(app: Any, *, admin_tokens: tuple[str, ...], stale_after: float 
     class TopologyView(View):
         async def get(self, request: Request) -> Response:
             return self.json(describe(self.app).to_dict())
+
+    def _limit(request: Request, default: int, most: int) -> int:
+        try:
+            return min(most, max(1, int(request.query.get("limit", str(default)))))
+        except ValueError:
+            raise ValueError("limit must be an integer") from None
+
+    async def _topic(app: Any) -> tuple[Any, Keyspace, int]:
+        from .web import _registry
+
+        client = _registry(app).client
+        keys = Keyspace(app.transport_settings.prefix)
+        default = int(app.conf.topic_partitions)
+        return (
+            client,
+            keys,
+            await recent.partitions_of(client, keys, recent.NOTIFICATIONS_TOPIC, default),
+        )
+
+    @app.page("/xcm/notifications")
+    class NotificationsView(View):
+        """The newest notifications of the whole group (``?limit=``, ``?origin=``)."""
+
+        async def get(self, request: Request) -> Response:
+            try:
+                limit = _limit(request, 50, 500)
+            except ValueError as exc:
+                return _error(self, 400, str(exc))
+            client, keys, partitions = await _topic(self.app)
+            origin = request.query.get("origin") or None
+            found = await recent.recent_notifications(
+                client, keys, partitions, limit=limit, origin=origin
+            )
+            return self.json(found)
+
+    @app.page("/xcm/journeys")
+    class JourneysView(View):
+        """The most recent journeys of the whole group (``?limit=``, at most 200)."""
+
+        async def get(self, request: Request) -> Response:
+            try:
+                limit = _limit(request, 20, 200)
+            except ValueError as exc:
+                return _error(self, 400, str(exc))
+            client, keys, partitions = await _topic(self.app)
+            return self.json(await recent.journeys(client, keys, partitions, limit=limit))
+
+    @app.page("/xcm/journeys/{journey_id}")
+    class JourneyView(View):
+        """One journey: its summary and its notifications in full."""
+
+        async def get(self, request: Request, journey_id: str) -> Response:
+            client, keys, partitions = await _topic(self.app)
+            found = await recent.journey_notifications(client, keys, partitions, journey_id)
+            if not found:
+                return _error(self, 404, f"no notification of journey {journey_id} found")
+            body = recent.summarize(journey_id, found)
+            body["notifications"] = found
+            return self.json(body)
+
+    @app.page("/webhooks/status")
+    class WebhookStatusView(View):
+        """Webhook delivery per persistent subscription with a webhook channel."""
+
+        async def get(self, request: Request) -> Response:
+            webhooks = getattr(self.app, "webhooks", None)
+            live = getattr(self.app, "subscriptions_live", None)
+            if webhooks is None or live is None:
+                return _error(self, 404, "no webhook delivery in this worker")
+            figures = await webhooks.subscription_status()
+            rows = []
+            for subscription in live.persistent()[:500]:
+                channels = [
+                    (index, channel)
+                    for index, channel in enumerate(subscription.channels)
+                    if channel.type == "webhook"
+                ]
+                if not channels:
+                    continue
+                disabled = [
+                    index
+                    for index, _ in channels
+                    if await webhooks.disabled(subscription.id, index) is not None
+                ]
+                zero = {"delivered": 0, "failed": 0, "retrying": 0, "dead": 0}
+                rows.append(
+                    {
+                        "id": subscription.id,
+                        "urls": [channel.url for _, channel in channels],
+                        **zero,
+                        **figures.get(subscription.id, {}),
+                        "disabledChannels": disabled,
+                    }
+                )
+            rows.sort(key=lambda row: str(row["id"]))
+            return self.json({"subscriptions": rows, "totals": await webhooks.gauges()})
 
     def admin(view: View, request: Request) -> Response | None:
         if not admin_tokens:
