@@ -97,8 +97,14 @@ def test_faust_commands_keep_working_under_ocstream() -> None:
     assert "xcm-journeys" in tables.stdout
 
 
+#: The production dataflow and the demo example, whose page and table the next test reads.
+EVERYTHING = "xcm,delivery,demo"
+
+
 def test_worker_without_redis_runs_on_an_embedded_redis_and_stops_it(tmp_path: Path) -> None:
-    worker = Worker("solo", tmp_path, redis_url=None, prefix="ocs:", app_id="solo", dataflow=None)
+    worker = Worker(
+        "solo", tmp_path, redis_url=None, prefix="ocs:", app_id="solo", dataflow=EVERYTHING
+    )
     worker.start()
     try:
         worker.wait_assigned()
@@ -115,7 +121,9 @@ def test_worker_without_redis_runs_on_an_embedded_redis_and_stops_it(tmp_path: P
     wait_for(lambda: not Path(f"/proc/{redis_pid}").exists(), 10, "embedded Redis to stop")
     assert list((worker.data_dir / "redis").glob("appendonly.aof*"))
     # A restart on the same data dir finds the same data through the AOF.
-    again = Worker("solo", tmp_path, redis_url=None, prefix="ocs:", app_id="solo", dataflow=None)
+    again = Worker(
+        "solo", tmp_path, redis_url=None, prefix="ocs:", app_id="solo", dataflow=EVERYTHING
+    )
     again.start()
     try:
         again.wait_assigned()
