@@ -1,10 +1,10 @@
 """The ``ocstream`` command.
 
 ``ocstream worker -l info [--config F] [--redis URL] [--address A] [--port P] [--data-dir D]``
-runs a faust worker; ``ocstream topology [--format text|mermaid|dot|json]`` describes the
-declared dataflow; ``ingress`` and ``record`` follow chains; every other faust command
-(``agents``, ``tables``, ``send``, …) works as under ``faust``. ocstream's own options may stand
-anywhere on the line; what is left goes to faust's command line.
+runs a faust worker; ``ocstream topology [--format text|mermaid|dot|json|svg|png] [-o FILE]``
+describes the declared dataflow (svg and png drawn by Graphviz); every other faust command
+(``agents``, ``tables``, ``send``, …) works as under ``faust``. ocstream's own options may
+stand anywhere on the line; what is left goes to faust's command line.
 
 With no Redis URL, ``worker`` starts the embedded Redis under the data dir and writes its URL
 to ``<data dir>/redis/url``, so that other commands on the same data dir (``send``,
@@ -36,7 +36,7 @@ OWN_OPTIONS = {
     "--data-dir": "data_dir",
 }
 
-TOPOLOGY_FORMATS = ("text", "mermaid", "dot", "json")
+TOPOLOGY_FORMATS = ("text", "mermaid", "dot", "json", "svg", "png")
 
 HELP_FLAGS = ("-h", "--help")
 
@@ -227,7 +227,13 @@ def _topology_parser() -> argparse.ArgumentParser:
         "only and never connects to Redis.",
     )
     parser.add_argument(
-        "--format", choices=TOPOLOGY_FORMATS, default="text", help="(default: text)"
+        "--format",
+        choices=TOPOLOGY_FORMATS,
+        default="text",
+        help="(default: text; svg and png are drawn by Graphviz's dot, which must be installed)",
+    )
+    parser.add_argument(
+        "-o", "--output", type=Path, help="write to this file rather than to standard output"
     )
     _common_options(parser, worker=False)
     return parser
@@ -358,12 +364,21 @@ def _start_embedded(settings: Settings) -> str:
 def _topology(settings: Settings, argv: list[str]) -> int:
     args = _topology_parser().parse_args(argv)
     from .app import build_app
-    from .dataflow import describe, render
+    from .dataflow import IMAGE_FORMATS, describe, render, render_image
 
     # Describing reads declarations only: nothing connects to this URL.
     app = build_app(settings, redis_url=settings.redis_url or "redis://127.0.0.1:6379/0")
     app.finalize()
-    print(render(describe(app), args.format))
+    flow = describe(app)
+    if args.format in IMAGE_FORMATS:
+        data = render_image(flow, args.format)
+    else:
+        data = (render(flow, args.format) + "\n").encode()
+    if args.output is not None:
+        args.output.write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
     return 0
 
 

@@ -1,5 +1,7 @@
-"""Operations views of the worker: ``/health``, the delivery part of ``/metrics``, the admin
-routes (webhook dead letters) and ``/topology.json``.
+"""Operations views of the worker: ``/health``, the admin routes (webhook dead letters),
+``/topology.json``, and the read-only views behind the dashboard: ``/xcm/notifications``,
+``/xcm/journeys``, ``/xcm/journeys/{id}`` (read back from the ``xcm-notifications`` topic, see
+:mod:`ocstream.recent`) and ``/webhooks/status``.
 
 ``/health`` answers 200 when Redis answers, with the freshness of each network's tip and this
 worker's consumer lag; 503 with ``"status": "down"`` when Redis does not answer within 1.5 s.
@@ -22,9 +24,11 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
+from . import recent
 from .dataflow import describe
+from .transport.keys import Keyspace
 
-__all__ = ["register_ops", "render_delivery_metrics"]
+__all__ = ["consumer_lag", "register_ops"]
 
 STARTED = time.time()
 
@@ -86,51 +90,6 @@ def consumer_lag(app: Any) -> dict[str, int]:
             done = position + 1 if position is not None else 0
         lag[f"{tp.topic}:{tp.partition}"] = max(0, int(highwater - done))
     return lag
-
-
-def render_delivery_metrics(app: Any) -> str:
-    """Prometheus text for subscriptions, deliveries and webhooks (``oc_*`` names)."""
-    lines: list[str] = []
-    live = getattr(app, "subscriptions_live", None)
-    if live is not None:
-        persistent = len(live.persistent())
-        ephemeral = len(live.all()) - persistent
-        lines += [
-            "# TYPE oc_active_subscriptions_count gauge",
-            f'oc_active_subscriptions_count{{type="persistent"}} {persistent}',
-            f'oc_active_subscriptions_count{{type="ephemeral"}} {ephemeral}',
-        ]
-    delivery = getattr(app, "delivery", None)
-    if delivery is not None:
-        lines.append("# TYPE oc_notifier_notification_total counter")
-        for name, value in sorted(delivery.counters.items()):
-            if name.startswith("delivered_"):
-                kind = name.removeprefix("delivered_")
-                lines.append(f'oc_notifier_notification_total{{type="{kind}"}} {value}')
-        for name in ("late", "duplicates", "errors", "subscription_timeouts"):
-            metric = f"oc_delivery_{name}_total"
-            lines += [f"# TYPE {metric} counter", f"{metric} {delivery.counters.get(name, 0)}"]
-    webhooks = getattr(app, "webhooks", None)
-    if webhooks is not None:
-        for name, value in sorted(webhooks.counters.items()):
-            metric = f"oc_webhook_{name}_total"
-            lines += [f"# TYPE {metric} counter", f"{metric} {value}"]
-        for name, value in sorted(getattr(app, "webhook_gauges", {}).items()):
-            metric = f"oc_webhook_{name}"
-            lines += [f"# TYPE {metric} gauge", f"{metric} {value}"]
-    hub = getattr(app, "websocket_hub", None)
-    if hub is not None:
-        lines.append("# TYPE oc_socket_listener_count gauge")
-        for kind, count in sorted(hub.clients_by_type().items()):
-            lines.append(f'oc_socket_listener_count{{type="{kind}"}} {count}')
-    lag = consumer_lag(app) if getattr(app, "consumer", None) is not None else {}
-    lines.append("# TYPE ocstream_consumer_lag_records gauge")
-    for key, behind in lag.items():
-        topic, partition = key.rsplit(":", 1)
-        lines.append(
-            f'ocstream_consumer_lag_records{{topic="{topic}",partition="{partition}"}} {behind}'
-        )
-    return "\n".join(lines) + "\n" if lines else ""
 
 
 #: Seconds /health waits for Redis (one probe, shared by concurrent requests) before "down".
@@ -256,6 +215,102 @@ def register_ops(
     class TopologyView(View):
         async def get(self, request: Request) -> Response:
             return self.json(describe(self.app).to_dict())
+
+    def _limit(request: Request, default: int, most: int) -> int:
+        try:
+            return min(most, max(1, int(request.query.get("limit", str(default)))))
+        except ValueError:
+            raise ValueError("limit must be an integer") from None
+
+    async def _topic(app: Any) -> tuple[Any, Keyspace, int]:
+        from .web import _registry
+
+        client = _registry(app).client
+        keys = Keyspace(app.transport_settings.prefix)
+        default = int(app.conf.topic_partitions)
+        return (
+            client,
+            keys,
+            await recent.partitions_of(client, keys, recent.NOTIFICATIONS_TOPIC, default),
+        )
+
+    @app.page("/xcm/notifications")
+    class NotificationsView(View):
+        """The newest notifications of the whole group (``?limit=``, ``?origin=``)."""
+
+        async def get(self, request: Request) -> Response:
+            try:
+                limit = _limit(request, 50, 500)
+            except ValueError as exc:
+                return _error(self, 400, str(exc))
+            client, keys, partitions = await _topic(self.app)
+            origin = request.query.get("origin") or None
+            found = await recent.recent_notifications(
+                client, keys, partitions, limit=limit, origin=origin
+            )
+            return self.json(found)
+
+    @app.page("/xcm/journeys")
+    class JourneysView(View):
+        """The most recent journeys of the whole group (``?limit=``, at most 200)."""
+
+        async def get(self, request: Request) -> Response:
+            try:
+                limit = _limit(request, 20, 200)
+            except ValueError as exc:
+                return _error(self, 400, str(exc))
+            client, keys, partitions = await _topic(self.app)
+            return self.json(await recent.journeys(client, keys, partitions, limit=limit))
+
+    @app.page("/xcm/journeys/{journey_id}")
+    class JourneyView(View):
+        """One journey: its summary and its notifications in full."""
+
+        async def get(self, request: Request, journey_id: str) -> Response:
+            client, keys, partitions = await _topic(self.app)
+            found = await recent.journey_notifications(client, keys, partitions, journey_id)
+            if not found:
+                return _error(self, 404, f"no notification of journey {journey_id} found")
+            body = recent.summarize(journey_id, found)
+            body["notifications"] = found
+            return self.json(body)
+
+    @app.page("/webhooks/status")
+    class WebhookStatusView(View):
+        """Webhook delivery per persistent subscription with a webhook channel."""
+
+        async def get(self, request: Request) -> Response:
+            webhooks = getattr(self.app, "webhooks", None)
+            live = getattr(self.app, "subscriptions_live", None)
+            if webhooks is None or live is None:
+                return _error(self, 404, "no webhook delivery in this worker")
+            figures = await webhooks.subscription_status()
+            rows = []
+            for subscription in live.persistent()[:500]:
+                channels = [
+                    (index, channel)
+                    for index, channel in enumerate(subscription.channels)
+                    if channel.type == "webhook"
+                ]
+                if not channels:
+                    continue
+                disabled = [
+                    index
+                    for index, _ in channels
+                    if await webhooks.disabled(subscription.id, index) is not None
+                ]
+                zero = {"delivered": 0, "failed": 0, "retrying": 0, "dead": 0}
+                rows.append(
+                    {
+                        "id": subscription.id,
+                        "urls": [channel.url for _, channel in channels],
+                        **zero,
+                        **figures.get(subscription.id, {}),
+                        "disabledChannels": disabled,
+                    }
+                )
+            rows.sort(key=lambda row: str(row["id"]))
+            return self.json({"subscriptions": rows, "totals": await webhooks.gauges()})
 
     def admin(view: View, request: Request) -> Response | None:
         if not admin_tokens:

@@ -46,7 +46,12 @@ def test_topology_json_describes_the_declared_dataflow_without_a_broker() -> Non
         "json",
         "--redis",
         "redis://127.0.0.1:1/0",
-        env={"OCSTREAM_PARTITIONS": "6", "OCSTREAM_APP_ID": "demoapp"},
+        # The demo example next to the production parts.
+        env={
+            "OCSTREAM_PARTITIONS": "6",
+            "OCSTREAM_APP_ID": "demoapp",
+            "OCSTREAM_DATAFLOW": "xcm,delivery,demo",
+        },
     )
     assert result.returncode == 0, result.stderr
     flow = json.loads(result.stdout)
@@ -67,7 +72,7 @@ def test_topology_json_describes_the_declared_dataflow_without_a_broker() -> Non
         "xcm-legs",
         "xcm-notifications",
     ]
-    assert topics["xcm-notifications"]["kind"] == "source"
+    assert topics["xcm-notifications"]["kind"] == "stream"
     assert topics["xcm-notifications"]["partitions"] == 6
     assert sorted(agents["xcm_match"]["tables"]) == [
         f"xcm-{name}" for name in ("hop", "inbound", "journeys", "outbound", "relay", "seen")
@@ -79,12 +84,12 @@ def test_topology_json_describes_the_declared_dataflow_without_a_broker() -> Non
 
 
 @pytest.mark.parametrize(
-    ("fmt", "marker"), [("text", "demo-events"), ("mermaid", "flowchart"), ("dot", "digraph")]
+    ("fmt", "marker"), [("text", "xcm-legs"), ("mermaid", "flowchart"), ("dot", "digraph")]
 )
 def test_topology_formats(fmt: str, marker: str) -> None:
     result = run_ocstream("topology", "--format", fmt)
     assert result.returncode == 0, result.stderr
-    assert marker in result.stdout and "count_events" in result.stdout
+    assert marker in result.stdout and "xcm_match" in result.stdout
 
 
 def test_topology_rejects_an_unknown_format() -> None:
@@ -96,14 +101,20 @@ def test_topology_rejects_an_unknown_format() -> None:
 def test_faust_commands_keep_working_under_ocstream() -> None:
     agents = run_ocstream("agents")
     assert agents.returncode == 0, agents.stderr
-    assert "count_events" in agents.stdout
+    assert "xcm_match" in agents.stdout
     tables = run_ocstream("tables")
     assert tables.returncode == 0, tables.stderr
-    assert "demo-counts" in tables.stdout
+    assert "xcm-journeys" in tables.stdout
+
+
+#: The production dataflow and the demo example, whose page and table the next test reads.
+EVERYTHING = "xcm,delivery,demo"
 
 
 def test_worker_without_redis_runs_on_an_embedded_redis_and_stops_it(tmp_path: Path) -> None:
-    worker = Worker("solo", tmp_path, redis_url=None, prefix="ocs:", app_id="solo", dataflow=None)
+    worker = Worker(
+        "solo", tmp_path, redis_url=None, prefix="ocs:", app_id="solo", dataflow=EVERYTHING
+    )
     worker.start()
     try:
         worker.wait_assigned()
@@ -120,7 +131,9 @@ def test_worker_without_redis_runs_on_an_embedded_redis_and_stops_it(tmp_path: P
     wait_for(lambda: not Path(f"/proc/{redis_pid}").exists(), 10, "embedded Redis to stop")
     assert list((worker.data_dir / "redis").glob("appendonly.aof*"))
     # A restart on the same data dir finds the same data through the AOF.
-    again = Worker("solo", tmp_path, redis_url=None, prefix="ocs:", app_id="solo", dataflow=None)
+    again = Worker(
+        "solo", tmp_path, redis_url=None, prefix="ocs:", app_id="solo", dataflow=EVERYTHING
+    )
     again.start()
     try:
         again.wait_assigned()

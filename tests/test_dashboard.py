@@ -151,6 +151,7 @@ class Store:
 
     def __init__(self) -> None:
         self.ephemeral: dict[str, dict[str, Any]] = {}
+        self.origins: dict[str, str] = {}  # subscription id -> origin, kept after it closes
         self.notified: set[str] = set()
         self.hold = True
         self.hub: WebsocketHub | None = None
@@ -166,6 +167,10 @@ class Store:
 
     async def register(self, subscription: dict[str, Any]) -> None:
         self.ephemeral[subscription["id"]] = subscription
+        self.origins[subscription["id"]] = subscription["origin"]
+        # One notification, on the socket of the relay chain's subscription.
+        if subscription["origin"] != RELAY:
+            return
         task = asyncio.create_task(self._notify(subscription["id"]))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -255,7 +260,9 @@ def chromium_or_fail() -> str:
     return CHROMIUM
 
 
-async def run_chromium(binary: str, profile: Path, *args: str, timeout: float = 60) -> str:
+async def run_chromium(
+    binary: str, profile: Path, *args: str, timeout: float = 60, budget_ms: int = 5000
+) -> str:
     command = [
         binary,
         "--headless",
@@ -268,7 +275,7 @@ async def run_chromium(binary: str, profile: Path, *args: str, timeout: float = 
         "--disable-sync",
         "--disable-dev-shm-usage",
         f"--user-data-dir={profile}",
-        "--virtual-time-budget=5000",
+        f"--virtual-time-budget={budget_ms}",
         *args,
     ]
     # Not subprocess.run: the server answering the browser runs on this event loop.
@@ -309,16 +316,22 @@ async def test_the_dashboard_renders_in_chromium(
         assert 'class="node agent" data-name="xcm_match"' in dom
         assert 'class="node topic" data-name="xcm-notifications"' in dom
         assert 'class="edge back"' in dom  # the matcher writes into xcm-legs, which it reads
-        # The live feed subscribed (first network, all destinations) and showed a notification.
+        # The live feed subscribed (all origins, all destinations) and showed a notification.
         assert "ephemeral subscription" in dom, "the live feed did not subscribe"
+        assert sorted(store.origins.values()) == sorted(NETWORKS)
         assert f"[{ASSET_HUB} ➜ {HYDRATION}] NOTIFICATION xcm.received subscription=" in dom, (
             "the published notification did not reach the page"
         )
         (subscription_id,) = store.notified
         # The page's line is the log sink's line.
         assert format_line(received_notification(), subscription_id) in dom
-        # The default origin is the first network; destinations: all the others.
+        # The default is all origins, one subscription each; destinations: all the others.
         assert f"ephemeral subscription {subscription_id}: Polkadot → Asset Hub, Hydration" in dom
+        others = [sid for sid, origin in store.origins.items() if origin == HYDRATION]
+        assert f"ephemeral subscription {others[0]}: Hydration → Polkadot, Asset Hub" in dom
+        # Panels whose routes this fixed-data server does not serve say so.
+        assert "The journey view is not served by this worker" in dom
+        assert "Webhook delivery is not served by this worker" in dom
 
         screenshot = tmp_path / "dashboard.png"
         store.hold = False

@@ -113,7 +113,7 @@ def test_explicit_partitions_are_kept(pipeline: Pipeline) -> None:
 def test_topic_without_partitions_uses_app_default(pipeline: Pipeline) -> None:
     # "out" is only a sink; it must still be listed, with topic_partitions=4.
     assert pipeline.topic("out") == TopicInfo(
-        name="out", partitions=4, internal=False, kind="source"
+        name="out", partitions=4, internal=False, kind="output"
     )
 
 
@@ -351,7 +351,7 @@ def test_every_format_names_everything(pipeline: Pipeline, fmt: str) -> None:
 def test_text_lists_each_topic_with_partitions_and_kind(pipeline: Pipeline) -> None:
     text = render_text(pipeline.df)
     assert re.search(r"^\s+orders\s+8 partitions\s+source$", text, re.M)
-    assert re.search(r"^\s+out\s+4 partitions\s+source$", text, re.M)
+    assert re.search(r"^\s+out\s+4 partitions\s+output$", text, re.M)
     assert re.search(
         rf"^\s+{re.escape(pipeline.app_id)}-counts-changelog\s+4 partitions\s+changelog$",
         text,

@@ -188,11 +188,11 @@ def test_the_guides_example_delivers_recorded_xcm_to_the_webhook(
         assert health["status"] in ("ok", "degraded") and health["redis"] == "ok"
         assert set(NETWORKS) <= set(health["networks"])
         metrics = http_get("/metrics")[1]
-        assert 'oc_active_subscriptions_count{type="persistent"} 1' in metrics
-        assert "oc_webhook_delivered_total 4" in metrics
-        assert 'oc_notifier_notification_total{type="xcm.sent"} 1' in metrics
-        assert "oc_engine_out_total 2" in metrics  # the journey and the unrelated transfer
-        assert "oc_engine_hop_total 2" in metrics
+        assert 'oc_active_subscriptions_count{type="persistent"} 1.0' in metrics
+        assert "oc_webhook_delivered_total 4.0" in metrics
+        assert 'oc_notifier_notification_total{type="xcm.sent"} 1.0' in metrics
+        assert "oc_engine_out_total 2.0" in metrics  # the journey and the unrelated transfer
+        assert "oc_engine_hop_total 2.0" in metrics
         assert http_get("/admin/webhooks/dead-letters")[0] == 401
         status, body = http_get("/admin/webhooks/dead-letters", token="admin-secret")
         assert status == 200 and json.loads(body) == []

@@ -95,7 +95,9 @@ class Worker:
             }
         )
         self.env.pop("OCSTREAM_REDIS_URL", None)
-        # The transport's tests run the demo dataflow alone (None: the whole dataflow).
+        self.dataflow = dataflow
+        # The transport's tests run the demo dataflow alone (None: the production dataflow,
+        # without the demo).
         if dataflow is not None:
             self.env["OCSTREAM_DATAFLOW"] = dataflow
         self.env.update(env or {})
@@ -134,10 +136,25 @@ class Worker:
         def ready() -> dict[str, Any] | None:
             if not self.alive():
                 raise AssertionError(f"{self.name} exited:\n{self.log_tail()}")
+            if "demo" not in (self.dataflow or "").split(","):
+                return self.group() or None  # no demo page: the worker's own metrics
             view = self.view()
             return view if view["generation"] > 0 else None
 
         return wait_for(ready, timeout, f"{self.name} to be assigned partitions")
+
+    def group(self) -> dict[str, float]:
+        """``ocstream_group_*`` of the worker's ``/metrics`` once it holds an assignment
+        (generation and assigned partitions above 0), else {}."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        found = {
+            family.name: family.samples[0].value
+            for family in text_string_to_metric_families(self.get("/metrics"))
+            if family.name.startswith("ocstream_group_") and family.samples
+        }
+        assigned = found.get("ocstream_group_assigned_partitions", 0) > 0
+        return found if assigned and found.get("ocstream_group_generation", 0) > 0 else {}
 
     def stop(self, timeout: float = 30) -> int:
         if self.proc is None or self.proc.poll() is not None:

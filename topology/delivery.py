@@ -20,6 +20,7 @@ import functools
 import logging
 from typing import Any
 
+from ocstream.dataflow import declare_outputs
 from ocstream.transport.client import TRANSIENT_ERRORS, Backoff
 
 log = logging.getLogger("ocstream.delivery")
@@ -104,6 +105,18 @@ def declare(app: Any) -> None:
     @app.agent(notifications, name="xcm_deliver")  # type: ignore[untyped-decorator]
     async def xcm_deliver(stream: Any) -> None:
         await deliver_stream(app, stream)
+
+    # What app.delivery hands the notifications to: none of it is a topic, so faust cannot tell.
+    declare_outputs(
+        app,
+        "xcm_deliver",
+        {
+            "webhooks": "HTTP POST to subscribers, queued and retried from Redis",
+            "websockets": "Redis pub/sub, forwarded by every worker to its sockets",
+            "log": "one log line per notification",
+        },
+        pages={"websockets": ["/ws/subs"]},
+    )
 
 
 __all__ = ["CONCURRENCY", "declare", "deliver_one", "deliver_stream"]

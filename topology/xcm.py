@@ -1,4 +1,5 @@
-"""The XCM dataflow: ``blocks`` → extract → ``xcm-legs`` → match (tables) → ``xcm-notifications``.
+"""The XCM dataflow: ingress → ``blocks`` → extract → ``xcm-legs`` → match (tables) →
+``xcm-notifications``.
 
 * agent ``xcm_extract`` reads ExtendedBlocks, decodes their XCM with the runtime's metadata from
   the registry and writes each leg to ``xcm-legs`` keyed by the chain it concerns; what it cannot
@@ -24,6 +25,7 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
+from ocstream.dataflow import declare_producer
 from ocstream.ingress.decode import DecoderCache
 from ocstream.ingress.model import ExtendedBlock
 from ocstream.ingress.registry import NetworkRegistry
@@ -150,6 +152,11 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
         )
         for name, table in TABLE_NAMES.items()
     }
+    # The ingress publishes blocks from its own process, or from a service in the worker
+    # (embedded mode): no agent of the app writes them.
+    declare_producer(
+        app, "ingress", writes=[BLOCKS_TOPIC], detail="follows the chains, publishes blocks"
+    )
     networks = Networks(app)
     settings = settings or MatchSettings.from_env(os.environ)
     engine = Engine(

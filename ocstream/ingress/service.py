@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from ..metrics import CONTENT_TYPE as metrics_content_type
 from ..transport.client import Backoff, connect, request_client
 from ..transport.writer import TopicWriter
 from .config import IngressConfig
@@ -152,7 +153,9 @@ class IngressService:
             return web.json_response(body, status=200 if body["redis"] else 503)
 
         async def metrics(request: web.Request) -> web.Response:
-            return web.Response(text=self.metrics.render(), content_type="text/plain")
+            return web.Response(
+                body=self.metrics.render(), headers={"Content-Type": metrics_content_type}
+            )
 
         app = web.Application()
         app.router.add_get("/health", health)

@@ -25,6 +25,7 @@ dispatcher's prefix ``P``:
 ``P wh:lease``                 hash    deliveryId → lease token of that worker
 ``P wh:dead``                  zset    deliveryId → when it was dead-lettered
 ``P wh:disabled:{sub}:{ch}``   string  the channel answered 410 Gone (JSON: reason, time)
+``P wh:stats``                 hash    ``{sub}|delivered``, ``|failed``, ``|retrying``, ``|dead``
 =============================  ======  ===========================================================
 
 **Claiming.** The loop claims due deliveries with one Lua call: it moves each from ``due`` to
@@ -363,42 +364,69 @@ return {out, wait, #expired}
 # ARGV: deliveryId, lease token, action (delete|retry|dead|release|defer), delay (ms),
 #       dead-letter max, delivery hash prefix, then field/value pairs to set
 # Returns 1, or 0 if the lease is not (or no longer) ours.
+# The per-subscription figures of ``wh:stats`` (hash ``{sub}|{name}`` -> integer), kept by
+# FINISH and REPLAY: ``delivered`` and ``failed`` count (2xx answers; attempts that did not
+# deliver), ``retrying`` and ``dead`` are the deliveries now waiting for a retry and now in the
+# dead-letter set.
+_STATS = """
+local function stat(sub, name, n)
+  if sub then redis.call('HINCRBY', KEYS[6], sub .. '|' .. name, n) end
+end
+"""
+
+# KEYS: inflight, lease, delivery hash, due, dead, stats
+# ARGV: deliveryId, lease token, action (delete|retry|dead), delay (ms), dead-letter max,
+#       delivery hash prefix, counted names (space-separated: delivered, failed), then the
+#       field/value pairs to store
 FINISH = (
     _NOW
+    + _STATS
     + """
 local id = ARGV[1]
 if redis.call('HGET', KEYS[2], id) ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[1], id)
 redis.call('HDEL', KEYS[2], id)
 local action = ARGV[3]
+local sub = redis.call('HGET', KEYS[3], 'subscription')
+local before = tonumber(redis.call('HGET', KEYS[3], 'attempt') or '0') or 0
+for name in string.gmatch(ARGV[7], '%S+') do stat(sub, name, 1) end
 if action == 'delete' then
+  if before > 0 then stat(sub, 'retrying', -1) end
   redis.call('DEL', KEYS[3])
   return 1
 end
-if #ARGV > 6 then redis.call('HSET', KEYS[3], unpack(ARGV, 7)) end
+if #ARGV > 7 then redis.call('HSET', KEYS[3], unpack(ARGV, 8)) end
 if action == 'dead' then
+  if before > 0 then stat(sub, 'retrying', -1) end
+  stat(sub, 'dead', 1)
   redis.call('HSET', KEYS[3], 'deadAt', now)
   redis.call('ZADD', KEYS[5], now, id)
   local excess = redis.call('ZCARD', KEYS[5]) - tonumber(ARGV[5])
   if excess > 0 then
     for _, old in ipairs(redis.call('ZRANGE', KEYS[5], 0, excess - 1)) do
       redis.call('ZREM', KEYS[5], old)
+      stat(redis.call('HGET', ARGV[6] .. old, 'subscription'), 'dead', -1)
       redis.call('DEL', ARGV[6] .. old)
     end
   end
 else
+  local after = tonumber(redis.call('HGET', KEYS[3], 'attempt') or '0') or 0
+  if before == 0 and after > 0 then stat(sub, 'retrying', 1) end
   redis.call('ZADD', KEYS[4], now + tonumber(ARGV[4]), id)
 end
 return 1
 """
 )
 
-# KEYS: dead, due, delivery hash.  ARGV: deliveryId.  Returns 1 if it was a dead letter.
+# KEYS: dead, due, delivery hash, (unused), (unused), stats.  ARGV: deliveryId.
+# Returns 1 if it was a dead letter.
 REPLAY = (
     _NOW
+    + _STATS
     + """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
+stat(redis.call('HGET', KEYS[3], 'subscription'), 'dead', -1)
 redis.call('HSET', KEYS[3], 'attempt', 0, 'replayedAt', now)
 redis.call('HINCRBY', KEYS[3], 'replays', 1)
 redis.call('HDEL', KEYS[3], 'deadAt', 'deadReason')
@@ -485,6 +513,7 @@ class WebhookDispatcher:
         self._k_dead = f"{prefix}wh:dead"
         self._k_delivery = f"{prefix}wh:d:"
         self._k_disabled = f"{prefix}wh:disabled:"
+        self._k_stats = f"{prefix}wh:stats"
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -725,6 +754,14 @@ class WebhookDispatcher:
             if outcome.action == "dead":
                 fields += ["deadReason", (outcome.reason or outcome.error or "")[:2000]]
         action = "retry" if outcome.action in ("defer", "release") else outcome.action
+        counted = " ".join(
+            name
+            for name, yes in (
+                ("delivered", outcome.counter == "delivered"),
+                ("failed", outcome.attempted and outcome.action != "delete"),
+            )
+            if yes
+        )
         delay_ms = int(outcome.delay * 1000) if outcome.action != "release" else 0
         backoff = Backoff(base=0.1, cap=2.0)
         for attempt in range(8):
@@ -737,6 +774,7 @@ class WebhookDispatcher:
                         self.delivery_key(delivery_id),
                         self._k_due,
                         self._k_dead,
+                        self._k_stats,
                     ],
                     [
                         delivery_id,
@@ -745,6 +783,7 @@ class WebhookDispatcher:
                         delay_ms,
                         self.settings.dead_letter_max,
                         self._k_delivery,
+                        counted,
                         *fields,
                     ],
                 )
@@ -1005,7 +1044,14 @@ class WebhookDispatcher:
         """Schedule a dead letter again, now, from attempt 0; False if it is not a dead letter."""
         done = await _replay(
             self.client,
-            [self._k_dead, self._k_due, self.delivery_key(delivery_id)],
+            [
+                self._k_dead,
+                self._k_due,
+                self.delivery_key(delivery_id),
+                self._k_dead,
+                self._k_dead,
+                self._k_stats,
+            ],
             [delivery_id],
         )
         if done == 1:
@@ -1026,6 +1072,20 @@ class WebhookDispatcher:
             return None
         value = orjson.loads(raw)
         return value if isinstance(value, dict) else {"reason": str(value)}
+
+    async def subscription_status(self) -> dict[str, dict[str, int]]:
+        """Per subscription: ``delivered`` (2xx answers) and ``failed`` (attempts that did not
+        deliver) since the stats began, ``retrying`` (deliveries now waiting for another
+        attempt) and ``dead`` (now in the dead-letter set). All workers write the same hash."""
+        raw = await self.client.hgetall(self._k_stats)
+        out: dict[str, dict[str, int]] = {}
+        for field_name, value in raw.items():
+            subscription, _, name = _text(field_name).rpartition("|")
+            figures = out.setdefault(
+                subscription, {"delivered": 0, "failed": 0, "retrying": 0, "dead": 0}
+            )
+            figures[name] = max(0, _int(_text(value), 0) or 0)
+        return out
 
     async def gauges(self) -> dict[str, int]:
         """``due`` (scheduled), ``due_now`` (overdue), ``in_flight`` (leased, all workers),

@@ -348,19 +348,9 @@ class WebsocketHub:
 
     def render_metrics(self) -> str:
         """Prometheus text exposition of this worker's websocket gauges and counters."""
-        lines = [
-            "# HELP oc_socket_listener_count Websocket clients connected to this worker.",
-            "# TYPE oc_socket_listener_count gauge",
-        ]
-        for kind, count in sorted(self.clients_by_type().items()):
-            lines.append(f'oc_socket_listener_count{{type="{kind}"}} {count}')
-        for metric, value in (
-            ("oc_ws_frames_forwarded_total", self.frames_forwarded),
-            ("oc_ws_frames_dropped_total", self.frames_dropped),
-            ("oc_ws_fanout_reconnects_total", self.reconnects),
-        ):
-            lines += [f"# TYPE {metric} counter", f"{metric} {value}"]
-        return "\n".join(lines) + "\n"
+        from ocstream import metrics
+
+        return metrics.render(lambda: metrics.websocket_families(self)).decode()
 
     # -- handlers
 

@@ -672,5 +672,12 @@ def _faust_view(base: Any, route: Route) -> Any:
 
     methods = {name.lower(): method(name) for name in ("GET", "POST", "PUT", "PATCH", "DELETE")}
     return type(
-        "SubscriptionsView", (base,), {**methods, "__doc__": f"{route.path} (subscriptions API)"}
+        "SubscriptionsView",
+        (base,),
+        {
+            **methods,
+            "__doc__": f"{route.path} (subscriptions API)",
+            # The methods that answer something else than 405 (`ocstream topology` lists them).
+            "allowed_methods": tuple(route.handlers),
+        },
     )

@@ -78,7 +78,9 @@ async def test_ingress_process_publishes_and_reports(
         assert status == 200 and health["redis"] is True
         assert health["networks"]["urn:ocn:polkadot:0"]["tip"] == FIRST + 9
         _, metrics = await asyncio.to_thread(fetch, f"http://127.0.0.1:{port}/metrics")
-        assert 'ocstream_ingress_blocks_published_total{network="urn:ocn:polkadot:0"} 6' in metrics
+        assert (
+            'ocstream_ingress_blocks_published_total{network="urn:ocn:polkadot:0"} 6.0' in metrics
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         output, _ = await asyncio.wait_for(proc.communicate(), 30)

@@ -771,3 +771,51 @@ def test_settings_validation() -> None:
     delays = [settings.delay(1) for _ in range(200)]
     assert all(90 <= d <= 110 for d in delays) and len(set(delays)) > 1
     assert settings.delay(0) == 0
+
+
+# -- per-subscription status (the dashboard's webhook panel)
+
+
+async def test_subscription_status_counts_delivered_retrying_and_dead(
+    env: Env, receivers: Any
+) -> None:
+    ok = await receivers(lambda n, req: 200)
+    flaky_healthy = False
+    flaky = await receivers(lambda n, req: 200 if flaky_healthy else 503)
+    broken = await receivers(lambda n, req: 500)
+    env.subs.webhook("good", ok.url)
+    env.subs.webhook("flaky", flaky.url)
+    env.subs.webhook("broken", broken.url)
+    # The flaky receiver's retry comes 30 s later: the delivery stays "retrying" meanwhile.
+    dispatcher = await env.started(schedule=(0, 30), dead_letter_max=2)
+    for n in range(3):
+        await dispatcher.enqueue("good", 0, notification(300 + n))
+    await dispatcher.enqueue("flaky", 0, notification(310))
+    for n in range(3):
+        await dispatcher.enqueue("broken", 0, notification(320 + n))
+    await until(
+        lambda: (
+            dispatcher.counters["delivered"] == 3 and dispatcher.counters["retries_scheduled"] == 4
+        )
+    )
+    status = await dispatcher.subscription_status()
+    assert status["good"] == {"delivered": 3, "failed": 0, "retrying": 0, "dead": 0}
+    assert status["flaky"] == {"delivered": 0, "failed": 1, "retrying": 1, "dead": 0}
+    assert status["broken"]["retrying"] == 3 and status["broken"]["failed"] == 3
+    await dispatcher.stop()
+
+    # A second dispatcher with one attempt only: the retries due now die at their next attempt.
+    flaky_healthy = True
+    await env.client.zadd(
+        f"{env.prefix}wh:due", {m: 0 for m in await env.client.zrange(f"{env.prefix}wh:due", 0, -1)}
+    )
+    dispatcher2 = await env.started(schedule=(0, 0), dead_letter_max=2)
+    await until(lambda: dispatcher2.counters["dead_letters"] == 3 and len(flaky.acknowledged) == 1)
+    status = await dispatcher2.subscription_status()
+    assert status["flaky"] == {"delivered": 1, "failed": 1, "retrying": 0, "dead": 0}
+    # Three dead letters, two kept (dead_letter_max): the figure follows the set.
+    assert status["broken"] == {"delivered": 0, "failed": 6, "retrying": 0, "dead": 2}
+    [newest, _] = await dispatcher2.dead_letters()
+    assert await dispatcher2.replay(newest["deliveryId"])
+    status = await dispatcher2.subscription_status()
+    assert status["broken"]["dead"] == 1

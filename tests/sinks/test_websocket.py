@@ -192,7 +192,7 @@ async def test_ephemeral_round_trip(
         await other.hub.publish("someone-else", notification())
         await ws.send_str("ping")
         assert await receive_json(ws) == {"id": subscription_id}
-        assert 'oc_socket_listener_count{type="ephemeral"} 1' in worker.hub.render_metrics()
+        assert 'oc_socket_listener_count{type="ephemeral"} 1.0' in worker.hub.render_metrics()
 
     # Closing the socket removes the ephemeral subscription.
     await wait_for(lambda: not store.ephemeral)

@@ -31,7 +31,8 @@
   const state = {
     networks: null,
     tips: {},
-    feed: { socket: null, subscriptionId: null, wanted: false, retries: 0, timer: null },
+    // One socket per origin when the feed follows all of them.
+    feed: { sockets: [], wanted: false, retries: 0, timer: null, backfilled: false },
     formReady: false,
     pollTimer: null,
   };
@@ -199,14 +200,145 @@
     ]));
   }
 
+  /** What each counter of /xcm/pending/ counts (this worker's extractor and matcher, since it
+   * started). Counters not listed here are shown without a meaning. */
+  const COUNTER_HELP = {
+    blocks: "blocks read from the blocks topic",
+    legs_sent: "legs extracted: messages sent",
+    legs_received: "legs extracted: messages received (receipts)",
+    legs_relayed: "legs extracted: messages seen on the relay chain",
+    legs_hop: "legs extracted: messages executed at a hop",
+    sent: "journeys started (xcm.sent)",
+    received: "journeys completed at their destination (xcm.received)",
+    relayed: "journeys seen on their relay chain (xcm.relayed)",
+    timeout: "journeys with no receipt before their deadline (xcm.timeout)",
+    hop_in: "hops executed (xcm.hop in)",
+    hop_out: "hops re-sent onward (xcm.hop out)",
+    hop_failed: "hops that failed, ending their journey",
+    hop_out_by_content: "onward messages matched to their hop by their program",
+    hop_out_parked: "onward messages seen before their hop (matched later)",
+    terminal_hop_failed: "journeys ended by a failed hop",
+    duplicate_legs: "legs seen twice (dropped)",
+    untracked: "journeys to a network nobody monitors (no receipt expected)",
+    inbound_pending: "receipts seen before their origin (kept until it comes)",
+    inbound_expired: "receipts that expired without their origin",
+    relay_pending: "relay-chain legs seen before their origin (kept until it comes)",
+    relay_expired: "relay-chain legs that expired without their origin",
+  };
+
+  function counterHelp(name) {
+    if (COUNTER_HELP[name]) return COUNTER_HELP[name];
+    if (name.startsWith("dead_letters_")) return `dead letters: ${name.slice(13).replace(/_/g, " ")}`;
+    if (name.startsWith("legs_")) return `legs extracted: ${name.slice(5)}`;
+    const kept = /^(\w+)_pending$/.exec(name);
+    if (kept) return `${kept[1]} legs kept until their journey is known`;
+    const gone = /^(\w+)_expired$/.exec(name);
+    if (gone) return `${gone[1]} legs dropped after waiting too long for their journey`;
+    return "counted by this worker (no description)";
+  }
+
+  function renderCounters(counters) {
+    const entries = Object.entries(counters || {}).sort(([a], [b]) => (a < b ? -1 : 1));
+    if (!entries.length) return el("p", { class: "muted small", text: "none yet" });
+    return el("table", { class: "counters" },
+      el("tbody", {}, entries.map(([name, value]) => el("tr", { "data-counter": name },
+        el("td", {},
+          el("div", { class: "mono small", text: name }),
+          el("div", { class: "legend muted small", text: counterHelp(name) })),
+        el("td", { class: "num", text: formatNumber(value) })))));
+  }
+
   function renderPending(view) {
     replace(
       $("pending"),
       el("div", { class: "big-number", id: "pending-journeys", text: formatNumber(view.pending_journeys) }),
       el("div", { class: "big-label", text: "journeys waiting for their destination" }),
-      el("div", { class: "columns" },
-        el("div", {}, el("div", { class: "section-label", text: "Table entries" }), keyValues(view.tables)),
-        el("div", {}, el("div", { class: "section-label", text: "Engine counters" }), keyValues(view.counters))),
+      el("div", { class: "section-label", text: "Table entries" }), keyValues(view.tables),
+      el("div", { class: "section-label", text: "Counters (this worker, since it started)" }),
+      renderCounters(view.counters),
+    );
+  }
+
+  // -- recent journeys --------------------------------------------------------------------------
+
+  const STATUS_CLASS = { received: "ok", timeout: "bad", "in transit": "info", sent: "warn" };
+
+  function ago(ms) {
+    if (!ms) return "—";
+    const seconds = Math.max(0, Math.round((Date.now() - ms) / 1000));
+    if (seconds < 60) return `${seconds}s ago`;
+    if (seconds < 3600) return `${Math.round(seconds / 60)} min ago`;
+    return clock(new Date(ms));
+  }
+
+  function legsPath(legs) {
+    if (!Array.isArray(legs) || !legs.length) return el("span", { class: "muted", text: "—" });
+    const parts = [el("span", { class: "net-chip", title: legs[0].from, text: networkLabel(legs[0].from) })];
+    for (const leg of legs) {
+      parts.push(el("span", { class: "leg-type", text: ` ${leg.type || "?"} → ` }));
+      parts.push(el("span", { class: "net-chip", title: leg.to, text: networkLabel(leg.to) }));
+    }
+    return el("span", { class: "legs" }, parts);
+  }
+
+  function renderJourneys(list) {
+    const journeys = Array.isArray(list) ? list : [];
+    $("journeys-count").textContent = journeys.length ? String(journeys.length) : "";
+    if (!journeys.length) {
+      replace($("journeys"), notice("No journey yet: notifications appear as blocks are matched.", false));
+      return;
+    }
+    const rows = journeys.map((j) => {
+      const link = new URL(`../xcm/journeys/${encodeURIComponent(j.journeyId)}`, window.location.href);
+      const status = j.status + (j.outcome && j.outcome !== "Success" ? ` (${j.outcome})` : "");
+      return el("tr", { "data-journey": j.journeyId },
+        el("td", { class: "small" }, el("div", { text: ago(j.lastAt) }),
+          el("div", { class: "mono muted", title: j.messageHash || "", text: shortHash(j.messageHash) })),
+        el("td", {}, legsPath(j.legs),
+          el("div", { class: "muted small", text: `${networkLabel(j.origin)} #${j.originBlock ?? "?"}` })),
+        el("td", {}, el("span", { class: `badge status ${STATUS_CLASS[j.status] || ""}`, text: status })),
+        el("td", { class: "small" },
+          (j.notifications || []).map((n) => el("a", {
+            class: "note-link", href: `${link.href}#${n.id || ""}`, title: n.id || "",
+            text: String(n.type || "?").replace(/^xcm\./, ""),
+          })),
+          el("a", { class: "journey-link muted", href: link.href, text: " JSON" })),
+      );
+    });
+    replace($("journeys"), el("table", {},
+      el("thead", {}, el("tr", {}, ["When", "Legs", "Status", "Notifications"].map((h) => el("th", { text: h })))),
+      el("tbody", {}, rows)));
+  }
+
+  // -- webhook delivery -------------------------------------------------------------------------
+
+  function renderWebhooks(view) {
+    const rows = Array.isArray(view.subscriptions) ? view.subscriptions : [];
+    const totals = view.totals || {};
+    const legend = el("p", { class: "legend muted small" },
+      "delivered: 2xx answers · retrying: waiting for another attempt · dead: given up ",
+      "(dead letters, see /admin/webhooks/dead-letters) · failed: attempts that did not deliver");
+    if (!rows.length) {
+      replace($("webhooks"), notice("No subscription with a webhook channel.", false), legend);
+      return;
+    }
+    const cell = (value, kind) => el("td", { class: `num ${value > 0 ? kind : ""}`, text: formatNumber(value) });
+    replace(
+      $("webhooks"),
+      el("table", { class: "webhooks" },
+        el("thead", {}, el("tr", {}, ["Subscription", "Delivered", "Retrying", "Dead", "Failed"]
+          .map((h) => el("th", { text: h })))),
+        el("tbody", {}, rows.map((row) => el("tr", { "data-webhook": row.id },
+          el("td", {}, el("div", { class: "sub-id", text: row.id }),
+            el("div", { class: "muted small mono webhook-url", title: (row.urls || []).join(" "), text: (row.urls || [])[0] || "" }),
+            (row.disabledChannels || []).length
+              ? el("span", { class: "badge bad", text: "disabled (410)" }) : null),
+          cell(row.delivered, "good"), cell(row.retrying, "warn"), cell(row.dead, "bad"),
+          cell(row.failed, ""))))),
+      el("p", { class: "muted small", text:
+        `queue: ${formatNumber(totals.due)} due, ${formatNumber(totals.in_flight)} in flight, ` +
+        `${formatNumber(totals.dead)} dead letters` }),
+      legend,
     );
   }
 
@@ -256,30 +388,21 @@
 
   // -- topology ---------------------------------------------------------------------------------
 
-  /** Columns for the dataflow graph: topics and agents, left to right along the data.
-   * An agent that writes back into a topic upstream of it (the matcher re-emits legs into the
-   * topic it reads) makes a cycle: such edges are found by a depth-first walk from the topics
-   * nobody writes, drawn as loops, and left out of the layering (longest path from a root). */
+  /** Columns for the dataflow graph of /topology.json (``graph``: the nodes and edges that
+   * ``ocstream topology --format dot`` draws), left to right along the data. An edge back into
+   * an upstream node (the matcher re-emits legs into the topic it reads) makes a cycle: such
+   * edges are found by a depth-first walk from the nodes nothing feeds, drawn as loops, and left
+   * out of the layering (longest path from a root). Nodes without any edge get a column of
+   * their own, on the right. */
   function layoutTopology(flow) {
-    const agents = Array.isArray(flow.agents) ? flow.agents : [];
+    const graph = flow.graph || { nodes: [], edges: [] };
     const nodes = new Map();
-    const edges = [];
-    const node = (id, kind, name) => {
-      if (!nodes.has(id)) nodes.set(id, { id, kind, name, order: nodes.size, tables: [] });
-      return nodes.get(id);
-    };
-    for (const agent of agents) {
-      const a = node(`a:${agent.name}`, "agent", agent.name);
-      a.tables = agent.tables || [];
-      for (const topic of agent.source_topics || []) {
-        node(`t:${topic}`, "topic", topic);
-        edges.push({ from: `t:${topic}`, to: a.id, back: false });
-      }
-      for (const sink of agent.sink_names || []) {
-        node(`t:${sink}`, "topic", sink);
-        edges.push({ from: a.id, to: `t:${sink}`, back: false });
-      }
+    for (const n of graph.nodes || []) {
+      nodes.set(n.id, { id: n.id, kind: n.kind, name: n.name, lines: n.lines || [n.name], order: nodes.size });
     }
+    const edges = (graph.edges || [])
+      .filter((e) => nodes.has(e.from) && nodes.has(e.to))
+      .map((e) => ({ from: e.from, to: e.to, back: false }));
     const outgoing = new Map([...nodes.keys()].map((id) => [id, []]));
     const incoming = new Map([...nodes.keys()].map((id) => [id, []]));
     for (const edge of edges) {
@@ -306,30 +429,34 @@
       }
       return layers.get(id);
     };
-    for (const id of ids) layerOf(id);
+    const connected = ids.filter((id) => outgoing.get(id).length || incoming.get(id).length);
+    for (const id of connected) layerOf(id);
+    const last = connected.length ? Math.max(...connected.map((id) => layers.get(id))) + 1 : 0;
+    for (const id of ids) if (!layers.has(id)) layers.set(id, last);
     return { nodes: [...nodes.values()], edges, layers };
   }
 
+  const KIND_LABEL = { producer: "▶", topic: "≡", agent: "⚙", table: "▤", sink: "➤", page: "⌂" };
+
   function renderTopology(flow) {
     const topics = Array.isArray(flow.topics) ? flow.topics : [];
-    const byName = new Map(topics.map((t) => [t.name, t]));
     const { nodes, edges, layers } = layoutTopology(flow);
     const children = [];
     if (!nodes.length) {
-      children.push(notice("No agent declared.", false));
+      children.push(notice("Nothing declared.", false));
     } else {
-      const boxWidth = 168;
-      const columnWidth = 204;
-      const gap = 16;
-      const head = 44; // the height of a box's title part, where edges attach
+      const boxWidth = 184;
+      const columnWidth = 222;
+      const gap = 12;
+      const lineHeight = 15;
       const columns = [];
       for (const n of nodes) {
         const layer = layers.get(n.id);
         (columns[layer] = columns[layer] || []).push(n);
-        n.height = n.kind === "agent" ? 40 + 17 * n.tables.length + (n.tables.length ? 6 : 0) : head;
+        n.height = 12 + lineHeight * Math.min(n.lines.length, 3);
       }
-      // Order within a column: the first column by how much of the flow starts there (the XCM
-      // chain above the demo), the others by the mean rank of their upstream nodes.
+      // Order within a column: the first by how much of the flow starts there, the others by
+      // the mean rank of their upstream nodes.
       const position = new Map(nodes.map((n) => [n.id, n]));
       const forward = edges.filter((e) => !e.back);
       const reach = (id, seen = new Set()) => {
@@ -361,8 +488,8 @@
       const width = 8 + (columns.length - 1) * columnWidth + boxWidth + 8;
       const clip = (text, max) => (text.length > max ? `${text.slice(0, max - 1)}…` : text);
 
-      // Edges between neighbouring columns are S-curves. An edge that skips columns, or goes
-      // back upstream, runs in its own lane under the boxes it would cross.
+      // Forward edges are curves from a box's right side to the next one's left side; an edge
+      // back upstream runs in a lane of its own under the boxes.
       let lanes = 0;
       const lane = (fromColumn, toColumn) => {
         const lo = Math.min(fromColumn, toColumn);
@@ -374,61 +501,34 @@
       const paths = edges.map((edge) => {
         const a = position.get(edge.from);
         const b = position.get(edge.to);
-        const ca = layers.get(a.id);
-        const cb = layers.get(b.id);
+        const attrs = { "data-from": a.id, "data-to": b.id, "marker-end": "url(#arrow)" };
         if (edge.back) {
           const x1 = a.x + boxWidth / 2;
           const x2 = b.x + boxWidth / 2;
-          const y = lane(cb, ca);
-          return svg("path", {
-            class: "edge back",
+          const y = lane(layers.get(b.id), layers.get(a.id));
+          return svg("path", { ...attrs, class: "edge back",
             d: `M${x1},${a.y + a.height} L${x1},${y - 8} Q${x1},${y} ${x1 - 8},${y} ` +
-              `L${x2 + 8},${y} Q${x2},${y} ${x2},${y - 8} L${x2},${b.y + b.height + 2}`,
-            "marker-end": "url(#arrow)",
-          });
+              `L${x2 + 8},${y} Q${x2},${y} ${x2},${y - 8} L${x2},${b.y + b.height + 2}` });
         }
         const x1 = a.x + boxWidth;
-        const y1 = a.y + Math.min(a.height, head) / 2;
+        const y1 = a.y + a.height / 2;
         const x2 = b.x - 2;
-        const y2 = b.y + Math.min(b.height, head) / 2;
-        if (cb - ca > 1) {
-          const y = lane(ca + 1, cb - 1);
-          const r = 10;
-          return svg("path", {
-            class: "edge",
-            d: `M${x1},${y1} L${x1 + 8},${y1} Q${x1 + 18},${y1} ${x1 + 18},${y1 + r} L${x1 + 18},${y - r} ` +
-              `Q${x1 + 18},${y} ${x1 + 18 + r},${y} L${x2 - 18 - r},${y} Q${x2 - 18},${y} ${x2 - 18},${y - r} ` +
-              `L${x2 - 18},${y2 + r} Q${x2 - 18},${y2} ${x2 - 8},${y2} L${x2},${y2}`,
-            "marker-end": "url(#arrow)",
-          });
-        }
-        const mid = (x1 + x2) / 2;
-        return svg("path", {
-          class: "edge",
-          d: `M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}`,
-          "marker-end": "url(#arrow)",
-        });
+        const y2 = b.y + b.height / 2;
+        const bend = Math.max(40, (x2 - x1) / 2);
+        return svg("path", { ...attrs, class: "edge",
+          d: `M${x1},${y1} C${x1 + bend},${y1} ${x2 - bend},${y2} ${x2},${y2}` });
       });
       height = Math.max(height, Math.max(0, ...bottoms.map((b) => b || 0)) + 12 + 12 * lanes);
       const boxes = nodes.map((n) => {
-        const lines = [];
-        if (n.kind === "topic") {
-          const topic = byName.get(n.name) || {};
-          const parts = [topic.kind || "topic"];
-          if (topic.partitions) parts.push(`${topic.partitions} partitions`);
-          lines.push(svg("text", { x: n.x + 12, y: n.y + 18, class: "title", text: clip(n.name, 22) }));
-          lines.push(svg("text", { x: n.x + 12, y: n.y + 34, class: "meta", text: parts.join(" · ") }));
-        } else {
-          const count = n.tables.length;
-          lines.push(svg("text", { x: n.x + 12, y: n.y + 18, class: "title", text: `⚙ ${clip(n.name, 20)}` }));
-          lines.push(svg("text", { x: n.x + 12, y: n.y + 33, class: "meta",
-            text: count ? `agent · ${count} table${count > 1 ? "s" : ""}` : "agent" }));
-          n.tables.forEach((table, i) => {
-            lines.push(svg("text", { x: n.x + 16, y: n.y + 52 + 17 * i, class: "table-row", text: `▤ ${clip(table, 20)}` }));
-          });
-        }
-        return svg("g", { class: `node ${n.kind}`, "data-name": n.name },
-          svg("title", { text: n.name }),
+        const [title, ...rest] = n.lines;
+        const lines = [svg("text", { x: n.x + 10, y: n.y + 17, class: "title",
+          text: `${KIND_LABEL[n.kind] || ""} ${clip(String(title), 24)}` })];
+        rest.slice(0, 2).forEach((line, i) => {
+          lines.push(svg("text", { x: n.x + 10, y: n.y + 17 + lineHeight * (i + 1), class: "meta",
+            text: clip(String(line), 30) }));
+        });
+        return svg("g", { class: `node ${n.kind}`, "data-name": n.name, "data-id": n.id },
+          svg("title", { text: n.lines.join("\n") }),
           svg("rect", { x: n.x, y: n.y, width: boxWidth, height: n.height, rx: 7 }),
           lines);
       });
@@ -442,6 +542,9 @@
         paths,
         boxes,
       ));
+      children.push(el("p", { class: "legend muted small" },
+        "▶ producer (process, timer) · ≡ topic · ⚙ agent · ▤ table · ➤ output · ⌂ HTTP route. ",
+        "The same graph as ", el("code", { text: "ocstream topology --format svg" }), "."));
     }
     const tables = Array.isArray(flow.tables) ? flow.tables : [];
     children.push(el("details", { class: "topology-details" },
@@ -517,28 +620,49 @@
     $("feed-empty").hidden = true;
   }
 
-  function addNotification(payload) {
+  function addNotification(payload, subscriptionId, recent) {
     const kind = String(payload.type || "unknown");
     const waypoint = payload.waypoint || {};
     let className = `t-${kind.replace(/^xcm\./, "")}`;
     if (waypoint.outcome === "Fail") className += " t-fail";
+    if (recent) className += " recent";
     const label = kind.replace(/^xcm\./, "") + (payload.direction ? `-${payload.direction}` : "");
     addFeedEntry(`notification ${className}`, label,
-      formatLine(payload, payload.subscriptionId || state.feed.subscriptionId), payload);
+      formatLine(payload, payload.subscriptionId || subscriptionId), payload);
+  }
+
+  /** The feed starts with the last notifications of the whole group (GET /xcm/notifications),
+   * so that it is not empty until the next match; live ones follow. */
+  async function backfillFeed() {
+    if (state.feed.backfilled) return;
+    state.feed.backfilled = true;
+    try {
+      const recent = await getJson("xcm/notifications?limit=20");
+      for (const item of [...recent].reverse()) {
+        addNotification(item.notification, null, true);
+      }
+    } catch (error) {
+      // Older workers do not serve it: the feed is live only.
+    }
   }
 
   function selectedDestinations() {
     return [...document.querySelectorAll("#feed-destinations input:checked")].map((i) => i.value);
   }
 
+  const ALL = "*";
+
   function buildFeedForm(networks) {
     const urns = Object.keys(networks).sort(compareUrns);
     const select = $("feed-origin");
     const current = select.value;
-    const known = new Set([...select.options].map((o) => o.value));
+    const known = new Set([...select.options].map((o) => o.value).filter((v) => v !== ALL));
     if (urns.length === known.size && urns.every((u) => known.has(u))) return false;
-    replace(select, urns.map((urn) => el("option", { value: urn, text: `${networkLabel(urn)} — ${urn}` })));
-    if (current && urns.includes(current)) select.value = current;
+    replace(select,
+      el("option", { value: ALL, text: `All origins (${urns.length})` }),
+      urns.map((urn) => el("option", { value: urn, text: `${networkLabel(urn)} — ${urn}` })));
+    if (current && (current === ALL || urns.includes(current))) select.value = current;
+    else select.value = ALL;
     buildDestinations(urns, select.value, true);
     return true;
   }
@@ -557,75 +681,90 @@
   function closeFeed() {
     const feed = state.feed;
     clearTimeout(feed.timer);
-    if (feed.socket) {
-      feed.socket.onclose = null;
-      feed.socket.close(1000, "dashboard resubscribes");
+    for (const socket of feed.sockets) {
+      socket.onclose = null;
+      socket.close(1000, "dashboard resubscribes");
     }
-    feed.socket = null;
-    feed.subscriptionId = null;
+    feed.sockets = [];
+  }
+
+  function feedOrigins() {
+    const chosen = $("feed-origin").value;
+    if (chosen !== ALL) return chosen ? [chosen] : [];
+    return state.networks ? Object.keys(state.networks).sort(compareUrns) : [];
   }
 
   function openFeed() {
     closeFeed();
     const feed = state.feed;
-    const origin = $("feed-origin").value;
-    if (!origin) {
+    const origins = feedOrigins();
+    if (!origins.length) {
       feedStatus("no network", "");
       return;
     }
-    const destinations = selectedDestinations();
-    const url = new URL("../ws/subs", window.location.href);
-    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-    if (readToken) url.searchParams.set("access_token", readToken);
+    const wanted = selectedDestinations();
     feed.wanted = true;
     feedStatus("connecting…", "pending");
-    let socket;
-    try {
-      socket = new WebSocket(url);
-    } catch (error) {
-      feedStatus("unavailable", "error");
-      return;
-    }
-    feed.socket = socket;
-    socket.onopen = () => {
-      socket.send(JSON.stringify({ origin, destinations }));
-    };
-    socket.onmessage = (event) => {
-      let message;
+    const live = new Set();
+    // One ephemeral subscription per origin: a subscription has one origin, and the feed
+    // follows all of them by default.
+    for (const origin of origins) {
+      const destinations = wanted.filter((d) => d !== origin);
+      if (!destinations.length) continue;
+      const url = new URL("../ws/subs", window.location.href);
+      url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+      if (readToken) url.searchParams.set("access_token", readToken);
+      let socket;
       try {
-        message = JSON.parse(event.data);
+        socket = new WebSocket(url);
       } catch (error) {
+        feedStatus("unavailable", "error");
         return;
       }
-      if (message && message.error) {
-        feedStatus(`rejected: ${message.reason}`, "error");
-        addFeedEntry("t-system", "error", `${message.statusCode} ${message.reason}`, message);
-      } else if (message && message.type) {
-        addNotification(message);
-      } else if (message && message.ephemeral && message.id) {
-        feed.subscriptionId = message.id;
-        feed.retries = 0;
-        feedStatus(`live · ${message.id}`, "live");
-        addFeedEntry("t-system", "subscribed",
-          `ephemeral subscription ${message.id}: ${networkLabel(origin)} → ` +
-          `${destinations.length ? destinations.map(networkLabel).join(", ") : "no destination"}`,
-          message);
-      }
-    };
-    socket.onclose = (event) => {
-      feed.socket = null;
-      feed.subscriptionId = null;
-      const reason = event.reason ? ` ${event.reason}` : "";
-      if (!feed.wanted) {
-        feedStatus("closed", "");
-        return;
-      }
-      // Shutdown, busy or a dropped connection: try again, more slowly each time.
-      const delay = Math.min(30000, 2000 * 2 ** feed.retries);
-      feed.retries += 1;
-      feedStatus(`closed (${event.code}${reason}); retrying in ${Math.round(delay / 1000)}s`, "error");
-      feed.timer = setTimeout(openFeed, delay);
-    };
+      feed.sockets.push(socket);
+      let subscriptionId = null;
+      socket.onopen = () => {
+        socket.send(JSON.stringify({ origin, destinations }));
+      };
+      socket.onmessage = (event) => {
+        let message;
+        try {
+          message = JSON.parse(event.data);
+        } catch (error) {
+          return;
+        }
+        if (message && message.error) {
+          feedStatus(`rejected: ${message.reason}`, "error");
+          addFeedEntry("t-system", "error", `${message.statusCode} ${message.reason}`, message);
+        } else if (message && message.type) {
+          addNotification(message, subscriptionId, false);
+        } else if (message && message.ephemeral && message.id) {
+          subscriptionId = message.id;
+          live.add(origin);
+          feed.retries = 0;
+          const scope = origins.length > 1 ? `${live.size}/${origins.length} origins` : message.id;
+          feedStatus(`live · ${scope}`, "live");
+          addFeedEntry("t-system", "subscribed",
+            `ephemeral subscription ${message.id}: ${networkLabel(origin)} → ` +
+            `${destinations.map(networkLabel).join(", ")}`,
+            message);
+        }
+      };
+      socket.onclose = (event) => {
+        feed.sockets = feed.sockets.filter((s) => s !== socket);
+        const reason = event.reason ? ` ${event.reason}` : "";
+        if (!feed.wanted) {
+          feedStatus("closed", "");
+          return;
+        }
+        // Shutdown, busy or a dropped connection: all sockets again, more slowly each time.
+        closeFeed();
+        const delay = Math.min(30000, 2000 * 2 ** feed.retries);
+        feed.retries += 1;
+        feedStatus(`closed (${event.code}${reason}); retrying in ${Math.round(delay / 1000)}s`, "error");
+        feed.timer = setTimeout(openFeed, delay);
+      };
+    }
   }
 
   // -- refresh loop -----------------------------------------------------------------------------
@@ -638,7 +777,8 @@
       const changed = buildFeedForm(networks);
       if (changed && !state.formReady && Object.keys(networks).length) {
         state.formReady = true;
-        openFeed(); // default: the first network, all destinations
+        await backfillFeed();
+        openFeed(); // default: all origins, all destinations
       }
     } catch (error) {
       replace($("networks"), failure("networks", error, "The network registry is"));
@@ -662,6 +802,23 @@
     }
   }
 
+  async function refreshJourneys() {
+    try {
+      renderJourneys(await getJson("xcm/journeys?limit=15"));
+    } catch (error) {
+      $("journeys-count").textContent = "";
+      replace($("journeys"), failure("xcm/journeys", error, "The journey view is"));
+    }
+  }
+
+  async function refreshWebhooks() {
+    try {
+      renderWebhooks(await getJson("webhooks/status"));
+    } catch (error) {
+      replace($("webhooks"), failure("webhooks/status", error, "Webhook delivery is"));
+    }
+  }
+
   async function refreshTopology() {
     try {
       renderTopology(await getJson("topology.json"));
@@ -671,7 +828,9 @@
   }
 
   async function refreshAll(withTopology) {
-    const jobs = [refreshNetworks(), refreshPending(), refreshSubscriptions()];
+    const jobs = [
+      refreshNetworks(), refreshPending(), refreshSubscriptions(), refreshJourneys(), refreshWebhooks(),
+    ];
     if (withTopology) jobs.push(refreshTopology());
     await Promise.allSettled(jobs);
     $("refreshed").textContent = `updated ${clock()}`;
@@ -708,6 +867,6 @@
     schedule();
   }
 
-  window.ocstreamDashboard = { formatLine, layoutTopology };
+  window.ocstreamDashboard = { formatLine, layoutTopology, counterHelp };
   document.addEventListener("DOMContentLoaded", init);
 })();

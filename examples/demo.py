@@ -1,7 +1,10 @@
 """Demo dataflow: ``demo-events`` -> agent ``count_events`` -> table ``demo-counts``.
 
-Each event adds ``n`` to its user's count. The page ``/demo/counts/`` shows the counts held by
-this worker's active partitions and how many events this process handled, which is what the
+An example of a dataflow declared on the app, and the transport's self-check: its integration
+tests and benchmarks run it alone (``OCSTREAM_DATAFLOW=demo``), so that their timings and
+partition counts are those of this small dataflow. It is not part of ocstream's production
+graph. Each event adds ``n`` to its user's count. The page ``/demo/counts/`` shows the counts
+held by this worker's active partitions and how many events this process handled, which is what the
 integration tests compare with what they produced.
 """
 

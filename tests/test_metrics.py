@@ -1,0 +1,106 @@
+"""``/metrics`` through prometheus_client: valid text, and the same metrics as before.
+
+The hand-built exposition text of four modules gave, for the state of
+:func:`tests.metrics_sample.sample_app`, the names, types and label names saved in
+``tests/data/metrics_before.json``; :mod:`ocstream.metrics` must give the same set (dead-letter
+kinds with hyphens aside: those names were not valid Prometheus names, they now use ``_``), as
+text that prometheus_client's own parser reads.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from ocstream import metrics
+from ocstream.ingress.metrics import IngressMetrics
+from tests.metrics_sample import metric_set, sample_app
+from tests.workers import Worker, wait_for
+
+BEFORE = Path(__file__).parent / "data" / "metrics_before.json"
+
+
+def parsed(text: str) -> dict[str, Any]:
+    """Families by name, as prometheus_client's parser reads the text (it raises on bad text)."""
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def test_worker_metrics_are_those_of_before() -> None:
+    app = sample_app()
+    # The worker collectors only: metrics that modules register in metrics.REGISTRY are not
+    # part of the comparison (they depend on what this process imported).
+    text = metrics.render(lambda: metrics.collect_worker(app), registry=None).decode()
+    families = parsed(text)
+    before = json.loads(BEFORE.read_text())
+    expected = sorted([metrics.metric_name(name), kind, labels] for name, kind, labels in before)
+    assert metric_set(text) == expected
+    # The dead-letter counters whose kinds have hyphens are there, under valid names.
+    assert "oc_xcm_dead_letters_bad-block_total" in {name for name, _, _ in before}
+    assert families["oc_xcm_dead_letters_bad_block"].samples[0].value == 1
+    # Values, not only names: a counter, a labelled counter, a gauge, the consumer lag.
+    assert families["oc_engine_hop"].samples[0].value == 2  # hop_in + hop_out
+    samples = {s.labels["type"]: s.value for s in families["oc_notifier_notification"].samples}
+    assert samples == {"xcm.sent": 6, "xcm.received": 4}
+    assert families["oc_webhook_dead"].samples[0].value == 2
+    lag = {
+        (s.labels["topic"], s.labels["partition"]): s.value
+        for s in families["ocstream_consumer_lag_records"].samples
+    }
+    assert lag == {("blocks", "0"): 15, ("xcm-legs", "1"): 20}
+    ingress = families["ocstream_ingress_backlog_blocks"].samples[0]
+    assert (ingress.labels, ingress.value) == ({"network": "urn:ocn:polkadot:0"}, 2)
+
+
+def test_the_ingress_and_the_hub_render_through_the_same_module() -> None:
+    ingress = IngressMetrics()
+    ingress.networks["urn:ocn:polkadot:1000"].errors = 4
+    families = parsed(ingress.render().decode())
+    assert families["ocstream_ingress_errors"].type == "counter"
+    assert families["ocstream_ingress_errors"].samples[0].value == 4
+    hub = sample_app().websocket_hub
+    hub.frames_forwarded, hub.frames_dropped, hub.reconnects = 7, 1, 0
+    hub_text = metrics.render(lambda: metrics.websocket_families(hub)).decode()
+    assert parsed(hub_text)["oc_ws_frames_forwarded"].samples[0].value == 7
+
+
+def test_a_registered_metric_shows_in_every_worker_render() -> None:
+    counter = metrics.counter("oc_test_registry_probe_total", "A test's counter.", ["kind"])
+    try:
+        counter.labels(kind="x").inc(3)
+        families = parsed(metrics.render_worker(sample_app()).decode())
+        (sample,) = families["oc_test_registry_probe"].samples
+        assert (sample.name, sample.labels, sample.value) == (
+            "oc_test_registry_probe_total",
+            {"kind": "x"},
+            3,
+        )
+    finally:
+        metrics.REGISTRY.unregister(counter)
+
+
+def test_a_real_worker_serves_parseable_metrics(
+    redis_url: str, prefix: str, app_id: str, tmp_path: Path
+) -> None:
+    worker = Worker("w1", tmp_path, redis_url=redis_url, prefix=prefix, app_id=app_id)
+    try:
+        worker.start()
+        worker.wait_assigned()
+        url = f"http://127.0.0.1:{worker.port}/metrics"
+
+        def scrape() -> tuple[str, str]:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.headers["Content-Type"], response.read().decode()
+
+        content_type, text = wait_for(scrape, 30, "/metrics")
+    finally:
+        worker.stop()
+    assert content_type.startswith("text/plain; version=0.0.4")
+    families = parsed(text)
+    assert families["ocstream_group_generation"].samples[0].value >= 1
+    assert families["ocstream_group_assigned_partitions"].samples[0].value >= 1
+    assert families["ocstream_transport_records_fetched"].type == "counter"
+    assert "oc_engine_out" in families and "oc_active_subscriptions_count" in families
