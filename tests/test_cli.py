@@ -251,7 +251,7 @@ def test_help_is_ocstreams_own_with_the_real_defaults(command: str, tmp_path: Pa
     if command == "ingress":
         assert f"the worker's port + 1 ({defaults.port + 1})" in flat
     if command == "topology":
-        assert "{text,mermaid,dot,json}" in text
+        assert "{text,mermaid,dot,json,svg,png}" in text and "-o OUTPUT" in text
     # Printing help started nothing and wrote nothing.
     assert list(tmp_path.iterdir()) == []
     assert redis_processes_under(tmp_path) == []
