@@ -174,16 +174,20 @@ def send_dmp(stack: Stack, heads: dict[str, int]) -> str:
 
 
 def receipt_blocks(stack: Stack, heads: dict[str, int], message: str) -> dict[str, str]:
-    """Per DMP label: the hash of the para 1000 block that executed that transfer's message,
-    the first block after the para's head at the time of the transfer that reports the
-    message's ``DmpQueue.ExecutedDownward`` (what the chain did, from the published blocks)."""
-    executed = [(n, h) for n, h, m in stack.dmp_receipts() if m == message]
-    out = {}
-    for label, head in heads.items():
-        after = [h for n, h in executed if n > head]
-        assert after, (label, head, executed)
-        out[label] = after[0]
-    return out
+    """Per DMP label: the hash of the para 1000 block that executed that transfer's message.
+    Downward messages to a para run in the order they were sent (one queue, one message per
+    block here), so the k-th transfer's receipt is the k-th para 1000 block after the para's
+    head at the first transfer that reports the message's ``DmpQueue.ExecutedDownward``:
+    what the chain did, from the published blocks, not from the matcher."""
+    start = min(heads.values())
+
+    def executed() -> list[str] | None:
+        found = [h for n, h, m in stack.dmp_receipts() if m == message and n > start]
+        return found if len(found) >= len(heads) else None
+
+    blocks = wait_for(executed, 60, f"{len(heads)} executions of {message} on para 1000")
+    assert blocks is not None and len(blocks) == len(heads), (blocks, heads)
+    return dict(zip(heads, blocks, strict=True))
 
 
 def topic_notes(stack: Stack, label: str) -> list[dict[str, Any]]:
