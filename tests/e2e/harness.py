@@ -37,8 +37,10 @@ from tests.localnet.check import (
     PARA1000,
     PARA1001,
     RELAY,
+    first_field,
     journey_of,
     notifications,
+    published_blocks,
     registry,
     write_config,
 )
@@ -319,6 +321,28 @@ class PrivateRedis:
 EXPECTED = {kind: tuple(rest) for kind, *rest in EXPECTED_JOURNEYS}
 
 
+def _summary(journey: dict[str, list[Received]]) -> list[tuple[str, str, str, Any]]:
+    """A journey's deliveries in short: (type, notification id, destination block, late)."""
+    return [
+        (kind, r.json["id"], r.json["waypoint"].get("blockHash", ""), r.json.get("late"))
+        for kind, requests in journey.items()
+        for r in requests
+    ]
+
+
+#: The instructions of the chains' own version negotiation (XCM.md: version discovery).
+VERSION_INSTRUCTIONS = ("SubscribeVersion", "UnsubscribeVersion", "QueryResponse")
+
+
+def version_negotiation(note: dict[str, Any]) -> bool:
+    """Whether a notification is of a version-negotiation message. The runtime may queue one in
+    the very block of a transfer (the relay's ``SubscribeVersion`` to a para it first sends to
+    goes out in the next block, ahead of whatever that block sends), so a block can be the
+    origin of the transfer's journey and of such a journey."""
+    instructions = json.dumps((note.get("waypoint") or {}).get("instructions"))
+    return any(f'"{name}"' in instructions for name in VERSION_INSTRUCTIONS)
+
+
 def _kind(label: str) -> str:
     return label.split("#", 1)[0]
 
@@ -342,6 +366,8 @@ class Stack:
         name: str,
         *,
         endpoints: dict[str, NodeEndpoint] | None = None,
+        worker_env: dict[str, str] | None = None,
+        worker_config: str | None = None,
     ) -> None:
         self.net = net
         #: chain name -> the endpoint the ingress reaches it through (None: directly).
@@ -363,25 +389,42 @@ class Stack:
         self.worker_ports: list[int] = []
         for n in (1, 2):
             port = free_port()
-            worker_env = ocstream_env(
-                **FAST_GROUP_ENV,
-                OCSTREAM_TRANSPORT_PREFIX=self.prefix,
-                OCSTREAM_APP_ID=self.app_id,
-                OCSTREAM_PARTITIONS="4",
-                OCSTREAM_WEBHOOK_ALLOW_PRIVATE="1",
-                PYTHONUNBUFFERED="1",
+            env_n = ocstream_env(
+                **{
+                    **FAST_GROUP_ENV,
+                    "OCSTREAM_TRANSPORT_PREFIX": self.prefix,
+                    "OCSTREAM_APP_ID": self.app_id,
+                    "OCSTREAM_PARTITIONS": "4",
+                    "OCSTREAM_WEBHOOK_ALLOW_PRIVATE": "1",
+                    "PYTHONUNBUFFERED": "1",
+                    **(worker_env or {}),  # the test's own settings win
+                }
             )
             command = [sys.executable, "-m", "ocstream", "worker", "-l", "info"]
             command += ["--redis", redis_url, "--port", str(port)]
             command += ["--data-dir", str(root / f"worker{n}")]
-            self.workers.append(Child(f"worker{n}", command, worker_env, root / f"worker{n}.log"))
+            if worker_config is not None:
+                # A worker-only TOML file ([worker] settings such as commit_interval).
+                config_path = root / "worker.toml"
+                config_path.write_text(worker_config)
+                command += ["--config", str(config_path)]
+            self.workers.append(Child(f"worker{n}", command, env_n, root / f"worker{n}.log"))
             self.worker_ports.append(port)
         self.sent: dict[str, Transfer] = {}
+        #: Labels of the transfers whose journey is expected to end with xcm.timeout.
+        self.timed_out: set[str] = set()
 
     # lifecycle
     def start(self) -> Stack:
         self.ingress.start()
         self.wait_following()
+        self.start_workers()
+        self.subscribe()
+        return self
+
+    def start_workers(self) -> None:
+        """Start both workers (again, after a kill: same ports, data dirs and group) and wait
+        until each serves the networks."""
         for worker in self.workers:
             worker.start()
         for port, worker in zip(self.worker_ports, self.workers, strict=True):
@@ -391,8 +434,46 @@ class Stack:
                 f"{worker.name} to serve the networks",
                 interval=0.25,
             )
-        self.subscribe()
-        return self
+
+    def group_generation(self) -> int | None:
+        """The workers' group generation when it is settled: phase ``stable``, both workers
+        members and both holding that generation (their ``ocstream_group_generation``)."""
+        state = cast(dict[bytes, bytes], self.client.hgetall(f"{self.prefix}g:{self.app_id}:state"))
+        generation = int(state.get(b"gen", b"0"))
+        if state.get(b"phase") != b"stable" or int(state.get(b"stable_gen", b"-1")) != generation:
+            return None
+        if self.client.zcard(f"{self.prefix}g:{self.app_id}:members") != len(self.workers):
+            return None
+        for port in self.worker_ports:
+            lines = self.http("GET", port, "/metrics")[1].splitlines()
+            held = [line.split()[-1] for line in lines if line.startswith("ocstream_group_gen")]
+            if held != [str(generation)]:
+                return None
+        return generation
+
+    def wait_group_settled(self, settle: float = 5.0, timeout: float = 90) -> int:
+        """Until the workers' group has been settled in one generation for ``settle`` seconds
+        (after a start the workers may still join, miss a heartbeat under load and rejoin:
+        each rebalance commits the offsets taken so far). Returns that generation."""
+        since: dict[str, Any] = {"gen": None, "at": 0.0}
+
+        def settled() -> int | None:
+            generation = self.group_generation()
+            if generation is None or generation != since["gen"]:
+                since.update(gen=generation, at=time.monotonic())
+                return None
+            return generation if time.monotonic() - since["at"] >= settle else None
+
+        found = wait_for(settled, timeout, "the workers' group to settle", interval=0.5)
+        assert found is not None
+        return found
+
+    def drop_worker_config(self) -> None:
+        """The workers' next start runs without the ``worker_config`` file (default settings)."""
+        for worker in self.workers:
+            if "--config" in worker.command:
+                at = worker.command.index("--config")
+                del worker.command[at : at + 2]
 
     def _serves_networks(self, port: int, worker: Child) -> bool:
         if not worker.alive():
@@ -455,6 +536,71 @@ class Stack:
             status, answer = self.http("POST", self.worker_ports[0], "/subs", subscription)
             assert status == 201, (status, answer)
 
+    def metric(self, name: str) -> int:
+        """A counter of the workers' ``/metrics`` (the unlabelled line), summed over the live
+        workers."""
+        total = 0
+        for port, worker in zip(self.worker_ports, self.workers, strict=True):
+            if not worker.alive():
+                continue
+            for line in self.http("GET", port, "/metrics")[1].splitlines():
+                if line.startswith(name + " "):
+                    total += int(float(line.split()[-1]))
+        return total
+
+    def topic_records(self, topic: str) -> list[tuple[int, int, dict[str, Any]]]:
+        """Every record of ``topic``: (partition, offset, JSON value), from the Redis streams
+        (entry ``0-<seq>`` has offset ``seq - 1``, ``ocstream/transport/keys.py``)."""
+        partitions = int(cast(bytes | None, self.client.hget(f"{self.prefix}topics", topic)) or 0)
+        out = []
+        for partition in range(partitions):
+            stream = f"{self.prefix}t:{topic}:{partition}"
+            entries = cast(list[tuple[bytes, dict[bytes, bytes]]], self.client.xrange(stream))
+            for entry_id, fields in entries:
+                offset = int(entry_id.decode().split("-", 1)[1]) - 1
+                out.append((partition, offset, json.loads(fields[b"v"])))
+        return out
+
+    def committed(self, topic: str) -> dict[int, int]:
+        """The workers' group's committed offsets of ``topic``: partition -> next offset."""
+        raw = cast(dict[bytes, bytes], self.client.hgetall(f"{self.prefix}g:{self.app_id}:offsets"))
+        out = {}
+        for field_name, value in raw.items():
+            name, _, partition = field_name.decode().rpartition("\x1f")
+            if name == topic:
+                out[int(partition)] = int(value)
+        return out
+
+    def dump_topics(self) -> None:
+        """Write the records of the XCM topics to ``<root>/topics/<topic>.jsonl`` (for a failed
+        test: the Redis keys are deleted when it ends)."""
+        directory = self.root / "topics"
+        directory.mkdir(exist_ok=True)
+        for topic in ("xcm-legs", "xcm-notifications", "xcm-dead-letters"):
+            try:
+                records = self.topic_records(topic)
+            except (redis.RedisError, ValueError) as exc:
+                records = [(-1, -1, {"error": str(exc)})]
+            with (directory / f"{topic}.jsonl").open("w") as out:
+                for partition, offset, value in records:
+                    out.write(json.dumps({"p": partition, "o": offset, "v": value}) + "\n")
+
+    def head_number(self, chain: str) -> int:
+        """The block number of a chain's head (``relay``, ``para1000``, ``para1001``)."""
+        header = rpc_call(self.net.url(chain), "chain_getHeader", [], timeout=30)
+        return int(header["number"], 16)
+
+    def dmp_receipts(self) -> list[tuple[int, str, str]]:
+        """Every para 1000 block on the ``blocks`` topic that executed a downward message:
+        (number, block hash, message id of ``DmpQueue.ExecutedDownward``), by number. What
+        the chain did, read from the published blocks, not from the matcher."""
+        found = []
+        for block in published_blocks(self.client, self.prefix).get(PARA1000, []):
+            for event in block.events:
+                if (event.module, event.name) == ("DmpQueue", "ExecutedDownward"):
+                    found.append((block.number, block.hash, str(first_field(event))))
+        return sorted(set(found))
+
     # transfers and checks
     def transfer(self, *kinds: str) -> None:
         for kind in kinds:
@@ -480,6 +626,7 @@ class Stack:
                 for r in delivered
                 if r.json["origin"]["chainId"] == origin
                 and r.json["origin"]["blockHash"] == block_hash
+                and not version_negotiation(r.json)
             }
             journey: dict[str, list[Received]] = {}
             for r in delivered:
@@ -491,7 +638,9 @@ class Stack:
     def complete(self) -> bool:
         journeys = self.journeys()
         return all(
-            {"xcm.sent", "xcm.received"} <= set(journeys.get(kind, {})) for kind in self.sent
+            {"xcm.sent", "xcm.timeout" if kind in self.timed_out else "xcm.received"}
+            <= set(journeys.get(kind, {}))
+            for kind in self.sent
         )
 
     def pending_deliveries(self) -> dict[str, int]:
@@ -530,7 +679,8 @@ class Stack:
     def assert_exactly_once(self) -> None:
         """Each transfer: xcm.sent and xcm.received with the expected outcome, each
         notification delivered once (one 2xx per webhook-id and per notification id), every
-        request's signature valid."""
+        request's signature valid. The transfers in ``timed_out`` have xcm.sent and xcm.timeout
+        instead, and no xcm.received."""
         verifier = Webhook(self.secret)
         requests = self.receiver.snapshot()
         for r in requests:
@@ -545,8 +695,15 @@ class Stack:
         for kind in self.sent:
             origin, destination, outcome, error = EXPECTED[_kind(kind)]
             journey = journeys[kind]
+            if kind in self.timed_out:
+                assert sorted(journey) == ["xcm.sent", "xcm.timeout"], (kind, sorted(journey))
+                assert len(journey["xcm.sent"]) == 1 and len(journey["xcm.timeout"]) == 1, kind
+                continue
             assert "xcm.timeout" not in journey, (kind, sorted(journey))
-            assert len(journey["xcm.sent"]) == 1 and len(journey["xcm.received"]) == 1, kind
+            assert len(journey["xcm.sent"]) == 1 and len(journey["xcm.received"]) == 1, (
+                kind,
+                _summary(journey),
+            )
             sent = journey["xcm.sent"][0].json
             received = journey["xcm.received"][0].json
             assert sent["origin"]["chainId"] == origin, sent
@@ -566,6 +723,8 @@ def running_stack(
     *,
     start: bool = True,
     endpoints: bool = False,
+    worker_env: dict[str, str] | None = None,
+    worker_config: str | None = None,
 ) -> Iterator[Stack]:
     """A started Stack (and a fresh receiver), stopped and its keys deleted on exit.
     ``endpoints``: the ingress reaches each chain through a :class:`NodeEndpoint`."""
@@ -577,12 +736,25 @@ def running_stack(
             for chain in net.chains:
                 relays[chain.name] = NodeEndpoint(chain.port).start()
                 stack.callback(relays[chain.name].close)
-        s = Stack(net, redis_url, root, receiver, name, endpoints=relays)
+        s = Stack(
+            net,
+            redis_url,
+            root,
+            receiver,
+            name,
+            endpoints=relays,
+            worker_env=worker_env,
+            worker_config=worker_config,
+        )
         stack.callback(s.cleanup)
         stack.callback(s.stop)
         if start:
             s.start()
-        yield s
+        try:
+            yield s
+        except BaseException:
+            s.dump_topics()
+            raise
 
 
 def rmtree(path: Path) -> None:
