@@ -45,7 +45,9 @@ from .legs import (
     ReceivedLeg,
     RelayedLeg,
     SentLeg,
+    consensus,
     continues_program,
+    is_relay,
     is_slot,
     programs_of,
 )
@@ -388,14 +390,25 @@ class Engine:
         )
 
     def _before_send(self, journey: dict[str, Any], leg: dict[str, Any]) -> bool:
-        """Whether the receipt's block is older than the journey's send, so it cannot be its
-        receipt (an identical earlier message's). Block times come from each chain's own
-        clock: a parachain's slot may trail the relay's, hence ``clock_slack``; clocks that
-        disagree by more than ``clock_window`` (test networks started at different dates) are
-        not compared."""
+        """Whether the receipt is older than the journey's send, so it cannot be its receipt
+        (an identical earlier message's).
+
+        A downward message's receipt names the relay block that queued it (its slot): that is
+        exact. Otherwise block times are compared, from each chain's own clock: a parachain's
+        slot may trail the relay's, hence ``clock_slack``; clocks that disagree by more than
+        ``clock_window`` (test networks started at different dates) are not compared, nor are
+        those of ``local`` networks (chopsticks stamps each block with its parent's time plus
+        a slot, so its clocks count blocks, not time)."""
+        slot = leg.get("slot")
+        origin = journey.get("origin_context") or {}
+        if slot is not None and journey.get("stop") == 0 and is_relay(journey["origin"]):
+            queued_at = int(slot.split(":")[1])
+            return queued_at < int(origin.get("blockNumber") or 0)
         received_at = leg.get("context", {}).get("timestamp")
-        sent_at = (journey.get("origin_context") or {}).get("timestamp")
+        sent_at = origin.get("timestamp")
         if not isinstance(received_at, int) or not isinstance(sent_at, int):
+            return False
+        if consensus(journey["origin"]) == "local":
             return False
         gap = (sent_at - received_at) / 1000
         return self.settings.clock_slack < gap < self.settings.clock_window

@@ -188,3 +188,33 @@ def test_a_late_hop_and_its_receipt_after_the_timeout() -> None:
     assert types == ["xcm.sent", "xcm.timeout", "xcm.hop", "xcm.hop", "xcm.received"]
     assert cluster.notifications[-1]["late"] is True
     assert cluster.counters["late_received"] == 1
+
+
+def test_local_network_clocks_count_blocks_and_are_not_compared() -> None:
+    # Seen on the local network: chopsticks stamps each block with its parent's time + 12 s, so
+    # para 1000 (many blocks) runs ahead of para 1001; a receipt at 1001 #3 carried a time 33 s
+    # before the send at 1000 #6 it answered.
+    para_1000, para_1001 = "urn:ocn:local:1000", "urn:ocn:local:1001"
+    cluster = Cluster()
+    answer = received_leg(
+        para_1001, message_hash=HASH, number=3, from_chain=para_1000, timestamp=T0 - 33_000
+    )
+    publish(cluster, answer)
+    publish(cluster, sent_leg(para_1000, [para_1001], message_hash=HASH, number=6, timestamp=T0))
+    assert received_blocks(cluster) == {"6": "3"}
+
+
+def test_a_downward_receipt_is_ordered_by_the_relay_block_that_queued_it() -> None:
+    # The para names the relay block that queued each downward message (its slot): a receipt of
+    # a message queued before the send is an earlier identical message's, whatever the clocks.
+    relay, para = "urn:ocn:polkadot:0", "urn:ocn:polkadot:2034"
+    cluster = Cluster()
+    older = received_leg(para, message_hash=HASH, number=40, from_chain=relay).model_copy(
+        update={"slot": "dmp:99:0"}
+    )
+    publish(cluster, older)
+    publish(cluster, sent_leg(relay, [para], message_hash=HASH, number=100))
+    assert received_blocks(cluster) == {}
+    own = received_leg(para, message_hash=HASH, number=41, event=2, from_chain=relay)
+    publish(cluster, own.model_copy(update={"slot": "dmp:100:0"}))
+    assert received_blocks(cluster) == {"100": "41"}
