@@ -106,6 +106,39 @@ class Cluster:
         return {table: keys for table, keys in left.items() if keys}
 
 
+def run(
+    blocks: list[list[Any]],
+    order: list[int],
+    choices: list[int],
+    cluster: Cluster | None = None,
+) -> Cluster:
+    """Publish ``blocks`` (each a list of legs) in ``order``, letting the partitions run a little
+    between arrivals in an order ``choices`` picks (hypothesis draws them), then drain."""
+    cluster = cluster if cluster is not None else Cluster()
+    picks = iter(choices)
+
+    def choose(busy: list[int]) -> int:
+        return busy[next(picks, 0) % len(busy)]
+
+    for index in order:
+        cluster.publish_legs(blocks[index])
+        for _ in range(next(picks, 0) % 4):
+            if busy := cluster.busy():
+                cluster.step(choose(busy))
+    cluster.drain(choose)
+    return cluster
+
+
+def finish(cluster: Cluster) -> None:
+    """Let time pass beyond every deadline and retention, and run the timers and sweeps."""
+    for _ in range(3):
+        cluster.clock.now += 2 * 86400
+        cluster.fire_deadlines()
+        cluster.drain()
+        cluster.sweep()
+        cluster.drain()
+
+
 # --- synthetic legs ------------------------------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ from ocstream.xcm.codec import XcmCodec
 from ocstream.xcm.extract import Extracted, extract
 from ocstream.xcm.legs import ReceivedLeg, RelayedLeg, SentLeg, legs_of, stops_of
 
-from .sim import Cluster, bridge_leg, received_leg, sent_leg
+from .sim import Cluster, bridge_leg, finish, received_leg, run, sent_leg
 from .test_cases import load_case
 
 P_AH, P_BH = "urn:ocn:polkadot:1000", "urn:ocn:polkadot:1002"
@@ -179,31 +179,6 @@ def snow_journey(same_block: bool) -> tuple[list[Block], list[str]]:
     return blocks, ["xcm.sent", "xcm.hop", "xcm.bridge"]
 
 
-def run(blocks: list[Block], order: list[int], choices: list[int]) -> Cluster:
-    cluster = Cluster(monitored=followed)
-    picks = iter(choices)
-
-    def choose(busy: list[int]) -> int:
-        return busy[next(picks, 0) % len(busy)]
-
-    for index in order:
-        cluster.publish_legs(blocks[index])
-        for _ in range(next(picks, 0) % 4):
-            if busy := cluster.busy():
-                cluster.step(choose(busy))
-    cluster.drain(choose)
-    return cluster
-
-
-def finish(cluster: Cluster) -> None:
-    for _ in range(3):
-        cluster.clock.now += 2 * 86400
-        cluster.fire_deadlines()
-        cluster.drain()
-        cluster.sweep()
-        cluster.drain()
-
-
 def unique(cluster: Cluster) -> list[dict[str, Any]]:
     return list({n["id"]: n for n in cluster.notifications}.values())
 
@@ -223,8 +198,8 @@ def test_bridge_journeys_in_any_order(journey: Any, data: st.DataObject) -> None
     for index in again:
         order.insert(data.draw(st.integers(0, len(order)), label="where"), index)
     choices = data.draw(st.lists(st.integers(0, 7), max_size=40), label="scheduling")
-    reference = run(blocks, list(range(len(blocks))), [])
-    cluster = run(blocks, order, choices)
+    reference = run(blocks, list(range(len(blocks))), [], Cluster(monitored=followed))
+    cluster = run(blocks, order, choices, Cluster(monitored=followed))
 
     assert {n["id"] for n in cluster.notifications} == {n["id"] for n in reference.notifications}
     notes = unique(cluster)
@@ -298,7 +273,7 @@ def test_a_failed_dispatch_over_the_bridge_ends_the_journey() -> None:
         update={"outcome": "Fail", "error": "NotDispatched", "context": context}
     )
     blocks = [blocks[0], blocks[1], [failed]]
-    cluster = run(blocks, [2, 1, 0], [])
+    cluster = run(blocks, [2, 1, 0], [], Cluster(monitored=followed))
     notes = unique(cluster)
     assert [n["type"] for n in notes if is_terminal(n)] == ["xcm.bridge"]
     finish(cluster)
@@ -506,7 +481,7 @@ def test_recorded_bridge_hubs_carry_a_journey_to_kusama(
     )
     blocks: list[Block] = [[sent], list(source.legs), list(remote.legs), [arrival]]
     for order in ([0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]):
-        cluster = run(blocks, order, [])
+        cluster = run(blocks, order, [], Cluster(monitored=followed))
         notes = unique(cluster)
         assert Counter(n["type"] for n in notes) == Counter(
             {"xcm.sent": 1, "xcm.hop": 2, "xcm.bridge": 2, "xcm.received": 1}

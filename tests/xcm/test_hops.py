@@ -36,9 +36,8 @@ from ocstream.xcm.codec import XcmCodec
 from ocstream.xcm.extract import Extracted, decode_hrmp_outbound, extract
 from ocstream.xcm.legs import RelayedLeg, SentLeg, continues_program
 
-from .sim import Cluster, received_leg, relayed_leg, sent_leg
+from .sim import Cluster, finish, received_leg, relayed_leg, run, sent_leg
 from .test_cases import extract_case, load_case
-from .test_matching_orders import finish
 
 CASE = "v1-dmp-hop-polkadot-hydra"
 HYDRATION_BLOCK = "hy4624161"
@@ -150,22 +149,6 @@ def _journey(
     return blocks, hop_hash, hydration
 
 
-def _run(blocks: list[list[Any]], order: list[int], choices: list[int]) -> Cluster:
-    cluster = Cluster()
-    picks = iter(choices)
-
-    def choose(busy: list[int]) -> int:
-        return busy[next(picks, 0) % len(busy)]
-
-    for index in order:
-        cluster.publish_legs(blocks[index])
-        for _ in range(next(picks, 0) % 4):
-            if busy := cluster.busy():
-                cluster.step(choose(busy))
-    cluster.drain(choose)
-    return cluster
-
-
 def _origin_journey(cluster: Cluster) -> list[dict[str, Any]]:
     unique = {n["id"]: n for n in cluster.notifications}.values()
     return [n for n in unique if n["origin"]["messageHash"] == ORIGIN_HASH]
@@ -215,7 +198,7 @@ def test_the_hop_out_is_linked_in_the_recorded_order(
     (other,) = [leg for leg in hydration.sent if leg.message_hash != hop_hash]
     assert other.continues is None and other.hop_candidates == []
 
-    cluster = _run(blocks, [0, 1, 2, 3], [])
+    cluster = run(blocks, [0, 1, 2, 3], [])
     mine = _origin_journey(cluster)
     assert _types(mine) == EXPECTED, [n["type"] for n in mine]
     hops = sorted(
@@ -255,8 +238,8 @@ def test_the_hop_out_is_linked_in_any_arrival_order(
     for index in again:
         order.insert(data.draw(st.integers(0, len(order)), label="where"), index)
     choices = data.draw(st.lists(st.integers(0, 7), max_size=40), label="scheduling")
-    reference = _run(blocks, list(range(len(blocks))), [])
-    cluster = _run(blocks, order, choices)
+    reference = run(blocks, list(range(len(blocks))), [])
+    cluster = run(blocks, order, choices)
     assert {n["id"] for n in cluster.notifications} == {n["id"] for n in reference.notifications}
     mine = _origin_journey(cluster)
     assert _types(mine) == EXPECTED
@@ -583,8 +566,8 @@ def test_three_stops_in_any_order(
     for index in again:
         order.insert(data.draw(st.integers(0, len(order)), label="where"), index)
     choices = data.draw(st.lists(st.integers(0, 7), max_size=60), label="scheduling")
-    reference = _run(blocks, list(range(len(blocks))), [])
-    cluster = _run(blocks, order, choices)
+    reference = run(blocks, list(range(len(blocks))), [])
+    cluster = run(blocks, order, choices)
     unique = list({n["id"]: n for n in cluster.notifications}.values())
     assert {n["id"] for n in unique} == {n["id"] for n in reference.notifications}
     assert _types(unique) == {"xcm.sent": 1, "xcm.hop": 4, "xcm.relayed": 2, "xcm.received": 1}

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from ocstream.xcm.legs import ReceivedLeg, RelayedLeg, SentLeg
 from ocstream.xcm.matching import MatchSettings
 
-from .sim import Cluster, received_leg, relayed_leg, sent_leg
+from .sim import Cluster, finish, received_leg, relayed_leg, run, sent_leg
 
 RELAY = "urn:ocn:polkadot:0"
 ASSET_HUB = "urn:ocn:polkadot:1000"
@@ -63,33 +63,6 @@ def two_legs(topic: bool, fail_at_hop: bool) -> tuple[list[Block], list[str]]:
     received = received_leg(ASSET_HUB, message_hash=h(2), number=50, from_chain=HYDRATION)
     blocks = [[sent], [hop_in, hop_out], [relayed], [received]]
     return blocks, ["xcm.sent", "xcm.hop", "xcm.hop", "xcm.relayed", "xcm.received"]
-
-
-def run(blocks: list[Block], order: list[int], choices: list[int]) -> Cluster:
-    cluster = Cluster()
-    picks = iter(choices)
-
-    def choose(busy: list[int]) -> int:
-        return busy[next(picks, 0) % len(busy)]
-
-    for index in order:
-        cluster.publish_legs(blocks[index])
-        # Let the partitions run a little between arrivals, in an order hypothesis picks.
-        for _ in range(next(picks, 0) % 4):
-            if busy := cluster.busy():
-                cluster.step(choose(busy))
-    cluster.drain(choose)
-    return cluster
-
-
-def finish(cluster: Cluster) -> None:
-    """Let time pass beyond every deadline and retention, and run the timers and sweeps."""
-    for _ in range(3):
-        cluster.clock.now += 2 * 86400
-        cluster.fire_deadlines()
-        cluster.drain()
-        cluster.sweep()
-        cluster.drain()
 
 
 def summary(notifications: list[dict[str, Any]]) -> Counter[tuple[str, str]]:

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from ocstream.xcm.legs import ReceivedLeg, SentLeg
 from ocstream.xcm.matching import MatchSettings
 
-from .sim import Cluster, received_leg, sent_leg
-from .test_matching_orders import finish, two_legs
+from .sim import Cluster, finish, received_leg, sent_leg
+from .test_matching_orders import two_legs
 
 MOONBEAM = "urn:ocn:polkadot:2004"
 ASSET_HUB = "urn:ocn:polkadot:1000"
