@@ -446,8 +446,10 @@ class Stack:
             return None
         for port in self.worker_ports:
             lines = self.http("GET", port, "/metrics")[1].splitlines()
-            held = [line.split()[-1] for line in lines if line.startswith("ocstream_group_gen")]
-            if held != [str(generation)]:
+            held = [
+                float(line.split()[-1]) for line in lines if line.startswith("ocstream_group_gen")
+            ]
+            if held != [float(generation)]:
                 return None
         return generation
 
