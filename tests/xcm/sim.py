@@ -13,6 +13,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from hypothesis import strategies as st
+
 from ocstream.xcm.bridge import BridgeLeg
 from ocstream.xcm.legs import ReceivedLeg, RelayedLeg, SentLeg, legs_of, relay_of
 from ocstream.xcm.matching import TABLES, Engine, MatchSettings, Tables, expired_keys
@@ -127,6 +129,27 @@ def run(
                 cluster.step(choose(busy))
     cluster.drain(choose)
     return cluster
+
+
+def run_in_any_order(
+    data: st.DataObject,
+    blocks: list[list[Any]],
+    *,
+    again: int = 2,
+    choices: int = 40,
+    make: Callable[[], Cluster] = Cluster,
+) -> tuple[Cluster, Cluster]:
+    """The blocks in journey order (the reference) and in an order hypothesis draws, with up
+    to ``again`` blocks delivered a second time anywhere (at-least-once) and the partitions
+    interleaved as it picks: ``(reference, cluster)``."""
+    order = data.draw(st.permutations(range(len(blocks))), label="arrival order")
+    repeated = data.draw(
+        st.lists(st.sampled_from(range(len(blocks))), max_size=again), label="again"
+    )
+    for index in repeated:
+        order.insert(data.draw(st.integers(0, len(order)), label="where"), index)
+    picks = data.draw(st.lists(st.integers(0, 7), max_size=choices), label="scheduling")
+    return run(blocks, list(range(len(blocks))), [], make()), run(blocks, order, picks, make())
 
 
 def finish(cluster: Cluster) -> None:

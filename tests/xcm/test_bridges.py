@@ -34,7 +34,7 @@ from ocstream.xcm.codec import XcmCodec
 from ocstream.xcm.extract import Extracted, extract
 from ocstream.xcm.legs import ReceivedLeg, RelayedLeg, SentLeg, legs_of, stops_of
 
-from .sim import Cluster, bridge_leg, finish, received_leg, run, sent_leg
+from .sim import Cluster, bridge_leg, finish, received_leg, run, run_in_any_order, sent_leg
 from .test_cases import load_case
 
 P_AH, P_BH = "urn:ocn:polkadot:1000", "urn:ocn:polkadot:1002"
@@ -193,13 +193,7 @@ journeys = st.one_of(
 @given(journeys, st.data())
 def test_bridge_journeys_in_any_order(journey: Any, data: st.DataObject) -> None:
     blocks, expected = journey
-    order = data.draw(st.permutations(range(len(blocks))), label="arrival order")
-    again = data.draw(st.lists(st.sampled_from(range(len(blocks))), max_size=2), label="again")
-    for index in again:
-        order.insert(data.draw(st.integers(0, len(order)), label="where"), index)
-    choices = data.draw(st.lists(st.integers(0, 7), max_size=40), label="scheduling")
-    reference = run(blocks, list(range(len(blocks))), [], Cluster(monitored=followed))
-    cluster = run(blocks, order, choices, Cluster(monitored=followed))
+    reference, cluster = run_in_any_order(data, blocks, make=lambda: Cluster(monitored=followed))
 
     assert {n["id"] for n in cluster.notifications} == {n["id"] for n in reference.notifications}
     notes = unique(cluster)

@@ -36,7 +36,7 @@ from ocstream.xcm.codec import XcmCodec
 from ocstream.xcm.extract import Extracted, decode_hrmp_outbound, extract
 from ocstream.xcm.legs import RelayedLeg, SentLeg, continues_program
 
-from .sim import Cluster, finish, received_leg, relayed_leg, run, sent_leg
+from .sim import Cluster, finish, received_leg, relayed_leg, run, run_in_any_order, sent_leg
 from .test_cases import extract_case, load_case
 
 CASE = "v1-dmp-hop-polkadot-hydra"
@@ -158,6 +158,9 @@ def _types(notifications: list[dict[str, Any]]) -> Counter[str]:
     return Counter(n["type"] for n in notifications)
 
 
+#: The origin's topic kept by the hop, the destination's receipt by topic (held until the hop).
+HELD = "same-topic-receipt-by-topic"
+
 EXPECTED = Counter({"xcm.sent": 1, "xcm.hop": 2, "xcm.relayed": 1, "xcm.received": 1})
 
 VARIANTS = {
@@ -229,17 +232,10 @@ def test_the_hop_out_is_linked_in_any_arrival_order(
     routed_codec: XcmCodec,
     decoders: DecoderCache,
 ) -> None:
-    topic, phase, reports = VARIANTS[variant]
     blocks, hop_hash, _ = _cached_journey(
-        variant, fixtures_dir, decoder_for, routed_codec, decoders, topic, phase, reports
+        variant, fixtures_dir, decoder_for, routed_codec, decoders
     )
-    order = data.draw(st.permutations(range(len(blocks))), label="arrival order")
-    again = data.draw(st.lists(st.sampled_from(range(len(blocks))), max_size=2), label="again")
-    for index in again:
-        order.insert(data.draw(st.integers(0, len(order)), label="where"), index)
-    choices = data.draw(st.lists(st.integers(0, 7), max_size=40), label="scheduling")
-    reference = run(blocks, list(range(len(blocks))), [])
-    cluster = run(blocks, order, choices)
+    reference, cluster = run_in_any_order(data, blocks, choices=40)
     assert {n["id"] for n in cluster.notifications} == {n["id"] for n in reference.notifications}
     mine = _origin_journey(cluster)
     assert _types(mine) == EXPECTED
@@ -260,11 +256,10 @@ def _cached_journey(
     decoder_for: Callable[[str, str], RuntimeDecoder],
     routed_codec: XcmCodec,
     decoders: DecoderCache,
-    topic: str | None,
-    phase: str | None,
-    reports: str,
 ) -> tuple[list[list[Any]], str, Extracted]:
+    """:func:`_journey` for one of :data:`VARIANTS`, built once per test session."""
     if variant not in _CACHE:
+        topic, phase, reports = VARIANTS[variant]
         _CACHE[variant] = _journey(
             fixtures_dir,
             decoder_for,
@@ -385,23 +380,11 @@ def test_a_receipt_by_topic_waits_for_the_last_hops_message(
     """Asset Hub's receipt (by the topic the hop kept) is ingested before Hydration's block: it
     matches the journey at once, but reports the message that ran, which only Hydration's
     hop-out tells."""
-    blocks, hop_hash, _ = _journey(
-        fixtures_dir,
-        decoder_for,
-        routed_codec,
-        decoders,
-        topic=ORIGIN_TOPIC,
-        receipt_reports="topic",
-    )
-    cluster = Cluster()
-    for index in (0, 3):
-        cluster.publish_legs(blocks[index])
-        cluster.drain()
+    blocks, hop_hash, _ = _cached_journey(HELD, fixtures_dir, decoder_for, routed_codec, decoders)
+    cluster = run(blocks, [0, 3], [])
     assert cluster.counters["receipt_held"] == 1
     assert "xcm.received" not in _types(_origin_journey(cluster))
-    for index in (1, 2):
-        cluster.publish_legs(blocks[index])
-        cluster.drain()
+    run(blocks, [1, 2], [], cluster)
     (received,) = [n for n in _origin_journey(cluster) if n["type"] == "xcm.received"]
     assert received["waypoint"]["messageHash"] == hop_hash
     assert received["waypoint"]["messageData"] is not None
@@ -416,18 +399,8 @@ def test_a_held_receipt_is_reported_when_the_hop_never_shows(
     """Hydration's block never arrives (its ingress is down): after ``hold_ttl`` the receipt is
     reported as it is — it names only the topic, so no hash — and never with the first leg's
     message, which did not run at Asset Hub."""
-    blocks, _, _ = _journey(
-        fixtures_dir,
-        decoder_for,
-        routed_codec,
-        decoders,
-        topic=ORIGIN_TOPIC,
-        receipt_reports="topic",
-    )
-    cluster = Cluster()
-    for index in (0, 3):
-        cluster.publish_legs(blocks[index])
-        cluster.drain()
+    blocks, _, _ = _cached_journey(HELD, fixtures_dir, decoder_for, routed_codec, decoders)
+    cluster = run(blocks, [0, 3], [])
     cluster.clock.now += 301
     cluster.fire_deadlines()
     cluster.drain()
@@ -561,13 +534,7 @@ def test_three_stops_in_any_order(
     topics: str, link: str, reports: str, data: st.DataObject
 ) -> None:
     blocks, last_hash = three_stops(topics, link, reports)
-    order = data.draw(st.permutations(range(len(blocks))), label="arrival order")
-    again = data.draw(st.lists(st.sampled_from(range(len(blocks))), max_size=2), label="again")
-    for index in again:
-        order.insert(data.draw(st.integers(0, len(order)), label="where"), index)
-    choices = data.draw(st.lists(st.integers(0, 7), max_size=60), label="scheduling")
-    reference = run(blocks, list(range(len(blocks))), [])
-    cluster = run(blocks, order, choices)
+    reference, cluster = run_in_any_order(data, blocks, choices=60)
     unique = list({n["id"]: n for n in cluster.notifications}.values())
     assert {n["id"] for n in unique} == {n["id"] for n in reference.notifications}
     assert _types(unique) == {"xcm.sent": 1, "xcm.hop": 4, "xcm.relayed": 2, "xcm.received": 1}

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from ocstream.xcm.legs import ReceivedLeg, RelayedLeg, SentLeg
 from ocstream.xcm.matching import MatchSettings
 
-from .sim import Cluster, finish, received_leg, relayed_leg, run, sent_leg
+from .sim import Cluster, finish, received_leg, relayed_leg, run, run_in_any_order, sent_leg
 
 RELAY = "urn:ocn:polkadot:0"
 ASSET_HUB = "urn:ocn:polkadot:1000"
@@ -79,14 +79,8 @@ journeys = st.one_of(
 @given(journeys, st.data())
 def test_any_order_gives_the_same_notifications(journey: Any, data: st.DataObject) -> None:
     blocks, expected_types = journey
-    order = data.draw(st.permutations(range(len(blocks))), label="arrival order")
     # At-least-once delivery: some blocks' legs arrive again, anywhere in the stream.
-    again = data.draw(st.lists(st.sampled_from(range(len(blocks))), max_size=3), label="again")
-    for index in again:
-        order.insert(data.draw(st.integers(0, len(order)), label="where"), index)
-    choices = data.draw(st.lists(st.integers(0, 7), max_size=40), label="scheduling")
-    reference = run(blocks, list(range(len(blocks))), [])
-    cluster = run(blocks, order, choices)
+    reference, cluster = run_in_any_order(data, blocks, again=3)
 
     # A re-emitted notification keeps its id (sinks deliver an id once): compare the ids.
     assert set(summary(cluster.notifications)) == set(summary(reference.notifications))
