@@ -146,6 +146,7 @@ class _Block:
         self.ss58_prefix = ss58_prefix
         self._sender_of = sender_of
         self.storage = {(item.pallet, item.item): item for item in block.storage}
+        self.signed = {x.index for x in block.extrinsics if x.signer is not None}
 
     def problem(self, kind: str, reason: str, data: bytes | None = None) -> None:
         self.out.problems.append(
@@ -965,10 +966,7 @@ def _hop_candidates(
     Initialization or Finalization phase (Astar emits ``XcmpMessageSent`` at finalization while
     its queue executes the incoming message elsewhere) may forward any message the block
     executed."""
-    signed = extrinsic_index is not None and any(
-        x.index == extrinsic_index and x.signer is not None for x in context.block.extrinsics
-    )
-    if event is not None and event.phase == "ApplyExtrinsic" and signed:
+    if event is not None and event.phase == "ApplyExtrinsic" and extrinsic_index in context.signed:
         wanted = f"{context.block.number}-{extrinsic_index}"
         return [leg.identity for leg in received if leg.context.get("extrinsicId") == wanted]
     return [leg.identity for leg in received]

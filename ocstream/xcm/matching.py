@@ -596,8 +596,10 @@ class Engine:
         journey: dict[str, Any] | None,
         step: Step,
     ) -> None:
-        """Hop-outs that waited on a receipt which turned out to end its journey here (or to
-        expire): what they forwarded is a journey of its own."""
+        """Settle the hop-outs that waited on a receipt. With ``journey`` (the receipt was
+        its hop-in here) they are its hop-outs, the possible ones if they forward it; without
+        (the receipt ended its journey here, or expired) what they forwarded is a journey of
+        its own."""
         if journey is None:
             for parked in leg.get("parked", []):
                 self._new_journey(tables, SentLeg.model_validate(parked), step)
@@ -738,11 +740,7 @@ class Engine:
                 if pending is None:
                     _remove(tables, "inbound", f"{chain}:{message_id}", identity)
                     continue
-                leg = {
-                    **pending["leg"],
-                    "parked": pending.get("parked", []),
-                    "candidates": pending.get("candidates", []),
-                }
+                leg = _with_waiters(pending)
                 current = tables.get("journeys", _jkey(chain, journey["id"]))
                 if current is None or not self._from_agrees(current, leg):
                     continue
@@ -841,11 +839,7 @@ class Engine:
                 self._drop_pending(tables, table, chain, value)
                 step.count(f"{table}_expired")
                 # Its journey never showed up: what it forwarded is a journey of its own.
-                leg = {
-                    **value["leg"],
-                    "parked": value.get("parked", []),
-                    "candidates": value.get("candidates", []),
-                }
+                leg = _with_waiters(value)
                 self._release_parked(tables, chain, leg, None, step)
             elif table == "journeys" and "parked_leg" in value:
                 # None of its candidates' journeys came in time (their senders' ingress lags,
@@ -867,6 +861,16 @@ def _message_fields(leg: SentLeg) -> dict[str, JsonValue]:
         "messageHash": None if leg.message_hash == _ZERO_HASH else leg.message_hash,
         "messageData": leg.message_data,
         "instructions": leg.instructions,
+    }
+
+
+def _with_waiters(entry: dict[str, Any]) -> dict[str, Any]:
+    """A pending receipt's leg with the hop-outs waiting on it: ``parked`` (sure links) and
+    ``candidates`` (identities of possible hop-outs, see ``Engine._release_candidates``)."""
+    return {
+        **entry["leg"],
+        "parked": entry.get("parked", []),
+        "candidates": entry.get("candidates", []),
     }
 
 
