@@ -111,7 +111,6 @@ class HealthProbe:
         self.timeout = timeout
         self._registry: Any = None
         self._inflight: asyncio.Future[dict[str, Any]] | None = None
-        self.probes = 0
 
     def registry(self) -> Any:
         from .ingress.registry import NetworkRegistry
@@ -125,7 +124,6 @@ class HealthProbe:
         return self._registry
 
     async def _probe(self) -> dict[str, Any]:
-        self.probes += 1
         registry = self.registry()
         async with asyncio.timeout(self.timeout):
             await registry.client.ping()
