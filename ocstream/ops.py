@@ -282,30 +282,32 @@ def register_ops(
             if webhooks is None or live is None:
                 return _error(self, 404, "no webhook delivery in this worker")
             figures = await webhooks.subscription_status()
-            rows = []
-            for subscription in live.persistent()[:500]:
-                channels = [
-                    (index, channel)
-                    for index, channel in enumerate(subscription.channels)
-                    if channel.type == "webhook"
-                ]
-                if not channels:
-                    continue
-                disabled = [
-                    index
-                    for index, _ in channels
-                    if await webhooks.disabled(subscription.id, index) is not None
-                ]
-                zero = {"delivered": 0, "failed": 0, "retrying": 0, "dead": 0}
-                rows.append(
-                    {
-                        "id": subscription.id,
-                        "urls": [channel.url for _, channel in channels],
-                        **zero,
-                        **figures.get(subscription.id, {}),
-                        "disabledChannels": disabled,
-                    }
+            webhook_channels = [
+                (subscription, indexes)
+                for subscription in live.persistent()[:500]
+                if (
+                    indexes := [
+                        index
+                        for index, channel in enumerate(subscription.channels)
+                        if channel.type == "webhook"
+                    ]
                 )
+            ]
+            # One MGET for every channel's disabled flag, not a GET per channel.
+            disabled = await webhooks.disabled_channels(
+                [(s.id, index) for s, indexes in webhook_channels for index in indexes]
+            )
+            zero = {"delivered": 0, "failed": 0, "retrying": 0, "dead": 0}
+            rows = [
+                {
+                    "id": subscription.id,
+                    "urls": [subscription.channels[index].url for index in indexes],
+                    **zero,
+                    **figures.get(subscription.id, {}),
+                    "disabledChannels": [i for i in indexes if (subscription.id, i) in disabled],
+                }
+                for subscription, indexes in webhook_channels
+            ]
             rows.sort(key=lambda row: str(row["id"]))
             return self.json({"subscriptions": rows, "totals": await webhooks.gauges()})
 

@@ -1073,6 +1073,13 @@ class WebhookDispatcher:
         value = orjson.loads(raw)
         return value if isinstance(value, dict) else {"reason": str(value)}
 
+    async def disabled_channels(self, channels: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Which of ``(subscription id, channel index)`` are disabled, in one round trip."""
+        if not channels:
+            return set()
+        raw = await self.client.mget([self.disabled_key(s, i) for s, i in channels])
+        return {channel for channel, value in zip(channels, raw, strict=True) if value is not None}
+
     async def subscription_status(self) -> dict[str, dict[str, int]]:
         """Per subscription: ``delivered`` (2xx answers) and ``failed`` (attempts that did not
         deliver) since the stats began, ``retrying`` (deliveries now waiting for another

@@ -30,6 +30,7 @@ from typing import Any, Self, cast
 
 import redis
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 
 from tests.localnet.check import (
@@ -334,6 +335,17 @@ def _summary(journey: dict[str, list[Received]]) -> list[tuple[str, str, str, An
 VERSION_INSTRUCTIONS = ("SubscribeVersion", "UnsubscribeVersion", "QueryResponse")
 
 
+def unlabelled_samples(text: str) -> dict[str, float]:
+    """The samples without labels of a ``/metrics`` text, by sample name (a counter's with its
+    ``_total``), read with prometheus_client's parser."""
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
+
+
 def version_negotiation(note: dict[str, Any]) -> bool:
     """Whether a notification is of a version-negotiation message. The runtime may queue one in
     the very block of a transfer (the relay's ``SubscribeVersion`` to a para it first sends to
@@ -445,11 +457,8 @@ class Stack:
         if self.client.zcard(f"{self.prefix}g:{self.app_id}:members") != len(self.workers):
             return None
         for port in self.worker_ports:
-            lines = self.http("GET", port, "/metrics")[1].splitlines()
-            held = [
-                float(line.split()[-1]) for line in lines if line.startswith("ocstream_group_gen")
-            ]
-            if held != [float(generation)]:
+            held = unlabelled_samples(self.http("GET", port, "/metrics")[1])
+            if held.get("ocstream_group_generation") != float(generation):
                 return None
         return generation
 
@@ -545,9 +554,7 @@ class Stack:
         for port, worker in zip(self.worker_ports, self.workers, strict=True):
             if not worker.alive():
                 continue
-            for line in self.http("GET", port, "/metrics")[1].splitlines():
-                if line.startswith(name + " "):
-                    total += int(float(line.split()[-1]))
+            total += int(unlabelled_samples(self.http("GET", port, "/metrics")[1]).get(name, 0))
         return total
 
     def topic_records(self, topic: str) -> list[tuple[int, int, dict[str, Any]]]:

@@ -476,6 +476,8 @@ async def test_410_disables_the_channel_and_later_notifications_are_dropped(
     await until(lambda: dispatcher.counters["disabled"] == 1)
     state = await dispatcher.disabled("sub-1", 0)
     assert state is not None and state["reason"].startswith("HTTP 410")
+    pairs = [("sub-1", 0), ("sub-1", 1), ("sub-2", 0)]
+    assert await dispatcher.disabled_channels(pairs) == {("sub-1", 0)}
     [dead] = await dispatcher.dead_letters()
     assert dead["lastStatus"] == 410 and "channel disabled" in dead["reason"]
 
@@ -493,6 +495,7 @@ async def test_410_disables_the_channel_and_later_notifications_are_dropped(
     assert await dispatcher.enable("sub-1", 0)
     assert not await dispatcher.enable("sub-1", 0)
     assert await dispatcher.disabled("sub-1", 0) is None
+    assert await dispatcher.disabled_channels(pairs) == set()
     assert await dispatcher.enqueue("sub-1", 0, notification(13))
     await until(lambda: len(receiver.acknowledged) == 1)
 

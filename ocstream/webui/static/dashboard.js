@@ -785,53 +785,34 @@
     }
   }
 
-  async function refreshPending() {
-    try {
-      renderPending(await getJson("xcm/pending/"));
-    } catch (error) {
-      replace($("pending"), failure("xcm/pending/", error, "The pending view is"));
-    }
-  }
+  // A panel that shows one GET: render the answer, or say in the panel why there is none.
+  const PANELS = {
+    pending: { path: "xcm/pending/", render: renderPending, what: "The pending view is" },
+    subs: { path: "subs", render: renderSubscriptions, what: "The subscription API is", counted: true },
+    journeys: {
+      path: "xcm/journeys?limit=15",
+      label: "xcm/journeys",
+      render: renderJourneys,
+      what: "The journey view is",
+      counted: true,
+    },
+    webhooks: { path: "webhooks/status", render: renderWebhooks, what: "Webhook delivery is" },
+    topology: { path: "topology.json", render: renderTopology, what: "The topology is" },
+  };
 
-  async function refreshSubscriptions() {
+  async function refreshPanel(id) {
+    const panel = PANELS[id];
     try {
-      renderSubscriptions(await getJson("subs"));
+      panel.render(await getJson(panel.path));
     } catch (error) {
-      $("subs-count").textContent = "";
-      replace($("subs"), failure("subs", error, "The subscription API is"));
-    }
-  }
-
-  async function refreshJourneys() {
-    try {
-      renderJourneys(await getJson("xcm/journeys?limit=15"));
-    } catch (error) {
-      $("journeys-count").textContent = "";
-      replace($("journeys"), failure("xcm/journeys", error, "The journey view is"));
-    }
-  }
-
-  async function refreshWebhooks() {
-    try {
-      renderWebhooks(await getJson("webhooks/status"));
-    } catch (error) {
-      replace($("webhooks"), failure("webhooks/status", error, "Webhook delivery is"));
-    }
-  }
-
-  async function refreshTopology() {
-    try {
-      renderTopology(await getJson("topology.json"));
-    } catch (error) {
-      replace($("topology"), failure("topology.json", error, "The topology is"));
+      if (panel.counted) $(`${id}-count`).textContent = "";
+      replace($(id), failure(panel.label || panel.path, error, panel.what));
     }
   }
 
   async function refreshAll(withTopology) {
-    const jobs = [
-      refreshNetworks(), refreshPending(), refreshSubscriptions(), refreshJourneys(), refreshWebhooks(),
-    ];
-    if (withTopology) jobs.push(refreshTopology());
+    const jobs = [refreshNetworks(), ...["pending", "subs", "journeys", "webhooks"].map(refreshPanel)];
+    if (withTopology) jobs.push(refreshPanel("topology"));
     await Promise.allSettled(jobs);
     $("refreshed").textContent = `updated ${clock()}`;
   }
