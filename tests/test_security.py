@@ -27,7 +27,7 @@ from ocstream.transport.settings import TransportSettings
 from ocstream.xcm.ss58 import public_key_of
 
 from .subscriptions import payloads as p
-from .subscriptions.conftest import Reply, put_networks, send, sub
+from .subscriptions.conftest import Reply, eventually, put_networks, send, sub
 from .test_dashboard import chromium_or_fail, run_chromium
 from .workers import free_port
 
@@ -501,10 +501,7 @@ async def test_writes_update_the_live_view_without_a_reload(
     version = await store.version()
     for worker_ in (w, other):
         live = worker_.app.subscriptions_live
-        deadline = time.monotonic() + 10
-        while live.version != version and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        assert live.version == version
+        await eventually(lambda live=live: live.version == version, 10, f"version {version}")
         assert live.get("n1").destinations == [p.ASSET_HUB]
         assert live.get("o3") is None and live.get("o4") is None
         assert len(live.persistent()) == 19

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +56,16 @@ async def put_networks(registry: NetworkRegistry, urns: Iterable[str]) -> None:
     for urn in urns:
         relay = None if urn.endswith(":0") else "urn:ocn:polkadot:0"
         await registry.put(NetworkRecord(id=urn, relay=relay, ss58_prefix=0))
+
+
+async def eventually(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Wait until ``check()``; returns the seconds it took."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
 
 
 def sub(subscription_id: str = "s1", **changes: Any) -> dict[str, Any]:
