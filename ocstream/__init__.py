@@ -12,8 +12,9 @@ Public API (kept honest by tests/test_public_api.py):
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .app import build_app
@@ -26,25 +27,19 @@ __version__ = "0.1.0"
 
 # Imported on first use (PEP 562): ``import ocstream`` stays cheap, so ``ocstream --help`` and
 # ``--version`` do not pay for faust, aiohttp and the dataflow.
-_LAZY = {
-    "build_app": ".app",
-    "EmbeddedRedis": ".embedded",
-    "ConfigError": ".errors",
-    "OcstreamError": ".errors",
-    "Settings": ".settings",
-    "load_settings": ".settings",
-    "TopicWriter": ".transport",
-    "TransportSettings": ".transport",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "build_app": ".app",
+        "EmbeddedRedis": ".embedded",
+        "ConfigError": ".errors",
+        "OcstreamError": ".errors",
+        "Settings": ".settings",
+        "load_settings": ".settings",
+        "TopicWriter": ".transport",
+        "TransportSettings": ".transport",
+    },
+)
 
 
 __all__ = [

@@ -27,10 +27,14 @@ from tests.workers import Worker, changelog_counts, ocstream_env, produce_all, w
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_ocstream(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = ocstream_env(**(env or {}))
+def run_ocstream(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m ocstream ARGS`` from this checkout, in ``cwd`` (default: here)."""
+    full_env = ocstream_env(PYTHONPATH=str(REPO), **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "ocstream", *args],
+        cwd=cwd,
         env=full_env,
         capture_output=True,
         text=True,
@@ -223,14 +227,7 @@ def redis_processes_under(path: Path) -> list[str]:
 @pytest.mark.parametrize("command", HELP_COMMANDS)
 def test_help_is_ocstreams_own_with_the_real_defaults(command: str, tmp_path: Path) -> None:
     args = [command, "--help"] if command else ["--help"]
-    result = subprocess.run(
-        [sys.executable, "-m", "ocstream", *args],
-        cwd=tmp_path,
-        env={**ocstream_env(), "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_ocstream(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     text = result.stdout
     assert text.startswith(f"usage: ocstream {command}".rstrip()), text[:200]
@@ -258,17 +255,9 @@ def test_help_is_ocstreams_own_with_the_real_defaults(command: str, tmp_path: Pa
 
 
 def test_help_flags_and_no_command_print_help_and_start_nothing(tmp_path: Path) -> None:
-    env = {**ocstream_env(), "PYTHONPATH": str(REPO)}
     outputs = []
     for args in ([], ["-h"], ["worker", "-h"], ["-l", "info", "worker", "--help"]):
-        result = subprocess.run(
-            [sys.executable, "-m", "ocstream", *args],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = run_ocstream(*args, cwd=tmp_path)
         assert result.returncode == 0, (args, result.stderr)
         outputs.append(result.stdout)
     assert outputs[0] == outputs[1] and outputs[0].startswith("usage: ocstream [OPTIONS]")
@@ -278,14 +267,7 @@ def test_help_flags_and_no_command_print_help_and_start_nothing(tmp_path: Path) 
 
 
 def test_version_names_ocstream_and_faust_as_installed(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "ocstream", "--version"],
-        cwd=tmp_path,
-        env={**ocstream_env(), "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_ocstream("--version", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     expected = f"ocstream {ocstream.__version__} (faust {metadata.version('faust-streaming')})"
     assert result.stdout == expected + "\n"
@@ -320,14 +302,7 @@ def test_the_help_of_fausts_commands_lists_the_options_faust_accepts(command: st
 def test_fausts_options_that_contradict_ocstreams_are_refused(
     faust_option: str, ours: str, tmp_path: Path
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "ocstream", "worker", faust_option, "6066"],
-        cwd=tmp_path,
-        env={**ocstream_env(), "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_ocstream("worker", faust_option, "6066", cwd=tmp_path)
     assert result.returncode == 2
     assert f"{faust_option} is faust's; ocstream's is {ours}" in result.stderr
     assert list(tmp_path.iterdir()) == []

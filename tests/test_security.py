@@ -19,7 +19,7 @@ import pytest
 
 from ocstream.app import build_app
 from ocstream.errors import ConfigError
-from ocstream.ingress.registry import NetworkRecord, NetworkRegistry
+from ocstream.ingress.registry import NetworkRegistry
 from ocstream.settings import Settings, load_settings
 from ocstream.subscriptions import Subscription
 from ocstream.transport.client import connect
@@ -27,6 +27,7 @@ from ocstream.transport.settings import TransportSettings
 from ocstream.xcm.ss58 import public_key_of
 
 from .subscriptions import payloads as p
+from .subscriptions.conftest import Reply, eventually, put_networks, send, sub
 from .test_dashboard import chromium_or_fail, run_chromium
 from .workers import free_port
 
@@ -34,28 +35,6 @@ NETWORKS = ("urn:ocn:polkadot:0", p.ASSET_HUB, p.INTERLAY)
 #: The first message of an ephemeral websocket subscription.
 QUERY = {"origin": p.ASSET_HUB, "senders": "*", "destinations": [p.INTERLAY]}
 SECRET = "whsec_c2VjcmV0LWtleS1ieXRlcw=="
-
-
-def sub(subscription_id: str = "s1", **changes: Any) -> dict[str, Any]:
-    value: dict[str, Any] = {
-        "id": subscription_id,
-        "origin": p.ASSET_HUB,
-        "senders": [p.SIGNER_GENERIC],
-        "destinations": [p.INTERLAY],
-        "channels": [{"type": "webhook", "url": "https://example.org/hook"}],
-    }
-    value.update(changes)
-    return value
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: Any
-    body: bytes
-
-    def json(self) -> Any:
-        return orjson.loads(self.body)
 
 
 @dataclass
@@ -79,16 +58,10 @@ class Worker:
         token: str | None = None,
         headers: dict[str, str] | None = None,
         raw: bytes | None = None,
-    ) -> Answer:
-        sent = dict(headers or {})
-        if token is not None:
-            sent["Authorization"] = f"Bearer {token}"
-        data = raw
-        if body is not None:
-            data = orjson.dumps(body)
-            sent.setdefault("Content-Type", "application/json")
-        async with self.session.request(method, self.base + path, data=data, headers=sent) as r:
-            return Answer(r.status, r.headers, await r.read())
+    ) -> Reply:
+        return await send(
+            self.session, method, self.base + path, body, raw=raw, headers=headers, token=token
+        )
 
 
 WorkerFactory = Callable[..., Awaitable[Worker]]
@@ -100,10 +73,7 @@ async def worker(
 ) -> AsyncIterator[WorkerFactory]:
     started: list[Worker] = []
     client = connect(redis_url, name="test-security")
-    registry = NetworkRegistry(client, prefix)
-    for urn in NETWORKS:
-        relay = None if urn.endswith(":0") else "urn:ocn:polkadot:0"
-        await registry.put(NetworkRecord(id=urn, relay=relay, ss58_prefix=0))
+    await put_networks(NetworkRegistry(client, prefix), NETWORKS)
 
     async def start(*, url: str | None = None, **options: Any) -> Worker:
         settings = Settings(
@@ -531,10 +501,7 @@ async def test_writes_update_the_live_view_without_a_reload(
     version = await store.version()
     for worker_ in (w, other):
         live = worker_.app.subscriptions_live
-        deadline = time.monotonic() + 10
-        while live.version != version and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        assert live.version == version
+        await eventually(lambda live=live: live.version == version, 10, f"version {version}")
         assert live.get("n1").destinations == [p.ASSET_HUB]
         assert live.get("o3") is None and live.get("o4") is None
         assert len(live.persistent()) == 19

@@ -754,14 +754,11 @@ class WebhookDispatcher:
             if outcome.action == "dead":
                 fields += ["deadReason", (outcome.reason or outcome.error or "")[:2000]]
         action = "retry" if outcome.action in ("defer", "release") else outcome.action
-        counted = " ".join(
-            name
-            for name, yes in (
-                ("delivered", outcome.counter == "delivered"),
-                ("failed", outcome.attempted and outcome.action != "delete"),
-            )
-            if yes
-        )
+        counted = []  # the wh:stats figures this outcome adds one to
+        if outcome.counter == "delivered":
+            counted.append("delivered")
+        if outcome.attempted and outcome.action != "delete":
+            counted.append("failed")
         delay_ms = int(outcome.delay * 1000) if outcome.action != "release" else 0
         backoff = Backoff(base=0.1, cap=2.0)
         for attempt in range(8):
@@ -783,7 +780,7 @@ class WebhookDispatcher:
                         delay_ms,
                         self.settings.dead_letter_max,
                         self._k_delivery,
-                        counted,
+                        " ".join(counted),
                         *fields,
                     ],
                 )

@@ -11,8 +11,9 @@ retried with backoff by every loop of the transport, never surfaced to agents.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .driver import Transport
@@ -22,24 +23,18 @@ if TYPE_CHECKING:
     from .writer import TopicError, TopicWriter
 
 # Imported on first use (PEP 562), so that reading the settings does not import faust.
-_LAZY = {
-    "Transport": ".driver",
-    "Keyspace": ".keys",
-    "METRICS": ".metrics",
-    "TransportMetrics": ".metrics",
-    "TransportSettings": ".settings",
-    "TopicError": ".writer",
-    "TopicWriter": ".writer",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "Transport": ".driver",
+        "Keyspace": ".keys",
+        "METRICS": ".metrics",
+        "TransportMetrics": ".metrics",
+        "TransportSettings": ".settings",
+        "TopicError": ".writer",
+        "TopicWriter": ".writer",
+    },
+)
 
 
 __all__ = [

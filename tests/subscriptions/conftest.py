@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,8 @@ from ocstream.subscriptions import (
 )
 from ocstream.transport.client import connect
 
+from . import payloads as p
+
 NETWORKS = (
     "urn:ocn:polkadot:0",
     "urn:ocn:polkadot:1000",
@@ -43,10 +47,38 @@ async def client(redis_url: str) -> AsyncIterator[Redis]:
 @pytest.fixture
 async def registry(client: Redis, prefix: str) -> NetworkRegistry:
     networks = NetworkRegistry(client, prefix)
-    for urn in NETWORKS:
-        relay = None if urn.endswith(":0") else "urn:ocn:polkadot:0"
-        await networks.put(NetworkRecord(id=urn, relay=relay, ss58_prefix=0))
+    await put_networks(networks, NETWORKS)
     return networks
+
+
+async def put_networks(registry: NetworkRegistry, urns: Iterable[str]) -> None:
+    """Registers ``urns`` (the ``:0`` one as the relay, the others as its parachains)."""
+    for urn in urns:
+        relay = None if urn.endswith(":0") else "urn:ocn:polkadot:0"
+        await registry.put(NetworkRecord(id=urn, relay=relay, ss58_prefix=0))
+
+
+async def eventually(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Wait until ``check()``; returns the seconds it took."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+def sub(subscription_id: str = "s1", **changes: Any) -> dict[str, Any]:
+    """A valid subscription as a client posts it, with ``changes``."""
+    value: dict[str, Any] = {
+        "id": subscription_id,
+        "origin": p.ASSET_HUB,
+        "senders": [p.SIGNER_GENERIC],
+        "destinations": [p.INTERLAY],
+        "channels": [{"type": "webhook", "url": "https://example.org/hook"}],
+    }
+    value.update(changes)
+    return value
 
 
 @dataclass
@@ -61,6 +93,29 @@ class Reply:
 
     def json(self) -> Any:
         return orjson.loads(self.body)
+
+
+async def send(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    token: str | None = None,
+) -> Reply:
+    """One HTTP request: ``body`` sent as JSON (or ``raw`` bytes as they are), ``token`` as a
+    bearer token."""
+    all_headers = dict(headers or {})
+    if token is not None:
+        all_headers["Authorization"] = f"Bearer {token}"
+    data = raw
+    if data is None and body is not None:
+        data = orjson.dumps(body)
+        all_headers.setdefault("Content-Type", "application/json")
+    async with session.request(method, url, data=data, headers=all_headers) as response:
+        return Reply(response.status, response.headers, await response.read())
 
 
 @dataclass
@@ -81,17 +136,9 @@ class Server:
         headers: dict[str, str] | None = None,
         token: str | None = None,
     ) -> Reply:
-        all_headers = dict(headers or {})
-        if token is not None:
-            all_headers["Authorization"] = f"Bearer {token}"
-        data = raw
-        if data is None and body is not None:
-            data = orjson.dumps(body)
-            all_headers.setdefault("Content-Type", "application/json")
-        async with self.session.request(
-            method, self.base + path, data=data, headers=all_headers
-        ) as response:
-            return Reply(response.status, response.headers, await response.read())
+        return await send(
+            self.session, method, self.base + path, body, raw=raw, headers=headers, token=token
+        )
 
     async def get(self, path: str, **kwargs: Any) -> Reply:
         return await self.request("GET", path, **kwargs)

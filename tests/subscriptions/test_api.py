@@ -30,21 +30,9 @@ from ocstream.subscriptions import (
 from ocstream.subscriptions.openapi import ErrorBody
 
 from . import payloads as p
-from .conftest import Reply, ServeFactory, Server
+from .conftest import Reply, ServeFactory, Server, sub
 
 PATHS_ERROR = "Only operations on these paths are allowed: /senders,/destinations,/channels,/events"
-
-
-def sub(subscription_id: str = "ah-transfers", **changes: Any) -> dict[str, Any]:
-    value: dict[str, Any] = {
-        "id": subscription_id,
-        "origin": p.ASSET_HUB,
-        "senders": [p.SIGNER_GENERIC],
-        "destinations": [p.INTERLAY],
-        "channels": [{"type": "webhook", "url": "https://example.org/hook"}],
-    }
-    value.update(changes)
-    return value
 
 
 def assert_error(
@@ -90,16 +78,16 @@ async def test_create_one_and_read_it_back_exactly(server: Server) -> None:
     hook = shown["channels"][0]
     del hook["bearer"], hook["secret"]
     hook.update(hasBearer=True, hasSecret=True)
-    for path in ("/subs/ah-transfers", "/subs/ah-transfers/"):
+    for path in ("/subs/s1", "/subs/s1/"):
         reply = await server.get(path)
         assert reply.status == 200 and reply.content_type == "application/json"
         assert reply.json() == shown
     for path in ("/subs", "/subs/"):
         assert (await server.get(path)).json() == [shown]
     # Stored (and used) as given.
-    assert orjson.loads(await server.store.get_raw("ah-transfers") or b"") == given
+    assert orjson.loads(await server.store.get_raw("s1") or b"") == given
     # This worker's live filters have it before the answer went out.
-    assert server.live.get("ah-transfers") is not None
+    assert server.live.get("s1") is not None
 
 
 async def test_post_with_a_trailing_slash_and_an_array(server: Server) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from ocstream.subscriptions import (
 from ocstream.transport.client import connect
 
 from . import payloads as p
+from .conftest import eventually
 
 
 def make(subscription_id: str, **changes: Any) -> Subscription:
@@ -41,16 +40,6 @@ def make(subscription_id: str, **changes: Any) -> Subscription:
     }
     value.update(changes)
     return Subscription.model_validate(value)
-
-
-async def eventually(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Wait until ``check()``; returns the seconds it took."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
 
 
 async def test_create_get_list_count_delete(client: Redis, prefix: str) -> None:
