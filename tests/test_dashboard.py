@@ -292,6 +292,25 @@ async def run_chromium(
     return out.decode()
 
 
+async def dump_dom_showing(
+    binary: str, profile: Path, page: str, text: str, attempts: int = 4
+) -> str:
+    """The page's DOM once it shows ``text``, loading it again with a longer budget if not.
+
+    Chromium's virtual time does not wait for websocket frames, so on a loaded machine the
+    DOM can be dumped before a reply from the worker reached the page. Each try doubles the
+    budget; the last DOM is returned whatever it holds, for the caller's asserts to judge.
+    """
+    dom = ""
+    for attempt in range(attempts):
+        dom = await run_chromium(
+            binary, profile / str(attempt), "--dump-dom", page, budget_ms=5000 * 2**attempt
+        )
+        if text in dom:
+            break
+    return dom
+
+
 def png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"

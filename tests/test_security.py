@@ -28,7 +28,7 @@ from ocstream.xcm.ss58 import public_key_of
 
 from .subscriptions import payloads as p
 from .subscriptions.conftest import Reply, eventually, put_networks, send, sub
-from .test_dashboard import chromium_or_fail, run_chromium
+from .test_dashboard import chromium_or_fail, dump_dom_showing, run_chromium
 from .workers import free_port
 
 NETWORKS = ("urn:ocn:polkadot:0", p.ASSET_HUB, p.INTERLAY)
@@ -530,6 +530,8 @@ async def test_the_dashboard_reads_with_a_token_from_its_address(
     dom = await run_chromium(binary, tmp_path / "without", "--dump-dom", page)
     assert "Could not load /subs: GET /subs answered 401" in dom
     assert 'data-subscription="dash-sub"' not in dom
-    dom = await run_chromium(binary, tmp_path / "with", "--dump-dom", page + "#token=r")
+    dom = await dump_dom_showing(
+        binary, tmp_path / "with", page + "#token=r", "ephemeral subscription"
+    )
     assert 'data-subscription="dash-sub"' in dom
     assert "ephemeral subscription" in dom, "the live feed did not subscribe with the token"
