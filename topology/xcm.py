@@ -23,18 +23,20 @@ import time
 from collections import Counter, defaultdict
 from typing import Any
 
+import orjson
 from faust.web import Request, Response, View
 
 from ocstream.dataflow import declare_producer
 from ocstream.ingress.decode import DecoderCache
 from ocstream.ingress.model import ExtendedBlock
 from ocstream.ingress.registry import NetworkRegistry
+from ocstream.tablebatch import TableBatch
 from ocstream.transport.client import connect
 from ocstream.xcm.codec import XcmCodec, XcmDecodeError
 from ocstream.xcm.coverage import Coverage, coverage_of_record
 from ocstream.xcm.extract import extract
 from ocstream.xcm.legs import is_relay
-from ocstream.xcm.matching import TABLES, Engine, MatchSettings, Tables, expired_keys
+from ocstream.xcm.matching import TABLES, Engine, MatchSettings, Store, Tables, expired_keys
 from ocstream.xcm.sender import sender_of
 
 log = logging.getLogger("ocstream.xcm")
@@ -57,6 +59,10 @@ ROCKSDB_OPTIONS = {
 #: Scans of a table (sweeps, deadline rebuilds, the pending view) yield to the event loop after
 #: this many entries, so that the worker keeps processing records while it scans.
 SCAN_CHUNK = 500
+
+#: Most records handled before their table writes are flushed and they are acknowledged. A
+#: batch also ends whenever no more records are buffered, so under light load it is one record.
+BATCH_RECORDS = 500
 
 #: Counters of this process (``/metrics`` renders them as ``oc_xcm_*_total``).
 COUNTERS: Counter[str] = Counter()
@@ -127,6 +133,15 @@ async def _scan(items: Any) -> Any:
         yield item
         if count % SCAN_CHUNK == 0:
             await asyncio.sleep(0)
+
+
+def _key(key: Any) -> bytes:
+    return str(key).encode()
+
+
+def _json(value: Any) -> bytes:
+    """A record's value as faust's ``json`` serializer writes it (orjson underneath)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
 def _pending_final(journey: Any) -> bool:
@@ -218,29 +233,62 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
 
     @app.agent(legs, name="xcm_match")  # type: ignore[untyped-decorator]
     async def xcm_match(stream: Any) -> None:
+        """Records are handled one by one and written per batch (``ocstream/tablebatch.py``): a
+        batch ends when no more records are buffered, or at :data:`BATCH_RECORDS`. Its outputs
+        are queued first, then its table writes, and only then are its records acknowledged,
+        so a commit never covers a record whose outputs and table changes are not queued."""
+        stream.enable_acks = False  # acknowledged by hand, after the batch's flush
+        batch = TableBatch(app, tables)
+        queue = stream.channel.queue
+        producer = app.producer
+        events: list[Any] = []
+        outputs: list[tuple[Any, bytes, bytes]] = []
+        views: dict[int, dict[str, Store]] = {}
+        app.xcm_batch = batch
+
+        async def flush() -> None:
+            # Straight to the producer, encoded here: faust's Topic.send would build a message
+            # object, a future and sensor calls per record.
+            for topic, key, value in outputs:
+                await producer.send(topic.get_topic_name(), key, value, None, None, None)
+            outputs.clear()
+            await batch.flush()
+            for event in events:
+                await stream.ack(event)
+            COUNTERS["batches"] += 1
+            events.clear()
+
         async for chain, record in stream.items():
+            event = stream.current_event
+            events.append(event)
             if isinstance(record, dict) and record.get("kind") == "tick":
                 try:  # a timeout reads where each network's ingress began
                     await networks.refresh()
                 except Exception as exc:  # the last known records will do
                     log.warning("network registry not refreshed: %s", exc)
-            view = Tables(tables)
+            partition = event.message.partition
+            if partition not in views:
+                views[partition] = batch.views(partition)
+            view = Tables(views[partition])
             try:
                 step = engine.handle(view, chain, record)
             except Exception as exc:
                 view.rollback()
                 await dead_letter("bad-record", str(chain), f"{type(exc).__name__}: {exc}", record)
-                continue
-            # Outputs are queued before the table writes, so a table's changelog never holds a
-            # change whose notifications were not sent (one producer queue, written in order).
-            for note in step.notifications:
-                await notifications.send(key=note["journeyId"], value=note)
-            for target, out in step.records:
-                await legs.send(key=target, value=out)
-            view.commit()
-            for deadline in step.deadlines:
-                heapq.heappush(deadlines, deadline)
-            COUNTERS.update(step.counters)
+            else:
+                # Outputs are queued before the table writes, so a table's changelog never
+                # holds a change whose notifications were not sent (one producer queue,
+                # written in order).
+                for note in step.notifications:
+                    outputs.append((notifications, _key(note["journeyId"]), _json(note)))
+                for target, out in step.records:
+                    outputs.append((legs, _key(target), _json(out)))
+                view.commit()
+                for deadline in step.deadlines:
+                    heapq.heappush(deadlines, deadline)
+                COUNTERS.update(step.counters)
+            if len(events) >= BATCH_RECORDS or queue.empty():
+                await flush()
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def xcm_deadlines() -> None:
