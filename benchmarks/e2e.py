@@ -110,7 +110,7 @@ from xcm import (  # benchmarks/ is this script's directory
 from ocstream.ingress.registry import NetworkRecord
 from ocstream.testing import fixtures_path
 from ocstream.transport import Keyspace
-from ocstream.transport.wire import partition_for_key
+from ocstream.transport.wire import entry_value, partition_for_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.workers import free_port, ocstream_env  # noqa: E402
@@ -384,7 +384,7 @@ class Run:
                 for _, fields in entries:
                     if fields.get(b"k") != network.encode():
                         continue
-                    number = re.search(rb'"number":(\d+)', fields[b"v"][:400])
+                    number = re.search(rb'"number":(\d+)', entry_value(fields)[:400])
                     assert number, "a block without a number"
                     self.published[(network, int(number.group(1)))] = int(fields[b"t"]) / 1000
                 self.read_ids[stream] = "(" + entries[-1][0].decode()

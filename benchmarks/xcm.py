@@ -58,6 +58,7 @@ import redis
 from throughput import baseline, fill  # benchmarks/ is this script's directory
 
 from ocstream.transport import Keyspace, TopicWriter
+from ocstream.transport.wire import entry_value
 from ocstream.xcm.legs import ReceivedLeg, RelayedLeg, SentLeg, legs_of
 
 # The process helpers of the tests: free ports, the fast group timeouts, a clean environment.
@@ -441,7 +442,7 @@ class NotificationReader:
                 more = more or len(entries) == 5000
                 self.last[stream] = "(" + entries[-1][0].decode()
                 for _, fields in entries:
-                    note = orjson.loads(fields[b"v"])
+                    note = orjson.loads(entry_value(fields))
                     self.ids.setdefault(note["type"], set()).add(note["id"])
                     self.entries += 1
             if not more:
@@ -504,7 +505,7 @@ def journey_value_sizes(client: redis.Redis, prefix: str, app_id: str, partition
     sizes = []
     for p in range(partitions):
         entries = client.xrange(keys.stream(f"{app_id}-xcm-journeys-changelog", p), count=200)
-        sizes += [len((fields or {}).get(b"v", b"")) for _, fields in entries or []]
+        sizes += [len(entry_value(fields or {}) or b"") for _, fields in entries or []]
     return sum(sizes) / max(1, len(sizes))
 
 

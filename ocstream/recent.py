@@ -22,7 +22,7 @@ import orjson
 from redis.asyncio import Redis
 
 from .transport.keys import Keyspace
-from .transport.wire import partition_for_key
+from .transport.wire import entry_value, partition_for_key
 
 __all__ = [
     "NOTIFICATIONS_TOPIC",
@@ -58,7 +58,7 @@ async def partitions_of(client: Redis, keys: Keyspace, topic: str, default: int)
 
 def _decode(entry: Sequence[Any]) -> dict[str, Any] | None:
     fields = entry[1] or {}
-    raw = fields.get(b"v")
+    raw = entry_value(fields)
     if raw is None:
         return None
     try:

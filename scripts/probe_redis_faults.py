@@ -39,6 +39,7 @@ HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE))
 
 from ocstream.testing import fixtures_path  # noqa: E402
+from ocstream.transport.wire import entry_value  # noqa: E402
 from tests.ingress.rpc_server import RecordedChainServer  # noqa: E402
 from tests.own_redis import kill_redis, start_redis, wipe  # noqa: E402
 from tests.test_redis_faults import network_config  # noqa: E402
@@ -161,7 +162,7 @@ async def p1(root: Path, code: Path) -> str:
     for p in range(int(client.hget(keys.topics, "blocks") or 0)):
         for _, fields in client.xrange(keys.stream("blocks", p)):
             urn = fields[b"k"].decode()
-            seen[urn].append(ExtendedBlock.from_json_bytes(fields[b"v"]).number)
+            seen[urn].append(ExtendedBlock.from_json_bytes(entry_value(fields)).number)
     client.close()
     alive = proc.returncode is None
     if alive:

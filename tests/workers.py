@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import redis
 
+from ocstream.transport.wire import entry_value
+
 T = TypeVar("T")
 
 HERE = Path(__file__).resolve().parent
@@ -216,8 +218,8 @@ def changelog_counts(
         stream = f"{prefix}t:{app_id}-demo-counts-changelog:{p}"
         for _, fields in client.xrange(stream):
             key = json.loads(fields[b"k"])
-            if b"v" in fields:
-                table[key] = json.loads(fields[b"v"])
+            if entry_value(fields) is not None:
+                table[key] = json.loads(entry_value(fields))
             else:
                 table.pop(key, None)
     return table

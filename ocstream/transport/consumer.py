@@ -24,7 +24,7 @@ from .group import GroupCoordinator
 from .keys import Keyspace, offset_field
 from .metrics import METRICS
 from .settings import TransportSettings
-from .wire import decode_headers, id_to_offset, partition_for_key, read_after_id
+from .wire import decode_headers, entry_value, id_to_offset, partition_for_key, read_after_id
 from .writer import TopicMetadata
 
 if TYPE_CHECKING:
@@ -280,7 +280,7 @@ class Consumer(base.Consumer):
     def _to_message(self, tp: TP, record: FetchedRecord) -> ConsumerMessage:
         offset, fields = record
         key = fields.get(b"k")
-        value = fields.get(b"v")
+        value = entry_value(fields)
         return ConsumerMessage(
             tp.topic,
             tp.partition,

@@ -47,7 +47,11 @@ while i <= #ARGV do
   if compact then
     local key, has_value = nil, false
     for j = i + 1, i + n, 2 do
-      if ARGV[j] == 'k' then key = ARGV[j + 1] elseif ARGV[j] == 'v' then has_value = true end
+      if ARGV[j] == 'k' then
+        key = ARGV[j + 1]
+      elseif ARGV[j] == 'v' or ARGV[j] == 'z' then
+        has_value = true
+      end
     end
     if key then
       local prev = redis.call('HGET', index, key)

@@ -33,6 +33,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 
+from ocstream.transport.wire import entry_value
 from tests.localnet.check import (
     EXPECTED_JOURNEYS,
     PARA1000,
@@ -567,7 +568,7 @@ class Stack:
             entries = cast(list[tuple[bytes, dict[bytes, bytes]]], self.client.xrange(stream))
             for entry_id, fields in entries:
                 offset = int(entry_id.decode().split("-", 1)[1]) - 1
-                out.append((partition, offset, json.loads(fields[b"v"])))
+                out.append((partition, offset, json.loads(entry_value(fields))))
         return out
 
     def committed(self, topic: str) -> dict[int, int]:

@@ -23,6 +23,7 @@ from ocstream.ingress.model import ExtendedBlock
 from ocstream.ingress.raw import RawBlock, load_v1_cbor
 from ocstream.ingress.registry import NetworkRecord, NetworkRegistry
 from ocstream.transport import Keyspace, TopicWriter
+from ocstream.transport.wire import entry_value
 from ocstream.xcm.coverage import Coverage, coverage_of_record
 from tests.ingress.rpc_server import RecordedChainServer
 
@@ -95,7 +96,7 @@ class Harness:
         for p in range(count):
             for _, fields in await self.client.xrange(keys.stream("blocks", p)):
                 assert fields[b"k"] == key.encode()
-                blocks.append(ExtendedBlock.from_json_bytes(fields[b"v"]))
+                blocks.append(ExtendedBlock.from_json_bytes(entry_value(fields)))
         return blocks
 
     async def wait_published(

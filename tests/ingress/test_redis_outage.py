@@ -28,6 +28,7 @@ from ocstream.ingress.raw import load_v1_cbor
 from ocstream.ingress.registry import NetworkRecord, NetworkRegistry
 from ocstream.ingress.service import IngressService
 from ocstream.transport import Keyspace, TopicWriter
+from ocstream.transport.wire import entry_value
 from tests.ingress.rpc_server import RecordedChainServer
 from tests.own_redis import kill_redis, start_redis, wipe
 from tests.workers import free_port, ocstream_env
@@ -66,7 +67,7 @@ async def published(url: str, prefix: str) -> dict[str, list[int]]:
         for p in range(count):
             for _, fields in await client.xrange(keys.stream("blocks", p)):
                 out[fields[b"k"].decode()].append(
-                    ExtendedBlock.from_json_bytes(fields[b"v"]).number
+                    ExtendedBlock.from_json_bytes(entry_value(fields)).number
                 )
     finally:
         await client.aclose()
@@ -357,7 +358,9 @@ async def test_publishing_a_block_twice_appends_it_once(redis_url: str, prefix: 
         assert await publish_block(writer, registry, "blocks", after, b"block 8") is True
         values = []
         for p in range(2):
-            values += [f[b"v"] for _, f in await client.xrange(writer.keys.stream("blocks", p))]
+            values += [
+                entry_value(f) for _, f in await client.xrange(writer.keys.stream("blocks", p))
+            ]
         assert values == [b"block 7", b"block 8"]
         stored = await registry.get(NETWORKS[0])
         assert stored is not None and stored.tip_number == 8

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import orjson
 import pytest
 from aiokafka.partitioner import murmur2
 
+from ocstream.transport import wire
 from ocstream.transport.keys import Keyspace, offset_field
 from ocstream.transport.wire import (
     Record,
     decode_headers,
     encode_headers,
+    entry_value,
     id_to_offset,
     partition_for_key,
     read_after_id,
@@ -48,6 +51,24 @@ def test_record_fields_omit_absent_parts() -> None:
     fields = Record(b"k", b"v", 7, [("h", b"1")]).fields()
     assert fields[:6] == ["t", 7, "k", b"k", "v", b"v"]
     assert fields[6] == "h"
+
+
+def test_long_values_are_compressed_and_read_back() -> None:
+    value = orjson.dumps({"hash": "0x" + "ab" * 32, "events": [{"data": "0x" + "00" * 64}] * 20})
+    assert len(value) >= wire.COMPRESS_MIN_BYTES
+    fields = Record(b"k", value, 7).fields()
+    assert fields[4] == "z" and len(fields[5]) < len(value) / 3
+    assert entry_value({b"t": b"7", b"z": fields[5]}) == value
+    short = Record(b"k", b"{}", 7).fields()
+    assert short[4:] == ["v", b"{}"]
+    assert entry_value({b"v": b"{}"}) == b"{}"
+    assert entry_value({b"t": b"7", b"k": b"k"}) is None  # a tombstone
+
+
+def test_compression_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wire, "COMPRESS_MIN_BYTES", 0)
+    value = b"x" * 4096
+    assert Record(None, value, 1).fields() == ["t", 1, "v", value]
 
 
 def test_key_layout_and_offset_fields() -> None:

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from ocstream.transport import Keyspace, TopicError, TopicWriter
 from ocstream.transport.retention import apply as apply_retention
 from ocstream.transport.settings import TransportSettings
-from ocstream.transport.wire import Record, id_to_offset
+from ocstream.transport.wire import Record, entry_value, id_to_offset
 from ocstream.transport.writer import append_records
 
 
@@ -75,8 +75,14 @@ async def test_compaction_keeps_last_value_and_tombstones_expire(
     assert latest == {b"k1": b"28", b"k2": b"29", b"k0": None}
     assert len(entries) == 3  # one entry per key, the tombstone included
     assert await client.zcard(keys.tombstones("cl", 0)) == 1
-    # Highwater survives compaction: the next write is offset 31.
-    assert await append_records(client, keys, [("cl", 0, Record(b"k1", b"x", 1))], {"cl"}) == [31]
+    # A compressed value is a value, not a tombstone.
+    big = b"0x" + b"ab" * 1000
+    await append_records(client, keys, [("cl", 0, Record(b"k2", big, 1))], compacted={"cl"})
+    entries = await client.xrange(keys.stream("cl", 0))
+    assert {fields[b"k"]: entry_value(fields) for _, fields in entries}[b"k2"] == big
+    assert b"z" in entries[-1][1] and await client.zcard(keys.tombstones("cl", 0)) == 1
+    # Highwater survives compaction: the next write is offset 32.
+    assert await append_records(client, keys, [("cl", 0, Record(b"k1", b"x", 1))], {"cl"}) == [32]
 
     settings = TransportSettings(tombstone_retention=0)
     await apply_retention(client, keys, settings, {"cl": 1}, compacted={"cl"})

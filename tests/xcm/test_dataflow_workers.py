@@ -19,6 +19,7 @@ import redis
 from ocstream.ingress.model import ExtendedBlock
 from ocstream.testing import blocks_from_case, publish_blocks_sync, register_network_sync
 from ocstream.transport.keys import Keyspace
+from ocstream.transport.wire import entry_value
 
 from ..workers import Worker, wait_for
 
@@ -37,7 +38,7 @@ def read_topic(redis_url: str, prefix: str, topic: str) -> list[dict[str, Any]]:
     found = []
     for partition in range(PARTITIONS):
         for _, fields in client.xrange(keys.stream(topic, partition)):
-            found.append(json.loads(fields[b"v"]))
+            found.append(json.loads(entry_value(fields)))
     client.close()
     return found
 

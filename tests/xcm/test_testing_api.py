@@ -25,7 +25,7 @@ from ocstream.testing import (
     publish_blocks_sync,
 )
 from ocstream.transport.keys import Keyspace
-from ocstream.transport.wire import id_to_offset, partition_for_key
+from ocstream.transport.wire import entry_value, id_to_offset, partition_for_key
 
 # decoded/<chain>/ folder -> network URN (fixtures README, "Chains and ids")
 NETWORKS = {
@@ -476,13 +476,15 @@ async def test_publish_blocks_as_the_ingress_does(
         for _, fields in entries:
             key = fields[b"k"]
             assert partition == partition_for_key(key, count)  # the ingress's partitioning
-            block = ExtendedBlock.from_json_bytes(fields[b"v"])
+            block = ExtendedBlock.from_json_bytes(entry_value(fields))
             assert key == block.network.encode()
             seen.append(block)
     assert sorted(seen, key=blocks.index) == blocks
     # one network's blocks share a partition, in order
     hydra = partition_for_key(NETWORKS["hydra"].encode(), count)
-    assert [ExtendedBlock.from_json_bytes(f[b"v"]).number for _, f in partitions[hydra]][-2:] == [
+    assert [ExtendedBlock.from_json_bytes(entry_value(f)).number for _, f in partitions[hydra]][
+        -2:
+    ] == [
         6783591,
         6783592,
     ]
@@ -510,4 +512,4 @@ def test_publish_blocks_sync_uses_the_settings_partitions(
     assert count == 3
     [(entry_id, fields)] = [entry for entries in partitions.values() for entry in entries]
     assert entry_id == "0-1"
-    assert ExtendedBlock.from_json_bytes(fields[b"v"]) == block
+    assert ExtendedBlock.from_json_bytes(entry_value(fields)) == block
