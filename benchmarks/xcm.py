@@ -477,6 +477,27 @@ def legs_committed(client: redis.Redis, prefix: str, app_id: str, partitions: in
     return all(int(d or 0) >= int(e or 0) for d, e in zip(done, ends, strict=True))
 
 
+def net_input_bytes(client: redis.Redis) -> int:
+    """Bytes every client sent the Redis server so far (the whole server: run alone)."""
+    return int(client.info("stats")["total_net_input_bytes"])
+
+
+def trim_consumed(client: redis.Redis, prefix: str) -> None:
+    """Remove what every consumer read from the run's topics (not the table changelogs): what
+    retention leaves of finished journeys once its window has passed."""
+    keys = Keyspace(prefix)
+    committed: dict[str, int] = {}
+    for group in client.scan_iter(match=prefix + "g:*:offsets", count=1000):
+        for field, value in client.hgetall(group).items():
+            name = field.decode()
+            committed[name] = min(int(value), committed.get(name, int(value)))
+    for name, offset in committed.items():
+        topic, _, partition = name.rpartition("\x1f")
+        if topic.endswith("-changelog") or not partition.isdigit():
+            continue
+        client.xtrim(keys.stream(topic, int(partition)), minid=f"0-{offset + 1}")
+
+
 def redis_by_kind(client: redis.Redis, prefix: str) -> dict[str, int]:
     """``MEMORY USAGE`` of this run's keys, by what they hold (topic, table changelog, ...)."""
     keys = [key.decode() for key in client.scan_iter(match=prefix + "*", count=1000)]
@@ -630,6 +651,7 @@ def journeys_phase(
         publish(run.url, run.prefix, args.partitions, shuffled(warm, args.seed + 1000))
         wait_received(run, reader, len(warm), args.timeout)
     cpu = CpuMeter(run)
+    bytes_in = net_input_bytes(run.client)
     t0 = time.perf_counter()
     publish(run.url, run.prefix, args.partitions, records)
     published = time.perf_counter() - t0
@@ -654,6 +676,10 @@ def journeys_phase(
         return previous == changelog[0]
 
     wait_for(changelog_settled, 30, "the changelogs to settle", interval=0.5)
+    written = net_input_bytes(run.client) - bytes_in
+    held = sum(redis_by_kind(run.client, run.prefix).values())
+    trim_consumed(run.client, run.prefix)
+    kept = redis_by_kind(run.client, run.prefix)
     views = [w.pending() for w in run.workers]
     counters: dict[str, int] = {}
     for view in views:
@@ -675,6 +701,10 @@ def journeys_phase(
         "counters": counters,
         "cpu": cpu_used,
         "changelog": changelog[0],
+        "bytes_in": written / args.journeys,
+        "held": held / total,
+        "kept": sum(kept.values()) / total,
+        "kept_kinds": {k: v / total for k, v in kept.items()},
         "peak_rss": max(w.rss_bytes("VmHWM") for w in run.workers),
     }
 
@@ -855,6 +885,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     problems = []
     for r in results:
         note = ", ".join(f"{k} {v}" for k, v in r["notes"].items())
+        kept = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(r["kept_kinds"].items()))
         print(
             f"  round {r['round']}, {r['workers']} worker(s): notifications {note} "
             f"(expected {r['expected_notes']:,} with the warm-up), re-emitted {r['duplicates']}, "
@@ -862,6 +893,9 @@ def main(argv: Iterable[str] | None = None) -> int:
             f"pending after {r['pending']}, xcm-legs records {r['records']:,}, changelog records "
             f"{r['changelog']:,} ({r['changelog'] / (r['expected_notes'] / 3):.1f} per journey), "
             f"peak worker RSS {r['peak_rss'] / 2**20:.0f} MiB\n"
+            f"    Redis: {r['bytes_in']:,.0f} bytes received per journey; the run's keys hold "
+            f"{r['held']:,.0f} bytes per journey, {r['kept']:,.0f} once the consumed topic "
+            f"entries are trimmed ({kept})\n"
             f"    engine counters: {dict(sorted(r['counters'].items()))}"
         )
         if r["dead_letters"] or r["pending"] or sum(r["notes"].values()) != r["expected_notes"]:
@@ -893,6 +927,10 @@ def main(argv: Iterable[str] | None = None) -> int:
         parts.append(f"j2/j1={median(ratios):.2f}")
         if args.rounds > 1:
             parts.append(f"(j2/j1 by round: {', '.join(f'{x:.2f}' for x in ratios)})")
+    for count in args.workers:
+        mine = [r for r in results if r["workers"] == count]
+        parts.append(f"bytes_in/journey(j{count})={median(r['bytes_in'] for r in mine):,.0f}")
+        parts.append(f"kept/journey(j{count})={median(r['kept'] for r in mine):,.0f}")
     if memory is not None:
         parts.append(f"rss/journey={kb(memory['rss'])} redis/journey={kb(memory['redis'])}")
     print("RATIOS " + " ".join(parts))

@@ -5,9 +5,7 @@ from __future__ import annotations
 from socket import gethostname
 from typing import Any
 
-import faust
-
-from .runtime import Table, TableManager, Worker
+from .runtime import App, Table, TableManager, Worker
 from .services import install as install_services
 from .settings import Settings
 from .web import register_views
@@ -19,7 +17,7 @@ def build_app(settings: Settings, *, redis_url: str) -> Any:
 
     data_dir = settings.data_dir.absolute()
     (data_dir / "faust").mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = App(
         settings.app_id,
         broker=redis_url,
         store="rocksdb://",

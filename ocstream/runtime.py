@@ -16,6 +16,10 @@ worker spent most of its start and stop in places that do no work for ocstream:
   the databases it drops (0.1 s on an empty worker, seconds once the runtime decoders are
   loaded): here a database is closed by dropping it, and the collection runs only when
   something else still holds one.
+* :class:`App`: faust's ``Monitor`` sensor is called for every record in and out, every
+  table read and write and every send, to keep statistics that only faust's own web views
+  show; ocstream's ``/metrics`` does not read them (``ocstream/metrics.py``). The app keeps the
+  monitor object (the consumer reports end offsets to it) but does not install it as a sensor.
 * :class:`Worker`: mode's worker waits a fixed second before closing the event loop, after
   everything has stopped; a tenth of a second is enough for the last callbacks to run.
 
@@ -38,7 +42,7 @@ from faust.tables import TableManager as _FaustTableManager
 from faust.types import TP
 from yarl import URL
 
-__all__ = ["QUIET_AT_INFO", "RocksDBStore", "Table", "TableManager", "Worker"]
+__all__ = ["QUIET_AT_INFO", "App", "RocksDBStore", "Table", "TableManager", "Worker"]
 
 #: Beginnings of faust's log messages shown only at ``-l debug`` (one per partition and table,
 #: or multi-line tables of every changelog partition).
@@ -63,6 +67,13 @@ class QuietAtInfo(logging.Filter):
         if message.startswith("[^"):  # a faust service's name: "[^---Recovery]: ..."
             message = message.split("]: ", 1)[-1]
         return not message.startswith(QUIET_AT_INFO)
+
+
+class App(faust.App):
+    def on_init_dependencies(self) -> Any:
+        dependencies = super().on_init_dependencies()
+        self.sensors.remove(self.monitor)  # added by faust's on_init_dependencies
+        return dependencies
 
 
 class Worker(faust.Worker):
