@@ -60,9 +60,11 @@ ROCKSDB_OPTIONS = {
 #: this many entries, so that the worker keeps processing records while it scans.
 SCAN_CHUNK = 500
 
-#: Most records handled before their table writes are flushed and they are acknowledged. A
-#: batch also ends whenever no more records are buffered, so under light load it is one record.
+#: A batch ends when no more records are buffered (under light load it is one record), or at
+#: this many records, or this long after its first record: its notifications wait for the
+#: flush, so the time bound is what a backlog adds to their latency.
 BATCH_RECORDS = 500
+BATCH_SECONDS = 0.05
 
 #: Counters of this process (``/metrics`` renders them as ``oc_xcm_*_total``).
 COUNTERS: Counter[str] = Counter()
@@ -233,10 +235,10 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
 
     @app.agent(legs, name="xcm_match")  # type: ignore[untyped-decorator]
     async def xcm_match(stream: Any) -> None:
-        """Records are handled one by one and written per batch (``ocstream/tablebatch.py``): a
-        batch ends when no more records are buffered, or at :data:`BATCH_RECORDS`. Its outputs
-        are queued first, then its table writes, and only then are its records acknowledged,
-        so a commit never covers a record whose outputs and table changes are not queued."""
+        """Records are handled one by one and written per batch (``ocstream/tablebatch.py``;
+        see :data:`BATCH_RECORDS` for where a batch ends). A batch's outputs are queued first,
+        then its table writes, and only then are its records acknowledged, so a commit never
+        covers a record whose outputs and table changes are not queued."""
         stream.enable_acks = False  # acknowledged by hand, after the batch's flush
         batch = TableBatch(app, tables)
         queue = stream.channel.queue
@@ -244,7 +246,6 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
         events: list[Any] = []
         outputs: list[tuple[Any, bytes, bytes]] = []
         views: dict[int, dict[str, Store]] = {}
-        app.xcm_batch = batch
 
         async def flush() -> None:
             # Straight to the producer, encoded here: faust's Topic.send would build a message
@@ -258,8 +259,11 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
             COUNTERS["batches"] += 1
             events.clear()
 
+        started = 0.0
         async for chain, record in stream.items():
             event = stream.current_event
+            if not events:
+                started = time.monotonic()
             events.append(event)
             if isinstance(record, dict) and record.get("kind") == "tick":
                 try:  # a timeout reads where each network's ingress began
@@ -287,7 +291,11 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
                 for deadline in step.deadlines:
                     heapq.heappush(deadlines, deadline)
                 COUNTERS.update(step.counters)
-            if len(events) >= BATCH_RECORDS or queue.empty():
+            if (
+                queue.empty()
+                or len(events) >= BATCH_RECORDS
+                or time.monotonic() - started >= BATCH_SECONDS
+            ):
                 await flush()
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
