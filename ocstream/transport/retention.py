@@ -158,8 +158,13 @@ async def apply(
         if topic in compacted:
             continue
         limits = overrides.get(topic, defaults)
-        if not limits.keeps_everything:
-            await _trim_topic(client, keys, topic, count, limits, groups)
+        if limits.keeps_everything:
+            continue
+        # Another app's changelog that this group reads: trimming it by age would delete live
+        # table state. Its compaction index gives it away; its own group removes its tombstones.
+        if await client.exists(*(keys.compaction_index(topic, p) for p in range(count))):
+            continue
+        await _trim_topic(client, keys, topic, count, limits, groups)
 
 
 async def _trim_topic(

@@ -132,6 +132,24 @@ async def test_retention_by_size_keeps_the_newest_entries_under_the_limit(
     await client.aclose()
 
 
+async def test_another_apps_changelog_is_not_trimmed_as_a_plain_topic(
+    redis_url: str, prefix: str
+) -> None:
+    # A group that reads another app's changelog does not know it is compacted; trimming it by
+    # age would delete that app's live table state.
+    client = aioredis.Redis.from_url(redis_url)
+    keys = Keyspace(prefix)
+    old = int(time.time() * 1000) - 48 * 3_600_000
+    batch = [("other-changelog", 0, Record(f"k{i}".encode(), b"v", old)) for i in range(5)]
+    await append_records(client, keys, batch, compacted={"other-changelog"})
+    await append_records(client, keys, [("plain", 0, Record(b"k", b"v", old))] * 5)
+    topics = {"other-changelog": 1, "plain": 1}
+    await apply(client, keys, settings(retention_hours=24), topics, compacted=())
+    assert await client.xlen(keys.stream("other-changelog", 0)) == 5
+    assert await client.xlen(keys.stream("plain", 0)) == 0
+    await client.aclose()
+
+
 async def test_an_invalid_override_is_logged_and_the_defaults_apply(
     redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
