@@ -3,7 +3,8 @@
 An example of a dataflow declared on the app, and the transport's self-check: its integration
 tests and benchmarks run it alone (``OCSTREAM_DATAFLOW=demo``), so that their timings and
 partition counts are those of this small dataflow. It is not part of ocstream's production
-graph. Each event adds ``n`` to its user's count. The page ``/demo/counts/`` shows the counts
+graph. Each event adds ``n`` to its user's count; an event with ``delete`` removes the user
+from the table (a tombstone in the changelog). The page ``/demo/counts/`` shows the counts
 held by this worker's active partitions and how many events this process handled, which is what the
 integration tests compare with what they produced.
 """
@@ -22,6 +23,7 @@ COUNTS_TABLE = "demo-counts"
 class Event(faust.Record, serializer="json"):
     user: str
     n: int = 1
+    delete: bool = False
 
 
 def declare(app: Any) -> None:
@@ -32,7 +34,11 @@ def declare(app: Any) -> None:
     @app.agent(events, name="count_events")  # type: ignore[untyped-decorator]
     async def count_events(stream: Any) -> None:
         async for event in stream:
-            counts[event.user] += event.n
+            if event.delete:
+                if event.user in counts:
+                    del counts[event.user]
+            else:
+                counts[event.user] += event.n
             processed["events"] += 1
 
     @app.page("/demo/counts/")

@@ -174,7 +174,7 @@ TRANSPORT_HELP = {
     "rebalances": "Assignments taken by this process.",
     "retention_trimmed": "Entries removed by retention.",
     "retention_trimmed_uncommitted": "Entries removed by retention before a group committed them.",
-    "tombstones_removed": "Changelog tombstones removed after their retention.",
+    "tombstones_removed": "Changelog tombstones removed once every holder applied them.",
 }
 
 

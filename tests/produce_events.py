@@ -1,8 +1,10 @@
 """Produce demo events from a separate process, through ocstream's TopicWriter.
 
     python produce_events.py REDIS_URL PREFIX COUNT [--users U] [--partitions P] [--rate R]
+                             [--delete]
 
-Event i goes to user ``u{i % U}`` with n=1. With --rate, about R events a second.
+Event i goes to user ``u{i % U}`` with n=1. With --rate, about R events a second. With
+--delete, event i deletes user ``u{i % U}`` from the table instead.
 Prints ``ACK <n>`` after each acknowledged batch and ``DONE <count>`` at the end.
 """
 
@@ -26,6 +28,7 @@ async def main() -> None:
     parser.add_argument("--users", type=int, default=10)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--rate", type=float, default=0.0)
+    parser.add_argument("--delete", action="store_true")
     args = parser.parse_args()
     batch = 100 if not args.rate else max(1, int(args.rate / 20))
     async with TopicWriter.from_url(args.redis_url, prefix=args.prefix) as writer:
@@ -33,8 +36,9 @@ async def main() -> None:
         sent = 0
         t0 = time.monotonic()
         while sent < args.count:
+            event = {"delete": True} if args.delete else {"n": 1}
             items = [
-                (f"u{i % args.users}", json.dumps({"user": f"u{i % args.users}", "n": 1}))
+                (f"u{i % args.users}", json.dumps({"user": f"u{i % args.users}", **event}))
                 for i in range(sent, min(args.count, sent + batch))
             ]
             while True:

@@ -5,6 +5,8 @@ Every test runs against the machine's Redis 7 and the embedded Redis 6.2.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import signal
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 import redis
 
+from ocstream.transport import TopicWriter
 from ocstream.transport.keys import Keyspace
 from tests.workers import (
     Worker,
@@ -123,6 +126,82 @@ def test_wiped_state_is_rebuilt_from_changelog_and_consumption_resumes(
         assert "Highwater" in restarted.log_text()  # faust's recovery table was printed
     finally:
         assert restarted.stop() == 0, restarted.log_tail()
+
+
+def send_events(redis_url: str, prefix: str, events: list[dict[str, Any]]) -> None:
+    """Write demo events (``{"user": ..., "n": ...}`` or ``{"user": ..., "delete": True}``)
+    keyed by user, through TopicWriter."""
+
+    async def send() -> None:
+        async with TopicWriter.from_url(redis_url, prefix=prefix) as writer:
+            await writer.create_topic("demo-events", 4)
+            await writer.send_many("demo-events", [(e["user"], json.dumps(e)) for e in events])
+
+    asyncio.run(send())
+
+
+def test_an_old_store_does_not_bring_back_keys_whose_tombstones_were_removed(
+    spawn: Spawn, redis_url: str, prefix: str, app_id: str
+) -> None:
+    """w1 counts everyone and stops; while it is away, w2 deletes u0..u9 and, being the only
+    holder of the changelog, lets the leader remove the tombstones. w1 comes back with its old
+    store: replaying the changelog from its local offset would keep u0..u9 (their values were
+    compacted away and their tombstones are gone), so it must discard that store and recover
+    from the changelog's start."""
+    env = {"OCSTREAM_TRANSPORT_RETENTION_INTERVAL": "0.3"}
+    deleted = {f"u{i}" for i in range(10)}
+    kept = {f"u{i}" for i in range(10, USERS)}
+    first = spawn("w1", env=env)
+    first.start()
+    first.wait_assigned()
+    produce_all(redis_url, prefix, 500, users=USERS)
+    wait_for(lambda: first.view()["processed_here"] == 500, 60, "500 events counted by w1")
+    assert first.stop() == 0, first.log_tail()
+
+    second = spawn("w2", env=env)
+    second.start()
+    try:
+        second.wait_assigned()
+        send_events(redis_url, prefix, [{"user": u, "delete": True} for u in sorted(deleted)])
+        # Then one more event for each remaining user, so that no partition's newest changelog
+        # entry is a tombstone (the newest entry always stays).
+        send_events(redis_url, prefix, [{"user": u, "n": 1} for u in sorted(kept)])
+        wait_for(
+            lambda: (c := second.view()["counts"]) == {u: 11 for u in kept} and c,
+            60,
+            "w2 to recover, delete u0..u9 and count the rest",
+        )
+        client = redis.Redis.from_url(redis_url)
+        keys = Keyspace(prefix)
+        changelog = f"{app_id}-demo-counts-changelog"
+        wait_for(
+            lambda: (
+                not any(
+                    fields[b"k"].decode().strip('"') in deleted
+                    for p in range(4)
+                    for _, fields in client.xrange(keys.stream(changelog, p))
+                )
+            ),
+            30,
+            "the tombstones of u0..u9 to be removed",
+        )
+        assert client.hlen(keys.tombstone_floors) > 0
+    finally:
+        assert second.stop() == 0, second.log_tail()
+
+    again = spawn("w1", env=env)  # the same data dir: the store w1 left, from before the deletes
+    again.start()
+    try:
+        again.wait_assigned()
+        counts = wait_for(
+            lambda: (c := again.view()["counts"]) and all(c.get(u) == 11 for u in kept) and c,
+            60,
+            "w1 to recover the table",
+        )
+        assert counts == {u: 11 for u in kept}  # no deleted user came back
+        assert "older than removed tombstones" in again.log_text()
+    finally:
+        assert again.stop() == 0, again.log_tail()
 
 
 def test_two_workers_split_evenly_and_survive_kill_9(

@@ -191,6 +191,7 @@ def produce(
     users: int = 10,
     partitions: int = 4,
     rate: float = 0.0,
+    delete: bool = False,
 ) -> subprocess.Popen[str]:
     """Start another process that produces ``count`` demo events through TopicWriter.
 
@@ -199,6 +200,8 @@ def produce(
     """
     args = [sys.executable, str(HERE / "produce_events.py"), redis_url, prefix, str(count)]
     args += ["--users", str(users), "--partitions", str(partitions), "--rate", str(rate)]
+    if delete:
+        args.append("--delete")
     return subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
 
 

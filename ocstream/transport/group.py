@@ -45,7 +45,7 @@ from aiokafka.coordinator.protocol import (
 from faust.types import TP
 from mode import get_logger
 
-from . import retention, scripts
+from . import local_state, retention, scripts
 from .client import TRANSIENT_ERRORS, Backoff
 from .metrics import METRICS
 
@@ -104,6 +104,7 @@ class GroupCoordinator:
         self._send_metadata = True
         self._change_seen_at: int | None = None
         self._last_retention = 0.0
+        self._last_report = 0.0
         self._backoff = Backoff()
         self.is_leader = False
         #: Set by a tick that moved the group on (a generation begun or assigned, a release
@@ -164,6 +165,12 @@ class GroupCoordinator:
         if self.is_leader:
             await self._lead(int(now))
         await self._follow(int(gen), phase.decode() if phase else "", int(stable_gen))
+        if (
+            self.state is MemberState.STABLE
+            and int(now) / 1000 - self._last_report >= self.settings.retention_interval
+        ):
+            self._last_report = int(now) / 1000
+            await self._report_applied()
 
     async def _publish_metadata(self) -> None:
         subscription = self.consumer.subscription()
@@ -178,6 +185,8 @@ class GroupCoordinator:
         )
         for member in expired:
             logger.warning("[group] member %s missed its heartbeats: removed", member.decode())
+        if expired:
+            await self.client.hdel(self.keys.applied, *expired)
         members = {m.decode() for m in await self.client.zrange(self.keys.members, 0, -1)}
         metas = {
             m.decode(): raw
@@ -232,6 +241,7 @@ class GroupCoordinator:
                 self.settings,
                 {t: n for t, n in partitions.items() if t in subscribed},
                 self.app.tables.changelog_topics,
+                group=self.app.conf.id,
             )
 
     async def _complete_rebalance(
@@ -295,9 +305,9 @@ class GroupCoordinator:
             return
         if phase != "stable" or stable_gen in (self.generation, self._checked_generation):
             return
-        self._checked_generation = stable_gen
         raw = await self.client.hget(self.keys.assignment(stable_gen), self.member_id)
         if raw is None:
+            self._checked_generation = stable_gen
             # Not part of this generation (joined late, or evicted): give back anything held,
             # whose offsets it can no longer commit anyway, and make sure the leader sees us.
             if self.consumer.assignment():
@@ -335,8 +345,13 @@ class GroupCoordinator:
         if self.consumer.assignment():
             await self._release(commit=True)
         assignment = ConsumerProtocolMemberAssignment.decode(raw)
-        self._assignor.on_assignment(assignment)
         tps = {TP(topic, p) for topic, parts in assignment.assignment for p in parts}
+        # Before faust reads the stores' persisted offsets: a store that may have missed
+        # removed tombstones is discarded, and faust recovers it from the changelog's start.
+        await local_state.discard_stale(self.app, self.client, self.consumer.keys, tps)
+        # Only now: a failed read above is retried by the next tick.
+        self._checked_generation = gen
+        self._assignor.on_assignment(assignment)
         if not self.app.rebalancing:
             self.app.on_rebalance_start()
         self.generation = gen
@@ -348,6 +363,14 @@ class GroupCoordinator:
         await self.consumer.on_partitions_assigned(tps, gen)
         # Our metadata now carries this assignment, which keeps the next one sticky.
         self._send_metadata = True
+
+    async def _report_applied(self) -> None:
+        """Tell the leader how far this member's stores applied the changelog partitions it
+        holds, for this generation (``local_state``); tombstones below go once all holders
+        have applied them."""
+        positions = local_state.applied_positions(self.app, self.consumer.assignment())
+        report = {"gen": self.generation, "applied": positions}
+        await self.client.hset(self.keys.applied, self.member_id, orjson.dumps(report))
 
     async def commit(self, offsets: dict[str, int]) -> bool:
         args: list[Any] = [self.member_id, self.generation]
@@ -373,6 +396,7 @@ class GroupCoordinator:
             pipe = self.client.pipeline(transaction=False)
             pipe.zrem(self.keys.members, self.member_id)
             pipe.hdel(self.keys.meta, self.member_id)
+            pipe.hdel(self.keys.applied, self.member_id)
             await pipe.execute()
             if await self.client.get(self.keys.leader) == self.member_id.encode():
                 await self.client.delete(self.keys.leader)

@@ -8,14 +8,18 @@ key                                    type    content
 ``{p}t:{topic}:{n}``                   stream  partition ``n`` of ``topic``; entry ids ``0-<seq>``
 ``{p}o:{topic}:{n}``                   string  last sequence number handed out for that partition
 ``{p}ci:{topic}:{n}``                  hash    changelog compaction index: record key -> entry id
-``{p}tomb:{topic}:{n}``                zset    changelog tombstone entry ids, scored by write time
+``{p}tomb:{topic}:{n}``                zset    changelog tombstone entry ids, scored by their seq
 ``{p}topics``                          hash    topic -> partition count
-``{p}retention``                       hash    topic -> max entries kept per partition
+``{p}retention``                       hash    topic -> retention limits (``retention.py``)
+``{p}tombfloor``                       hash    ``topic\\x1fpartition`` -> 1 + offset of the
+                                               newest tombstone removed from that changelog
 ``{p}groups``                          set     consumer group ids (for retention bookkeeping)
 ``{p}g:{group}:offsets``               hash    ``topic\\x1fpartition`` -> next offset (fenced)
 ``{p}g:{group}:topics``                set     topics the group subscribes to
 ``{p}g:{group}:members``               zset    member id -> heartbeat deadline (server ms)
 ``{p}g:{group}:meta``                  hash    member id -> faust assignor metadata
+``{p}g:{group}:applied``               hash    member id -> JSON: how far its table stores
+                                               applied each changelog partition it holds
 ``{p}g:{group}:leader``                string  leader lease (member id, PX = session timeout)
 ``{p}g:{group}:state``                 hash    gen, phase, stable_gen, members, started
 ``{p}g:{group}:revoked:{gen}``         set     members that released their partitions for gen
@@ -64,6 +68,10 @@ class Keyspace:
         return f"{self.prefix}retention"
 
     @property
+    def tombstone_floors(self) -> str:
+        return f"{self.prefix}tombfloor"
+
+    @property
     def groups(self) -> str:
         return f"{self.prefix}groups"
 
@@ -91,6 +99,10 @@ class GroupKeys:
     @property
     def meta(self) -> str:
         return self.base + "meta"
+
+    @property
+    def applied(self) -> str:
+        return self.base + "applied"
 
     @property
     def leader(self) -> str:

@@ -25,7 +25,6 @@ local stream, seqkey, index, tombs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local compact = ARGV[1] == '1'
 local seq = tonumber(redis.call('GET', seqkey) or '0')
 local first = seq + 1
-local now = nil
 local i = 2
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
@@ -60,13 +59,7 @@ while i <= #ARGV do
         redis.call('ZREM', tombs, prev)
       end
       redis.call('HSET', index, key, id)
-      if not has_value then
-        if not now then
-          local t = redis.call('TIME')
-          now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-        end
-        redis.call('ZADD', tombs, now, id)
-      end
+      if not has_value then redis.call('ZADD', tombs, seq, id) end
     end
   end
   i = i + n + 1
@@ -75,27 +68,108 @@ redis.call('SET', seqkey, seq)
 return {first, seq}
 """
 
-# Removes changelog tombstones older than the retention, with their compaction index entries.
-# KEYS: stream, compaction index, tombstones ; ARGV: retention ms, max entries per call
-TRIM_TOMBSTONES = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[1]),
-                       'LIMIT', 0, tonumber(ARGV[2]))
+# Retention of one partition of a non-compacted topic: the cut is the highest of the limits by
+# entry count, by memory and by age; every entry below it is trimmed.
+# KEYS: stream, sequence counter
+# ARGV: max entries (0: none), max bytes (0: none), max age ms (0: none)
+# Returns {first offset before, cut, entries trimmed}.
+RETAIN = """
+local stream = KEYS[1]
+local max_entries, max_bytes, max_age = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local highwater = tonumber(redis.call('GET', KEYS[2]) or '0')
+local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+if #head == 0 then return {highwater, highwater, 0} end
+local first = tonumber(string.match(head[1][1], '%d+-(%d+)')) - 1
+local cut = first
+if max_entries > 0 then cut = math.max(cut, highwater - max_entries) end
+if max_bytes > 0 then
+  -- MEMORY USAGE samples a few stream nodes: an estimate, good enough for a limit in MB.
+  local used = tonumber(redis.call('MEMORY', 'USAGE', stream) or '0')
+  if used > max_bytes then
+    local keep = math.floor(redis.call('XLEN', stream) * max_bytes / used)
+    cut = math.max(cut, highwater - keep)
+  end
+end
+if max_age > 0 and cut < highwater then
+  -- Binary search over offsets for the first entry written at or after now - max age (entry
+  -- ids are 0-<seq>, so time is only in the field t): about log2(entries) XRANGE COUNT 1.
+  local now = redis.call('TIME')
+  local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - max_age
+  local lo, hi = cut, highwater
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    local e = redis.call('XRANGE', stream, '0-' .. (mid + 1), '+', 'COUNT', 1)
+    if #e == 0 then
+      hi = mid
+    else
+      local t = 0
+      local fields = e[1][2]
+      for j = 1, #fields, 2 do
+        if fields[j] == 't' then t = tonumber(fields[j + 1]) or 0 end
+      end
+      if t >= oldest then
+        hi = mid
+      else
+        lo = math.min(tonumber(string.match(e[1][1], '%d+-(%d+)')), hi)
+      end
+    end
+  end
+  cut = math.max(cut, lo)
+end
+local trimmed = 0
+if cut > first then trimmed = redis.call('XTRIM', stream, 'MINID', '0-' .. (cut + 1)) end
+return {first, cut, trimmed}
+"""
+
+# Removes the tombstones of one changelog partition below the offset every holder of the
+# partition has applied, with their compaction-index entries, and raises the partition's
+# floor to the newest one removed. The newest entry of the partition is kept even when it is a
+# tombstone: faust's recovery reads until the offset just below the highwater.
+# KEYS: stream, compaction index, tombstones, sequence counter, floors, group state
+# ARGV: stable gen the positions were read for, applied offset (tombstones below it go),
+#       least age ms, max tombstones per call, floor field
+# Returns the number removed, or -1 when the group is no longer at that stable generation.
+REMOVE_TOMBSTONES = """
+local st = redis.call('HMGET', KEYS[6], 'phase', 'stable_gen')
+if st[1] ~= 'stable' or tonumber(st[2] or '0') ~= tonumber(ARGV[1]) then return -1 end
+local max = tonumber(ARGV[4])
+-- Tombstones written before the zset was scored by seq were scored by time in ms: re-score.
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '(1000000000000', '+inf',
+                                'LIMIT', 0, max)) do
+  redis.call('ZADD', KEYS[3], tonumber(string.match(id, '%d+-(%d+)')), id)
+end
+local newest = tonumber(redis.call('GET', KEYS[4]) or '0')
+-- Offset o has seq o + 1: below the applied offset means seq <= applied.
+local limit = math.min(tonumber(ARGV[2]), newest - 1)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', limit, 'LIMIT', 0, max)
+local min_age = tonumber(ARGV[3])
+local now = 0
+if min_age > 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local floor, removed = 0, 0
 for _, id in ipairs(ids) do
   local entries = redis.call('XRANGE', KEYS[1], id, id)
   if #entries == 1 then
     local fields = entries[1][2]
+    local key, t = nil, 0
     for j = 1, #fields, 2 do
-      if fields[j] == 'k' and redis.call('HGET', KEYS[2], fields[j + 1]) == id then
-        redis.call('HDEL', KEYS[2], fields[j + 1])
-      end
+      if fields[j] == 'k' then key = fields[j + 1]
+      elseif fields[j] == 't' then t = tonumber(fields[j + 1]) or 0 end
     end
+    if min_age > 0 and now - t < min_age then break end
+    if key and redis.call('HGET', KEYS[2], key) == id then redis.call('HDEL', KEYS[2], key) end
     redis.call('XDEL', KEYS[1], id)
   end
   redis.call('ZREM', KEYS[3], id)
+  floor = math.max(floor, tonumber(string.match(id, '%d+-(%d+)')))
+  removed = removed + 1
 end
-return #ids
+if floor > tonumber(redis.call('HGET', KEYS[5], ARGV[5]) or '0') then
+  redis.call('HSET', KEYS[5], ARGV[5], floor)
+end
+return removed
 """
 
 # A member's heartbeat, judged by Redis server time, and an attempt to take or keep the lease.
@@ -248,7 +322,8 @@ async def run_pipelined(client: Redis, calls: Sequence[ScriptCall]) -> list[Any]
 
 
 append = LuaScript(APPEND)
-trim_tombstones = LuaScript(TRIM_TOMBSTONES)
+retain = LuaScript(RETAIN)
+remove_tombstones = LuaScript(REMOVE_TOMBSTONES)
 heartbeat = LuaScript(HEARTBEAT)
 expire_members = LuaScript(EXPIRE_MEMBERS)
 begin_rebalance = LuaScript(BEGIN_REBALANCE)

@@ -37,11 +37,18 @@ class TransportSettings(BaseModel):
     initial_rebalance_delay: float = Field(default=1.0, ge=0)
     #: Create a subscribed topic that does not exist yet (like auto.create.topics.enable).
     auto_create_topics: bool = True
-    #: Entries kept per partition of a non-compacted topic; 0 keeps everything.
-    max_len: int = Field(default=1_000_000, ge=0)
-    #: Changelog tombstones older than this (seconds) are removed with their index entries.
-    tombstone_retention: float = Field(default=86_400.0, ge=0)
-    #: How often the group leader applies retention and removes old tombstones.
+    #: Retention of a non-compacted topic, per partition: entries older than ``retention_hours``
+    #: (by their ``t`` field) go, and so do the oldest entries while the partition's stream
+    #: uses more than ``retention_mb`` (``MEMORY USAGE``). 0 turns a limit off.
+    retention_hours: float = Field(default=24.0, ge=0)
+    retention_mb: float = Field(default=64.0, ge=0)
+    #: Optional third limit: entries kept per partition (0 = no entry cap, the default).
+    max_len: int = Field(default=0, ge=0)
+    #: A changelog tombstone is removed once every member holding its partition has applied it,
+    #: and at least this many seconds after it was written (0: as soon as all have applied it).
+    tombstone_retention: float = Field(default=0.0, ge=0)
+    #: How often the group leader applies retention and removes tombstones, and how often each
+    #: member reports how far its table stores have applied their changelogs.
     retention_interval: float = Field(default=30.0, gt=0)
 
     @classmethod

@@ -8,8 +8,6 @@ import pytest
 import redis.asyncio as aioredis
 
 from ocstream.transport import Keyspace, TopicError, TopicWriter
-from ocstream.transport.retention import apply as apply_retention
-from ocstream.transport.settings import TransportSettings
 from ocstream.transport.wire import Record, entry_value, id_to_offset
 from ocstream.transport.writer import append_records
 
@@ -61,7 +59,7 @@ async def test_topics_are_created_once_and_partitions_checked(redis_url: str, pr
             await writer.create_topic("c", 0)
 
 
-async def test_compaction_keeps_last_value_and_tombstones_expire(
+async def test_compaction_keeps_last_value_and_a_tombstone_per_deleted_key(
     redis_url: str, prefix: str
 ) -> None:
     client = aioredis.Redis.from_url(redis_url)
@@ -74,7 +72,10 @@ async def test_compaction_keeps_last_value_and_tombstones_expire(
     latest = {fields[b"k"]: fields.get(b"v") for _, fields in entries}
     assert latest == {b"k1": b"28", b"k2": b"29", b"k0": None}
     assert len(entries) == 3  # one entry per key, the tombstone included
-    assert await client.zcard(keys.tombstones("cl", 0)) == 1
+    # The tombstone is listed with its seq (offset 30): retention removes tombstones by offset.
+    assert await client.zrange(keys.tombstones("cl", 0), 0, -1, withscores=True) == [
+        (b"0-31", 31.0)
+    ]
     # A compressed value is a value, not a tombstone.
     big = b"0x" + b"ab" * 1000
     await append_records(client, keys, [("cl", 0, Record(b"k2", big, 1))], compacted={"cl"})
@@ -83,43 +84,9 @@ async def test_compaction_keeps_last_value_and_tombstones_expire(
     assert b"z" in entries[-1][1] and await client.zcard(keys.tombstones("cl", 0)) == 1
     # Highwater survives compaction: the next write is offset 32.
     assert await append_records(client, keys, [("cl", 0, Record(b"k1", b"x", 1))], {"cl"}) == [32]
-
-    settings = TransportSettings(tombstone_retention=0)
-    await apply_retention(client, keys, settings, {"cl": 1}, compacted={"cl"})
-    entries = await client.xrange(keys.stream("cl", 0))
-    assert {fields[b"k"] for _, fields in entries} == {b"k1", b"k2"}
-    assert not await client.hexists(keys.compaction_index("cl", 0), "k0")
+    # Writing a deleted key again drops its tombstone.
+    await append_records(client, keys, [("cl", 0, Record(b"k0", b"back", 1))], {"cl"})
     assert await client.zcard(keys.tombstones("cl", 0)) == 0
-    await client.aclose()
-
-
-async def test_retention_trims_and_reports_uncommitted_entries(
-    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    from ocstream.transport.metrics import METRICS
-
-    client = aioredis.Redis.from_url(redis_url)
-    keys = Keyspace(prefix)
-    await append_records(client, keys, [("ev", 0, Record(None, b"v", 1))] * 100)
-    await client.sadd(keys.groups, "slow", "fast")
-    for group, committed in (("slow", 50), ("fast", 95)):
-        await client.sadd(keys.group(group).topics, "ev")
-        await client.hset(keys.group(group).offsets, "ev\x1f0", committed)
-    before = METRICS.retention_trimmed_uncommitted
-    await apply_retention(client, keys, TransportSettings(max_len=30), {"ev": 1}, compacted=())
-    first = await client.xrange(keys.stream("ev", 0), count=1)
-    assert id_to_offset(first[0][0]) == 70 and await client.xlen(keys.stream("ev", 0)) == 30
-    # The slow group had not committed offsets 50..69: that loss is logged and counted.
-    assert METRICS.retention_trimmed_uncommitted - before == 20
-    assert any(
-        "'slow'" in r.getMessage() and "20 entries" in r.getMessage() for r in caplog.records
-    )
-    assert not any("'fast'" in r.getMessage() for r in caplog.records)
-    # A per-topic limit overrides the default; 0 keeps everything.
-    await client.hset(keys.retention, "ev", 0)
-    await append_records(client, keys, [("ev", 0, Record(None, b"v", 1))] * 10)
-    await apply_retention(client, keys, TransportSettings(max_len=5), {"ev": 1}, compacted=())
-    assert await client.xlen(keys.stream("ev", 0)) == 40
     await client.aclose()
 
 
