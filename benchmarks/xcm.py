@@ -142,6 +142,9 @@ class WorkerProc(ChildProc):
                 "OCSTREAM_TRANSPORT_PREFIX": prefix,
                 "OCSTREAM_APP_ID": app_id,
                 "OCSTREAM_PARTITIONS": str(partitions),
+                # Tombstones are removed once every holder applied them; the members report
+                # how far they are every interval (docs/capacity.md).
+                "OCSTREAM_TRANSPORT_RETENTION_INTERVAL": "2",
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -498,6 +501,19 @@ def trim_consumed(client: redis.Redis, prefix: str) -> None:
         client.xtrim(keys.stream(topic, int(partition)), minid=f"0-{offset + 1}")
 
 
+def tombstones_left(client: redis.Redis, prefix: str) -> int:
+    """Changelog tombstones still in Redis, not counting each partition's newest entry (which
+    stays whatever it is: faust's recovery reads up to it)."""
+    left = 0
+    for key in client.scan_iter(match=prefix + "tomb:*", count=1000):
+        name = key.decode()[len(prefix) + len("tomb:") :]
+        topic, _, partition = name.rpartition(":")
+        last = client.xrevrange(Keyspace(prefix).stream(topic, int(partition)), count=1)
+        newest = last[0][0] if last else None
+        left += sum(1 for member in client.zrange(key, 0, -1) if member != newest)
+    return left
+
+
 def redis_by_kind(client: redis.Redis, prefix: str) -> dict[str, int]:
     """``MEMORY USAGE`` of this run's keys, by what they hold (topic, table changelog, ...)."""
     keys = [key.decode() for key in client.scan_iter(match=prefix + "*", count=1000)]
@@ -679,6 +695,10 @@ def journeys_phase(
     written = net_input_bytes(run.client) - bytes_in
     held = sum(redis_by_kind(run.client, run.prefix).values())
     trim_consumed(run.client, run.prefix)
+    wait_for(
+        lambda: tombstones_left(run.client, run.prefix) == 0, 30, "old tombstones to go",
+        interval=0.5,
+    )  # fmt: skip
     kept = redis_by_kind(run.client, run.prefix)
     views = [w.pending() for w in run.workers]
     counters: dict[str, int] = {}
