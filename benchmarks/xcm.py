@@ -145,6 +145,10 @@ class WorkerProc(ChildProc):
                 # Tombstones are removed once every holder applied them; the members report
                 # how far they are every interval (docs/capacity.md).
                 "OCSTREAM_TRANSPORT_RETENTION_INTERVAL": "2",
+                # Ended journeys are kept 20 s instead of an hour, swept every 5 s, so that the
+                # run can see what a journey leaves once its entries expired.
+                "OCSTREAM_XCM_CLOSED_TTL": "20",
+                "OCSTREAM_XCM_SWEEP_INTERVAL": "5",
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -485,6 +489,17 @@ def net_input_bytes(client: redis.Redis) -> int:
     return int(client.info("stats")["total_net_input_bytes"])
 
 
+def all_committed(client: redis.Redis, prefix: str) -> bool:
+    """Whether every group committed everything written to the topics it reads."""
+    keys = Keyspace(prefix)
+    for group in client.scan_iter(match=prefix + "g:*:offsets", count=1000):
+        for field, value in client.hgetall(group).items():
+            topic, _, partition = field.decode().rpartition("\x1f")
+            if int(client.get(keys.sequence(topic, int(partition))) or 0) > int(value):
+                return False
+    return True
+
+
 def trim_consumed(client: redis.Redis, prefix: str) -> None:
     """Remove what every consumer read from the run's topics (not the table changelogs): what
     retention leaves of finished journeys once its window has passed."""
@@ -694,6 +709,10 @@ def journeys_phase(
     wait_for(changelog_settled, 30, "the changelogs to settle", interval=0.5)
     written = net_input_bytes(run.client) - bytes_in
     held = sum(redis_by_kind(run.client, run.prefix).values())
+    wait_for(
+        lambda: all_committed(run.client, run.prefix), args.timeout, "every record committed",
+        interval=0.2,
+    )  # fmt: skip
     trim_consumed(run.client, run.prefix)
     wait_for(
         lambda: tombstones_left(run.client, run.prefix) == 0, 30, "old tombstones to go",
@@ -701,6 +720,17 @@ def journeys_phase(
     )  # fmt: skip
     kept = redis_by_kind(run.client, run.prefix)
     views = [w.pending() for w in run.workers]
+
+    def swept() -> bool:
+        sizes = [w.pending()["tables"] for w in run.workers]
+        return all(t["journeys"] == 0 and t["outbound"] == 0 for t in sizes)
+
+    wait_for(swept, 90, "the ended journeys to be swept", interval=1.0)
+    wait_for(
+        lambda: tombstones_left(run.client, run.prefix) == 0, 30, "the sweep's tombstones to go",
+        interval=0.5,
+    )  # fmt: skip
+    final = redis_by_kind(run.client, run.prefix)
     counters: dict[str, int] = {}
     for view in views:
         for name, value in view["counters"].items():
@@ -725,6 +755,8 @@ def journeys_phase(
         "held": held / total,
         "kept": sum(kept.values()) / total,
         "kept_kinds": {k: v / total for k, v in kept.items()},
+        "final": sum(final.values()) / total,
+        "final_kinds": {k: v / total for k, v in final.items() if v},
         "peak_rss": max(w.rss_bytes("VmHWM") for w in run.workers),
     }
 
@@ -915,7 +947,8 @@ def main(argv: Iterable[str] | None = None) -> int:
             f"peak worker RSS {r['peak_rss'] / 2**20:.0f} MiB\n"
             f"    Redis: {r['bytes_in']:,.0f} bytes received per journey; the run's keys hold "
             f"{r['held']:,.0f} bytes per journey, {r['kept']:,.0f} once the consumed topic "
-            f"entries are trimmed ({kept})\n"
+            f"entries are trimmed ({kept}), {r['final']:,.0f} once ended journeys are swept "
+            f"({', '.join(f'{k} {v:,.0f}' for k, v in sorted(r['final_kinds'].items()))})\n"
             f"    engine counters: {dict(sorted(r['counters'].items()))}"
         )
         if r["dead_letters"] or r["pending"] or sum(r["notes"].values()) != r["expected_notes"]:
@@ -951,6 +984,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         mine = [r for r in results if r["workers"] == count]
         parts.append(f"bytes_in/journey(j{count})={median(r['bytes_in'] for r in mine):,.0f}")
         parts.append(f"kept/journey(j{count})={median(r['kept'] for r in mine):,.0f}")
+        parts.append(f"swept/journey(j{count})={median(r['final'] for r in mine):,.0f}")
     if memory is not None:
         parts.append(f"rss/journey={kb(memory['rss'])} redis/journey={kb(memory['redis'])}")
     print("RATIOS " + " ".join(parts))
