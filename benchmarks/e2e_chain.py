@@ -49,6 +49,7 @@ import orjson
 from ocstream.ingress.config import NetworkConfig
 from ocstream.ingress.decode import DecoderCache, blake2_256, read_compact
 from ocstream.ingress.follower import (
+    KEYS_PAGE,
     METADATA_V15_ARG,
     SYSTEM_EVENTS_KEY,
     ChainFollower,
@@ -56,7 +57,7 @@ from ocstream.ingress.follower import (
 )
 from ocstream.ingress.raw import RawBlock, load_v1_cbor
 from ocstream.ingress.replay import FORMAT, ReplayNode
-from ocstream.ingress.storage import UPWARD
+from ocstream.ingress.storage import DOWNWARD_QUEUES_PREFIX, UPWARD
 from ocstream.xcm.codec import XcmCodec
 from ocstream.xcm.extract import extract
 
@@ -246,7 +247,10 @@ class Synthesizer:
                 ASSET_HUB,
                 sender,
                 timestamp_index=1,
-                block_time_ms=12_000,
+                # Both chains advance one block per step, so their clocks must advance alike:
+                # at 12 s here, Asset Hub's clock ran 30 s ahead of the relay's after five
+                # steps, and the matcher rightly refused receipts older than their sends.
+                block_time_ms=6_000,
                 number=sender.number,
                 parent=bytes.fromhex(sender.decoded_header.parent_hash[2:]),
             ),
@@ -319,6 +323,14 @@ class Synthesizer:
                 {"specName": SPEC_NAMES[network], "specVersion": SPEC_VERSION},
             ),
         ]
+        if network == RELAY:
+            # A relay block that executes upward messages also has its downward queues listed
+            # (docs/ingress.md): none here.
+            lines.append(
+                _entry(
+                    "state_getKeysPaged", [DOWNWARD_QUEUES_PREFIX, KEYS_PAGE, None, block_hash], []
+                )
+            )
         chain.parent = bytes.fromhex(block_hash[2:])
         chain.number += 1
         chain.moment += chain.block_time_ms
