@@ -231,7 +231,10 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
             for leg in found.legs:
                 COUNTERS[f"legs_{leg.kind}"] += 1
                 record = {"kind": leg.kind, "leg": leg.model_dump(by_alias=True)}
-                await legs.send(key=_leg_chain(leg), value=record)
+                # Straight to the producer, as xcm_match's outputs (see there).
+                await app.producer.send(
+                    legs.get_topic_name(), _key(_leg_chain(leg)), _json(record), None, None, None
+                )
 
     @app.agent(legs, name="xcm_match")  # type: ignore[untyped-decorator]
     async def xcm_match(stream: Any) -> None:
