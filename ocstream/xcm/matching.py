@@ -341,12 +341,14 @@ class Engine:
             "sender": leg.sender,
             "topic": leg.topic,
             "origin_context": leg.context,
-            "message": _message_fields(leg),
             "ids": leg.ids,
             "bridge": leg.has_bridge,
             # What each later stop is asked to run (the first runs the whole program).
             "programs": programs_of(leg.recipient, leg.instructions)[1:],
         }
+        message = _message_fields(leg)
+        if message != notify.origin_message(leg.context):
+            journey["message"] = message  # else notify.journey_message derives it
         step.notifications.append(notify.sent(journey))
         step.count("sent")
         if leg.bridge_in is not None:  # bridge hook: it starts right after crossing a bridge
@@ -510,7 +512,7 @@ class Engine:
         journey = {**journey, "relayed": [*journey.get("relayed", []), leg_index]}
         tables.set("journeys", _jkey(chain, journey["id"]), journey)
         context = dict(leg["context"])
-        message = journey.get("message") or {}
+        message = notify.journey_message(journey)
         for name in ("messageData", "instructions"):
             if context.get(name) is None and message.get(name) is not None:
                 context[name] = message[name]

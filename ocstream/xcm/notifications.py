@@ -34,6 +34,28 @@ NOTIFICATION_TYPES: Final = (
 
 # The context fields of a journey's message that received/relayed waypoints repeat.
 _MESSAGE_FIELDS: Final = ("messageHash", "messageData", "instructions")
+_ZERO_HASH: Final = "0x" + "00" * 32
+
+
+def origin_message(context: dict[str, Any]) -> dict[str, Any]:
+    """The message fields of a sent leg's context (a DMP whose bytes were not read has no hash,
+    never the all-zero placeholder)."""
+    message_hash = context.get("messageHash")
+    return {
+        "messageHash": None if message_hash == _ZERO_HASH else message_hash,
+        "messageData": context.get("messageData"),
+        "instructions": context.get("instructions"),
+    }
+
+
+def journey_message(journey: dict[str, Any]) -> dict[str, Any]:
+    """The message the journey's current stop runs. A journey stores it only once it differs
+    from the first leg's, which ``origin_context`` holds already (the program is the largest
+    part of a journey, and a journey entry is written several times)."""
+    message = journey.get("message")
+    if message is not None:
+        return dict(message)
+    return origin_message(journey.get("origin_context") or {})
 
 
 def notification_id(journey_id: str, kind: str, leg_index: int, direction: str = "") -> str:
@@ -74,7 +96,7 @@ def received(
 ) -> dict[str, JsonValue]:
     payload = _base(journey, "xcm.received")
     last = len(journey["legs"]) - 1
-    message = journey.get("message") or {}
+    message = journey_message(journey)
     destination = dict(context)
     for field in _MESSAGE_FIELDS:
         if message.get(field) is not None:
@@ -114,7 +136,7 @@ def hop(
     if direction == "in":
         # The event names only an id (maybe the topic): the message that arrived is the
         # journey's message at this stop.
-        message = journey.get("message") or {}
+        message = journey_message(journey)
         for field in _MESSAGE_FIELDS:
             if message.get(field) is not None:
                 waypoint[field] = message[field]
