@@ -389,6 +389,21 @@ class Run:
                     self.published[(network, int(number.group(1)))] = int(fields[b"t"]) / 1000
                 self.read_ids[stream] = "(" + entries[-1][0].decode()
 
+    def notified(self) -> dict[str, float]:
+        """When each ``xcm.received`` notification was written (``t``, s), by message hash."""
+        out: dict[str, float] = {}
+        for p in range(self.partitions):
+            stream = self.keys.stream("xcm-notifications", p)
+            for _, fields in self.client.xrange(stream):
+                note = orjson.loads(entry_value(fields) or b"{}")
+                if note.get("type") != "xcm.received":
+                    continue
+                message_hash = (note.get("destination") or {}).get("messageHash")
+                if isinstance(message_hash, str):
+                    written = int(fields[b"t"]) / 1000
+                    out[message_hash] = min(written, out.get(message_hash, written))
+        return out
+
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far: each worker (by name), all workers, the Redis server."""
         out = {w.name: cpu_seconds(w.proc.pid) for w in self.workers if w.alive() and w.proc}
@@ -433,6 +448,12 @@ class Step:
     p99: float = 0.0
     sent_p50: float = 0.0
     sent_p99: float = 0.0
+    #: Where the xcm.received latency goes: block published -> notification in
+    #: xcm-notifications (extraction and matching), then -> webhook arrival (delivery).
+    matched_p50: float = 0.0
+    matched_p99: float = 0.0
+    delivery_p50: float = 0.0
+    delivery_p99: float = 0.0
     backlog: int = 0
     drain: float = 0.0
     lag: dict[str, int] = field(default_factory=dict)
@@ -522,6 +543,8 @@ def run_step(
     interval = (times[-1] - times[0]) / max(1, len(times) - 1)
     step.offered = segment.per_block / interval if interval > 0 else float("nan")
     received, sent = [], []
+    matched, delivery = [], []
+    notified = run.notified()
     arrivals = []
     by_block: dict[int, list[float]] = {}
     for j in segment.journeys:
@@ -529,6 +552,10 @@ def run_step(
         if got is not None:
             arrivals.append(got)
             received.append(got - run.published[(RELAY, j.received_block)])
+            written = notified.get(j.hash)
+            if written is not None:
+                matched.append(written - run.published[(RELAY, j.received_block)])
+                delivery.append(got - written)
             by_block.setdefault(j.received_block, []).append(received[-1])
         got = first_arrival.get(("xcm.sent", j.hash))
         if got is not None:
@@ -547,6 +574,8 @@ def run_step(
         step.drain = max(arrivals) - times[-1]
     step.p50, step.p99 = percentile(received, 50), percentile(received, 99)
     step.sent_p50, step.sent_p99 = percentile(sent, 50), percentile(sent, 99)
+    step.matched_p50, step.matched_p99 = percentile(matched, 50), percentile(matched, 99)
+    step.delivery_p50, step.delivery_p99 = percentile(delivery, 50), percentile(delivery, 99)
     # A pipeline that keeps up has the same latency at the end of a step as at its start; one
     # that falls behind by a fraction f of the offered rate adds f x the elapsed time.
     third = max(1, len(receipts) // 3)
@@ -579,7 +608,9 @@ def step_line(step: Step, label: str) -> str:
         f"{label}: {step.workers} worker(s), {step.nominal:g}/s asked "
         f"(K={step.per_block} x {step.block_rate:.2f} blocks/s): offered {step.offered:.1f}/s, "
         f"delivered {step.delivered:.1f}/s; received p50 {step.p50:.2f} s p99 {step.p99:.2f} s "
-        f"(growth {step.growth:+.2f} s), sent p50 {step.sent_p50:.2f} s "
+        f"(growth {step.growth:+.2f} s; block to notification p50 {step.matched_p50:.2f} s "
+        f"p99 {step.matched_p99:.2f} s, notification to webhook p50 {step.delivery_p50:.2f} s "
+        f"p99 {step.delivery_p99:.2f} s), sent p50 {step.sent_p50:.2f} s "
         f"p99 {step.sent_p99:.2f} s; backlog {step.backlog}, "
         f"drain {step.drain:.2f} s, lag blocks/legs/notes {lag}; peak RSS ingress "
         f"{step.rss_ingress / MiB:.0f} MiB, workers "
