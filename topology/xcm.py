@@ -30,6 +30,7 @@ from ocstream.dataflow import declare_producer
 from ocstream.ingress.decode import DecoderCache
 from ocstream.ingress.model import ExtendedBlock
 from ocstream.ingress.registry import NetworkRegistry
+from ocstream.runtime import RocksDBStore
 from ocstream.tablebatch import TableBatch
 from ocstream.transport.client import connect
 from ocstream.xcm.codec import XcmCodec, XcmDecodeError
@@ -135,6 +136,54 @@ async def _scan(items: Any) -> Any:
         yield item
         if count % SCAN_CHUNK == 0:
             await asyncio.sleep(0)
+
+
+_EXPIRES = b'"expires":'
+
+
+def _expires_of(raw: bytes) -> float | None:
+    """The top-level ``expires`` of a stored JSON value, read from the bytes when it is the
+    value's last key (how the matcher writes it: most values), else from the decoded value.
+    The last ``"expires":`` of the bytes is the top-level one when the number after it ends
+    the value (a nested object would close first); inside a JSON string the quotes would be
+    escaped. A journey is 1-4 kB of JSON; its expiry is 25 bytes at the end."""
+    if not raw.startswith(b"{"):
+        return None
+    at = raw.rfind(_EXPIRES)
+    if at < 0:
+        return None
+    start = at + len(_EXPIRES)
+    if raw.find(b",", start) < 0 and raw.find(b"}", start) == len(raw) - 1:
+        try:
+            return float(raw[start:-1])
+        except ValueError:
+            return None  # null
+    value = orjson.loads(raw)
+    expires = value.get("expires") if isinstance(value, dict) else None
+    return float(expires) if isinstance(expires, int | float) else None
+
+
+async def _expired(name: str, table: Any, now: float) -> Any:
+    """``(chain, (table, key))`` for each expired entry of this worker's active partitions of
+    ``table``. On RocksDB the raw values are read and only their expiry is parsed
+    (:func:`_expires_of`); other stores go through faust's decoded items."""
+    store = table.data
+    if not isinstance(store, RocksDBStore):
+        items = [item async for item in _scan(table.items())]
+        for found in expired_keys(name, items, now):
+            yield found
+        return
+    count = 0
+    for db in list(store._dbs_for_actives()):
+        for raw_key, raw in store._visible_items(db):
+            count += 1
+            if count % SCAN_CHUNK == 0:
+                await asyncio.sleep(0)
+            expires = _expires_of(raw)
+            if expires is None or expires > now:
+                continue
+            key = orjson.loads(raw_key)
+            yield key.split("|", 1)[0], (name, key)
 
 
 def _key(key: Any) -> bytes:
@@ -332,8 +381,7 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
         state["swept"] = now
         found: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for name, table in tables.items():
-            items = [item async for item in _scan(table.items())]
-            for chain, entry in expired_keys(name, items, now):
+            async for chain, entry in _expired(name, table, now):
                 found[chain].append(entry)
         for chain, keys in found.items():
             await legs.send(key=chain, value={"kind": "sweep", "keys": keys})

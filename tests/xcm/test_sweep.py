@@ -1,0 +1,54 @@
+"""The sweep reads an entry's expiry from its stored bytes (``topology.xcm._expires_of``)
+instead of decoding every entry of every table each minute."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+from ocstream.ingress.decode import DecoderCache, RuntimeDecoder
+from ocstream.xcm.codec import XcmCodec
+from ocstream.xcm.matching import expired_keys
+from topology.xcm import _expires_of
+
+from .sim import run
+from .test_hops import _journey
+
+
+def test_the_expiry_is_read_from_the_bytes_as_decoding_reads_it(
+    fixtures_dir: Path,
+    decoder_for: Callable[[str, str], RuntimeDecoder],
+    routed_codec: XcmCodec,
+    decoders: DecoderCache,
+) -> None:
+    blocks, _, _ = _journey(fixtures_dir, decoder_for, routed_codec, decoders, topic=None)
+    checked = 0
+    # Receipt first, then the rest: pending receipts, parked hop-outs, then ended journeys.
+    for order in ([3, 2, 1, 0], [0, 1, 2, 3], [3, 0]):
+        cluster = run(blocks, order, [])
+        for stores in cluster.stores:
+            for table, store in stores.items():
+                for key, value in store.items():
+                    raw = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+                    expected = value.get("expires") if isinstance(value, dict) else None
+                    assert _expires_of(raw) == expected, (table, key)
+                    for now in (0.0, 1e12):
+                        fast = (_expires_of(raw) or now + 1) <= now
+                        slow = bool(list(expired_keys(table, [(key, value)], now)))
+                        assert fast == slow, (table, key, now)
+                    checked += 1
+    assert checked > 20
+
+
+def test_values_that_name_expires_more_than_once_are_decoded() -> None:
+    nested = {"leg": {"expires": 5}, "parked": [{"expires": 7}], "expires": 100.5}
+    assert _expires_of(orjson.dumps(nested)) == 100.5
+    first = {"expires": 3, "parked": [{"expires": 7}]}
+    assert _expires_of(orjson.dumps(first)) == 3
+    assert _expires_of(orjson.dumps({"leg": {"expires": 9}, "done": True})) is None
+    assert _expires_of(orjson.dumps({"expires": None})) is None
+    assert _expires_of(orjson.dumps({"expires": 1.5e9})) == 1.5e9
+    assert _expires_of(orjson.dumps(["expires", 1])) is None
+    assert _expires_of(b"12") is None
