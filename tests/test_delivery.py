@@ -335,3 +335,34 @@ async def test_the_agent_delivers_in_batches_each_journey_in_order(
         await delivery.stop()
         await client.aclose()
         await counted.aclose()
+
+
+async def test_a_batch_that_meets_a_redis_outage_is_delivered_again_then_acknowledged(
+    world: dict[str, Any],
+) -> None:
+    from topology.delivery import deliver_stream  # noqa: PLC0415
+
+    store, lives, (first, _) = world["store"], world["lives"], world["workers"]
+    await store.create_many([sub("one", outboundTTL=6000)])
+    await settle(lives, 1)
+    hooks = world["hooks"]
+    original = hooks.enqueue_many
+    failures = [ConnectionError("Redis went away")] * 2
+
+    async def flaky(deliveries: list[tuple[str, int, dict[str, Any]]]) -> list[bool | Exception]:
+        if failures:
+            return [failures.pop()] * len(deliveries)
+        return await original(deliveries)
+
+    hooks.enqueue_many = flaky  # type: ignore[method-assign]
+    notes = [note("xcm.sent", "o1"), note("xcm.sent", "o2"), note("xcm.received", "o1")]
+    stream = RecordedStream(notes, hooks)
+    await deliver_stream(SimpleNamespace(delivery=first), stream)
+    assert not failures  # both failed attempts happened
+    # Delivered once each, in order, the terminal not taken for late by its own retry.
+    assert [n["id"] for _, n in hooks.got] == [n["id"] for n in notes]
+    assert first.counters["late"] == 0
+    assert sorted(event for event, _ in stream.acked) == [0, 1, 2]
+    # The receipt removed the timer its xcm.sent set, the other journey's timer is left.
+    assert await first.client.zscore(f"{first.prefix}dlv:ttl", "one|o1") is None
+    assert await first.client.zscore(f"{first.prefix}dlv:ttl", "one|o2") is not None

@@ -63,11 +63,6 @@ async def deliver_batch(app: Any, notifications: Sequence[Any]) -> None:
             return
 
 
-async def deliver_one(app: Any, notification: dict[str, Any]) -> None:
-    """Deliver one notification (:func:`deliver_batch`)."""
-    await deliver_batch(app, [notification])
-
-
 async def deliver_stream(app: Any, stream: Any, max_batch: int = MAX_BATCH) -> None:
     """Deliver a stream of notifications in batches of up to ``max_batch``, in order,
     acknowledging each record once its batch is delivered."""
@@ -127,4 +122,4 @@ def declare(app: Any) -> None:
     )
 
 
-__all__ = ["MAX_BATCH", "declare", "deliver_batch", "deliver_one", "deliver_stream"]
+__all__ = ["MAX_BATCH", "declare", "deliver_batch", "deliver_stream"]
