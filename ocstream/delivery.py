@@ -223,6 +223,7 @@ class Delivery(Service):
         self._confirmed: set[str] = set()
         self._confirmation = asyncio.Condition()
         self._resync = asyncio.Event()
+        self._listener_running = False
 
     async def on_start(self) -> None:
         await self.subscriptions.start()
@@ -449,7 +450,10 @@ class Delivery(Service):
     async def follow_ephemeral(self) -> bool:
         """Bring the fan-out's channels in line with the ephemeral subscriptions held here and
         wait (up to ``follow_timeout``) until Redis confirmed every channel they need; False
-        if it did not in time (the fan-out keeps trying)."""
+        if it did not in time (the fan-out keeps trying), or if the fan-out is not running
+        (this service is not started: it subscribes to what is wanted when it starts)."""
+        if not self._listener_running:
+            return False
         pubsub = self._pubsub
         if pubsub is None:
             self._resync.set()  # the listener connects and subscribes
@@ -485,6 +489,13 @@ class Delivery(Service):
         """The fan-out: while this worker holds ephemeral subscriptions, receive the
         notifications of their origins (``dlv:notes:{origin}``) and deliver them; resubscribes
         after a Redis outage. Holds no connection while there is nothing to listen to."""
+        self._listener_running = True
+        try:
+            await self._fan_in()
+        finally:
+            self._listener_running = False
+
+    async def _fan_in(self) -> None:
         backoff = Backoff()
         while not self.should_stop:
             if not self._wanted():
