@@ -1,10 +1,10 @@
 """Wiring of the worker's user-facing services onto the faust app.
 
 :func:`install` mounts the subscriptions API, the websocket endpoints, the dashboard and the
-operations views, and adds the delivery service (live subscriptions, the websocket fan-out,
-and on a delivering worker the webhook dispatcher and the per-subscription timers) to the app, so
-it starts and stops with the worker. Building these
-objects opens no connection: ``ocstream topology`` and faust's commands build the same app.
+operations views, and adds the delivery service (live subscriptions, the websocket fan-out, and
+on a delivering worker the webhook dispatcher and the per-subscription timers) to the app, so
+it starts and stops with the worker. Building these objects opens no connection: ``ocstream
+topology`` and faust's commands build the same app.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
     dispatcher = WebhookDispatcher(client, "ocs:", WebhookSettings(),
                                    get_subscription=store.get_raw_dict)
     await dispatcher.start()
-    await dispatcher.enqueue("my-sub", 0, notification)   # from the delivery agent
+    await dispatcher.enqueue("my-sub", 0, notification)   # or enqueue_many, for a batch
     ...
     await dispatcher.stop()
 
