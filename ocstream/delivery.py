@@ -72,29 +72,47 @@ BOOKKEEPING_SECONDS = 7 * 86400
 #: Most fan-out messages taken from the pub/sub connection before they are delivered together.
 FANOUT_BATCH = 256
 
-# The bookkeeping of one (notification, subscription) pair, before its channels get it.
-# KEYS: terminal marker, timers (zset), timer notifications (hash), then one marker per
-#       websocket or log channel that wants the notification
-# ARGV: mode ('t' terminal, 's' start the subscription's timer, '-' neither), notification id,
-#       timer member, marker ttl (s), timer deadline, the notification (JSON, mode 's')
-# Returns {0} when a terminal is late; else {1, then per channel marker 1 (first time) or 0}.
+# The bookkeeping of one notification for the subscriptions that select it, before their
+# channels get it. Keys are made here, under the prefix (one Redis per prefix, as for the
+# webhook dispatcher's scripts).
+# KEYS: timers (zset ``{sub}|{journey}`` -> deadline), timer notifications (hash)
+# ARGV: key prefix, journey, notification id, marker ttl (s), terminal ('1' or '0'), the
+#       notification (JSON, for the timers it starts; else ''), then per subscription: its id,
+#       its timer's deadline ('' for none), n, and the n indexes of its websocket and log
+#       channels that want the notification (each gets a marker)
+# Returns per subscription: 0 when the notification is a terminal that comes late for it, else
+# 1 followed by 1 (first time) or 0 (sent before) per marked channel.
 BOOK = """
-local mode = ARGV[1]
-if mode == 't' then
-  -- The marker holds the terminal's id: a retry of this same delivery goes on, any other
-  -- terminal of the journey is late.
-  if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[4]) then
-    if redis.call('GET', KEYS[1]) ~= ARGV[2] then return {0} end
+local prefix, journey, note, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local terminal = ARGV[5] == '1'
+local out = {}
+local i = 7
+while i <= #ARGV do
+  local sub, deadline, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local member = sub .. '|' .. journey
+  local go = 1
+  if terminal then
+    -- The marker holds the terminal's id: a retry of this same delivery goes on, any other
+    -- terminal of the journey is late.
+    local key = prefix .. 'dlv:term:' .. sub .. ':' .. journey
+    if not redis.call('SET', key, note, 'NX', 'EX', ttl) and redis.call('GET', key) ~= note then
+      go = 0
+    else
+      redis.call('ZREM', KEYS[1], member)
+      redis.call('HDEL', KEYS[2], member)
+    end
+  elseif deadline ~= '' then
+    redis.call('HSET', KEYS[2], member, ARGV[6])
+    redis.call('ZADD', KEYS[1], 'NX', deadline, member)
   end
-  redis.call('ZREM', KEYS[2], ARGV[3])
-  redis.call('HDEL', KEYS[3], ARGV[3])
-elseif mode == 's' then
-  redis.call('HSET', KEYS[3], ARGV[3], ARGV[6])
-  redis.call('ZADD', KEYS[2], 'NX', ARGV[5], ARGV[3])
-end
-local out = {1}
-for i = 4, #KEYS do
-  out[#out + 1] = redis.call('SET', KEYS[i], 1, 'NX', 'EX', ARGV[4]) and 1 or 0
+  out[#out + 1] = go
+  if go == 1 then
+    for j = 1, n do
+      local key = prefix .. 'dlv:sent:' .. sub .. ':' .. ARGV[i + 2 + j] .. ':' .. note
+      out[#out + 1] = redis.call('SET', key, 1, 'NX', 'EX', ttl) and 1 or 0
+    end
+  end
+  i = i + 3 + n
 end
 return out
 """
@@ -170,11 +188,17 @@ class _Pair:
     subscription: Any
     notification: dict[str, Any]
     kind: str
+    terminal: bool
     channels: list[int]  # the subscription's channels that want this kind
-    keys: list[str] | None = None  # the bookkeeping call (None: nothing to keep)
-    args: list[Any] | None = None
+    marked: list[int]  # those that get a marker (websocket, log)
+    deadline: str = ""  # of the subscription's timer that this xcm.sent starts
     marks: list[int] | Exception | None = None  # BOOK's reply: go on?, then per marked channel
     sent: int = 0
+
+    @property
+    def booked(self) -> bool:
+        """Whether BOOK has something to keep for it (a webhook dedupes itself)."""
+        return bool(self.terminal or self.deadline or self.marked)
 
 
 class Delivery(Service):
@@ -286,33 +310,17 @@ class Delivery(Service):
     def _pair(self, subscription: Any, notification: dict[str, Any]) -> _Pair:
         kind = str(notification["type"])
         channels = list(subscription.channel_indexes(kind))
-        pair = _Pair(subscription, notification, kind, channels)
         marked = [i for i in channels if subscription.channels[i].type != "webhook"]
-        mode = "-"
-        deadline: float | str = ""
-        stored = b""
-        if is_terminal(notification):
-            mode = "t"
-        elif (
-            kind == "xcm.sent"
+        pair = _Pair(subscription, notification, kind, is_terminal(notification), channels, marked)
+        if (
+            not pair.terminal
+            and kind == "xcm.sent"
             and getattr(subscription, "outboundTTL", None)
             and not getattr(subscription, "is_ephemeral", False)
         ):
-            mode = "s"
-            deadline = time.time() + subscription.outboundTTL / 1000
-            stored = _encode(notification)
-        if mode == "-" and not marked:
-            return pair  # webhooks only: the dispatcher keeps them at most once
-        journey = str(notification.get("journeyId", ""))
-        note_id = str(notification["id"])
-        pair.keys = [
-            f"{self.prefix}dlv:term:{subscription.id}:{journey}",
-            self._ttl_key,
-            self._ttl_notes,
-            *(f"{self.prefix}dlv:sent:{subscription.id}:{i}:{note_id}" for i in marked),
-        ]
-        member = f"{subscription.id}|{journey}"
-        pair.args = [mode, note_id, member, BOOKKEEPING_SECONDS, deadline, stored]
+            pair.deadline = repr(time.time() + subscription.outboundTTL / 1000)
+        if pair.booked and not isinstance(notification.get("id"), str):
+            raise ValueError("a notification needs a string 'id'")
         return pair
 
     def _failed(
@@ -388,18 +396,26 @@ class Delivery(Service):
         return sum(pair.sent for pair in pairs)
 
     async def _book(self, pairs: list[_Pair], channels: set[str]) -> set[str]:
-        """Run the bookkeeping calls of ``pairs`` (their replies go to ``marks``) and, in the
-        same round trip, find which of ``channels`` someone listens to; returns those."""
-        calls = [pair for pair in pairs if pair.keys is not None]
-        if not calls and not channels:
+        """Run the bookkeeping of ``pairs`` (one BOOK call per notification; the replies go to
+        the pairs' ``marks``) and, in the same round trip, find which of ``channels`` someone
+        listens to; returns those."""
+        groups: list[list[_Pair]] = []  # the pairs of one notification, in order
+        for pair in pairs:
+            if not pair.booked:
+                continue
+            if groups and groups[-1][0].notification is pair.notification:
+                groups[-1].append(pair)
+            else:
+                groups.append([pair])
+        if not groups and not channels:
             return set()
+        calls = [self._book_args(group) for group in groups]
         asked = sorted(channels)
         pipe = self.client.pipeline(transaction=False)
         if asked:
             pipe.pubsub_numsub(*asked)
-        for pair in calls:
-            assert pair.keys is not None and pair.args is not None
-            pipe.evalsha(_book.sha, len(pair.keys), *pair.keys, *pair.args)
+        for args in calls:
+            pipe.evalsha(_book.sha, 2, self._ttl_key, self._ttl_notes, *args)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         listened: set[str] = set()
         if asked:
@@ -414,16 +430,36 @@ class Delivery(Service):
             await self.client.script_load(BOOK)
             retry = self.client.pipeline(transaction=False)
             for i in missing:
-                keys, args = calls[i].keys, calls[i].args
-                assert keys is not None and args is not None
-                retry.evalsha(_book.sha, len(keys), *keys, *args)
+                retry.evalsha(_book.sha, 2, self._ttl_key, self._ttl_notes, *calls[i])
             for i, reply in zip(missing, await retry.execute(raise_on_error=False), strict=True):
                 replies[i] = reply
-        for pair, reply in zip(calls, replies, strict=True):
+        for group, reply in zip(groups, replies, strict=True):
             if isinstance(reply, TRANSIENT_ERRORS):
                 raise reply
-            pair.marks = reply if isinstance(reply, Exception) else [int(m) for m in reply]
+            if isinstance(reply, Exception):
+                for pair in group:
+                    pair.marks = reply
+                continue
+            flags = iter(int(flag) for flag in reply)
+            for pair in group:
+                go = next(flags)
+                pair.marks = [go, *(next(flags) for _ in pair.marked)] if go else [0]
         return listened
+
+    def _book_args(self, group: list[_Pair]) -> list[Any]:
+        notification = group[0].notification
+        stored = _encode(notification) if any(pair.deadline for pair in group) else b""
+        args: list[Any] = [
+            self.prefix,
+            str(notification.get("journeyId", "")),
+            str(notification["id"]),
+            BOOKKEEPING_SECONDS,
+            "1" if group[0].terminal else "0",
+            stored,
+        ]
+        for pair in group:
+            args += [pair.subscription.id, pair.deadline, len(pair.marked), *pair.marked]
+        return args
 
     async def _publish(self, notifications: list[tuple[str, dict[str, Any]]]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
