@@ -15,9 +15,9 @@ The agent ``xcm_deliver`` (``topology/delivery.py``) hands the notifications of
   dispatcher (persistent retries), the websocket hub (fan-out to every worker's sockets), or the
   log. A notification id reaches a channel at most once.
 
-**Two round trips per batch.** The bookkeeping of every (notification, subscription) pair of a
-batch (the terminal marker, the timer, the per-channel markers) is one Lua call each, all sent
-in one pipeline, in the batch's order; then the channels get theirs in a second round trip (the
+**Two round trips per batch.** The bookkeeping of a notification for every subscription that
+selects it (the terminal marker, the timer, the per-channel markers) is one Lua call, and the
+calls of a batch go in one pipeline, in the batch's order; then the channels get theirs in a second round trip (the
 webhook enqueues share the dispatcher's pipeline, the websocket publishes share one). A journey's
 notifications come in order, so its ``xcm.sent`` sets its timer before its receipt removes it.
 Every step may run again after a Redis error (the agent then delivers the whole batch again):
