@@ -17,8 +17,10 @@ The agent ``xcm_deliver`` (``topology/delivery.py``) hands the notifications of
 
 **Two round trips per batch.** The bookkeeping of a notification for every subscription that
 selects it (the terminal marker, the timer, the per-channel markers) is one Lua call, and the
-calls of a batch go in one pipeline, in the batch's order; then the channels get theirs in a second round trip (the
-webhook enqueues share the dispatcher's pipeline, the websocket publishes share one). A journey's
+calls of a batch go in one pipeline, in the batch's order; then the channels get theirs in a
+second round trip (the webhook enqueues share the dispatcher's pipeline, the websocket
+publishes share one). A batch with nothing to keep (webhooks only, no terminal, no timer) skips
+the first. A journey's
 notifications come in order, so its ``xcm.sent`` sets its timer before its receipt removes it.
 Every step may run again after a Redis error (the agent then delivers the whole batch again):
 a terminal marker holds its notification id, so the same terminal goes on; the markers and the
@@ -28,10 +30,11 @@ dispatcher's keep each channel at most once.
 be the one delivering. A worker that holds some subscribes to the pub/sub channels
 ``dlv:notes:{origin}`` of their origins, and only while it holds them. The delivering worker
 asks Redis how many listen to the origins of a batch (``PUBSUB NUMSUB``, in the bookkeeping
-round trip) and publishes a notification only where someone listens: with no websocket open
-anywhere, nothing is published, and no worker decodes notifications it has no use for. A socket
-is answered only once its worker's subscription to the channel is confirmed, so a notification
-produced after that reaches it.
+round trip, or next to the channels' one when there is no bookkeeping) and publishes a
+notification only where someone listens: with no websocket open anywhere, nothing is
+published, and no worker decodes notifications it has no use for. A socket is answered only
+once its worker's subscription to the channel is confirmed, so a notification produced after
+that reaches it.
 
 Redis keys (prefix ``ocs:``): ``dlv:term:{sub}:{journey}`` (terminal delivered),
 ``dlv:sent:{sub}:{channel}:{notification}`` (websocket/log deduplication), ``dlv:ttl`` (zset of
