@@ -15,12 +15,12 @@ b. ocstream's WebhookDispatcher with a ``whsec_`` secret (Standard Webhooks sign
 c. one real ``ocstream worker`` process (its own defaults: 64 POSTs in flight, a 0.5 s poll):
    the notifications are appended to the ``xcm-notifications`` topic with ``TopicWriter``
    (key: the journey id), and go the production way: the transport's consumer → the
-   ``xcm_deliver`` agent → ``Delivery.deliver`` (the live subscriptions' filters, the
-   ``dlv:notes`` fan-out) → ``WebhookDispatcher.enqueue`` → the POST. The run declares the two
-   networks in the registry and creates the subscription (origin urn:ocn:polkadot:1000,
-   destination urn:ocn:polkadot:2034, one signed webhook channel) with ``POST /subs``; the worker
-   is started once, waited for (assigned partitions), warmed up, and stopped with SIGTERM at the
-   end, on errors too.
+   ``xcm_deliver`` agent → ``Delivery.deliver_many`` (the live subscriptions' filters, the
+   websocket fan-out where someone listens) → ``WebhookDispatcher.enqueue_many`` → the POST.
+   The run declares the two networks in the registry and creates the subscription (origin
+   urn:ocn:polkadot:1000, destination urn:ocn:polkadot:2034, one signed webhook channel) with
+   ``POST /subs``; the worker is started once, waited for (assigned partitions), warmed up, and
+   stopped with SIGTERM at the end, on errors too.
 
 Each sender runs two phases:
 

@@ -41,5 +41,5 @@ def build_app(settings: Settings, *, redis_url: str) -> Any:
     app.transport_settings = settings.transport  # type: ignore[attr-defined]
     register_views(app)
     install_services(app, settings, redis_url=redis_url)
-    topology.declare(app)
+    topology.declare(app, role=settings.role)
     return app

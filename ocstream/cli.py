@@ -1,7 +1,8 @@
 """The ``ocstream`` command.
 
-``ocstream worker -l info [--config F] [--redis URL] [--address A] [--port P] [--data-dir D]``
-runs a faust worker; ``ocstream topology [--format text|mermaid|dot|json|svg|png] [-o FILE]``
+``ocstream worker -l info [--config F] [--redis URL] [--address A] [--port P] [--data-dir D]
+[--role all|match|deliver]`` runs a faust worker;
+``ocstream topology [--format text|mermaid|dot|json|svg|png] [-o FILE] [--role R]``
 describes the declared dataflow (svg and png drawn by Graphviz); every other faust command
 (``agents``, ``tables``, ``send``, …) works as under ``faust``. ocstream's own options may
 stand anywhere on the line; what is left goes to faust's command line.
@@ -34,7 +35,10 @@ OWN_OPTIONS = {
     "--address": "address",
     "--port": "port",
     "--data-dir": "data_dir",
+    "--role": "role",
 }
+
+ROLES = ("all", "match", "deliver")
 
 TOPOLOGY_FORMATS = ("text", "mermaid", "dot", "json", "svg", "png")
 
@@ -117,6 +121,16 @@ def _common_options(parser: argparse.ArgumentParser, *, worker: bool = True) -> 
     )
 
 
+def _role_option(parser: argparse.ArgumentParser, *, what: str) -> None:
+    parser.add_argument(
+        "--role",
+        choices=ROLES,
+        help=f"{what}: all (the default), match (extract and match XCM: the tables) or "
+        "deliver (deliver the notifications: webhooks, websocket fan-out, subscription "
+        "timers); docs/deploy.md shows a deployment split in two (OCSTREAM_ROLE)",
+    )
+
+
 def _loglevel_option(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument(
         "-l",
@@ -188,6 +202,7 @@ def _worker_parser() -> argparse.ArgumentParser:
         "--data-dir.",
     )
     _common_options(parser)
+    _role_option(parser, what="what this worker runs, besides the API and its websockets")
     _loglevel_option(parser, "warn")
     parser.add_argument("-f", "--logfile", metavar="FILE", help="log file (default: stderr)")
     return parser
@@ -235,6 +250,7 @@ def _topology_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-o", "--output", type=Path, help="write to this file rather than to standard output"
     )
+    _role_option(parser, what="describe what a worker of this role runs")
     _common_options(parser, worker=False)
     return parser
 
@@ -502,6 +518,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             rest.remove("ingress")
             port_given = own.get("port") is not None or "OCSTREAM_PORT" in os.environ
             raise SystemExit(_ingress(settings, rest, port_given=port_given))
+        if command == "worker" and settings.embedded and settings.role != "all":
+            raise ConfigError(
+                f"--role {settings.role} needs --redis (or OCSTREAM_REDIS_URL): the embedded "
+                "Redis serves one worker, which must run everything (--role all)"
+            )
         redis_url = settings.redis_url or _running_embedded_url(settings)
         if command == "worker" and settings.embedded:
             settings = _alone_in_its_group(settings)

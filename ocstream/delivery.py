@@ -1,10 +1,11 @@
 """Delivery: notifications from the XCM dataflow to subscribers' channels.
 
-The agent ``xcm_deliver`` (``topology/delivery.py``) hands every notification of
-``xcm-notifications`` to :meth:`Delivery.deliver`, which
+The agent ``xcm_deliver`` (``topology/delivery.py``) hands the notifications of
+``xcm-notifications`` to :meth:`Delivery.deliver_many`, a batch at a time, which
 
-* finds the subscriptions that want it (origin, final destination, sender, event types; the
-  subscriptions are the live view of Redis, so a change on any worker applies within a second);
+* finds the subscriptions that want each one (origin, final destination, sender, event types;
+  the subscriptions are the live view of Redis, so a change on any worker applies within a
+  second);
 * keeps **one terminal per journey and subscription**: the first of ``xcm.received``,
   ``xcm.timeout`` (the engine's, or the subscription's own ``outboundTTL``) and a failed
   ``xcm.hop`` is delivered, later ones are counted as late and dropped;
@@ -14,10 +15,31 @@ The agent ``xcm_deliver`` (``topology/delivery.py``) hands every notification of
   dispatcher (persistent retries), the websocket hub (fan-out to every worker's sockets), or the
   log. A notification id reaches a channel at most once.
 
+**Two round trips per batch.** The bookkeeping of a notification for every subscription that
+selects it (the terminal marker, the timer, the per-channel markers) is one Lua call, and the
+calls of a batch go in one pipeline, in the batch's order; then the channels get theirs in a
+second round trip (the webhook enqueues share the dispatcher's pipeline, the websocket
+publishes share one). A batch with nothing to keep (webhooks only, no terminal, no timer) skips
+the first. A journey's
+notifications come in order, so its ``xcm.sent`` sets its timer before its receipt removes it.
+Every step may run again after a Redis error (the agent then delivers the whole batch again):
+a terminal marker holds its notification id, so the same terminal goes on; the markers and the
+dispatcher's keep each channel at most once.
+
+**Websocket subscriptions** (ephemeral) live in the worker that holds their socket, which may not
+be the one delivering. A worker that holds some subscribes to the pub/sub channels
+``dlv:notes:{origin}`` of their origins, and only while it holds them. The delivering worker
+asks Redis how many listen to the origins of a batch (``PUBSUB NUMSUB``, in the bookkeeping
+round trip, or next to the channels' one when there is no bookkeeping) and publishes a
+notification only where someone listens: with no websocket open anywhere, nothing is
+published, and no worker decodes notifications it has no use for. A socket is answered only
+once its worker's subscription to the channel is confirmed, so a notification produced after
+that reaches it.
+
 Redis keys (prefix ``ocs:``): ``dlv:term:{sub}:{journey}`` (terminal delivered),
 ``dlv:sent:{sub}:{channel}:{notification}`` (websocket/log deduplication), ``dlv:ttl`` (zset of
 ``{sub}|{journey}`` by deadline), ``dlv:ttl:notes`` (the ``xcm.sent`` each timer repeats) and
-the pub/sub channel ``dlv:notes`` (every notification, for ephemeral subscriptions).
+the pub/sub channels ``dlv:notes:{origin}``.
 
 Ephemeral subscriptions (a websocket's) do not get ``outboundTTL`` timers: they end with their
 socket, and a timer could fire on a worker that does not know them.
@@ -26,24 +48,79 @@ socket, and a timer could fire on a worker that does not know them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 from mode import Service
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from .transport.client import TRANSIENT_ERRORS, Backoff
+from .transport.scripts import LuaScript
 
-__all__ = ["Delivery", "is_terminal"]
+__all__ = ["BOOKKEEPING_SECONDS", "Delivery", "is_terminal"]
 
 log = logging.getLogger("ocstream.delivery")
 
 #: How long delivery bookkeeping is kept (a journey lives at most a day, bridges included).
 BOOKKEEPING_SECONDS = 7 * 86400
+
+#: Most fan-out messages taken from the pub/sub connection before they are delivered together.
+FANOUT_BATCH = 256
+
+# The bookkeeping of one notification for the subscriptions that select it, before their
+# channels get it. Keys are made here, under the prefix (one Redis per prefix, as for the
+# webhook dispatcher's scripts).
+# KEYS: timers (zset ``{sub}|{journey}`` -> deadline), timer notifications (hash)
+# ARGV: key prefix, journey, notification id, marker ttl (s), terminal ('1' or '0'), the
+#       notification (JSON, for the timers it starts; else ''), then per subscription: its id,
+#       its timer's deadline ('' for none), n, and the n indexes of its websocket and log
+#       channels that want the notification (each gets a marker)
+# Returns per subscription: 0 when the notification is a terminal that comes late for it, else
+# 1 followed by 1 (first time) or 0 (sent before) per marked channel.
+BOOK = """
+local prefix, journey, note, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local terminal = ARGV[5] == '1'
+local out = {}
+local i = 7
+while i <= #ARGV do
+  local sub, deadline, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local member = sub .. '|' .. journey
+  local go = 1
+  if terminal then
+    -- The marker holds the terminal's id: a retry of this same delivery goes on, any other
+    -- terminal of the journey is late.
+    local key = prefix .. 'dlv:term:' .. sub .. ':' .. journey
+    if not redis.call('SET', key, note, 'NX', 'EX', ttl) and redis.call('GET', key) ~= note then
+      go = 0
+    else
+      redis.call('ZREM', KEYS[1], member)
+      redis.call('HDEL', KEYS[2], member)
+    end
+  elseif deadline ~= '' then
+    redis.call('HSET', KEYS[2], member, ARGV[6])
+    redis.call('ZADD', KEYS[1], 'NX', deadline, member)
+  end
+  out[#out + 1] = go
+  if go == 1 then
+    for j = 1, n do
+      local key = prefix .. 'dlv:sent:' .. sub .. ':' .. ARGV[i + 2 + j] .. ':' .. note
+      out[#out + 1] = redis.call('SET', key, 1, 'NX', 'EX', ttl) and 1 or 0
+    end
+  end
+  i = i + 3 + n
+end
+return out
+"""
+
+_book = LuaScript(BOOK)
 
 
 def is_terminal(notification: Mapping[str, Any]) -> bool:
@@ -59,7 +136,31 @@ def is_terminal(notification: Mapping[str, Any]) -> bool:
     return bool(kind in ("xcm.hop", "xcm.bridge") and waypoint.get("outcome") == "Fail")
 
 
+def _origin(notification: Mapping[str, Any]) -> str | None:
+    origin = notification.get("origin")
+    chain = origin.get("chainId") if isinstance(origin, Mapping) else None
+    return chain if isinstance(chain, str) else None
+
+
+def _encode(notification: Mapping[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(notification)
+    except TypeError:  # integers beyond 64 bits
+        return json.dumps(notification, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class _Ephemeral(Protocol):
+    def origins(self) -> set[str]: ...
+
+    def add(self, subscription: Any) -> None: ...
+
+    def remove(self, subscription_id: str) -> Any: ...
+
+
 class _Subscriptions(Protocol):
+    @property
+    def ephemeral(self) -> _Ephemeral: ...
+
     def matching(self, notification: Mapping[str, Any]) -> list[Any]: ...
 
     def get(self, subscription_id: str) -> Any: ...
@@ -70,21 +171,45 @@ class _Subscriptions(Protocol):
 
 
 class _Webhooks(Protocol):
-    async def enqueue(
-        self, subscription_id: str, channel_index: int, notification: dict[str, Any]
-    ) -> bool: ...
+    async def enqueue_many(
+        self, deliveries: Sequence[tuple[str, int, Mapping[str, Any]]]
+    ) -> list[bool | Exception]: ...
 
 
 class _Hub(Protocol):
-    async def publish(self, subscription_id: str, notification: Mapping[str, Any]) -> int: ...
+    async def publish_many(self, notifications: list[tuple[str, Mapping[str, Any]]]) -> None: ...
 
 
 class _Log(Protocol):
     async def deliver(self, subscription_id: str, notification: dict[str, Any]) -> None: ...
 
 
+@dataclass(slots=True)
+class _Pair:
+    """One notification for one subscription, on its way through a batch."""
+
+    subscription: Any
+    notification: dict[str, Any]
+    kind: str
+    terminal: bool
+    channels: list[int]  # the subscription's channels that want this kind
+    marked: list[int]  # those that get a marker (websocket, log)
+    deadline: str = ""  # of the subscription's timer that this xcm.sent starts
+    marks: list[int] | Exception | None = None  # BOOK's reply: go on?, then per marked channel
+    sent: int = 0
+
+    @property
+    def booked(self) -> bool:
+        """Whether BOOK has something to keep for it (a webhook dedupes itself)."""
+        return bool(self.terminal or self.deadline or self.marked)
+
+
 class Delivery(Service):
-    """Routes notifications to channels; a faust app service (started with the worker)."""
+    """Routes notifications to channels; a faust app service (started with the worker).
+
+    ``run_timers`` False leaves the ``outboundTTL`` timers to other workers (a worker that does
+    not deliver, ``--role match``); ``services`` are started and stopped with this one (the
+    webhook dispatcher of a delivering worker)."""
 
     def __init__(
         self,
@@ -97,6 +222,8 @@ class Delivery(Service):
         log_sink: _Log | None = None,
         services: tuple[Any, ...] = (),
         timer_interval: float = 1.0,
+        run_timers: bool = True,
+        follow_timeout: float = 5.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -107,19 +234,30 @@ class Delivery(Service):
         self.hub = hub
         self.log_sink = log_sink
         self.timer_interval = timer_interval
+        self.run_timers = run_timers
+        #: How long registering a websocket subscription waits for Redis to confirm the
+        #: fan-out channel of its origin (then it goes on, and the fan-out keeps trying).
+        self.follow_timeout = follow_timeout
         self.counters: Counter[str] = Counter()
-        self._services = services  # started and stopped with this one (dispatcher, hub)
+        self._services = services
         self._ttl_key = f"{prefix}dlv:ttl"
         self._ttl_notes = f"{prefix}dlv:ttl:notes"
-        self._notes = f"{prefix}dlv:notes"
-        #: Set while the fan-out of notifications to ephemeral subscriptions is subscribed.
-        self.listening = asyncio.Event()
+        self._notes = f"{prefix}dlv:notes:"
+        # The fan-out's pub/sub connection (None while no websocket subscription is held),
+        # the channels asked of it and those Redis confirmed.
+        self._pubsub: Any = None
+        self._requested: set[str] = set()
+        self._confirmed: set[str] = set()
+        self._confirmation = asyncio.Condition()
+        self._resync = asyncio.Event()
+        self._listener_running = False
 
     async def on_start(self) -> None:
         await self.subscriptions.start()
         for service in self._services:
             await service.start()
-        self.add_future(self._timers())
+        if self.run_timers:
+            self.add_future(self._timers())
         self.add_future(self._listen())
 
     async def on_stop(self) -> None:
@@ -130,108 +268,352 @@ class Delivery(Service):
                 log.exception("stopping %r failed", service)
         await self.subscriptions.stop()
 
+    def notes_channel(self, origin: str) -> str:
+        """The pub/sub channel of the notifications from ``origin``, for websocket
+        subscriptions on other workers."""
+        return f"{self._notes}{origin}"
+
     # -- delivering --
 
     async def deliver(self, notification: dict[str, Any]) -> int:
-        """Deliver one notification to every subscription that wants it; returns how many.
+        """Deliver one notification (:meth:`deliver_many`)."""
+        return await self.deliver_many([notification])
 
-        Ephemeral subscriptions live in the worker that holds their websocket, which may not be
-        this one: the notification is also published to every worker (``dlv:notes``), and each
-        delivers it to its own ephemeral subscriptions."""
-        delivered = 0
-        for subscription in self.subscriptions.matching(notification):
-            if not getattr(subscription, "is_ephemeral", False):
-                delivered += await self.deliver_to(subscription, notification)
-        await self.client.publish(self._notes, orjson.dumps(notification))
-        return delivered
+    async def deliver_many(self, notifications: Sequence[dict[str, Any]]) -> int:
+        """Deliver notifications, in their order, to every subscription that wants them;
+        returns how many channel deliveries that made.
 
-    async def _deliver_ephemeral(self, notification: dict[str, Any]) -> None:
-        for subscription in self.subscriptions.matching(notification):
-            if getattr(subscription, "is_ephemeral", False):
-                await self.deliver_to(subscription, notification)
-
-    async def _listen(self) -> None:
-        """Receive every notification (``dlv:notes``) for this worker's ephemeral
-        subscriptions; resubscribes after a Redis outage."""
-        backoff = Backoff()
-        while not self.should_stop:
-            pubsub = self.client.pubsub()
+        A Redis error raises (deliver the same batch again: see the module docstring); a
+        notification that fails otherwise is logged and counted in ``errors``, and the others
+        go on. Ephemeral subscriptions get the notifications through the fan-out, on whichever
+        worker holds them (this one included)."""
+        pairs: list[_Pair] = []
+        fanout: list[tuple[str, dict[str, Any]]] = []
+        for notification in notifications:
             try:
-                await pubsub.subscribe(self._notes)
-                self.listening.set()
-                backoff.reset()
-                while not self.should_stop:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is None:
-                        continue
-                    try:
-                        await self._deliver_ephemeral(orjson.loads(message["data"]))
-                    except TRANSIENT_ERRORS:
-                        raise
-                    except Exception:
-                        log.exception("ephemeral delivery failed")
-            except TRANSIENT_ERRORS as exc:
-                self.listening.clear()
-                delay = backoff.next_delay()
-                log.warning("notification fan-out: Redis error (%s), again in %.1fs", exc, delay)
-                await self.sleep(delay)
-            finally:
-                try:
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-                except Exception:  # the connection may already be gone
-                    pass
+                for subscription in self.subscriptions.matching(notification):
+                    if not getattr(subscription, "is_ephemeral", False):
+                        pairs.append(self._pair(subscription, notification))
+                origin = _origin(notification)
+                if origin is not None:
+                    fanout.append((self.notes_channel(origin), notification))
+            except Exception:
+                self._failed(notification, None)
+        return await self._deliver_pairs(pairs, fanout)
 
     async def deliver_to(self, subscription: Any, notification: dict[str, Any]) -> int:
+        """Deliver one notification to one subscription (its filters already applied)."""
+        try:
+            pair = self._pair(subscription, notification)
+        except Exception:
+            self._failed(notification, subscription)
+            return 0
+        return await self._deliver_pairs([pair], [])
+
+    def _pair(self, subscription: Any, notification: dict[str, Any]) -> _Pair:
         kind = str(notification["type"])
-        journey = str(notification.get("journeyId", ""))
-        member = f"{subscription.id}|{journey}"
-        if is_terminal(notification):
-            # The marker holds the terminal's notification id: a retry of this same delivery
-            # (after a Redis error further down) goes on; another terminal is late.
-            key = f"{self.prefix}dlv:term:{subscription.id}:{journey}"
-            note_id = str(notification["id"])
-            if not await self.client.set(key, note_id, nx=True, ex=BOOKKEEPING_SECONDS):
-                held = await self.client.get(key)
-                if (held.decode() if isinstance(held, bytes) else held) != note_id:
-                    self.counters["late"] += 1  # this subscription already had its terminal
-                    return 0
-            await self.client.zrem(self._ttl_key, member)
-            await self.client.hdel(self._ttl_notes, member)
-        elif (
-            kind == "xcm.sent"
+        channels = list(subscription.channel_indexes(kind))
+        marked = [i for i in channels if subscription.channels[i].type != "webhook"]
+        pair = _Pair(subscription, notification, kind, is_terminal(notification), channels, marked)
+        if (
+            not pair.terminal
+            and kind == "xcm.sent"
             and getattr(subscription, "outboundTTL", None)
             and not getattr(subscription, "is_ephemeral", False)
         ):
-            deadline = time.time() + subscription.outboundTTL / 1000
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.hset(self._ttl_notes, member, orjson.dumps(notification))
-                pipe.zadd(self._ttl_key, {member: deadline}, nx=True)
-                await pipe.execute()
-        payload = {**notification, "subscriptionId": subscription.id}
-        sent = 0
-        for index in subscription.channel_indexes(kind):
-            channel = subscription.channels[index]
-            if channel.type == "webhook":
-                if self.webhooks is not None and await self.webhooks.enqueue(
-                    subscription.id, index, payload
-                ):
-                    sent += 1
-                continue
-            if not await self._first_time(subscription.id, index, str(notification["id"])):
-                self.counters["duplicates"] += 1
-                continue
-            if channel.type == "websocket" and self.hub is not None:
-                await self.hub.publish(subscription.id, payload)
-                sent += 1
-            elif channel.type == "log" and self.log_sink is not None:
-                await self.log_sink.deliver(subscription.id, payload)
-                sent += 1
-        self.counters[f"delivered_{kind}"] += sent
-        return sent
+            pair.deadline = repr(time.time() + subscription.outboundTTL / 1000)
+        if pair.booked and not isinstance(notification.get("id"), str):
+            raise ValueError("a notification needs a string 'id'")
+        return pair
 
-    async def _first_time(self, subscription_id: str, channel: int, notification_id: str) -> bool:
-        key = f"{self.prefix}dlv:sent:{subscription_id}:{channel}:{notification_id}"
-        return bool(await self.client.set(key, 1, nx=True, ex=BOOKKEEPING_SECONDS))
+    def _failed(
+        self, notification: Any, subscription: Any, error: BaseException | None = None
+    ) -> None:
+        """Log and count a notification that could not be delivered (called in the ``except``
+        block of its error, or with ``error``)."""
+        note_id = notification.get("id") if isinstance(notification, Mapping) else None
+        where = f" to subscription {subscription.id}" if subscription is not None else ""
+        log.error("delivering %s%s failed", note_id, where, exc_info=error or True)
+        self.counters["errors"] += 1
+
+    async def _deliver_pairs(
+        self, pairs: list[_Pair], fanout: list[tuple[str, dict[str, Any]]]
+    ) -> int:
+        listened = await self._book(pairs, {channel for channel, _ in fanout})
+        hooks: list[tuple[str, int, Mapping[str, Any]]] = []
+        hook_pairs: list[_Pair] = []
+        sockets: list[tuple[str, Mapping[str, Any]]] = []
+        for pair in pairs:
+            if isinstance(pair.marks, Exception):
+                self._failed(pair.notification, pair.subscription, pair.marks)
+                continue
+            marks = iter(pair.marks or (1,))
+            if not next(marks):
+                self.counters["late"] += 1  # this subscription already had its terminal
+                continue
+            subscription = pair.subscription
+            payload = {**pair.notification, "subscriptionId": subscription.id}
+            for index in pair.channels:
+                channel = subscription.channels[index]
+                if channel.type == "webhook":
+                    if self.webhooks is not None:
+                        hooks.append((subscription.id, index, payload))
+                        hook_pairs.append(pair)
+                    continue
+                if not next(marks):
+                    self.counters["duplicates"] += 1
+                    continue
+                if channel.type == "websocket" and self.hub is not None:
+                    sockets.append((subscription.id, payload))
+                    pair.sent += 1
+                elif channel.type == "log" and self.log_sink is not None:
+                    await self.log_sink.deliver(subscription.id, payload)
+                    pair.sent += 1
+        steps: list[Awaitable[Any]] = []
+        if hooks:
+            assert self.webhooks is not None
+            steps.append(self.webhooks.enqueue_many(hooks))
+        if sockets:
+            assert self.hub is not None
+            steps.append(self.hub.publish_many(sockets))
+        published = [(c, n) for c, n in fanout if c in listened]
+        if published:
+            steps.append(self._publish(published))
+        outcomes: list[Any] = await asyncio.gather(*steps, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome  # the batch goes again; the markers keep what was done once
+        if hooks:
+            enqueued: list[bool | Exception] = outcomes[0]
+            for pair, result in zip(hook_pairs, enqueued, strict=True):
+                if isinstance(result, TRANSIENT_ERRORS):
+                    raise result
+                if isinstance(result, Exception):
+                    self._failed(pair.notification, pair.subscription, result)
+                elif result:
+                    pair.sent += 1
+        for pair in pairs:
+            if pair.sent:
+                self.counters[f"delivered_{pair.kind}"] += pair.sent
+        self.counters["fanned_out"] += len(published)
+        return sum(pair.sent for pair in pairs)
+
+    async def _book(self, pairs: list[_Pair], channels: set[str]) -> set[str]:
+        """Run the bookkeeping of ``pairs`` (one BOOK call per notification; the replies go to
+        the pairs' ``marks``) and, in the same round trip, find which of ``channels`` someone
+        listens to; returns those."""
+        groups: list[list[_Pair]] = []  # the pairs of one notification, in order
+        for pair in pairs:
+            if not pair.booked:
+                continue
+            if groups and groups[-1][0].notification is pair.notification:
+                groups[-1].append(pair)
+            else:
+                groups.append([pair])
+        if not groups and not channels:
+            return set()
+        calls = [self._book_args(group) for group in groups]
+        asked = sorted(channels)
+        pipe = self.client.pipeline(transaction=False)
+        if asked:
+            pipe.pubsub_numsub(*asked)
+        for args in calls:
+            pipe.evalsha(_book.sha, 2, self._ttl_key, self._ttl_notes, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        listened: set[str] = set()
+        if asked:
+            counts = replies.pop(0)
+            if isinstance(counts, Exception):
+                raise counts
+            for channel, count in counts:
+                if int(count) > 0:
+                    listened.add(channel.decode() if isinstance(channel, bytes) else channel)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:  # Redis lost its scripts (restarted, flushed): those calls did nothing
+            await self.client.script_load(BOOK)
+            retry = self.client.pipeline(transaction=False)
+            for i in missing:
+                retry.evalsha(_book.sha, 2, self._ttl_key, self._ttl_notes, *calls[i])
+            for i, reply in zip(missing, await retry.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+        for group, reply in zip(groups, replies, strict=True):
+            if isinstance(reply, TRANSIENT_ERRORS):
+                raise reply
+            if isinstance(reply, Exception):
+                for pair in group:
+                    pair.marks = reply
+                continue
+            flags = iter(int(flag) for flag in reply)
+            for pair in group:
+                go = next(flags)
+                pair.marks = [go, *(next(flags) for _ in pair.marked)] if go else [0]
+        return listened
+
+    def _book_args(self, group: list[_Pair]) -> list[Any]:
+        notification = group[0].notification
+        stored = _encode(notification) if any(pair.deadline for pair in group) else b""
+        args: list[Any] = [
+            self.prefix,
+            str(notification.get("journeyId", "")),
+            str(notification["id"]),
+            BOOKKEEPING_SECONDS,
+            "1" if group[0].terminal else "0",
+            stored,
+        ]
+        for pair in group:
+            args += [pair.subscription.id, pair.deadline, len(pair.marked), *pair.marked]
+        return args
+
+    async def _publish(self, notifications: list[tuple[str, dict[str, Any]]]) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for channel, notification in notifications:
+                pipe.publish(channel, _encode(notification))
+            await pipe.execute()
+
+    # -- websocket subscriptions of this worker --
+
+    async def add_ephemeral(self, subscription: Any) -> None:
+        """Hold an ephemeral subscription here: registers it and waits until the fan-out
+        listens to its origin (up to ``follow_timeout``), so that what is delivered from now
+        on, by any worker, reaches it."""
+        self.subscriptions.ephemeral.add(subscription)
+        await self.follow_ephemeral()
+
+    async def remove_ephemeral(self, subscription_id: str) -> None:
+        self.subscriptions.ephemeral.remove(subscription_id)
+        await self.follow_ephemeral()
+
+    def _wanted(self) -> set[str]:
+        return {self.notes_channel(origin) for origin in self.subscriptions.ephemeral.origins()}
+
+    async def follow_ephemeral(self) -> bool:
+        """Bring the fan-out's channels in line with the ephemeral subscriptions held here and
+        wait (up to ``follow_timeout``) until Redis confirmed every channel they need; False
+        if it did not in time (the fan-out keeps trying), or if the fan-out is not running
+        (this service is not started: it subscribes to what is wanted when it starts)."""
+        if not self._listener_running:
+            return False
+        pubsub = self._pubsub
+        if pubsub is None:
+            self._resync.set()  # the listener connects and subscribes
+        else:
+            try:
+                await self._reconcile(pubsub)
+            except TRANSIENT_ERRORS:
+                pass  # the listener reconnects and subscribes to everything wanted
+        try:
+            async with asyncio.timeout(self.follow_timeout):
+                async with self._confirmation:
+                    await self._confirmation.wait_for(lambda: self._wanted() <= self._confirmed)
+        except TimeoutError:
+            log.warning(
+                "websocket fan-out: Redis did not confirm %s within %.1fs; still trying",
+                sorted(self._wanted() - self._confirmed),
+                self.follow_timeout,
+            )
+            return False
+        return True
+
+    async def _reconcile(self, pubsub: Any) -> None:
+        wanted = self._wanted()
+        new, gone = wanted - self._requested, self._requested - wanted
+        self._requested = wanted
+        self._confirmed -= gone
+        if new:
+            await pubsub.subscribe(*new)
+        if gone:
+            await pubsub.unsubscribe(*gone)
+
+    async def _listen(self) -> None:
+        """The fan-out: while this worker holds ephemeral subscriptions, receive the
+        notifications of their origins (``dlv:notes:{origin}``) and deliver them; resubscribes
+        after a Redis outage. Holds no connection while there is nothing to listen to."""
+        self._listener_running = True
+        try:
+            await self._fan_in()
+        finally:
+            self._listener_running = False
+
+    async def _fan_in(self) -> None:
+        backoff = Backoff()
+        while not self.should_stop:
+            if not self._wanted():
+                await self._resync.wait()
+                self._resync.clear()
+                continue
+            pubsub = self.client.pubsub()
+            failure: BaseException | None = None
+            try:
+                self._requested = set()
+                await self._reconcile(pubsub)
+                self._pubsub = pubsub
+                backoff.reset()
+                while not self.should_stop:
+                    if self._resync.is_set():
+                        self._resync.clear()
+                        await self._reconcile(pubsub)
+                    if not self._requested:
+                        break  # no websocket subscription left: let the connection go
+                    message = await pubsub.get_message(timeout=1.0)
+                    notes: list[dict[str, Any]] = []
+                    while message is not None:
+                        await self._take(message, notes)
+                        if len(notes) >= FANOUT_BATCH:
+                            break
+                        message = await pubsub.get_message(timeout=0)
+                    if notes:
+                        try:
+                            await self._deliver_ephemeral(notes)
+                        except TRANSIENT_ERRORS:
+                            raise
+                        except Exception:
+                            log.exception("websocket fan-out: delivering failed")
+                            self.counters["errors"] += len(notes)
+            except TRANSIENT_ERRORS as exc:
+                failure = exc  # pub/sub is at most once: what came meanwhile is lost
+            finally:
+                self._drop(pubsub)
+                with contextlib.suppress(Exception):  # the connection may already be gone
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            if failure is not None:
+                delay = backoff.next_delay()
+                log.warning("websocket fan-out: Redis error (%s), again in %.1fs", failure, delay)
+                await self.sleep(delay)
+
+    def _drop(self, pubsub: Any) -> None:
+        if self._pubsub is pubsub:
+            self._pubsub = None
+        self._requested = set()
+        self._confirmed = set()
+
+    async def _take(self, message: Mapping[str, Any], notes: list[dict[str, Any]]) -> None:
+        kind = message.get("type")
+        channel = message.get("channel")
+        name = channel.decode() if isinstance(channel, bytes) else str(channel)
+        if kind == "message":
+            try:
+                notes.append(orjson.loads(message["data"]))
+            except orjson.JSONDecodeError:
+                log.warning("websocket fan-out: a message on %s is not JSON, dropped", name)
+        elif kind in ("subscribe", "unsubscribe"):
+            async with self._confirmation:
+                if kind == "subscribe" and name in self._requested:
+                    self._confirmed.add(name)
+                elif kind == "unsubscribe" and name not in self._requested:
+                    self._confirmed.discard(name)
+                self._confirmation.notify_all()
+
+    async def _deliver_ephemeral(self, notifications: list[dict[str, Any]]) -> None:
+        pairs: list[_Pair] = []
+        for notification in notifications:
+            try:
+                for subscription in self.subscriptions.matching(notification):
+                    if getattr(subscription, "is_ephemeral", False):
+                        pairs.append(self._pair(subscription, notification))
+            except Exception:
+                self._failed(notification, None)
+        if pairs:
+            await self._deliver_pairs(pairs, [])
 
     # -- per-subscription timeouts --
 

@@ -253,6 +253,7 @@ DELIVERY_HELP = {
     "duplicates": "Notifications delivered before (dropped).",
     "errors": "Notifications whose delivery failed with an unexpected error.",
     "subscription_timeouts": "Journeys timed out for one subscription.",
+    "fanned_out": "Notifications published to the workers holding websocket subscriptions.",
 }
 
 

@@ -1,9 +1,10 @@
 """Wiring of the worker's user-facing services onto the faust app.
 
 :func:`install` mounts the subscriptions API, the websocket endpoints, the dashboard and the
-operations views, and adds the delivery service (live subscriptions, webhook dispatcher,
-per-subscription timers) to the app, so it starts and stops with the worker. Building these
-objects opens no connection: ``ocstream topology`` and faust's commands build the same app.
+operations views, and adds the delivery service (live subscriptions, the websocket fan-out, and
+on a delivering worker the webhook dispatcher and the per-subscription timers) to the app, so
+it starts and stops with the worker. Building these objects opens no connection: ``ocstream
+topology`` and faust's commands build the same app.
 """
 
 from __future__ import annotations
@@ -87,14 +88,15 @@ def install(app: Any, settings: Settings, *, redis_url: str) -> None:
 
     async def register_ephemeral(data: dict[str, Any]) -> None:
         try:
-            live.ephemeral.add(Subscription.model_validate(data))
+            # Answered once this worker listens to the notifications of its origin.
+            await delivery.add_ephemeral(Subscription.model_validate(data))
         except SubscriptionError as exc:
             raise SubscriptionRejected(
                 {"error": True, "statusCode": exc.status, "reason": exc.reason}
             ) from exc
 
     async def unregister_ephemeral(subscription_id: str) -> None:
-        live.ephemeral.remove(subscription_id)
+        await delivery.remove_ephemeral(subscription_id)
 
     hub = WebsocketHub(
         client,
@@ -131,6 +133,9 @@ def install(app: Any, settings: Settings, *, redis_url: str) -> None:
     )
     hub.mount(web_app)
     register_webui(web_app)
+    # A worker that does not deliver (--role match) leaves the webhook dispatcher and the
+    # subscriptions' timers to those that do; it still serves its own websockets.
+    delivers = settings.role != "match"
     delivery = Delivery(
         client=client,
         prefix=prefix,
@@ -138,7 +143,8 @@ def install(app: Any, settings: Settings, *, redis_url: str) -> None:
         webhooks=webhooks,
         hub=hub,
         log_sink=LogSink(logging.getLogger("ocstream.notifications")),
-        services=(webhooks,),
+        services=(webhooks,) if delivers else (),
+        run_timers=delivers,
     )
     # faust starts the instances in this list with the app (what @app.service does for classes).
     app._extra_services.append(delivery)

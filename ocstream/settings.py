@@ -12,6 +12,7 @@ option                     environment              meaning
 ``--address A``            ``OCSTREAM_ADDRESS``      HTTP bind address (127.0.0.1)
 ``--port P``               ``OCSTREAM_PORT``         HTTP port (3000)
 ``--data-dir D``           ``OCSTREAM_DATA_DIR``     local state: tables, embedded Redis
+``--role R``               ``OCSTREAM_ROLE``         what the worker runs: all, match, deliver
 (none)                     ``OCSTREAM_APP_ID``       faust app id = consumer group (ocstream)
 (none)                     ``OCSTREAM_PARTITIONS``   default partition count (16)
 (none)                     ``OCSTREAM_API_TOKENS``   bearer tokens for the API's write routes
@@ -50,6 +51,7 @@ ENV_NAMES = {
     "address": "OCSTREAM_ADDRESS",
     "port": "OCSTREAM_PORT",
     "data_dir": "OCSTREAM_DATA_DIR",
+    "role": "OCSTREAM_ROLE",
     "app_id": "OCSTREAM_APP_ID",
     "partitions": "OCSTREAM_PARTITIONS",
     "instance_id": "OCSTREAM_INSTANCE_ID",
@@ -79,6 +81,11 @@ class Settings(BaseModel):
     address: str = "127.0.0.1"
     port: int = Field(default=3000, ge=1, le=65535)
     data_dir: Path = Path("data")
+    #: What this worker runs (docs/deploy.md, "Matching apart from delivery"): ``all``, or
+    #: ``match`` (extract and match: the XCM tables) or ``deliver`` (``xcm_deliver``, the
+    #: webhook dispatcher, the subscriptions' timers). Every worker serves the API and its
+    #: websockets.
+    role: Literal["all", "match", "deliver"] = "all"
     partitions: int = Field(default=16, ge=1, le=1024)
     standby_replicas: int = Field(default=1, ge=0)
     commit_interval: float = Field(default=1.0, gt=0)

@@ -10,6 +10,7 @@ import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import click
 import faust
@@ -94,6 +95,33 @@ def test_topology_formats(fmt: str, marker: str) -> None:
     result = run_ocstream("topology", "--format", fmt)
     assert result.returncode == 0, result.stderr
     assert marker in result.stdout and "xcm_match" in result.stdout
+
+
+def test_topology_shows_what_each_role_runs() -> None:
+    def described(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+        result = run_ocstream("topology", "--format", "json", *args, env=env)
+        assert result.returncode == 0, result.stderr
+        flow: dict[str, Any] = json.loads(result.stdout)
+        return flow
+
+    deliver = described("--role", "deliver")
+    assert [agent["name"] for agent in deliver["agents"]] == ["xcm_deliver"]
+    assert deliver["tables"] == []
+    match = described(env={"OCSTREAM_ROLE": "match"})
+    assert sorted(agent["name"] for agent in match["agents"]) == ["xcm_extract", "xcm_match"]
+    assert len(match["tables"]) == 6
+    # The command line wins over the environment, as for every setting.
+    everything = described("--role", "all", env={"OCSTREAM_ROLE": "match"})
+    assert {agent["name"] for agent in everything["agents"]} >= {"xcm_deliver", "xcm_match"}
+    refused = run_ocstream("topology", "--role", "relay")
+    assert refused.returncode == 2 and "role" in refused.stderr
+
+
+def test_a_role_needs_a_shared_redis(tmp_path: Path) -> None:
+    result = run_ocstream("worker", "--role", "deliver", "--data-dir", str(tmp_path / "d"))
+    assert result.returncode == 2
+    assert "--role deliver needs --redis" in result.stderr
+    assert redis_processes_under(tmp_path) == []
 
 
 def test_topology_rejects_an_unknown_format() -> None:

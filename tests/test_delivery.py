@@ -1,6 +1,7 @@
 """Delivery rules on real Redis: filters, one terminal per journey and subscription, persisted
-``outboundTTL`` timers shared by workers, at most once per channel, and ephemeral subscriptions
-served by whichever worker holds their socket.
+``outboundTTL`` timers shared by workers, at most once per channel, ephemeral subscriptions
+served by whichever worker holds their socket (and nothing published while none is held), and
+the agent's batches: in order, acknowledged once delivered, two round trips each.
 
 The channels are recording stand-ins with the sinks' interfaces; the webhook, websocket and log
 sinks have their own tests, and the deployment test runs the whole chain in a worker.
@@ -14,6 +15,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 
 from ocstream.delivery import Delivery, is_terminal
 from ocstream.subscriptions import LiveSubscriptions, Subscription, SubscriptionStore
@@ -32,9 +35,13 @@ class Recorder:
         self.got.append((subscription_id, note))
         return True
 
-    async def publish(self, subscription_id: str, note: dict[str, Any]) -> int:
-        self.got.append((subscription_id, note))
-        return 1
+    async def enqueue_many(
+        self, deliveries: list[tuple[str, int, dict[str, Any]]]
+    ) -> list[bool | Exception]:
+        return [await self.enqueue(*delivery) for delivery in deliveries]
+
+    async def publish_many(self, notifications: list[tuple[str, dict[str, Any]]]) -> None:
+        self.got.extend(notifications)
 
     async def deliver(self, subscription_id: str, note: dict[str, Any]) -> None:
         self.got.append((subscription_id, note))
@@ -175,18 +182,35 @@ async def test_a_receipt_cancels_the_subscription_timer(world: dict[str, Any]) -
 async def test_ephemeral_subscriptions_are_served_by_the_worker_holding_them(
     world: dict[str, Any],
 ) -> None:
-    lives, (first, second) = world["lives"], world["workers"]
-    await asyncio.wait_for(second.listening.wait(), 10)
-    ephemeral = sub("socket-1", channel="websocket", ephemeral=True)
-    lives[1].ephemeral.add(ephemeral)  # the second worker holds the socket
-    # The first worker processes the notification; the fan-out brings it to the second.
-    await first.deliver(note("xcm.sent", journey="e"))
+    (first, second), client = world["workers"], world["workers"][0].client
+    channel = second.notes_channel(RELAY)
+    # No websocket subscription anywhere: no worker listens, nothing is published.
+    assert dict(await client.pubsub_numsub(channel)) == {channel.encode(): 0}
+    await first.deliver(note("xcm.sent", journey="before"))
+    assert first.counters["fanned_out"] == 0
+    # The second worker holds the socket; it is registered once its worker listens.
+    await second.add_ephemeral(sub("socket-1", channel="websocket", ephemeral=True))
+    assert dict(await client.pubsub_numsub(channel)) == {channel.encode(): 1}
+    # The first worker processes the notifications; the fan-out brings them to the second.
+    await first.deliver_many([note("xcm.sent", journey="e"), note("xcm.received", journey="e")])
+    assert first.counters["fanned_out"] == 2
     hub = world["hub"]
     for _ in range(100):
-        if hub.types("socket-1"):
+        if len(hub.types("socket-1")) == 2:
             break
         await asyncio.sleep(0.05)
-    assert hub.types("socket-1") == ["xcm.sent"]
+    assert hub.types("socket-1") == ["xcm.sent", "xcm.received"]
+    assert all(n["subscriptionId"] == "socket-1" for _, n in hub.got)
+    # The socket closes: the worker stops listening, and publishing stops with it.
+    await second.remove_ephemeral("socket-1")
+    for _ in range(100):
+        if dict(await client.pubsub_numsub(channel)) == {channel.encode(): 0}:
+            break
+        await asyncio.sleep(0.05)
+    assert dict(await client.pubsub_numsub(channel)) == {channel.encode(): 0}
+    await first.deliver(note("xcm.sent", journey="after"))
+    assert first.counters["fanned_out"] == 2
+    assert hub.types("socket-1") == ["xcm.sent", "xcm.received"]
 
 
 def test_terminal_notifications() -> None:
@@ -202,15 +226,15 @@ async def test_a_terminal_retried_after_a_redis_error_is_still_delivered(
     await store.create_many([sub("one")])
     await settle(lives, 1)
     hooks = world["hooks"]
-    original = hooks.enqueue
+    original = hooks.enqueue_many
     failures = [ConnectionError("Redis went away")]
 
-    async def flaky(subscription_id: str, index: int, note: dict[str, Any]) -> bool:
+    async def flaky(deliveries: list[tuple[str, int, dict[str, Any]]]) -> list[bool | Exception]:
         if failures:
-            raise failures.pop()
-        return await original(subscription_id, index, note)
+            return [failures.pop()] * len(deliveries)
+        return await original(deliveries)
 
-    hooks.enqueue = flaky
+    hooks.enqueue_many = flaky  # type: ignore[method-assign]
     with pytest.raises(ConnectionError):
         await first.deliver(note("xcm.received", journey="retry"))
     # The agent retries the same notification: its terminal marker must not count it as late.
@@ -219,24 +243,6 @@ async def test_a_terminal_retried_after_a_redis_error_is_still_delivered(
     # A different terminal of the same journey is late.
     await first.deliver(note("xcm.timeout", journey="retry"))
     assert hooks.types("one") == ["xcm.received"]
-
-
-class SlowHooks(Recorder):
-    """A webhook channel that takes a few milliseconds per enqueue and counts how many run at
-    once."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.running = 0
-        self.most = 0
-
-    async def enqueue(self, subscription_id: str, index: int, note: dict[str, Any]) -> bool:
-        self.running += 1
-        self.most = max(self.most, self.running)
-        # 2, 6 or 10 ms, fixed per notification, so that deliveries overtake each other.
-        await asyncio.sleep(0.002 + 0.004 * (sum(note["id"].encode()) % 3))
-        self.running -= 1
-        return await super().enqueue(subscription_id, index, note)
 
 
 class RecordedStream:
@@ -260,18 +266,37 @@ class RecordedStream:
         self.acked.append((event, {n["id"] for _, n in self.hooks.got}))
 
 
-async def test_the_agent_delivers_concurrently_and_each_journey_in_order(
+class CountingConnection(Connection):
+    """Counts what is sent to Redis: one send per command, or per pipeline."""
+
+    sends = 0
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sends += 1
+        await super().send_packed_command(command, check_health)
+
+
+async def test_the_agent_delivers_in_batches_each_journey_in_order(
     redis_url: str, prefix: str
 ) -> None:
-    from topology.delivery import CONCURRENCY, deliver_stream  # noqa: PLC0415
+    from topology.delivery import MAX_BATCH, deliver_stream  # noqa: PLC0415
 
     client = connect(redis_url, name="test-delivery-agent")
+    counted = Redis.from_url(redis_url, connection_class=CountingConnection)
     store = SubscriptionStore(client, prefix)
     live = LiveSubscriptions(client, prefix, poll_interval=0.1)
-    hooks = SlowHooks()
+    hooks = Recorder()
     delivery = Delivery(
-        client=client, prefix=prefix, subscriptions=live, webhooks=hooks, timer_interval=60
+        client=counted, prefix=prefix, subscriptions=live, webhooks=hooks, timer_interval=60
     )
+    batches: list[int] = []
+    deliver_many = delivery.deliver_many
+
+    async def recorded(notifications: list[dict[str, Any]]) -> int:
+        batches.append(len(notifications))
+        return await deliver_many(notifications)
+
+    delivery.deliver_many = recorded  # type: ignore[method-assign]
     await delivery.start()
     try:
         await store.create_many([sub("timed", outboundTTL=6000)])
@@ -283,7 +308,10 @@ async def test_the_agent_delivers_concurrently_and_each_journey_in_order(
             notes += [note("xcm.sent", a), note("xcm.sent", b)]
             notes += [note("xcm.received", a), note("xcm.received", b)]
         stream = RecordedStream(notes, hooks)
+        await asyncio.sleep(0.1)  # the timer loop's first pass is done
+        sends = CountingConnection.sends
         await deliver_stream(SimpleNamespace(delivery=delivery), stream)
+        round_trips = CountingConnection.sends - sends
 
         assert stream.enable_acks is False
         delivered = [n["id"] for _, n in hooks.got]
@@ -293,7 +321,12 @@ async def test_the_agent_delivers_concurrently_and_each_journey_in_order(
             assert kinds == ["xcm.sent", "xcm.received"], (journey, kinds)
         # Every xcm.sent set the subscription's timer before its receipt removed it.
         assert await delivery.fire_due_timers(now=10**12) == 0
-        assert 1 < hooks.most <= CONCURRENCY
+        # Batches formed while the previous one was delivered, none beyond the bound.
+        assert sum(batches) == len(notes) and 1 < max(batches) <= MAX_BATCH
+        # One round trip per batch: the timers and terminal markers of all its pairs and the
+        # question whether anyone listens for websockets (nobody does: nothing is published).
+        assert round_trips == len(batches)
+        assert delivery.counters["fanned_out"] == 0
         # Each record acknowledged once, after its own delivery was recorded.
         assert sorted(event for event, _ in stream.acked) == list(range(len(notes)))
         assert all(notes[event]["id"] in done for event, done in stream.acked)
@@ -301,3 +334,35 @@ async def test_the_agent_delivers_concurrently_and_each_journey_in_order(
     finally:
         await delivery.stop()
         await client.aclose()
+        await counted.aclose()
+
+
+async def test_a_batch_that_meets_a_redis_outage_is_delivered_again_then_acknowledged(
+    world: dict[str, Any],
+) -> None:
+    from topology.delivery import deliver_stream  # noqa: PLC0415
+
+    store, lives, (first, _) = world["store"], world["lives"], world["workers"]
+    await store.create_many([sub("one", outboundTTL=6000)])
+    await settle(lives, 1)
+    hooks = world["hooks"]
+    original = hooks.enqueue_many
+    failures = [ConnectionError("Redis went away")] * 2
+
+    async def flaky(deliveries: list[tuple[str, int, dict[str, Any]]]) -> list[bool | Exception]:
+        if failures:
+            return [failures.pop()] * len(deliveries)
+        return await original(deliveries)
+
+    hooks.enqueue_many = flaky  # type: ignore[method-assign]
+    notes = [note("xcm.sent", "o1"), note("xcm.sent", "o2"), note("xcm.received", "o1")]
+    stream = RecordedStream(notes, hooks)
+    await deliver_stream(SimpleNamespace(delivery=first), stream)
+    assert not failures  # both failed attempts happened
+    # Delivered once each, in order, the terminal not taken for late by its own retry.
+    assert [n["id"] for _, n in hooks.got] == [n["id"] for n in notes]
+    assert first.counters["late"] == 0
+    assert sorted(event for event, _ in stream.acked) == [0, 1, 2]
+    # The receipt removed the timer its xcm.sent set, the other journey's timer is left.
+    assert await first.client.zscore(f"{first.prefix}dlv:ttl", "one|o1") is None
+    assert await first.client.zscore(f"{first.prefix}dlv:ttl", "one|o2") is not None

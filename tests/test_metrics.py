@@ -27,6 +27,9 @@ BEFORE = Path(__file__).parent / "data" / "metrics_before.json"
 ADDED = [
     # Receipts after their journey's timeout, reported once (docs/matching.md; XCM.md §14).
     ["oc_engine_late_received_total", "counter", []],
+    # Notifications published to the workers holding websocket subscriptions: none while no
+    # socket is open anywhere (docs/notifications.md).
+    ["oc_delivery_fanned_out_total", "counter", []],
 ]
 
 

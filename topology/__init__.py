@@ -5,6 +5,12 @@ what faust does not know about (the ingress writing ``blocks``, the delivery's w
 websockets and log); ``ocstream topology`` describes whatever it declared: the XCM dataflow of
 :mod:`topology.xcm` and the delivery of :mod:`topology.delivery`.
 
+A worker's role (``--role``, ``OCSTREAM_ROLE``) picks the production parts it runs: ``all`` of
+them, ``match`` (:mod:`topology.xcm`: extract and match, with their tables) or ``deliver``
+(:mod:`topology.delivery`). Workers of different roles share one consumer group: each member
+subscribes to the topics of its parts, and faust's assignor hands a topic's partitions only to
+members that subscribe to it.
+
 The example dataflows of ``examples/`` (the demo: events counted per user in a table, the
 transport's self-check) are not part of it; ``OCSTREAM_DATAFLOW`` adds them by name.
 """
@@ -23,6 +29,13 @@ from . import delivery, xcm
 #: The parts of the production dataflow, in declaration order.
 PARTS: dict[str, Callable[[Any], None]] = {"xcm": xcm.declare, "delivery": delivery.declare}
 
+#: The production parts each role runs.
+ROLES: dict[str, tuple[str, ...]] = {
+    "all": tuple(PARTS),
+    "match": ("xcm",),
+    "deliver": ("delivery",),
+}
+
 #: Example parts, declared only when ``OCSTREAM_DATAFLOW`` names them: name -> module.
 EXAMPLES = {"demo": "examples.demo"}
 
@@ -39,9 +52,10 @@ def _example(name: str) -> Callable[[Any], None]:
     return declare_part
 
 
-def declare(app: Any) -> None:
+def declare(app: Any, role: str = "all") -> None:
     """Declare the parts named in ``OCSTREAM_DATAFLOW`` (comma-separated; default: the
-    production parts, :data:`PARTS`).
+    production parts, :data:`PARTS`), keeping of the production parts those of ``role``
+    (:data:`ROLES`).
 
     Running a part alone is for tests and benchmarks of one concern: the transport's tests run
     the demo alone, so that their timings and partition counts are those of that dataflow.
@@ -52,12 +66,14 @@ def declare(app: Any) -> None:
     if unknown:
         known = sorted([*PARTS, *EXAMPLES])
         raise ConfigError(f"OCSTREAM_DATAFLOW: unknown parts {unknown}; known: {known}")
+    if role not in ROLES:
+        raise ConfigError(f"unknown role {role!r}; known: {sorted(ROLES)}")
     for name, declare_part in PARTS.items():
-        if name in names:
+        if name in names and name in ROLES[role]:
             declare_part(app)
     for name in EXAMPLES:
         if name in names:
             _example(name)(app)
 
 
-__all__ = ["EXAMPLES", "PARTS", "declare"]
+__all__ = ["EXAMPLES", "PARTS", "ROLES", "declare"]

@@ -1,23 +1,26 @@
 """Delivery: ``xcm-notifications`` → agent ``xcm_deliver`` → webhook, websocket and log channels.
 
-Each notification goes to :meth:`ocstream.delivery.Delivery.deliver` (``app.delivery``), which
-applies the subscriptions' filters and hands it to their channels. Webhook deliveries are
-persistent (retried from Redis by every worker's dispatcher), so the agent only queues them.
+The agent takes the notifications in batches and hands each batch to
+:meth:`ocstream.delivery.Delivery.deliver_many` (``app.delivery``), which applies the
+subscriptions' filters and hands them to their channels in two Redis round trips per batch.
+Webhook deliveries are persistent (retried from Redis by the dispatchers of the delivering
+workers), so the agent only queues them.
 
-The agent delivers up to :data:`CONCURRENCY` notifications at a time, and the notifications of
-one journey in their order: a journey's ``xcm.sent`` is queued before its ``xcm.received``, and
-a terminal finds the per-subscription timer that its ``xcm.sent`` set. Deliveries that run at
-the same time share the webhook dispatcher's write pipeline and its claims, where one at a time
-paid a round trip and a claim each. A record is acknowledged when its delivery is done, so the
+A batch is whatever the stream has ready when the previous batch is done, up to
+:data:`MAX_BATCH`: one notification at a time when they trickle in (no waiting window), large
+batches under load. Batches run one after the other, each in the stream's order, so a journey's
+``xcm.sent`` is queued before its ``xcm.received``, and a terminal finds the per-subscription
+timer that its ``xcm.sent`` set. A record is acknowledged once its batch is delivered, so the
 committed offset never passes a notification that was not delivered (faust commits the
-contiguous prefix of what was acknowledged).
+contiguous prefix of what was acknowledged). A Redis outage is waited out and the batch
+delivered again; the markers keep every channel at most once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from ocstream.dataflow import declare_outputs
@@ -27,76 +30,76 @@ log = logging.getLogger("ocstream.delivery")
 
 NOTIFICATIONS_TOPIC = "xcm-notifications"
 
-#: How many notifications are delivered at the same time. Each one holds a Redis connection
-#: while it runs; the client's pool has 100, shared with the dispatcher and the API.
-CONCURRENCY = 16
+#: Most notifications delivered in one batch (and taken from the stream ahead of delivery).
+MAX_BATCH = 256
 
-#: On stop, how long deliveries under way may take before they are cancelled (a cancelled one
-#: is not acknowledged, so the next owner of its partition delivers it).
+#: On stop, how long the batch under way and those taken may take before they are cancelled
+#: (what is not acknowledged is delivered by the next owner of its partition).
 STOP_GRACE = 5.0
 
 
-async def deliver_one(app: Any, notification: dict[str, Any]) -> None:
-    """Deliver one notification; waits out Redis outages, logs and counts other failures."""
+async def deliver_batch(app: Any, notifications: Sequence[Any]) -> None:
+    """Deliver a batch; waits out Redis outages (then delivers the whole batch again), logs and
+    counts other failures."""
     delivery = getattr(app, "delivery", None)
     if delivery is None:  # an app built without delivery (tools, tests)
         return
     backoff = Backoff()
     while True:
         try:
-            await delivery.deliver(notification)
+            await delivery.deliver_many(notifications)
             return
         except TRANSIENT_ERRORS as exc:
-            # Redis is away: wait for it rather than lose the notification.
+            # Redis is away: wait for it rather than lose the notifications.
             delay = backoff.next_delay()
             log.warning("delivery: Redis error (%s), retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)
         except Exception:
-            # A notification that cannot be delivered must not stop the others; the webhook
+            # Notifications that cannot be delivered must not stop the others; the webhook
             # dispatcher keeps its own retries and dead letters.
-            log.exception("delivering %s failed", notification.get("id"))
-            delivery.counters["errors"] += 1
+            ids = [n.get("id") if isinstance(n, dict) else None for n in notifications]
+            log.exception("delivering %s failed", ids[:5])
+            delivery.counters["errors"] += len(notifications)
             return
 
 
-async def deliver_stream(app: Any, stream: Any, concurrency: int = CONCURRENCY) -> None:
-    """Deliver a stream of notifications, ``concurrency`` at a time, each journey in order,
-    acknowledging each record once its notification is delivered."""
+async def deliver_stream(app: Any, stream: Any, max_batch: int = MAX_BATCH) -> None:
+    """Deliver a stream of notifications in batches of up to ``max_batch``, in order,
+    acknowledging each record once its batch is delivered."""
     stream.enable_acks = False  # acknowledged by hand, when the delivery is done
-    slots = asyncio.Semaphore(concurrency)
-    latest: dict[str, asyncio.Task[None]] = {}  # the last delivery of each journey
-    running: set[asyncio.Task[None]] = set()
+    taken: asyncio.Queue[tuple[Any, Any]] = asyncio.Queue(maxsize=max_batch)
 
-    async def deliver(event: Any, notification: Any, after: asyncio.Task[None] | None) -> None:
-        try:
-            if after is not None:
-                await asyncio.wait({after})  # the journey's previous notification first
-            await deliver_one(app, notification)
-            if event is not None:
-                await stream.ack(event)
-        finally:
-            slots.release()
+    async def deliver() -> None:
+        while True:
+            batch = [await taken.get()]
+            while len(batch) < max_batch and not taken.empty():
+                batch.append(taken.get_nowait())
+            try:
+                await deliver_batch(app, [notification for _, notification in batch])
+                for event, _ in batch:
+                    if event is not None:
+                        await stream.ack(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # acknowledging failed: the records are delivered again later
+                log.exception("delivery: acknowledging a batch of %d failed", len(batch))
+            finally:
+                for _ in batch:
+                    taken.task_done()
 
-    def done(task: asyncio.Task[None], journey: str) -> None:
-        running.discard(task)
-        if latest.get(journey) is task:
-            del latest[journey]
-
+    deliverer = asyncio.create_task(deliver(), name="xcm-deliver-batches")
     try:
         async for notification in stream:
-            event = stream.current_event
-            await slots.acquire()
-            journey = notification.get("journeyId") if isinstance(notification, dict) else None
-            key = str(journey) if journey else f"#{id(event)}"
-            task = asyncio.create_task(deliver(event, notification, latest.get(key)))
-            latest[key] = task
-            running.add(task)
-            task.add_done_callback(functools.partial(done, journey=key))
+            await taken.put((stream.current_event, notification))
     finally:
-        if running:
-            _, late = await asyncio.wait(set(running), timeout=STOP_GRACE)
-            for task in late:
-                task.cancel()
+        try:
+            await asyncio.wait_for(taken.join(), STOP_GRACE)
+        except TimeoutError:
+            left = taken.qsize()
+            log.warning("delivery: stopped with %d notifications taken, not delivered", left)
+        finally:
+            deliverer.cancel()
+            await asyncio.gather(deliverer, return_exceptions=True)
 
 
 def declare(app: Any) -> None:
@@ -112,11 +115,11 @@ def declare(app: Any) -> None:
         "xcm_deliver",
         {
             "webhooks": "HTTP POST to subscribers, queued and retried from Redis",
-            "websockets": "Redis pub/sub, forwarded by every worker to its sockets",
+            "websockets": "Redis pub/sub, forwarded by the workers holding the sockets",
             "log": "one log line per notification",
         },
         pages={"websockets": ["/ws/subs"]},
     )
 
 
-__all__ = ["CONCURRENCY", "declare", "deliver_one", "deliver_stream"]
+__all__ = ["MAX_BATCH", "declare", "deliver_batch", "deliver_stream"]

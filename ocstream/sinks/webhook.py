@@ -5,7 +5,7 @@
     dispatcher = WebhookDispatcher(client, "ocs:", WebhookSettings(),
                                    get_subscription=store.get_raw_dict)
     await dispatcher.start()
-    await dispatcher.enqueue("my-sub", 0, notification)   # from the delivery agent
+    await dispatcher.enqueue("my-sub", 0, notification)   # or enqueue_many, for a batch
     ...
     await dispatcher.stop()
 
@@ -542,35 +542,63 @@ class WebhookDispatcher:
     ) -> bool:
         """Schedule the notification for the channel now; False if it was already accepted for
         that channel (at most once per notification ``id``) or the channel is disabled."""
-        notification_id = notification.get("id")
-        if not isinstance(notification_id, str) or not notification_id:
-            raise ValueError("a notification needs a non-empty string 'id'")
-        kind = notification.get("type")
-        delivery_id = self.ids.new()
-        result = await self._submit(
-            _enqueue,
-            [
-                self.sent_key(subscription_id, channel_index, notification_id),
-                self.disabled_key(subscription_id, channel_index),
-                self.delivery_key(delivery_id),
-                self._k_due,
-            ],
-            [
-                max(1, int(self.settings.dedupe_ttl)),
-                delivery_id,
-                subscription_id,
-                channel_index,
-                notification_id,
-                kind if isinstance(kind, str) else "",
-                _encode_notification(notification),
-            ],
-        )
-        if result == 1:
-            self.counters["enqueued"] += 1
+        (result,) = await self.enqueue_many([(subscription_id, channel_index, notification)])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def enqueue_many(
+        self, deliveries: Sequence[tuple[str, int, Mapping[str, Any]]]
+    ) -> list[bool | Exception]:
+        """:meth:`enqueue` for each ``(subscription, channel, notification)``, in this order and
+        in one round trip (the writer's pipeline). Returns, in the same order, what
+        :meth:`enqueue` would return, or the exception it would raise: a Redis outage fails
+        them all with the same error, and the caller may enqueue them all again (the markers
+        keep that at most once)."""
+        results: list[bool | Exception | None] = [None] * len(deliveries)
+        pending: list[tuple[int, asyncio.Future[Any]]] = []
+        for position, (subscription_id, channel_index, notification) in enumerate(deliveries):
+            notification_id = notification.get("id")
+            if not isinstance(notification_id, str) or not notification_id:
+                results[position] = ValueError("a notification needs a non-empty string 'id'")
+                continue
+            kind = notification.get("type")
+            delivery_id = self.ids.new()
+            future = self._queue(
+                _enqueue,
+                [
+                    self.sent_key(subscription_id, channel_index, notification_id),
+                    self.disabled_key(subscription_id, channel_index),
+                    self.delivery_key(delivery_id),
+                    self._k_due,
+                ],
+                [
+                    max(1, int(self.settings.dedupe_ttl)),
+                    delivery_id,
+                    subscription_id,
+                    channel_index,
+                    notification_id,
+                    kind if isinstance(kind, str) else "",
+                    _encode_notification(notification),
+                ],
+            )
+            pending.append((position, future))
+        replies = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
+        scheduled = False
+        for (position, _), reply in zip(pending, replies, strict=True):
+            if isinstance(reply, BaseException):
+                if not isinstance(reply, Exception):  # a cancellation
+                    raise reply
+                results[position] = reply
+            elif reply == 1:
+                self.counters["enqueued"] += 1
+                results[position] = scheduled = True
+            else:
+                self.counters["dropped_duplicates" if reply == 0 else "dropped_disabled"] += 1
+                results[position] = False
+        if scheduled:
             self._wake.set()
-            return True
-        self.counters["dropped_duplicates" if result == 0 else "dropped_disabled"] += 1
-        return False
+        return [False if r is None else r for r in results]
 
     # -- running
 
@@ -802,6 +830,11 @@ class WebhookDispatcher:
     async def _submit(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
         """Run a script call through the writer task, which sends all the calls queued
         meanwhile in one pipeline; returns the call's reply (or raises its error)."""
+        return await self._queue(script, keys, args)
+
+    def _queue(self, script: LuaScript, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        """Queue a script call for the writer task (calls are sent in the order queued); the
+        future gets the call's reply or error."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._results.append((script, keys, args, future))
         self._results_ready.set()
@@ -809,7 +842,7 @@ class WebhookDispatcher:
             self._writer_task = asyncio.create_task(
                 self._write_results(), name=f"webhook-results-{self.name}"
             )
-        return await future
+        return future
 
     async def _write_results(self) -> None:
         while True:

@@ -265,6 +265,17 @@ class WebsocketHub:
         payload = orjson.dumps({**notification, "subscriptionId": subscription_id})
         return int(await self.client.publish(self.channel(subscription_id), payload))
 
+    async def publish_many(self, notifications: list[tuple[str, Mapping[str, Any]]]) -> None:
+        """:meth:`publish` for each ``(subscription id, notification)``, in this order and in
+        one round trip."""
+        if not notifications:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for subscription_id, notification in notifications:
+                payload = orjson.dumps({**notification, "subscriptionId": subscription_id})
+                pipe.publish(self.channel(subscription_id), payload)
+            await pipe.execute()
+
     async def close_subscription(
         self, subscription_id: str, *, reason: str = "subscription deleted"
     ) -> int:

@@ -404,6 +404,10 @@ class EphemeralRegistry:
     def with_origin(self, origin: str) -> Iterable[Subscription]:
         return tuple(self._by_origin.get(origin, {}).values())
 
+    def origins(self) -> set[str]:
+        """The origins of the ephemeral subscriptions held here."""
+        return set(self._by_origin)
+
     def __len__(self) -> int:
         return len(self._subscriptions)
 

@@ -234,13 +234,19 @@ class GroupCoordinator:
             await self._complete_rebalance(now, gen, state, snapshot, metas, partitions)
         elif now / 1000 - self._last_retention >= self.settings.retention_interval:
             self._last_retention = now / 1000
-            subscribed = self.consumer.subscription()
+            # Every member's topics, not only the leader's: members of different roles
+            # (``--role match|deliver``) subscribe to different topics. A changelog of a table
+            # this member does not have is known by faust's name for it, so that it is never
+            # cut by length (only its old tombstones go).
+            subscribed |= set(self.consumer.subscription())
+            changelogs = set(self.app.tables.changelog_topics)
+            changelogs |= {t for t in subscribed if t.endswith("-changelog")}
             await retention.apply(
                 self.client,
                 self.consumer.keys,
                 self.settings,
                 {t: n for t, n in partitions.items() if t in subscribed},
-                self.app.tables.changelog_topics,
+                changelogs,
                 group=self.app.conf.id,
             )
 
