@@ -374,6 +374,7 @@ class GroupCoordinator:
         """Tell the leader how far this member's stores applied the changelog partitions it
         holds, for this generation (``local_state``); tombstones below go once all holders
         have applied them."""
+        local_state.flush_changelog_buffers(self.app)
         positions = local_state.applied_positions(self.app, self.consumer.assignment())
         report = {"gen": self.generation, "applied": positions}
         await self.client.hset(self.keys.applied, self.member_id, orjson.dumps(report))
