@@ -204,6 +204,51 @@ def test_an_old_store_does_not_bring_back_keys_whose_tombstones_were_removed(
         assert again.stop() == 0, again.log_tail()
 
 
+def test_tombstones_go_on_a_quiet_partition_that_a_standby_holds(
+    spawn: Spawn, redis_url: str, prefix: str, app_id: str
+) -> None:
+    """Two workers, each the standby of the other's partitions (the default, one replica).
+    faust applies a standby's changelog records only 1,000 at a time per table; after a few
+    deletes and then silence, each member still reports how far it applied, so the leader can
+    remove the tombstones without waiting for more traffic."""
+    env = {"OCSTREAM_TRANSPORT_RETENTION_INTERVAL": "0.3"}
+    deleted = {f"u{i}" for i in range(10)}
+    kept = {f"u{i}" for i in range(10, USERS)}
+    workers = [spawn(name, env=env) for name in ("w1", "w2")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.wait_assigned()
+    wait_for(lambda: all(len(w.view()["partitions"]) == 2 for w in workers), 30, "a 2 + 2 split")
+    produce_all(redis_url, prefix, 200, users=USERS)
+    send_events(redis_url, prefix, [{"user": u, "delete": True} for u in sorted(deleted)])
+    send_events(redis_url, prefix, [{"user": u, "n": 1} for u in sorted(kept)])
+
+    def counts() -> dict[str, int]:
+        merged: dict[str, int] = {}
+        for worker in workers:
+            merged.update(worker.view()["counts"])
+        return merged
+
+    wait_for(lambda: counts() == {u: 5 for u in kept}, 60, "the deletes and the last events")
+    client = redis.Redis.from_url(redis_url)
+    keys = Keyspace(prefix)
+    changelog = f"{app_id}-demo-counts-changelog"
+    wait_for(
+        lambda: (
+            not any(
+                fields[b"k"].decode().strip('"') in deleted
+                for p in range(4)
+                for _, fields in client.xrange(keys.stream(changelog, p))
+            )
+        ),
+        30,
+        "the tombstones of u0..u9 to be removed with no more traffic",
+    )
+    for worker in workers:
+        assert worker.stop() == 0, worker.log_tail()
+
+
 def test_two_workers_split_evenly_and_survive_kill_9(
     spawn: Spawn, redis_url: str, prefix: str, app_id: str
 ) -> None:
