@@ -245,7 +245,7 @@ async def test_the_new_panels_show_a_real_run(
                 done = (
                     rows["good-hook"]["delivered"] == 4
                     and rows["flaky-hook"]["retrying"] >= 1
-                    and rows["gone-hook"]["dead"] == 1
+                    and rows["gone-hook"]["dead"] >= 1
                 )
                 if not done:
                     raise ValueError(f"not yet: {rows}, received {hooks.received}")
@@ -253,6 +253,11 @@ async def test_the_new_panels_show_a_real_run(
 
             rows = await until(delivered, 180, "the webhook figures of the DMP journey")
             assert rows["gone-hook"]["disabledChannels"] == [0]
+            # Deliveries claimed together (delivery works in batches) may all meet the 410
+            # before the channel is marked disabled: each is then a dead letter; later ones
+            # are dropped, so there are no more than the journey's 4 notifications.
+            gone_dead = rows["gone-hook"]["dead"]
+            assert 1 <= gone_dead <= 4
             assert rows["flaky-hook"]["failed"] >= 1 and rows["flaky-hook"]["delivered"] == 0
             assert len(hooks.received["good"]) == 4
 
@@ -335,7 +340,8 @@ async def test_the_new_panels_show_a_real_run(
     flaky = re.search(r'<tr data-webhook="flaky-hook">(.*?)</tr>', dom, re.S)
     assert flaky and re.search(r'<td class="num warn">[1-9]\d*</td>', flaky[1])
     gone = re.search(r'<tr data-webhook="gone-hook">(.*?)</tr>', dom, re.S)
-    assert gone and '<td class="num bad">1</td>' in gone[1] and "disabled (410)" in gone[1]
+    assert gone and f'<td class="num bad">{gone_dead}</td>' in gone[1]
+    assert "disabled (410)" in gone[1]
     # The live feed: all origins subscribed; the recent DMP lines and the live HRMP ones.
     assert f"All origins ({len(NETWORKS)})" in dom
     assert dom.count('<span class="type">subscribed</span>') == len(NETWORKS)

@@ -224,6 +224,7 @@
     inbound_expired: "receipts that expired without their origin",
     relay_pending: "relay-chain legs seen before their origin (kept until it comes)",
     relay_expired: "relay-chain legs that expired without their origin",
+    batches: "batches of legs whose table writes were flushed together",
   };
 
   function counterHelp(name) {
