@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+import rocksdict
 from faust.stores.memory import Store as MemoryStore
 from faust.types import TP, RecordMetadata
 
@@ -79,6 +80,24 @@ class _Table:
         raw: bytes | None = self.store._db_for_partition(partition).get(self.encode_key(key))
         return raw
 
+    def apply(self, partition: int, changes: list[tuple[str, bytes, bytes | None]]) -> None:
+        """Store ``(key, encoded key, encoded value or None to delete)`` in the partition: one
+        RocksDB write batch (faust's memory store, for tests, holds decoded values)."""
+        if self.memory:
+            for key, _, raw in changes:
+                if raw is None:
+                    self.store.data.pop(key, None)
+                else:
+                    self.store.data[key] = orjson.loads(raw)
+            return
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for _, encoded, raw in changes:
+            if raw is None:
+                batch.delete(encoded)
+            else:
+                batch.put(encoded, raw)
+        self.store._db_for_partition(partition).write(batch)
+
 
 class _View:
     """One table on one partition, through the batch (the matcher's ``Store``)."""
@@ -112,67 +131,29 @@ class TableBatch:
     def __init__(self, app: Any, tables: Mapping[str, Any]) -> None:
         self.app = app
         self._tables = {name: _Table(table) for name, table in tables.items()}
-        #: Counters for the benchmarks: changes the tables were asked for, records written.
-        self.changes = 0
-        self.written = 0
 
     def views(self, partition: int) -> dict[str, Any]:
         """The tables as seen from records of ``partition``."""
         return {name: _View(table, partition) for name, table in self._tables.items()}
-
-    def pending(self) -> int:
-        return sum(len(w) for t in self._tables.values() for w in t.writes.values())
 
     async def flush(self) -> None:
         """Write the batch to RocksDB and queue its changelog records (see the module doc)."""
         producer = self.app.producer
         for table in self._tables.values():
             for partition, writes in table.writes.items():
-                if not writes:
-                    continue
-                self.changes += len(writes)
-                last: asyncio.Future[RecordMetadata] | None = None
-                if table.memory:
-                    data = table.store.data
-                    for key, raw in writes.items():
-                        if raw is _DELETED:
-                            if data.pop(key, None) is None:
-                                continue
-                            value = None
-                        else:
-                            data[key] = orjson.loads(raw)
-                            value = raw
-                        last = await producer.send(
-                            table.changelog, table.encode_key(key), value, partition, None, None
-                        )
-                        self.written += 1
-                else:
-                    db = table.store._db_for_partition(partition)
-                    batch = _write_batch()
-                    for key, raw in writes.items():
-                        encoded = table.encode_key(key)
-                        if raw is _DELETED:
-                            if db.get(encoded) is None:
-                                continue  # written and removed within the batch: no trace
-                            batch.delete(encoded)
-                            value = None
-                        else:
-                            batch.put(encoded, raw)
-                            value = raw
-                        last = await producer.send(
-                            table.changelog, encoded, value, partition, None, None
-                        )
-                        self.written += 1
-                    db.write(batch)
+                # A key removed that was not stored before the batch leaves no trace.
+                changes = [
+                    (key, table.encode_key(key), None if raw is _DELETED else raw)
+                    for key, raw in writes.items()
+                    if raw is not _DELETED or table.stored(partition, key) is not None
+                ]
                 writes.clear()
-                if last is not None:
-                    last.add_done_callback(_persist_offset(table.store, table.changelog, partition))
-
-
-def _write_batch() -> Any:
-    import rocksdict
-
-    return rocksdict.WriteBatch(raw_mode=True)
+                if not changes:
+                    continue
+                table.apply(partition, changes)
+                for _, encoded, raw in changes:
+                    last = await producer.send(table.changelog, encoded, raw, partition, None, None)
+                last.add_done_callback(_persist_offset(table.store, table.changelog, partition))
 
 
 def _persist_offset(store: Any, topic: str, partition: int) -> Any:

@@ -186,13 +186,12 @@ async def _expired(name: str, table: Any, now: float) -> Any:
             yield key.split("|", 1)[0], (name, key)
 
 
-def _key(key: Any) -> bytes:
-    return str(key).encode()
-
-
-def _json(value: Any) -> bytes:
-    """A record's value as faust's ``json`` serializer writes it (orjson underneath)."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+async def _send(app: Any, topic: Any, key: str, value: Any) -> None:
+    """Queue a JSON record straight in the producer, encoded as faust's ``json`` serializer
+    encodes it (orjson): faust's ``Topic.send`` would build a message object, a future and
+    sensor calls for each record."""
+    value_bytes = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    await app.producer.send(topic.get_topic_name(), key.encode(), value_bytes, None, None, None)
 
 
 def _pending_final(journey: Any) -> bool:
@@ -280,10 +279,7 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
             for leg in found.legs:
                 COUNTERS[f"legs_{leg.kind}"] += 1
                 record = {"kind": leg.kind, "leg": leg.model_dump(by_alias=True)}
-                # Straight to the producer, as xcm_match's outputs (see there).
-                await app.producer.send(
-                    legs.get_topic_name(), _key(_leg_chain(leg)), _json(record), None, None, None
-                )
+                await _send(app, legs, _leg_chain(leg), record)
 
     @app.agent(legs, name="xcm_match")  # type: ignore[untyped-decorator]
     async def xcm_match(stream: Any) -> None:
@@ -294,16 +290,13 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
         stream.enable_acks = False  # acknowledged by hand, after the batch's flush
         batch = TableBatch(app, tables)
         queue = stream.channel.queue
-        producer = app.producer
         events: list[Any] = []
-        outputs: list[tuple[Any, bytes, bytes]] = []
+        outputs: list[tuple[Any, str, Any]] = []
         views: dict[int, dict[str, Store]] = {}
 
         async def flush() -> None:
-            # Straight to the producer, encoded here: faust's Topic.send would build a message
-            # object, a future and sensor calls per record.
             for topic, key, value in outputs:
-                await producer.send(topic.get_topic_name(), key, value, None, None, None)
+                await _send(app, topic, key, value)
             outputs.clear()
             await batch.flush()
             for event in events:
@@ -336,9 +329,9 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
                 # holds a change whose notifications were not sent (one producer queue,
                 # written in order).
                 for note in step.notifications:
-                    outputs.append((notifications, _key(note["journeyId"]), _json(note)))
+                    outputs.append((notifications, str(note["journeyId"]), note))
                 for target, out in step.records:
-                    outputs.append((legs, _key(target), _json(out)))
+                    outputs.append((legs, target, out))
                 view.commit()
                 for deadline in step.deadlines:
                     heapq.heappush(deadlines, deadline)

@@ -45,9 +45,8 @@ def flush_changelog_buffers(app: Any) -> None:
     """Apply the changelog records faust's recovery holds in memory. A standby applies them
     only by 1,000 per table, so on a quiet partition its store, and the position it reports,
     would lag until more traffic came, and so would the removal of tombstones."""
-    recovery = getattr(getattr(app, "tables", None), "recovery", None)
-    buffers = getattr(recovery, "buffers", None) or {}
-    if recovery is not None and any(buffers.values()):
+    recovery = app.tables.recovery
+    if any(recovery.buffers.values()):
         recovery.flush_buffers()
 
 
