@@ -140,6 +140,25 @@ def send_events(redis_url: str, prefix: str, events: list[dict[str, Any]]) -> No
     asyncio.run(send())
 
 
+def wait_tombstones_removed(redis_url: str, prefix: str, app_id: str, deleted: set[str]) -> None:
+    """Wait until no entry of the demo's changelog names a ``deleted`` user: their values were
+    compacted away, so what is left of them is their tombstones, and the leader removed those."""
+    client = redis.Redis.from_url(redis_url)
+    stream = Keyspace(prefix).stream
+    changelog = f"{app_id}-demo-counts-changelog"
+    wait_for(
+        lambda: (
+            not any(
+                fields[b"k"].decode().strip('"') in deleted
+                for p in range(4)
+                for _, fields in client.xrange(stream(changelog, p))
+            )
+        ),
+        30,
+        f"the tombstones of {len(deleted)} deleted users to be removed",
+    )
+
+
 def test_an_old_store_does_not_bring_back_keys_whose_tombstones_were_removed(
     spawn: Spawn, redis_url: str, prefix: str, app_id: str
 ) -> None:
@@ -171,21 +190,8 @@ def test_an_old_store_does_not_bring_back_keys_whose_tombstones_were_removed(
             60,
             "w2 to recover, delete u0..u9 and count the rest",
         )
-        client = redis.Redis.from_url(redis_url)
-        keys = Keyspace(prefix)
-        changelog = f"{app_id}-demo-counts-changelog"
-        wait_for(
-            lambda: (
-                not any(
-                    fields[b"k"].decode().strip('"') in deleted
-                    for p in range(4)
-                    for _, fields in client.xrange(keys.stream(changelog, p))
-                )
-            ),
-            30,
-            "the tombstones of u0..u9 to be removed",
-        )
-        assert client.hlen(keys.tombstone_floors) > 0
+        wait_tombstones_removed(redis_url, prefix, app_id, deleted)
+        assert redis.Redis.from_url(redis_url).hlen(Keyspace(prefix).tombstone_floors) > 0
     finally:
         assert second.stop() == 0, second.log_tail()
 
@@ -231,20 +237,7 @@ def test_tombstones_go_on_a_quiet_partition_that_a_standby_holds(
         return merged
 
     wait_for(lambda: counts() == {u: 5 for u in kept}, 60, "the deletes and the last events")
-    client = redis.Redis.from_url(redis_url)
-    keys = Keyspace(prefix)
-    changelog = f"{app_id}-demo-counts-changelog"
-    wait_for(
-        lambda: (
-            not any(
-                fields[b"k"].decode().strip('"') in deleted
-                for p in range(4)
-                for _, fields in client.xrange(keys.stream(changelog, p))
-            )
-        ),
-        30,
-        "the tombstones of u0..u9 to be removed with no more traffic",
-    )
+    wait_tombstones_removed(redis_url, prefix, app_id, deleted)  # with no more traffic
     for worker in workers:
         assert worker.stop() == 0, worker.log_tail()
 
