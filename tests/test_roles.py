@@ -29,7 +29,6 @@ import aiohttp
 import orjson
 import pytest
 import redis
-from aiohttp import web
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -37,6 +36,7 @@ from ocstream.testing import blocks_from_case, publish_blocks, register_network
 from ocstream.transport import TopicWriter
 from ocstream.transport.client import connect
 from ocstream.transport.keys import Keyspace
+from tests.sinks.test_webhook import Receiver
 from tests.workers import Worker, committed_offsets, highwaters
 
 T = TypeVar("T")
@@ -72,38 +72,15 @@ async def until(check: Callable[[], Awaitable[T]], timeout: float, what: str) ->
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-class Receiver:
-    """A webhook receiver on 127.0.0.1 that records each POSTed notification."""
-
-    def __init__(self) -> None:
-        self.got: list[dict[str, Any]] = []
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def start(self) -> Receiver:
-        async def handle(request: web.Request) -> web.Response:
-            self.got.append(await request.json())
-            return web.Response(status=204)
-
-        app = web.Application()
-        app.router.add_post("/hook/{delivery}", handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}/hook"
-        return self
-
-    def ids(self) -> Counter[str]:
-        return Counter(n["id"] for n in self.got)
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     found = await Receiver().start()
     yield found
-    assert found.runner is not None
-    await found.runner.cleanup()
+    await found.stop()
+
+
+def ids(receiver: Receiver) -> Counter[str]:
+    return Counter(n["id"] for n in receiver.notifications())
 
 
 def synthetic(n: int) -> list[dict[str, Any]]:
@@ -255,7 +232,7 @@ async def test_match_and_deliver_workers_split_the_work_and_deliver_once(
             await append(first)
 
             async def wave_done(notes: list[dict[str, Any]]) -> bool:
-                got = receiver.ids()
+                got = ids(receiver)
                 return all(got[n["id"]] for n in notes)
 
             await until(lambda: wave_done(first), 60, "the first wave at the webhook")
@@ -286,7 +263,7 @@ async def test_match_and_deliver_workers_split_the_work_and_deliver_once(
             made_up = {n["id"] for n in first + second}
 
             async def real_journey() -> list[dict[str, Any]] | None:
-                real = [n for n in receiver.got if n["id"] not in made_up]
+                real = [n for n in receiver.notifications() if n["id"] not in made_up]
                 kinds = {n["type"] for n in real}
                 return real if {"xcm.sent", "xcm.received"} <= kinds else None
 
@@ -317,10 +294,10 @@ async def test_match_and_deliver_workers_split_the_work_and_deliver_once(
             await ws.close()
 
             # Exactly once at the webhook, wave 1 and 2 and the real journey.
-            got = receiver.ids()
+            got = ids(receiver)
             assert all(count == 1 for count in got.values()), got.most_common(3)
             assert len(got) == len(first) + len(second) + len(real)
-            assert all(n["subscriptionId"] == "hook" for n in receiver.got)
+            assert all(n["subscriptionId"] == "hook" for n in receiver.notifications())
             # The socket got wave 2 and the real journey once each, nothing of wave 1.
             on_socket = Counter(n["id"] for n in socket_notes)
             assert all(count == 1 for count in on_socket.values()), on_socket.most_common(3)

@@ -83,6 +83,10 @@ class Receiver:
     def acknowledged(self) -> list[Received]:
         return [r for r in self.requests if 200 <= r.status < 300]
 
+    def notifications(self) -> list[dict[str, Any]]:
+        """The bodies received, decoded (a notification each, for JSON channels)."""
+        return [orjson.loads(r.body) for r in self.requests]
+
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         item = Received(request.path, dict(request.headers), body, 0, time.monotonic())
