@@ -66,12 +66,20 @@ class Record:
 
 
 def entry_value(fields: Mapping[bytes, bytes]) -> bytes | None:
-    """The value of a stream entry's fields (``v``, or ``z`` decompressed); None: a tombstone."""
+    """The value of a stream entry's fields (``v``, or ``z`` decompressed); None: a tombstone.
+
+    A ``z`` that does not decompress (a foreign writer, a damaged entry) is returned as it is,
+    so the reader meets it the way it meets any other value it cannot decode (the XCM
+    dataflow dead-letters it) instead of failing in the consumer, which would stop the
+    partition."""
     value = fields.get(b"v")
     if value is None:
         packed = fields.get(b"z")
         if packed is not None:
-            return zlib.decompress(packed)
+            try:
+                return zlib.decompress(packed)
+            except zlib.error:
+                return packed
     return value
 
 

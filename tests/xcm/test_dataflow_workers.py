@@ -9,6 +9,7 @@ dead-letter what they cannot read while the rest flows.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from hashlib import blake2b
 from pathlib import Path
@@ -19,7 +20,8 @@ import redis
 from ocstream.ingress.model import ExtendedBlock
 from ocstream.testing import blocks_from_case, publish_blocks_sync, register_network_sync
 from ocstream.transport.keys import Keyspace
-from ocstream.transport.wire import entry_value
+from ocstream.transport.wire import Record, entry_value
+from ocstream.transport.writer import append_records
 
 from ..workers import Worker, wait_for
 
@@ -113,9 +115,19 @@ def test_two_workers_match_recorded_journeys(
         publish_blocks_sync(redis_url, bad, prefix=prefix, partitions=PARTITIONS)
         from ocstream.transport.writer import TopicWriter  # noqa: PLC0415
 
+        class Damaged(Record):
+            """A record whose compressed value is not zlib (a foreign writer's, or damaged)."""
+
+            def fields(self) -> list[bytes | str | int]:
+                return ["t", self.timestamp_ms, "k", self.key or b"", "z", b"\x78not zlib"]
+
         async def garbage() -> None:
             async with TopicWriter.from_url(redis_url, prefix=prefix) as writer:
                 await writer.send_many("blocks", [("urn:ocn:polkadot:1000", b"{not json")])
+                key = b"urn:ocn:polkadot:1000"
+                p = await writer.partition_for("blocks", key, None)
+                damaged = Damaged(key, b"", int(time.time() * 1000))
+                await append_records(writer.client, writer.keys, [("blocks", p, damaged)])
 
         import asyncio  # noqa: PLC0415
 
@@ -192,7 +204,7 @@ def test_two_workers_match_recorded_journeys(
     ]
     dead = read_topic(redis_url, prefix, "xcm-dead-letters")
     kinds_dead = Counter(d["kind"] for d in dead)
-    assert kinds_dead["bad-block"] == 1, dead
+    assert kinds_dead["bad-block"] == 2, dead  # not JSON; a damaged compressed value
     assert kinds_dead["unknown-network"] == 1, dead
     assert kinds_dead["unknown-runtime"] == 1, dead
     assert kinds_dead["undecodable"] == 2, dead  # the garbage entry in blocks #6 and #7
