@@ -1,69 +1,57 @@
-"""``TableBatch``: what a batch writes to RocksDB and to the changelog.
+"""``TableBatch``: what a batch writes to RocksDB and to the changelog in Redis.
 
-The store is faust's real RocksDB store (ocstream's subclass) on disk; the producer records what
-it is asked to send and resolves each send with an offset, as the Redis producer does once
-Redis answered. Whole workers run the batch in ``tests/xcm/test_dataflow_workers.py`` and the
-crash tests of ``tests/e2e``.
+faust's real RocksDB store (ocstream's subclass) on disk, and ocstream's Redis producer on a
+real Redis, started on their own (no worker); whole workers run the batch in
+``tests/xcm/test_dataflow_workers.py`` and the crash tests of ``tests/e2e``.
 """
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import faust
 import orjson
 import pytest
-from faust.types import TP, RecordMetadata
+import redis.asyncio as aioredis
+from faust.types import TP
 
 from ocstream.runtime import Table
 from ocstream.tablebatch import TableBatch
-
-
-class RecordingProducer:
-    """Keeps each send as (topic, key, value, partition) and answers with the next offset."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes, bytes | None, int]] = []
-        self.futures: list[asyncio.Future[RecordMetadata]] = []
-
-    async def send(
-        self, topic: str, key: bytes, value: bytes | None, partition: int, ts: Any, headers: Any
-    ) -> asyncio.Future[RecordMetadata]:
-        self.sent.append((topic, key, value, partition))
-        fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
-        self.futures.append(fut)
-        return fut
-
-    def answer(self) -> None:
-        for offset, fut in enumerate(self.futures):
-            topic, _, _, partition = self.sent[offset]
-            if not fut.done():
-                fut.set_result(RecordMetadata(topic, partition, TP(topic, partition), offset, 0, 0))
+from ocstream.transport.keys import Keyspace
+from ocstream.transport.settings import TransportSettings
+from ocstream.transport.wire import entry_value
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Any:
-    app = faust.App(
-        "tb", store="rocksdb://", datadir=str(tmp_path), broker="memory://", Table=Table
-    )
-    app.producer = RecordingProducer()  # type: ignore[misc]
-    return app
+async def app(redis_url: str, prefix: str, tmp_path: Path) -> AsyncIterator[Any]:
+    app = faust.App("tb", broker=redis_url, store="rocksdb://", datadir=str(tmp_path), Table=Table)
+    app.transport_settings = TransportSettings(prefix=prefix)  # type: ignore[attr-defined]
+    await app.producer.start()
+    yield app
+    await app.producer.stop()
 
 
-async def test_a_batch_writes_each_key_once_and_what_it_removed_again_not_at_all(app: Any) -> None:
+async def changelog(redis_url: str, prefix: str, topic: str, partition: int) -> list[Any]:
+    """``(key, value)`` of each entry of a changelog partition, in order."""
+    client = aioredis.Redis.from_url(redis_url)
+    entries = await client.xrange(Keyspace(prefix).stream(topic, partition))
+    await client.aclose()
+    return [(fields[b"k"], entry_value(fields)) for _, fields in entries]
+
+
+async def test_a_batch_writes_each_key_once_and_what_it_removed_again_not_at_all(
+    app: Any, redis_url: str, prefix: str
+) -> None:
     journeys = app.Table("journeys", default=None, key_type=str)
     seen = app.Table("seen", default=None, key_type=str)
     batch = TableBatch(app, {"journeys": journeys, "seen": seen})
-    producer: RecordingProducer = app.producer
     # What an earlier batch stored.
-    first = batch.views(2)
-    first["seen"]["old"] = 1
+    batch.views(2)["seen"]["old"] = 1
     await batch.flush()
-    producer.answer()
-    producer.sent.clear()
-    producer.futures.clear()
+    await app.producer.flush()
+    assert await changelog(redis_url, prefix, "tb-seen-changelog", 2) == [(b'"old"', b"1")]
 
     view = batch.views(2)
     view["journeys"]["a"] = {"step": 1}
@@ -78,32 +66,35 @@ async def test_a_batch_writes_each_key_once_and_what_it_removed_again_not_at_all
     del view["seen"]["old"]  # stored before the batch: its removal must reach the changelog
     del view["seen"]["never"]
     assert view["seen"].get("pending") is None and view["seen"].get("old") is None
+    tp = TP("tb-journeys-changelog", 2)
+    assert journeys.data.persisted_offset(tp) is None
     await batch.flush()
+    await app.producer.flush()
 
-    assert producer.sent == [
-        ("tb-journeys-changelog", b'"a"', orjson.dumps({"step": 3}), 2),
-        ("tb-seen-changelog", b'"old"', None, 2),
+    # One record per changed key: the last value, or a tombstone (compaction dropped "old"'s
+    # earlier value); nothing for what the batch wrote and removed again.
+    assert await changelog(redis_url, prefix, "tb-journeys-changelog", 2) == [
+        (b'"a"', orjson.dumps({"step": 3}))
     ]
+    assert await changelog(redis_url, prefix, "tb-seen-changelog", 2) == [(b'"old"', None)]
     # RocksDB holds what faust itself would have stored, readable through the table's store.
     assert journeys.data._db_for_partition(2).get(b'"a"') == orjson.dumps({"step": 3})
     assert seen.data._db_for_partition(2).get(b'"old"') is None
     assert batch.views(2)["journeys"].get("a") == {"step": 3}
-    # The persisted changelog offset is written once the last record of the partition is in.
-    tp = TP("tb-journeys-changelog", 2)
-    assert journeys.data.persisted_offset(tp) is None
-    producer.answer()
-    await asyncio.sleep(0)
+    # The persisted changelog offset: set once the partition's last record is in Redis.
     assert journeys.data.persisted_offset(tp) == 0
     assert seen.data.persisted_offset(TP("tb-seen-changelog", 2)) == 1
 
 
-async def test_partitions_are_apart(app: Any) -> None:
+async def test_partitions_are_apart(app: Any, redis_url: str, prefix: str) -> None:
     table = app.Table("t", default=None, key_type=str)
     batch = TableBatch(app, {"t": table})
     batch.views(0)["t"]["k"] = "zero"
     batch.views(5)["t"]["k"] = "five"
     assert batch.views(0)["t"].get("k") == "zero"
     await batch.flush()
-    assert sorted(p for *_, p in app.producer.sent) == [0, 5]
+    await app.producer.flush()
+    assert await changelog(redis_url, prefix, "tb-t-changelog", 0) == [(b'"k"', b'"zero"')]
+    assert await changelog(redis_url, prefix, "tb-t-changelog", 5) == [(b'"k"', b'"five"')]
     assert table.data._db_for_partition(5).get(b'"k"') == b'"five"'
     assert batch.views(3)["t"].get("k") is None
