@@ -34,6 +34,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from ocstream.testing import blocks_from_case, publish_blocks, register_network
+from tests.sinks.test_webhook import Received, Receiver
 from tests.test_dashboard import chromium_or_fail, png_size, run_chromium
 from tests.workers import Worker
 
@@ -50,33 +51,16 @@ NETWORKS = {
 PARTITIONS = 4
 
 
-class Hooks:
-    """Three webhook receivers on 127.0.0.1: 204, 503 and 410."""
+#: The three webhook receivers, by the first part of their path: 204, 503 and 410.
+ANSWERS = {"good": 204, "flaky": 503, "gone": 410}
 
-    def __init__(self) -> None:
-        self.received: dict[str, list[Any]] = {"good": [], "flaky": [], "gone": []}
-        self.runner: web.AppRunner | None = None
-        self.port = 0
 
-    async def start(self) -> Hooks:
-        answers = {"good": 204, "flaky": 503, "gone": 410}
+def hook_url(hooks: Receiver, name: str) -> str:
+    return f"http://127.0.0.1:{hooks.port}/{name}"
 
-        async def handle(request: web.Request) -> web.Response:
-            name = request.match_info["name"]
-            self.received[name].append(await request.json())
-            return web.Response(status=answers[name])
 
-        app = web.Application()
-        app.router.add_post("/{name}/{tail:.*}", handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self.runner.addresses[0][1]
-        return self
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}"
+def hooked(hooks: Receiver, name: str) -> list[Received]:
+    return [r for r in hooks.requests if r.path.split("/")[1] == name]
 
 
 class Proxy:
@@ -197,7 +181,7 @@ async def test_the_new_panels_show_a_real_run(
         )
     dmp = blocks_from_case(fixtures_dir / "cases" / "v1-dmp-hop-polkadot-hydra.json", fixtures_dir)
     hrmp = blocks_from_case(fixtures_dir / "cases" / "v1-hrmp-assethub-interlay.json", fixtures_dir)
-    hooks = await Hooks().start()
+    hooks = await Receiver(plan=lambda n, request: ANSWERS[request.path.split("/")[1]]).start()
     worker = Worker(
         "w1",
         tmp_path,
@@ -233,7 +217,7 @@ async def test_the_new_panels_show_a_real_run(
                     "origin": RELAY,
                     "senders": "*",
                     "destinations": [ASSET_HUB, HYDRATION],
-                    "channels": [{"type": "webhook", "url": hooks.url(name)}],
+                    "channels": [{"type": "webhook", "url": hook_url(hooks, name)}],
                 }
                 async with http.post(base + "/subs", json=body) as response:
                     assert response.status == 201, await response.text()
@@ -248,7 +232,8 @@ async def test_the_new_panels_show_a_real_run(
                     and rows["gone-hook"]["dead"] >= 1
                 )
                 if not done:
-                    raise ValueError(f"not yet: {rows}, received {hooks.received}")
+                    paths = [r.path for r in hooks.requests]
+                    raise ValueError(f"not yet: {rows}, received {paths}")
                 return rows
 
             rows = await until(delivered, 180, "the webhook figures of the DMP journey")
@@ -259,7 +244,7 @@ async def test_the_new_panels_show_a_real_run(
             gone_dead = rows["gone-hook"]["dead"]
             assert 1 <= gone_dead <= 4
             assert rows["flaky-hook"]["failed"] >= 1 and rows["flaky-hook"]["delivered"] == 0
-            assert len(hooks.received["good"]) == 4
+            assert len(hooked(hooks, "good")) == 4
 
             journeys = await get("/xcm/journeys")
             (dmp_journey,) = [j for j in journeys if j["origin"] == RELAY]
@@ -319,8 +304,7 @@ async def test_the_new_panels_show_a_real_run(
                 )
         finally:
             worker.stop()
-            assert hooks.runner is not None
-            await hooks.runner.cleanup()
+            await hooks.stop()
 
     # Recent journeys: both, with status, legs and links to their notifications.
     hrmp_id = next(
