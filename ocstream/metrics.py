@@ -175,6 +175,7 @@ TRANSPORT_HELP = {
     "retention_trimmed": "Entries removed by retention.",
     "retention_trimmed_uncommitted": "Entries removed by retention before a group committed them.",
     "tombstones_removed": "Changelog tombstones removed once every holder applied them.",
+    "standby_records_applied": "Changelog records of standby partitions written to local stores.",
 }
 
 

@@ -18,9 +18,12 @@ from typing import Any
 
 import pytest
 import redis
+import rocksdict
+from faust.stores.rocksdb import Store as FaustRocksDBStore
 
 from ocstream.transport import TopicWriter
 from ocstream.transport.keys import Keyspace
+from ocstream.transport.wire import entry_value, id_to_offset
 from tests.workers import (
     Worker,
     changelog_counts,
@@ -32,6 +35,7 @@ from tests.workers import (
 )
 
 USERS = 50
+OFFSET_KEY = FaustRocksDBStore.offset_key
 
 Spawn = Callable[..., Worker]
 
@@ -240,6 +244,109 @@ def test_tombstones_go_on_a_quiet_partition_that_a_standby_holds(
     wait_tombstones_removed(redis_url, prefix, app_id, deleted)  # with no more traffic
     for worker in workers:
         assert worker.stop() == 0, worker.log_tail()
+
+
+def stored_counts(worker: Worker, partition: int) -> tuple[dict[str, int], int | None] | None:
+    """What a stopped worker's RocksDB store of the demo table holds for ``partition``: the
+    counts and the persisted changelog offset; None when it holds no store of it."""
+    found = [p for p in worker.data_dir.rglob(f"demo-counts-{partition}.db") if p.is_dir()]
+    if not found:
+        return None
+    (path,) = found
+    db = rocksdict.Rdict(
+        str(path),
+        options=rocksdict.Options(raw_mode=True),
+        access_type=rocksdict.AccessType.read_only(),
+    )
+    try:
+        offset = db.get(OFFSET_KEY)
+        counts = {
+            json.loads(key): json.loads(value) for key, value in db.items() if key != OFFSET_KEY
+        }
+    finally:
+        db.close()
+    return counts, int(offset) if offset is not None else None
+
+
+def changelog_partition(
+    redis_url: str, prefix: str, app_id: str, partition: int
+) -> tuple[dict[str, int], int]:
+    """The demo table's partition as its changelog holds it, and the offset of the last record
+    ever written to it (kept by the stream when retention removes that record's tombstone)."""
+    client = redis.Redis.from_url(redis_url)
+    stream = Keyspace(prefix).stream(f"{app_id}-demo-counts-changelog", partition)
+    table: dict[str, int] = {}
+    for _, fields in client.xrange(stream):
+        key = json.loads(fields[b"k"])
+        value = entry_value(fields)
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = json.loads(value)
+    return table, id_to_offset(client.xinfo_stream(stream)["last-generated-id"])
+
+
+def test_standby_stores_hold_what_the_changelog_holds(
+    spawn: Spawn, redis_url: str, prefix: str, app_id: str
+) -> None:
+    """Two workers with the default one standby replica: every store a worker keeps of a
+    partition, active or standby, ends equal to the changelog (values, deletes and persisted
+    offset). The standbys write their records straight from the fetch (``StandbyApplier``),
+    which the workers' counters show."""
+    env = {"OCSTREAM_TRANSPORT_RETENTION_INTERVAL": "0.3"}
+    deleted = {f"u{i}" for i in range(10)}
+    kept = {f"u{i}" for i in range(10, USERS)}
+    workers = [spawn(name, env=env) for name in ("w1", "w2")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.wait_assigned()
+    wait_for(lambda: all(len(w.view()["partitions"]) == 2 for w in workers), 30, "a 2 + 2 split")
+    produce_all(redis_url, prefix, 2000, users=USERS)
+    send_events(redis_url, prefix, [{"user": u, "delete": True} for u in sorted(deleted)])
+    send_events(redis_url, prefix, [{"user": u, "n": 1} for u in sorted(kept)])
+
+    def counts() -> dict[str, int]:
+        merged: dict[str, int] = {}
+        for worker in workers:
+            merged.update(worker.view()["counts"])
+        return merged
+
+    wait_for(lambda: counts() == {u: 41 for u in kept}, 60, "the deletes and the last events")
+    # Each member reports how far its stores applied each changelog partition it holds.
+    client = redis.Redis.from_url(redis_url)
+    applied_key = Keyspace(prefix).group(app_id).applied
+    changelog = f"{app_id}-demo-counts-changelog"
+    ends = {p: changelog_partition(redis_url, prefix, app_id, p)[1] + 1 for p in range(4)}
+
+    def caught_up() -> bool:
+        reports = [json.loads(r).get("applied", {}) for r in client.hvals(applied_key)]
+        holders = {p: 0 for p in range(4)}
+        for report in reports:
+            for field, applied in report.items():
+                topic, _, partition = field.partition("\x1f")
+                if topic == changelog:
+                    if applied != ends[int(partition)]:
+                        return False
+                    holders[int(partition)] += 1
+        return all(n == 2 for n in holders.values())
+
+    wait_for(caught_up, 30, "both holders of every partition to apply its whole changelog")
+    applied = [
+        worker.metric("ocstream_transport_standby_records_applied_total") for worker in workers
+    ]
+    for worker in workers:
+        assert worker.stop() == 0, worker.log_tail()
+    assert all(n > 0 for n in applied), applied
+    for p in range(4):
+        expected, last = changelog_partition(redis_url, prefix, app_id, p)
+        stores = [stored_counts(worker, p) for worker in workers]
+        held = [store for store in stores if store is not None]
+        assert len(held) == 2, (p, stores)
+        for store_counts, offset in held:
+            assert offset == last
+            assert store_counts == expected
+        assert not deleted & set(expected)
 
 
 def test_two_workers_split_evenly_and_survive_kill_9(

@@ -158,6 +158,16 @@ class Worker:
         assigned = found.get("ocstream_group_assigned_partitions", 0) > 0
         return found if assigned and found.get("ocstream_group_generation", 0) > 0 else {}
 
+    def metric(self, name: str) -> float:
+        """The value of the unlabelled sample ``name`` of the worker's ``/metrics``."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for family in text_string_to_metric_families(self.get("/metrics")):
+            for sample in family.samples:
+                if sample.name == name and not sample.labels:
+                    return float(sample.value)
+        raise KeyError(f"{self.name}: no metric {name}")
+
     def stop(self, timeout: float = 30) -> int:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0

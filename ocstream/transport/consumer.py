@@ -19,7 +19,7 @@ from mode import Service, get_logger
 from redis.asyncio import Redis
 
 from .client import TRANSIENT_ERRORS, Backoff, connect
-from .drain import drain_messages, wait_next_records
+from .drain import StandbyApplier, drain_messages, wait_next_records
 from .group import GroupCoordinator
 from .keys import Keyspace, offset_field
 from .metrics import METRICS
@@ -67,6 +67,7 @@ class Consumer(base.Consumer):
         self._fetch_backoff = Backoff()
         self._fetchable = asyncio.Event()
         self.group = GroupCoordinator(self)
+        self.standby_applier = StandbyApplier(self.app)
 
     async def on_stop(self) -> None:
         await super().on_stop()

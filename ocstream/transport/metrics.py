@@ -18,6 +18,8 @@ class TransportMetrics:
     #: Entries trimmed by retention before some group committed them (they were lost to it).
     retention_trimmed_uncommitted: int = 0
     tombstones_removed: int = 0
+    #: Changelog records a standby wrote to its stores straight from the fetch (drain.py).
+    standby_records_applied: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
