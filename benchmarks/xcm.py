@@ -23,9 +23,13 @@ not measured (``benchmarks/decode.py`` covers decoding).
 
 Prints a table and the ratios (with ``--rounds R``, phases 1 and 2 run R times and the ratios are
 medians of per-round ratios); also the CPU seconds the workers, Redis and this script used, which
-vary less than wall time on a busy machine. Exits 1 (with the workers' log tails) when something
-does not complete in ``--timeout`` seconds, or when notifications are missing. Keys live
-under fresh prefixes that are deleted at the end; ``--keep DIR`` keeps the workers' logs and data.
+vary less than wall time on a busy machine. From those, the *ceiling* of the 2-worker run: the
+journeys/s at which every core of the machine would be busy at that run's CPU per journey (all
+processes together). ``ceiling/j1`` is the best ``j2/j1`` the machine allows; ``j2/ceiling``
+near 1 means the two workers are held back by the cores, not by how the work is split.
+Exits 1 (with the workers' log tails) when something does not complete in ``--timeout``
+seconds, or when notifications are missing. Keys live under fresh prefixes that are deleted
+at the end; ``--keep DIR`` keeps the workers' logs and data.
 The default run takes about 2.5 minutes on the 2-core development machine.
 """
 
@@ -976,6 +980,19 @@ def main(argv: Iterable[str] | None = None) -> int:
         parts.append(f"j2/j1={median(ratios):.2f}")
         if args.rounds > 1:
             parts.append(f"(j2/j1 by round: {', '.join(f'{x:.2f}' for x in ratios)})")
+        # What the machine allows: every core busy at the CPU per journey the 2-worker run spent
+        # (workers, Redis and this script together). j2 at that ceiling means the pair is
+        # limited by the cores, not by how the work is split between them.
+        cores = os.cpu_count() or 1
+        ceilings = [
+            cores * args.journeys / sum(r["cpu"].values()) for r in results if r["workers"] == 2
+        ]
+        limits = [c / by_round[(n, 1)] for n, c in enumerate(ceilings, 1)]
+        reached = [by_round[(n, 2)] / c for n, c in enumerate(ceilings, 1)]
+        parts.append(
+            f"ceiling(j2, {cores} cores)={median(ceilings):,.0f} journeys/s "
+            f"ceiling/j1={median(limits):.2f} j2/ceiling={median(reached):.2f}"
+        )
     for count in args.workers:
         mine = [r for r in results if r["workers"] == count]
         parts.append(f"bytes_in/journey(j{count})={median(r['bytes_in'] for r in mine):,.0f}")
