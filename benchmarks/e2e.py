@@ -454,6 +454,8 @@ class Step:
     matched_p99: float = 0.0
     delivery_p50: float = 0.0
     delivery_p99: float = 0.0
+    #: The slowest blocks: (seconds since the step's first block, chain, slowest latency in it).
+    slowest: list[tuple[float, str, float]] = field(default_factory=list)
     backlog: int = 0
     drain: float = 0.0
     lag: dict[str, int] = field(default_factory=dict)
@@ -547,6 +549,7 @@ def run_step(
     notified = run.notified()
     arrivals = []
     by_block: dict[int, list[float]] = {}
+    by_sent_block: dict[int, list[float]] = {}
     for j in segment.journeys:
         got = first_arrival.get(("xcm.received", j.hash))
         if got is not None:
@@ -560,6 +563,7 @@ def run_step(
         got = first_arrival.get(("xcm.sent", j.hash))
         if got is not None:
             sent.append(got - run.published[(ASSET_HUB, j.sent_block)])
+            by_sent_block.setdefault(j.sent_block, []).append(sent[-1])
     step.received = len(arrivals)
     if arrivals:
         span = max(arrivals) - min(arrivals) + interval
@@ -573,6 +577,14 @@ def run_step(
         )
         step.drain = max(arrivals) - times[-1]
     step.p50, step.p99 = percentile(received, 50), percentile(received, 99)
+    # Where a p99 comes from: one slow moment (a few blocks) or every block.
+    start = min(run.published[(ASSET_HUB, min(by_sent_block))], times[0]) if by_sent_block else 0
+    worst = [
+        (run.published[(chain, n)] - start, "AH" if chain == ASSET_HUB else "relay", max(lat))
+        for chain, blocks in ((ASSET_HUB, by_sent_block), (RELAY, by_block))
+        for n, lat in blocks.items()
+    ]
+    step.slowest = sorted(worst, key=lambda w: -w[2])[:3]
     step.sent_p50, step.sent_p99 = percentile(sent, 50), percentile(sent, 99)
     step.matched_p50, step.matched_p99 = percentile(matched, 50), percentile(matched, 99)
     step.delivery_p50, step.delivery_p99 = percentile(delivery, 50), percentile(delivery, 99)
@@ -611,7 +623,9 @@ def step_line(step: Step, label: str) -> str:
         f"(growth {step.growth:+.2f} s; block to notification p50 {step.matched_p50:.2f} s "
         f"p99 {step.matched_p99:.2f} s, notification to webhook p50 {step.delivery_p50:.2f} s "
         f"p99 {step.delivery_p99:.2f} s), sent p50 {step.sent_p50:.2f} s "
-        f"p99 {step.sent_p99:.2f} s; backlog {step.backlog}, "
+        f"p99 {step.sent_p99:.2f} s; slowest blocks "
+        f"{', '.join(f'{c} +{at:.1f} s {lat:.2f} s' for at, c, lat in step.slowest)}; "
+        f"backlog {step.backlog}, "
         f"drain {step.drain:.2f} s, lag blocks/legs/notes {lag}; peak RSS ingress "
         f"{step.rss_ingress / MiB:.0f} MiB, workers "
         f"{'+'.join(f'{r / MiB:.0f}' for r in step.rss_workers)} MiB; Redis "

@@ -30,6 +30,9 @@ ADDED = [
     # Notifications published to the workers holding websocket subscriptions: none while no
     # socket is open anywhere (docs/notifications.md).
     ["oc_delivery_fanned_out_total", "counter", []],
+    # Changelog records a standby wrote to its stores straight from the fetch
+    # (docs/transport.md, Consumer).
+    ["ocstream_transport_standby_records_applied_total", "counter", []],
 ]
 
 
