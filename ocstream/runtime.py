@@ -100,10 +100,20 @@ class QuietAtInfo(logging.Filter):
 
 
 class App(faust.App):
+    _event_class: Any = None
+
     def on_init_dependencies(self) -> Any:
         dependencies = super().on_init_dependencies()
         self.sensors.remove(self.monitor)  # added by faust's on_init_dependencies
         return dependencies
+
+    def create_event(self, key: Any, value: Any, headers: Any, message: Any) -> Any:
+        # faust looks the event class up in the settings for every message consumed; it is
+        # fixed once the app is configured.
+        event_class = self._event_class
+        if event_class is None:
+            event_class = self._event_class = self.conf.Event
+        return event_class(self, key, value, headers, message)
 
 
 class Worker(faust.Worker):

@@ -15,6 +15,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, cast
 
 from faust.transport import base
+from faust.transport.producer import ProducerBuffer
 from faust.types import TP, RecordMetadata
 from mode import Service, get_logger
 from redis.asyncio import Redis
@@ -34,10 +35,25 @@ logger = get_logger(__name__)
 _Pending = tuple[str, int, Record, "asyncio.Future[RecordMetadata]"]
 
 
+class _Buffer(ProducerBuffer):
+    """faust's buffer of messages sent through topics, with a cheaper ``size``. faust's conductor
+    reads the size before it hands over every message it consumed (``wait_until_ebb``), and
+    faust's property looks up the ``producer_threaded`` setting each time, which took about 2 %
+    of a busy worker's CPU. This transport never runs a threaded producer."""
+
+    @property
+    def size(self) -> int:
+        return len(self.pending._queue)  # type: ignore[attr-defined]
+
+
 class Producer(base.Producer):
     """faust ``Producer`` for ``redis://`` brokers."""
 
     _client: Redis | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.buffer.__class__ = _Buffer  # made by faust's __init__, not started yet
 
     def __post_init__(self) -> None:
         transport = cast("Transport", self.transport)
