@@ -2,7 +2,7 @@
 
     python benchmarks/e2e.py [--redis URL] [--rates 10,50,100,125,150,175,200,250,300,350]
                              [--seconds 15] [--block-rate 2] [--workers 1,2] [--partitions 4]
-                             [--quick] [--check] [--keep DIR]
+                             [--split] [--batch-records N] [--quick] [--check] [--keep DIR]
 
 **Traffic.** Two synthetic chains, Polkadot Asset Hub (para 1000) and the Polkadot relay, made
 by ``benchmarks/e2e_chain.py`` from one real UMP teleport of the fixtures (Asset Hub #4818937
@@ -32,6 +32,10 @@ that puts the two chains on different workers (the script prints who got which).
 rate with more journeys per block, rather than more blocks, is how real chains get busier; it
 also keeps the replay's pacing error small (below).
 
+With ``--split``, each run's workers run ``--role match`` and one more worker runs ``--role
+deliver`` (``docs/deploy.md``), so that delivery and its POSTs take place beside matching
+instead of between its batches.
+
 **Figures per step** (a journey is its UMP transfer; each gives an ``xcm.sent`` and an
 ``xcm.received`` POST):
 
@@ -45,7 +49,9 @@ also keeps the replay's pacing error small (below).
   that falls behind delivers at its capacity, and its latency grows during the step;
 * *latency*: webhook arrival (receiver's ``time.time()``) minus the publish time of the block
   that holds the leg: the relay block for ``xcm.received``, the Asset Hub block for ``xcm.sent``;
-  p50 and p99;
+  p50 and p99; also the p99 of the blocks after the step's first :data:`SETTLE` seconds (each
+  step starts its own ingress, whose start-up competes for the cores at first), and the step's
+  three slowest blocks;
 * *backlog*: journeys of the step's relay blocks but the last, not yet delivered when the last
   one was published; *drain*: from that publish to the last arrival; *lag*: records the group
   had not committed at that moment, per topic (``blocks``/``xcm-legs``/``xcm-notifications``);
@@ -294,6 +300,10 @@ class Run:
     #: The segments replayed so far, and whether each was delivered in full.
     done: list[tuple[Segment, bool]] = field(default_factory=list)
     stopped: bool = False
+    #: ``--split``: the workers run ``--role match`` and one more runs ``--role deliver``.
+    split: bool = False
+    #: Extra environment of the workers.
+    worker_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.prefix = f"bench-e2e-{self.token}:"
@@ -309,12 +319,14 @@ class Run:
         for network in (RELAY, ASSET_HUB):
             record = NetworkRecord(id=network, relay=None if network == RELAY else RELAY)
             self.client.hsetnx(f"{self.prefix}networks", network, record.model_dump_json())
-        for n in range(self.workers_n):
+        roles = ["match"] * self.workers_n + ["deliver"] if self.split else ["all"] * self.workers_n
+        for n, role in enumerate(roles):
             worker = WorkerProc(
                 f"w{n + 1}", self.root, url=self.url, prefix=self.prefix, app_id=self.app_id,
-                partitions=self.partitions,
+                partitions=self.partitions, role=role,
             )  # fmt: skip
             worker.env["OCSTREAM_WEBHOOK_ALLOW_PRIVATE"] = "1"
+            worker.env.update(self.worker_env)
             self.workers.append(worker.start())
             # One at a time: faust's sticky assignor then hands the newcomer the lower half of
             # the partitions, which puts the two chains on different workers (see owners()).
@@ -456,6 +468,8 @@ class Step:
     delivery_p99: float = 0.0
     #: The slowest blocks: (seconds since the step's first block, chain, slowest latency in it).
     slowest: list[tuple[float, str, float]] = field(default_factory=list)
+    #: p99 of the blocks published after the step's first SETTLE seconds (received, sent).
+    settled_p99: tuple[float, float] = (0.0, 0.0)
     backlog: int = 0
     drain: float = 0.0
     lag: dict[str, int] = field(default_factory=dict)
@@ -474,6 +488,10 @@ def percentile(values: list[float], q: float) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+#: Seconds at the start of a step left out of the "settled" p99 (the ingress is starting).
+SETTLE = 5.0
 
 
 def run_step(
@@ -585,6 +603,13 @@ def run_step(
         for n, lat in blocks.items()
     ]
     step.slowest = sorted(worst, key=lambda w: -w[2])[:3]
+    # Each step starts its own ingress process, whose start-up (imports, decoders from the
+    # metadata) shares the cores with the workers during the step's first seconds.
+    late = [
+        [x for n, lat in blocks.items() if run.published[(chain, n)] - start >= SETTLE for x in lat]
+        for chain, blocks in ((RELAY, by_block), (ASSET_HUB, by_sent_block))
+    ]
+    step.settled_p99 = (percentile(late[0], 99), percentile(late[1], 99))
     step.sent_p50, step.sent_p99 = percentile(sent, 50), percentile(sent, 99)
     step.matched_p50, step.matched_p99 = percentile(matched, 50), percentile(matched, 99)
     step.delivery_p50, step.delivery_p99 = percentile(delivery, 50), percentile(delivery, 99)
@@ -623,7 +648,8 @@ def step_line(step: Step, label: str) -> str:
         f"(growth {step.growth:+.2f} s; block to notification p50 {step.matched_p50:.2f} s "
         f"p99 {step.matched_p99:.2f} s, notification to webhook p50 {step.delivery_p50:.2f} s "
         f"p99 {step.delivery_p99:.2f} s), sent p50 {step.sent_p50:.2f} s "
-        f"p99 {step.sent_p99:.2f} s; slowest blocks "
+        f"p99 {step.sent_p99:.2f} s; after the first {SETTLE:g} s: received p99 "
+        f"{step.settled_p99[0]:.2f} s, sent p99 {step.settled_p99[1]:.2f} s; slowest blocks "
         f"{', '.join(f'{c} +{at:.1f} s {lat:.2f} s' for at, c, lat in step.slowest)}; "
         f"backlog {step.backlog}, "
         f"drain {step.drain:.2f} s, lag blocks/legs/notes {lag}; peak RSS ingress "
@@ -683,6 +709,14 @@ def main() -> int:
     parser.add_argument("--block-rate", type=float, default=2.0, help="blocks/s per chain")
     parser.add_argument("--workers", default="1,2", help="worker counts, one run each")
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--batch-records", type=int, help="the workers' OCSTREAM_XCM_BATCH_RECORDS (default 500)"
+    )
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="the workers run --role match, and one more worker runs --role deliver",
+    )
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of untimed traffic")
     parser.add_argument(
         "--drain-timeout", type=float, default=60.0, help="seconds to wait for a step's last POST"
@@ -762,14 +796,17 @@ def bench(args: argparse.Namespace, rates: list[float], counts: list[int], root:
     try:
         receiver = Receiver(secret)
         for count in counts:
-            run = Run(args.redis, count, args.partitions, root)
+            run = Run(args.redis, count, args.partitions, root, split=args.split)
+            if args.batch_records is not None:
+                run.worker_env["OCSTREAM_XCM_BATCH_RECORDS"] = str(args.batch_records)
             runs.append(run)
             used0 = int(run.client.info("memory")["used_memory"])
             started = time.monotonic()
             run.start_workers(args.timeout)
             run.subscribe(receiver, secret)
             print(
-                f"{count} worker(s) ready in {time.monotonic() - started:.1f} s; {run.owners()}",
+                f"{count} worker(s){' (--role match) + 1 --role deliver' if args.split else ''} "
+                f"ready in {time.monotonic() - started:.1f} s; {run.owners()}",
                 flush=True,
             )
             # The receiver's counts are since its start, over every run.

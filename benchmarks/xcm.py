@@ -132,8 +132,10 @@ class WorkerProc(ChildProc):
         app_id: str,
         partitions: int,
         standby_replicas: int | None = None,
+        role: str = "all",
     ) -> None:
         self.name = name
+        self.role = role
         self.data_dir = root / name
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = root / f"{name}.log"
@@ -156,6 +158,8 @@ class WorkerProc(ChildProc):
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if role != "all":
+            self.env["OCSTREAM_ROLE"] = role
         self.config: Path | None = None
         if standby_replicas is not None:
             self.config = root / f"{name}.toml"
@@ -236,7 +240,8 @@ def wait_group(workers: list[WorkerProc], timeout: float) -> None:
         gens = []
         for worker in workers:
             worker.check_alive()
-            worker.pending()
+            if worker.role != "deliver":  # a delivering worker has no XCM tables to show
+                worker.pending()
             metrics = worker.metrics()
             if metrics["ocstream_group_assigned_partitions"] <= 0:
                 return None

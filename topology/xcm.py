@@ -62,8 +62,10 @@ ROCKSDB_OPTIONS = {
 SCAN_CHUNK = 500
 
 #: A batch ends when no more records are buffered (under light load it is one record), or at
-#: this many records, or this long after its first record: its notifications wait for the
-#: flush, so the time bound is what a backlog adds to their latency.
+#: this many records (``OCSTREAM_XCM_BATCH_RECORDS``), or this long after its first record:
+#: its notifications wait for the flush, so the time bound is what a backlog adds to their
+#: latency. Smaller batches hand a block's first notifications to delivery sooner, for more
+#: CPU per journey (``docs/benchmarks.md``, "Issue 14, continued").
 BATCH_RECORDS = 500
 BATCH_SECONDS = 0.05
 
@@ -228,6 +230,7 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
         settings, now=time.time, monitored=networks.monitored, coverage=networks.coverage
     )
     sweep_every = float(os.environ.get("OCSTREAM_XCM_SWEEP_INTERVAL", "60"))
+    batch_records = max(1, int(os.environ.get("OCSTREAM_XCM_BATCH_RECORDS", BATCH_RECORDS)))
     deadlines: list[tuple[float, str, str]] = []
     state: dict[str, Any] = {"assignment": frozenset(), "scanned": 0.0, "swept": time.time()}
     app.xcm_networks = networks
@@ -338,7 +341,7 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
                 COUNTERS.update(step.counters)
             if (
                 queue.empty()
-                or len(events) >= BATCH_RECORDS
+                or len(events) >= batch_records
                 or time.monotonic() - started >= BATCH_SECONDS
             ):
                 await flush()

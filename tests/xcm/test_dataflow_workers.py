@@ -15,6 +15,7 @@ from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from ocstream.ingress.model import ExtendedBlock
@@ -45,9 +46,16 @@ def read_topic(redis_url: str, prefix: str, topic: str) -> list[dict[str, Any]]:
     return found
 
 
+@pytest.mark.parametrize("batch_records", [None, "1"], ids=["default-batches", "batches-of-1"])
 def test_two_workers_match_recorded_journeys(
-    redis_url: str, prefix: str, app_id: str, tmp_path: Path, fixtures_dir: Path
+    redis_url: str,
+    prefix: str,
+    app_id: str,
+    tmp_path: Path,
+    fixtures_dir: Path,
+    batch_records: str | None,
 ) -> None:
+    """Also with ``OCSTREAM_XCM_BATCH_RECORDS=1``: every record its own batch and flush."""
     for network, metadata in NETWORKS.items():
         spec = int(metadata.removesuffix(".scale").rsplit("-", 1)[1])
         register_network_sync(
@@ -60,6 +68,8 @@ def test_two_workers_match_recorded_journeys(
     hrmp = blocks_from_case(fixtures_dir / "cases" / "v1-hrmp-assethub-interlay.json", fixtures_dir)
     ump = blocks_from_case(fixtures_dir / "cases" / "v1-ump-assethub-polkadot.json", fixtures_dir)
     env = {"OCSTREAM_XCM_JOURNEY_TTL": "8", "OCSTREAM_XCM_SWEEP_INTERVAL": "2"}
+    if batch_records is not None:
+        env["OCSTREAM_XCM_BATCH_RECORDS"] = batch_records
     workers = [
         Worker(
             name,
