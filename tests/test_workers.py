@@ -317,9 +317,11 @@ def test_standby_stores_hold_what_the_changelog_holds(
     client = redis.Redis.from_url(redis_url)
     applied_key = Keyspace(prefix).group(app_id).applied
     changelog = f"{app_id}-demo-counts-changelog"
-    ends = {p: changelog_partition(redis_url, prefix, app_id, p)[1] + 1 for p in range(4)}
+    # The counts can show before the last changelog records are appended: the end is read anew.
+    ends: dict[int, int] = {}
 
     def caught_up() -> bool:
+        ends.update({p: changelog_partition(redis_url, prefix, app_id, p)[1] + 1 for p in range(4)})
         reports = [json.loads(r).get("applied", {}) for r in client.hvals(applied_key)]
         holders = {p: 0 for p in range(4)}
         for report in reports:
@@ -331,7 +333,11 @@ def test_standby_stores_hold_what_the_changelog_holds(
                     holders[int(partition)] += 1
         return all(n == 2 for n in holders.values())
 
-    wait_for(caught_up, 30, "both holders of every partition to apply its whole changelog")
+    try:
+        wait_for(caught_up, 30, "both holders of every partition to apply its whole changelog")
+    except AssertionError as exc:
+        reports = {k.decode(): json.loads(v) for k, v in client.hgetall(applied_key).items()}
+        raise AssertionError(f"{exc}\nchangelog ends {ends}\nreports {reports}") from None
     applied = [
         worker.metric("ocstream_transport_standby_records_applied_total") for worker in workers
     ]

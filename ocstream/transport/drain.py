@@ -78,8 +78,9 @@ class StandbyApplier:
         recovery = tables.recovery
         if tp not in recovery.standby_tps or tp in recovery.active_tps:
             return None
-        if not isinstance(table.data, FaustRocksDBStore):
-            return None
+        store = table.data
+        if not isinstance(store, FaustRocksDBStore) or not store.use_rocksdict:
+            return None  # memory:// keeps decoded values; python-rocksdb has its own batches
         return table
 
     def take(self, tp: TP, message: Any) -> bool:
