@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -24,6 +25,18 @@ from ocstream.transport.writer import append_records
 
 #: Only the limit a test is about: the others off.
 NO_LIMITS = {"retention_hours": 0, "retention_mb": 0, "max_len": 0}
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def keys(prefix: str) -> Keyspace:
+    return Keyspace(prefix)
 
 
 def settings(**limits: float) -> TransportSettings:
@@ -53,10 +66,8 @@ def test_override_formats() -> None:
 
 
 async def test_retention_by_count_reports_entries_a_group_had_not_committed(
-    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+    client: aioredis.Redis, keys: Keyspace, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = aioredis.Redis.from_url(redis_url)
-    keys = Keyspace(prefix)
     await append_records(client, keys, [("ev", 0, Record(None, b"v", 1))] * 100)
     await client.sadd(keys.groups, "slow", "fast")
     for group, committed in (("slow", 50), ("fast", 95)):
@@ -80,14 +91,11 @@ async def test_retention_by_count_reports_entries_a_group_had_not_committed(
     await append_records(client, keys, [("ev", 0, Record(None, b"v", 1))] * 10)
     await apply(client, keys, settings(max_len=5, retention_hours=1), {"ev": 1}, compacted=())
     assert await client.xlen(keys.stream("ev", 0)) == 40
-    await client.aclose()
 
 
 async def test_retention_by_age_cuts_at_the_first_entry_younger_than_the_limit(
-    redis_url: str, prefix: str
+    client: aioredis.Redis, keys: Keyspace
 ) -> None:
-    client = aioredis.Redis.from_url(redis_url)
-    keys = Keyspace(prefix)
     now_ms = int(time.time() * 1000)
     hour = 3_600_000
     # 1000 entries 3 h old, then 37 entries 90 min old, then 500 entries just written: the
@@ -109,14 +117,11 @@ async def test_retention_by_age_cuts_at_the_first_entry_younger_than_the_limit(
     await apply(client, keys, settings(retention_hours=1), {"old": 1}, compacted=())
     assert await client.xlen(keys.stream("old", 0)) == 0
     assert await append_records(client, keys, [("old", 0, Record(None, b"v", now_ms))]) == [9]
-    await client.aclose()
 
 
 async def test_retention_by_size_keeps_the_newest_entries_under_the_limit(
-    redis_url: str, prefix: str
+    client: aioredis.Redis, keys: Keyspace
 ) -> None:
-    client = aioredis.Redis.from_url(redis_url)
-    keys = Keyspace(prefix)
     for _ in range(4):  # 4000 entries of 1 kB: about 4 MB (random bytes: no compression gain)
         batch = [("ev", 0, Record(None, os.urandom(1000), 1)) for _ in range(1000)]
         await append_records(client, keys, batch)
@@ -130,16 +135,13 @@ async def test_retention_by_size_keeps_the_newest_entries_under_the_limit(
     assert 0.9 * 1024 * 1024 <= used_after <= 1.1 * 1024 * 1024, used_after
     assert 800 < kept < 1100
     assert await first_offset(client, stream) == 4000 - kept  # the newest are the ones kept
-    await client.aclose()
 
 
 async def test_another_apps_changelog_is_not_trimmed_as_a_plain_topic(
-    redis_url: str, prefix: str
+    client: aioredis.Redis, keys: Keyspace
 ) -> None:
     # A group that reads another app's changelog does not know it is compacted; trimming it by
     # age would delete that app's live table state.
-    client = aioredis.Redis.from_url(redis_url)
-    keys = Keyspace(prefix)
     old = int(time.time() * 1000) - 48 * 3_600_000
     batch = [("other-changelog", 0, Record(f"k{i}".encode(), b"v", old)) for i in range(5)]
     await append_records(client, keys, batch, compacted={"other-changelog"})
@@ -148,20 +150,16 @@ async def test_another_apps_changelog_is_not_trimmed_as_a_plain_topic(
     await apply(client, keys, settings(retention_hours=24), topics, compacted=())
     assert await client.xlen(keys.stream("other-changelog", 0)) == 5
     assert await client.xlen(keys.stream("plain", 0)) == 0
-    await client.aclose()
 
 
 async def test_an_invalid_override_is_logged_and_the_defaults_apply(
-    redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+    client: aioredis.Redis, keys: Keyspace, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = aioredis.Redis.from_url(redis_url)
-    keys = Keyspace(prefix)
     await append_records(client, keys, [("ev", 0, Record(None, b"v", 1))] * 20)
     await client.hset(keys.retention, "ev", "days=2")
     await apply(client, keys, settings(max_len=5), {"ev": 1}, compacted=())
     assert await client.xlen(keys.stream("ev", 0)) == 5
     assert any("days=2" in r.getMessage() and "invalid" in r.getMessage() for r in caplog.records)
-    await client.aclose()
 
 
 # -- tombstones --------------------------------------------------------------------------------
@@ -202,10 +200,8 @@ async def changelog_keys(client: aioredis.Redis, keys: Keyspace) -> dict[bytes, 
 
 
 async def test_tombstones_go_once_every_holder_of_the_partition_applied_them(
-    redis_url: str, prefix: str
+    client: aioredis.Redis, keys: Keyspace
 ) -> None:
-    client = aioredis.Redis.from_url(redis_url)
-    keys = Keyspace(prefix)
     floor_field = f"{CHANGELOG}\x1f0"
     # Offsets 0-9: k0..k9 written; 10-12: k0, k1, k2 deleted; 13: k3 updated.
     batch = [(CHANGELOG, 0, Record(f"k{i}".encode(), b"1", 1)) for i in range(10)]
@@ -264,16 +260,13 @@ async def test_tombstones_go_once_every_holder_of_the_partition_applied_them(
         b"k3": b"2"
     }
     assert await client.hget(keys.tombstone_floors, floor_field) == b"13"
-    await client.aclose()
 
 
 async def test_the_newest_entry_stays_even_when_it_is_a_tombstone(
-    redis_url: str, prefix: str
+    client: aioredis.Redis, keys: Keyspace
 ) -> None:
     # faust's recovery reads until the offset just below the highwater; removing the newest
     # entry would leave it waiting for an offset that no longer exists.
-    client = aioredis.Redis.from_url(redis_url)
-    keys = Keyspace(prefix)
     batch = [(CHANGELOG, 0, Record(b"a", b"1", 1)), (CHANGELOG, 0, Record(b"b", b"1", 1))]
     batch += [(CHANGELOG, 0, Record(b"a", None, 1)), (CHANGELOG, 0, Record(b"b", None, 1))]
     await append_records(client, keys, batch, compacted={CHANGELOG})
@@ -292,14 +285,11 @@ async def test_the_newest_entry_stays_even_when_it_is_a_tombstone(
     assert set(await changelog_keys(client, keys)) == {b"c", b"d"}  # b's (old) went, c's stays
     await remove(client, keys)
     assert set(await changelog_keys(client, keys)) == {b"d"}
-    await client.aclose()
 
 
 async def test_tombstones_scored_by_time_before_the_upgrade_are_removed_too(
-    redis_url: str, prefix: str
+    client: aioredis.Redis, keys: Keyspace
 ) -> None:
-    client = aioredis.Redis.from_url(redis_url)
-    keys = Keyspace(prefix)
     batch = [(CHANGELOG, 0, Record(b"a", b"1", 1)), (CHANGELOG, 0, Record(b"a", None, 1))]
     batch.append((CHANGELOG, 0, Record(b"b", b"1", 1)))
     await append_records(client, keys, batch, compacted={CHANGELOG})
@@ -310,4 +300,3 @@ async def test_tombstones_scored_by_time_before_the_upgrade_are_removed_too(
     await remove(client, keys)
     assert await changelog_keys(client, keys) == {b"b": b"1"}
     assert await client.zcard(keys.tombstones(CHANGELOG, 0)) == 0
-    await client.aclose()
