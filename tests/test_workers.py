@@ -23,10 +23,10 @@ from faust.stores.rocksdb import Store as FaustRocksDBStore
 
 from ocstream.transport import TopicWriter
 from ocstream.transport.keys import Keyspace
-from ocstream.transport.wire import entry_value, id_to_offset
 from tests.workers import (
     Worker,
     changelog_counts,
+    changelog_partition,
     committed_offsets,
     highwaters,
     produce,
@@ -214,13 +214,13 @@ def test_an_old_store_does_not_bring_back_keys_whose_tombstones_were_removed(
         assert again.stop() == 0, again.log_tail()
 
 
-def test_tombstones_go_on_a_quiet_partition_that_a_standby_holds(
-    spawn: Spawn, redis_url: str, prefix: str, app_id: str
-) -> None:
-    """Two workers, each the standby of the other's partitions (the default, one replica).
-    faust applies a standby's changelog records only 1,000 at a time per table; after a few
-    deletes and then silence, each member still reports how far it applied, so the leader can
-    remove the tombstones without waiting for more traffic."""
+def two_workers_after_deletes(
+    spawn: Spawn, redis_url: str, prefix: str, events: int
+) -> tuple[list[Worker], set[str]]:
+    """Two workers split 2 + 2, each the standby of the other's partitions (the default, one
+    replica), reporting how far they applied every 0.3 s; ``events`` demo events over USERS
+    users, then u0..u9 deleted and one more event for each other user. Returns the workers once
+    their counts show all of it, and the deleted users."""
     env = {"OCSTREAM_TRANSPORT_RETENTION_INTERVAL": "0.3"}
     deleted = {f"u{i}" for i in range(10)}
     kept = {f"u{i}" for i in range(10, USERS)}
@@ -230,7 +230,7 @@ def test_tombstones_go_on_a_quiet_partition_that_a_standby_holds(
     for worker in workers:
         worker.wait_assigned()
     wait_for(lambda: all(len(w.view()["partitions"]) == 2 for w in workers), 30, "a 2 + 2 split")
-    produce_all(redis_url, prefix, 200, users=USERS)
+    produce_all(redis_url, prefix, events, users=USERS)
     send_events(redis_url, prefix, [{"user": u, "delete": True} for u in sorted(deleted)])
     send_events(redis_url, prefix, [{"user": u, "n": 1} for u in sorted(kept)])
 
@@ -240,7 +240,19 @@ def test_tombstones_go_on_a_quiet_partition_that_a_standby_holds(
             merged.update(worker.view()["counts"])
         return merged
 
-    wait_for(lambda: counts() == {u: 5 for u in kept}, 60, "the deletes and the last events")
+    expected = {u: events // USERS + 1 for u in kept}
+    wait_for(lambda: counts() == expected, 60, "the deletes and the last events")
+    return workers, deleted
+
+
+def test_tombstones_go_on_a_quiet_partition_that_a_standby_holds(
+    spawn: Spawn, redis_url: str, prefix: str, app_id: str
+) -> None:
+    """Two workers, each the standby of the other's partitions (the default, one replica).
+    faust applies a standby's changelog records only 1,000 at a time per table; after a few
+    deletes and then silence, each member still reports how far it applied, so the leader can
+    remove the tombstones without waiting for more traffic."""
+    workers, deleted = two_workers_after_deletes(spawn, redis_url, prefix, 200)
     wait_tombstones_removed(redis_url, prefix, app_id, deleted)  # with no more traffic
     for worker in workers:
         assert worker.stop() == 0, worker.log_tail()
@@ -268,24 +280,6 @@ def stored_counts(worker: Worker, partition: int) -> tuple[dict[str, int], int |
     return counts, int(offset) if offset is not None else None
 
 
-def changelog_partition(
-    redis_url: str, prefix: str, app_id: str, partition: int
-) -> tuple[dict[str, int], int]:
-    """The demo table's partition as its changelog holds it, and the offset of the last record
-    ever written to it (kept by the stream when retention removes that record's tombstone)."""
-    client = redis.Redis.from_url(redis_url)
-    stream = Keyspace(prefix).stream(f"{app_id}-demo-counts-changelog", partition)
-    table: dict[str, int] = {}
-    for _, fields in client.xrange(stream):
-        key = json.loads(fields[b"k"])
-        value = entry_value(fields)
-        if value is None:
-            table.pop(key, None)
-        else:
-            table[key] = json.loads(value)
-    return table, id_to_offset(client.xinfo_stream(stream)["last-generated-id"])
-
-
 def test_standby_stores_hold_what_the_changelog_holds(
     spawn: Spawn, redis_url: str, prefix: str, app_id: str
 ) -> None:
@@ -293,26 +287,7 @@ def test_standby_stores_hold_what_the_changelog_holds(
     partition, active or standby, ends equal to the changelog (values, deletes and persisted
     offset). The standbys write their records straight from the fetch (``StandbyApplier``),
     which the workers' counters show."""
-    env = {"OCSTREAM_TRANSPORT_RETENTION_INTERVAL": "0.3"}
-    deleted = {f"u{i}" for i in range(10)}
-    kept = {f"u{i}" for i in range(10, USERS)}
-    workers = [spawn(name, env=env) for name in ("w1", "w2")]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.wait_assigned()
-    wait_for(lambda: all(len(w.view()["partitions"]) == 2 for w in workers), 30, "a 2 + 2 split")
-    produce_all(redis_url, prefix, 2000, users=USERS)
-    send_events(redis_url, prefix, [{"user": u, "delete": True} for u in sorted(deleted)])
-    send_events(redis_url, prefix, [{"user": u, "n": 1} for u in sorted(kept)])
-
-    def counts() -> dict[str, int]:
-        merged: dict[str, int] = {}
-        for worker in workers:
-            merged.update(worker.view()["counts"])
-        return merged
-
-    wait_for(lambda: counts() == {u: 41 for u in kept}, 60, "the deletes and the last events")
+    workers, deleted = two_workers_after_deletes(spawn, redis_url, prefix, 2000)
     # Each member reports how far its stores applied each changelog partition it holds.
     client = redis.Redis.from_url(redis_url)
     applied_key = Keyspace(prefix).group(app_id).applied

@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 import redis
 
-from ocstream.transport.wire import entry_value
+from ocstream.transport.keys import Keyspace
+from ocstream.transport.wire import entry_value, id_to_offset
 
 T = TypeVar("T")
 
@@ -221,20 +222,34 @@ def produce_all(redis_url: str, prefix: str, count: int, **kwargs: Any) -> None:
     assert proc.returncode == 0 and f"DONE {count}" in out, out
 
 
+def changelog_partition(
+    redis_url: str, prefix: str, app_id: str, partition: int
+) -> tuple[dict[str, int], int]:
+    """One partition of the demo table as its changelog holds it (the last value written per key),
+    and the offset of the last record ever written to it (the stream keeps it when retention
+    removes that record's tombstone)."""
+    client = redis.Redis.from_url(redis_url)
+    stream = Keyspace(prefix).stream(f"{app_id}-demo-counts-changelog", partition)
+    table: dict[str, int] = {}
+    for _, fields in client.xrange(stream):
+        key = json.loads(fields[b"k"])
+        value = entry_value(fields)
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = json.loads(value)
+    if not client.exists(stream):
+        return table, -1
+    return table, id_to_offset(client.xinfo_stream(stream)["last-generated-id"])
+
+
 def changelog_counts(
     redis_url: str, prefix: str, app_id: str, partitions: int = 4
 ) -> dict[str, int]:
-    """The table as its changelog in Redis holds it: the last value written per key."""
-    client = redis.Redis.from_url(redis_url)
+    """The demo table as its changelog in Redis holds it: the last value written per key."""
     table: dict[str, int] = {}
     for p in range(partitions):
-        stream = f"{prefix}t:{app_id}-demo-counts-changelog:{p}"
-        for _, fields in client.xrange(stream):
-            key = json.loads(fields[b"k"])
-            if entry_value(fields) is not None:
-                table[key] = json.loads(entry_value(fields))
-            else:
-                table.pop(key, None)
+        table.update(changelog_partition(redis_url, prefix, app_id, p)[0])
     return table
 
 
