@@ -55,7 +55,8 @@ class StandbyApplier:
 
     A record is taken (:meth:`take`) when its partition is one faust's recovery holds as a
     standby and not as an active, its table is stored in RocksDB (faust's ``memory://`` store
-    keeps decoded values, so its records go faust's way), and the consumer is in the generation
+    keeps decoded values, so its records go faust's way) and has no ``on_changelog_event``
+    callback (which takes decoded events), and the consumer is in the generation
     in which it was fetched. :meth:`apply` writes what was taken: per table and partition one
     ``WriteBatch`` with the puts, the deletes (tombstones) and the persisted offset, which is
     what faust's own ``apply_changelog_batch`` writes, but atomically. Records of a partition
@@ -81,6 +82,8 @@ class StandbyApplier:
         store = table.data
         if not isinstance(store, FaustRocksDBStore) or not store.use_rocksdict:
             return None  # memory:// keeps decoded values; python-rocksdb has its own batches
+        if table._on_changelog_event is not None:
+            return None  # the table wants each decoded event: faust's path calls it
         return table
 
     def take(self, tp: TP, message: Any) -> bool:

@@ -157,6 +157,15 @@ class Receiver(_LoopServer):
         return [r for r in self.snapshot() if 200 <= r.status < 300]
 
 
+def first_per_webhook_id(requests: list[Received]) -> list[Received]:
+    """The first request of each webhook-id, in arrival order: a delivery posted again after a
+    killed worker's lease expired carries the same webhook-id."""
+    first: dict[str, Received] = {}
+    for r in requests:
+        first.setdefault(r.headers["webhook-id"], r)
+    return list(first.values())
+
+
 # -- a node's endpoint that can go away ------------------------------------------------------
 
 
@@ -628,9 +637,7 @@ class Stack:
     def journeys(self) -> dict[str, dict[str, list[Received]]]:
         """Per sent transfer: notification type -> the delivered requests of its journey (one
         per webhook-id: :meth:`assert_exactly_once` counts deliveries posted twice)."""
-        delivered = list(
-            {r.headers["webhook-id"]: r for r in reversed(self.receiver.delivered())}.values()
-        )[::-1]
+        delivered = first_per_webhook_id(self.receiver.delivered())
         out: dict[str, dict[str, list[Received]]] = {}
         for kind, transfer in self.sent.items():
             origin = EXPECTED[_kind(kind)][0]
@@ -720,7 +727,7 @@ class Stack:
         for wid in twice:
             bodies = {r.body for r in delivered if r.headers["webhook-id"] == wid}
             assert len(bodies) == 1, (wid, bodies)
-        once = list({r.headers["webhook-id"]: r for r in reversed(delivered)}.values())
+        once = first_per_webhook_id(delivered)
         by_note = Counter((r.json["subscriptionId"], r.json["id"]) for r in once)
         assert max(by_note.values(), default=1) == 1, by_note.most_common(3)
         assert all(r.path == f"/hook/{r.headers['webhook-id']}" for r in requests)
