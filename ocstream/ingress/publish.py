@@ -72,13 +72,7 @@ async def publish_block(
     keys = writer.keys
     reply = await publish_block_script(
         writer.client,
-        [
-            keys.stream(topic, partition),
-            keys.sequence(topic, partition),
-            keys.compaction_index(topic, partition),
-            keys.tombstones(topic, partition),
-            registry.networks_key,
-        ],
+        [*keys.append_keys(topic, partition), registry.networks_key],
         [record.id, record.tip_number, record.model_dump_json(), "0", len(fields), *fields],
     )
     return int(reply[0]) == 1

@@ -59,6 +59,16 @@ class Keyspace:
     def tombstones(self, topic: str, partition: int) -> str:
         return f"{self.prefix}tomb:{topic}:{partition}"
 
+    def append_keys(self, topic: str, partition: int) -> list[str]:
+        """The keys an append to a partition touches, in the order the append scripts take
+        them (``KEYS[1..4]``): stream, sequence, compaction index, tombstones."""
+        return [
+            self.stream(topic, partition),
+            self.sequence(topic, partition),
+            self.compaction_index(topic, partition),
+            self.tombstones(topic, partition),
+        ]
+
     @property
     def topics(self) -> str:
         return f"{self.prefix}topics"

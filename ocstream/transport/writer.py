@@ -75,12 +75,7 @@ def _append_call(
         args.extend(fields)
     return (
         scripts.append,
-        [
-            keys.stream(topic, partition),
-            keys.sequence(topic, partition),
-            keys.compaction_index(topic, partition),
-            keys.tombstones(topic, partition),
-        ],
+        keys.append_keys(topic, partition),
         args,
     )
 
