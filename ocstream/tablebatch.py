@@ -35,9 +35,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-import rocksdict
 from faust.stores.memory import Store as MemoryStore
 from faust.types import TP, RecordMetadata
+
+from .transport.local_state import write_partition
 
 __all__ = ["TableBatch"]
 
@@ -90,13 +91,7 @@ class _Table:
                 else:
                     self.store.data[key] = orjson.loads(raw)
             return
-        batch = rocksdict.WriteBatch(raw_mode=True)
-        for _, encoded, raw in changes:
-            if raw is None:
-                batch.delete(encoded)
-            else:
-                batch.put(encoded, raw)
-        self.store._db_for_partition(partition).write(batch)
+        write_partition(self.store, partition, ((encoded, raw) for _, encoded, raw in changes))
 
 
 class _View:

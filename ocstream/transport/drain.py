@@ -39,11 +39,11 @@ import types
 from collections.abc import Coroutine, Generator
 from typing import Any, cast
 
-import rocksdict
 from faust.stores.rocksdb import Store as FaustRocksDBStore
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.types import TP
 
+from .local_state import write_partition
 from .metrics import METRICS
 
 #: A standby applies what it holds at the end of each fetch, or once it holds this many records.
@@ -115,16 +115,9 @@ class StandbyApplier:
             table = self._table(tp)
             if table is None:
                 continue
-            store = table.data
-            batch = rocksdict.WriteBatch(raw_mode=True)
-            for message in messages:
-                if message.value is None:
-                    batch.delete(message.key)
-                else:
-                    batch.put(message.key, message.value)
             last = max(message.offset for message in messages)
-            batch.put(store.offset_key, str(last).encode())
-            store._db_for_partition(tp.partition).write(batch)
+            changes = ((message.key, message.value) for message in messages)
+            write_partition(table.data, tp.partition, changes, offset=last)
             METRICS.standby_records_applied += len(messages)
 
 

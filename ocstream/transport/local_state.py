@@ -26,6 +26,7 @@ import shutil
 from collections.abc import Iterable
 from typing import Any
 
+import rocksdict
 from faust.stores.rocksdb import Store as FaustRocksDBStore
 from faust.types import TP
 from mode import get_logger
@@ -34,6 +35,26 @@ from redis.asyncio import Redis
 from .keys import Keyspace, offset_field
 
 logger = get_logger(__name__)
+
+
+def write_partition(
+    store: FaustRocksDBStore,
+    partition: int,
+    changes: Iterable[tuple[bytes, bytes | None]],
+    offset: int | None = None,
+) -> None:
+    """Write ``(encoded key, encoded value or None to delete)`` pairs to one partition of a
+    RocksDB store in one write batch, with the persisted changelog offset when ``offset`` is
+    given (atomically with the data, which faust's own ``apply_changelog_batch`` is not)."""
+    batch = rocksdict.WriteBatch(raw_mode=True)
+    for key, value in changes:
+        if value is None:
+            batch.delete(key)
+        else:
+            batch.put(key, value)
+    if offset is not None:
+        batch.put(store.offset_key, str(offset).encode())
+    store._db_for_partition(partition).write(batch)
 
 
 def changelog_tables(app: Any) -> dict[str, Any]:
