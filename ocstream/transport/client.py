@@ -21,10 +21,13 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 #: Errors after which the same call may succeed once Redis is reachable again.
@@ -36,9 +39,53 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class _HiredisPacking:
+    """Commands packed by hiredis (C) instead of redis-py's Python loop.
+
+    redis-py's asyncio connections pack every argument in Python (its blocking connections
+    already use hiredis). A transport append is one script call with eight arguments per
+    record, and that loop was 8 % of a busy worker's CPU; hiredis packs the same bytes about
+    seven times faster. What redis-py's encoder refuses (None, bool, lists) is refused here too,
+    as a ``DataError``."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        first = args[0]
+        if isinstance(first, str):  # "CONFIG GET": the words go as separate arguments
+            args = (*first.encode().split(), *args[1:])
+        elif b" " in first:
+            args = (*first.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:
+            pass
+        # hiredis takes bytes, str, int, float and memoryview; redis-py also takes bytearray.
+        args = tuple(bytes(arg) if isinstance(arg, bytearray) else arg for arg in args)
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError as exc:
+            raise DataError(f"{exc} (command {args[0]!r})") from exc
+
+    def pack_commands(self, commands: Any) -> list[bytes]:
+        return [b"".join(self.pack_command(*command)[0] for command in commands)]
+
+
+_PACKED: dict[type, type] = {}
+
+
+def _packed_by_hiredis(pool: ConnectionPool) -> None:
+    """Make ``pool``'s connections (plain, TLS or Unix socket, as the URL chose) pack with
+    hiredis."""
+    base = pool.connection_class
+    if issubclass(base, _HiredisPacking):
+        return
+    if base not in _PACKED:
+        _PACKED[base] = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
+    pool.connection_class = _PACKED[base]
+
+
 def connect(url: str, *, socket_timeout: float | None = 30.0, name: str = "ocstream") -> Redis:
     """A client for ``url`` with retries on connection errors."""
-    return Redis.from_url(
+    client = Redis.from_url(
         url,
         socket_timeout=socket_timeout,
         socket_connect_timeout=5.0,
@@ -47,6 +94,8 @@ def connect(url: str, *, socket_timeout: float | None = 30.0, name: str = "ocstr
         health_check_interval=15,
         client_name=name,
     )
+    _packed_by_hiredis(client.connection_pool)
+    return client
 
 
 #: Seconds a request-path Redis read or connect may take before it fails (one retry).
@@ -98,6 +147,7 @@ def request_client(
         health_check_interval=15,
         client_name=name,
     )
+    _packed_by_hiredis(pool)
     client = BoundedRedis(connection_pool=pool)
     client.auto_close_connection_pool = True  # closing the client closes its pool (from_pool)
     client.command_timeout = command_timeout
