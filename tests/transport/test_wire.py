@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import zlib
+
 import orjson
 import pytest
 from aiokafka.partitioner import murmur2
@@ -65,6 +68,38 @@ def test_long_values_are_compressed_and_read_back() -> None:
     assert entry_value({b"t": b"7", b"k": b"k"}) is None  # a tombstone
     # A damaged compressed value comes back as it is, for the reader's own decoding to refuse.
     assert entry_value({b"t": b"7", b"z": b"not zlib"}) == b"not zlib"
+    damaged = wire.ZSTD_MAGIC + b"not zstd"
+    assert entry_value({b"t": b"7", b"z": damaged}) == damaged
+    assert entry_value({b"t": b"7", b"z": fields[5][:-4]}) == fields[5][:-4]  # cut short
+
+
+@pytest.mark.parametrize("codec", ["zstd", "zlib"])
+def test_values_of_either_codec_are_read(monkeypatch: pytest.MonkeyPatch, codec: str) -> None:
+    """Writers on ``OCSTREAM_TRANSPORT_COMPRESSION=zlib`` (a rolling upgrade) and on the default
+    share topics: the reader tells the two by the first bytes."""
+    monkeypatch.setattr(wire, "COMPRESSION", codec)
+    value = orjson.dumps({"instructions": [{"WithdrawAsset": [{"amount": "10" * 40}]}] * 30})
+    packed = Record(b"k", value, 7).fields()[5]
+    assert isinstance(packed, bytes) and len(packed) < len(value) / 3
+    assert packed.startswith(wire.ZSTD_MAGIC) == (codec == "zstd")
+    if codec == "zlib":  # what a reader of the older versions takes
+        assert zlib.decompress(packed) == value
+    assert entry_value({b"t": b"7", b"z": packed}) == value
+
+
+def test_an_unknown_codec_name_is_refused() -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    run = subprocess.run(
+        [sys.executable, "-c", "import ocstream.transport.wire"],
+        env={**os.environ, "OCSTREAM_TRANSPORT_COMPRESSION": "lz4"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode != 0
+    assert "OCSTREAM_TRANSPORT_COMPRESSION must be zstd or zlib, not 'lz4'" in run.stderr
 
 
 def test_compression_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
