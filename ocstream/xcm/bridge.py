@@ -106,6 +106,14 @@ class BridgeLeg(BaseModel):
     context: dict[str, JsonValue]
 
 
+class BridgeRecord(BridgeLeg):
+    """A :class:`BridgeLeg` as the matcher reads it from a record: its free-form fields were
+    parsed from JSON, so they are not walked again (``ocstream/xcm/legs.py``, SentRecord)."""
+
+    error: Any = None
+    context: dict[str, Any]
+
+
 # --- extraction -----------------------------------------------------------------------------------
 
 ContextOf = Callable[[Event, str, JsonValue], dict[str, JsonValue]]
@@ -441,7 +449,7 @@ def on_bridge(
     engine: Engine, tables: Tables, chain: str, record: dict[str, Any], step: Step
 ) -> None:
     """A bridge leg at ``chain``: notify it on its journey, or wait for the journey."""
-    leg = BridgeLeg.model_validate(record["leg"])
+    leg = BridgeRecord.model_validate(record["leg"])
     if engine._seen(tables, chain, leg.identity):
         step.count("duplicate_legs")
         return

@@ -10,18 +10,31 @@ the expected notifications.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from pydantic import ValidationError
 
 from ocstream.ingress.decode import DecoderCache, RuntimeDecoder
 from ocstream.ingress.model import ExtendedBlock
 from ocstream.testing import blocks_from_case, fixtures_path
+from ocstream.xcm.bridge import BridgeLeg, BridgeRecord
 from ocstream.xcm.codec import XcmCodec
 from ocstream.xcm.extract import Extracted, extract
-from ocstream.xcm.legs import ReceivedLeg, SentLeg, downward_slot
+from ocstream.xcm.legs import (
+    ReceivedLeg,
+    ReceivedRecord,
+    RelayedLeg,
+    RelayedRecord,
+    SentLeg,
+    SentRecord,
+    downward_slot,
+)
+from ocstream.xcm.matching import TABLES, Engine, Tables
 from ocstream.xcm.sender import sender_of
 
 from .sim import Cluster
@@ -330,3 +343,101 @@ def test_without_the_slot_the_same_journey_is_left_unmatched(
         ]
         found[ref] = (block, Extracted(legs=legs, problems=extracted.problems))
     assert [n["type"] for n in _relay_journey(match_case(found, case))] == ["xcm.sent"]
+
+
+def test_leg_records_read_back_as_extraction_wrote_them(
+    fixtures_dir: Path,
+    decoder_for: Callable[[str, str], RuntimeDecoder],
+    routed_codec: XcmCodec,
+    decoders: DecoderCache,
+) -> None:
+    """The matcher reads leg records with twins of the contract models that do not walk the
+    free-form JSON fields again (``ocstream/xcm/legs.py``): every recorded case's legs, through
+    JSON as the topic carries them, must come back exactly as the contract model reads them."""
+    twins: dict[type, type] = {
+        SentLeg: SentRecord,
+        ReceivedLeg: ReceivedRecord,
+        RelayedLeg: RelayedRecord,
+        BridgeLeg: BridgeRecord,
+    }
+    kinds: Counter[str] = Counter()
+    for name in CASES:
+        case = load_case(fixtures_dir, name)
+        for _, extracted in extract_case(
+            fixtures_dir, case, decoder_for, routed_codec, decoders
+        ).values():
+            for leg in extracted.legs:
+                data = orjson.loads(orjson.dumps(leg.model_dump(by_alias=True)))
+                contract, twin = type(leg), twins[type(leg)]
+                expected = contract.model_validate(data).model_dump(by_alias=True)
+                assert twin.model_validate(data).model_dump(by_alias=True) == expected
+                assert expected == leg.model_dump(by_alias=True)
+                kinds[leg.kind] += 1
+    assert kinds["sent"] >= 15 and kinds["received"] >= 25 and kinds["relayed"] >= 5, kinds
+
+
+@pytest.mark.parametrize(
+    ("kind", "damage"),
+    [
+        ("sent", {"identity": None}),
+        ("sent", {"transport": "carrier-pigeon"}),
+        ("sent", {"ids": "0xabc"}),
+        ("sent", {"context": ["not", "an", "object"]}),
+        ("sent", {"legs": [{"from": "urn:ocn:polkadot:0"}]}),
+        ("received", {"outcome": "Maybe"}),
+        ("received", {"block_number": "not a number"}),
+        ("relayed", {"context": None}),
+    ],
+)
+def test_a_malformed_leg_record_is_refused_whole(kind: str, damage: dict[str, Any]) -> None:
+    """What the matcher refuses, the dataflow dead-letters (``bad-record``) with nothing of
+    the record applied; the twins keep every check but the free-form fields'."""
+    leg: dict[str, Any] = {
+        "sent": {
+            "identity": "urn:ocn:polkadot:1000|0xb|hrmp|0|0",
+            "origin": "urn:ocn:polkadot:1000",
+            "recipient": "urn:ocn:polkadot:2034",
+            "transport": "hrmp",
+            "block_number": 1,
+            "block_hash": "0xb",
+            "message_hash": "0xm",
+            "message_data": None,
+            "ids": ["0xm"],
+            "stops": ["urn:ocn:polkadot:2034"],
+            "legs": [
+                {"from": "urn:ocn:polkadot:1000", "to": "urn:ocn:polkadot:2034", "type": "hrmp"}
+            ],
+            "context": {},
+        },
+        "received": {
+            "identity": "urn:ocn:polkadot:2034|0xc|3",
+            "chain": "urn:ocn:polkadot:2034",
+            "block_number": 2,
+            "block_hash": "0xc",
+            "message_hash": "0xm",
+            "message_id": "0xm",
+            "outcome": "Success",
+            "context": {},
+        },
+        "relayed": {
+            "identity": "urn:ocn:polkadot:0|0xr|0|0|0",
+            "relay": "urn:ocn:polkadot:0",
+            "origin": "urn:ocn:polkadot:1000",
+            "recipient": "urn:ocn:polkadot:2034",
+            "block_number": 3,
+            "block_hash": "0xr",
+            "message_hash": "0xm",
+            "message_id": "0xm",
+            "ids": ["0xm"],
+            "outcome": "Success",
+            "context": {},
+        },
+    }[kind]
+    engine = Engine(now=lambda: 1_700_000_000.0)
+    stores: dict[str, dict[str, Any]] = {table: {} for table in TABLES}
+    chain = leg.get("origin") or leg.get("chain") or leg["recipient"]
+    # The well-formed record is taken ...
+    engine.handle(Tables(stores), chain, {"kind": kind, "leg": leg})  # type: ignore[arg-type]
+    # ... and each damage makes it refused.
+    with pytest.raises(ValidationError):
+        engine.handle(Tables(stores), chain, {"kind": kind, "leg": {**leg, **damage}})  # type: ignore[arg-type]
