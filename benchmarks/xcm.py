@@ -63,7 +63,7 @@ from throughput import baseline, fill  # benchmarks/ is this script's directory
 
 from ocstream.transport import Keyspace, TopicWriter
 from ocstream.transport.wire import entry_value
-from ocstream.xcm.legs import ReceivedLeg, RelayedLeg, SentLeg, legs_of
+from ocstream.xcm.legs import ReceivedLeg, RelayedLeg, SentLeg, leg_record, legs_of
 
 # The process helpers of the tests: free ports, the fast group timeouts, a clean environment.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -403,7 +403,7 @@ def journey_legs(j: int, rng: random.Random) -> list[tuple[str, bytes]]:
     )
 
     def record(key: str, leg: SentLeg | RelayedLeg | ReceivedLeg) -> tuple[str, bytes]:
-        return key, orjson.dumps({"kind": leg.kind, "leg": leg.model_dump(by_alias=True)})
+        return key, leg_record(leg)
 
     return [record(origin, sent), record(recipient, relayed), record(recipient, received)]
 

@@ -36,7 +36,7 @@ from ocstream.transport.client import connect
 from ocstream.xcm.codec import XcmCodec, XcmDecodeError
 from ocstream.xcm.coverage import Coverage, coverage_of_record
 from ocstream.xcm.extract import extract
-from ocstream.xcm.legs import is_relay
+from ocstream.xcm.legs import is_relay, leg_record
 from ocstream.xcm.matching import TABLES, Engine, MatchSettings, Store, Tables, expired_keys
 from ocstream.xcm.sender import sender_of
 
@@ -192,8 +192,12 @@ async def _send(app: Any, topic: Any, key: str, value: Any) -> None:
     """Queue a JSON record straight in the producer, encoded as faust's ``json`` serializer
     encodes it (orjson): faust's ``Topic.send`` would build a message object, a future and
     sensor calls for each record."""
-    value_bytes = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
-    await app.producer.send(topic.get_topic_name(), key.encode(), value_bytes, None, None, None)
+    await _send_raw(app, topic, key, orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
+
+
+async def _send_raw(app: Any, topic: Any, key: str, value: bytes) -> None:
+    """Queue a record already encoded as JSON (see :func:`_send`)."""
+    await app.producer.send(topic.get_topic_name(), key.encode(), value, None, None, None)
 
 
 def _pending_final(journey: Any) -> bool:
@@ -281,8 +285,7 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
                 )
             for leg in found.legs:
                 COUNTERS[f"legs_{leg.kind}"] += 1
-                record = {"kind": leg.kind, "leg": leg.model_dump(by_alias=True)}
-                await _send(app, legs, _leg_chain(leg), record)
+                await _send_raw(app, legs, _leg_chain(leg), leg_record(leg))
 
     @app.agent(legs, name="xcm_match")  # type: ignore[untyped-decorator]
     async def xcm_match(stream: Any) -> None:

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from ..ingress.model import Event, ExtendedBlock
 from . import notifications as notify
-from .legs import BRIDGE_HUBS, ReceivedLeg, SentLeg, bridge_hub, urn
+from .legs import BRIDGE_HUBS, Json, ReceivedLeg, SentLeg, bridge_hub, urn
 
 if TYPE_CHECKING:
     from .matching import Engine, Step, Tables
@@ -102,16 +102,8 @@ class BridgeLeg(BaseModel):
     block_number: int
     block_hash: str
     outcome: Literal["Success", "Fail"] = "Success"
-    error: JsonValue = None
-    context: dict[str, JsonValue]
-
-
-class BridgeRecord(BridgeLeg):
-    """A :class:`BridgeLeg` as the matcher reads it from a record: its free-form fields were
-    parsed from JSON, so they are not walked again (``ocstream/xcm/legs.py``, SentRecord)."""
-
-    error: Any = None
-    context: dict[str, Any]
+    error: Json = None
+    context: dict[str, Json]
 
 
 # --- extraction -----------------------------------------------------------------------------------
@@ -449,7 +441,7 @@ def on_bridge(
     engine: Engine, tables: Tables, chain: str, record: dict[str, Any], step: Step
 ) -> None:
     """A bridge leg at ``chain``: notify it on its journey, or wait for the journey."""
-    leg = BridgeRecord.model_validate(record["leg"])
+    leg = BridgeLeg.model_validate(record["leg"])
     if engine._seen(tables, chain, leg.identity):
         step.count("duplicate_legs")
         return

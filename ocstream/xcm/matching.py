@@ -42,10 +42,9 @@ from . import bridge
 from . import notifications as notify
 from .coverage import CoverageOf, mark_timeout
 from .legs import (
-    ReceivedRecord,
-    RelayedRecord,
+    ReceivedLeg,
+    RelayedLeg,
     SentLeg,
-    SentRecord,
     consensus,
     continues_program,
     is_relay,
@@ -227,7 +226,7 @@ class Engine:
         return False
 
     def _on_sent(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
-        leg = SentRecord.model_validate(record["leg"])
+        leg = SentLeg.model_validate(record["leg"])
         if self._seen(tables, chain, leg.identity):
             step.count("duplicate_legs")
             return
@@ -309,7 +308,7 @@ class Engine:
             parked = tables.get("journeys", key)
             if parked is None:
                 continue  # already placed
-            leg = SentRecord.model_validate(parked["parked_leg"])
+            leg = SentLeg.model_validate(parked["parked_leg"])
             if journey is not None and self._forwards(tables, chain, journey, leg):
                 tables.delete("journeys", key)
                 step.count("hop_out_by_content")
@@ -371,7 +370,7 @@ class Engine:
             )
 
     def _on_received(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
-        leg = ReceivedRecord.model_validate(record["leg"])
+        leg = ReceivedLeg.model_validate(record["leg"])
         if tables.get("seen", _jkey(chain, "rcv:" + leg.identity)) is not None:
             # This receipt already ended (or hopped) its journey: a re-delivery (a worker killed
             # after its outputs were written) must not become the receipt of a later journey
@@ -453,7 +452,7 @@ class Engine:
 
     def _on_relayed(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
         # No seen-check: a journey notes each relayed leg once, and a pending one is replaced.
-        leg = RelayedRecord.model_validate(record["leg"])
+        leg = RelayedLeg.model_validate(record["leg"])
         if self._is_pending(tables, "relay", chain, leg.identity, step):
             return
         data = leg.model_dump(by_alias=True)
@@ -605,10 +604,10 @@ class Engine:
         its own."""
         if journey is None:
             for parked in leg.get("parked", []):
-                self._new_journey(tables, SentRecord.model_validate(parked), step)
+                self._new_journey(tables, SentLeg.model_validate(parked), step)
         else:
             for parked in leg.get("parked", []):
-                self._hop_out(tables, chain, journey, SentRecord.model_validate(parked), step)
+                self._hop_out(tables, chain, journey, SentLeg.model_validate(parked), step)
         self._release_candidates(tables, chain, leg, journey, step)
 
     def _hop_in(
@@ -848,7 +847,7 @@ class Engine:
                 # None of its candidates' journeys came in time (their senders' ingress lags,
                 # or they were sent before it started): it is announced as a journey of its own.
                 tables.delete("journeys", key)
-                self._new_journey(tables, SentRecord.model_validate(value["parked_leg"]), step)
+                self._new_journey(tables, SentLeg.model_validate(value["parked_leg"]), step)
             elif table == "journeys":
                 if value.get("role"):
                     self._forget(tables, chain, value)

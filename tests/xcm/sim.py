@@ -13,10 +13,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
 from hypothesis import strategies as st
 
 from ocstream.xcm.bridge import BridgeLeg
-from ocstream.xcm.legs import ReceivedLeg, RelayedLeg, SentLeg, legs_of, relay_of
+from ocstream.xcm.legs import ReceivedLeg, RelayedLeg, SentLeg, leg_record, legs_of, relay_of
 from ocstream.xcm.matching import TABLES, Engine, MatchSettings, Tables, expired_keys
 
 PARTITIONS = 4
@@ -63,7 +64,7 @@ class Cluster:
                 chain = leg.chain
             else:
                 chain = leg.recipient
-            self.send(chain, {"kind": leg.kind, "leg": leg.model_dump(by_alias=True)})
+            self.send(chain, orjson.loads(leg_record(leg)))  # the record xcm_extract writes
 
     def busy(self) -> list[int]:
         return [p for p, queue in enumerate(self.queues) if queue]
