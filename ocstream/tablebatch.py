@@ -31,7 +31,7 @@ like the agent's topic), which is the rule faust's own tables follow.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -123,9 +123,18 @@ class _View:
 class TableBatch:
     """The tables of one agent, written per batch; see the module docstring."""
 
-    def __init__(self, app: Any, tables: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        app: Any,
+        tables: Mapping[str, Any],
+        on_write: Callable[[str, int, list[tuple[bytes, bytes | None]]], None] | None = None,
+    ) -> None:
+        """``on_write(table name, partition, [(encoded key, encoded value or None)])`` sees
+        each RocksDB partition's writes of a flush just before they are stored (the XCM
+        matcher's expiry index, ``ocstream/xcm/expiry.py``)."""
         self.app = app
         self._tables = {name: _Table(table) for name, table in tables.items()}
+        self._on_write = on_write
 
     def views(self, partition: int) -> dict[str, Any]:
         """The tables as seen from records of ``partition``."""
@@ -134,7 +143,7 @@ class TableBatch:
     async def flush(self) -> None:
         """Write the batch to RocksDB and queue its changelog records (see the module doc)."""
         producer = self.app.producer
-        for table in self._tables.values():
+        for name, table in self._tables.items():
             for partition, writes in table.writes.items():
                 # A key removed that was not stored before the batch leaves no trace.
                 changes = [
@@ -145,6 +154,8 @@ class TableBatch:
                 writes.clear()
                 if not changes:
                     continue
+                if self._on_write is not None and not table.memory:
+                    self._on_write(name, partition, [(encoded, raw) for _, encoded, raw in changes])
                 table.apply(partition, changes)
                 for _, encoded, raw in changes:
                     last = await producer.send(table.changelog, encoded, raw, partition, None, None)

@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -35,6 +36,7 @@ from ocstream.tablebatch import TableBatch
 from ocstream.transport.client import connect
 from ocstream.xcm.codec import XcmCodec, XcmDecodeError
 from ocstream.xcm.coverage import Coverage, coverage_of_record
+from ocstream.xcm.expiry import ExpiryIndex
 from ocstream.xcm.extract import extract
 from ocstream.xcm.legs import is_relay, leg_record
 from ocstream.xcm.matching import TABLES, Engine, MatchSettings, Store, Tables, expired_keys
@@ -172,6 +174,7 @@ async def _expired(name: str, table: Any, now: float) -> Any:
     store = table.data
     if not isinstance(store, RocksDBStore):
         items = [item async for item in _scan(table.items())]
+        COUNTERS["sweep_checked"] += len(items)
         for found in expired_keys(name, items, now):
             yield found
         return
@@ -179,6 +182,7 @@ async def _expired(name: str, table: Any, now: float) -> Any:
     for db in list(store._dbs_for_actives()):
         for raw_key, raw in store._visible_items(db):
             count += 1
+            COUNTERS["sweep_checked"] += 1
             if count % SCAN_CHUNK == 0:
                 await asyncio.sleep(0)
             expires = _expires_of(raw)
@@ -294,7 +298,7 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
         then its table writes, and only then are its records acknowledged, so a commit never
         covers a record whose outputs and table changes are not queued."""
         stream.enable_acks = False  # acknowledged by hand, after the batch's flush
-        batch = TableBatch(app, tables)
+        batch = TableBatch(app, tables, on_write=index_writes)
         queue = stream.channel.queue
         events: list[Any] = []
         outputs: list[tuple[Any, str, Any]] = []
@@ -371,16 +375,97 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
             _, chain, jid = heapq.heappop(deadlines)
             await legs.send(key=chain, value={"kind": "tick", "journey": jid})
 
+    index_holder: list[ExpiryIndex] = []
+
+    def expiry_index() -> ExpiryIndex | None:
+        """The worker's expiry index (``ocstream/xcm/expiry.py``), when its tables are in
+        RocksDB; opened on first use, once faust knows the data directory."""
+        if not all(isinstance(table.data, RocksDBStore) for table in tables.values()):
+            return None
+        if not index_holder:
+            index_holder.append(ExpiryIndex(Path(app.conf.tabledir) / "xcm-expiry", tables))
+        return index_holder[0]
+
+    def index_writes(name: str, partition: int, changes: list[tuple[bytes, bytes | None]]) -> None:
+        index = expiry_index()
+        if index is None:
+            return
+        entries = []
+        for raw_key, raw in changes:
+            expires = _expires_of(raw) if raw is not None else None
+            if expires is not None:
+                entries.append((name, partition, raw_key, expires))
+        index.note(entries)
+
+    async def rebuild_index(index: ExpiryIndex) -> None:
+        """Have the index vouch for every active partition of this generation: a partition
+        it has not rebuilt since the last rebalance is cleared and scanned once."""
+        generation = app.consumer_generation_id
+        if generation != index.generation:
+            index.generation = generation
+            index.indexed.clear()
+        topic = legs.get_topic_name()
+        actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
+        for partition in sorted(actives - index.indexed):
+            index.clear(partition)
+            for name, table in tables.items():
+                store = table.data
+                entries = []
+                for count, (raw_key, raw) in enumerate(
+                    store._visible_items(store._db_for_partition(partition)), 1
+                ):
+                    expires = _expires_of(raw)
+                    if expires is not None:
+                        entries.append((name, partition, raw_key, expires))
+                    if count % SCAN_CHUNK == 0:
+                        index.note(entries)
+                        entries.clear()
+                        await asyncio.sleep(0)
+                index.note(entries)
+            if app.consumer_generation_id != generation:
+                return  # a rebalance came meanwhile: the next sweep starts again
+            index.indexed.add(partition)
+            COUNTERS["expiry_index_rebuilds"] += 1
+
+    async def expired_indexed(index: ExpiryIndex, name: str, table: Any, now: float) -> Any:
+        """``(chain, (table, key))`` of the expired entries the index points to, on the
+        partitions it vouches for; the stale index entries it meets are dropped."""
+        store = table.data
+        stale: list[bytes] = []
+        for partition in sorted(index.indexed):
+            db = store._db_for_partition(partition)
+            for count, (index_key, raw_key) in enumerate(index.due(partition, name, now), 1):
+                if count % SCAN_CHUNK == 0:
+                    await asyncio.sleep(0)
+                COUNTERS["sweep_checked"] += 1
+                raw = db.get(raw_key)
+                expires = _expires_of(raw) if raw is not None else None
+                if expires is None or expires > now:
+                    stale.append(index_key)  # deleted, or written again with a later expiry
+                    continue
+                key = orjson.loads(raw_key)
+                yield key.split("|", 1)[0], (name, key)
+        index.drop(stale)
+
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def xcm_sweep() -> None:
-        """Find expired entries in the tables and have their owner partitions drop them."""
+        """Find expired entries in the tables and have their owner partitions drop them:
+        through the expiry index on RocksDB, by scanning every entry on other stores."""
         now = time.time()
         if now - state["swept"] < sweep_every:
             return
         state["swept"] = now
+        index = expiry_index()
+        if index is not None:
+            await rebuild_index(index)
         found: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for name, table in tables.items():
-            async for chain, entry in _expired(name, table, now):
+            entries = (
+                expired_indexed(index, name, table, now)
+                if index is not None
+                else _expired(name, table, now)
+            )
+            async for chain, entry in entries:
                 found[chain].append(entry)
         for chain, keys in found.items():
             await legs.send(key=chain, value={"kind": "sweep", "keys": keys})

@@ -222,3 +222,106 @@ def test_two_workers_match_recorded_journeys(
     assert "urn:ocn:polkadot:2099" in unknown["reason"]
     runtime = next(d for d in dead if d["kind"] == "unknown-runtime")
     assert "1234" in runtime["reason"]
+
+
+def test_sweeps_read_what_expires_not_what_is_kept(
+    redis_url: str, prefix: str, app_id: str, tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """The sweep finds expired entries through the expiry index (``ocstream/xcm/expiry.py``):
+    everything with a short time to live is swept, on whichever worker holds it, while the
+    ``seen`` entries, kept for an hour here, are never read again; and after both workers are
+    replaced, the new ones rebuild the index from their stores and sweep what the old ones
+    wrote."""
+    for network, metadata in NETWORKS.items():
+        spec = int(metadata.removesuffix(".scale").rsplit("-", 1)[1])
+        register_network_sync(
+            redis_url,
+            network,
+            spec_version=spec,
+            metadata=(fixtures_dir / "metadata" / metadata).read_bytes(),
+            prefix=prefix,
+        )
+    hrmp = blocks_from_case(fixtures_dir / "cases" / "v1-hrmp-assethub-interlay.json", fixtures_dir)
+    ump = blocks_from_case(fixtures_dir / "cases" / "v1-ump-assethub-polkadot.json", fixtures_dir)
+    env = {
+        "OCSTREAM_XCM_SWEEP_INTERVAL": "1",
+        "OCSTREAM_XCM_JOURNEY_TTL": "6",
+        "OCSTREAM_XCM_PENDING_TTL": "3",
+        "OCSTREAM_XCM_CLOSED_TTL": "2",
+        "OCSTREAM_XCM_LATE_TTL": "2",
+        "OCSTREAM_XCM_SEEN_TTL": "3600",
+    }
+
+    def workers(generation: str) -> list[Worker]:
+        started = [
+            Worker(
+                f"{name}{generation}",
+                tmp_path / name,  # the same data directory across generations
+                redis_url=redis_url,
+                prefix=prefix,
+                app_id=app_id,
+                env=env,
+                dataflow="xcm,demo",
+            ).start()
+            for name in ("w1", "w2")
+        ]
+        for worker in started:
+            worker.wait_assigned()
+        return started
+
+    def held(running: list[Worker]) -> tuple[Counter[str], Counter[str]]:
+        tables: Counter[str] = Counter()
+        counters: Counter[str] = Counter()
+        for worker in running:
+            view = json.loads(worker.get("/xcm/pending/"))
+            tables.update(view["tables"])
+            counters.update(view["counters"])
+        return tables, counters
+
+    def only_seen_left(running: list[Worker]) -> tuple[Counter[str], Counter[str]] | None:
+        tables, counters = held(running)
+        others = {name: n for name, n in tables.items() if name != "seen" and n}
+        return (tables, counters) if not others and tables["seen"] else None
+
+    def notified(kind: str, count: int) -> bool:
+        notes = read_topic(redis_url, prefix, "xcm-notifications")
+        return sum(n["type"] == kind for n in {n["id"]: n for n in notes}.values()) >= count
+
+    running = workers("a")
+    try:
+        publish_blocks_sync(redis_url, hrmp, prefix=prefix, partitions=PARTITIONS)
+        wait_for(lambda: notified("xcm.received", 1), 60, "the receipt")
+        tables, counters = wait_for(
+            lambda: only_seen_left(running), 60, "everything but seen entries swept"
+        )
+        assert counters["expiry_index_rebuilds"] >= PARTITIONS, counters
+        # Nothing is due any more: once the index entries of what was swept have been seen
+        # gone (one more sweep), further sweeps read nothing, however much is kept.
+        time.sleep(2)
+        checked = held(running)[1]["sweep_checked"]
+        assert checked > 0
+        time.sleep(4)  # four more sweeps on each worker
+        tables_after, counters_after = held(running)
+        assert tables_after["seen"] == tables["seen"] > 0
+        assert counters_after["sweep_checked"] == checked, (checked, counters_after)
+
+        # A journey still pending when both workers are replaced: its entries were indexed
+        # by processes that are gone, and are found by the new ones' rebuild.
+        publish_blocks_sync(
+            redis_url,
+            [b for b in ump if b.number == 4818937],
+            prefix=prefix,
+            partitions=PARTITIONS,
+        )
+        wait_for(lambda: notified("xcm.sent", 2), 60, "the second journey's send")
+        for worker in running:
+            assert worker.stop() == 0, worker.log_tail()
+        running = workers("b")
+        wait_for(lambda: notified("xcm.timeout", 1), 60, "the second journey's timeout")
+        _, counters = wait_for(
+            lambda: only_seen_left(running), 60, "the second journey's entries swept"
+        )
+        assert counters["expiry_index_rebuilds"] >= PARTITIONS, counters
+    finally:
+        for worker in running:
+            worker.stop()

@@ -1,5 +1,7 @@
 """The sweep reads an entry's expiry from its stored bytes (``topology.xcm._expires_of``)
-instead of decoding every entry of every table each minute."""
+instead of decoding every entry, and finds the expired entries through an index by expiry
+(``ocstream/xcm/expiry.py``) instead of reading every entry of every table each minute; the
+workers' side is ``tests/xcm/test_dataflow_workers.py``."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import orjson
 
 from ocstream.ingress.decode import DecoderCache, RuntimeDecoder
 from ocstream.xcm.codec import XcmCodec
+from ocstream.xcm.expiry import ExpiryIndex
 from ocstream.xcm.matching import expired_keys
 from topology.xcm import _expires_of
 
@@ -52,3 +55,47 @@ def test_values_that_name_expires_more_than_once_are_decoded() -> None:
     assert _expires_of(orjson.dumps({"expires": 1.5e9})) == 1.5e9
     assert _expires_of(orjson.dumps(["expires", 1])) is None
     assert _expires_of(b"12") is None
+
+
+def test_the_expiry_index_yields_what_is_due_per_table_and_partition(tmp_path: Path) -> None:
+    index = ExpiryIndex(tmp_path / "expiry", ["journeys", "seen"])
+    try:
+        index.note(
+            [
+                ("journeys", 3, b'"c|late"', 200.0),
+                ("journeys", 3, b'"c|early"', 100.0),
+                ("journeys", 3, b'"c|exact"', 150.0),
+                ("journeys", 3, b'"c|just-after"', 150.0004),  # rounded up to the next ms
+                ("seen", 3, b'"c|seen"', 50.0),
+                ("journeys", 4, b'"d|other-partition"', 10.0),
+                ("journeys", 0xFFFF, b'"e|last-partition"', 10.0),
+            ]
+        )
+        due = [key for _, key in index.due(3, "journeys", 150.0)]
+        assert due == [b'"c|early"', b'"c|exact"']
+        assert [key for _, key in index.due(3, "seen", 150.0)] == [b'"c|seen"']
+        assert [key for _, key in index.due(4, "journeys", 1e12)] == [b'"d|other-partition"']
+        assert list(index.due(3, "journeys", 99.999)) == []
+        # Dropped entries are gone; the rest stay.
+        index.drop([ikey for ikey, _ in index.due(3, "journeys", 150.0)])
+        assert [key for _, key in index.due(3, "journeys", 1e12)] == [
+            b'"c|just-after"',
+            b'"c|late"',
+        ]
+        # Clearing a partition (before its rebuild) leaves the others.
+        index.indexed.update({3, 4, 0xFFFF})
+        index.clear(3)
+        assert list(index.due(3, "journeys", 1e12)) == list(index.due(3, "seen", 1e12)) == []
+        assert index.indexed == {4, 0xFFFF}
+        index.clear(0xFFFF)
+        assert list(index.due(0xFFFF, "journeys", 1e12)) == []
+        assert len(list(index.due(4, "journeys", 1e12))) == 1
+    finally:
+        index.close()
+    # Reopened (a restart), it still holds what was written, but vouches for nothing.
+    reopened = ExpiryIndex(tmp_path / "expiry", ["journeys", "seen"])
+    try:
+        assert reopened.indexed == set()
+        assert len(list(reopened.due(4, "journeys", 1e12))) == 1
+    finally:
+        reopened.close()
