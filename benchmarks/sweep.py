@@ -127,7 +127,7 @@ def main() -> None:
             write_us = indexing / (kept + args.due) * 1e6
             print(
                 f"| {kept:,} | {args.due:,} | {scan_s * 1000:,.1f} | {index_s * 1000:,.1f} | "
-                f"{scan_s / index_s:,.0f} | {write_us:.2f} |"
+                f"{scan_s / index_s:,.1f} | {write_us:.2f} |"
             )
         finally:
             shutil.rmtree(root, ignore_errors=True)
