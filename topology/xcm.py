@@ -433,7 +433,9 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
         store = table.data
         stale: list[bytes] = []
         for partition in sorted(index.indexed):
-            db = store._db_for_partition(partition)
+            db = store._dbs.get(partition)
+            if db is None or index.generation != app.consumer_generation_id:
+                continue  # revoked meanwhile (faust closed its store): the next sweep rebuilds
             for count, (index_key, raw_key) in enumerate(index.due(partition, name, now), 1):
                 if count % SCAN_CHUNK == 0:
                     await asyncio.sleep(0)

@@ -231,9 +231,9 @@ def test_sweeps_read_what_expires_not_what_is_kept(
 ) -> None:
     """The sweep finds expired entries through the expiry index (``ocstream/xcm/expiry.py``):
     everything with a short time to live is swept, on whichever worker holds it, while the
-    ``seen`` entries, kept for an hour here, are never read again; and after both workers are
-    replaced, the new ones rebuild the index from their stores and sweep what the old ones
-    wrote."""
+    ``seen`` entries, kept for an hour here, are never read again; after a rebalance the worker
+    that takes partitions rebuilds their index; and after the workers are replaced, the new
+    ones rebuild it from their stores and sweep what the old ones wrote."""
     for network, metadata in NETWORKS.items():
         spec = int(metadata.removesuffix(".scale").rsplit("-", 1)[1])
         register_network_sync(
@@ -307,8 +307,20 @@ def test_sweeps_read_what_expires_not_what_is_kept(
         assert tables_after["seen"] == tables["seen"] > 0
         assert counters_after["sweep_checked"] == checked, (checked, counters_after)
 
-        # A journey still pending when both workers are replaced: its entries were indexed
-        # by processes that are gone, and are found by the new ones' rebuild.
+        # A rebalance: w2 leaves, w1 takes its partitions (changed by recovery, not by w1's
+        # matcher) and rebuilds the index of all it now holds.
+        rebuilt = json.loads(running[0].get("/xcm/pending/"))["counters"]["expiry_index_rebuilds"]
+        assert running[1].stop() == 0, running[1].log_tail()
+        running = running[:1]
+
+        def rebuilt_all() -> bool:
+            counters = json.loads(running[0].get("/xcm/pending/"))["counters"]
+            return bool(counters["expiry_index_rebuilds"] >= rebuilt + PARTITIONS)
+
+        wait_for(rebuilt_all, 60, "w1 to rebuild the index of every partition after w2 left")
+
+        # A journey still pending when the workers are replaced: its entries were indexed by
+        # a process that is gone, and are found by the new ones' rebuild.
         publish_blocks_sync(
             redis_url,
             [b for b in ump if b.number == 4818937],
