@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
@@ -25,13 +24,6 @@ from ocstream.transport.writer import append_records
 
 #: Only the limit a test is about: the others off.
 NO_LIMITS = {"retention_hours": 0, "retention_mb": 0, "max_len": 0}
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
