@@ -108,7 +108,3 @@ class ExpiryIndex:
             count += 1
         if count:
             self.db.write(batch)
-
-    def size(self) -> int:
-        """Index entries, estimated by RocksDB (for the pending view and tests)."""
-        return int(self.db.property_int_value("rocksdb.estimate-num-keys") or 0)

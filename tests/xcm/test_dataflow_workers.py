@@ -46,6 +46,26 @@ def read_topic(redis_url: str, prefix: str, topic: str) -> list[dict[str, Any]]:
     return found
 
 
+def register_and_load(
+    redis_url: str, prefix: str, fixtures_dir: Path
+) -> tuple[list[ExtendedBlock], list[ExtendedBlock]]:
+    """Register the recorded networks with their metadata; the blocks of the recorded Asset
+    Hub -> Interlay (HRMP) and Asset Hub -> Polkadot (UMP) cases."""
+    for network, metadata in NETWORKS.items():
+        spec = int(metadata.removesuffix(".scale").rsplit("-", 1)[1])
+        register_network_sync(
+            redis_url,
+            network,
+            spec_version=spec,
+            metadata=(fixtures_dir / "metadata" / metadata).read_bytes(),
+            prefix=prefix,
+        )
+    cases = fixtures_dir / "cases"
+    hrmp = blocks_from_case(cases / "v1-hrmp-assethub-interlay.json", fixtures_dir)
+    ump = blocks_from_case(cases / "v1-ump-assethub-polkadot.json", fixtures_dir)
+    return hrmp, ump
+
+
 @pytest.mark.parametrize("batch_records", [None, "1"], ids=["default-batches", "batches-of-1"])
 def test_two_workers_match_recorded_journeys(
     redis_url: str,
@@ -56,17 +76,7 @@ def test_two_workers_match_recorded_journeys(
     batch_records: str | None,
 ) -> None:
     """Also with ``OCSTREAM_XCM_BATCH_RECORDS=1``: every record its own batch and flush."""
-    for network, metadata in NETWORKS.items():
-        spec = int(metadata.removesuffix(".scale").rsplit("-", 1)[1])
-        register_network_sync(
-            redis_url,
-            network,
-            spec_version=spec,
-            metadata=(fixtures_dir / "metadata" / metadata).read_bytes(),
-            prefix=prefix,
-        )
-    hrmp = blocks_from_case(fixtures_dir / "cases" / "v1-hrmp-assethub-interlay.json", fixtures_dir)
-    ump = blocks_from_case(fixtures_dir / "cases" / "v1-ump-assethub-polkadot.json", fixtures_dir)
+    hrmp, ump = register_and_load(redis_url, prefix, fixtures_dir)
     env = {"OCSTREAM_XCM_JOURNEY_TTL": "8", "OCSTREAM_XCM_SWEEP_INTERVAL": "2"}
     if batch_records is not None:
         env["OCSTREAM_XCM_BATCH_RECORDS"] = batch_records
@@ -234,17 +244,7 @@ def test_sweeps_read_what_expires_not_what_is_kept(
     ``seen`` entries, kept for an hour here, are never read again; after a rebalance the worker
     that takes partitions rebuilds their index; and after the workers are replaced, the new
     ones rebuild it from their stores and sweep what the old ones wrote."""
-    for network, metadata in NETWORKS.items():
-        spec = int(metadata.removesuffix(".scale").rsplit("-", 1)[1])
-        register_network_sync(
-            redis_url,
-            network,
-            spec_version=spec,
-            metadata=(fixtures_dir / "metadata" / metadata).read_bytes(),
-            prefix=prefix,
-        )
-    hrmp = blocks_from_case(fixtures_dir / "cases" / "v1-hrmp-assethub-interlay.json", fixtures_dir)
-    ump = blocks_from_case(fixtures_dir / "cases" / "v1-ump-assethub-polkadot.json", fixtures_dir)
+    hrmp, ump = register_and_load(redis_url, prefix, fixtures_dir)
     env = {
         "OCSTREAM_XCM_SWEEP_INTERVAL": "1",
         "OCSTREAM_XCM_JOURNEY_TTL": "6",
@@ -285,6 +285,18 @@ def test_sweeps_read_what_expires_not_what_is_kept(
         others = {name: n for name, n in tables.items() if name != "seen" and n}
         return (tables, counters) if not others and tables["seen"] else None
 
+    def swept_after(running: list[Worker], more: int) -> None:
+        """Wait until every worker has run ``more`` sweeps from now."""
+        for worker in running:
+            start = json.loads(worker.get("/xcm/pending/"))["counters"].get("sweeps", 0)
+            wait_for(
+                lambda w=worker, s=start: (
+                    json.loads(w.get("/xcm/pending/"))["counters"].get("sweeps", 0) >= s + more
+                ),
+                30,
+                f"{more} sweeps on {worker.name}",
+            )
+
     def notified(kind: str, count: int) -> bool:
         notes = read_topic(redis_url, prefix, "xcm-notifications")
         return sum(n["type"] == kind for n in {n["id"]: n for n in notes}.values()) >= count
@@ -298,11 +310,11 @@ def test_sweeps_read_what_expires_not_what_is_kept(
         )
         assert counters["expiry_index_rebuilds"] >= PARTITIONS, counters
         # Nothing is due any more: once the index entries of what was swept have been seen
-        # gone (one more sweep), further sweeps read nothing, however much is kept.
-        time.sleep(2)
+        # gone (one more sweep each), further sweeps read nothing, however much is kept.
+        swept_after(running, 2)
         checked = held(running)[1]["sweep_checked"]
         assert checked > 0
-        time.sleep(4)  # four more sweeps on each worker
+        swept_after(running, 4)
         tables_after, counters_after = held(running)
         assert tables_after["seen"] == tables["seen"] > 0
         assert counters_after["sweep_checked"] == checked, (checked, counters_after)
