@@ -114,6 +114,7 @@ from xcm import (  # benchmarks/ is this script's directory
 )
 
 from ocstream.ingress.registry import NetworkRecord
+from ocstream.sinks.webhook import DeliveryIds
 from ocstream.testing import fixtures_path
 from ocstream.transport import Keyspace
 from ocstream.transport.wire import entry_value, partition_for_key
@@ -160,6 +161,7 @@ def serve() -> None:
                 waypoint.get("outcome"),
                 signed,
                 note.get("subscriptionId"),
+                request.headers.get("webhook-id"),
             ]
         )
         counts[str(note.get("type"))] += 1
@@ -466,6 +468,10 @@ class Step:
     matched_p99: float = 0.0
     delivery_p50: float = 0.0
     delivery_p99: float = 0.0
+    queued_p50: float = 0.0
+    queued_p99: float = 0.0
+    posted_p50: float = 0.0
+    posted_p99: float = 0.0
     #: The slowest blocks: (seconds since the step's first block, chain, slowest latency in it).
     slowest: list[tuple[float, str, float]] = field(default_factory=list)
     #: p99 of the blocks published after the step's first SETTLE seconds (received, sent).
@@ -554,16 +560,20 @@ def run_step(
 
     hashes = {j.hash: j for j in segment.journeys}
     first_arrival: dict[tuple[str, str], float] = {}
-    for arrived, kind, message_hash, *_ in records:
+    queued_at: dict[str, float] = {}  # xcm.received, by hash: when its webhook was queued
+    for arrived, kind, message_hash, *_, delivery_id in records:
         if message_hash in hashes:
             key = (kind, message_hash)
-            first_arrival[key] = min(arrived, first_arrival.get(key, arrived))
+            if arrived < first_arrival.get(key, float("inf")):
+                first_arrival[key] = arrived
+                if kind == "xcm.received" and delivery_id:
+                    queued_at[message_hash] = DeliveryIds.timestamp_ms(delivery_id) / 1000
     receipts = range(segment.first[RELAY] + LAG, segment.last[RELAY] + 1)
     times = [run.published[(RELAY, n)] for n in receipts]
     interval = (times[-1] - times[0]) / max(1, len(times) - 1)
     step.offered = segment.per_block / interval if interval > 0 else float("nan")
     received, sent = [], []
-    matched, delivery = [], []
+    matched, delivery, queueing, posting = [], [], [], []
     notified = run.notified()
     arrivals = []
     by_block: dict[int, list[float]] = {}
@@ -577,6 +587,10 @@ def run_step(
             if written is not None:
                 matched.append(written - run.published[(RELAY, j.received_block)])
                 delivery.append(got - written)
+                queued = queued_at.get(j.hash)
+                if queued is not None:
+                    queueing.append(queued - written)
+                    posting.append(got - queued)
             by_block.setdefault(j.received_block, []).append(received[-1])
         got = first_arrival.get(("xcm.sent", j.hash))
         if got is not None:
@@ -613,6 +627,8 @@ def run_step(
     step.sent_p50, step.sent_p99 = percentile(sent, 50), percentile(sent, 99)
     step.matched_p50, step.matched_p99 = percentile(matched, 50), percentile(matched, 99)
     step.delivery_p50, step.delivery_p99 = percentile(delivery, 50), percentile(delivery, 99)
+    step.queued_p50, step.queued_p99 = percentile(queueing, 50), percentile(queueing, 99)
+    step.posted_p50, step.posted_p99 = percentile(posting, 50), percentile(posting, 99)
     # A pipeline that keeps up has the same latency at the end of a step as at its start; one
     # that falls behind by a fraction f of the offered rate adds f x the elapsed time.
     third = max(1, len(receipts) // 3)
@@ -647,7 +663,9 @@ def step_line(step: Step, label: str) -> str:
         f"delivered {step.delivered:.1f}/s; received p50 {step.p50:.2f} s p99 {step.p99:.2f} s "
         f"(growth {step.growth:+.2f} s; block to notification p50 {step.matched_p50:.2f} s "
         f"p99 {step.matched_p99:.2f} s, notification to webhook p50 {step.delivery_p50:.2f} s "
-        f"p99 {step.delivery_p99:.2f} s), sent p50 {step.sent_p50:.2f} s "
+        f"p99 {step.delivery_p99:.2f} s: to its webhook queue p50 {step.queued_p50:.2f} s "
+        f"p99 {step.queued_p99:.2f} s, queue to webhook p50 {step.posted_p50:.2f} s "
+        f"p99 {step.posted_p99:.2f} s), sent p50 {step.sent_p50:.2f} s "
         f"p99 {step.sent_p99:.2f} s; after the first {SETTLE:g} s: received p99 "
         f"{step.settled_p99[0]:.2f} s, sent p99 {step.settled_p99[1]:.2f} s; slowest blocks "
         f"{', '.join(f'{c} +{at:.1f} s {lat:.2f} s' for at, c, lat in step.slowest)}; "
@@ -668,7 +686,7 @@ def correctness(run: Run) -> dict[str, int]:
     late = {j.hash for segment, drained in run.done if not drained for j in segment.journeys}
     by_key: Counter[tuple[str, str]] = Counter()
     out = Counter({"bad_signature": 0, "wrong_outcome": 0, "wrong_block": 0, "unknown": 0})
-    for _, kind, message_hash, dest_block, outcome, signed, subscription in run.records:
+    for _, kind, message_hash, dest_block, outcome, signed, subscription, _ in run.records:
         if message_hash not in journeys or subscription != SUBSCRIPTION:
             out["unknown"] += 1
             continue

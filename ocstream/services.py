@@ -10,6 +10,7 @@ topology`` and faust's commands build the same app.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from .delivery import Delivery
@@ -39,8 +40,23 @@ __all__ = ["install"]
 log = logging.getLogger("ocstream.services")
 
 
-def _as_json(subscription: Subscription | None) -> dict[str, Any] | None:
-    return subscription.to_json() if subscription is not None else None
+def _json_reader(live: LiveSubscriptions) -> Callable[[str], dict[str, Any] | None]:
+    """``subscription id -> its JSON`` for the webhook dispatcher, which reads a subscription at
+    every attempt and never changes what it reads: each subscription is dumped once per
+    version (a change replaces the object in ``live``)."""
+    dumped: dict[str, tuple[Subscription, dict[str, Any]]] = {}
+
+    def read(subscription_id: str) -> dict[str, Any] | None:
+        found = live.get(subscription_id)
+        if found is None:
+            dumped.pop(subscription_id, None)
+            return None
+        hit = dumped.get(subscription_id)
+        if hit is None or hit[0] is not found:
+            hit = dumped[subscription_id] = (found, found.to_json())
+        return hit[1]
+
+    return read
 
 
 def install(app: Any, settings: Settings, *, redis_url: str) -> None:
@@ -72,7 +88,7 @@ def install(app: Any, settings: Settings, *, redis_url: str) -> None:
         client,
         prefix,
         WebhookSettings(allow_private_targets=settings.webhook_allow_private),
-        get_subscription=lambda subscription_id: _as_json(live.get(subscription_id)),
+        get_subscription=_json_reader(live),
     )
 
     async def validate(data: dict[str, Any]) -> dict[str, Any]:

@@ -67,7 +67,6 @@ import base64
 import binascii
 import contextlib
 import functools
-import hashlib
 import hmac
 import importlib.metadata
 import inspect
@@ -262,6 +261,7 @@ class InvalidSecret(ValueError):
     """A ``whsec_`` secret whose remainder is not base64."""
 
 
+@functools.lru_cache(maxsize=1024)
 def signing_key(secret: str) -> bytes:
     """The HMAC key of a channel ``secret``.
 
@@ -284,7 +284,7 @@ def signing_key(secret: str) -> bytes:
 def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
     """The Standard Webhooks ``webhook-signature`` value: ``v1,`` + base64(HMAC-SHA256(key,
     ``{id}.{timestamp}.{body}``))."""
-    digest = hmac.new(key, f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    digest = hmac.digest(key, f"{message_id}.{timestamp}.".encode() + body, "sha256")
     return "v1," + base64.b64encode(digest).decode()
 
 
@@ -947,7 +947,9 @@ class WebhookDispatcher:
         timeout = self.settings.timeout
         try:
             async with asyncio.timeout(timeout):
-                await check_target(target, self.settings.allow_private_targets)
+                # The channel's URL, not the target: they share scheme, user info and host,
+                # and the channel's is parsed once (the delivery id makes each target new).
+                await check_target(url, self.settings.allow_private_targets)
         except TargetRefused as exc:
             return _Outcome("dead", "refused_targets", error=str(exc), url=target, attempted=True)
         except (TargetUnresolved, TimeoutError) as exc:

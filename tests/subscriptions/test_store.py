@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from ocstream.embedded import EmbeddedRedis
+from ocstream.services import _json_reader
 from ocstream.subscriptions import (
     ConcurrentModification,
     DuplicateSubscription,
@@ -182,6 +183,31 @@ async def test_invalid_stored_entries_are_skipped(
         await live.refresh(force=True)
     assert [s.id for s in live.all()] == ["good"]
     assert "subscription bad in Redis is invalid" in caplog.text
+
+
+async def test_the_dispatchers_reader_dumps_each_version_of_a_subscription_once(
+    client: Redis, prefix: str
+) -> None:
+    """The webhook dispatcher reads a subscription at every attempt, through
+    ``services._json_reader``: the same JSON until the subscription changes, then the new one."""
+    store = SubscriptionStore(client, prefix)
+    hook = {"type": "webhook", "url": "http://one.example/hook"}
+    await store.create(make("s", channels=[hook]))
+    live = LiveSubscriptions(client, prefix)
+    await live.refresh(force=True)
+    read = _json_reader(live)
+    first = read("s")
+    assert first is not None and first["channels"][0]["url"] == "http://one.example/hook"
+    assert read("s") is first  # not dumped again
+    await store.replace(make("s", channels=[{**hook, "url": "http://two.example/hook"}]))
+    await live.refresh(force=True)
+    second = read("s")
+    assert second is not None and second["channels"][0]["url"] == "http://two.example/hook"
+    assert first["channels"][0]["url"] == "http://one.example/hook"  # the old dump is untouched
+    await store.delete("s")
+    await live.refresh(force=True)
+    assert read("s") is None
+    assert read("never") is None
 
 
 async def test_matching_uses_persistent_and_ephemeral_subscriptions(
