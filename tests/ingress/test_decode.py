@@ -516,6 +516,42 @@ def test_validation_enforces_the_contract() -> None:
         parsed.__setattr__("number", 2)  # frozen
 
 
+def test_blocks_read_from_json_are_normalised_like_decoded_values() -> None:
+    """``from_json_bytes`` skips the Python walk for values that are already normalised; every
+    value that is not must still come out as :func:`to_json_value` makes it."""
+    nested_call = {
+        "call_index": "0x0500",
+        "call_function": "transfer_keep_alive",
+        "call_module": "Balances",
+        "call_args": [{"name": "value", "type": "Balance", "value": 5}],
+        "call_hash": "0x" + "00" * 32,
+    }
+    cases: list[tuple[bytes, Any]] = [
+        (b'{"amount": 9007199254740991}', {"amount": MAX_SAFE_INTEGER}),
+        (b'{"amount": 9007199254740992}', {"amount": "9007199254740992"}),
+        (b'{"a": [1, {"b": -18446744073709551616}]}', {"a": [1, {"b": str(-(2**64))}]}),
+        (b"[1e999, NaN, -Infinity, 1.5]", ["inf", "nan", "-inf", 1.5]),
+        (b'{"x": null, "y": 1e999}', {"x": None, "y": "inf"}),
+        (b'{"call": ' + orjson.dumps(nested_call) + b"}",
+         {"call": {"module": "Balances", "call": "transfer_keep_alive", "args": {"value": 5}}}),
+        (b'{"text": "null \\"call_module\\""}', {"text": 'null "call_module"'}),
+        (b'{"plain": ["0x00ff", true, false, 0, -3, 2.5, {}, []]}',
+         {"plain": ["0x00ff", True, False, 0, -3, 2.5, {}, []]}),
+    ]  # fmt: skip
+    for raw, want in cases:
+        block = (
+            b'{"network": "urn:ocn:polkadot:0", "number": 1, "hash": "0x' + b"11" * 32
+            + b'", "parent_hash": "0x' + b"22" * 32 + b'", "events": [{"index": 0, '
+            b'"phase": "Finalization", "module": "M", "name": "N", "fields": ' + raw + b"}], "
+            b'"extrinsics": [{"index": 0, "module": "M", "call": "c", "success": false, '
+            b'"args": ' + raw + b', "error": ' + raw + b"}]}"
+        )  # fmt: skip
+        parsed = ExtendedBlock.from_json_bytes(block)
+        assert parsed.events[0].fields == want, raw
+        assert parsed.extrinsics[0].args == want and parsed.extrinsics[0].error == want, raw
+        assert to_json_value(parsed.events[0].fields) == parsed.events[0].fields
+
+
 def test_to_json_value() -> None:
     assert to_json_value(b"\x00\xff") == "0x00ff"
     assert to_json_value((1, (2, 3))) == [1, [2, 3]]
