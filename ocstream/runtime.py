@@ -29,7 +29,9 @@ every decoded record allocates hundreds of objects, so the default thresholds (7
 ran a full collection every few seconds over a heap of 250-350 thousand objects (runtime
 metadata, faust's and aiohttp's own), 100-150 ms each. What the worker allocates while
 processing is acyclic and freed by reference counting; the collector only has to find the
-occasional cycle.
+occasional cycle. So the start-up heap is frozen, and the young generations are collected on a
+clock (:func:`collect_young`) rather than by allocation counts, which a backlog's buffered
+records kept tripping (:data:`GC_THRESHOLDS`).
 
 :class:`Worker` also keeps faust's per-partition and recovery-table lines (``opening partition``,
 the highwater and offset tables: hundreds of lines before ``Ready``) out of the log at ``info``
@@ -56,14 +58,24 @@ __all__ = [
     "App",
     "RocksDBStore",
     "Table",
+    "GC_YOUNG_EVERY",
     "TableManager",
     "Worker",
+    "collect_young",
     "tune_gc",
 ]
 
-#: Collector thresholds of a started worker: a young collection every 50,000 net allocations
-#: (Python's default: 700), a full one after 50 x 50 of those.
-GC_THRESHOLDS = (50_000, 50, 50)
+#: Collector thresholds of a started worker. The first is a bound, not a schedule: Python
+#: counts net allocations, and a worker working off a backlog keeps a few hundred thousand
+#: decoded records alive in its buffers, so any lower bound made every young collection scan
+#: them all (20-150 ms each, 5-8 % of the CPU in ``benchmarks/xcm.py``) only to find them
+#: alive. Young objects are collected on a clock instead (:data:`GC_YOUNG_EVERY`).
+GC_THRESHOLDS = (1_000_000, 10, 100)
+
+#: Seconds between two collections of the young generations (0 and 1) of a started worker:
+#: what they hold is what the worker has in flight, so each costs a few milliseconds to a
+#: few tens, and cycles made while processing are freed within this time.
+GC_YOUNG_EVERY = 30.0
 
 
 def tune_gc() -> None:
@@ -72,6 +84,14 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+async def collect_young(every: float = GC_YOUNG_EVERY) -> None:
+    """Collect generations 0 and 1 every ``every`` seconds, forever (a worker's task, after
+    :func:`tune_gc`). Full collections stay Python's, on its thresholds."""
+    while True:
+        await asyncio.sleep(every)
+        gc.collect(1)
 
 
 #: Beginnings of faust's log messages shown only at ``-l debug`` (one per partition and table,
@@ -125,6 +145,7 @@ class Worker(faust.Worker):
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
         tune_gc()
+        self.add_future(collect_young())
 
     async def _sentinel_task(self) -> None:
         # mode sleeps 1 s here before closing the loop, once every service has stopped.
