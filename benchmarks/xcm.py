@@ -605,6 +605,19 @@ class CpuMeter:
         return {k: end[k] - self.start[k] for k in end}
 
 
+def gc_of(run: Run) -> tuple[float, float]:
+    """The workers' seconds of garbage collection so far, and their longest pause
+    (``ocstream_gc_*`` of their ``/metrics``)."""
+    seconds, pause = 0.0, 0.0
+    for worker in run.workers:
+        for name, value in worker.metrics().items():
+            if name.startswith("ocstream_gc_seconds_total"):
+                seconds += value
+            elif name.startswith("ocstream_gc_pause_max_seconds"):
+                pause = max(pause, value)
+    return seconds, pause
+
+
 def cleanup(client: redis.Redis, prefix: str) -> None:
     batch: list[bytes] = []
     for key in client.scan_iter(match=prefix + "*", count=1000):
@@ -695,6 +708,7 @@ def journeys_phase(
         publish(run.url, run.prefix, args.partitions, shuffled(warm, args.seed + 1000))
         wait_received(run, reader, len(warm), args.timeout)
     cpu = CpuMeter(run)
+    gc_before = gc_of(run)
     bytes_in = net_input_bytes(run.client)
     t0 = time.perf_counter()
     publish(run.url, run.prefix, args.partitions, records)
@@ -702,6 +716,7 @@ def journeys_phase(
     t1 = wait_received(run, reader, len(warm) + args.journeys, args.timeout)
     elapsed = t1 - t0
     cpu_used = cpu.used()
+    gc_after = gc_of(run)
 
     # Late relayed notifications (a relayed leg after its receipt) may still be on their way.
     def all_relayed() -> bool:
@@ -762,6 +777,8 @@ def journeys_phase(
         "tombstones_left": left,
         "final_kinds": {k: v / total for k, v in final.items() if v},
         "peak_rss": max(w.rss_bytes("VmHWM") for w in run.workers),
+        "gc_seconds": gc_after[0] - gc_before[0],
+        "gc_pause": gc_after[1],
     }
 
 
@@ -948,7 +965,9 @@ def main(argv: Iterable[str] | None = None) -> int:
             f"dead letters {r['dead_letters']}, "
             f"pending after {r['pending']}, xcm-legs records {r['records']:,}, changelog records "
             f"{r['changelog']:,} ({r['changelog'] / (r['expected_notes'] / 3):.1f} per journey), "
-            f"peak worker RSS {r['peak_rss'] / 2**20:.0f} MiB\n"
+            f"peak worker RSS {r['peak_rss'] / 2**20:.0f} MiB, garbage collection "
+            f"{r['gc_seconds']:.2f} s of the workers' CPU (longest pause since start "
+            f"{r['gc_pause'] * 1000:.0f} ms)\n"
             f"    Redis: {r['bytes_in']:,.0f} bytes received per journey; the run's keys hold "
             f"{r['held']:,.0f} bytes per journey, {r['kept']:,.0f} once the consumed topic "
             f"entries are trimmed ({kept}), {r['final']:,.0f} once ended journeys are swept "

@@ -189,6 +189,34 @@ def transport_families(app: Any) -> Iterator[Metric]:
 
 
 @worker_collector
+def gc_families(app: Any) -> Iterator[Metric]:
+    """``ocstream_gc_*``: Python's garbage collections in this worker since it started, per
+    generation (``ocstream/runtime.py`` sets when they run)."""
+    from .runtime import GC_STATS
+
+    yield _labelled(
+        CounterMetricFamily(
+            "ocstream_gc_collections", "Garbage collections since start.", labels=["generation"]
+        ),
+        ((str(g), stats[0]) for g, stats in GC_STATS.items()),
+    )
+    yield _labelled(
+        CounterMetricFamily(
+            "ocstream_gc_seconds", "Seconds spent collecting garbage.", labels=["generation"]
+        ),
+        ((str(g), stats[1]) for g, stats in GC_STATS.items()),
+    )
+    yield _labelled(
+        GaugeMetricFamily(
+            "ocstream_gc_pause_max_seconds",
+            "The longest garbage collection since start (the event loop stops meanwhile).",
+            labels=["generation"],
+        ),
+        ((str(g), stats[2]) for g, stats in GC_STATS.items()),
+    )
+
+
+@worker_collector
 def group_families(app: Any) -> Iterator[Metric]:
     """``ocstream_group_*``: this worker's place in its consumer group."""
     consumer = getattr(app, "consumer", None)

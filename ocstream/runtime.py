@@ -44,6 +44,7 @@ import asyncio
 import gc
 import logging
 import sys
+import time
 from typing import Any
 
 import faust
@@ -53,6 +54,7 @@ from faust.types import TP
 from yarl import URL
 
 __all__ = [
+    "GC_STATS",
     "GC_THRESHOLDS",
     "QUIET_AT_INFO",
     "App",
@@ -63,6 +65,7 @@ __all__ = [
     "Worker",
     "collect_young",
     "tune_gc",
+    "watch_gc",
 ]
 
 #: Collector thresholds of a started worker. The first is a bound, not a schedule: Python
@@ -78,12 +81,37 @@ GC_THRESHOLDS = (1_000_000, 10, 100)
 GC_YOUNG_EVERY = 30.0
 
 
+#: Per generation: collections, seconds spent in them and the longest one, since
+#: :func:`watch_gc` (a worker's ``/metrics``: ``ocstream_gc_*``).
+GC_STATS: dict[int, list[float]] = {generation: [0, 0.0, 0.0] for generation in range(3)}
+_gc_started = [0.0]
+
+
+def _on_gc(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+        return
+    took = time.perf_counter() - _gc_started[0]
+    stats = GC_STATS[info["generation"]]
+    stats[0] += 1
+    stats[1] += took
+    stats[2] = max(stats[2], took)
+
+
+def watch_gc() -> None:
+    """Count and time this process's collections in :data:`GC_STATS` (once)."""
+    if _on_gc not in gc.callbacks:
+        gc.callbacks.append(_on_gc)
+
+
 def tune_gc() -> None:
     """Collect once, move everything alive to the permanent generation (``gc.freeze``: the
-    start-up heap is never scanned again) and raise the thresholds to :data:`GC_THRESHOLDS`."""
+    start-up heap is never scanned again) and raise the thresholds to :data:`GC_THRESHOLDS`.
+    Collections are timed from then on (:func:`watch_gc`)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    watch_gc()
 
 
 async def collect_young(every: float = GC_YOUNG_EVERY) -> None:

@@ -43,7 +43,7 @@ def test_cycles_are_freed_on_the_clock_not_by_allocation_counts() -> None:
     out = run(
         """
         import asyncio, gc, weakref
-        from ocstream.runtime import collect_young, tune_gc
+        from ocstream.runtime import GC_STATS, collect_young, tune_gc
 
         collected = []
         gc.callbacks.append(lambda phase, info: phase == "stop" and collected.append(info))
@@ -69,6 +69,10 @@ def test_cycles_are_freed_on_the_clock_not_by_allocation_counts() -> None:
             task.cancel()
             assert gone() is None, "the cycle was not freed"
             assert {info["generation"] for info in collected} == {1}, collected
+            # and timed for /metrics (ocstream_gc_*)
+            count, seconds, longest = GC_STATS[1]
+            assert count == len(collected) and 0 < longest <= seconds, GC_STATS
+            assert GC_STATS[0][0] == GC_STATS[2][0] == 0, GC_STATS
             print("ok", len(buffered), len(collected))
 
         asyncio.run(main())
