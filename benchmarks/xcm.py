@@ -605,17 +605,18 @@ class CpuMeter:
         return {k: end[k] - self.start[k] for k in end}
 
 
-def gc_of(run: Run) -> tuple[float, float]:
-    """The workers' seconds of garbage collection so far, and their longest pause
-    (``ocstream_gc_*`` of their ``/metrics``)."""
-    seconds, pause = 0.0, 0.0
+def gc_of(run: Run) -> tuple[float, list[float]]:
+    """The workers' seconds of garbage collection so far, and their longest pause per
+    generation (``ocstream_gc_*`` of their ``/metrics``)."""
+    seconds, pauses = 0.0, [0.0, 0.0, 0.0]
     for worker in run.workers:
         for name, value in worker.metrics().items():
             if name.startswith("ocstream_gc_seconds_total"):
                 seconds += value
             elif name.startswith("ocstream_gc_pause_max_seconds"):
-                pause = max(pause, value)
-    return seconds, pause
+                generation = int(name.split('generation="', 1)[1][0])
+                pauses[generation] = max(pauses[generation], value)
+    return seconds, pauses
 
 
 def cleanup(client: redis.Redis, prefix: str) -> None:
@@ -966,8 +967,8 @@ def main(argv: Iterable[str] | None = None) -> int:
             f"pending after {r['pending']}, xcm-legs records {r['records']:,}, changelog records "
             f"{r['changelog']:,} ({r['changelog'] / (r['expected_notes'] / 3):.1f} per journey), "
             f"peak worker RSS {r['peak_rss'] / 2**20:.0f} MiB, garbage collection "
-            f"{r['gc_seconds']:.2f} s of the workers' CPU (longest pause since start "
-            f"{r['gc_pause'] * 1000:.0f} ms)\n"
+            f"{r['gc_seconds']:.2f} s of the workers' CPU (longest pause since start, "
+            f"generations 0/1/2: {'/'.join(f'{p * 1000:.0f}' for p in r['gc_pause'])} ms)\n"
             f"    Redis: {r['bytes_in']:,.0f} bytes received per journey; the run's keys hold "
             f"{r['held']:,.0f} bytes per journey, {r['kept']:,.0f} once the consumed topic "
             f"entries are trimmed ({kept}), {r['final']:,.0f} once ended journeys are swept "
