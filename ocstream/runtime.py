@@ -56,11 +56,11 @@ from yarl import URL
 __all__ = [
     "GC_STATS",
     "GC_THRESHOLDS",
+    "GC_YOUNG_EVERY",
     "QUIET_AT_INFO",
     "App",
     "RocksDBStore",
     "Table",
-    "GC_YOUNG_EVERY",
     "TableManager",
     "Worker",
     "collect_young",
@@ -71,13 +71,14 @@ __all__ = [
 #: Collector thresholds of a started worker. The first is a bound, not a schedule: Python
 #: counts net allocations, and a worker working off a backlog keeps a few hundred thousand
 #: decoded records alive in its buffers, so any lower bound made every young collection scan
-#: them all (20-150 ms each, 5-8 % of the CPU in ``benchmarks/xcm.py``) only to find them
+#: them all (20-200 ms each, 5-9 % of the CPU in ``benchmarks/xcm.py``) only to find them
 #: alive. Young objects are collected on a clock instead (:data:`GC_YOUNG_EVERY`).
 GC_THRESHOLDS = (1_000_000, 10, 100)
 
-#: Seconds between two collections of the young generations (0 and 1) of a started worker:
-#: what they hold is what the worker has in flight, so each costs a few milliseconds to a
-#: few tens, and cycles made while processing are freed within this time.
+#: Seconds between two collections of the young generations (0 and 1) of a started worker.
+#: What they hold is what the worker has in flight: a collection takes under a millisecond on
+#: an idle worker and up to about 0.3 s in the middle of a large backlog (``docs/benchmarks.md``,
+#: "Issue 14, fourth round"). Cycles made while processing are freed within this time.
 GC_YOUNG_EVERY = 30.0
 
 

@@ -261,7 +261,6 @@ class InvalidSecret(ValueError):
     """A ``whsec_`` secret whose remainder is not base64."""
 
 
-@functools.lru_cache(maxsize=1024)
 def signing_key(secret: str) -> bytes:
     """The HMAC key of a channel ``secret``.
 
