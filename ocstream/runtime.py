@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -75,11 +76,23 @@ __all__ = [
 #: alive. Young objects are collected on a clock instead (:data:`GC_YOUNG_EVERY`).
 GC_THRESHOLDS = (1_000_000, 10, 100)
 
-#: Seconds between two collections of the young generations (0 and 1) of a started worker.
+#: Seconds between two collections of the young generations (0 and 1) of a started worker
+#: (``OCSTREAM_GC_YOUNG_EVERY``).
 #: What they hold is what the worker has in flight: a collection takes under a millisecond on
 #: an idle worker and up to about 0.3 s in the middle of a large backlog (``docs/benchmarks.md``,
 #: "Issue 14, fourth round"). Cycles made while processing are freed within this time.
-GC_YOUNG_EVERY = 30.0
+def _seconds(variable: str, default: str) -> float:
+    text = os.environ.get(variable, default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ValueError(f"{variable} must be a positive number of seconds, not {text!r}")
+    return value
+
+
+GC_YOUNG_EVERY = _seconds("OCSTREAM_GC_YOUNG_EVERY", "30")
 
 
 #: Per generation: collections, seconds spent in them and the longest one, since

@@ -10,7 +10,6 @@ topology`` and faust's commands build the same app.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from .delivery import Delivery
@@ -40,25 +39,6 @@ __all__ = ["install"]
 log = logging.getLogger("ocstream.services")
 
 
-def _json_reader(live: LiveSubscriptions) -> Callable[[str], dict[str, Any] | None]:
-    """``subscription id -> its JSON`` for the webhook dispatcher, which reads a subscription at
-    every attempt and never changes what it reads: each subscription is dumped once per
-    version (a change replaces the object in ``live``)."""
-    dumped: dict[str, tuple[Subscription, dict[str, Any]]] = {}
-
-    def read(subscription_id: str) -> dict[str, Any] | None:
-        found = live.get(subscription_id)
-        if found is None:
-            dumped.pop(subscription_id, None)
-            return None
-        hit = dumped.get(subscription_id)
-        if hit is None or hit[0] is not found:
-            hit = dumped[subscription_id] = (found, found.to_json())
-        return hit[1]
-
-    return read
-
-
 def install(app: Any, settings: Settings, *, redis_url: str) -> None:
     client = connect(redis_url, name=f"{settings.app_id}-services")
     # The API's requests have their own bounded pool with short timeouts: a frozen Redis
@@ -84,11 +64,18 @@ def install(app: Any, settings: Settings, *, redis_url: str) -> None:
         ),
         start_live=False,  # the delivery service starts it, with the worker
     )
+
+    async def get_subscription(subscription_id: str) -> dict[str, Any] | None:
+        """A persistent subscription's JSON, for the webhook dispatcher (at every attempt) and
+        the websocket hub, which only read it."""
+        found = live.get(subscription_id)
+        return found.json_view() if found is not None else None
+
     webhooks = WebhookDispatcher(
         client,
         prefix,
         WebhookSettings(allow_private_targets=settings.webhook_allow_private),
-        get_subscription=_json_reader(live),
+        get_subscription=get_subscription,
     )
 
     async def validate(data: dict[str, Any]) -> dict[str, Any]:
@@ -97,10 +84,6 @@ def install(app: Any, settings: Settings, *, redis_url: str) -> None:
         if unknown:
             raise SubscriptionRejected.bad_request(f"Invalid chain id:{unknown[0]}")
         return subscription.to_json()
-
-    async def get_subscription(subscription_id: str) -> dict[str, Any] | None:
-        found = live.get(subscription_id)
-        return found.to_json() if found is not None else None
 
     async def register_ephemeral(data: dict[str, Any]) -> None:
         try:

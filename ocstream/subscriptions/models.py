@@ -331,6 +331,7 @@ class Subscription(_Strict):
 
     _sender_keys: frozenset[str] | None = PrivateAttr(default=None)
     _destination_set: frozenset[str] = PrivateAttr(default=frozenset())
+    _json: dict[str, Any] | None = PrivateAttr(default=None)
 
     @field_validator("id")
     @classmethod
@@ -407,6 +408,14 @@ class Subscription(_Strict):
     def to_json(self) -> dict[str, Any]:
         """The subscription as the user gave it (no defaults added)."""
         return self.model_dump(mode="json", exclude_unset=True)
+
+    def json_view(self) -> dict[str, Any]:
+        """:meth:`to_json`, dumped once per subscription object and shared by every caller:
+        for readers that never change it (the webhook dispatcher reads it at every attempt).
+        The object is frozen, and a changed subscription is a new object."""
+        if self._json is None:
+            self._json = self.to_json()
+        return self._json
 
     def to_json_bytes(self) -> bytes:
         return self.model_dump_json(exclude_unset=True).encode()

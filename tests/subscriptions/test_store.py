@@ -12,7 +12,6 @@ import pytest
 from redis.asyncio import Redis
 
 from ocstream.embedded import EmbeddedRedis
-from ocstream.services import _json_reader
 from ocstream.subscriptions import (
     ConcurrentModification,
     DuplicateSubscription,
@@ -185,29 +184,29 @@ async def test_invalid_stored_entries_are_skipped(
     assert "subscription bad in Redis is invalid" in caplog.text
 
 
-async def test_the_dispatchers_reader_dumps_each_version_of_a_subscription_once(
+async def test_a_live_subscriptions_json_is_dumped_once_per_version(
     client: Redis, prefix: str
 ) -> None:
-    """The webhook dispatcher reads a subscription at every attempt, through
-    ``services._json_reader``: the same JSON until the subscription changes, then the new one."""
+    """The webhook dispatcher reads a subscription at every attempt (``json_view``, through
+    ``ocstream/services.py``): the same JSON until the subscription changes, then the new one,
+    and what the view shares is not what ``to_json`` hands out to change."""
     store = SubscriptionStore(client, prefix)
     hook = {"type": "webhook", "url": "http://one.example/hook"}
     await store.create(make("s", channels=[hook]))
     live = LiveSubscriptions(client, prefix)
     await live.refresh(force=True)
-    read = _json_reader(live)
-    first = read("s")
-    assert first is not None and first["channels"][0]["url"] == "http://one.example/hook"
-    assert read("s") is first  # not dumped again
+    current = live.get("s")
+    assert current is not None
+    first = current.json_view()
+    assert first == current.to_json() and first["channels"][0]["url"] == hook["url"]
+    assert current.json_view() is first  # not dumped again
+    assert current.to_json() is not first
     await store.replace(make("s", channels=[{**hook, "url": "http://two.example/hook"}]))
     await live.refresh(force=True)
-    second = read("s")
-    assert second is not None and second["channels"][0]["url"] == "http://two.example/hook"
-    assert first["channels"][0]["url"] == "http://one.example/hook"  # the old dump is untouched
-    await store.delete("s")
-    await live.refresh(force=True)
-    assert read("s") is None
-    assert read("never") is None
+    changed = live.get("s")
+    assert changed is not None and changed is not current
+    assert changed.json_view()["channels"][0]["url"] == "http://two.example/hook"
+    assert first["channels"][0]["url"] == "http://one.example/hook"  # the old view is untouched
 
 
 async def test_matching_uses_persistent_and_ephemeral_subscriptions(

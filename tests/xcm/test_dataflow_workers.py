@@ -252,6 +252,8 @@ def test_sweeps_read_what_expires_not_what_is_kept(
         "OCSTREAM_XCM_CLOSED_TTL": "2",
         "OCSTREAM_XCM_LATE_TTL": "2",
         "OCSTREAM_XCM_SEEN_TTL": "3600",
+        # and the worker's young garbage collections every second (ocstream/runtime.py)
+        "OCSTREAM_GC_YOUNG_EVERY": "1",
     }
 
     def workers(generation: str) -> list[Worker]:
@@ -271,6 +273,9 @@ def test_sweeps_read_what_expires_not_what_is_kept(
             worker.wait_assigned()
         return started
 
+    def engine_counters(worker: Worker) -> dict[str, int]:
+        return dict(json.loads(worker.get("/xcm/pending/"))["counters"])
+
     def held(running: list[Worker]) -> tuple[Counter[str], Counter[str]]:
         tables: Counter[str] = Counter()
         counters: Counter[str] = Counter()
@@ -288,11 +293,9 @@ def test_sweeps_read_what_expires_not_what_is_kept(
     def swept_after(running: list[Worker], more: int) -> None:
         """Wait until every worker has run ``more`` sweeps from now."""
         for worker in running:
-            start = json.loads(worker.get("/xcm/pending/"))["counters"].get("sweeps", 0)
+            start = engine_counters(worker).get("sweeps", 0)
             wait_for(
-                lambda w=worker, s=start: (
-                    json.loads(w.get("/xcm/pending/"))["counters"].get("sweeps", 0) >= s + more
-                ),
+                lambda w=worker, s=start: engine_counters(w).get("sweeps", 0) >= s + more,
                 30,
                 f"{more} sweeps on {worker.name}",
             )
@@ -318,16 +321,24 @@ def test_sweeps_read_what_expires_not_what_is_kept(
         tables_after, counters_after = held(running)
         assert tables_after["seen"] == tables["seen"] > 0
         assert counters_after["sweep_checked"] == checked, (checked, counters_after)
+        # Meanwhile (4 s and more) each worker collected its young generations on the clock,
+        # and timed them for /metrics; none was started by allocation counts.
+        for worker in running:
+            gc_counts = {
+                line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+                for line in worker.get("/metrics").splitlines()
+                if line.startswith("ocstream_gc_collections_total{")
+            }
+            assert gc_counts["1"] >= 3 and gc_counts["0"] == 0, (worker.name, gc_counts)
 
         # A rebalance: w2 leaves, w1 takes its partitions (changed by recovery, not by w1's
         # matcher) and rebuilds the index of all it now holds.
-        rebuilt = json.loads(running[0].get("/xcm/pending/"))["counters"]["expiry_index_rebuilds"]
+        rebuilt = engine_counters(running[0])["expiry_index_rebuilds"]
         assert running[1].stop() == 0, running[1].log_tail()
         running = running[:1]
 
         def rebuilt_all() -> bool:
-            counters = json.loads(running[0].get("/xcm/pending/"))["counters"]
-            return bool(counters["expiry_index_rebuilds"] >= rebuilt + PARTITIONS)
+            return engine_counters(running[0])["expiry_index_rebuilds"] >= rebuilt + PARTITIONS
 
         wait_for(rebuilt_all, 60, "w1 to rebuild the index of every partition after w2 left")
 
