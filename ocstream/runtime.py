@@ -76,6 +76,7 @@ __all__ = [
 #: alive. Young objects are collected on a clock instead (:data:`GC_YOUNG_EVERY`).
 GC_THRESHOLDS = (1_000_000, 10, 100)
 
+
 #: Seconds between two collections of the young generations (0 and 1) of a started worker
 #: (``OCSTREAM_GC_YOUNG_EVERY``).
 #: What they hold is what the worker has in flight: a collection takes under a millisecond on
