@@ -2,8 +2,9 @@
 ``xcm-notifications``.
 
 * agent ``xcm_extract`` reads ExtendedBlocks, decodes their XCM with the runtime's metadata from
-  the registry and writes each leg to ``xcm-legs`` keyed by the chain it concerns; what it cannot
-  read goes to ``xcm-dead-letters`` with the reason.
+  the registry and writes each leg to ``xcm-legs`` keyed by the chain it concerns (a sent leg
+  that can only start a journey by a spread key, ``leg_key``); what it cannot read goes to
+  ``xcm-dead-letters`` with the reason.
 * agent ``xcm_match`` runs :class:`ocstream.xcm.matching.Engine` on each ``xcm-legs`` record
   against six changelogged tables and writes notifications to ``xcm-notifications`` (keyed by
   journey) and the records meant for other chains back to ``xcm-legs``.
@@ -38,6 +39,7 @@ from ocstream.xcm.codec import XcmCodec, XcmDecodeError
 from ocstream.xcm.coverage import Coverage, coverage_of_record
 from ocstream.xcm.expiry import ExpiryIndex
 from ocstream.xcm.extract import extract
+from ocstream.xcm.keys import leg_key
 from ocstream.xcm.legs import is_relay, leg_record
 from ocstream.xcm.matching import TABLES, Engine, MatchSettings, Store, Tables, expired_keys
 from ocstream.xcm.sender import sender_of
@@ -193,14 +195,6 @@ def _pending_final(journey: Any) -> bool:
     return isinstance(journey, dict) and journey.get("role") == "final" and not journey.get("done")
 
 
-def _leg_chain(leg: Any) -> str:
-    if leg.kind == "sent":
-        return str(leg.origin)
-    if leg.kind in ("received", "bridge"):
-        return str(leg.chain)
-    return str(leg.recipient)
-
-
 def declare(app: Any, settings: MatchSettings | None = None) -> None:
     blocks = app.topic(BLOCKS_TOPIC, key_type=str, value_serializer="raw")
     legs = app.topic(LEGS_TOPIC, key_type=str, value_serializer="json")
@@ -265,6 +259,11 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
                 return found.model_dump() if found is not None else None
 
             found = extract(block, codec, ss58_prefix=prefix, sender_of=sender)
+            # The topic's own partition count (the producer's cached metadata), which is what
+            # the spread keys of new journeys are chosen for (ocstream/xcm/keys.py).
+            legs_partitions = await app.producer.topics.get(
+                legs.get_topic_name(), create_with=app.conf.topic_partitions
+            )
             for problem in found.problems:
                 await dead_letter(
                     problem.kind,
@@ -274,7 +273,7 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
                 )
             for leg in found.legs:
                 COUNTERS[f"legs_{leg.kind}"] += 1
-                await _send_raw(app, legs, _leg_chain(leg), leg_record(leg))
+                await _send_raw(app, legs, leg_key(leg, legs_partitions), leg_record(leg))
 
     @app.agent(legs, name="xcm_match")  # type: ignore[untyped-decorator]
     async def xcm_match(stream: Any) -> None:

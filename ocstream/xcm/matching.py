@@ -4,6 +4,9 @@ The engine is a deterministic state machine over key-value tables, one call per 
 ``xcm-legs`` topic. Every record is **keyed by the chain it concerns** (the chain that sent a sent
 leg, received a received leg, or is the recipient of a relayed leg; the stop an index, extend,
 close or tick record addresses), so everything known about one chain lives on one partition.
+The one exception is a sent leg that nothing links to a receipt of its block: it can only start
+a journey, which reads nothing of its chain's state, so it comes keyed by its origin and a
+shard of its id (``keys.leg_key``), and its ``seen`` entry lives under that key.
 Records for other chains are not handled in place: the engine returns them (``Step.records``) and
 the dataflow sends them to the partition that owns that chain.
 
@@ -26,7 +29,8 @@ Tables (all JSON values; keys start with the chain so a partition's keys are its
 * ``inbound`` ``{chain}:{id}`` → received legs that matched nothing yet (with an expiry);
 * ``relay`` ``{chain}:{id}`` → relayed legs that matched nothing yet (with an expiry);
 * ``journeys`` ``{chain}|{journey id}`` → the journey as that stop knows it;
-* ``seen`` ``{chain}|{leg identity}`` → legs already handled (idempotency under re-delivery).
+* ``seen`` ``{key}|{leg identity}`` → legs already handled (idempotency under re-delivery), under
+  the record's key: the chain, or a spread sent leg's ``{origin}#{shard}``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from pydantic import JsonValue
 from . import bridge
 from . import notifications as notify
 from .coverage import CoverageOf, mark_timeout
+from .keys import spread_origin
 from .legs import (
     ReceivedLeg,
     RelayedLeg,
@@ -227,6 +232,11 @@ class Engine:
 
     def _on_sent(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
         leg = SentLeg.model_validate(record["leg"])
+        if chain != leg.origin:
+            # Spread (keys.py): then it must be one that can only start a journey, since the
+            # receipts a hop-out continues are on its chain's partition, not on this one.
+            if spread_origin(chain) != leg.origin or leg.continues or leg.hop_candidates:
+                raise ValueError(f"a sent leg from {leg.origin} keyed {chain!r}")
         if self._seen(tables, chain, leg.identity):
             step.count("duplicate_legs")
             return

@@ -1,14 +1,14 @@
 """A model of the partitioned matching dataflow, in memory, for order and partitioning tests.
 
-It does what ``topology/xcm.py`` does with faust, without the broker: records are routed by chain
-to partitions, partitions are owned by two workers, each partition keeps its own tables and its
-own FIFO queue, and the test (hypothesis) decides which partition runs next. Nothing here
-matches legs: that is the real :class:`ocstream.xcm.matching.Engine`.
+It does what ``topology/xcm.py`` does with faust, without the broker: records are routed by their
+key (``leg_key``: the chain, or a spread key for sent legs that only start journeys) to
+partitions, partitions are owned by two workers, each partition keeps its own tables and its own
+FIFO queue, and the test (hypothesis) decides which partition runs next. Nothing here matches
+legs: that is the real :class:`ocstream.xcm.matching.Engine`.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,16 +16,25 @@ from typing import Any
 import orjson
 from hypothesis import strategies as st
 
+from ocstream.transport.wire import partition_for_key
 from ocstream.xcm.bridge import BridgeLeg
-from ocstream.xcm.legs import ReceivedLeg, RelayedLeg, SentLeg, leg_record, legs_of, relay_of
+from ocstream.xcm.keys import leg_key
+from ocstream.xcm.legs import (
+    ReceivedLeg,
+    RelayedLeg,
+    SentLeg,
+    leg_record,
+    legs_of,
+    relay_of,
+)
 from ocstream.xcm.matching import TABLES, Engine, MatchSettings, Tables, expired_keys
 
 PARTITIONS = 4
 WORKERS = ({0, 1}, {2, 3})
 
 
-def partition_of(chain: str) -> int:
-    return zlib.crc32(chain.encode()) % PARTITIONS
+def partition_of(key: str) -> int:
+    return partition_for_key(key.encode(), PARTITIONS)  # the transport's partitioner
 
 
 class Clock:
@@ -58,13 +67,7 @@ class Cluster:
     def publish_legs(self, legs: Sequence[SentLeg | ReceivedLeg | RelayedLeg | BridgeLeg]) -> None:
         """The legs of one block, in extraction order, as the extract agent routes them."""
         for leg in legs:
-            if isinstance(leg, SentLeg):
-                chain = leg.origin
-            elif isinstance(leg, (ReceivedLeg, BridgeLeg)):
-                chain = leg.chain
-            else:
-                chain = leg.recipient
-            self.send(chain, orjson.loads(leg_record(leg)))  # the record xcm_extract writes
+            self.send(leg_key(leg, PARTITIONS), orjson.loads(leg_record(leg)))
 
     def busy(self) -> list[int]:
         return [p for p, queue in enumerate(self.queues) if queue]

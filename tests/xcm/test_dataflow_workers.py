@@ -21,8 +21,10 @@ import redis
 from ocstream.ingress.model import ExtendedBlock
 from ocstream.testing import blocks_from_case, publish_blocks_sync, register_network_sync
 from ocstream.transport.keys import Keyspace
-from ocstream.transport.wire import Record, entry_value
+from ocstream.transport.wire import Record, entry_value, partition_for_key
 from ocstream.transport.writer import append_records
+from ocstream.xcm.keys import leg_key, spread_origin
+from ocstream.xcm.legs import SentLeg
 
 from ..workers import Worker, wait_for
 
@@ -35,15 +37,21 @@ NETWORKS = {
 }
 
 
-def read_topic(redis_url: str, prefix: str, topic: str) -> list[dict[str, Any]]:
+def read_records(redis_url: str, prefix: str, topic: str) -> list[tuple[int, str, Any]]:
+    """``(partition, key, value)`` of every record of a topic."""
     client = redis.Redis.from_url(redis_url)
     keys = Keyspace(prefix)
     found = []
     for partition in range(PARTITIONS):
         for _, fields in client.xrange(keys.stream(topic, partition)):
-            found.append(json.loads(entry_value(fields)))
+            key = fields.get(b"k", b"").decode()
+            found.append((partition, key, json.loads(entry_value(fields))))
     client.close()
     return found
+
+
+def read_topic(redis_url: str, prefix: str, topic: str) -> list[dict[str, Any]]:
+    return [value for _, _, value in read_records(redis_url, prefix, topic)]
 
 
 def register_and_load(
@@ -222,6 +230,15 @@ def test_two_workers_match_recorded_journeys(
     assert timeout["legs"] == [
         {"from": "urn:ocn:polkadot:1000", "to": "urn:ocn:polkadot:0", "type": "vmp"}
     ]
+    # Extraction keyed each new journey's sent leg by a shard of its origin (keys.py), on the
+    # partition the key names; the matcher's own records (index, close, tick, sweep) by chain.
+    legs = read_records(redis_url, prefix, "xcm-legs")
+    sent = [(p, key, SentLeg.model_validate(v["leg"])) for p, key, v in legs if v["kind"] == "sent"]
+    assert len(sent) == 4
+    for partition, key, leg in sent:
+        assert key == leg_key(leg, PARTITIONS) and spread_origin(key) == leg.origin, key
+        assert partition == partition_for_key(key.encode(), PARTITIONS)
+    assert all(v["kind"] == "sent" or "#" not in key for _, key, v in legs)
     dead = read_topic(redis_url, prefix, "xcm-dead-letters")
     kinds_dead = Counter(d["kind"] for d in dead)
     assert kinds_dead["bad-block"] == 2, dead  # not JSON; a damaged compressed value

@@ -171,6 +171,55 @@ def test_identical_messages_get_their_own_receipts_in_any_order(
     assert cluster.keys_left() == {}
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.data(), st.booleans())
+def test_identical_messages_among_other_sends_of_their_origin(
+    data: st.DataObject, topic: bool
+) -> None:
+    # New journeys are spread over the partitions by their id (ocstream/xcm/keys.py). Three
+    # identical transfers from Moonbeam (the same bytes; or the same topic, which Asset Hub
+    # reports, over other bytes) among five other sends of Moonbeam, in any order of blocks;
+    # Asset Hub receives them in the order they were sent; the two chains' blocks interleave in
+    # any way, and the partitions run in any order. The identical ones share a key, so they
+    # keep their order up to Asset Hub's FIFO and each gets its own receipt.
+    shared = "0x" + "ab" * 32
+    kinds = data.draw(st.permutations(["same"] * 3 + ["other"] * 5))
+    sends, receipts = [], []
+    for k, kind in enumerate(kinds):
+        number = 10 + k
+        if kind == "same":
+            sent_hash = "0x" + f"{number:064x}" if topic else HASH
+            sends.append(
+                sent_leg(
+                    MOONBEAM, [ASSET_HUB], message_hash=sent_hash,
+                    topic=shared if topic else None, number=number,
+                )
+            )  # fmt: skip
+            reported = shared if topic else HASH
+        else:
+            reported = "0x" + f"{0xC000 + number:064x}"
+            sends.append(sent_leg(MOONBEAM, [ASSET_HUB], message_hash=reported, number=number))
+        receipts.append(
+            received_leg(
+                ASSET_HUB, message_hash=reported, message_id=reported, number=30 + k,
+                event=1, from_chain=MOONBEAM,
+            )
+        )  # fmt: skip
+    cluster = Cluster()
+    queues = [sends, receipts]
+    while any(queues):
+        queue = data.draw(st.sampled_from([q for q in queues if q]))
+        cluster.publish_legs([queue.pop(0)])
+        for _ in range(data.draw(st.integers(0, 2))):
+            if busy := cluster.busy():
+                cluster.step(data.draw(st.sampled_from(busy)))
+    cluster.drain()
+    expected = {str(10 + k): str(30 + k) for k in range(len(kinds))}
+    assert received_blocks(cluster) == expected
+    finish(cluster)
+    assert cluster.keys_left() == {}
+
+
 def test_a_late_hop_and_its_receipt_after_the_timeout() -> None:
     """Relay → Hydration → Asset Hub timed out; then Asset Hub's receipt of the hop-out comes,
     and only after it Hydration's block (its ingress was lagging): the receipt waits for the
