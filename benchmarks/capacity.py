@@ -239,7 +239,11 @@ def main(argv: list[str] | None = None) -> int:
         blocks = fixture_blocks()
         sample = [blocks[i % len(blocks)] for i in range(args.blocks)]
         rng = random.Random(1)
-        legs = [leg for j in range(args.journeys) for leg in journey_legs(j, rng)]
+        legs = [
+            leg
+            for j in range(args.journeys)
+            for leg in journey_legs(j, rng, partitions=args.partitions)
+        ]
 
         print(f"Redis {version}, {args.partitions} partitions, prefix {prefix}")
         print("\n1. Stream bytes per record (MEMORY USAGE of the streams; used_memory growth)")

@@ -2,13 +2,16 @@
 
     python benchmarks/xcm.py [--redis URL] [--journeys N] [--workers 1 2] [--partitions P]
                              [--pending M] [--rounds R] [--standby-replicas K] [--seed S]
-                             [--timeout S] [--keep DIR]
+                             [--origins N] [--sends-by id chain] [--timeout S] [--keep DIR]
 
 Legs are synthetic but shaped like real ones (a reserve-transfer program, its bytes, the sender,
 the events), so records weigh about what extracted legs weigh: 3.3 kB for a sent leg, 1.2 kB for
 a relayed or a received one (3.4 and 1.4 kB for the recorded Asset Hub -> Interlay case). They
-go straight into ``xcm-legs`` keyed by chain, as ``xcm_extract`` keys them; extraction itself is
-not measured (``benchmarks/decode.py`` covers decoding).
+go straight into ``xcm-legs`` keyed as ``xcm_extract`` keys them (``ocstream/xcm/keys.py``: a sent
+leg by a shard of its origin, the others by chain); extraction itself is not measured
+(``benchmarks/decode.py`` covers decoding). ``--sends-by chain`` keys sent legs by their origin
+instead, as extraction did before new journeys were spread; ``--sends-by id chain`` runs each
+round's phases both ways. ``--origins 1`` makes every journey start at one busy parachain.
 
 1. **Baseline** (same run): ``benchmarks/throughput.py``'s plain XREADGROUP+XACK loop over
    3 x N messages on P partitions (msg/s).
@@ -26,7 +29,8 @@ medians of per-round ratios); also the CPU seconds the workers, Redis and this s
 vary less than wall time on a busy machine. From those, the *ceiling* of the 2-worker run: the
 journeys/s at which every core of the machine would be busy at that run's CPU per journey (all
 processes together). ``ceiling/j1`` is the best ``j2/j1`` the machine allows; ``j2/ceiling``
-near 1 means the two workers are held back by the cores, not by how the work is split.
+near 1 means the two workers are held back by the cores, not by how the work is split. How the
+work is split shows in the busiest worker's share of the workers' CPU (0.5: an even split).
 Exits 1 (with the workers' log tails) when something does not complete in ``--timeout``
 seconds, or when notifications are missing. Keys live under fresh prefixes that are deleted
 at the end; ``--keep DIR`` keeps the workers' logs and data.
@@ -63,6 +67,7 @@ from throughput import baseline, fill  # benchmarks/ is this script's directory
 
 from ocstream.transport import Keyspace, TopicWriter
 from ocstream.transport.wire import entry_value
+from ocstream.xcm.keys import leg_key
 from ocstream.xcm.legs import ReceivedLeg, RelayedLeg, SentLeg, leg_record, legs_of
 
 # The process helpers of the tests: free ports, the fast group timeouts, a clean environment.
@@ -313,10 +318,20 @@ def _program(rng: random.Random, origin_para: int, beneficiary: str, topic: str 
     return {"V3": program}
 
 
-def journey_legs(j: int, rng: random.Random) -> list[tuple[str, bytes]]:
+def journey_legs(
+    j: int,
+    rng: random.Random,
+    *,
+    origins: int = len(PARAS),
+    partitions: int = 8,
+    sends_by: str = "id",
+) -> list[tuple[str, bytes]]:
     """The three leg records of journey ``j`` as ``(key, value)``, keyed as extraction keys
-    them: sent -> origin, relayed -> recipient, received -> the receiving chain."""
-    origin, recipient = rng.sample(PARAS, 2)
+    them (``ocstream/xcm/keys.py``): sent -> a shard of the origin by the message's id (with
+    ``sends_by="chain"``: the origin, as before new journeys were spread), relayed -> recipient,
+    received -> the receiving chain. Origins are the first ``origins`` parachains."""
+    origin = rng.choice(PARAS[:origins])
+    recipient = rng.choice([p for p in PARAS if p != origin])
     message_hash = _hex(rng)
     topic = _hex(rng) if rng.random() < 0.5 else None
     ids = [message_hash, *([topic] if topic else [])]
@@ -405,12 +420,15 @@ def journey_legs(j: int, rng: random.Random) -> list[tuple[str, bytes]]:
     def record(key: str, leg: SentLeg | RelayedLeg | ReceivedLeg) -> tuple[str, bytes]:
         return key, leg_record(leg)
 
-    return [record(origin, sent), record(recipient, relayed), record(recipient, received)]
+    sent_key = origin if sends_by == "chain" else leg_key(sent, partitions)
+    return [record(sent_key, sent), record(recipient, relayed), record(recipient, received)]
 
 
-def build_journeys(first: int, count: int, seed: int) -> list[list[tuple[str, bytes]]]:
+def build_journeys(
+    first: int, count: int, seed: int, **keying: Any
+) -> list[list[tuple[str, bytes]]]:
     rng = random.Random(seed)
-    return [journey_legs(j, rng) for j in range(first, first + count)]
+    return [journey_legs(j, rng, **keying) for j in range(first, first + count)]
 
 
 def shuffled(journeys: list[list[tuple[str, bytes]]], seed: int) -> list[tuple[str, bytes]]:
@@ -591,6 +609,14 @@ class CpuMeter:
     def __init__(self, run: Run) -> None:
         self.run = run
         self.start = self.read()
+        self.start_each = self.each()
+
+    def each(self) -> list[float]:
+        """Each worker's CPU seconds (how the work was split)."""
+        return [cpu_seconds(w.proc.pid) if w.proc else 0.0 for w in self.run.workers]
+
+    def used_each(self) -> list[float]:
+        return [end - start for end, start in zip(self.each(), self.start_each, strict=True)]
 
     def read(self) -> dict[str, float]:
         own = os.times()
@@ -696,12 +722,13 @@ def wait_received(
 
 
 def journeys_phase(
-    args: argparse.Namespace, workers: int, root: Path, runs: list[Run]
+    args: argparse.Namespace, workers: int, root: Path, runs: list[Run], sends_by: str = "id"
 ) -> dict[str, Any]:
     run = Run(args.redis, root, args.partitions, f"j{workers}", args.standby_replicas)
     runs.append(run)
-    warm = build_journeys(0, args.warmup, args.seed + 1000)
-    measured = build_journeys(args.warmup, args.journeys, args.seed)
+    keying = {"origins": args.origins, "partitions": args.partitions, "sends_by": sends_by}
+    warm = build_journeys(0, args.warmup, args.seed + 1000, **keying)
+    measured = build_journeys(args.warmup, args.journeys, args.seed, **keying)
     records = shuffled(measured, args.seed)
     run.start(workers, args.timeout)
     reader = NotificationReader(run.client, run.prefix, args.partitions)
@@ -717,6 +744,7 @@ def journeys_phase(
     t1 = wait_received(run, reader, len(warm) + args.journeys, args.timeout)
     elapsed = t1 - t0
     cpu_used = cpu.used()
+    cpu_each = cpu.used_each()
     gc_after = gc_of(run)
 
     # Late relayed notifications (a relayed leg after its receipt) may still be on their way.
@@ -757,6 +785,8 @@ def journeys_phase(
     total = len(warm) + args.journeys
     return {
         "workers": workers,
+        "sends_by": sends_by,
+        "busiest": max(cpu_each) / sum(cpu_each) if sum(cpu_each) else 0.0,
         "elapsed": elapsed,
         "published": published,
         "journeys_s": args.journeys / elapsed,
@@ -787,7 +817,9 @@ def memory_phase(args: argparse.Namespace, root: Path, runs: list[Run]) -> dict[
     run = Run(args.redis, root, args.partitions, "mem", args.standby_replicas)
     runs.append(run)
     warm_n = min(1000, max(1, args.pending // 10))
-    sent_only = [legs[0] for legs in build_journeys(0, warm_n + args.pending, args.seed + 2000)]
+    seed = args.seed + 2000
+    everything = build_journeys(0, warm_n + args.pending, seed, partitions=run.partitions)
+    sent_only = [legs[0] for legs in everything]
     warm, measured = sent_only[:warm_n], sent_only[warm_n:]
     run.start(1, args.timeout)
     [worker] = run.workers
@@ -857,6 +889,47 @@ def kb(value: float) -> str:
     return f"{value / 1000:.2f} kB"
 
 
+def label(sends_by: str) -> str:
+    """How a phase's figures are tagged: nothing for sent legs keyed as extraction keys them."""
+    return "" if sends_by == "id" else f"[sends by {sends_by}]"
+
+
+def ratios(args: argparse.Namespace, results: list[dict[str, Any]], tag: str) -> list[str]:
+    """The RATIOS of the phases of one keying of sent legs (``tag``): medians over rounds of
+    per-round ratios (same baseline, same minutes of machine noise)."""
+    median = statistics.median
+    parts = []
+    for count in args.workers:
+        mine = [r for r in results if r["workers"] == count]
+        parts.append(f"j{count}{tag}={median(r['journeys_s'] for r in mine):,.0f} journeys/s")
+        parts.append(f"j{count}/a{tag}={median(r['journeys_s'] / r['raw'] for r in mine):.4f}")
+    if 1 in args.workers and 2 in args.workers:
+        by_round = {(r["round"], r["workers"]): r["journeys_s"] for r in results}
+        two = [r for r in results if r["workers"] == 2]
+        per_round = [by_round[(n, 2)] / by_round[(n, 1)] for n in range(1, args.rounds + 1)]
+        parts.append(f"j2/j1{tag}={median(per_round):.2f}")
+        if args.rounds > 1:
+            parts.append(f"(j2/j1 by round: {', '.join(f'{x:.2f}' for x in per_round)})")
+        parts.append(f"busiest-of-2-share{tag}={median(r['busiest'] for r in two):.2f}")
+        # What the machine allows: every core busy at the CPU per journey the 2-worker run spent
+        # (workers, Redis and this script together). j2 at that ceiling means the pair is
+        # limited by the cores, not by how the work is split between them.
+        cores = os.cpu_count() or 1
+        ceilings = [cores * args.journeys / sum(r["cpu"].values()) for r in two]
+        limits = [c / by_round[(n, 1)] for n, c in enumerate(ceilings, 1)]
+        reached = [by_round[(n, 2)] / c for n, c in enumerate(ceilings, 1)]
+        parts.append(
+            f"ceiling(j2, {cores} cores){tag}={median(ceilings):,.0f} journeys/s "
+            f"ceiling/j1={median(limits):.2f} j2/ceiling={median(reached):.2f}"
+        )
+    for count in args.workers:
+        mine = [r for r in results if r["workers"] == count]
+        parts.append(f"bytes_in/journey(j{count}){tag}={median(r['bytes_in'] for r in mine):,.0f}")
+        parts.append(f"kept/journey(j{count}){tag}={median(r['kept'] for r in mine):,.0f}")
+        parts.append(f"swept/journey(j{count}){tag}={median(r['final'] for r in mine):,.0f}")
+    return parts
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
@@ -872,6 +945,16 @@ def main(argv: Iterable[str] | None = None) -> int:
         "--standby-replicas", type=int, help="the workers' standby_replicas (default: theirs, 1)"
     )
     parser.add_argument("--timeout", type=float, default=300, help="seconds per wait")
+    parser.add_argument(
+        "--origins", type=int, default=len(PARAS), choices=range(1, len(PARAS) + 1),
+        metavar=f"1..{len(PARAS)}", help="journeys start at the first N parachains only "
+        f"(default all {len(PARAS)}; 1: one busy origin)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sends-by", nargs="+", choices=["id", "chain"], default=["id"],
+        help="how sent legs are keyed: id (a shard of the origin, as extraction keys them), "
+        "chain (the origin, as before new journeys were spread); both: each round runs each",
+    )  # fmt: skip
     args = parser.parse_args(list(argv) if argv is not None else None)
     signal.signal(signal.SIGTERM, _interrupted)
     signal.signal(signal.SIGINT, _interrupted)
@@ -882,7 +965,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     standby = "default (1)" if args.standby_replicas is None else args.standby_replicas
     print(
         f"parameters: journeys={args.journeys} (3 legs each, half with a topic, "
-        f"{len(PARAS)} parachains), warm-up={args.warmup}, workers={args.workers}, "
+        f"{len(PARAS)} parachains, from {args.origins} of them, sent legs keyed by "
+        f"{'/'.join(args.sends_by)}), warm-up={args.warmup}, workers={args.workers}, "
         f"partitions={args.partitions}, pending={args.pending}, seed={args.seed}, "
         f"rounds={args.rounds}, "
         f"standby replicas={standby}; "
@@ -911,14 +995,14 @@ def main(argv: Iterable[str] | None = None) -> int:
                 f"   (filled at {written:,.0f} msg/s via TopicWriter)",
                 flush=True,
             )
-            for count in args.workers:
-                result = journeys_phase(args, count, root, runs)
+            for mode, count in [(m, c) for m in args.sends_by for c in args.workers]:
+                result = journeys_phase(args, count, root, runs, mode)
                 runs[-1].stop()
                 result["round"] = round_
                 result["raw"] = raw
                 results.append(result)
                 print(
-                    f"round {round_}: j{count} {count} worker(s): "
+                    f"round {round_}: j{count}{label(mode)} {count} worker(s): "
                     f"{result['journeys_s']:>6,.0f} journeys/s {result['legs_s']:>6,.0f} legs/s "
                     f"in {result['elapsed']:.2f} s (published in {result['published']:.2f} s)",
                     flush=True,
@@ -944,24 +1028,25 @@ def main(argv: Iterable[str] | None = None) -> int:
 
     print()
     print(
-        "round  workers  journeys/s    legs/s  records/s  elapsed s  j/a      "
-        "CPU s: workers  redis  script  (ms CPU per journey)"
+        "round  workers  sends by  journeys/s    legs/s  records/s  elapsed s  j/a      "
+        "CPU s: workers  redis  script  (ms CPU per journey)  busiest worker's CPU share"
     )
     for r in results:
         cpu = r["cpu"]
         per = 1000 * sum(cpu.values()) / args.journeys
         print(
-            f"{r['round']:>5}  {r['workers']:>7}  {r['journeys_s']:>10,.0f}  {r['legs_s']:>8,.0f}"
-            f"  {r['records'] / r['elapsed']:>9,.0f}  {r['elapsed']:>9.2f}"
+            f"{r['round']:>5}  {r['workers']:>7}  {r['sends_by']:>8}  {r['journeys_s']:>10,.0f}"
+            f"  {r['legs_s']:>8,.0f}  {r['records'] / r['elapsed']:>9,.0f}  {r['elapsed']:>9.2f}"
             f"  {r['journeys_s'] / r['raw']:.4f}  {cpu['workers']:>14.1f}  {cpu['redis']:>5.1f}"
-            f"  {cpu['script']:>6.1f}  ({per:.2f})"
+            f"  {cpu['script']:>6.1f}  ({per:.2f})  {r['busiest']:.2f}"
         )
     problems = []
     for r in results:
         note = ", ".join(f"{k} {v}" for k, v in r["notes"].items())
         kept = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(r["kept_kinds"].items()))
         print(
-            f"  round {r['round']}, {r['workers']} worker(s): notifications {note} "
+            f"  round {r['round']}, {r['workers']} worker(s){label(r['sends_by'])}: "
+            f"notifications {note} "
             f"(expected {r['expected_notes']:,} with the warm-up), re-emitted {r['duplicates']}, "
             f"dead letters {r['dead_letters']}, "
             f"pending after {r['pending']}, xcm-legs records {r['records']:,}, changelog records "
@@ -977,7 +1062,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             f"    engine counters: {dict(sorted(r['counters'].items()))}"
         )
         if r["dead_letters"] or r["pending"] or sum(r["notes"].values()) != r["expected_notes"]:
-            problems.append(f"{r['workers']} worker(s)")
+            problems.append(f"{r['workers']} worker(s){label(r['sends_by'])}")
     if memory is not None:
         kinds = ", ".join(
             f"{k} {kb(v)}" for k, v in sorted(memory["redis_kinds"].items(), key=lambda i: -i[1])
@@ -995,34 +1080,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     # Ratios within a round (same baseline, same minutes of machine noise); medians over rounds.
     median = statistics.median
     parts = [f"a={median(raws):,.0f} msg/s"]
-    for count in args.workers:
-        mine = [r for r in results if r["workers"] == count]
-        parts.append(f"j{count}={median(r['journeys_s'] for r in mine):,.0f} journeys/s")
-        parts.append(f"j{count}/a={median(r['journeys_s'] / r['raw'] for r in mine):.4f}")
-    if 1 in args.workers and 2 in args.workers:
-        by_round = {(r["round"], r["workers"]): r["journeys_s"] for r in results}
-        ratios = [by_round[(n, 2)] / by_round[(n, 1)] for n in range(1, args.rounds + 1)]
-        parts.append(f"j2/j1={median(ratios):.2f}")
-        if args.rounds > 1:
-            parts.append(f"(j2/j1 by round: {', '.join(f'{x:.2f}' for x in ratios)})")
-        # What the machine allows: every core busy at the CPU per journey the 2-worker run spent
-        # (workers, Redis and this script together). j2 at that ceiling means the pair is
-        # limited by the cores, not by how the work is split between them.
-        cores = os.cpu_count() or 1
-        ceilings = [
-            cores * args.journeys / sum(r["cpu"].values()) for r in results if r["workers"] == 2
-        ]
-        limits = [c / by_round[(n, 1)] for n, c in enumerate(ceilings, 1)]
-        reached = [by_round[(n, 2)] / c for n, c in enumerate(ceilings, 1)]
-        parts.append(
-            f"ceiling(j2, {cores} cores)={median(ceilings):,.0f} journeys/s "
-            f"ceiling/j1={median(limits):.2f} j2/ceiling={median(reached):.2f}"
-        )
-    for count in args.workers:
-        mine = [r for r in results if r["workers"] == count]
-        parts.append(f"bytes_in/journey(j{count})={median(r['bytes_in'] for r in mine):,.0f}")
-        parts.append(f"kept/journey(j{count})={median(r['kept'] for r in mine):,.0f}")
-        parts.append(f"swept/journey(j{count})={median(r['final'] for r in mine):,.0f}")
+    for mode in args.sends_by:
+        parts.extend(ratios(args, [r for r in results if r["sends_by"] == mode], label(mode)))
     if memory is not None:
         parts.append(f"rss/journey={kb(memory['rss'])} redis/journey={kb(memory['redis'])}")
     print("RATIOS " + " ".join(parts))
