@@ -63,6 +63,7 @@ from typing import Any, TypeVar
 
 import orjson
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 from throughput import baseline, fill  # benchmarks/ is this script's directory
 
 from ocstream.transport import Keyspace, TopicWriter
@@ -200,12 +201,17 @@ class WorkerProc(ChildProc):
         return dict(json.loads(self.get("/xcm/pending/", timeout=60)))
 
     def metrics(self) -> dict[str, float]:
-        found: dict[str, float] = {}
-        for line in self.get("/metrics").decode().splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                found[name] = float(value)
-        return found
+        """Samples without labels, by name."""
+        return {name: value for name, labels, value in self.samples() if not labels}
+
+    def samples(self) -> list[tuple[str, dict[str, str], float]]:
+        """Every sample of ``/metrics``: name, labels, value (prometheus_client's parser)."""
+        text = self.get("/metrics").decode()
+        return [
+            (sample.name, sample.labels, sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        ]
 
     def rss_bytes(self, field: str = "VmRSS") -> int:
         """Resident memory now (``VmHWM``: its peak)."""
@@ -636,11 +642,11 @@ def gc_of(run: Run) -> tuple[float, list[float]]:
     generation (``ocstream_gc_*`` of their ``/metrics``)."""
     seconds, pauses = 0.0, [0.0, 0.0, 0.0]
     for worker in run.workers:
-        for name, value in worker.metrics().items():
-            if name.startswith("ocstream_gc_seconds_total"):
+        for name, labels, value in worker.samples():
+            if name == "ocstream_gc_seconds_total":
                 seconds += value
-            elif name.startswith("ocstream_gc_pause_max_seconds"):
-                generation = int(name.split('generation="', 1)[1][0])
+            elif name == "ocstream_gc_pause_max_seconds":
+                generation = int(labels["generation"])
                 pauses[generation] = max(pauses[generation], value)
     return seconds, pauses
 
