@@ -10,8 +10,9 @@ same hash, so the same keys. What keeps their receipts apart:
   flagged ``late``, and not kept for a later journey;
 * a receipt whose block is older than a send cannot be that send's receipt.
 
-Legs of one chain reach its partition in block order (one chain, one partition, blocks in
-order), so the orders drawn here keep each chain's legs in order and interleave the chains.
+Legs of one chain are published in block order, so the orders drawn here keep each chain's
+legs in order and interleave the chains. A chain's new journeys are spread over the partitions
+by their id (``ocstream/xcm/keys.py``): identical ones share a key, so they stay in order too.
 """
 
 from __future__ import annotations
