@@ -36,7 +36,7 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
-from xcm import journey_legs  # benchmarks/ is this script's directory
+from journeys import journey_legs  # benchmarks/ is this script's directory
 
 from ocstream.testing import blocks_from_case, fixtures_path
 from ocstream.transport import Keyspace
