@@ -101,7 +101,7 @@ from typing import Any, cast
 import orjson
 import redis
 from e2e_chain import ASSET_HUB, LAG, RELAY, Segment, Synthesizer, check_segment
-from xcm import (  # benchmarks/ is this script's directory
+from procs import (  # benchmarks/ is this script's directory
     ChildProc,
     Incomplete,
     WorkerProc,

@@ -41,226 +41,42 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import shlex
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import redis
 from journeys import PARAS, build_journeys, shuffled  # benchmarks/ is this script's directory
-from prometheus_client.parser import text_string_to_metric_families
+from procs import (
+    Incomplete,
+    WorkerProc,
+    cleanup,
+    cpu_seconds,
+    redis_cpu,
+    stop_all,
+    wait_for,
+    wait_group,
+)
 from throughput import baseline, fill
 
 from ocstream.transport import Keyspace, TopicWriter
 from ocstream.transport.wire import entry_value
 
-# The process helpers of the tests: free ports, the fast group timeouts, a clean environment.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.workers import FAST_GROUP_ENV, free_port, ocstream_env  # noqa: E402
-
-T = TypeVar("T")
-
-REPO = Path(__file__).resolve().parent.parent
 LEGS = "xcm-legs"
 NOTIFICATIONS = "xcm-notifications"
 DEAD_LETTERS = "xcm-dead-letters"
-
-
-class Incomplete(Exception):
-    """A phase did not complete in time (or a worker died)."""
-
-
-# --- workers -------------------------------------------------------------------------------------
-
-
-class ChildProc:
-    """A child process writing to a log file; stopped with SIGTERM, killed after 30 s."""
-
-    proc: subprocess.Popen[bytes] | None = None
-    log_path: Path
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def log_tail(self, lines: int = 40) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def stop_all(children: list[WorkerProc]) -> None:
-    """SIGTERM to every worker at once (they shut down in parallel), then wait for each."""
-    for child in children:
-        if child.alive():
-            assert child.proc is not None
-            child.proc.send_signal(signal.SIGTERM)
-    for child in children:
-        child.stop()
-
-
-class WorkerProc(ChildProc):
-    """One ``python -m ocstream worker`` with its own data dir, port and log file."""
-
-    def __init__(
-        self,
-        name: str,
-        root: Path,
-        *,
-        url: str,
-        prefix: str,
-        app_id: str,
-        partitions: int,
-        standby_replicas: int | None = None,
-        role: str = "all",
-    ) -> None:
-        self.name = name
-        self.role = role
-        self.data_dir = root / name
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = root / f"{name}.log"
-        self.port = free_port()
-        self.url = url
-        self.env = ocstream_env()
-        self.env.update(FAST_GROUP_ENV)
-        self.env.update(
-            {
-                "OCSTREAM_TRANSPORT_PREFIX": prefix,
-                "OCSTREAM_APP_ID": app_id,
-                "OCSTREAM_PARTITIONS": str(partitions),
-                # Tombstones are removed once every holder applied them; the members report
-                # how far they are every interval (docs/capacity.md).
-                "OCSTREAM_TRANSPORT_RETENTION_INTERVAL": "2",
-                # Ended journeys are kept 20 s instead of an hour, swept every 5 s, so that the
-                # run can see what a journey leaves once its entries expired.
-                "OCSTREAM_XCM_CLOSED_TTL": "20",
-                "OCSTREAM_XCM_SWEEP_INTERVAL": "5",
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        if role != "all":
-            self.env["OCSTREAM_ROLE"] = role
-        self.config: Path | None = None
-        if standby_replicas is not None:
-            self.config = root / f"{name}.toml"
-            self.config.write_text(f"[worker]\nstandby_replicas = {standby_replicas}\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> WorkerProc:
-        args = [sys.executable, "-m", "ocstream", "worker", "-l", "info"]
-        args += ["--port", str(self.port), "--data-dir", str(self.data_dir), "--redis", self.url]
-        if self.config is not None:
-            args += ["--config", str(self.config)]
-        with self.log_path.open("ab") as log:
-            # Own session: Ctrl-C reaches this script only, which then stops the workers.
-            self.proc = subprocess.Popen(
-                args, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def check_alive(self) -> None:
-        if not self.alive():
-            raise Incomplete(f"worker {self.name} exited")
-
-    def get(self, path: str, timeout: float = 10) -> bytes:
-        url = f"http://127.0.0.1:{self.port}{path}"
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return bytes(response.read())
-
-    def pending(self) -> dict[str, Any]:
-        return dict(json.loads(self.get("/xcm/pending/", timeout=60)))
-
-    def metrics(self) -> dict[str, float]:
-        """Samples without labels, by name."""
-        return {name: value for name, labels, value in self.samples() if not labels}
-
-    def samples(self) -> list[tuple[str, dict[str, str], float]]:
-        """Every sample of ``/metrics``: name, labels, value (prometheus_client's parser)."""
-        text = self.get("/metrics").decode()
-        return [
-            (sample.name, sample.labels, sample.value)
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        ]
-
-    def rss_bytes(self, field: str = "VmRSS") -> int:
-        """Resident memory now (``VmHWM``: its peak)."""
-        assert self.proc is not None
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        found = re.search(rf"^{field}:\s+(\d+) kB", status, re.M)
-        assert found, status
-        return int(found.group(1)) * 1024
-
-    def data_bytes(self) -> int:
-        """Apparent size of the worker's data dir (its RocksDB tables)."""
-        return sum(
-            (Path(d) / f).stat().st_size for d, _, files in os.walk(self.data_dir) for f in files
-        )
-
-
-def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except (OSError, urllib.error.URLError, redis.RedisError, ValueError, KeyError) as exc:
-            last = exc
-        else:
-            if last:
-                return last  # type: ignore[no-any-return]
-        time.sleep(interval)
-    raise Incomplete(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
-
-
-def wait_group(workers: list[WorkerProc], timeout: float) -> None:
-    """Every worker answers ``/xcm/pending/`` and holds partitions of one generation > 0 (twice,
-    one second apart, so that a rebalance in progress is not mistaken for the end of one)."""
-
-    def snapshot() -> tuple[float, ...] | None:
-        gens = []
-        for worker in workers:
-            worker.check_alive()
-            if worker.role != "deliver":  # a delivering worker has no XCM tables to show
-                worker.pending()
-            metrics = worker.metrics()
-            if metrics["ocstream_group_assigned_partitions"] <= 0:
-                return None
-            gens.append(metrics["ocstream_group_generation"])
-        return tuple(gens) if min(gens) > 0 and len(set(gens)) == 1 else None
-
-    deadline = time.monotonic() + timeout
-    while True:
-        first = wait_for(snapshot, max(1.0, deadline - time.monotonic()), "the group to settle")
-        time.sleep(1.0)
-        if snapshot() == first:
-            return
-        if time.monotonic() > deadline:
-            raise Incomplete("the group kept rebalancing")
 
 
 async def _publish(
@@ -418,17 +234,6 @@ def journey_value_sizes(client: redis.Redis, prefix: str, app_id: str, partition
     return sum(sizes) / max(1, len(sizes))
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def redis_cpu(client: redis.Redis) -> float:
-    info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
 class CpuMeter:
     """CPU seconds spent by the workers, the Redis server (all of it) and this script."""
 
@@ -469,17 +274,6 @@ def gc_of(run: Run) -> tuple[float, list[float]]:
                 generation = int(labels["generation"])
                 pauses[generation] = max(pauses[generation], value)
     return seconds, pauses
-
-
-def cleanup(client: redis.Redis, prefix: str) -> None:
-    batch: list[bytes] = []
-    for key in client.scan_iter(match=prefix + "*", count=1000):
-        batch.append(key)
-        if len(batch) >= 500:
-            client.unlink(*batch)
-            batch = []
-    if batch:
-        client.unlink(*batch)
 
 
 # --- phases --------------------------------------------------------------------------------------
