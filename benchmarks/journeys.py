@@ -171,11 +171,11 @@ def journey_legs(
         context=context(recipient, dbh, received_event, messageHash=seen_hash),
     )
 
-    def record(key: str, leg: SentLeg | RelayedLeg | ReceivedLeg) -> tuple[str, bytes]:
+    def record(leg: SentLeg | RelayedLeg | ReceivedLeg) -> tuple[str, bytes]:
+        key = origin if sends_by == "chain" and leg is sent else leg_key(leg, partitions)
         return key, leg_record(leg)
 
-    sent_key = origin if sends_by == "chain" else leg_key(sent, partitions)
-    return [record(sent_key, sent), record(recipient, relayed), record(recipient, received)]
+    return [record(sent), record(relayed), record(received)]
 
 
 def build_journeys(

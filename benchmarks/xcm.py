@@ -235,31 +235,28 @@ def journey_value_sizes(client: redis.Redis, prefix: str, app_id: str, partition
 
 
 class CpuMeter:
-    """CPU seconds spent by the workers, the Redis server (all of it) and this script."""
+    """CPU seconds spent by the workers (together and each: how the work was split), the Redis
+    server (all of it) and this script."""
 
     def __init__(self, run: Run) -> None:
         self.run = run
-        self.start = self.read()
-        self.start_each = self.each()
+        self.start, self.start_each = self.read()
 
-    def each(self) -> list[float]:
-        """Each worker's CPU seconds (how the work was split)."""
-        return [cpu_seconds(w.proc.pid) if w.proc else 0.0 for w in self.run.workers]
-
-    def used_each(self) -> list[float]:
-        return [end - start for end, start in zip(self.each(), self.start_each, strict=True)]
-
-    def read(self) -> dict[str, float]:
+    def read(self) -> tuple[dict[str, float], list[float]]:
+        each = [cpu_seconds(w.proc.pid) if w.proc else 0.0 for w in self.run.workers]
         own = os.times()
-        return {
-            "workers": sum(cpu_seconds(w.proc.pid) for w in self.run.workers if w.proc),
+        totals = {
+            "workers": sum(each),
             "redis": redis_cpu(self.run.client),
             "script": own.user + own.system,
         }
+        return totals, each
 
-    def used(self) -> dict[str, float]:
-        end = self.read()
-        return {k: end[k] - self.start[k] for k in end}
+    def used(self) -> tuple[dict[str, float], list[float]]:
+        """Since this meter was made: the totals, and each worker's."""
+        end, end_each = self.read()
+        totals = {k: end[k] - self.start[k] for k in end}
+        return totals, [e - s for e, s in zip(end_each, self.start_each, strict=True)]
 
 
 def gc_of(run: Run) -> tuple[float, list[float]]:
@@ -363,8 +360,7 @@ def journeys_phase(
     published = time.perf_counter() - t0
     t1 = wait_received(run, reader, len(warm) + args.journeys, args.timeout)
     elapsed = t1 - t0
-    cpu_used = cpu.used()
-    cpu_each = cpu.used_each()
+    cpu_used, cpu_each = cpu.used()
     gc_after = gc_of(run)
 
     # Late relayed notifications (a relayed leg after its receipt) may still be on their way.

@@ -77,12 +77,9 @@ __all__ = [
 GC_THRESHOLDS = (1_000_000, 10, 100)
 
 
-#: Seconds between two collections of the young generations (0 and 1) of a started worker
-#: (``OCSTREAM_GC_YOUNG_EVERY``).
-#: What they hold is what the worker has in flight: a collection takes under a millisecond on
-#: an idle worker and up to about 0.3 s in the middle of a large backlog (``docs/benchmarks.md``,
-#: "Issue 14, fourth round"). Cycles made while processing are freed within this time.
 def _seconds(variable: str, default: str) -> float:
+    """A positive number of seconds from the environment; anything else stops the process,
+    naming the variable."""
     text = os.environ.get(variable, default)
     try:
         value = float(text)
@@ -93,6 +90,11 @@ def _seconds(variable: str, default: str) -> float:
     return value
 
 
+#: Seconds between two collections of the young generations (0 and 1) of a started worker
+#: (``OCSTREAM_GC_YOUNG_EVERY``).
+#: What they hold is what the worker has in flight: a collection takes under a millisecond on
+#: an idle worker and up to about 0.3 s in the middle of a large backlog (``docs/benchmarks.md``,
+#: "Issue 14, fourth round"). Cycles made while processing are freed within this time.
 GC_YOUNG_EVERY = _seconds("OCSTREAM_GC_YOUNG_EVERY", "30")
 
 

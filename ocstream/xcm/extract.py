@@ -30,6 +30,7 @@ from ..ingress.storage import PARA_TRANSFER_PALLETS, RELAY_SEND_CALLS, child_par
 from .bridge import BridgeLeg, bridge_legs, is_bridge_queue
 from .codec import UnknownPageFormat, XcmCodec, XcmDecodeError, XcmMessage, partial_messages
 from .legs import (
+    NO_HASH,
     ReceivedLeg,
     RelayedLeg,
     SentLeg,
@@ -54,7 +55,6 @@ __all__ = [
 ]
 
 _HASH = re.compile(r"^0x[0-9a-f]{64}$")
-_ZERO_HASH = "0x" + "00" * 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -847,7 +847,7 @@ def _downward_leg(
             transport="dmp",
             recipient=recipient,
             message=None,
-            message_hash=message_id or _ZERO_HASH,
+            message_hash=message_id or NO_HASH,
             event=event,
             extrinsic_index=extrinsic_index,
             received=received,
@@ -886,7 +886,7 @@ def _sent_leg(
     if message is not None:
         ids = list(message.ids)
     else:  # the hash the event reported, if any (never the all-zero placeholder)
-        ids = [message_hash] if message_hash != _ZERO_HASH else []
+        ids = [message_hash] if message_hash != NO_HASH else []
     if slot is not None:
         ids.append(slot)
     ctx = context.context(
@@ -895,7 +895,7 @@ def _sent_leg(
         message=message,
         # A DMP found by its call, whose bytes could not be read, has no hash to report yet:
         # null, never the all-zero placeholder (the receipt's event tells the real one).
-        message_hash=None if message_hash == _ZERO_HASH else message_hash,
+        message_hash=None if message_hash == NO_HASH else message_hash,
     )
     continues = _continues(message, event, extrinsic_index, received)
     candidates = (

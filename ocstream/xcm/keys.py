@@ -22,10 +22,11 @@ from typing import Any
 
 from ocstream.transport.wire import partition_for_key
 
-__all__ = ["leg_key", "spread_key", "spread_origin"]
+from .legs import NO_HASH, SentLeg
+
+__all__ = ["leg_key", "spread_key", "spread_origin", "spreadable"]
 
 SEPARATOR = "#"  # not in a network URN
-_NO_HASH = "0x" + "00" * 32  # a downward message whose bytes were not read (its id: its slot)
 
 
 @lru_cache(maxsize=4096)
@@ -55,14 +56,18 @@ def spread_origin(key: str) -> str | None:
     return origin if separator else None
 
 
+def spreadable(leg: SentLeg) -> bool:
+    """Whether a sent leg can only start a journey and has an id to be spread by: nothing links
+    it to a receipt of its block, and its bytes were read."""
+    return leg.continues is None and not leg.hop_candidates and leg.message_hash != NO_HASH
+
+
 def leg_key(leg: Any, partitions: int) -> str:
     """The ``xcm-legs`` key of a leg, on a topic of ``partitions`` partitions."""
     kind = leg.kind
     if kind == "sent":
-        if leg.continues is None and not leg.hop_candidates:
-            message_id = leg.topic or leg.message_hash
-            if message_id != _NO_HASH:
-                return spread_key(leg.origin, message_id, partitions)
+        if spreadable(leg):
+            return spread_key(leg.origin, leg.topic or leg.message_hash, partitions)
         return str(leg.origin)
     if kind in ("received", "bridge"):
         return str(leg.chain)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "BRIDGE_HUBS",
+    "NO_HASH",
     "Leg",
     "ReceivedLeg",
     "RelayedLeg",
@@ -60,6 +61,11 @@ def relay_of(network: str) -> str:
 
 def is_relay(network: str) -> bool:
     return chain_id(network) == "0"
+
+
+#: The ``message_hash`` of a sent leg whose bytes were not read (a downward message the queue no
+#: longer held): its only id is its slot. Never shown in a payload (``messageHash: null``).
+NO_HASH = "0x" + "00" * 32
 
 
 def downward_slot(sent_at: int, position: int) -> str:

@@ -45,8 +45,9 @@ from pydantic import JsonValue
 from . import bridge
 from . import notifications as notify
 from .coverage import CoverageOf, mark_timeout
-from .keys import spread_origin
+from .keys import spread_origin, spreadable
 from .legs import (
+    NO_HASH,
     ReceivedLeg,
     RelayedLeg,
     SentLeg,
@@ -82,7 +83,6 @@ class Store(Protocol):
 
 
 _MISSING = object()
-_ZERO_HASH = "0x" + "00" * 32
 
 
 class Tables:
@@ -232,11 +232,10 @@ class Engine:
 
     def _on_sent(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
         leg = SentLeg.model_validate(record["leg"])
-        if chain != leg.origin:
-            # Spread (keys.py): then it must be one that can only start a journey, since the
-            # receipts a hop-out continues are on its chain's partition, not on this one.
-            if spread_origin(chain) != leg.origin or leg.continues or leg.hop_candidates:
-                raise ValueError(f"a sent leg from {leg.origin} keyed {chain!r}")
+        if chain != leg.origin and (spread_origin(chain) != leg.origin or not spreadable(leg)):
+            # Only a leg that can only start a journey may be spread (keys.py): the receipts a
+            # hop-out continues are on its chain's partition, not on this one.
+            raise ValueError(f"a sent leg from {leg.origin} keyed {chain!r}")
         if self._seen(tables, chain, leg.identity):
             step.count("duplicate_legs")
             return
@@ -870,7 +869,7 @@ class Engine:
 def _message_fields(leg: SentLeg) -> dict[str, JsonValue]:
     return {
         # A DMP whose bytes were not read has no hash yet (never the all-zero placeholder).
-        "messageHash": None if leg.message_hash == _ZERO_HASH else leg.message_hash,
+        "messageHash": None if leg.message_hash == NO_HASH else leg.message_hash,
         "messageData": leg.message_data,
         "instructions": leg.instructions,
     }

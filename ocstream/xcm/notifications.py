@@ -12,6 +12,8 @@ from typing import Any, Final
 
 from pydantic import JsonValue
 
+from .legs import NO_HASH
+
 __all__ = [
     "NOTIFICATION_TYPES",
     "bridge",
@@ -34,7 +36,6 @@ NOTIFICATION_TYPES: Final = (
 
 # The context fields of a journey's message that received/relayed waypoints repeat.
 _MESSAGE_FIELDS: Final = ("messageHash", "messageData", "instructions")
-_ZERO_HASH: Final = "0x" + "00" * 32
 
 
 def origin_message(context: dict[str, Any]) -> dict[str, Any]:
@@ -42,7 +43,7 @@ def origin_message(context: dict[str, Any]) -> dict[str, Any]:
     never the all-zero placeholder)."""
     message_hash = context.get("messageHash")
     return {
-        "messageHash": None if message_hash == _ZERO_HASH else message_hash,
+        "messageHash": None if message_hash == NO_HASH else message_hash,
         "messageData": context.get("messageData"),
         "instructions": context.get("instructions"),
     }

@@ -12,7 +12,7 @@ import pytest
 
 from ocstream.transport.wire import partition_for_key
 from ocstream.xcm.keys import leg_key, spread_key, spread_origin
-from ocstream.xcm.legs import leg_record
+from ocstream.xcm.legs import NO_HASH, leg_record
 from ocstream.xcm.matching import Engine, Tables
 
 from .sim import TABLES, bridge_leg, received_leg, relayed_leg, sent_leg
@@ -20,7 +20,6 @@ from .sim import TABLES, bridge_leg, received_leg, relayed_leg, sent_leg
 RELAY = "urn:ocn:polkadot:0"
 ASSET_HUB = "urn:ocn:polkadot:1000"
 HYDRATION = "urn:ocn:polkadot:2034"
-ZERO = "0x" + "00" * 32
 
 
 def h(n: int) -> str:
@@ -61,7 +60,7 @@ def test_legs_that_need_their_chains_state_keep_the_chain() -> None:
     maybe = sent_leg(
         HYDRATION, [ASSET_HUB], message_hash=h(3), number=40, hop_candidates=[hop_in.identity]
     )
-    byteless = sent_leg(RELAY, [HYDRATION], message_hash=ZERO, number=41)
+    byteless = sent_leg(RELAY, [HYDRATION], message_hash=NO_HASH, number=41)
     assert [leg_key(leg, 16) for leg in (sure, maybe, byteless)] == [HYDRATION, HYDRATION, RELAY]
     relayed = relayed_leg(RELAY, HYDRATION, ASSET_HUB, message_hash=h(2), number=41)
     assert leg_key(relayed, 16) == ASSET_HUB
@@ -96,3 +95,8 @@ def test_a_hop_out_under_a_spread_key_is_refused() -> None:
     for key in (ASSET_HUB, spread_key(ASSET_HUB, h(3), 16)):
         with pytest.raises(ValueError, match="keyed"):
             _handle(key, other)
+    # Nor a downward message whose bytes were not read: it has only its slot to be known by.
+    byteless = sent_leg(RELAY, [HYDRATION], message_hash=NO_HASH, number=41)
+    assert _handle(RELAY, byteless) == ["xcm.sent"]
+    with pytest.raises(ValueError, match="keyed"):
+        _handle(spread_key(RELAY, h(9), 16), byteless)
