@@ -192,7 +192,7 @@ def transport_families(app: Any) -> Iterator[Metric]:
 def gc_families(app: Any) -> Iterator[Metric]:
     """``ocstream_gc_*``: Python's garbage collections in this worker since it started, per
     generation (``ocstream/runtime.py`` sets when they run)."""
-    from .runtime import GC_STATS
+    from .gctune import GC_STATS
 
     yield _labelled(
         CounterMetricFamily(

@@ -23,15 +23,8 @@ worker spent most of its start and stop in places that do no work for ocstream:
 * :class:`Worker`: mode's worker waits a fixed second before closing the event loop, after
   everything has stopped; a tenth of a second is enough for the last callbacks to run.
 
-The worker also tunes Python's cyclic garbage collector once it has started (:func:`tune_gc`).
-Measured with ``benchmarks/xcm.py``, a busy worker spent about a quarter of its time in it:
-every decoded record allocates hundreds of objects, so the default thresholds (700, 10, 10)
-ran a full collection every few seconds over a heap of 250-350 thousand objects (runtime
-metadata, faust's and aiohttp's own), 100-150 ms each. What the worker allocates while
-processing is acyclic and freed by reference counting; the collector only has to find the
-occasional cycle. So the start-up heap is frozen, and the young generations are collected on a
-clock (:func:`collect_young`) rather than by allocation counts, which a backlog's buffered
-records kept tripping (:data:`GC_THRESHOLDS`).
+The worker also tunes Python's cyclic garbage collector once it has started
+(``ocstream/gctune.py``).
 
 :class:`Worker` also keeps faust's per-partition and recovery-table lines (``opening partition``,
 the highwater and offset tables: hundreds of lines before ``Ready``) out of the log at ``info``
@@ -43,9 +36,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import sys
-import time
 from typing import Any
 
 import faust
@@ -54,90 +45,16 @@ from faust.tables import TableManager as _FaustTableManager
 from faust.types import TP
 from yarl import URL
 
+from .gctune import collect_young, tune_gc
+
 __all__ = [
-    "GC_STATS",
-    "GC_THRESHOLDS",
-    "GC_YOUNG_EVERY",
     "QUIET_AT_INFO",
     "App",
     "RocksDBStore",
     "Table",
     "TableManager",
     "Worker",
-    "collect_young",
-    "tune_gc",
-    "watch_gc",
 ]
-
-#: Collector thresholds of a started worker. The first is a bound, not a schedule: Python
-#: counts net allocations, and a worker working off a backlog keeps a few hundred thousand
-#: decoded records alive in its buffers, so any lower bound made every young collection scan
-#: them all (20-200 ms each, 5-9 % of the CPU in ``benchmarks/xcm.py``) only to find them
-#: alive. Young objects are collected on a clock instead (:data:`GC_YOUNG_EVERY`).
-GC_THRESHOLDS = (1_000_000, 10, 100)
-
-
-def _seconds(variable: str, default: str) -> float:
-    """A positive number of seconds from the environment; anything else stops the process,
-    naming the variable."""
-    text = os.environ.get(variable, default)
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise ValueError(f"{variable} must be a positive number of seconds, not {text!r}")
-    return value
-
-
-#: Seconds between two collections of the young generations (0 and 1) of a started worker
-#: (``OCSTREAM_GC_YOUNG_EVERY``).
-#: What they hold is what the worker has in flight: a collection takes under a millisecond on
-#: an idle worker and up to about 0.3 s in the middle of a large backlog (``docs/benchmarks.md``,
-#: "Issue 14, fourth round"). Cycles made while processing are freed within this time.
-GC_YOUNG_EVERY = _seconds("OCSTREAM_GC_YOUNG_EVERY", "30")
-
-
-#: Per generation: collections, seconds spent in them and the longest one, since
-#: :func:`watch_gc` (a worker's ``/metrics``: ``ocstream_gc_*``).
-GC_STATS: dict[int, list[float]] = {generation: [0, 0.0, 0.0] for generation in range(3)}
-_gc_started = [0.0]
-
-
-def _on_gc(phase: str, info: dict[str, Any]) -> None:
-    if phase == "start":
-        _gc_started[0] = time.perf_counter()
-        return
-    took = time.perf_counter() - _gc_started[0]
-    stats = GC_STATS[info["generation"]]
-    stats[0] += 1
-    stats[1] += took
-    stats[2] = max(stats[2], took)
-
-
-def watch_gc() -> None:
-    """Count and time this process's collections in :data:`GC_STATS` (once)."""
-    if _on_gc not in gc.callbacks:
-        gc.callbacks.append(_on_gc)
-
-
-def tune_gc() -> None:
-    """Collect once, move everything alive to the permanent generation (``gc.freeze``: the
-    start-up heap is never scanned again) and raise the thresholds to :data:`GC_THRESHOLDS`.
-    Collections are timed from then on (:func:`watch_gc`)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-    watch_gc()
-
-
-async def collect_young(every: float = GC_YOUNG_EVERY) -> None:
-    """Collect generations 0 and 1 every ``every`` seconds, forever (a worker's task, after
-    :func:`tune_gc`). Full collections stay Python's, on its thresholds."""
-    while True:
-        await asyncio.sleep(every)
-        gc.collect(1)
-
 
 #: Beginnings of faust's log messages shown only at ``-l debug`` (one per partition and table,
 #: or multi-line tables of every changelog partition).

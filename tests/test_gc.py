@@ -1,4 +1,4 @@
-"""The worker's garbage collector settings (``ocstream/runtime.py``): the start-up heap frozen,
+"""The worker's garbage collector settings (``ocstream/gctune.py``): the start-up heap frozen,
 allocation thresholds out of the way of a backlog's buffered records, and the young generations
 collected on a clock, so that reference cycles are still freed. Each check runs in a child
 Python: the collector's settings are process-wide."""
@@ -26,7 +26,7 @@ def test_tune_gc_freezes_the_heap_and_sets_the_thresholds() -> None:
     out = run(
         """
         import gc
-        from ocstream.runtime import GC_THRESHOLDS, tune_gc
+        from ocstream.gctune import GC_THRESHOLDS, tune_gc
         assert gc.get_freeze_count() == 0
         tune_gc()
         assert gc.get_threshold() == GC_THRESHOLDS, gc.get_threshold()
@@ -59,7 +59,7 @@ def test_cycles_are_freed_on_the_clock_not_by_allocation_counts() -> None:
     out = run(
         """
         import asyncio, gc, weakref
-        from ocstream.runtime import GC_STATS, collect_young, tune_gc
+        from ocstream.gctune import GC_STATS, collect_young, tune_gc
 
         collected = []
         gc.callbacks.append(lambda phase, info: phase == "stop" and collected.append(info))
@@ -96,3 +96,35 @@ def test_cycles_are_freed_on_the_clock_not_by_allocation_counts() -> None:
     )
     words = out.split()
     assert words[:2] == ["ok", "200000"] and int(words[2]) >= 1, out
+
+
+def test_what_a_load_leaves_alive_is_promoted_at_once_in_a_tuned_worker_only() -> None:
+    """promote_loaded moves a large, long-lived load (a runtime decoder) out of the young
+    generations right away, so that the clock's next collection does not scan it; in a process
+    whose collector was not tuned (the ingress), it collects nothing."""
+    out = run(
+        """
+        import gc
+        from ocstream.gctune import promote_loaded, tune_gc
+
+        collected = []
+        gc.callbacks.append(lambda phase, info: phase == "stop" and collected.append(info))
+        gc.disable()  # the untuned case must not see Python's own collections
+        decoder = [{"type": [i]} for i in range(50_000)]
+        promote_loaded()
+        assert not collected, collected  # not tuned: nothing
+        gc.enable()
+
+        tune_gc()
+        collected.clear()
+        loaded = [{"type": [i]} for i in range(100_000)]
+        young = lambda: {id(o) for g in (0, 1) for o in gc.get_objects(generation=g)}
+        assert id(loaded[-1]) in young()
+        promote_loaded()
+        assert [info["generation"] for info in collected] == [1], collected
+        assert id(loaded[-1]) not in young()
+        assert any(o is loaded[-1] for o in gc.get_objects(generation=2))
+        print("ok", len(decoder), len(loaded))
+        """
+    )
+    assert out.split() == ["ok", "50000", "100000"], out

@@ -29,6 +29,7 @@ import orjson
 from faust.web import Request, Response, View
 
 from ocstream.dataflow import declare_producer
+from ocstream.gctune import promote_loaded
 from ocstream.ingress.decode import DecoderCache
 from ocstream.ingress.model import ExtendedBlock
 from ocstream.ingress.registry import NetworkRegistry
@@ -132,6 +133,7 @@ class Networks:
                 self._decoders.get_or_build, block.network, spec, lambda: metadata
             )
             self._codecs[key] = XcmCodec(decoder)
+            promote_loaded()
         return self._codecs[key]
 
 

@@ -1,0 +1,120 @@
+"""Python's cyclic garbage collector, tuned for a worker.
+
+A worker tunes it once it has started (:func:`tune_gc`, from :class:`ocstream.runtime.Worker`).
+Measured with ``benchmarks/xcm.py``, a busy worker spent about a quarter of its time in it:
+every decoded record allocates hundreds of objects, so the default thresholds (700, 10, 10)
+ran a full collection every few seconds over a heap of 250-350 thousand objects (runtime
+metadata, faust's and aiohttp's own), 100-150 ms each. What the worker allocates while
+processing is acyclic and freed by reference counting; the collector only has to find the
+occasional cycle. So the start-up heap is frozen, and the young generations are collected on a
+clock (:func:`collect_young`) rather than by allocation counts, which a backlog's buffered
+records kept tripping (:data:`GC_THRESHOLDS`).
+
+This module imports nothing heavy, so that code the ingress shares with workers can call
+:func:`promote_loaded` (a no-op where the collector was not tuned).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import time
+from typing import Any
+
+__all__ = [
+    "GC_STATS",
+    "GC_THRESHOLDS",
+    "GC_YOUNG_EVERY",
+    "collect_young",
+    "promote_loaded",
+    "tune_gc",
+    "watch_gc",
+]
+
+#: Collector thresholds of a started worker. The first is a bound, not a schedule: Python
+#: counts net allocations, and a worker working off a backlog keeps a few hundred thousand
+#: decoded records alive in its buffers, so any lower bound made every young collection scan
+#: them all (20-200 ms each, 5-9 % of the CPU in ``benchmarks/xcm.py``) only to find them
+#: alive. Young objects are collected on a clock instead (:data:`GC_YOUNG_EVERY`).
+GC_THRESHOLDS = (1_000_000, 10, 100)
+
+
+def _seconds(variable: str, default: str) -> float:
+    """A positive number of seconds from the environment; anything else stops the process,
+    naming the variable."""
+    text = os.environ.get(variable, default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ValueError(f"{variable} must be a positive number of seconds, not {text!r}")
+    return value
+
+
+#: Seconds between two collections of the young generations (0 and 1) of a started worker
+#: (``OCSTREAM_GC_YOUNG_EVERY``).
+#: What they hold is what the worker has in flight: a collection takes under a millisecond on
+#: an idle worker and up to about 0.3 s in the middle of a large backlog (``docs/benchmarks.md``,
+#: "Issue 14, fourth round"). Cycles made while processing are freed within this time.
+GC_YOUNG_EVERY = _seconds("OCSTREAM_GC_YOUNG_EVERY", "30")
+
+
+#: Per generation: collections, seconds spent in them and the longest one, since
+#: :func:`watch_gc` (a worker's ``/metrics``: ``ocstream_gc_*``).
+GC_STATS: dict[int, list[float]] = {generation: [0, 0.0, 0.0] for generation in range(3)}
+_gc_started = [0.0]
+
+
+def _on_gc(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+        return
+    took = time.perf_counter() - _gc_started[0]
+    stats = GC_STATS[info["generation"]]
+    stats[0] += 1
+    stats[1] += took
+    stats[2] = max(stats[2], took)
+
+
+def watch_gc() -> None:
+    """Count and time this process's collections in :data:`GC_STATS` (once)."""
+    if _on_gc not in gc.callbacks:
+        gc.callbacks.append(_on_gc)
+
+
+_tuned = [False]
+
+
+def tune_gc() -> None:
+    """Collect once, move everything alive to the permanent generation (``gc.freeze``: the
+    start-up heap is never scanned again) and raise the thresholds to :data:`GC_THRESHOLDS`.
+    Collections are timed from then on (:func:`watch_gc`)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    watch_gc()
+    _tuned[0] = True
+
+
+def promote_loaded() -> None:
+    """Collect the young generations now, after something large and long-lived was loaded
+    (a runtime decoder: 65,000 to 100,000 objects), in a process whose collector
+    :func:`tune_gc` set up; elsewhere, nothing.
+
+    The load has just held the event loop for a fraction of a second anyway. Left young, its
+    objects would be scanned by the next clock collection (:func:`collect_young`) instead, in
+    the middle of traffic: 55 to 65 ms, the slowest moment of a `benchmarks/e2e.py` step, where
+    the clock's later collections take under 5 ms. Collected here, they move to the oldest
+    generation, which only full collections scan."""
+    if _tuned[0]:
+        gc.collect(1)
+
+
+async def collect_young(every: float = GC_YOUNG_EVERY) -> None:
+    """Collect generations 0 and 1 every ``every`` seconds, forever (a worker's task, after
+    :func:`tune_gc`). Full collections stay Python's, on its thresholds."""
+    while True:
+        await asyncio.sleep(every)
+        gc.collect(1)
