@@ -396,6 +396,8 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
             index.clear(partition)
             for name, table in tables.items():
                 store = table.data
+                if partition not in store._dbs and not store.partition_path(partition).exists():
+                    continue  # no database, nothing stored: opening one would create it empty
                 entries = []
                 for count, (raw_key, raw) in enumerate(
                     store._visible_items(store._db_for_partition(partition)), 1
