@@ -23,7 +23,7 @@ There are two kinds of metric, and a helper for each:
   faust app; it yields ``prometheus_client.core`` metric families (``CounterMetricFamily``,
   ``GaugeMetricFamily``) and must tolerate a missing component (``getattr(app, "x", None)``).
   The collectors below are the worker's metrics; the ingress process renders
-  :func:`ingress_families` alone.
+  :func:`ingress_families` and :func:`gc_families`.
 
 A counter's name is given with its ``_total`` suffix, as it appears in the text. Names use
 ``[a-zA-Z0-9_]`` only: :func:`metric_name` turns anything else (the hyphens of dead-letter
@@ -53,6 +53,7 @@ __all__ = [
     "collect_worker",
     "counter",
     "gauge",
+    "gc_families",
     "histogram",
     "ingress_families",
     "metric_name",
@@ -188,10 +189,10 @@ def transport_families(app: Any) -> Iterator[Metric]:
         yield _counter(f"ocstream_transport_{name}_total", TRANSPORT_HELP.get(name, name), value)
 
 
-@worker_collector
-def gc_families(app: Any) -> Iterator[Metric]:
-    """``ocstream_gc_*``: Python's garbage collections in this worker since it started, per
-    generation (``ocstream/runtime.py`` sets when they run)."""
+def gc_families() -> Iterator[Metric]:
+    """``ocstream_gc_*``: Python's garbage collections in this process since its collector was
+    tuned, per generation (``ocstream/gctune.py`` sets when they run): a worker's, and an
+    ``ocstream ingress`` process's."""
     from .gctune import GC_STATS
 
     yield _labelled(
@@ -214,6 +215,12 @@ def gc_families(app: Any) -> Iterator[Metric]:
         ),
         ((str(g), stats[2]) for g, stats in GC_STATS.items()),
     )
+
+
+@worker_collector
+def worker_gc_families(app: Any) -> Iterator[Metric]:
+    """:func:`gc_families`, on every worker's ``/metrics``."""
+    return gc_families()
 
 
 @worker_collector

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from prometheus_client.metrics_core import Metric
 
 from ocstream import metrics
 
@@ -33,4 +36,8 @@ class IngressMetrics:
 
     def render(self) -> bytes:
         """Prometheus text exposition (:func:`ocstream.metrics.ingress_families`)."""
-        return metrics.render(lambda: metrics.ingress_families(self))
+        return metrics.render(self._families)
+
+    def _families(self) -> Iterator[Metric]:
+        yield from metrics.ingress_families(self)
+        yield from metrics.gc_families()  # the process's own (a worker's /metrics has its own)

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from ..gctune import collect_young, tune_gc
 from ..metrics import CONTENT_TYPE as metrics_content_type
 from ..transport.client import Backoff, connect, request_client
 from ..transport.writer import TopicWriter
@@ -247,6 +248,11 @@ class IngressService:
         await web.TCPSite(runner, address, port).start()
         logger.info("ingress: /health and /metrics on http://%s:%d", address, port)
         await self.start()
+        # The worker's collector policy (``ocstream/gctune.py``): a busy ingress allocates
+        # hundreds of objects per decoded event, and Python's default thresholds ran full
+        # collections over its decoders every few seconds.
+        tune_gc()
+        collector = asyncio.create_task(collect_young(), name="ingress gc clock")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -255,5 +261,6 @@ class IngressService:
             await stop.wait()
         finally:
             logger.info("ingress: stopping")
+            collector.cancel()
             await runner.cleanup()
             await self.stop()

@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
 
 from ocstream.ingress.raw import load_v1_cbor
 from ocstream.transport import Keyspace
@@ -81,6 +82,15 @@ async def test_ingress_process_publishes_and_reports(
         assert (
             'ocstream_ingress_blocks_published_total{network="urn:ocn:polkadot:0"} 6.0' in metrics
         )
+        # The worker's collector policy (ocstream/gctune.py): no collection started by
+        # allocation counts, and one of the young generations once the runtime was loaded.
+        collections = {
+            sample.labels["generation"]: sample.value
+            for family in text_string_to_metric_families(metrics)
+            for sample in family.samples
+            if sample.name == "ocstream_gc_collections_total"
+        }
+        assert collections["0"] == 0 and collections["1"] >= 1, collections
     finally:
         proc.send_signal(signal.SIGTERM)
         output, _ = await asyncio.wait_for(proc.communicate(), 30)
