@@ -1,6 +1,7 @@
-"""Python's cyclic garbage collector, tuned for a worker.
+"""Python's cyclic garbage collector, tuned for a worker and an ingress process.
 
-A worker tunes it once it has started (:func:`tune_gc`, from :class:`ocstream.runtime.Worker`).
+Both tune it once they have started (:func:`tune_gc`, from :class:`ocstream.runtime.Worker`
+and ``IngressService.run``).
 Measured with ``benchmarks/xcm.py``, a busy worker spent about a quarter of its time in it:
 every decoded record allocates hundreds of objects, so the default thresholds (700, 10, 10)
 ran a full collection every few seconds over a heap of 250-350 thousand objects (runtime
@@ -32,11 +33,11 @@ __all__ = [
     "watch_gc",
 ]
 
-#: Collector thresholds of a started worker. The first is a bound, not a schedule: Python
-#: counts net allocations, and a worker working off a backlog keeps a few hundred thousand
-#: decoded records alive in its buffers, so any lower bound made every young collection scan
-#: them all (20-200 ms each, 5-9 % of the CPU in ``benchmarks/xcm.py``) only to find them
-#: alive. Young objects are collected on a clock instead (:data:`GC_YOUNG_EVERY`).
+#: Collector thresholds of a started worker (or ingress). The first is a bound, not a
+#: schedule: Python counts net allocations, and a worker working off a backlog keeps a few
+#: hundred thousand decoded records alive in its buffers, so any lower bound made every young
+#: collection scan them all (20-200 ms each, 5-9 % of the CPU in ``benchmarks/xcm.py``) only to
+#: find them alive. Young objects are collected on a clock instead (:data:`GC_YOUNG_EVERY`).
 GC_THRESHOLDS = (1_000_000, 10, 100)
 
 
@@ -53,8 +54,8 @@ def _seconds(variable: str, default: str) -> float:
     return value
 
 
-#: Seconds between two collections of the young generations (0 and 1) of a started worker
-#: (``OCSTREAM_GC_YOUNG_EVERY``).
+#: Seconds between two collections of the young generations (0 and 1) of a started worker or
+#: ingress (``OCSTREAM_GC_YOUNG_EVERY``).
 #: What they hold is what the worker has in flight: a collection takes under a millisecond on
 #: an idle worker and up to about 0.3 s in the middle of a large backlog (``docs/benchmarks.md``,
 #: "Issue 14, fourth round"). Cycles made while processing are freed within this time.
@@ -113,8 +114,8 @@ def promote_loaded() -> None:
 
 
 async def collect_young(every: float = GC_YOUNG_EVERY) -> None:
-    """Collect generations 0 and 1 every ``every`` seconds, forever (a worker's task, after
-    :func:`tune_gc`). Full collections stay Python's, on its thresholds."""
+    """Collect generations 0 and 1 every ``every`` seconds, forever (a task of a worker or an
+    ingress, after :func:`tune_gc`). Full collections stay Python's, on its thresholds."""
     while True:
         await asyncio.sleep(every)
         gc.collect(1)

@@ -471,7 +471,7 @@ class ChainFollower:
         decoder = await asyncio.to_thread(
             self.decoders.get_or_build, self.urn, spec_version, metadata
         )
-        promote_loaded()  # in a worker's own ingress (``ocstream/runtime.py``)
+        promote_loaded()  # where the collector is tuned: a worker, an ingress process
         self.metadata[spec_version] = metadata
         while len(self.metadata) > 4:  # the newest runtimes are the ones still being published
             del self.metadata[min(self.metadata)]

@@ -248,9 +248,9 @@ class IngressService:
         await web.TCPSite(runner, address, port).start()
         logger.info("ingress: /health and /metrics on http://%s:%d", address, port)
         await self.start()
-        # The worker's collector policy (``ocstream/gctune.py``): a busy ingress allocates
-        # hundreds of objects per decoded event, and Python's default thresholds ran full
-        # collections over its decoders every few seconds.
+        # The worker's collector policy (``ocstream/gctune.py``). Under Python's own
+        # thresholds, building each runtime's decoders ran full collections over the ones
+        # built before: 12 chains took twice as long to start (``benchmarks/ingress.py``).
         tune_gc()
         collector = asyncio.create_task(collect_young(), name="ingress gc clock")
         stop = asyncio.Event()
