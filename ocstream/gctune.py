@@ -27,6 +27,9 @@ __all__ = [
     "GC_STATS",
     "GC_THRESHOLDS",
     "GC_YOUNG_EVERY",
+    "FULL_CHECK_TICKS",
+    "FULL_GROWTH",
+    "FULL_MIN_GROWTH",
     "collect_young",
     "promote_loaded",
     "tune_gc",
@@ -113,9 +116,38 @@ def promote_loaded() -> None:
         gc.collect(1)
 
 
-async def collect_young(every: float = GC_YOUNG_EVERY) -> None:
+#: Every this many clock ticks, :func:`collect_young` checks the oldest generation (see there).
+FULL_CHECK_TICKS = 10
+
+#: ... and runs a full collection when it has grown by more than this share since the last one
+#: (Python's own rule), and by at least :data:`FULL_MIN_GROWTH` objects.
+FULL_GROWTH = 0.25
+FULL_MIN_GROWTH = 10_000
+
+
+async def collect_young(every: float = GC_YOUNG_EVERY, full_check: int = FULL_CHECK_TICKS) -> None:
     """Collect generations 0 and 1 every ``every`` seconds, forever (a task of a worker or an
-    ingress, after :func:`tune_gc`). Full collections stay Python's, on its thresholds."""
+    ingress, after :func:`tune_gc`).
+
+    What survives a young collection moves to the oldest generation, and a reference cycle
+    among those objects that dies later is freed by a full collection only. Python runs one
+    when the oldest generation has grown by a quarter since the last, but it checks that only
+    when an allocation count trips a threshold, which :data:`GC_THRESHOLDS` keep out of reach;
+    so the clock checks it instead (:data:`FULL_GROWTH`, :data:`FULL_MIN_GROWTH`), every
+    ``full_check`` ticks (five minutes by default),
+    counting the oldest generation's objects (a few milliseconds for a few hundred thousand).
+    The frozen start-up heap is not counted, nor scanned."""
+    ticks = 0
+    settled: int | None = None  # objects in the oldest generation after the last full one
     while True:
         await asyncio.sleep(every)
         gc.collect(1)
+        ticks += 1
+        if ticks % full_check:
+            continue
+        old = len(gc.get_objects(generation=2))
+        if settled is None:
+            settled = old
+        elif old - settled > max(settled * FULL_GROWTH, FULL_MIN_GROWTH):
+            gc.collect()
+            settled = len(gc.get_objects(generation=2))

@@ -128,3 +128,49 @@ def test_what_a_load_leaves_alive_is_promoted_at_once_in_a_tuned_worker_only() -
         """
     )
     assert out.split() == ["ok", "50000", "100000"], out
+
+
+def test_the_clock_runs_a_full_collection_once_the_oldest_generation_has_grown() -> None:
+    """Cycles that die after a young collection promoted them are freed by a full collection
+    only, which the worker's thresholds never start: the clock starts one when the oldest
+    generation has grown by more than a quarter since its first check, and not before."""
+    out = run(
+        """
+        import asyncio, gc, weakref
+        from ocstream.gctune import GC_STATS, collect_young, tune_gc
+
+        class Node:
+            pass
+
+        def full() -> int:
+            return int(GC_STATS[2][0])
+
+        async def ticks(n: int) -> None:
+            start = GC_STATS[1][0]
+            while GC_STATS[1][0] < start + n:
+                await asyncio.sleep(0.01)
+
+        async def main():
+            tune_gc()
+            task = asyncio.create_task(collect_young(every=0.02, full_check=2))
+            await ticks(3)  # the first check counted the oldest generation
+            small = [Node() for _ in range(10)]  # growing a little starts nothing
+            await ticks(4)
+            assert full() == 0, GC_STATS
+            nodes = [Node() for _ in range(50_000)]
+            for a, b in zip(nodes[::2], nodes[1::2]):
+                a.other, b.other = b, a
+            gone = weakref.ref(nodes[0])
+            gc.collect(1)  # alive at a young collection: promoted to the oldest generation
+            del nodes, a, b
+            assert gone() is not None  # only a full collection can free these cycles now
+            await ticks(4)
+            task.cancel()
+            assert gone() is None, "the cycles in the oldest generation were not freed"
+            assert full() == 1, GC_STATS
+            print("ok", len(small))
+
+        asyncio.run(main())
+        """
+    )
+    assert out.split() == ["ok", "10"], out
