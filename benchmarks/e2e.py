@@ -23,7 +23,9 @@ time), one subscription made with ``POST /subs`` (origin Asset Hub, destination 
 ingress`` process follows the two chains from ``replay`` providers: ``--seconds`` worth of blocks at
 ``--block-rate`` blocks/s per chain, K = rate / block rate journeys per block. The next rate
 starts when every journey of this one was delivered; the rates stop rising after the first one
-that is not kept up with. A small untimed warm-up step comes first.
+that is not kept up with. A small untimed warm-up step comes first. Each measured step's chains
+begin with :data:`LEAD_SECONDS` of quiet blocks, without journeys: the step's new ingress
+builds its runtime decoders on its first block, which a deployed ingress did long before.
 
 Blocks and legs are keyed by chain, so this traffic's extraction and matching live in two
 partitions: the relay's and Asset Hub's. The workers are started one after the other, so that
@@ -499,6 +501,11 @@ def percentile(values: list[float], q: float) -> float:
 #: Seconds at the start of a step left out of the "settled" p99 (the ingress is starting).
 SETTLE = 5.0
 
+#: Seconds of quiet blocks (no journeys) that each measured step's chains begin with: the
+#: step's new ingress builds its decoders on its first block, and a deployed ingress has
+#: done that long before the traffic a latency figure is about.
+LEAD_SECONDS = 2.0
+
 
 def run_step(
     run: Run,
@@ -568,7 +575,7 @@ def run_step(
                 first_arrival[key] = arrived
                 if kind == "xcm.received" and delivery_id:
                     queued_at[message_hash] = DeliveryIds.timestamp_ms(delivery_id) / 1000
-    receipts = range(segment.first[RELAY] + LAG, segment.last[RELAY] + 1)
+    receipts = range(segment.first[RELAY] + segment.lead + LAG, segment.last[RELAY] + 1)
     times = [run.published[(RELAY, n)] for n in receipts]
     interval = (times[-1] - times[0]) / max(1, len(times) - 1)
     step.offered = segment.per_block / interval if interval > 0 else float("nan")
@@ -793,7 +800,8 @@ def bench(args: argparse.Namespace, rates: list[float], counts: list[int], root:
         seconds = args.warmup if index == 0 else args.seconds
         blocks = max(2, round(seconds * block_rate))
         name = "warmup" if index == 0 else f"rate{rate:g}"
-        plan.append((name, rate, synth.segment(recordings, name, blocks, per_block)))
+        lead = 0 if index == 0 else max(1, round(LEAD_SECONDS * block_rate))
+        plan.append((name, rate, synth.segment(recordings, name, blocks, per_block, lead)))
     journeys = {j.hash: j for _, _, s in plan for j in s.journeys}
     print(
         f"chains: {len(journeys):,} journeys in {sum(s.blocks for _, _, s in plan)} blocks per "

@@ -182,11 +182,12 @@ class Segment:
     """One rate step: recordings of both chains and the journeys in them."""
 
     per_block: int
-    blocks: int  # blocks per chain, LAG of them without journeys
+    blocks: int  # blocks per chain, lead + LAG of them without journeys
     journeys: list[Journey]
     files: dict[str, Path]
     first: dict[str, int]
     last: dict[str, int]
+    lead: int = 0  # quiet blocks per chain before the first journey
 
 
 def _rpc_block(header: bytes, extrinsics: list[bytes], digest: list[bytes]) -> dict[str, Any]:
@@ -336,18 +337,25 @@ class Synthesizer:
         chain.moment += chain.block_time_ms
         return number, block_hash, lines
 
-    def segment(self, directory: Path, name: str, blocks: int, per_block: int) -> Segment:
-        """``blocks`` blocks of journeys at ``per_block`` each, plus LAG quiet ones, per chain."""
+    def segment(
+        self, directory: Path, name: str, blocks: int, per_block: int, lead: int = 0
+    ) -> Segment:
+        """``blocks`` blocks of journeys at ``per_block`` each, after ``lead`` quiet ones and
+        followed by LAG quiet ones, per chain. The quiet lead lets a new ingress build its
+        decoders (on its first block) before the first journey's block is published."""
         ah, relay = self.chains[ASSET_HUB], self.chains[RELAY]
         journeys = [
-            [self._journey(ah.number + i, relay.number + i + LAG) for _ in range(per_block)]
+            [
+                self._journey(ah.number + lead + i, relay.number + lead + i + LAG)
+                for _ in range(per_block)
+            ]
             for i in range(blocks)
         ]
         lines: dict[str, list[bytes]] = {ASSET_HUB: [], RELAY: []}
         first: dict[str, int] = {}
         last: dict[str, int] = {}
-        for i in range(blocks + LAG):
-            sent = journeys[i] if i < blocks else []
+        for i in range(-lead, blocks + LAG):
+            sent = journeys[i] if 0 <= i < blocks else []
             extrinsics, events, upward = self._sender_parts(sent)
             number, block_hash, out = self._block(ASSET_HUB, extrinsics, events)
             if sent:
@@ -355,7 +363,7 @@ class Synthesizer:
             lines[ASSET_HUB] += out
             first.setdefault(ASSET_HUB, number)
             last[ASSET_HUB] = number
-            received = journeys[i - LAG] if i >= LAG else []
+            received = journeys[i - LAG] if 0 <= i - LAG < blocks else []
             number, block_hash, out = self._block(RELAY, [], self._receiver_events(received))
             lines[RELAY] += out
             first.setdefault(RELAY, number)
@@ -367,11 +375,12 @@ class Synthesizer:
             self._write(path, network, first[network], last[network], body)
         return Segment(
             per_block=per_block,
-            blocks=blocks + LAG,
+            blocks=lead + blocks + LAG,
             journeys=[j for group in journeys for j in group],
             files=files,
             first=first,
             last=last,
+            lead=lead,
         )
 
     def _write(self, path: Path, network: str, first: int, last: int, body: list[bytes]) -> None:
@@ -407,7 +416,8 @@ def network_config(network: str, path: Path, rate: float) -> NetworkConfig:
 
 
 async def check_segment(segment: Segment, blocks: int = 4) -> str:
-    """Decode the first ``blocks`` blocks of each chain of ``segment`` the way the ingress does
+    """Decode the first ``blocks`` blocks after the quiet lead (and the lead) of each chain of
+    ``segment`` the way the ingress does
     (``ChainFollower.fetch`` on the recording) and extract their legs; SynthesisError unless
     every journey of those blocks is one sent leg on Asset Hub and one received leg on the
     relay, with its own hash, sender and outcome, and nothing else comes out."""
@@ -424,8 +434,8 @@ async def check_segment(segment: Segment, blocks: int = 4) -> str:
             network_config(network, path, 1.0), writer=None, registry=None, decoders=decoders
         )
         node = ReplayNode(path, 1.0)
-        first = segment.first[network]
-        for number in range(first, min(first + blocks, segment.last[network] + 1)):
+        first = segment.first[network]  # from the first: the metadata is read there
+        for number in range(first, min(first + segment.lead + blocks, segment.last[network] + 1)):
             block = await follower.fetch(node, number)
             decoder = decoders.get(network, SPEC_VERSION)
             assert decoder is not None
@@ -449,7 +459,8 @@ async def check_segment(segment: Segment, blocks: int = 4) -> str:
             if got != want:
                 raise SynthesisError(f"{network} #{number}: extracted {got}, expected {want}")
     return (
-        f"{blocks} blocks of each chain decoded by the follower and extracted: "
+        f"{blocks} blocks of each chain (after {segment.lead} quiet ones) decoded by the "
+        "follower and extracted: "
         f"{checked['sent']} sent and {checked['received']} received legs, each journey's own "
         f"hash, sender and outcome, no problem"
     )
