@@ -101,7 +101,7 @@ def test_cycles_are_freed_on_the_clock_not_by_allocation_counts() -> None:
 def test_what_a_load_leaves_alive_is_promoted_at_once_in_a_tuned_worker_only() -> None:
     """promote_loaded moves a large, long-lived load (a runtime decoder) out of the young
     generations right away, so that the clock's next collection does not scan it; in a process
-    whose collector was not tuned (the ingress), it collects nothing."""
+    whose collector was not tuned (a tool, a test), it collects nothing."""
     out = run(
         """
         import gc
