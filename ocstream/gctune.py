@@ -11,8 +11,8 @@ occasional cycle. So the start-up heap is frozen, and the young generations are 
 clock (:func:`collect_young`) rather than by allocation counts, which a backlog's buffered
 records kept tripping (:data:`GC_THRESHOLDS`).
 
-This module imports nothing heavy, so that code the ingress shares with workers can call
-:func:`promote_loaded` (a no-op where the collector was not tuned).
+This module imports nothing heavy, so that the decoder cache, which the ingress shares with
+workers, can call :func:`promote_loaded` (a no-op where the collector was not tuned).
 """
 
 from __future__ import annotations
@@ -88,9 +88,6 @@ def watch_gc() -> None:
         gc.callbacks.append(_on_gc)
 
 
-_tuned = [False]
-
-
 def tune_gc() -> None:
     """Collect once, move everything alive to the permanent generation (``gc.freeze``: the
     start-up heap is never scanned again) and raise the thresholds to :data:`GC_THRESHOLDS`.
@@ -99,7 +96,6 @@ def tune_gc() -> None:
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     watch_gc()
-    _tuned[0] = True
 
 
 def promote_loaded() -> None:
@@ -111,8 +107,9 @@ def promote_loaded() -> None:
     objects would be scanned by the next clock collection (:func:`collect_young`) instead, in
     the middle of traffic: 55 to 65 ms, the slowest moment of a `benchmarks/e2e.py` step, where
     the clock's later collections take under 5 ms. Collected here, they move to the oldest
-    generation, which only full collections scan."""
-    if _tuned[0]:
+    generation, which only full collections scan. It may run in a thread (a decoder is built
+    in one): a collection stops every thread alike."""
+    if gc.get_threshold() == GC_THRESHOLDS:  # tune_gc ran in this process
         gc.collect(1)
 
 

@@ -124,13 +124,18 @@ class TableManager(_FaustTableManager):
 
 
 class RocksDBStore(_FaustRocksDBStore):
+    def has_database(self, partition: int) -> bool:
+        """Whether ``partition`` has a database, open or on disk. One without holds nothing,
+        and any access to it through faust's store (``_db_for_partition``) would create it."""
+        return partition in self._dbs or self.partition_path(partition).exists()
+
     async def assign_partitions(self, table: Any, tps: set[TP], generation_id: int = 0) -> None:
         self.rebalance_ack = True
         standby_tps = self.app.assignor.assigned_standbys()
         my_topics = table.changelog_topic.topics
         for tp in tps:
             if tp.topic in my_topics and tp not in standby_tps and self.rebalance_ack:
-                if tp.partition not in self._dbs and not self.partition_path(tp.partition).exists():
+                if not self.has_database(tp.partition):
                     continue  # nothing stored yet: the first write creates it
                 await self._try_open_db_for_partition(tp.partition, generation_id=generation_id)
                 await asyncio.sleep(0)
@@ -153,7 +158,7 @@ class RocksDBStore(_FaustRocksDBStore):
         _release(dropped)
 
     def persisted_offset(self, tp: TP) -> int | None:
-        if tp.partition not in self._dbs and not self.partition_path(tp.partition).exists():
+        if not self.has_database(tp.partition):
             return None  # what a fresh database would answer, without creating one
         offset: int | None = super().persisted_offset(tp)
         return offset

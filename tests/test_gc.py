@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 
 def run(code: str) -> str:
@@ -98,36 +99,42 @@ def test_cycles_are_freed_on_the_clock_not_by_allocation_counts() -> None:
     assert words[:2] == ["ok", "200000"] and int(words[2]) >= 1, out
 
 
-def test_what_a_load_leaves_alive_is_promoted_at_once_in_a_tuned_worker_only() -> None:
-    """promote_loaded moves a large, long-lived load (a runtime decoder) out of the young
-    generations right away, so that the clock's next collection does not scan it; in a process
-    whose collector was not tuned (a tool, a test), it collects nothing."""
+def test_a_decoder_built_in_a_tuned_process_is_promoted_at_once(fixtures_dir: Path) -> None:
+    """Building a runtime decoder (``DecoderCache.get_or_build``, in a thread as the worker and
+    the ingress do) moves its objects out of the young generations right away, so that the
+    clock's next collection does not scan them; in a process whose collector was not tuned
+    (a tool, a test), it collects nothing."""
+    metadata = fixtures_dir / "metadata" / "assethub-9430.scale"
     out = run(
-        """
-        import gc
-        from ocstream.gctune import promote_loaded, tune_gc
+        f"""
+        import asyncio, gc
+        from ocstream.gctune import tune_gc
+        from ocstream.ingress.decode import DecoderCache
 
+        raw = open({str(metadata)!r}, "rb").read()
         collected = []
         gc.callbacks.append(lambda phase, info: phase == "stop" and collected.append(info))
         gc.disable()  # the untuned case must not see Python's own collections
-        decoder = [{"type": [i]} for i in range(50_000)]
-        promote_loaded()
+        DecoderCache().get_or_build("urn:ocn:polkadot:1000", 9430, raw)
         assert not collected, collected  # not tuned: nothing
         gc.enable()
 
         tune_gc()
         collected.clear()
-        loaded = [{"type": [i]} for i in range(100_000)]
-        young = lambda: {id(o) for g in (0, 1) for o in gc.get_objects(generation=g)}
-        assert id(loaded[-1]) in young()
-        promote_loaded()
+        cache = DecoderCache()
+        decoder = asyncio.run(
+            asyncio.to_thread(cache.get_or_build, "urn:ocn:polkadot:1000", 9430, raw)
+        )
         assert [info["generation"] for info in collected] == [1], collected
-        assert id(loaded[-1]) not in young()
-        assert any(o is loaded[-1] for o in gc.get_objects(generation=2))
-        print("ok", len(decoder), len(loaded))
+        young = {{id(o) for g in (0, 1) for o in gc.get_objects(generation=g)}}
+        assert id(decoder) not in young and any(o is decoder for o in gc.get_objects(2))
+        again = cache.get_or_build("urn:ocn:polkadot:1000", 9430, raw)
+        assert again is decoder and len(collected) == 1, collected  # a hit builds nothing
+        print("ok", len(gc.get_objects(generation=2)))
         """
     )
-    assert out.split() == ["ok", "50000", "100000"], out
+    words = out.split()
+    assert words[0] == "ok" and int(words[1]) > 50_000, out
 
 
 def test_the_clock_runs_a_full_collection_once_the_oldest_generation_has_grown() -> None:

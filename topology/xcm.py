@@ -29,7 +29,6 @@ import orjson
 from faust.web import Request, Response, View
 
 from ocstream.dataflow import declare_producer
-from ocstream.gctune import promote_loaded
 from ocstream.ingress.decode import DecoderCache
 from ocstream.ingress.model import ExtendedBlock
 from ocstream.ingress.registry import NetworkRegistry
@@ -133,7 +132,6 @@ class Networks:
                 self._decoders.get_or_build, block.network, spec, lambda: metadata
             )
             self._codecs[key] = XcmCodec(decoder)
-            promote_loaded()
         return self._codecs[key]
 
 
@@ -396,8 +394,8 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
             index.clear(partition)
             for name, table in tables.items():
                 store = table.data
-                if partition not in store._dbs and not store.partition_path(partition).exists():
-                    continue  # no database, nothing stored: opening one would create it empty
+                if not store.has_database(partition):
+                    continue  # nothing stored: opening it would create an empty database
                 entries = []
                 for count, (raw_key, raw) in enumerate(
                     store._visible_items(store._db_for_partition(partition)), 1

@@ -44,6 +44,7 @@ from scalecodec.base import RuntimeConfigurationObject
 from scalecodec.type_registry import load_type_registry_preset
 
 from ..errors import OcstreamError
+from ..gctune import promote_loaded
 from .model import (
     MAX_SAFE_INTEGER,
     Event,
@@ -815,13 +816,16 @@ class DecoderCache:
         self, network: str, spec_version: int, metadata: bytes | Callable[[], bytes]
     ) -> RuntimeDecoder:
         """The decoder for this runtime, built from ``metadata`` (bytes, or a loader called only
-        on a miss) the first time. Building blocks the caller for a fraction of a second."""
+        on a miss) the first time. Building blocks the caller for a fraction of a second; a
+        build is followed by :func:`ocstream.gctune.promote_loaded`, so that a tuned worker or
+        ingress does not scan the new decoder's objects in a clock collection later."""
         decoder = self.get(network, spec_version)
         if decoder is None:
             raw = metadata() if callable(metadata) else metadata
             decoder = RuntimeDecoder(raw, network=network, spec_version=spec_version)
             self.builds += 1
             self.put(decoder)
+            promote_loaded()
         return decoder
 
     def put(self, decoder: RuntimeDecoder) -> None:

@@ -30,7 +30,6 @@ from typing import Any, Protocol
 from redis.exceptions import RedisError
 
 from ..errors import OcstreamError
-from ..gctune import promote_loaded
 from ..transport.client import Backoff
 from ..transport.writer import TopicWriter
 from .config import NetworkConfig, ReplayProvider
@@ -471,7 +470,6 @@ class ChainFollower:
         decoder = await asyncio.to_thread(
             self.decoders.get_or_build, self.urn, spec_version, metadata
         )
-        promote_loaded()  # where the collector is tuned: a worker, an ingress process
         self.metadata[spec_version] = metadata
         while len(self.metadata) > 4:  # the newest runtimes are the ones still being published
             del self.metadata[min(self.metadata)]
