@@ -10,7 +10,9 @@ superseded before anything reads them from the changelog.
 :class:`TableBatch` sits between an agent and its tables for the span of one batch of records:
 
 * reads see the batch's own writes first, then the partition's RocksDB database (one ``get``;
-  faust's ``table.get`` checks ``in`` and then reads again);
+  faust's ``table.get`` checks ``in`` and then reads again). What a key held in RocksDB is
+  read once per batch: a second read of it, and the flush's "was it stored before?" for a key
+  the batch removed, take the bytes the first read found;
 * writes wait in the batch, **encoded once** (the same bytes go to RocksDB and the changelog,
   as faust's recovery expects);
 * :meth:`TableBatch.flush` writes what is left: per table and partition one RocksDB
@@ -73,6 +75,18 @@ class _Table:
         )
         #: partition -> key -> encoded value, or _DELETED
         self.writes: dict[int, dict[str, Any]] = {}
+        #: partition -> key -> what the store held when the batch first read the key. Only
+        #: this batch writes the partition, and only at its flush, so it holds until then.
+        self.reads: dict[int, dict[str, bytes | None]] = {}
+
+    def before(self, partition: int, key: str) -> bytes | None:
+        """What ``key`` held before this batch: read once, then remembered until the flush."""
+        reads = self.reads.setdefault(partition, {})
+        try:
+            return reads[key]
+        except KeyError:
+            raw = reads[key] = self.stored(partition, key)
+            return raw
 
     def stored(self, partition: int, key: str) -> bytes | None:
         if self.memory:
@@ -97,17 +111,21 @@ class _Table:
 class _View:
     """One table on one partition, through the batch (the matcher's ``Store``)."""
 
-    __slots__ = ("_table", "_partition", "_writes")
+    __slots__ = ("_table", "_partition", "_writes", "_reads")
 
     def __init__(self, table: _Table, partition: int) -> None:
         self._table = table
         self._partition = partition
         self._writes = table.writes.setdefault(partition, {})
+        self._reads = table.reads.setdefault(partition, {})
 
     def get(self, key: str, default: Any = None) -> Any:
         raw = self._writes.get(key)
         if raw is None:
-            raw = self._table.stored(self._partition, key)
+            try:
+                raw = self._reads[key]
+            except KeyError:
+                raw = self._reads[key] = self._table.stored(self._partition, key)
         elif raw is _DELETED:
             raw = None
         # Decoded on every read: callers may change what they get, and the batch must not.
@@ -144,16 +162,21 @@ class TableBatch:
         """Write the batch to RocksDB and queue its changelog records (see the module doc)."""
         producer = self.app.producer
         for name, table in self._tables.items():
+            batches = []
             for partition, writes in table.writes.items():
                 # A key removed that was not stored before the batch leaves no trace.
                 changes = [
                     (key, table.encode_key(key), None if raw is _DELETED else raw)
                     for key, raw in writes.items()
-                    if raw is not _DELETED or table.stored(partition, key) is not None
+                    if raw is not _DELETED or table.before(partition, key) is not None
                 ]
                 writes.clear()
-                if not changes:
-                    continue
+                if changes:
+                    batches.append((partition, changes))
+            # What was read holds until the writes below: the next batch reads again.
+            for reads in table.reads.values():
+                reads.clear()
+            for partition, changes in batches:
                 if self._on_write is not None and not table.memory:
                     self._on_write(name, partition, [(encoded, raw) for _, encoded, raw in changes])
                 table.apply(partition, changes)

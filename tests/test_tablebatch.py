@@ -98,3 +98,55 @@ async def test_partitions_are_apart(app: Any, redis_url: str, prefix: str) -> No
     assert await changelog(redis_url, prefix, "tb-t-changelog", 5) == [(b'"k"', b'"five"')]
     assert table.data._db_for_partition(5).get(b'"k"') == b'"five"'
     assert batch.views(3)["t"].get("k") is None
+
+
+async def test_a_batch_reads_each_stored_key_once(
+    app: Any, redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RocksDB is read once per key and batch: a second read, and the flush's check of whether
+    a removed key was stored before the batch, use what the first read found."""
+    from ocstream import tablebatch
+
+    reads: list[str] = []
+    real = tablebatch._Table.stored
+
+    def counted(self: Any, partition: int, key: str) -> bytes | None:
+        reads.append(key)
+        return real(self, partition, key)
+
+    monkeypatch.setattr(tablebatch._Table, "stored", counted)
+    table = app.Table("r", default=None, key_type=str)
+    batch = TableBatch(app, {"r": table})
+    batch.views(1)["r"]["kept"] = {"n": 1}
+    batch.views(1)["r"]["gone"] = 2
+    await batch.flush()
+    reads.clear()
+
+    view = batch.views(1)["r"]
+    assert view.get("kept") == {"n": 1} and view.get("kept") == {"n": 1}
+    assert view.get("gone") == 2
+    del view["gone"]
+    assert view.get("missing") is None and view.get("missing") is None
+    view["missing"] = 3
+    del view["missing"]  # never stored: no tombstone, and no second read to know it
+    await batch.flush()
+    await app.producer.flush()
+    assert sorted(reads) == ["gone", "kept", "missing"]
+    # Compaction keeps the last record of each key: "gone" ends as a tombstone.
+    assert await changelog(redis_url, prefix, "tb-r-changelog", 1) == [
+        (b'"kept"', orjson.dumps({"n": 1})),
+        (b'"gone"', None),
+    ]
+
+    # The next batch reads again: what it remembered ended with the flush.
+    reads.clear()
+    assert batch.views(1)["r"].get("gone") is None
+    assert batch.views(1)["r"].get("kept") == {"n": 1}
+    assert reads == ["gone", "kept"]
+    await batch.flush()  # nothing written
+    # A key removed that the batch never read is still checked against the store.
+    reads.clear()
+    del batch.views(1)["r"]["kept"]
+    await batch.flush()
+    assert reads == ["kept"]
+
