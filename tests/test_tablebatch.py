@@ -150,3 +150,16 @@ async def test_a_batch_reads_each_stored_key_once(
     await batch.flush()
     assert reads == ["kept"]
 
+
+async def test_table_databases_filter_memtable_misses(app: Any) -> None:
+    """ocstream's table stores open RocksDB with a bloom filter of whole keys on each memtable
+    (``ocstream.runtime.RocksDBOptions``): what RocksDB wrote in the database's OPTIONS file."""
+    from ocstream.runtime import MEMTABLE_BLOOM_RATIO
+
+    table = app.Table("f", default=None, key_type=str)
+    batch = TableBatch(app, {"f": table})
+    batch.views(0)["f"]["k"] = 1
+    await batch.flush()
+    options = sorted(table.data.partition_path(0).glob("OPTIONS-*"))[-1].read_text()
+    assert "memtable_whole_key_filtering=true" in options
+    assert f"memtable_prefix_bloom_size_ratio={MEMTABLE_BLOOM_RATIO:f}" in options
