@@ -23,7 +23,7 @@ There are two kinds of metric, and a helper for each:
   faust app; it yields ``prometheus_client.core`` metric families (``CounterMetricFamily``,
   ``GaugeMetricFamily``) and must tolerate a missing component (``getattr(app, "x", None)``).
   The collectors below are the worker's metrics; the ingress process renders
-  :func:`ingress_families` and :func:`gc_families`.
+  :func:`ingress_families`, :func:`gc_families` and :func:`loop_families`.
 
 A counter's name is given with its ``_total`` suffix, as it appears in the text. Names use
 ``[a-zA-Z0-9_]`` only: :func:`metric_name` turns anything else (the hyphens of dead-letter
@@ -44,7 +44,12 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 __all__ = [
@@ -56,6 +61,7 @@ __all__ = [
     "gc_families",
     "histogram",
     "ingress_families",
+    "loop_families",
     "metric_name",
     "render",
     "render_worker",
@@ -221,6 +227,31 @@ def gc_families() -> Iterator[Metric]:
 def worker_gc_families(app: Any) -> Iterator[Metric]:
     """:func:`gc_families`, on every worker's ``/metrics``."""
     return gc_families()
+
+
+def loop_families() -> Iterator[Metric]:
+    """``ocstream_event_loop_lag_*``: how late this process's event loop ran what was ready
+    (``ocstream/looplag.py``): a worker's, and an ``ocstream ingress`` process's."""
+    from .looplag import LOOP_LAG
+
+    yield HistogramMetricFamily(
+        "ocstream_event_loop_lag_seconds",
+        "How much later than asked the event loop woke a task that sleeps 50 ms at a time: "
+        "what anything ready waited for the loop.",
+        buckets=LOOP_LAG.cumulative(),
+        sum_value=LOOP_LAG.total,
+    )
+    yield _gauge(
+        "ocstream_event_loop_lag_max_seconds",
+        "The longest such wait since start: the longest the event loop was held.",
+        LOOP_LAG.longest,
+    )
+
+
+@worker_collector
+def worker_loop_families(app: Any) -> Iterator[Metric]:
+    """:func:`loop_families`, on every worker's ``/metrics``."""
+    return loop_families()
 
 
 @worker_collector

@@ -47,6 +47,7 @@ from faust.types import TP
 from yarl import URL
 
 from .gctune import collect_young, tune_gc
+from .looplag import watch_loop
 
 __all__ = [
     "QUIET_AT_INFO",
@@ -109,6 +110,7 @@ class Worker(faust.Worker):
         await super().on_startup_finished()
         tune_gc()
         self.add_future(collect_young())
+        self.add_future(watch_loop())
 
     async def _sentinel_task(self) -> None:
         # mode sleeps 1 s here before closing the loop, once every service has stopped.

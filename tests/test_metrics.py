@@ -37,6 +37,12 @@ ADDED = [
     ["ocstream_gc_collections_total", "counter", ["generation"]],
     ["ocstream_gc_pause_max_seconds", "gauge", ["generation"]],
     ["ocstream_gc_seconds_total", "counter", ["generation"]],
+    # How late the worker's event loop runs what is ready (ocstream/looplag.py); a histogram,
+    # whose samples metric_set lists one by one (the type line names the family, not them).
+    ["ocstream_event_loop_lag_max_seconds", "gauge", []],
+    ["ocstream_event_loop_lag_seconds_bucket", "untyped", ["le"]],
+    ["ocstream_event_loop_lag_seconds_count", "untyped", []],
+    ["ocstream_event_loop_lag_seconds_sum", "untyped", []],
 ]
 
 

@@ -40,4 +40,6 @@ class IngressMetrics:
 
     def _families(self) -> Iterator[Metric]:
         yield from metrics.ingress_families(self)
-        yield from metrics.gc_families()  # the process's own (a worker's /metrics has its own)
+        # The process's own (a worker's /metrics has its own).
+        yield from metrics.gc_families()
+        yield from metrics.loop_families()

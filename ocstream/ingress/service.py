@@ -23,6 +23,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from ..gctune import collect_young, tune_gc
+from ..looplag import watch_loop
 from ..metrics import CONTENT_TYPE as metrics_content_type
 from ..transport.client import Backoff, connect, request_client
 from ..transport.writer import TopicWriter
@@ -253,6 +254,7 @@ class IngressService:
         # built before: 12 chains took twice as long to start (``benchmarks/ingress.py``).
         tune_gc()
         collector = asyncio.create_task(collect_young(), name="ingress gc clock")
+        watcher = asyncio.create_task(watch_loop(), name="ingress loop lag")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -262,5 +264,6 @@ class IngressService:
         finally:
             logger.info("ingress: stopping")
             collector.cancel()
+            watcher.cancel()
             await runner.cleanup()
             await self.stop()

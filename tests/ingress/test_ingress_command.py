@@ -91,6 +91,9 @@ async def test_ingress_process_publishes_and_reports(
             if sample.name == "ocstream_gc_collections_total"
         }
         assert collections["0"] == 0 and collections["1"] >= 1, collections
+        # Its event loop is watched too (ocstream/looplag.py).
+        assert "ocstream_event_loop_lag_seconds_count" in metrics
+        assert "ocstream_event_loop_lag_max_seconds" in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
         output, _ = await asyncio.wait_for(proc.communicate(), 30)

@@ -355,6 +355,14 @@ def test_sweeps_read_what_expires_not_what_is_kept(
                 if sample.name == "ocstream_gc_collections_total"
             }
             assert gc_counts["1"] >= 3 and gc_counts["0"] == 0, (worker.name, gc_counts)
+            # ... and watched its event loop: a wake-up every 50 ms, on /metrics.
+            wakeups = [
+                sample.value
+                for family in text_string_to_metric_families(worker.get("/metrics"))
+                for sample in family.samples
+                if sample.name == "ocstream_event_loop_lag_seconds_count"
+            ]
+            assert wakeups and wakeups[0] >= 40, (worker.name, wakeups)
 
         # A rebalance: w2 leaves, w1 takes its partitions (changed by recovery, not by w1's
         # matcher) and rebuilds the index of all it now holds.
