@@ -420,6 +420,19 @@ class Run:
                     out[message_hash] = min(written, out.get(message_hash, written))
         return out
 
+    def loop_lags(self) -> dict[str, dict[str, float]]:
+        """Each worker's event loop lag histogram so far (``ocstream_event_loop_lag_seconds``):
+        wake-ups at or under each bucket's bound, ``+Inf`` for all."""
+        return {
+            w.name: {
+                labels["le"]: value
+                for name, labels, value in w.samples()
+                if name == "ocstream_event_loop_lag_seconds_bucket"
+            }
+            for w in self.workers
+            if w.alive()
+        }
+
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far: each worker (by name), all workers, the Redis server."""
         out = {w.name: cpu_seconds(w.proc.pid) for w in self.workers if w.alive() and w.proc}
@@ -485,6 +498,9 @@ class Step:
     rss_workers: list[int] = field(default_factory=list)
     redis_used: int = 0
     cpu: dict[str, float] = field(default_factory=dict)
+    #: Per worker, the step's event loop wake-ups (every 50 ms) and how many came later than
+    #: each of LAG_BOUNDS (``ocstream_event_loop_lag_seconds``, ``ocstream/looplag.py``).
+    loop_lag: dict[str, dict[str, float]] = field(default_factory=dict)
     growth: float = float("nan")
     kept_up: bool = False
     drained: bool = True
@@ -533,6 +549,7 @@ def run_step(
 
         wait_for(started, 60, f"the ingress to start publishing {name}", interval=0.02)
         cpu0, ingress_cpu0 = run.cpu(), cpu_seconds(ingress.pid)
+        lags0 = run.loop_lags()
         timeout = 60 + 3 * segment.blocks / step.block_rate
         wait_for(finished, timeout, f"the ingress to publish {name}", interval=0.1)
         step.lag = run.lag()
@@ -557,6 +574,12 @@ def run_step(
         time.sleep(0.5)  # a duplicate would come right after
     cpu1 = run.cpu()
     step.cpu = {k: (cpu1[k] - cpu0[k]) * 1000 / step.journeys for k in cpu1}
+    for worker, lags in run.loop_lags().items():
+        before = lags0.get(worker, {})
+        wakeups = lags.get("+Inf", 0) - before.get("+Inf", 0)
+        step.loop_lag[worker] = {"wakeups": wakeups} | {
+            bound: wakeups - (lags.get(bound, 0) - before.get(bound, 0)) for bound in LAG_BOUNDS
+        }
     step.cpu["ingress"] = ingress_cpu * 1000 / step.journeys
     step.rss_workers = [rss_peak(w.proc.pid) for w in run.workers if w.proc]
     step.redis_used = int(run.client.info("memory")["used_memory"])
@@ -652,6 +675,19 @@ def run_step(
     return step
 
 
+#: Bucket bounds of the workers' loop lag histogram that a step line reports.
+LAG_BOUNDS = ("0.05", "0.1", "0.25")
+
+
+def loop_lag(step: Step) -> str:
+    """``w1 3/1/0 of 600``: the step's wake-ups of each worker's loop watcher later than
+    each of :data:`LAG_BOUNDS`, of all of them."""
+    return ", ".join(
+        f"{name} {'/'.join(f'{lags[b]:.0f}' for b in LAG_BOUNDS)} of {lags['wakeups']:.0f}"
+        for name, lags in sorted(step.loop_lag.items())
+    )
+
+
 def worker_cpu(step: Step) -> str:
     """``6.8`` for one worker, ``6.8 (w1 4.1, w2 2.7)`` for several."""
     names = sorted(k for k in step.cpu if re.fullmatch(r"w\d+", k))
@@ -680,7 +716,9 @@ def step_line(step: Step, label: str) -> str:
         f"drain {step.drain:.2f} s, lag blocks/legs/notes {lag}; peak RSS ingress "
         f"{step.rss_ingress / MiB:.0f} MiB, workers "
         f"{'+'.join(f'{r / MiB:.0f}' for r in step.rss_workers)} MiB; Redis "
-        f"{step.redis_used / MiB:.0f} MiB; CPU ms/journey workers {worker_cpu(step)} "
+        f"{step.redis_used / MiB:.0f} MiB; event loop held over "
+        f"{'/'.join(f'{float(b) * 1000:.0f}' for b in LAG_BOUNDS)} ms: {loop_lag(step)}; "
+        f"CPU ms/journey workers {worker_cpu(step)} "
         f"ingress {step.cpu['ingress']:.1f} redis {step.cpu['redis']:.1f} -> {verdict}"
     )
 
