@@ -135,8 +135,8 @@ class RocksDBOptions(_FaustRocksDBOptions):
     """faust's RocksDB options, with a bloom filter of whole keys on each memtable.
 
     A worker's table partitions hold their recent entries in memtables, and most of the
-    matcher's reads look for a key that is not there (a leg not seen yet, a journey not indexed
-    at this stop): about half of them in ``benchmarks/xcm.py``. Without a filter such a read
+    matcher's store reads look for a key that is not there (a leg not seen yet, a journey not
+    indexed at this stop): 70 % of them in ``benchmarks/xcm.py``. Without a filter such a read
     walks the memtable's skip list to the end; with it, a miss usually stops at the filter
     (``docs/benchmarks.md``, "Issue 14, seventh round")."""
 

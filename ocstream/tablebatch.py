@@ -111,21 +111,17 @@ class _Table:
 class _View:
     """One table on one partition, through the batch (the matcher's ``Store``)."""
 
-    __slots__ = ("_table", "_partition", "_writes", "_reads")
+    __slots__ = ("_table", "_partition", "_writes")
 
     def __init__(self, table: _Table, partition: int) -> None:
         self._table = table
         self._partition = partition
         self._writes = table.writes.setdefault(partition, {})
-        self._reads = table.reads.setdefault(partition, {})
 
     def get(self, key: str, default: Any = None) -> Any:
         raw = self._writes.get(key)
         if raw is None:
-            try:
-                raw = self._reads[key]
-            except KeyError:
-                raw = self._reads[key] = self._table.stored(self._partition, key)
+            raw = self._table.before(self._partition, key)
         elif raw is _DELETED:
             raw = None
         # Decoded on every read: callers may change what they get, and the batch must not.
