@@ -574,7 +574,7 @@ class Delivery(Service):
             finally:
                 self._drop(pubsub)
                 with contextlib.suppress(Exception):  # the connection may already be gone
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2
             if failure is not None:
                 delay = backoff.next_delay()
                 log.warning("websocket fan-out: Redis error (%s), again in %.1fs", failure, delay)

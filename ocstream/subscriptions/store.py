@@ -768,4 +768,4 @@ class LiveSubscriptions:
                 await backoff.wait(log, "subscriptions pub/sub", exc)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8.2
