@@ -445,6 +445,26 @@ def test_nested_as_multi_match_their_events_by_approving_account(chain: Polkadot
     assert extra(sender) == [("multisig", outer), ("multisig", inner), ("proxy", PROXY_REAL)]
 
 
+def test_executed_multisigs_are_indexed_per_block(chain: Polkadot9430) -> None:
+    """The executions are indexed once per block (extraction asks for each send in turn): asking
+    twice about one block, or about two blocks in turn, gives each extrinsic its own events."""
+    multisig = expected_multisig([PROXY_SIGNER, ALICE], 2)
+    extrinsic = chain.extrinsic(as_multi(2, [ALICE], chain.proxy_call))
+    executed = chain.multisig_executed(0, PROXY_SIGNER, multisig)
+    with_event = chain.block_with(extrinsic, [executed])
+    without = chain.block_with(extrinsic, [])
+    want = [("multisig", multisig), ("proxy", PROXY_REAL)]
+    asks = [(with_event, want), (with_event, want), (without, []), (with_event, want)]
+    for block, expected in asks:
+        # Each ask claims the block's event anew: the index is not consumed by the first.
+        assert extra(sender_of(block, 2, ss58_prefix=0)) == expected
+    # Another block, equal to the first but not the same object, is indexed for itself.
+    moved = executed.model_copy(update={"extrinsic_index": 1})
+    other = with_event.model_copy(update={"events": [moved]})
+    assert extra(sender_of(other, 2, ss58_prefix=0)) == []
+    assert extra(sender_of(with_event, 2, ss58_prefix=0)) == want
+
+
 # --- hand-built shapes other producers may use ---------------------------------------------------
 
 
