@@ -247,7 +247,7 @@ async def test_a_terminal_retried_after_a_redis_error_is_still_delivered(
 
 class RecordedStream:
     """What ``deliver_stream`` uses of a faust stream: iteration, ``current_event``,
-    ``enable_acks`` and ``ack``."""
+    ``enable_acks``, ``ack`` and the size of the channel's queue (the values not yet taken)."""
 
     def __init__(self, values: list[dict[str, Any]], hooks: Recorder) -> None:
         self.values = values
@@ -255,10 +255,15 @@ class RecordedStream:
         self.enable_acks = True
         self.current_event: Any = None
         self.acked: list[tuple[int, set[str]]] = []  # (event, ids delivered when it was acked)
+        self.yielded = 0
+        self.channel = SimpleNamespace(
+            queue=SimpleNamespace(qsize=lambda: len(self.values) - self.yielded)
+        )
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         for index, value in enumerate(self.values):
             self.current_event = index
+            self.yielded += 1
             yield value
             await asyncio.sleep(0)
 
@@ -366,3 +371,31 @@ async def test_a_batch_that_meets_a_redis_outage_is_delivered_again_then_acknowl
     # The receipt removed the timer its xcm.sent set, the other journey's timer is left.
     assert await first.client.zscore(f"{first.prefix}dlv:ttl", "one|o1") is None
     assert await first.client.zscore(f"{first.prefix}dlv:ttl", "one|o2") is not None
+
+
+async def test_earlier_stages_wait_for_the_notifications_delivery_holds(
+    world: dict[str, Any],
+) -> None:
+    """``app.delivery_backlog`` (``ocstream/stages.py``): extraction or matching, draining it
+    before their next batch, find delivered every notification the agent had taken or had
+    waiting in its stream when they began to wait."""
+    from topology.delivery import deliver_stream  # noqa: PLC0415
+
+    store, lives, (first, _) = world["store"], world["lives"], world["workers"]
+    await store.create_many([sub("one", outboundTTL=6000)])
+    await settle(lives, 1)
+    hooks = world["hooks"]
+    notes = [note("xcm.sent", f"j{i}") for i in range(40)]
+    stream = RecordedStream(notes, hooks)
+    app = SimpleNamespace(delivery=first)
+    agent = asyncio.create_task(deliver_stream(app, stream))
+    while stream.yielded < 5:
+        await asyncio.sleep(0)
+    backlog = app.delivery_backlog
+    assert backlog.pending() == len(notes) - len(hooks.got) > 0
+    await backlog.drain(limit=30)
+    assert [n["id"] for _, n in hooks.got] == [n["id"] for n in notes]
+    assert backlog.pending() == 0 and backlog.waits == 1
+    await backlog.drain()  # nothing held: returns at once
+    assert backlog.waits == 1
+    await agent

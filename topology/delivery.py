@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ocstream.dataflow import declare_outputs
+from ocstream.stages import Backlog
 from ocstream.transport.client import TRANSIENT_ERRORS, Backoff
 
 log = logging.getLogger("ocstream.delivery")
@@ -68,6 +69,9 @@ async def deliver_stream(app: Any, stream: Any, max_batch: int = MAX_BATCH) -> N
     acknowledging each record once its batch is delivered."""
     stream.enable_acks = False  # acknowledged by hand, when the delivery is done
     taken: asyncio.Queue[tuple[Any, Any]] = asyncio.Queue(maxsize=max_batch)
+    # What this worker's extraction and matching wait for before their next batch
+    # (ocstream/stages.py): the notifications taken, and those waiting in the stream.
+    backlog = app.delivery_backlog = Backlog(stream.channel.queue.qsize)
 
     async def deliver() -> None:
         while True:
@@ -86,11 +90,13 @@ async def deliver_stream(app: Any, stream: Any, max_batch: int = MAX_BATCH) -> N
             finally:
                 for _ in batch:
                     taken.task_done()
+                backlog.finished(len(batch))
 
     deliverer = asyncio.create_task(deliver(), name="xcm-deliver-batches")
     try:
         async for notification in stream:
             await taken.put((stream.current_event, notification))
+            backlog.took()
     finally:
         try:
             await asyncio.wait_for(taken.join(), STOP_GRACE)

@@ -191,6 +191,14 @@ async def _send_raw(app: Any, topic: Any, key: str, value: bytes) -> None:
     await app.producer.send(topic.get_topic_name(), key.encode(), value, None, None, None)
 
 
+async def _delivery_first(app: Any) -> None:
+    """Before a block or a matching batch, let this worker's delivery finish the notifications
+    it holds (``ocstream/stages.py``); a worker that does not deliver has nothing to wait for."""
+    backlog = getattr(app, "delivery_backlog", None)
+    if backlog is not None and backlog.pending():
+        await backlog.drain()
+
+
 def _pending_final(journey: Any) -> bool:
     return isinstance(journey, dict) and journey.get("role") == "final" and not journey.get("done")
 
@@ -232,6 +240,7 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
     @app.agent(blocks, name="xcm_extract")  # type: ignore[untyped-decorator]
     async def xcm_extract(stream: Any) -> None:
         async for key, raw in stream.items():
+            await _delivery_first(app)
             try:
                 block = ExtendedBlock.from_json_bytes(raw)
             except Exception as exc:
@@ -302,6 +311,7 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
         async for chain, record in stream.items():
             event = stream.current_event
             if not events:
+                await _delivery_first(app)
                 started = time.monotonic()
             events.append(event)
             if isinstance(record, dict) and record.get("kind") == "tick":
