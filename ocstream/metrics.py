@@ -364,6 +364,25 @@ def delivery_families(app: Any) -> Iterator[Metric]:
 
 
 @worker_collector
+def delivery_first_families(app: Any) -> Iterator[Metric]:
+    """How often, and how long, this worker's extraction and matching waited for its delivery
+    (``ocstream/stages.py``); absent on a worker that does not deliver."""
+    backlog = getattr(app, "delivery_backlog", None)
+    if backlog is None:
+        return
+    yield _counter(
+        "ocstream_delivery_first_waits_total",
+        "Blocks and matching batches that waited for the notifications delivery held.",
+        backlog.waits,
+    )
+    yield _counter(
+        "ocstream_delivery_first_wait_seconds_total",
+        "Seconds extraction and matching spent waiting for the notifications delivery held.",
+        backlog.waited,
+    )
+
+
+@worker_collector
 def webhook_families(app: Any) -> Iterator[Metric]:
     """``oc_webhook_<counter>_total`` of this worker's dispatcher and ``oc_webhook_<gauge>``
     (``app.webhook_gauges``: due, due_now, in_flight, dead, active)."""

@@ -110,6 +110,7 @@ def sample_app() -> Any:
         subscriptions_live=_Live(),
         websocket_hub=SimpleNamespace(clients_by_type=lambda: {"ephemeral": 1, "persistent": 0}),
         ingress=ingress,
+        delivery_backlog=SimpleNamespace(waits=5, waited=0.125),
     )
 
 

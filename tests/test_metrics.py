@@ -43,6 +43,9 @@ ADDED = [
     ["ocstream_event_loop_lag_seconds_bucket", "untyped", ["le"]],
     ["ocstream_event_loop_lag_seconds_count", "untyped", []],
     ["ocstream_event_loop_lag_seconds_sum", "untyped", []],
+    # Extraction and matching waiting for what delivery holds (ocstream/stages.py).
+    ["ocstream_delivery_first_wait_seconds_total", "counter", []],
+    ["ocstream_delivery_first_waits_total", "counter", []],
 ]
 
 
@@ -75,6 +78,8 @@ def test_worker_metrics_are_those_of_before() -> None:
         for s in families["ocstream_consumer_lag_records"].samples
     }
     assert lag == {("blocks", "0"): 15, ("xcm-legs", "1"): 20}
+    assert families["ocstream_delivery_first_waits"].samples[0].value == 5
+    assert families["ocstream_delivery_first_wait_seconds"].samples[0].value == 0.125
     ingress = families["ocstream_ingress_backlog_blocks"].samples[0]
     assert (ingress.labels, ingress.value) == ({"network": "urn:ocn:polkadot:0"}, 2)
 
