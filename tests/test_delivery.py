@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 
-from ocstream.delivery import Delivery, is_terminal
+from ocstream.delivery import ORIGIN_HEADER, Delivery, is_terminal, origin_header
 from ocstream.subscriptions import LiveSubscriptions, Subscription, SubscriptionStore
 from ocstream.transport.client import connect
 
@@ -399,3 +400,106 @@ async def test_earlier_stages_wait_for_the_notifications_delivery_holds(
     await backlog.drain()  # nothing held: returns at once
     assert backlog.waits == 1
     await agent
+
+
+async def test_notifications_as_the_topic_holds_them_are_decoded_only_where_followed(
+    world: dict[str, Any],
+) -> None:
+    """``deliver_encoded``: a record whose ``origin`` header names a chain no persistent
+    subscription follows is not decoded (here its bytes are not even JSON, and nothing fails),
+    yet a websocket on another worker still gets it, published as it came; a followed origin,
+    or a record without the header, is decoded and delivered as by ``deliver_many``."""
+    (first, second), store, hooks = world["workers"], world["store"], world["hooks"]
+    await store.create_many([sub("relay-hook", outboundTTL=6000)])
+    await settle(world["lives"], 1)
+    followed = note("xcm.sent", journey="followed")
+    unlabelled = note("xcm.received", journey="followed")
+    other = {**note("xcm.sent", journey="other"), "origin": {"chainId": HYDRATION}}
+    other_bytes = orjson.dumps(other)
+    not_json = b"\x00 not a notification"
+    records = [
+        (RELAY, orjson.dumps(followed)),
+        (HYDRATION, not_json),  # nobody follows Hydration: left undecoded
+        (HYDRATION, other_bytes),
+        (None, orjson.dumps(unlabelled)),  # no header: decoded to find its origin
+    ]
+    assert await first.deliver_encoded(records) == 2
+    assert [n["id"] for _, n in hooks.got] == [followed["id"], unlabelled["id"]]
+    assert first.counters["errors"] == 0 and first.counters["fanned_out"] == 0
+
+    # A websocket on Hydration's notifications, held by the second worker: the fan-out
+    # publishes the records' own bytes, which its worker decodes.
+    client = first.client
+    listener = client.pubsub()
+    await listener.subscribe(first.notes_channel(HYDRATION))
+    try:
+        await second.add_ephemeral(
+            sub("socket-h", channel="websocket", ephemeral=True, origin=HYDRATION)
+        )
+        await first.deliver_encoded([(HYDRATION, other_bytes)])
+        assert first.counters["fanned_out"] == 1
+        message = None
+        for _ in range(100):
+            message = await listener.get_message(ignore_subscribe_messages=True, timeout=0.05)
+            if message is not None:
+                break
+        assert message is not None and message["data"] == other_bytes
+        for _ in range(100):
+            if world["hub"].types("socket-h"):
+                break
+            await asyncio.sleep(0.05)
+        assert world["hub"].types("socket-h") == ["xcm.sent"]
+    finally:
+        await listener.aclose()
+
+    # Bytes of a followed origin that are not a notification: counted, the others go on.
+    late = note("xcm.sent", journey="late")
+    assert await first.deliver_encoded([(RELAY, not_json), (RELAY, orjson.dumps(late))]) == 1
+    assert first.counters["errors"] == 1
+    assert hooks.got[-1][1]["id"] == late["id"]
+
+
+async def test_the_agent_takes_the_origin_from_the_record_header(world: dict[str, Any]) -> None:
+    """``encoded``: the agent's records are bytes, with the origin header the matcher writes
+    (``origin_header``); without it the notification is decoded to find its origin."""
+    from topology.delivery import deliver_stream, encoded  # noqa: PLC0415
+
+    store, lives, (first, _) = world["store"], world["lives"], world["workers"]
+    assert origin_header(note("xcm.sent")) == [(ORIGIN_HEADER, RELAY.encode())]
+    assert origin_header({"type": "xcm.sent"}) == []
+    event = SimpleNamespace(headers=[(ORIGIN_HEADER, HYDRATION.encode())])
+    assert encoded(event, b"{}") == (HYDRATION, b"{}")
+    assert encoded(SimpleNamespace(headers=[]), b"{}") == (None, b"{}")
+    assert encoded(event, {"id": "x"}) == {"id": "x"}
+
+    await store.create_many([sub("one", outboundTTL=6000)])
+    await settle(lives, 1)
+    notes = [note("xcm.sent", "h1"), note("xcm.received", "h1")]
+    stream = HeaderStream([orjson.dumps(n) for n in notes], [origin_header(n) for n in notes])
+    await deliver_stream(SimpleNamespace(delivery=first), stream)
+    assert [n["id"] for _, n in world["hooks"].got] == [n["id"] for n in notes]
+    assert sorted(stream.acked) == [0, 1]
+
+
+class HeaderStream:
+    """A stream of record bytes whose events carry headers, as the transport's do."""
+
+    def __init__(self, values: list[bytes], headers: list[list[tuple[str, bytes]]]) -> None:
+        self.values, self.headers = values, headers
+        self.enable_acks = True
+        self.current_event: Any = None
+        self.acked: list[int] = []
+        self.yielded = 0
+        self.channel = SimpleNamespace(
+            queue=SimpleNamespace(qsize=lambda: len(self.values) - self.yielded)
+        )
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for index, value in enumerate(self.values):
+            self.current_event = SimpleNamespace(index=index, headers=self.headers[index])
+            self.yielded += 1
+            yield value
+            await asyncio.sleep(0)
+
+    async def ack(self, event: Any) -> None:
+        self.acked.append(event.index)

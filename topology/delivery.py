@@ -1,8 +1,10 @@
 """Delivery: ``xcm-notifications`` → agent ``xcm_deliver`` → webhook, websocket and log channels.
 
-The agent takes the notifications in batches and hands each batch to
-:meth:`ocstream.delivery.Delivery.deliver_many` (``app.delivery``), which applies the
-subscriptions' filters and hands them to their channels in two Redis round trips per batch.
+The agent takes the notifications in batches, as the topic holds them (bytes, and the origin
+from the record's ``origin`` header), and hands each batch to
+:meth:`ocstream.delivery.Delivery.deliver_encoded` (``app.delivery``), which decodes those a
+subscription follows, applies the subscriptions' filters and hands them to their channels in
+two Redis round trips per batch.
 Webhook deliveries are persistent (retried from Redis by the dispatchers of the delivering
 workers), so the agent only queues them.
 
@@ -20,10 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from ocstream.dataflow import declare_outputs
+from ocstream.delivery import ORIGIN_HEADER
 from ocstream.stages import Backlog
 from ocstream.transport.client import TRANSIENT_ERRORS, Backoff
 
@@ -41,14 +46,20 @@ STOP_GRACE = 5.0
 
 async def deliver_batch(app: Any, notifications: Sequence[Any]) -> None:
     """Deliver a batch; waits out Redis outages (then delivers the whole batch again), logs and
-    counts other failures."""
+    counts other failures. The items are notifications as the topic holds them, ``(origin,
+    JSON bytes)`` (see :func:`encoded`), or decoded ones (dicts)."""
     delivery = getattr(app, "delivery", None)
     if delivery is None:  # an app built without delivery (tools, tests)
         return
     backoff = Backoff()
     while True:
         try:
-            await delivery.deliver_many(notifications)
+            if all(isinstance(item, tuple) for item in notifications):
+                await delivery.deliver_encoded(notifications)
+            else:  # decoded ones among them (a caller other than the agent)
+                await delivery.deliver_many(
+                    [orjson.loads(n[1]) if isinstance(n, tuple) else n for n in notifications]
+                )
             return
         except TRANSIENT_ERRORS as exc:
             # Redis is away: wait for it rather than lose the notifications.
@@ -62,6 +73,21 @@ async def deliver_batch(app: Any, notifications: Sequence[Any]) -> None:
             log.exception("delivering %s failed", ids[:5])
             delivery.counters["errors"] += len(notifications)
             return
+
+
+def encoded(event: Any, value: Any) -> Any:
+    """A record of the stream as :func:`deliver_batch` takes it: ``(origin, bytes)`` for a
+    record's bytes, the origin from its ``origin`` header (None without one); anything else
+    (a notification already decoded) as it is."""
+    if not isinstance(value, bytes | bytearray | memoryview):
+        return value
+    origin = None
+    headers = getattr(event, "headers", None) or ()
+    for name, header in headers.items() if isinstance(headers, Mapping) else headers:
+        if name == ORIGIN_HEADER:
+            origin = header.decode() if isinstance(header, bytes) else str(header)
+            break
+    return (origin, bytes(value))
 
 
 async def deliver_stream(app: Any, stream: Any, max_batch: int = MAX_BATCH) -> None:
@@ -95,7 +121,8 @@ async def deliver_stream(app: Any, stream: Any, max_batch: int = MAX_BATCH) -> N
     deliverer = asyncio.create_task(deliver(), name="xcm-deliver-batches")
     try:
         async for notification in stream:
-            await taken.put((stream.current_event, notification))
+            event = stream.current_event
+            await taken.put((event, encoded(event, notification)))
             backlog.took()
     finally:
         try:
@@ -109,7 +136,8 @@ async def deliver_stream(app: Any, stream: Any, max_batch: int = MAX_BATCH) -> N
 
 
 def declare(app: Any) -> None:
-    notifications = app.topic(NOTIFICATIONS_TOPIC, key_type=str, value_serializer="json")
+    # Bytes, decoded by delivery only where a subscription follows their origin.
+    notifications = app.topic(NOTIFICATIONS_TOPIC, key_type=str, value_serializer="raw")
 
     @app.agent(notifications, name="xcm_deliver")  # type: ignore[untyped-decorator]
     async def xcm_deliver(stream: Any) -> None:

@@ -29,6 +29,7 @@ import orjson
 from faust.web import Request, Response, View
 
 from ocstream.dataflow import declare_producer
+from ocstream.delivery import origin_header
 from ocstream.ingress.decode import DecoderCache
 from ocstream.ingress.model import ExtendedBlock
 from ocstream.ingress.registry import NetworkRegistry
@@ -179,16 +180,17 @@ async def _expired(name: str, table: Any, now: float) -> Any:
         yield found
 
 
-async def _send(app: Any, topic: Any, key: str, value: Any) -> None:
+async def _send(app: Any, topic: Any, key: str, value: Any, headers: Any = None) -> None:
     """Queue a JSON record straight in the producer, encoded as faust's ``json`` serializer
     encodes it (orjson): faust's ``Topic.send`` would build a message object, a future and
     sensor calls for each record."""
-    await _send_raw(app, topic, key, orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
+    encoded = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    await _send_raw(app, topic, key, encoded, headers)
 
 
-async def _send_raw(app: Any, topic: Any, key: str, value: bytes) -> None:
+async def _send_raw(app: Any, topic: Any, key: str, value: bytes, headers: Any = None) -> None:
     """Queue a record already encoded as JSON (see :func:`_send`)."""
-    await app.producer.send(topic.get_topic_name(), key.encode(), value, None, None, None)
+    await app.producer.send(topic.get_topic_name(), key.encode(), value, None, None, headers)
 
 
 async def _delivery_first(app: Any) -> None:
@@ -294,12 +296,14 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
         batch = TableBatch(app, tables, on_write=index_writes)
         queue = stream.channel.queue
         events: list[Any] = []
-        outputs: list[tuple[Any, str, Any]] = []
+        outputs: list[tuple[Any, str, Any, bool]] = []
         views: dict[int, dict[str, Store]] = {}
 
         async def flush() -> None:
-            for topic, key, value in outputs:
-                await _send(app, topic, key, value)
+            for topic, key, value, note in outputs:
+                # A notification names its origin in a header: the delivering worker decodes
+                # only those that someone follows (ocstream/delivery.py, deliver_encoded).
+                await _send(app, topic, key, value, origin_header(value) if note else None)
             outputs.clear()
             await batch.flush()
             for event in events:
@@ -333,9 +337,9 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
                 # holds a change whose notifications were not sent (one producer queue,
                 # written in order).
                 for note in step.notifications:
-                    outputs.append((notifications, str(note["journeyId"]), note))
+                    outputs.append((notifications, str(note["journeyId"]), note, True))
                 for target, out in step.records:
-                    outputs.append((legs, target, out))
+                    outputs.append((legs, target, out, False))
                 view.commit()
                 for deadline in step.deadlines:
                     heapq.heappush(deadlines, deadline)

@@ -536,6 +536,12 @@ class LiveSubscriptions:
         found = self._subscriptions.get(subscription_id)
         return found if found is not None else self.ephemeral.get(subscription_id)
 
+    def has_persistent_origin(self, chain: str) -> bool:
+        """Whether a persistent subscription follows messages from ``chain``: the only ones a
+        delivering worker reads a notification for (websocket subscriptions get theirs from
+        the fan-out, on the worker holding them)."""
+        return chain in self._by_origin
+
     def matching(self, notification: Mapping[str, Any]) -> list[Subscription]:
         """The subscriptions that select ``notification`` (XCM.md §10.5 filters 1, 2 and 4);
         filter 3, the type per channel, is :meth:`Subscription.wants`."""

@@ -19,10 +19,11 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from ocstream.delivery import ORIGIN_HEADER
 from ocstream.ingress.model import ExtendedBlock
 from ocstream.testing import blocks_from_case, publish_blocks_sync, register_network_sync
 from ocstream.transport.keys import Keyspace
-from ocstream.transport.wire import Record, entry_value, partition_for_key
+from ocstream.transport.wire import Record, decode_headers, entry_value, partition_for_key
 from ocstream.transport.writer import append_records
 from ocstream.xcm.keys import leg_key, spread_origin
 from ocstream.xcm.legs import SentLeg
@@ -48,6 +49,19 @@ def read_records(redis_url: str, prefix: str, topic: str) -> list[tuple[int, str
         for _, fields in client.xrange(keys.stream(topic, partition)):
             key = fields.get(b"k", b"").decode()
             found.append((partition, key, json.loads(entry_value(fields))))
+    client.close()
+    return found
+
+
+def notification_records(redis_url: str, prefix: str) -> list[tuple[list[Any], dict[str, Any]]]:
+    """``(headers, notification)`` of every record of ``xcm-notifications``."""
+    client = redis.Redis.from_url(redis_url)
+    keys = Keyspace(prefix)
+    found = []
+    for partition in range(PARTITIONS):
+        for _, fields in client.xrange(keys.stream("xcm-notifications", partition)):
+            value = json.loads(entry_value(fields))
+            found.append((decode_headers(fields.get(b"h")), value))
     client.close()
     return found
 
@@ -171,6 +185,12 @@ def test_two_workers_match_recorded_journeys(
             return None
 
         notes = wait_for(settled, 90, "a receipt and three timeouts")
+        # Each notification record names its journey's origin in a header: the delivering
+        # worker decodes only those a subscription follows (ocstream/delivery.py).
+        records = notification_records(redis_url, prefix)
+        assert len(records) == len(notes)
+        for headers, value in records:
+            assert headers == [(ORIGIN_HEADER, value["origin"]["chainId"].encode())], value
 
         # Each worker's /xcm/pending/ view counts its partitions: nothing is pending any more,
         # and the counters of the two add up to the terminal notifications.
