@@ -74,6 +74,8 @@ class Backlog:
                         await asyncio.wait_for(self._progress.wait(), left)
                     except TimeoutError:
                         return
+                elif not self.waiting():
+                    return  # nothing in hand, nothing left in the input (dropped by a rebalance)
                 else:
                     # Nothing in hand, the rest still in the input: the stage takes it on its
                     # next turn (or, paused by a rebalance, later: then poll, do not spin).

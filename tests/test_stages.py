@@ -54,3 +54,15 @@ async def test_a_drain_with_nothing_held_returns_at_once() -> None:
     backlog.finished(2)
     await backlog.drain()
     assert backlog.waits == 0
+
+
+async def test_a_drain_ends_when_what_waited_in_the_input_is_gone() -> None:
+    """Records a rebalance drops from the stage's input are not waited for until the limit."""
+    inbox = [1, 2]
+    backlog = Backlog(lambda: len(inbox))
+    drained = asyncio.create_task(backlog.drain(limit=30))
+    await asyncio.sleep(0.01)
+    assert not drained.done()
+    inbox.clear()  # dropped, never taken
+    await asyncio.wait_for(drained, 5)
+    assert backlog.done == 0 and backlog.waits == 1
