@@ -6,6 +6,8 @@ import zlib
 import orjson
 import pytest
 from aiokafka.partitioner import murmur2
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ocstream.transport import wire
 from ocstream.transport.keys import Keyspace, offset_field
@@ -35,6 +37,13 @@ def test_partitioning_matches_kafka_murmur2() -> None:
         assert partition_for_key(key, 16) == expected
     spread = {partition_for_key(f"user{i}".encode(), 8) for i in range(200)}
     assert spread == set(range(8))
+
+
+@given(st.binary(max_size=600))
+def test_our_murmur2_is_kafkas(data: bytes) -> None:
+    """``wire.murmur2`` reads the words with struct; it must give aiokafka's (Kafka's) hash for
+    any bytes: every key's partition depends on it, across releases and with faust's routing."""
+    assert wire.murmur2(data) == murmur2(data)
 
 
 def test_keyless_records_spread_and_bad_counts_are_refused() -> None:
