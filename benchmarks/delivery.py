@@ -14,9 +14,12 @@ loop is not started: POSTing is ``benchmarks/webhook.py``'s concern). B only lis
   at a time (each journey in order); each delivery did its Redis steps one round trip after the
   other (terminal marker, timer, webhook enqueue) and published every notification to
   ``dlv:notes``, which every worker (B here) received and decoded, websockets or not.
-* **new**: :func:`topology.delivery.deliver_stream` and :meth:`Delivery.deliver_many`: batches
-  of what the stream has ready, two round trips per batch, and the fan-out only to workers that
-  hold a websocket subscription of the notification's origin.
+* **new**: :func:`topology.delivery.deliver_stream` and :meth:`Delivery.deliver_encoded`:
+  batches of what the stream has ready, two round trips per batch, and the fan-out only to
+  workers that hold a websocket subscription of the notification's origin.
+
+Both read the records as the agent does, bytes with the matcher's ``origin`` header; old decodes
+each one (faust's json serializer did that for it), new those that a subscription follows.
 
 With ``--socket``, B holds one websocket subscription that selects every notification (both
 paths then deliver it to B's hub); without, nobody listens on websockets.
@@ -52,7 +55,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ocstream.delivery import BOOKKEEPING_SECONDS, Delivery, is_terminal  # noqa: E402
+from ocstream.delivery import BOOKKEEPING_SECONDS, Delivery, is_terminal, origin_header  # noqa: E402
 from ocstream.sinks.webhook import WebhookDispatcher, WebhookSettings  # noqa: E402
 from ocstream.sinks.websocket import WebsocketHub  # noqa: E402
 from ocstream.subscriptions import LiveSubscriptions, Subscription, SubscriptionStore  # noqa: E402
@@ -211,7 +214,8 @@ async def old_deliver_stream(delivery: Any, stream: Any, concurrency: int = 16) 
             del latest[journey]
 
     try:
-        async for notification in stream:
+        async for raw in stream:
+            notification = orjson.loads(raw)  # what faust's json serializer did for this agent
             event = stream.current_event
             await slots.acquire()
             journey = notification.get("journeyId") if isinstance(notification, dict) else None
@@ -253,22 +257,30 @@ class NewDelivery(Delivery):
 
 
 class Stream:
-    """What the agents use of a faust stream; counts acknowledgements."""
+    """What the agents use of a faust stream over ``xcm-notifications``: the records' bytes,
+    each event with the origin header the matcher writes, the channel's queue size; counts
+    acknowledgements."""
 
     def __init__(self, values: list[dict[str, Any]]) -> None:
-        self.values = values
+        self.values = [orjson.dumps(value) for value in values]
+        self.headers = [origin_header(value) for value in values]
         self.enable_acks = True
         self.current_event: Any = None
         self.acked = 0
+        self.yielded = 0
+        self.channel = SimpleNamespace(
+            queue=SimpleNamespace(qsize=lambda: len(self.values) - self.yielded)
+        )
 
-    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+    async def __aiter__(self) -> AsyncIterator[bytes]:
         for index, value in enumerate(self.values):
-            self.current_event = index
+            self.current_event = SimpleNamespace(index=index, headers=self.headers[index])
+            self.yielded += 1
             yield value
             if index % 64 == 63:
                 await asyncio.sleep(0)  # a consumer hands records over in fetches
 
-    async def ack(self, event: int) -> None:
+    async def ack(self, event: Any) -> None:
         self.acked += 1
 
 

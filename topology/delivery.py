@@ -25,8 +25,6 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import orjson
-
 from ocstream.dataflow import declare_outputs
 from ocstream.delivery import ORIGIN_HEADER
 from ocstream.stages import Backlog
@@ -44,22 +42,17 @@ MAX_BATCH = 256
 STOP_GRACE = 5.0
 
 
-async def deliver_batch(app: Any, notifications: Sequence[Any]) -> None:
+async def deliver_batch(app: Any, notifications: Sequence[tuple[str | None, bytes]]) -> None:
     """Deliver a batch; waits out Redis outages (then delivers the whole batch again), logs and
     counts other failures. The items are notifications as the topic holds them, ``(origin,
-    JSON bytes)`` (see :func:`encoded`), or decoded ones (dicts)."""
+    JSON bytes)`` (see :func:`encoded`)."""
     delivery = getattr(app, "delivery", None)
     if delivery is None:  # an app built without delivery (tools, tests)
         return
     backoff = Backoff()
     while True:
         try:
-            if all(isinstance(item, tuple) for item in notifications):
-                await delivery.deliver_encoded(notifications)
-            else:  # decoded ones among them (a caller other than the agent)
-                await delivery.deliver_many(
-                    [orjson.loads(n[1]) if isinstance(n, tuple) else n for n in notifications]
-                )
+            await delivery.deliver_encoded(notifications)
             return
         except TRANSIENT_ERRORS as exc:
             # Redis is away: wait for it rather than lose the notifications.
@@ -69,25 +62,22 @@ async def deliver_batch(app: Any, notifications: Sequence[Any]) -> None:
         except Exception:
             # Notifications that cannot be delivered must not stop the others; the webhook
             # dispatcher keeps its own retries and dead letters.
-            ids = [n.get("id") if isinstance(n, dict) else None for n in notifications]
-            log.exception("delivering %s failed", ids[:5])
+            origins = sorted({origin for origin, _ in notifications if origin})
+            log.exception("delivering %d notifications of %s failed", len(notifications), origins)
             delivery.counters["errors"] += len(notifications)
             return
 
 
-def encoded(event: Any, value: Any) -> Any:
-    """A record of the stream as :func:`deliver_batch` takes it: ``(origin, bytes)`` for a
-    record's bytes, the origin from its ``origin`` header (None without one); anything else
-    (a notification already decoded) as it is."""
-    if not isinstance(value, bytes | bytearray | memoryview):
-        return value
+def encoded(event: Any, value: bytes) -> tuple[str | None, bytes]:
+    """A record of the stream as :func:`deliver_batch` takes it: ``(origin, bytes)``, the
+    origin from the record's ``origin`` header (None without one)."""
     origin = None
     headers = getattr(event, "headers", None) or ()
     for name, header in headers.items() if isinstance(headers, Mapping) else headers:
         if name == ORIGIN_HEADER:
             origin = header.decode() if isinstance(header, bytes) else str(header)
             break
-    return (origin, bytes(value))
+    return (origin, value)
 
 
 async def deliver_stream(app: Any, stream: Any, max_batch: int = MAX_BATCH) -> None:

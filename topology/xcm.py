@@ -197,7 +197,7 @@ async def _delivery_first(app: Any) -> None:
     """Before a block or a matching batch, let this worker's delivery finish the notifications
     it holds (``ocstream/stages.py``); a worker that does not deliver has nothing to wait for."""
     backlog = getattr(app, "delivery_backlog", None)
-    if backlog is not None and backlog.pending():
+    if backlog is not None:
         await backlog.drain()
 
 
@@ -296,14 +296,12 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
         batch = TableBatch(app, tables, on_write=index_writes)
         queue = stream.channel.queue
         events: list[Any] = []
-        outputs: list[tuple[Any, str, Any, bool]] = []
+        outputs: list[tuple[Any, str, Any, Any]] = []  # topic, key, value, headers
         views: dict[int, dict[str, Store]] = {}
 
         async def flush() -> None:
-            for topic, key, value, note in outputs:
-                # A notification names its origin in a header: the delivering worker decodes
-                # only those that someone follows (ocstream/delivery.py, deliver_encoded).
-                await _send(app, topic, key, value, origin_header(value) if note else None)
+            for topic, key, value, headers in outputs:
+                await _send(app, topic, key, value, headers)
             outputs.clear()
             await batch.flush()
             for event in events:
@@ -336,10 +334,14 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
                 # Outputs are queued before the table writes, so a table's changelog never
                 # holds a change whose notifications were not sent (one producer queue,
                 # written in order).
+                # A notification names its origin in a header: the delivering worker decodes
+                # only those that someone follows (ocstream/delivery.py, deliver_encoded).
                 for note in step.notifications:
-                    outputs.append((notifications, str(note["journeyId"]), note, True))
+                    outputs.append(
+                        (notifications, str(note["journeyId"]), note, origin_header(note))
+                    )
                 for target, out in step.records:
-                    outputs.append((legs, target, out, False))
+                    outputs.append((legs, target, out, None))
                 view.commit()
                 for deadline in step.deadlines:
                     heapq.heappush(deadlines, deadline)
