@@ -46,6 +46,9 @@ ADDED = [
     # Extraction and matching waiting for what delivery holds (ocstream/stages.py).
     ["ocstream_delivery_first_wait_seconds_total", "counter", []],
     ["ocstream_delivery_first_waits_total", "counter", []],
+    # Webhook deliveries attempted at once by the dispatcher that enqueued them
+    # (ocstream/sinks/webhook.py, "Hand-off").
+    ["oc_webhook_handed_off_total", "counter", []],
 ]
 
 

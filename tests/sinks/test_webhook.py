@@ -602,6 +602,100 @@ async def test_two_dispatchers_post_each_delivery_once(env: Env, receivers: Any)
     assert a.counters["delivered"] > 0 and b.counters["delivered"] > 0
 
 
+# -- hand-off: what a running dispatcher enqueues is leased to it at once
+
+
+async def test_a_running_dispatcher_attempts_what_it_enqueues_up_to_its_room(
+    env: Env, receivers: Any
+) -> None:
+    receiver = await receivers(lambda n, req: (200, 0.5))
+    env.subs.webhook("sub-1", receiver.url)
+    dispatcher = await env.started(max_concurrency=2)
+    results = await dispatcher.enqueue_many([("sub-1", 0, notification(400 + n)) for n in range(3)])
+    assert results == [True, True, True]
+    assert (dispatcher.counters["enqueued"], dispatcher.counters["handed_off"]) == (3, 2)
+    # two leased to this dispatcher as they were stored, the third waits in due for room
+    leases = await env.client.hgetall(f"{env.prefix}wh:lease")
+    assert len(leases) == 2 and all(t.decode().startswith(dispatcher.name) for t in leases.values())
+    gauges = await dispatcher.gauges()
+    assert (gauges["in_flight"], gauges["due"], gauges["active"]) == (2, 1, 2)
+    await until(lambda: dispatcher.counters["delivered"] == 3)
+    await settle(0.3)
+    assert sorted(r.notification_id or "" for r in receiver.requests) == sorted(
+        notification(400 + n)["id"] for n in range(3)
+    )
+    assert len({r.path for r in receiver.requests}) == 3
+    gauges = await dispatcher.gauges()
+    assert (gauges["in_flight"], gauges["due"]) == (0, 0)
+
+
+async def test_a_handed_off_delivery_is_signed_and_retried_like_a_claimed_one(
+    env: Env, receivers: Any
+) -> None:
+    receiver = await receivers(lambda n, req: 503 if n == 1 else 200)
+    secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
+    env.subs.webhook("sub-1", receiver.url, secret=secret)
+    dispatcher = await env.started()
+    assert await dispatcher.enqueue("sub-1", 0, notification(410))
+    assert dispatcher.counters["handed_off"] == 1
+    await until(lambda: dispatcher.counters["delivered"] == 1)
+    assert [r.status for r in receiver.requests] == [503, 200]
+    assert receiver.requests[0].path == receiver.requests[1].path  # the same delivery id
+    for request in receiver.requests:
+        Webhook(secret).verify(request.body, request.headers)
+    # the hash keeps the notification the hand-off attempted first
+    assert receiver.requests[1].body == receiver.requests[0].body
+    assert receiver.notifications()[0]["id"] == notification(410)["id"]
+
+
+async def test_a_handed_off_delivery_of_a_crashed_worker_is_delivered_by_another(
+    env: Env, receivers: Any
+) -> None:
+    receiver = await receivers()
+    env.subs.webhook("sub-1", receiver.url)
+    crashed = await env.started(lease=0.3)
+    crashed._start = lambda record, token: None  # type: ignore[method-assign]  # dies first
+    assert await crashed.enqueue("sub-1", 0, notification(420))
+    assert crashed.counters["handed_off"] == 1
+    assert (await crashed.gauges())["in_flight"] == 1
+    survivor = await env.started()
+    await until(lambda: survivor.counters["delivered"] == 1)
+    await settle(0.3)
+    assert len(receiver.requests) == 1
+
+
+async def test_a_dispatcher_that_is_not_running_schedules_what_it_enqueues(
+    env: Env, receivers: Any
+) -> None:
+    receiver = await receivers()
+    env.subs.webhook("sub-1", receiver.url)
+    api = env.dispatcher()  # an API process: enqueues, never runs the loop
+    assert await api.enqueue("sub-1", 0, notification(430))
+    assert api.counters["handed_off"] == 0
+    assert (await api.gauges())["due_now"] == 1
+    worker = await env.started()
+    await until(lambda: worker.counters["delivered"] == 1)
+    assert worker.counters["handed_off"] == 0
+
+
+async def test_a_dispatcher_stopped_before_its_enqueue_replies_hands_them_back(
+    env: Env, receivers: Any
+) -> None:
+    receiver = await receivers()
+    env.subs.webhook("sub-1", receiver.url)
+    first = await env.started()
+    enqueued = asyncio.ensure_future(first.enqueue("sub-1", 0, notification(440)))
+    await asyncio.sleep(0)  # the enqueue is queued with a lease, its reply not in yet
+    await first.stop()
+    assert await enqueued
+    assert first.counters["handed_off"] == 0 and receiver.requests == []
+    gauges = await first.gauges()
+    assert (gauges["due_now"], gauges["in_flight"]) == (1, 0)
+    second = await env.started()
+    await until(lambda: second.counters["delivered"] == 1)
+    assert len(receiver.requests) == 1
+
+
 # -- SSRF guard
 
 
