@@ -163,3 +163,45 @@ async def test_table_databases_filter_memtable_misses(app: Any) -> None:
     options = sorted(table.data.partition_path(0).glob("OPTIONS-*"))[-1].read_text()
     assert "memtable_whole_key_filtering=true" in options
     assert f"memtable_prefix_bloom_size_ratio={MEMTABLE_BLOOM_RATIO:f}" in options
+
+
+async def test_queue_many_writes_in_order_with_one_future_for_the_last(
+    app: Any, redis_url: str, prefix: str
+) -> None:
+    """The producer's batch path: records keep their order among ``send`` records, the future
+    carries the last one's offset, and ``flush`` waits for them all."""
+    producer = app.producer
+    topic = "tb-q"
+    await producer.create_topic(topic, 4, 1)
+    await producer.send(topic, b"a", b"1", 3, None, None)
+    fut = producer.queue_many(topic, 3, [(b"b", b"2"), (b"c", None), (b"d", b"4")])
+    await producer.send(topic, b"e", b"5", 3, None, None)
+    await producer.flush()
+    assert fut.done()
+    assert fut.result().offset == 3  # a=0, b=1, c=2, d=3
+    assert await changelog(redis_url, prefix, topic, 3) == [
+        (b"a", b"1"),
+        (b"b", b"2"),
+        (b"c", None),
+        (b"d", b"4"),
+        (b"e", b"5"),
+    ]
+    with pytest.raises(ValueError):
+        producer.queue_many(topic, 3, [])
+
+
+async def test_queue_many_fails_its_future_when_the_partition_write_fails(
+    app: Any, redis_url: str, prefix: str
+) -> None:
+    producer = app.producer
+    topic = "tb-bad"
+    await producer.create_topic(topic, 2, 1)
+    client = aioredis.Redis.from_url(redis_url)
+    await client.set(Keyspace(prefix).stream(topic, 1), "not a stream")  # XADD: WRONGTYPE
+    await client.aclose()
+    fut = producer.queue_many(topic, 1, [(b"k", b"v"), (b"l", b"w")])
+    good = producer.queue_many(topic, 0, [(b"m", b"x")])
+    await producer.flush()
+    assert isinstance(fut.exception(), Exception)
+    assert "WRONGTYPE" in str(fut.exception()).upper()
+    assert good.result().offset == 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from faust.transport import base
@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 
-_Pending = tuple[str, int, Record, "asyncio.Future[RecordMetadata]"]
+#: ``(topic, partition, record, future)``; the future is None for all but the last record of a
+#: :meth:`Producer.queue_many` call (nobody waits for them one by one).
+_Pending = tuple[str, int, Record, "asyncio.Future[RecordMetadata] | None"]
 
 
 class _Buffer(ProducerBuffer):
@@ -121,6 +123,28 @@ class Producer(base.Producer):
         self._wakeup.set()
         return fut
 
+    def queue_many(
+        self, topic: str, partition: int, items: Sequence[tuple[bytes, bytes | None]]
+    ) -> asyncio.Future[RecordMetadata]:
+        """Queue ``(key, value)`` records for one partition, in this order, without headers;
+        the future is the last record's (records are written in order, so when it is done
+        the others are in Redis too, and when their write fails it fails with it). This is
+        :meth:`send` without a coroutine, a timestamp and a future per record, for the table
+        changelog records of a batch (``ocstream/tablebatch.py``), which come by the hundred
+        and are waited for together."""
+        if not items:
+            raise ValueError("queue_many needs at least one record")
+        ms = int(time.time() * 1000)
+        pending = self._pending
+        for key, value in items[:-1]:
+            pending.append((topic, partition, Record(key, value, ms), None))
+        fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+        key, value = items[-1]
+        pending.append((topic, partition, Record(key, value, ms), fut))
+        self._queued += len(items)
+        self._wakeup.set()
+        return fut
+
     async def send_and_wait(
         self,
         topic: str,
@@ -169,7 +193,7 @@ class Producer(base.Producer):
                 backoff.reset()
                 METRICS.records_produced += len(batch)
                 for (topic, partition, record, fut), result in zip(batch, results, strict=True):
-                    if fut.done():
+                    if fut is None or fut.done():
                         continue
                     if isinstance(result, BaseException):
                         fut.set_exception(result)
@@ -194,7 +218,7 @@ class Producer(base.Producer):
     @staticmethod
     def _fail(batch: list[_Pending], exc: BaseException) -> None:
         for *_, fut in batch:
-            if not fut.done():
+            if fut is not None and not fut.done():
                 fut.set_exception(exc)
 
     async def flush(self) -> None:
