@@ -205,3 +205,32 @@ async def test_queue_many_fails_its_future_when_the_partition_write_fails(
     assert isinstance(fut.exception(), Exception)
     assert "WRONGTYPE" in str(fut.exception()).upper()
     assert good.result().offset == 0
+
+
+async def test_queue_keys_records_like_send_once_the_partitions_are_known(
+    app: Any, redis_url: str, prefix: str
+) -> None:
+    """``queue`` (the matcher's outputs): the partition of ``send`` for the same key, the order
+    of everything queued, headers kept; refused until the topic's partition count is known."""
+    from ocstream.transport.wire import partition_for_key
+
+    producer = app.producer
+    topic = "tb-out"
+    assert producer.queue(topic, b"j1", b"{}") is False  # never seen: send() learns it
+    await producer.create_topic(topic, 4, 1)
+    keys = [f"journey-{n}".encode() for n in range(12)]
+    for n, key in enumerate(keys):
+        if n % 3 == 0:
+            await producer.send(topic, key, b"%d" % n, None, None, None)
+        else:
+            assert producer.queue(topic, key, b"%d" % n, [("origin", b"urn:ocn:polkadot:0")])
+    await producer.flush()
+    client = aioredis.Redis.from_url(redis_url)
+    for partition in range(4):
+        entries = await client.xrange(Keyspace(prefix).stream(topic, partition))
+        mine = [n for n, key in enumerate(keys) if partition_for_key(key, 4) == partition]
+        assert [int(entry_value(fields) or b"-1") for _, fields in entries] == mine
+        for _, fields in entries:
+            n = int(entry_value(fields) or b"-1")
+            assert (b"h" in fields) == (n % 3 != 0)
+    await client.aclose()

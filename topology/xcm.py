@@ -189,8 +189,15 @@ async def _send(app: Any, topic: Any, key: str, value: Any, headers: Any = None)
 
 
 async def _send_raw(app: Any, topic: Any, key: str, value: bytes, headers: Any = None) -> None:
-    """Queue a record already encoded as JSON (see :func:`_send`)."""
-    await app.producer.send(topic.get_topic_name(), key.encode(), value, None, None, headers)
+    """Queue a record already encoded as JSON (see :func:`_send`): through ocstream's
+    producer's ``queue`` (no coroutine and no future per record) once it knows the topic's
+    partitions, else through ``send``."""
+    producer = app.producer
+    name = topic.get_topic_name()
+    encoded_key = key.encode()
+    queue = getattr(producer, "queue", None)
+    if queue is None or not queue(name, encoded_key, value, headers):
+        await producer.send(name, encoded_key, value, None, None, headers)
 
 
 async def _delivery_first(app: Any) -> None:

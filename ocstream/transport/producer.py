@@ -123,6 +123,22 @@ class Producer(base.Producer):
         self._wakeup.set()
         return fut
 
+    def queue(self, topic: str, key: bytes, value: bytes, headers: Any = None) -> bool:
+        """:meth:`send` for a record nobody waits for by itself, without the coroutine and the
+        future: the partition from the key, the record queued in order with everything sent
+        before it (a later ``flush()`` covers it). False, and nothing queued, while the
+        topic's partition count is not known in this process yet: :meth:`send` looks it up
+        (or creates the topic) and the next ``queue`` succeeds."""
+        count = self.topics.partitions.get(topic)
+        if not count:
+            return False
+        items = list(headers.items()) if isinstance(headers, dict) else list(headers or ())
+        record = Record(key, value, int(time.time() * 1000), items)
+        self._pending.append((topic, partition_for_key(key, count), record, None))
+        self._queued += 1
+        self._wakeup.set()
+        return True
+
     def queue_many(
         self, topic: str, partition: int, items: Sequence[tuple[bytes, bytes | None]]
     ) -> asyncio.Future[RecordMetadata]:
