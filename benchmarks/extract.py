@@ -9,7 +9,7 @@ sends) and the busiest relay block (the receipts), what ``xcm_extract`` does wit
 
 * *parse*: ``ExtendedBlock.from_json_bytes`` of the block's bytes as the topic holds them;
 * *extract*: ``ocstream.xcm.extract.extract`` with the sender of each send, as the worker calls
-  it (``sender_of``, dumped), and without;
+  it (``BlockSenders`` per block, each sender dumped), and without;
 * *records*: ``leg_record`` of every leg.
 
 The baseline, in the same run, is ``orjson.loads`` of the same bytes: the least any reader of the
@@ -39,7 +39,7 @@ from ocstream.testing import fixtures_path
 from ocstream.xcm.codec import XcmCodec
 from ocstream.xcm.extract import extract
 from ocstream.xcm.legs import leg_record
-from ocstream.xcm.sender import sender_of
+from ocstream.xcm.sender import BlockSenders
 
 
 def best_ms(call: Callable[[], Any], repeat: int) -> float:
@@ -77,17 +77,22 @@ def measure(name: str, block: ExtendedBlock, decoder: Any, repeat: int) -> str:
     raw = block.to_json_bytes()
     codec, prefix = XcmCodec(decoder), decoder.ss58_prefix
 
-    def sender(b: ExtendedBlock, index: int | None) -> Any:
-        found = sender_of(b, index, ss58_prefix=prefix)
-        return found.model_dump() if found is not None else None
-
     parsed = ExtendedBlock.from_json_bytes(raw)
-    legs = extract(parsed, codec, ss58_prefix=prefix, sender_of=sender).legs
+
+    def with_senders() -> Any:
+        """What the worker does for a block: its senders found through one ``BlockSenders``."""
+        senders = BlockSenders(parsed, ss58_prefix=prefix)
+
+        def sender(b: ExtendedBlock, index: int | None) -> Any:
+            found = senders.of(index)
+            return found.model_dump() if found is not None else None
+
+        return extract(parsed, codec, ss58_prefix=prefix, sender_of=sender)
+
+    legs = with_senders().legs
     baseline = best_ms(lambda: orjson.loads(raw), repeat)
     parse = best_ms(lambda: ExtendedBlock.from_json_bytes(raw), repeat)
-    with_sender = best_ms(
-        lambda: extract(parsed, codec, ss58_prefix=prefix, sender_of=sender), repeat
-    )
+    with_sender = best_ms(with_senders, repeat)
     without = best_ms(lambda: extract(parsed, codec, ss58_prefix=prefix), repeat)
     records = best_ms(lambda: [leg_record(leg) for leg in legs], repeat)
     print(

@@ -43,7 +43,7 @@ from ocstream.xcm.extract import extract
 from ocstream.xcm.keys import leg_key
 from ocstream.xcm.legs import is_relay, leg_record
 from ocstream.xcm.matching import TABLES, Engine, MatchSettings, Store, Tables, expired_keys
-from ocstream.xcm.sender import sender_of
+from ocstream.xcm.sender import BlockSenders, sender_of
 
 log = logging.getLogger("ocstream.xcm")
 
@@ -272,8 +272,18 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
                     await dead_letter("unknown-runtime", where, str(exc), {"hash": block.hash})
             prefix = networks.ss58_prefix(block.network)
 
-            def sender(b: ExtendedBlock, index: int | None, prefix: int | None = prefix) -> Any:
-                found = sender_of(b, index, ss58_prefix=prefix)
+            senders = BlockSenders(block, ss58_prefix=prefix)
+
+            def sender(
+                b: ExtendedBlock,
+                index: int | None,
+                senders: BlockSenders = senders,
+                prefix: int | None = prefix,
+            ) -> Any:
+                if b is senders.block:  # the block's multisig executions indexed once
+                    found = senders.of(index)
+                else:
+                    found = sender_of(b, index, ss58_prefix=prefix)
                 return found.model_dump() if found is not None else None
 
             found = extract(block, codec, ss58_prefix=prefix, sender_of=sender)

@@ -33,6 +33,7 @@ from ocstream.ingress.model import Event, ExtendedBlock, Extrinsic
 from ocstream.ingress.raw import load_sidecar_json, load_v1_cbor
 from ocstream.testing import DEFAULT_FIXTURES, block_from_decoded
 from ocstream.xcm.sender import (
+    BlockSenders,
     ExtraSigner,
     Sender,
     Signer,
@@ -445,24 +446,39 @@ def test_nested_as_multi_match_their_events_by_approving_account(chain: Polkadot
     assert extra(sender) == [("multisig", outer), ("multisig", inner), ("proxy", PROXY_REAL)]
 
 
-def test_executed_multisigs_are_indexed_per_block(chain: Polkadot9430) -> None:
-    """The executions are indexed once per block (extraction asks for each send in turn): asking
-    twice about one block, or about two blocks in turn, gives each extrinsic its own events."""
+def test_block_senders_index_the_executions_once_and_answer_each_extrinsic(
+    chain: Polkadot9430, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``BlockSenders`` (extraction asks about each send of a block in turn) reads the block's
+    events once, and gives every question its own answer: an answer does not consume the
+    executions, and another block is another index."""
+    from ocstream.xcm import sender as module
+
+    indexed: list[int] = []
+    real = module._index_multisigs
+
+    def counted(events: Any) -> Any:
+        indexed.append(len(events))
+        return real(events)
+
+    monkeypatch.setattr(module, "_index_multisigs", counted)
     multisig = expected_multisig([PROXY_SIGNER, ALICE], 2)
     extrinsic = chain.extrinsic(as_multi(2, [ALICE], chain.proxy_call))
     executed = chain.multisig_executed(0, PROXY_SIGNER, multisig)
     with_event = chain.block_with(extrinsic, [executed])
-    without = chain.block_with(extrinsic, [])
     want = [("multisig", multisig), ("proxy", PROXY_REAL)]
-    asks = [(with_event, want), (with_event, want), (without, []), (with_event, want)]
-    for block, expected in asks:
-        # Each ask claims the block's event anew: the index is not consumed by the first.
-        assert extra(sender_of(block, 2, ss58_prefix=0)) == expected
-    # Another block, equal to the first but not the same object, is indexed for itself.
+    senders = BlockSenders(with_event, ss58_prefix=0)
+    assert extra(senders.of(2)) == want
+    assert extra(senders.of(2)) == want  # asked again: the same executions
+    assert senders.of(None) is None
+    assert indexed == [1]  # one scan of the block's events for all three questions
+    assert extra(sender_of(with_event, 2, ss58_prefix=0)) == want  # the one-off form
+    # Another block, equal to the first but for the event's extrinsic, has its own index.
     moved = executed.model_copy(update={"extrinsic_index": 1})
     other = with_event.model_copy(update={"events": [moved]})
-    assert extra(sender_of(other, 2, ss58_prefix=0)) == []
-    assert extra(sender_of(with_event, 2, ss58_prefix=0)) == want
+    assert extra(BlockSenders(other, ss58_prefix=0).of(2)) == []
+    assert extra(senders.of(2)) == want
+    assert extra(BlockSenders(chain.block_with(extrinsic, []), ss58_prefix=0).of(2)) == []
 
 
 # --- hand-built shapes other producers may use ---------------------------------------------------
