@@ -629,6 +629,28 @@ async def test_a_running_dispatcher_attempts_what_it_enqueues_up_to_its_room(
     assert (gauges["in_flight"], gauges["due"]) == (0, 0)
 
 
+async def test_no_hand_off_overtakes_what_waits_in_due(env: Env, receivers: Any) -> None:
+    """A dispatcher whose last claim left deliveries due sends what it enqueues to ``due``
+    behind them, room or not, until a claim finds nothing more due: new deliveries do not keep
+    overtaking a backlog (retries, overflow, another worker's)."""
+    receiver = await receivers(lambda n, req: (200, 0.3))
+    env.subs.webhook("sub-1", receiver.url)
+    api = env.dispatcher()  # schedules, never runs the loop
+    await api.enqueue_many([("sub-1", 0, notification(450 + n)) for n in range(2)])
+    dispatcher = await env.started(max_concurrency=1, poll_interval=5.0)
+    await until(lambda: len(receiver.requests) == 1)  # its first claim took one of two
+    dispatcher.settings.max_concurrency = 3  # room now, before the loop claims again
+    assert await dispatcher.enqueue("sub-1", 0, notification(452))
+    assert dispatcher.counters["handed_off"] == 0  # behind the one still due
+    await until(lambda: dispatcher.counters["delivered"] == 3)
+    order = [r.notification_id for r in receiver.requests]
+    assert order == [notification(450 + n)["id"] for n in range(3)]
+    # the backlog claimed, a new delivery is handed off again
+    assert await dispatcher.enqueue("sub-1", 0, notification(453))
+    assert dispatcher.counters["handed_off"] == 1
+    await until(lambda: dispatcher.counters["delivered"] == 4)
+
+
 async def test_a_handed_off_delivery_is_signed_and_retried_like_a_claimed_one(
     env: Env, receivers: Any
 ) -> None:
