@@ -14,7 +14,9 @@ instead, as extraction did before new journeys were spread; ``--sends-by id chai
 round's phases both ways. ``--origins 1`` makes every journey start at one busy parachain.
 
 1. **Baseline** (same run): ``benchmarks/throughput.py``'s plain XREADGROUP+XACK loop over
-   3 x N messages on P partitions (msg/s).
+   3 x N messages on P partitions (msg/s), the median of ``--baseline-repeats`` loops (5): one
+   loop lasts a tenth of a second or two, and single loops a minute apart differed by up to
+   1.7 times on the 2-core development machine.
 2. **Journeys**: for each worker count, a fresh group runs that many workers; then N journeys
    (a sent leg from a parachain A to a parachain B among ten ``urn:ocn:polkadot`` parachains,
    half of them with a topic; the relayed leg at the relay; the received leg at B, reporting
@@ -556,6 +558,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=200, help="untimed journeys first")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=1, help="repeat baseline + journeys")
+    parser.add_argument(
+        "--baseline-repeats", type=int, default=5, help="raw loops per round; a is their median"
+    )
     parser.add_argument("--keep", metavar="DIR", help="keep the workers' logs and data dirs here")
     parser.add_argument(
         "--standby-replicas", type=int, help="the workers' standby_replicas (default: theirs, 1)"
@@ -602,13 +607,21 @@ def main(argv: Iterable[str] | None = None) -> int:
     try:
         n_raw = 3 * args.journeys
         for round_ in range(1, args.rounds + 1):
-            written = asyncio.run(fill(args.redis, raw_prefix, "raw", n_raw, args.partitions))
-            raw = asyncio.run(baseline(args.redis, raw_prefix, "raw", n_raw, args.partitions))
-            cleanup(raw_client, raw_prefix)
+            loops, fills = [], []
+            for _ in range(args.baseline_repeats):
+                fills.append(
+                    asyncio.run(fill(args.redis, raw_prefix, "raw", n_raw, args.partitions))
+                )
+                loops.append(
+                    asyncio.run(baseline(args.redis, raw_prefix, "raw", n_raw, args.partitions))
+                )
+                cleanup(raw_client, raw_prefix)
+            raw = statistics.median(loops)
             raws.append(raw)
             print(
                 f"round {round_}: a  raw XREADGROUP+XACK, {n_raw:,} msgs  {raw:>10,.0f} msg/s"
-                f"   (filled at {written:,.0f} msg/s via TopicWriter)",
+                f"   (median of {len(loops)}: {', '.join(f'{x:,.0f}' for x in loops)}; "
+                f"filled at {statistics.median(fills):,.0f} msg/s via TopicWriter)",
                 flush=True,
             )
             for mode, count in [(m, c) for m in args.sends_by for c in args.workers]:
