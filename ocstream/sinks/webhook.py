@@ -46,7 +46,9 @@ wake-up): in ``benchmarks/webhook.py`` a dispatcher's median from enqueue to rec
 1.7–1.8 ms to 1.0–1.2 ms. Everything after the lease is the same: a crash leaves an expiring
 lease, a failed attempt is scheduled in ``due``, and a dispatcher stopped before its replies
 came hands the deliveries back to ``due``. A dispatcher that only enqueues (its loop not
-started) schedules them.
+started) schedules them. The one case that is slower than before: when Redis ran an enqueue but
+its reply was lost (the connection dropped), the delivery waits for its lease to expire, as a
+crashed worker's would, and the caller's second enqueue finds the marker.
 
 **Each attempt** re-reads the subscription with ``get_subscription``: a deleted subscription, a
 removed channel or a channel that is no longer a webhook drops the delivery, a changed URL,
@@ -581,7 +583,9 @@ class WebhookDispatcher:
         # Hand-off: while this dispatcher's loop runs and has room, the deliveries are leased
         # to it as they are stored and attempted at once, without the claim's round trip.
         # The room is reserved until the replies are in, so the loop does not claim it too.
-        room = self._room() if self._running() and not self._due_backlog else 0
+        room = 0
+        if self._running() and not self._due_backlog:
+            room = min(self._room(), len(deliveries))
         self._reserved += room
         token = self._next_token() if room else ""
         lease_ms = int(self.settings.lease_seconds * 1000)
