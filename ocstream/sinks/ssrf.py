@@ -134,12 +134,13 @@ async def _resolve(host: str, port: int) -> list[_IPAddress]:
     return addresses
 
 
-async def check_target(url: str, allow_private: bool) -> None:
+async def check_target(url: str, allow_private: bool, timeout: float | None = None) -> None:
     """Raise :class:`TargetRefused` if ``url`` may not be POSTed to.
 
     Resolves the host name (unless ``allow_private`` or the host is an address literal) and
     refuses it if any address is not public. A name that does not resolve raises
-    :class:`TargetUnresolved` (retry later).
+    :class:`TargetUnresolved` (retry later); one that takes more than ``timeout`` seconds to
+    resolve raises ``TimeoutError``.
     """
     parsed = parse_target(url)
     if allow_private:
@@ -150,7 +151,8 @@ async def check_target(url: str, allow_private: bool) -> None:
     if literal is not None:
         addresses = [literal]
     else:
-        addresses = await _resolve(host, parsed.port or 0)
+        async with asyncio.timeout(timeout):
+            addresses = await _resolve(host, parsed.port or 0)
     for address in addresses:
         reason = address_refusal(address)
         if reason is not None:

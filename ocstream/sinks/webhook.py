@@ -956,9 +956,12 @@ class WebhookDispatcher:
                     future.set_result(reply)
 
     async def _subscription(self, subscription_id: str) -> Mapping[str, Any] | None:
+        """The subscription as ``get_subscription`` gives it; a getter that waits gets
+        ``timeout`` seconds (a worker's live view answers at once, without a timer)."""
         value = self.get_subscription(subscription_id)
         if inspect.isawaitable(value):
-            value = await value
+            async with asyncio.timeout(self.settings.timeout):
+                value = await value
         return _as_mapping(value)
 
     async def _attempt(self, record: Mapping[str, str]) -> _Outcome:
@@ -968,8 +971,7 @@ class WebhookDispatcher:
         subscription_id = record.get("subscription", "")
         channel_index = _int(record.get("channel"), -1)
         try:
-            async with asyncio.timeout(self.settings.timeout):
-                subscription = await self._subscription(subscription_id)
+            subscription = await self._subscription(subscription_id)
         except Exception as exc:
             log.warning("webhook: reading subscription %s failed: %s", subscription_id, exc)
             return _Outcome("defer", error=f"reading the subscription failed: {exc}", delay=5.0)
@@ -1032,12 +1034,11 @@ class WebhookDispatcher:
             headers["webhook-timestamp"] = str(timestamp)
             headers["webhook-signature"] = sign(key, delivery_id, timestamp, body)
 
-        timeout = self.settings.timeout
         try:
-            async with asyncio.timeout(timeout):
-                # The channel's URL, not the target: they share scheme, user info and host,
-                # and the channel's is parsed once (the delivery id makes each target new).
-                await check_target(url, self.settings.allow_private_targets)
+            # The channel's URL, not the target: they share scheme, user info and host, and
+            # the channel's is parsed once (the delivery id makes each target new). Only a
+            # name to resolve waits, for at most ``timeout``.
+            await check_target(url, self.settings.allow_private_targets, self.settings.timeout)
         except TargetRefused as exc:
             return _Outcome("dead", "refused_targets", error=str(exc), url=target, attempted=True)
         except (TargetUnresolved, TimeoutError) as exc:

@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 from standardwebhooks import Webhook
 
@@ -788,6 +790,46 @@ async def test_a_changed_url_is_followed_and_events_are_rechecked(env: Env, rece
     assert new.acknowledged[1].notification_id == notification(62)["id"]
 
 
+async def test_a_subscription_store_that_hangs_is_given_up_after_the_timeout(
+    env: Env, receivers: Any
+) -> None:
+    """A getter that waits gets ``timeout`` seconds; one that answers at once (a worker's live
+    view) is called without a timer."""
+    receiver = await receivers()
+    env.subs.webhook("sub-1", receiver.url)
+    calls = 0
+
+    async def hangs_once(subscription_id: str) -> dict[str, Any] | None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(30)
+        return env.subs.get(subscription_id)
+
+    dispatcher = WebhookDispatcher(
+        env.client,
+        env.prefix,
+        WebhookSettings(schedule=(0,), timeout=0.3, allow_private_targets=True, poll_interval=0.05),
+        get_subscription=hangs_once,
+    )
+    env.dispatchers.append(dispatcher)
+    await dispatcher.start()
+    started = time.monotonic()
+    await dispatcher.enqueue("sub-1", 0, notification(71))
+    await until(lambda: len(dispatcher._tasks) == 0 and calls == 1, timeout=5)
+    assert time.monotonic() - started < 5  # not the getter's 30 s
+    (due,) = await _due_ids(env)  # deferred, not lost
+    error = await env.client.hget(f"{env.prefix}wh:d:{due}", "lastError")
+    assert error is not None and b"reading the subscription failed" in error
+    await env.client.zadd(f"{env.prefix}wh:due", {due: 0})
+    await until(lambda: dispatcher.counters["delivered"] == 1)
+    assert dispatcher.counters["failed_attempts"] == 0
+
+    plain = env.dispatcher()
+    plain.get_subscription = env.subs.get  # a plain function: answered at once
+    assert await plain._subscription("sub-1") == env.subs["sub-1"]
+
+
 async def test_a_failing_subscription_store_defers_without_using_an_attempt(
     env: Env, receivers: Any
 ) -> None:
@@ -868,6 +910,21 @@ def test_delivery_ids_are_sortable_ulids() -> None:
     assert all(re.fullmatch(r"[0-9A-HJKMNP-TV-Z]{26}", i) for i in made)
     assert DeliveryIds.timestamp_ms(made[0]) == now
     assert DeliveryIds.timestamp_ms(made[-1]) == now + 1  # never goes back in time
+
+
+def _crockford_digits(value: int) -> str:
+    """26 Crockford base32 digits of a 130-bit value, five bits at a time (the reference)."""
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    return "".join(alphabet[(value >> (5 * (25 - i))) & 31] for i in range(26))
+
+
+@given(ms=st.integers(0, (1 << 48) - 1), rnd=st.integers(0, (1 << 79) - 1))
+def test_delivery_ids_encode_time_and_random_bits_digit_by_digit(ms: int, rnd: int) -> None:
+    ids = DeliveryIds()
+    ids._last_ms, ids._last_random = ms, rnd - 1  # the next id of this ms takes rnd
+    made = ids.new(ms)
+    assert made == _crockford_digits((ms << 80) | rnd)
+    assert DeliveryIds.timestamp_ms(made) == ms
 
 
 def test_signing_keys_and_signatures() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import time
 
 import aiohttp
 import pytest
@@ -83,6 +85,22 @@ async def test_allow_private_skips_the_address_checks_but_not_the_scheme() -> No
 async def test_unresolvable_hosts_are_transient() -> None:
     with pytest.raises(TargetUnresolved):
         await check_target("http://no-such-host.invalid/x", allow_private=False)
+
+
+async def test_a_name_that_resolves_too_slowly_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only resolving waits, and for at most ``timeout``; an address needs no timer."""
+    from ocstream.sinks import ssrf
+
+    async def slow(host: str, port: int) -> list[ipaddress.IPv4Address]:
+        await asyncio.sleep(30)
+        return [ipaddress.IPv4Address("93.184.216.34")]
+
+    monkeypatch.setattr(ssrf, "_resolve", slow)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await check_target("https://hooks.example.com/x", False, timeout=0.2)
+    assert time.monotonic() - started < 5
+    await check_target("https://93.184.216.34/x", False, timeout=0.2)  # a literal: no lookup
 
 
 async def test_the_connector_resolver_refuses_private_answers() -> None:
