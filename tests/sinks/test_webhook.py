@@ -566,23 +566,38 @@ async def test_stopping_during_a_post_hands_the_delivery_back(env: Env, receiver
     assert len(receiver.requests) == 2
 
 
+@pytest.mark.parametrize("taken_by", ["claim", "hand-off"])
 async def test_a_crashed_workers_lease_expires_and_another_delivers(
-    env: Env, receivers: Any
+    env: Env, receivers: Any, taken_by: str
 ) -> None:
+    """A worker dies holding a lease, whether its loop claimed the delivery or it was handed
+    the delivery as it enqueued it: once the lease expires another worker delivers it, and the
+    dead worker's late result is refused."""
     receiver = await receivers()
     env.subs.webhook("sub-1", receiver.url)
-    crashed = env.dispatcher(lease=0.3)
-    await crashed.enqueue("sub-1", 0, notification(32))
-    claimed, _ = await crashed._claim(10)  # claimed, then the worker "dies" without a result
-    assert len(claimed) == 1
+    held: list[tuple[dict[str, str], str]] = []
+    if taken_by == "claim":
+        crashed = env.dispatcher(lease=0.3)
+        await crashed.enqueue("sub-1", 0, notification(32))
+        claimed, _ = await crashed._claim(10)  # claimed, then the worker "dies" without a result
+        held.extend(claimed)
+    else:
+        crashed = await env.started(lease=0.3)
+        crashed._start = lambda record, token: held.append((record, token))  # type: ignore[method-assign]  # dies before the attempt
+        assert await crashed.enqueue("sub-1", 0, notification(32))
+        assert crashed.counters["handed_off"] == 1
+        assert crashed._loop_task is not None
+        crashed._loop_task.cancel()  # the rest of the worker dies too: no more claims
+    assert len(held) == 1
     assert (await crashed.gauges())["in_flight"] == 1
     survivor = await env.started()
     await settle(0.2)
     assert receiver.requests == []  # the lease still holds
     await until(lambda: survivor.counters["delivered"] == 1)
+    await settle(0.3)
     assert len(receiver.requests) == 1
     # the crashed worker's late result is refused: the lease is no longer its own
-    record, token = claimed[0]
+    record, token = held[0]
     await crashed._process(record, token)
     assert crashed.counters["lease_lost"] == 1
 
@@ -670,22 +685,6 @@ async def test_a_handed_off_delivery_is_signed_and_retried_like_a_claimed_one(
     # the hash keeps the notification the hand-off attempted first
     assert receiver.requests[1].body == receiver.requests[0].body
     assert receiver.notifications()[0]["id"] == notification(410)["id"]
-
-
-async def test_a_handed_off_delivery_of_a_crashed_worker_is_delivered_by_another(
-    env: Env, receivers: Any
-) -> None:
-    receiver = await receivers()
-    env.subs.webhook("sub-1", receiver.url)
-    crashed = await env.started(lease=0.3)
-    crashed._start = lambda record, token: None  # type: ignore[method-assign]  # dies first
-    assert await crashed.enqueue("sub-1", 0, notification(420))
-    assert crashed.counters["handed_off"] == 1
-    assert (await crashed.gauges())["in_flight"] == 1
-    survivor = await env.started()
-    await until(lambda: survivor.counters["delivered"] == 1)
-    await settle(0.3)
-    assert len(receiver.requests) == 1
 
 
 async def test_a_dispatcher_that_is_not_running_schedules_what_it_enqueues(
@@ -790,49 +789,12 @@ async def test_a_changed_url_is_followed_and_events_are_rechecked(env: Env, rece
     assert new.acknowledged[1].notification_id == notification(62)["id"]
 
 
-async def test_a_subscription_store_that_hangs_is_given_up_after_the_timeout(
-    env: Env, receivers: Any
-) -> None:
-    """A getter that waits gets ``timeout`` seconds; one that answers at once (a worker's live
-    view) is called without a timer."""
-    receiver = await receivers()
-    env.subs.webhook("sub-1", receiver.url)
-    calls = 0
-
-    async def hangs_once(subscription_id: str) -> dict[str, Any] | None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            await asyncio.sleep(30)
-        return env.subs.get(subscription_id)
-
-    dispatcher = WebhookDispatcher(
-        env.client,
-        env.prefix,
-        WebhookSettings(schedule=(0,), timeout=0.3, allow_private_targets=True, poll_interval=0.05),
-        get_subscription=hangs_once,
-    )
-    env.dispatchers.append(dispatcher)
-    await dispatcher.start()
-    started = time.monotonic()
-    await dispatcher.enqueue("sub-1", 0, notification(71))
-    await until(lambda: len(dispatcher._tasks) == 0 and calls == 1, timeout=5)
-    assert time.monotonic() - started < 5  # not the getter's 30 s
-    (due,) = await _due_ids(env)  # deferred, not lost
-    error = await env.client.hget(f"{env.prefix}wh:d:{due}", "lastError")
-    assert error is not None and b"reading the subscription failed" in error
-    await env.client.zadd(f"{env.prefix}wh:due", {due: 0})
-    await until(lambda: dispatcher.counters["delivered"] == 1)
-    assert dispatcher.counters["failed_attempts"] == 0
-
-    plain = env.dispatcher()
-    plain.get_subscription = env.subs.get  # a plain function: answered at once
-    assert await plain._subscription("sub-1") == env.subs["sub-1"]
-
-
+@pytest.mark.parametrize("store", ["down", "hanging"])
 async def test_a_failing_subscription_store_defers_without_using_an_attempt(
-    env: Env, receivers: Any
+    env: Env, receivers: Any, store: str
 ) -> None:
+    """A store that raises, or that does not answer within ``timeout`` (a getter that waits
+    gets a timer), defers the delivery: not lost, no attempt used."""
     receiver = await receivers()
     env.subs.webhook("sub-1", receiver.url)
     calls = 0
@@ -841,24 +803,50 @@ async def test_a_failing_subscription_store_defers_without_using_an_attempt(
         nonlocal calls
         calls += 1
         if calls == 1:
-            raise ConnectionError("store down")
+            if store == "down":
+                raise ConnectionError("store down")
+            await asyncio.sleep(30)
         return env.subs.get(subscription_id)
 
     dispatcher = WebhookDispatcher(
         env.client,
         env.prefix,
-        WebhookSettings(schedule=(0,), allow_private_targets=True, poll_interval=0.05),
+        WebhookSettings(schedule=(0,), timeout=0.3, allow_private_targets=True, poll_interval=0.05),
         get_subscription=flaky,
     )
     env.dispatchers.append(dispatcher)
     await dispatcher.start()
+    started = time.monotonic()
     await dispatcher.enqueue("sub-1", 0, notification(70))
-    await until(lambda: calls == 1)
-    # deferred by 5 s; bring it forward instead of waiting
-    await until(lambda: dispatcher.counters["failed_attempts"] == 0 and calls == 1)
-    await env.client.zadd(f"{env.prefix}wh:due", {m: 0 for m in await _due_ids(env)})
+    await until(lambda: calls == 1 and not dispatcher._tasks, timeout=5)
+    assert time.monotonic() - started < 5  # not the hanging getter's 30 s
+    (due,) = await _due_ids(env)  # deferred by 5 s; bring it forward instead of waiting
+    error = await env.client.hget(f"{env.prefix}wh:d:{due}", "lastError")
+    assert error is not None and b"reading the subscription failed" in error
+    assert dispatcher.counters["failed_attempts"] == 0
+    await env.client.zadd(f"{env.prefix}wh:due", {due: 0})
     await until(lambda: dispatcher.counters["delivered"] == 1)
     assert dispatcher.counters["dead_letters"] == 0  # one-step schedule, yet not exhausted
+
+
+async def test_an_attempt_sets_no_timer_where_nothing_waits(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that answers at once (a worker's live view) and a target given as an address
+    need no timeout: the attempt gets as far as the target check without setting a timer."""
+    env.subs.webhook("sub-1", "http://127.0.0.1:9/never")
+    dispatcher = env.dispatcher(allow_private_targets=False)
+    dispatcher.get_subscription = env.subs.get  # a plain function
+
+    def no_timer(delay: float | None) -> Any:
+        raise AssertionError("a timer was set")
+
+    record = {"deliveryId": "01J0000000000000000000TEST", "subscription": "sub-1", "channel": "0"}
+    record |= {"type": "xcm.sent", "notification": orjson.dumps(notification(72)).decode()}
+    monkeypatch.setattr(asyncio, "timeout", no_timer)
+    outcome = await dispatcher._attempt(record)
+    monkeypatch.undo()
+    assert (outcome.action, outcome.counter) == ("dead", "refused_targets")  # 127.0.0.1, checked
 
 
 async def _due_ids(env: Env) -> list[str]:
