@@ -176,15 +176,10 @@ class TableBatch:
                 if self._on_write is not None and not table.memory:
                     self._on_write(name, partition, [(encoded, raw) for _, encoded, raw in changes])
                 table.apply(partition, changes)
-                records = [(encoded, raw) for _, encoded, raw in changes]
-                queue_many = getattr(producer, "queue_many", None)
-                if queue_many is not None:  # ocstream's producer: one future for the batch
-                    last = queue_many(table.changelog, partition, records)
-                else:
-                    for encoded, raw in records:
-                        last = await producer.send(
-                            table.changelog, encoded, raw, partition, None, None
-                        )
+                # One future for the partition's records, the last one's (ocstream's producer).
+                last = producer.queue_many(
+                    table.changelog, partition, [(encoded, raw) for _, encoded, raw in changes]
+                )
                 last.add_done_callback(_persist_offset(table.store, table.changelog, partition))
 
 

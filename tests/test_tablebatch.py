@@ -1,4 +1,5 @@
-"""``TableBatch``: what a batch writes to RocksDB and to the changelog in Redis.
+"""``TableBatch``: what a batch writes to RocksDB and to the changelog in Redis; and the
+producer's paths for records nobody waits for one by one (``queue_many``, ``queue``).
 
 faust's real RocksDB store (ocstream's subclass) on disk, and ocstream's Redis producer on a
 real Redis, started on their own (no worker); whole workers run the batch in

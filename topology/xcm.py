@@ -43,7 +43,7 @@ from ocstream.xcm.extract import extract
 from ocstream.xcm.keys import leg_key
 from ocstream.xcm.legs import is_relay, leg_record
 from ocstream.xcm.matching import TABLES, Engine, MatchSettings, Store, Tables, expired_keys
-from ocstream.xcm.sender import BlockSenders, sender_of
+from ocstream.xcm.sender import BlockSenders
 
 log = logging.getLogger("ocstream.xcm")
 
@@ -195,8 +195,7 @@ async def _send_raw(app: Any, topic: Any, key: str, value: bytes, headers: Any =
     producer = app.producer
     name = topic.get_topic_name()
     encoded_key = key.encode()
-    queue = getattr(producer, "queue", None)
-    if queue is None or not queue(name, encoded_key, value, headers):
+    if not producer.queue(name, encoded_key, value, headers):
         await producer.send(name, encoded_key, value, None, None, headers)
 
 
@@ -274,16 +273,10 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
 
             senders = BlockSenders(block, ss58_prefix=prefix)
 
-            def sender(
-                b: ExtendedBlock,
-                index: int | None,
-                senders: BlockSenders = senders,
-                prefix: int | None = prefix,
-            ) -> Any:
-                if b is senders.block:  # the block's multisig executions indexed once
-                    found = senders.of(index)
-                else:
-                    found = sender_of(b, index, ss58_prefix=prefix)
+            def sender(_: ExtendedBlock, index: int | None, senders: BlockSenders = senders) -> Any:
+                # extract asks about the block it was given: this one, its multisig
+                # executions indexed once for all its sends
+                found = senders.of(index)
                 return found.model_dump() if found is not None else None
 
             found = extract(block, codec, ss58_prefix=prefix, sender_of=sender)

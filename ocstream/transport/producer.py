@@ -115,13 +115,25 @@ class Producer(base.Producer):
             count = await self.topics.get(topic, create_with=self.app.conf.topic_partitions)
             partition = partition_for_key(key, cast(int, count))
         ts = timestamp if timestamp is not None else time.time()
-        items = list(headers.items()) if isinstance(headers, dict) else list(headers or ())
-        record = Record(to_bytes(key), to_bytes(value), int(ts * 1000), items)
         fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
-        self._pending.append((topic, partition, record, fut))
+        self._append(topic, partition, to_bytes(key), to_bytes(value), int(ts * 1000), headers, fut)
+        return fut
+
+    def _append(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp_ms: int,
+        headers: Any,
+        fut: asyncio.Future[RecordMetadata] | None,
+    ) -> None:
+        """Queue one record (headers as faust passes them: a dict, pairs or None)."""
+        items = list(headers.items()) if isinstance(headers, dict) else list(headers or ())
+        self._pending.append((topic, partition, Record(key, value, timestamp_ms, items), fut))
         self._queued += 1
         self._wakeup.set()
-        return fut
 
     def queue(self, topic: str, key: bytes, value: bytes, headers: Any = None) -> bool:
         """:meth:`send` for a record nobody waits for by itself, without the coroutine and the
@@ -132,11 +144,8 @@ class Producer(base.Producer):
         count = self.topics.partitions.get(topic)
         if not count:
             return False
-        items = list(headers.items()) if isinstance(headers, dict) else list(headers or ())
-        record = Record(key, value, int(time.time() * 1000), items)
-        self._pending.append((topic, partition_for_key(key, count), record, None))
-        self._queued += 1
-        self._wakeup.set()
+        partition = partition_for_key(key, count)
+        self._append(topic, partition, key, value, int(time.time() * 1000), headers, None)
         return True
 
     def queue_many(

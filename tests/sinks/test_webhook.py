@@ -708,7 +708,8 @@ async def test_a_dispatcher_stopped_before_its_enqueue_replies_hands_them_back(
     env.subs.webhook("sub-1", receiver.url)
     first = await env.started()
     enqueued = asyncio.ensure_future(first.enqueue("sub-1", 0, notification(440)))
-    await asyncio.sleep(0)  # the enqueue is queued with a lease, its reply not in yet
+    await asyncio.sleep(0)  # one loop turn: the enqueue is queued, its reply not in yet
+    assert first._reserved == 1  # ... and with a lease: a hand-off waiting for its reply
     await first.stop()
     assert await enqueued
     assert first.counters["handed_off"] == 0 and receiver.requests == []
