@@ -97,13 +97,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import aiohttp
 import orjson
 from redis.asyncio import Redis
 from yarl import URL
 
 from ..transport.client import TRANSIENT_ERRORS, Backoff
 from ..transport.scripts import LuaScript, run_pipelined
+from .http1 import Http1Client, InvalidHeader
 from .ssrf import GuardedResolver, TargetRefused, TargetUnresolved, check_target
 from .templates import TemplateError, compile_template
 
@@ -505,8 +505,8 @@ class WebhookDispatcher:
     ``client`` is a ``redis.asyncio.Redis`` (e.g. from :func:`ocstream.transport.client.connect`);
     it is not closed by :meth:`stop`. ``get_subscription(id)`` returns the subscription's current
     JSON (a mapping with ``channels``), or None once it is deleted; it may be a coroutine
-    function. ``session`` is an optional aiohttp session to POST with (the dispatcher makes its
-    own, with the SSRF-guarded resolver, otherwise).
+    function. POSTs go through the dispatcher's own :class:`~ocstream.sinks.http1.Http1Client`,
+    whose connections resolve names with the SSRF-guarded resolver.
     """
 
     def __init__(
@@ -516,7 +516,6 @@ class WebhookDispatcher:
         settings: WebhookSettings | None = None,
         *,
         get_subscription: SubscriptionGetter,
-        session: aiohttp.ClientSession | None = None,
         name: str | None = None,
     ) -> None:
         self.client = client
@@ -526,8 +525,7 @@ class WebhookDispatcher:
         self.name = name or f"wh-{secrets.token_hex(4)}"
         self.counters: Counter[str] = Counter({name: 0 for name in COUNTERS})
         self.ids = DeliveryIds()
-        self._session = session
-        self._own_session = session is None
+        self._http: Http1Client | None = None
         self._k_due = f"{prefix}wh:due"
         self._k_inflight = f"{prefix}wh:inflight"
         self._k_lease = f"{prefix}wh:lease"
@@ -711,9 +709,9 @@ class WebhookDispatcher:
             self._results_ready.set()
             await asyncio.gather(self._writer_task, return_exceptions=True)
             self._writer_task = None
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     async def _drain(self) -> None:
         if not self._tasks:
@@ -726,24 +724,16 @@ class WebhookDispatcher:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def _make_session(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=self.settings.max_concurrency,
-            resolver=GuardedResolver(self.settings.allow_private_targets),
-            ttl_dns_cache=10,
-        )
-        return aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),  # receivers must not set cookies for others
-            trust_env=False,  # no proxy from the environment
-            auto_decompress=False,
-        )
+    def _make_http(self) -> Http1Client:
+        # No cookies, no proxy from the environment, no redirects, no decompression: a
+        # receiver's answer cannot make the dispatcher send anything anywhere else.
+        return Http1Client(GuardedResolver(self.settings.allow_private_targets))
 
     async def run(self) -> None:
         """The delivery loop: claim due deliveries and attempt them, up to ``max_concurrency``
         at once, until :meth:`stop` (or cancellation)."""
-        if self._session is None:
-            self._session = self._make_session()
+        if self._http is None:
+            self._http = self._make_http()
         backoff = Backoff(base=0.2, cap=5.0)
         settings = self.settings
         while not self._stopping:
@@ -1050,30 +1040,22 @@ class WebhookDispatcher:
     async def _post(
         self, target: str, body: bytes, headers: dict[str, str], record: Mapping[str, str]
     ) -> _Outcome:
-        if self._session is None:
-            self._session = self._make_session()
-        session = self._session
+        if self._http is None:
+            self._http = self._make_http()
         timeout = self.settings.timeout
         try:
-            async with session.post(
-                URL(target, encoded=True),
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=timeout),
-            ) as response:
-                status = response.status
-                snippet = ""
-                # The status decides; a slow or broken body after it changes nothing.
-                with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError):
-                    snippet = await self._drain_body(response)
+            status, snippet = await self._http.post(
+                URL(target, encoded=True), body, headers, timeout
+            )
         except TargetRefused as exc:
             return _Outcome("dead", "refused_targets", error=str(exc), url=target, attempted=True)
+        except InvalidHeader as exc:
+            return _Outcome("dead", error=str(exc), url=target, attempted=True)
         except TimeoutError:
             return _Outcome(
                 "retry", error=f"timeout after {timeout:g} s", url=target, attempted=True
             )
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             error = f"{type(exc).__name__}: {exc}"
             return _Outcome("retry", error=error, url=target, attempted=True)
         if 200 <= status < 300:
@@ -1086,20 +1068,6 @@ class WebhookDispatcher:
                 attempted=True,
             )  # fmt: skip
         return _Outcome("retry", status=status, error=error, url=target, attempted=True)
-
-    @staticmethod
-    async def _drain_body(response: aiohttp.ClientResponse, keep: int = 300) -> str:
-        """Read the answer (so the connection is reused) up to 64 KiB; return its start."""
-        head = b""
-        total = 0
-        while total < 65536:
-            chunk = await response.content.read(65536 - total)
-            if not chunk:
-                break
-            if len(head) < keep:
-                head += chunk[: keep - len(head)]
-            total += len(chunk)
-        return head.decode("utf-8", "replace").strip()
 
     async def _disable(self, record: Mapping[str, str], reason: str) -> None:
         subscription_id = record.get("subscription", "")

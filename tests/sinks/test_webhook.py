@@ -308,6 +308,18 @@ async def test_template_with_a_missing_property_is_a_dead_letter(env: Env, recei
     assert dispatcher.counters["retries_scheduled"] == 0
 
 
+async def test_a_header_that_cannot_be_sent_is_a_dead_letter(env: Env, receivers: Any) -> None:
+    # A bearer with a line break (the API refuses it; a stored one must not inject a header).
+    receiver = await receivers()
+    env.subs.webhook("sub-1", receiver.url, bearer="token\r\nX-Injected: 1")
+    dispatcher = await env.started()
+    await dispatcher.enqueue("sub-1", 0, notification(7))
+    await until(lambda: dispatcher.counters["dead_letters"] == 1)
+    [dead] = await dispatcher.dead_letters()
+    assert dead["reason"] == "header authorization has a CR, LF or NUL in its value"
+    assert dead["attempts"] == 1 and receiver.requests == []
+
+
 async def test_a_template_that_recurses_too_deeply_is_a_dead_letter_at_once(
     env: Env, receivers: Any
 ) -> None:
