@@ -191,7 +191,9 @@ class _Subscriptions(Protocol):
 
 class _Webhooks(Protocol):
     async def enqueue_many(
-        self, deliveries: Sequence[tuple[str, int, Mapping[str, Any]]]
+        self,
+        deliveries: Sequence[tuple[str, int, Mapping[str, Any]]],
+        bodies: Sequence[bytes | None] | None = None,
     ) -> list[bool | Exception]: ...
 
 
@@ -201,6 +203,20 @@ class _Hub(Protocol):
 
 class _Log(Protocol):
     async def deliver(self, subscription_id: str, notification: dict[str, Any]) -> None: ...
+
+
+def _with_subscription(raw: bytes | None, subscription_id: str) -> bytes | None:
+    """The JSON of ``{**notification, "subscriptionId": id}`` made from the notification's own
+    bytes, or None where that is not sure (then the webhook encodes the payload itself).
+
+    The matcher writes notifications with orjson, so the bytes are what encoding the decoded
+    notification again would give; adding the key at the end spares a webhook delivery that
+    encoding (about 30 µs for a 4 kB ``xcm.sent``)."""
+    if raw is None or not raw.startswith(b'{"') or not raw.endswith(b"}"):
+        return None
+    if b'"subscriptionId"' in raw:  # would be replaced, not added
+        return None
+    return raw[:-1] + b',"subscriptionId":' + orjson.dumps(subscription_id) + b"}"
 
 
 @dataclass(slots=True)
@@ -216,6 +232,7 @@ class _Pair:
     deadline: str = ""  # of the subscription's timer that this xcm.sent starts
     marks: list[int] | Exception | None = None  # BOOK's reply: go on?, then per marked channel
     sent: int = 0
+    raw: bytes | None = None  # the notification's bytes as the topic held them, if at hand
 
     @property
     def booked(self) -> bool:
@@ -352,7 +369,9 @@ class Delivery(Service):
         try:
             for subscription in self.subscriptions.matching(notification):
                 if not getattr(subscription, "is_ephemeral", False):
-                    pairs.append(self._pair(subscription, notification))
+                    pair = self._pair(subscription, notification)
+                    pair.raw = raw
+                    pairs.append(pair)
             if origin is not None:
                 fanout.append((self.notes_channel(origin), notification if raw is None else raw))
         except Exception:
@@ -398,6 +417,7 @@ class Delivery(Service):
     ) -> int:
         listened = await self._book(pairs, {channel for channel, _ in fanout})
         hooks: list[tuple[str, int, Mapping[str, Any]]] = []
+        bodies: list[bytes | None] = []
         hook_pairs: list[_Pair] = []
         sockets: list[tuple[str, Mapping[str, Any]]] = []
         for pair in pairs:
@@ -415,6 +435,7 @@ class Delivery(Service):
                 if channel.type == "webhook":
                     if self.webhooks is not None:
                         hooks.append((subscription.id, index, payload))
+                        bodies.append(_with_subscription(pair.raw, subscription.id))
                         hook_pairs.append(pair)
                     continue
                 if not next(marks):
@@ -429,7 +450,7 @@ class Delivery(Service):
         steps: list[Awaitable[Any]] = []
         if hooks:
             assert self.webhooks is not None
-            steps.append(self.webhooks.enqueue_many(hooks))
+            steps.append(self.webhooks.enqueue_many(hooks, bodies))
         if sockets:
             assert self.hub is not None
             steps.append(self.hub.publish_many(sockets))

@@ -16,10 +16,18 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 
-from ocstream.delivery import ORIGIN_HEADER, Delivery, is_terminal, origin_header
+from ocstream.delivery import (
+    ORIGIN_HEADER,
+    Delivery,
+    _with_subscription,
+    is_terminal,
+    origin_header,
+)
 from ocstream.subscriptions import LiveSubscriptions, Subscription, SubscriptionStore
 from ocstream.transport.client import connect
 
@@ -31,14 +39,16 @@ class Recorder:
 
     def __init__(self) -> None:
         self.got: list[tuple[str, dict[str, Any]]] = []
+        self.bodies: list[bytes | None] = []  # the encoded bodies enqueue_many was given
 
     async def enqueue(self, subscription_id: str, index: int, note: dict[str, Any]) -> bool:
         self.got.append((subscription_id, note))
         return True
 
     async def enqueue_many(
-        self, deliveries: list[tuple[str, int, dict[str, Any]]]
+        self, deliveries: list[tuple[str, int, dict[str, Any]]], bodies: Any = None
     ) -> list[bool | Exception]:
+        self.bodies.extend(bodies if bodies is not None else [None] * len(deliveries))
         return [await self.enqueue(*delivery) for delivery in deliveries]
 
     async def publish_many(self, notifications: list[tuple[str, dict[str, Any]]]) -> None:
@@ -230,10 +240,12 @@ async def test_a_terminal_retried_after_a_redis_error_is_still_delivered(
     original = hooks.enqueue_many
     failures = [ConnectionError("Redis went away")]
 
-    async def flaky(deliveries: list[tuple[str, int, dict[str, Any]]]) -> list[bool | Exception]:
+    async def flaky(
+        deliveries: list[tuple[str, int, dict[str, Any]]], bodies: Any = None
+    ) -> list[bool | Exception]:
         if failures:
             return [failures.pop()] * len(deliveries)
-        return await original(deliveries)
+        return await original(deliveries, bodies)
 
     hooks.enqueue_many = flaky  # type: ignore[method-assign]
     with pytest.raises(ConnectionError):
@@ -363,10 +375,12 @@ async def test_a_batch_that_meets_a_redis_outage_is_delivered_again_then_acknowl
     original = hooks.enqueue_many
     failures = [ConnectionError("Redis went away")] * 2
 
-    async def flaky(deliveries: list[tuple[str, int, dict[str, Any]]]) -> list[bool | Exception]:
+    async def flaky(
+        deliveries: list[tuple[str, int, dict[str, Any]]], bodies: Any = None
+    ) -> list[bool | Exception]:
         if failures:
             return [failures.pop()] * len(deliveries)
-        return await original(deliveries)
+        return await original(deliveries, bodies)
 
     hooks.enqueue_many = flaky  # type: ignore[method-assign]
     notes = [note("xcm.sent", "o1"), note("xcm.sent", "o2"), note("xcm.received", "o1")]
@@ -433,6 +447,10 @@ async def test_notifications_as_the_topic_holds_them_are_decoded_only_where_foll
     ]
     assert await first.deliver_encoded(records) == 2
     assert [n["id"] for _, n in hooks.got] == [followed["id"], unlabelled["id"]]
+    # Each webhook body is the notification's own bytes with the subscription added, the same
+    # bytes as encoding the payload the channel was given.
+    assert hooks.bodies == [orjson.dumps(payload) for _, payload in hooks.got]
+    assert orjson.loads(hooks.bodies[0])["subscriptionId"] == "relay-hook"
     assert first.counters["errors"] == 0 and first.counters["fanned_out"] == 0
 
     # A websocket on Hydration's notifications, held by the second worker: the fan-out
@@ -487,3 +505,26 @@ async def test_the_agent_takes_the_origin_from_the_record_header(world: dict[str
     await deliver_stream(SimpleNamespace(delivery=first), stream)
     assert [n["id"] for _, n in world["hooks"].got] == [n["id"] for n in notes]
     assert sorted(event for event, _ in stream.acked) == [0, 1, 2]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(st.text(), json_values, min_size=1, max_size=6), st.text(min_size=1))
+def test_webhook_body_from_the_notification_bytes(notification: dict[str, Any], sid: str) -> None:
+    """The body made from a notification's bytes is what encoding ``{**notification,
+    "subscriptionId": id}`` gives, or None (encode it) where splicing could differ."""
+    raw = orjson.dumps(notification)
+    spliced = _with_subscription(raw, sid)
+    if "subscriptionId" in notification or b'"subscriptionId"' in raw:
+        assert spliced is None
+    else:
+        assert spliced == orjson.dumps({**notification, "subscriptionId": sid})
+    assert _with_subscription(None, sid) is None
+    assert _with_subscription(b"{}", sid) is None
+    assert _with_subscription(b' {"a":1}', sid) is None
+    assert _with_subscription(b'{"a":1}\n', sid) is None

@@ -569,13 +569,16 @@ class WebhookDispatcher:
         return result
 
     async def enqueue_many(
-        self, deliveries: Sequence[tuple[str, int, Mapping[str, Any]]]
+        self,
+        deliveries: Sequence[tuple[str, int, Mapping[str, Any]]],
+        bodies: Sequence[bytes | None] | None = None,
     ) -> list[bool | Exception]:
         """:meth:`enqueue` for each ``(subscription, channel, notification)``, in this order and
         in one round trip (the writer's pipeline). Returns, in the same order, what
         :meth:`enqueue` would return, or the exception it would raise: a Redis outage fails
         them all with the same error, and the caller may enqueue them all again (the markers
-        keep that at most once)."""
+        keep that at most once). ``bodies``, when given, holds each notification's JSON
+        already encoded (None: encode it here)."""
         results: list[bool | Exception | None] = [None] * len(deliveries)
         pending: list[tuple[int, asyncio.Future[Any], dict[str, str] | None]] = []
         # Hand-off: while this dispatcher's loop runs and has room, the deliveries are leased
@@ -596,7 +599,9 @@ class WebhookDispatcher:
                 kind = notification.get("type")
                 kind = kind if isinstance(kind, str) else ""
                 delivery_id = self.ids.new()
-                body = _encode_notification(notification)
+                body = bodies[position] if bodies is not None else None
+                if body is None:
+                    body = _encode_notification(notification)
                 record: dict[str, str] | None = None
                 if room:
                     room -= 1
