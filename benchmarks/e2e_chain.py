@@ -60,6 +60,7 @@ from ocstream.ingress.replay import FORMAT, ReplayNode
 from ocstream.ingress.storage import DOWNWARD_QUEUES_PREFIX, UPWARD
 from ocstream.xcm.codec import XcmCodec
 from ocstream.xcm.extract import extract
+from ocstream.xcm.legs import ReceivedLeg, SentLeg
 
 ASSET_HUB = "urn:ocn:polkadot:1000"
 RELAY = "urn:ocn:polkadot:0"
@@ -444,7 +445,12 @@ async def check_segment(segment: Segment, blocks: int = 4) -> str:
                 raise SynthesisError(f"{network} #{number}: {found.problems}")
             expected = by_block.get((network, number), [])
             if network == ASSET_HUB:
-                got = [(leg.kind, leg.message_hash, leg.recipient) for leg in found.legs]
+                got = [
+                    (leg.kind, leg.message_hash, leg.recipient)
+                    if isinstance(leg, SentLeg)
+                    else (leg.kind,)
+                    for leg in found.legs
+                ]
                 want = [("sent", j.hash, RELAY) for j in expected]
                 signers = [x.signer for x in block.extrinsics[2:]]
                 if signers != ["0x" + j.account.hex() for j in expected]:
@@ -452,7 +458,10 @@ async def check_segment(segment: Segment, blocks: int = 4) -> str:
                 checked["sent"] += len(got)
             else:
                 got = [
-                    (leg.kind, leg.message_hash, leg.from_chain, leg.outcome) for leg in found.legs
+                    (leg.kind, leg.message_hash, leg.from_chain, leg.outcome)
+                    if isinstance(leg, ReceivedLeg)
+                    else (leg.kind,)
+                    for leg in found.legs
                 ]
                 want = [("received", j.hash, ASSET_HUB, "Success") for j in expected]
                 checked["received"] += len(got)
