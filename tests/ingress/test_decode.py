@@ -532,6 +532,8 @@ def test_blocks_read_from_json_are_normalised_like_decoded_values() -> None:
         (b'{"a": [1, {"b": -18446744073709551616}]}', {"a": [1, {"b": str(-(2**64))}]}),
         (b"[1e999, NaN, -Infinity, 1.5]", ["inf", "nan", "-inf", 1.5]),
         (b'{"x": null, "y": 1e999}', {"x": None, "y": "inf"}),
+        (b'{"a": [null, {"b": [1.5, -0.0, NaN]}]}', {"a": [None, {"b": [1.5, -0.0, "nan"]}]}),
+        (b'{"a": [null, {"b": [1.5, -0.0, 5e-324]}]}', {"a": [None, {"b": [1.5, -0.0, 5e-324]}]}),
         (b'{"call": ' + orjson.dumps(nested_call) + b"}",
          {"call": {"module": "Balances", "call": "transfer_keep_alive", "args": {"value": 5}}}),
         (b'{"text": "null \\"call_module\\""}', {"text": 'null "call_module"'}),
