@@ -15,9 +15,11 @@ journey that was a tenth of a worker's CPU in ``benchmarks/e2e.py``. :class:`Htt
   server closes. The first ``keep`` bytes are returned; a body over ``max_body`` bytes is not
   read further and its connection is closed (the status has decided already).
 * A connection goes back to the pool when its response was complete, the server did not ask to
-  close (``Connection: close``, or HTTP/1.0 without ``keep-alive``) and nothing followed the
-  response. An idle connection is dropped once the server closes it or after ``keepalive``
-  seconds. At most ``max_idle`` idle connections are kept per origin.
+  close (``Connection: close``, or HTTP/1.0 without ``keep-alive``), nothing followed the
+  response and the whole request had been written (a server may answer before the body is
+  in). An idle connection is dropped once the server closes it or after ``keepalive`` seconds
+  (checked when its origin is posted to again, and for every origin at most once per
+  ``keepalive``). At most ``max_idle`` idle connections are kept per origin.
 * A kept-alive connection the server closed while the request was on its way (no byte of an
   answer came back) is retried once on a new connection. Servers close idle connections when
   they like (Node.js after 5 s), and the close can cross the next request on the wire. The
@@ -143,6 +145,11 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.cancel()
             self.close()
+
+    def flushed(self) -> bool:
+        """Whether the request was written out entirely. A server may answer before the body
+        is in (a 413, say); what is left of it must not be read as the next request."""
+        return self.transport is not None and not self.transport.get_write_buffer_size()
 
     def partial(self) -> tuple[int, bytes]:
         """The status and the body's start so far (once :attr:`status_seen`)."""
@@ -359,6 +366,7 @@ class Http1Client:
         self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
         self._dns: dict[tuple[str, int], tuple[float, list[tuple[str, int, int]]]] = {}
         self._closed = False
+        self._swept = time.monotonic()
         #: Connections opened (for tests and the benchmark: reuse shows as few openings).
         self.connections_opened = 0
 
@@ -396,8 +404,10 @@ class Http1Client:
             conn.close()
             status, snippet = conn.partial()
             reusable = False
-        if reusable and not conn.closed and not self._closed:
+        if reusable and not conn.closed and not self._closed and conn.flushed():
             self._give(key, conn)
+        elif not conn.closed:
+            conn.close()
         return status, snippet.decode("utf-8", "replace").strip()
 
     async def close(self) -> None:
@@ -419,23 +429,42 @@ class Http1Client:
 
     def _take(self, key: tuple[str, str, int]) -> _Connection | None:
         pool = self._idle.get(key)
-        if not pool:
+        if pool is None:
             return None
         horizon = time.monotonic() - self.keepalive
+        found = None
         while pool:
             conn = pool.pop()  # the most recently used: the least likely to be closed
             if conn.closed or conn.idle_since < horizon:
                 conn.close()
                 continue
-            return conn
-        return None
+            found = conn
+            break
+        if not pool:
+            del self._idle[key]
+        return found
 
     def _give(self, key: tuple[str, str, int], conn: _Connection) -> None:
+        now = time.monotonic()
         pool = self._idle.setdefault(key, deque())
-        conn.idle_since = time.monotonic()
+        conn.idle_since = now
         pool.append(conn)
         while len(pool) > self.max_idle or (pool and pool[0].closed):
             pool.popleft().close()
+        if now - self._swept > self.keepalive:
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        """Close the connections idle for longer than ``keepalive`` at every origin (an origin
+        not posted to again would keep them open otherwise), and forget empty origins."""
+        self._swept = now
+        horizon = now - self.keepalive
+        for key in list(self._idle):
+            pool = self._idle[key]
+            while pool and (pool[0].closed or pool[0].idle_since < horizon):
+                pool.popleft().close()
+            if not pool:
+                del self._idle[key]
 
     async def _addresses(self, host: str, port: int) -> list[tuple[str, int, int]]:
         if self.resolver is None:

@@ -480,3 +480,49 @@ async def test_parser_random_answers(example: tuple[int, bytes, str, list[int], 
     assert future.result() == (status, body[:100], framing != "close")
     assert transport.written == b"POST / HTTP/1.1\r\n\r\n"
     assert transport.closing == (framing == "close")
+
+
+async def test_an_answer_before_the_body_is_written_closes_the_connection(
+    client: Http1Client,
+) -> None:
+    """A server that answers after the head (a 413) while the body is still being written:
+    what is left of the body must not reach it as a next request, so the connection is not
+    kept."""
+    opened: list[asyncio.StreamWriter] = []
+    done = asyncio.Event()
+
+    async def early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        opened.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Too Large\r\nContent-Length: 3\r\n\r\nbig")
+        await writer.drain()
+        await done.wait()  # reads nothing more and keeps the connection open
+        writer.close()
+
+    server = await asyncio.start_server(early, "127.0.0.1", 0)
+    url = URL(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/")
+    try:
+        body = b"x" * (64 * 1024 * 1024)  # more than the socket buffers take
+        assert await client.post(url, body, HEADERS, 5.0) == (413, "big")
+        # On the same connection this would wait behind the unread body, and time out.
+        assert await client.post(url, b"{}", HEADERS, 1.0) == (413, "big")
+        assert len(opened) == 2 and client.connections_opened == 2
+    finally:
+        done.set()
+        server.close()
+
+
+async def test_idle_connections_of_every_origin_are_swept() -> None:
+    client = Http1Client(keepalive=0.1)
+    first = RawServer(answer(b"HTTP/1.1 204 No Content\r\n\r\n"))
+    second = RawServer(answer(b"HTTP/1.1 204 No Content\r\n\r\n"))
+    try:
+        async with first as a, second as b:
+            await client.post(URL(a), b"{}", HEADERS, 2.0)
+            assert len(client._idle) == 1
+            await asyncio.sleep(0.2)
+            await client.post(URL(b), b"{}", HEADERS, 2.0)
+            # The first origin's connection expired and was closed without a post to it.
+            assert list(client._idle) == [("http", "127.0.0.1", URL(b).port)]
+    finally:
+        await client.close()
