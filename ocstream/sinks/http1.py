@@ -197,13 +197,15 @@ class _Connection(asyncio.Protocol):
         while True:
             state = self._state
             if state == _HEAD:
-                end = buffer.find(b"\r\n\r\n")
+                end, gap = buffer.find(b"\r\n\r\n"), 4
+                if end < 0:  # some servers end lines with a bare LF
+                    end, gap = buffer.find(b"\n\n"), 2
                 if end < 0:
                     if len(buffer) > _MAX_HEAD:
                         raise BadResponse("response head over 64 KiB")
                     return
                 head = bytes(buffer[:end])
-                del buffer[: end + 4]
+                del buffer[: end + gap]
                 self._head(head)
             elif state == _LENGTH:
                 if not buffer:
@@ -274,7 +276,7 @@ class _Connection(asyncio.Protocol):
                 return
 
     def _head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
+        lines = head.replace(b"\r\n", b"\n").split(b"\n")
         parts = lines[0].split(b" ", 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
             raise BadResponse(f"not an HTTP/1.x status line: {lines[0][:60]!r}")

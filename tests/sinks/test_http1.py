@@ -158,6 +158,7 @@ async def test_posts_body_and_headers_and_reuses_the_connection(client: Http1Cli
             True,
         ),
         (b"HTTP/1.1 204 No Content\r\n\r\nextra", 204, "", False),
+        (b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", 200, "ok", True),
     ],
     ids=[
         "length",
@@ -169,6 +170,7 @@ async def test_posts_body_and_headers_and_reuses_the_connection(client: Http1Cli
         "http10",
         "http10-keepalive",
         "bytes-after-answer",
+        "bare-lf",
     ],  # fmt: skip
 )
 async def test_answer_shapes(
