@@ -380,6 +380,11 @@ def delivery_first_families(app: Any) -> Iterator[Metric]:
         "Seconds extraction and matching spent waiting for the notifications delivery held.",
         backlog.waited,
     )
+    yield _gauge(
+        "ocstream_delivery_backlog",
+        "Notifications delivery has taken or has waiting in its stream and not finished.",
+        backlog.pending(),
+    )
 
 
 @worker_collector

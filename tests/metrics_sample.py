@@ -20,6 +20,8 @@ from collections import Counter
 from types import SimpleNamespace
 from typing import Any
 
+from ocstream.stages import Backlog
+
 #: The engine's and the extractor's counter keys as topology/xcm.py counts them, dead letters
 #: included (their kinds carry hyphens).
 XCM_COUNTERS = {
@@ -90,6 +92,16 @@ class _Live:
         return ["a", "b", "c"]
 
 
+def _backlog() -> Backlog:
+    """Delivery took 4 notifications and finished 2, and 3 more wait in its stream; extraction
+    and matching waited 5 times, 0.125 s in all."""
+    backlog = Backlog(waiting=lambda: 3)
+    backlog.took(4)
+    backlog.finished(2)
+    backlog.waits, backlog.waited = 5, 0.125
+    return backlog
+
+
 def sample_app() -> Any:
     """An object with the attributes a worker's ``/metrics`` reads, all of them filled."""
     from ocstream.ingress.metrics import IngressMetrics
@@ -110,7 +122,7 @@ def sample_app() -> Any:
         subscriptions_live=_Live(),
         websocket_hub=SimpleNamespace(clients_by_type=lambda: {"ephemeral": 1, "persistent": 0}),
         ingress=ingress,
-        delivery_backlog=SimpleNamespace(waits=5, waited=0.125),
+        delivery_backlog=_backlog(),
     )
 
 

@@ -46,6 +46,7 @@ ADDED = [
     # Extraction and matching waiting for what delivery holds (ocstream/stages.py).
     ["ocstream_delivery_first_wait_seconds_total", "counter", []],
     ["ocstream_delivery_first_waits_total", "counter", []],
+    ["ocstream_delivery_backlog", "gauge", []],
     # Webhook deliveries attempted at once by the dispatcher that enqueued them
     # (ocstream/sinks/webhook.py, "Hand-off").
     ["oc_webhook_handed_off_total", "counter", []],
@@ -83,6 +84,7 @@ def test_worker_metrics_are_those_of_before() -> None:
     assert lag == {("blocks", "0"): 15, ("xcm-legs", "1"): 20}
     assert families["ocstream_delivery_first_waits"].samples[0].value == 5
     assert families["ocstream_delivery_first_wait_seconds"].samples[0].value == 0.125
+    assert families["ocstream_delivery_backlog"].samples[0].value == 5  # 4 - 2 + 3
     ingress = families["ocstream_ingress_backlog_blocks"].samples[0]
     assert (ingress.labels, ingress.value) == ({"network": "urn:ocn:polkadot:0"}, 2)
 
