@@ -110,6 +110,7 @@ from procs import (  # benchmarks/ is this script's directory
     cleanup,
     cpu_seconds,
     redis_cpu,
+    serve_printing_port,
     stop_all,
     wait_for,
     wait_group,
@@ -177,19 +178,11 @@ def serve() -> None:
     async def count(request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(counts), content_type="application/json")
 
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/take", take)
-        app.router.add_get("/count", count)
-        app.router.add_post("/{tail:.*}", hook)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        print(runner.addresses[0][1], flush=True)
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
+    app = web.Application()
+    app.router.add_get("/take", take)
+    app.router.add_get("/count", count)
+    app.router.add_post("/{tail:.*}", hook)
+    serve_printing_port(app)
 
 
 class Receiver:

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
+from procs import serve_printing_port  # benchmarks/ is this script's directory
 from yarl import URL
 
 from ocstream.sinks.http1 import Http1Client
@@ -38,17 +39,9 @@ def serve() -> None:
         await request.read()
         return web.Response(status=204)
 
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", hook)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        print(runner.addresses[0][1], flush=True)
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", hook)
+    serve_printing_port(app)
 
 
 Post = Callable[[str, bytes, dict[str, str]], Awaitable[int]]

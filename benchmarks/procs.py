@@ -5,6 +5,7 @@ to settle, CPU seconds of a process and of Redis, and deleting a run's keys.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 # The process helpers of the tests: free ports, the fast group timeouts, a clean environment.
@@ -28,6 +30,21 @@ from tests.workers import FAST_GROUP_ENV, free_port, ocstream_env  # noqa: E402
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def serve_printing_port(app: web.Application) -> None:
+    """Serve ``app`` on a free port of 127.0.0.1 until killed, once its port is printed on
+    stdout (the parent process reads that line): the benchmarks' webhook receivers."""
+
+    async def main() -> None:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        print(runner.addresses[0][1], flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
 
 
 class Incomplete(Exception):

@@ -57,6 +57,7 @@ import aiohttp
 import orjson
 import redis
 from aiohttp import web
+from procs import serve_printing_port  # benchmarks/ is this script's directory
 
 from ocstream.ingress.registry import NetworkRecord, NetworkRegistry
 from ocstream.sinks.webhook import WebhookDispatcher, WebhookSettings
@@ -93,19 +94,11 @@ def serve() -> None:
     async def count(request: web.Request) -> web.Response:
         return web.Response(text=str(len(arrivals)))
 
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/stats", stats)
-        app.router.add_get("/count", count)
-        app.router.add_post("/{tail:.*}", hook)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        print(runner.addresses[0][1], flush=True)
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
+    app = web.Application()
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/count", count)
+    app.router.add_post("/{tail:.*}", hook)
+    serve_printing_port(app)
 
 
 # -- senders

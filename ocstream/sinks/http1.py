@@ -207,19 +207,21 @@ class _Connection(asyncio.Protocol):
                 head = bytes(buffer[:end])
                 del buffer[: end + gap]
                 self._head(head)
-            elif state == _LENGTH:
+            elif state == _LENGTH or state == _CHUNK_DATA:
                 if not buffer:
                     return
                 take = min(self._remaining, len(buffer))
                 within = self._body(buffer[:take])
                 del buffer[:take]
                 self._remaining -= take
-                if not self._remaining:
+                if not self._remaining and state == _LENGTH:  # the whole body, however long
                     self._finish(self._reusable)
                     return
                 if not within:
                     self._finish(reusable=False)
                     return
+                if not self._remaining:
+                    self._state = _CHUNK_END
             elif state == _CHUNK_SIZE:
                 end = buffer.find(b"\r\n")
                 if end < 0:
@@ -236,18 +238,6 @@ class _Connection(asyncio.Protocol):
                     raise BadResponse("negative chunk size")
                 self._remaining = size
                 self._state = _CHUNK_DATA if size else _TRAILERS
-            elif state == _CHUNK_DATA:
-                if not buffer:
-                    return
-                take = min(self._remaining, len(buffer))
-                within = self._body(buffer[:take])
-                del buffer[:take]
-                self._remaining -= take
-                if not within:
-                    self._finish(reusable=False)
-                    return
-                if not self._remaining:
-                    self._state = _CHUNK_END
             elif state == _CHUNK_END:
                 if len(buffer) < 2:
                     return
