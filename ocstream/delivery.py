@@ -369,9 +369,7 @@ class Delivery(Service):
         try:
             for subscription in self.subscriptions.matching(notification):
                 if not getattr(subscription, "is_ephemeral", False):
-                    pair = self._pair(subscription, notification)
-                    pair.raw = raw
-                    pairs.append(pair)
+                    pairs.append(self._pair(subscription, notification, raw))
             if origin is not None:
                 fanout.append((self.notes_channel(origin), notification if raw is None else raw))
         except Exception:
@@ -386,11 +384,14 @@ class Delivery(Service):
             return 0
         return await self._deliver_pairs([pair], [])
 
-    def _pair(self, subscription: Any, notification: dict[str, Any]) -> _Pair:
+    def _pair(
+        self, subscription: Any, notification: dict[str, Any], raw: bytes | None = None
+    ) -> _Pair:
         kind = str(notification["type"])
         channels = list(subscription.channel_indexes(kind))
         marked = [i for i in channels if subscription.channels[i].type != "webhook"]
         pair = _Pair(subscription, notification, kind, is_terminal(notification), channels, marked)
+        pair.raw = raw
         if (
             not pair.terminal
             and kind == "xcm.sent"

@@ -35,21 +35,23 @@ journey that was a tenth of a worker's CPU in ``benchmarks/e2e.py``. :class:`Htt
   returned start of the body.
 
 Errors are ``OSError``\\ s (connection refused or reset, :class:`ServerDisconnected`,
-:class:`BadResponse`) or ``TimeoutError``; the resolver's own (``TargetRefused``) pass through.
+:class:`BadResponse`) or ``TimeoutError``; the resolver's own (``TargetRefused``,
+``TargetUnresolved``) pass through.
 Redirects are not followed, cookies are not kept, no proxy is used, bodies are not decompressed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 from yarl import URL
+
+from .ssrf import Address
 
 __all__ = ["BadResponse", "Http1Client", "InvalidHeader", "ServerDisconnected"]
 
@@ -70,9 +72,7 @@ class BadResponse(OSError):
 
 
 class Resolver(Protocol):
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> Any: ...
+    async def resolve(self, host: str, port: int) -> list[Address]: ...
 
 
 # Parser states.
@@ -92,8 +92,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[tuple[int, bytes, bool]] | None = None
         self._buffer = bytearray()
         self._state = _DONE
-        self._status = 0
-        self.status_seen = False  # the current answer's status line and headers came
+        self._status = 0  # the current answer's, once its status line and headers came
         self._reusable = False
         self._remaining = 0  # bytes left of the body (_LENGTH) or of the chunk (_CHUNK_DATA)
         self._body_seen = 0
@@ -135,7 +134,7 @@ class _Connection(asyncio.Protocol):
         self._buffer.clear()
         self._snippet.clear()
         self._body_seen = 0
-        self.status_seen = False
+        self._status = 0
         self.transport.write(data)
         return self._waiter
 
@@ -151,9 +150,9 @@ class _Connection(asyncio.Protocol):
         is in (a 413, say); what is left of it must not be read as the next request."""
         return self.transport is not None and not self.transport.get_write_buffer_size()
 
-    def partial(self) -> tuple[int, bytes]:
-        """The status and the body's start so far (once :attr:`status_seen`)."""
-        return self._status, bytes(self._snippet)
+    def partial(self) -> tuple[int, bytes] | None:
+        """The status and the body's start so far, or None before the status and headers."""
+        return (self._status, bytes(self._snippet)) if self._status else None
 
     def close(self) -> None:
         self.closed = True
@@ -300,7 +299,6 @@ class _Connection(asyncio.Protocol):
             elif name == b"connection":
                 connection = value.lower()
         self._status = status
-        self.status_seen = True
         http11 = parts[0] == b"HTTP/1.1"
         self._reusable = (b"close" not in connection) if http11 else (b"keep-alive" in connection)
         if status in (204, 304):
@@ -356,7 +354,7 @@ class Http1Client:
         self.max_body = max_body
         self._ssl = ssl_context
         self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
-        self._dns: dict[tuple[str, int], tuple[float, list[tuple[str, int, int]]]] = {}
+        self._dns: dict[tuple[str, int], tuple[float, list[Address]]] = {}
         self._closed = False
         self._swept = time.monotonic()
         #: Connections opened (for tests and the benchmark: reuse shows as few openings).
@@ -391,14 +389,15 @@ class Http1Client:
                     status, snippet, reusable = await self._exchange(conn, data)
         except OSError:
             # The status decides: a slow, cut or garbled body after it changes nothing.
-            if conn is None or not conn.status_seen:
+            partial = conn.partial() if conn is not None else None
+            if partial is None:
                 raise
-            conn.close()
-            status, snippet = conn.partial()
+            status, snippet = partial
             reusable = False
+        assert conn is not None  # the exchange above answered on it
         if reusable and not conn.closed and not self._closed and conn.flushed():
             self._give(key, conn)
-        elif not conn.closed:
+        else:
             conn.close()
         return status, snippet.decode("utf-8", "replace").strip()
 
@@ -458,15 +457,14 @@ class Http1Client:
             if not pool:
                 del self._idle[key]
 
-    async def _addresses(self, host: str, port: int) -> list[tuple[str, int, int]]:
+    async def _addresses(self, host: str, port: int) -> list[Address]:
         if self.resolver is None:
             return [(host, port, 0)]
         cached = self._dns.get((host, port))
         now = time.monotonic()
         if cached is not None and cached[0] > now:
             return cached[1]
-        results = await self.resolver.resolve(host, port, family=socket.AF_UNSPEC)
-        addresses = [(r["host"], r["port"], r["family"]) for r in results]
+        addresses = await self.resolver.resolve(host, port)
         if len(self._dns) > 1024:
             self._dns.clear()
         self._dns[(host, port)] = (now + self.dns_ttl, addresses)

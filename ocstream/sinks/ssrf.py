@@ -13,8 +13,8 @@ change) and refuses:
 * a host name if *any* of its addresses is refused (the connection could use any of them).
 
 The check resolves the name once; the connection resolves it again. :class:`GuardedResolver`
-closes that gap (DNS rebinding): the HTTP client's connector uses it, so the addresses it
-connects to pass the same check. Redirects are not followed by the webhook client, so a
+closes that gap (DNS rebinding): the webhook's HTTP client resolves through it, so the addresses
+it connects to pass the same check. Redirects are not followed by the webhook client, so a
 ``Location`` cannot lead elsewhere either.
 
 ``allow_private=True`` turns the address checks off (tests, and deployments whose receivers live
@@ -29,13 +29,12 @@ import ipaddress
 import socket
 from typing import Final
 
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
 from ..errors import OcstreamError
 
 __all__ = [
+    "Address",
     "GuardedResolver",
     "TargetRefused",
     "TargetUnresolved",
@@ -117,21 +116,35 @@ def parse_target(url: str) -> URL:
     return parsed
 
 
-async def _resolve(host: str, port: int) -> list[_IPAddress]:
+#: Where a connection may go: (address as ``create_connection`` takes it, port, family).
+Address = tuple[str, int, int]
+
+
+async def _lookup(host: str, port: int) -> list[tuple[_IPAddress, Address]]:
+    """Every IPv4 and IPv6 address of ``host``, parsed and as a connection takes it; raises
+    :class:`TargetUnresolved` when there is none."""
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise TargetUnresolved(f"{host} does not resolve: {exc}") from exc
-    addresses: list[_IPAddress] = []
+    found: list[tuple[_IPAddress, Address]] = []
     for family, _, _, _, sockaddr in infos:
         if family in (socket.AF_INET, socket.AF_INET6):
-            address = _literal_address(str(sockaddr[0]))
+            text = str(sockaddr[0])
+            address = _literal_address(text)
             if address is not None:
-                addresses.append(address)
-    if not addresses:
+                scope = sockaddr[3] if family == socket.AF_INET6 else 0  # type: ignore[misc]
+                if scope:  # a link-local IPv6 address names its interface
+                    text = f"{text}%{scope}"
+                found.append((address, (text, int(sockaddr[1]), int(family))))
+    if not found:
         raise TargetUnresolved(f"{host} has no IPv4 or IPv6 address")
-    return addresses
+    return found
+
+
+async def _resolve(host: str, port: int) -> list[_IPAddress]:
+    return [address for address, _ in await _lookup(host, port)]
 
 
 async def check_target(url: str, allow_private: bool, timeout: float | None = None) -> None:
@@ -160,28 +173,22 @@ async def check_target(url: str, allow_private: bool, timeout: float | None = No
             raise TargetRefused(f"target refused: {name} is {reason}")
 
 
-class GuardedResolver(AbstractResolver):
-    """An aiohttp resolver that refuses non-public answers (DNS rebinding).
+class GuardedResolver:
+    """Resolves names for the webhook client's connections (``ocstream/sinks/http1.py``) and
+    refuses non-public answers, with the rules of :func:`check_target` (DNS rebinding).
 
-    Raises :class:`TargetRefused` from the request (aiohttp passes non-``OSError`` resolver
-    exceptions through). With ``allow_private`` it is a plain threaded resolver.
+    Raises :class:`TargetRefused`, or :class:`TargetUnresolved` for a name that does not
+    resolve. With ``allow_private`` it only resolves.
     """
 
     def __init__(self, allow_private: bool = False) -> None:
         self.allow_private = allow_private
-        self._inner = ThreadedResolver()
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
+    async def resolve(self, host: str, port: int) -> list[Address]:
+        found = await _lookup(host, port)
         if not self.allow_private:
-            for result in results:
-                address = _literal_address(result["host"])
-                reason = "not an IP address" if address is None else address_refusal(address)
+            for address, _ in found:
+                reason = address_refusal(address)
                 if reason is not None:
-                    raise TargetRefused(f"target refused: {host} ({result['host']}) is {reason}")
-        return results
-
-    async def close(self) -> None:
-        await self._inner.close()
+                    raise TargetRefused(f"target refused: {host} ({address}) is {reason}")
+        return [connect_to for _, connect_to in found]

@@ -729,16 +729,9 @@ class WebhookDispatcher:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def _make_http(self) -> Http1Client:
-        # No cookies, no proxy from the environment, no redirects, no decompression: a
-        # receiver's answer cannot make the dispatcher send anything anywhere else.
-        return Http1Client(GuardedResolver(self.settings.allow_private_targets))
-
     async def run(self) -> None:
         """The delivery loop: claim due deliveries and attempt them, up to ``max_concurrency``
         at once, until :meth:`stop` (or cancellation)."""
-        if self._http is None:
-            self._http = self._make_http()
         backoff = Backoff(base=0.2, cap=5.0)
         settings = self.settings
         while not self._stopping:
@@ -1045,8 +1038,10 @@ class WebhookDispatcher:
     async def _post(
         self, target: str, body: bytes, headers: dict[str, str], record: Mapping[str, str]
     ) -> _Outcome:
-        if self._http is None:
-            self._http = self._make_http()
+        if self._http is None:  # made on the first POST (and again after a stop)
+            # No cookies, no proxy from the environment, no redirects, no decompression: a
+            # receiver's answer cannot make the dispatcher send anything anywhere else.
+            self._http = Http1Client(GuardedResolver(self.settings.allow_private_targets))
         timeout = self.settings.timeout
         try:
             status, snippet = await self._http.post(
@@ -1060,7 +1055,7 @@ class WebhookDispatcher:
             return _Outcome(
                 "retry", error=f"timeout after {timeout:g} s", url=target, attempted=True
             )
-        except OSError as exc:
+        except (OSError, TargetUnresolved) as exc:  # the connection's own lookup failed too
             error = f"{type(exc).__name__}: {exc}"
             return _Outcome("retry", error=error, url=target, attempted=True)
         if 200 <= status < 300:

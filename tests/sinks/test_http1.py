@@ -355,11 +355,8 @@ async def test_connection_refused_and_next_address(client: Http1Client) -> None:
         await client.post(URL(f"http://127.0.0.1:{closed_port}/"), b"{}", HEADERS, 2.0)
 
     class TwoAddresses:
-        async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[dict[str, Any]]:
-            return [
-                {"host": "127.0.0.1", "port": closed_port, "family": socket.AF_INET},
-                {"host": "127.0.0.1", "port": port, "family": socket.AF_INET},
-            ]
+        async def resolve(self, host: str, port: int) -> list[tuple[str, int, int]]:
+            return [("127.0.0.1", closed_port, socket.AF_INET), ("127.0.0.1", port, socket.AF_INET)]
 
     server = RawServer(answer(b"HTTP/1.1 204 No Content\r\n\r\n"))
     async with server as base:

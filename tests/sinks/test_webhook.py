@@ -402,6 +402,20 @@ async def test_500_then_200_is_delivered_exactly_once(env: Env, receivers: Any) 
     assert counters["delivered"] == 1 and counters["dead_letters"] == 0
 
 
+async def test_a_name_the_connection_cannot_resolve_is_a_failed_attempt(env: Env) -> None:
+    # With private targets allowed the check resolves nothing; the connection's own lookup
+    # fails, and that is a failed attempt like a refused connection, not an internal error.
+    env.subs.webhook("sub-1", "http://no-such-host.invalid/hook")
+    dispatcher = await env.started(schedule=(0,))
+    await dispatcher.enqueue("sub-1", 0, notification(9))
+    await until(lambda: dispatcher.counters["dead_letters"] == 1)
+    [dead] = await dispatcher.dead_letters()
+    assert dead["reason"].startswith(
+        "gave up after 1 attempts: TargetUnresolved: no-such-host.invalid does not resolve"
+    )
+    assert dispatcher.counters["failed_attempts"] == 1
+
+
 async def test_a_slow_receiver_times_out_and_the_retry_delivers(env: Env, receivers: Any) -> None:
     receiver = await receivers(lambda n, req: (200, 1.5) if n == 1 else 200)
     env.subs.webhook("sub-1", receiver.url)
