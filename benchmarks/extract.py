@@ -82,12 +82,7 @@ def measure(name: str, block: ExtendedBlock, decoder: Any, repeat: int) -> str:
     def with_senders() -> Any:
         """What the worker does for a block: its senders found through one ``BlockSenders``."""
         senders = BlockSenders(parsed, ss58_prefix=prefix)
-
-        def sender(b: ExtendedBlock, index: int | None) -> Any:
-            found = senders.of(index)
-            return found.model_dump() if found is not None else None
-
-        return extract(parsed, codec, ss58_prefix=prefix, sender_of=sender)
+        return extract(parsed, codec, ss58_prefix=prefix, sender_of=senders.as_json)
 
     legs = with_senders().legs
     baseline = best_ms(lambda: orjson.loads(raw), repeat)

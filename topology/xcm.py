@@ -271,15 +271,9 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
                     await dead_letter("unknown-runtime", where, str(exc), {"hash": block.hash})
             prefix = networks.ss58_prefix(block.network)
 
+            # One BlockSenders per block: its multisig executions indexed once for all sends.
             senders = BlockSenders(block, ss58_prefix=prefix)
-
-            def sender(_: ExtendedBlock, index: int | None, senders: BlockSenders = senders) -> Any:
-                # extract asks about the block it was given: this one, its multisig
-                # executions indexed once for all its sends
-                found = senders.of(index)
-                return found.model_dump() if found is not None else None
-
-            found = extract(block, codec, ss58_prefix=prefix, sender_of=sender)
+            found = extract(block, codec, ss58_prefix=prefix, sender_of=senders.as_json)
             # The topic's own partition count (the producer's cached metadata), which is what
             # the spread keys of new journeys are chosen for (ocstream/xcm/keys.py).
             legs_partitions = await app.producer.topics.get(

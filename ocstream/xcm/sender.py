@@ -165,6 +165,12 @@ class BlockSenders:
             ],
         )
 
+    def as_json(self, _block: ExtendedBlock, extrinsic_index: int | None) -> dict[str, Any] | None:
+        """:meth:`of` as JSON, in the form of ``extract``'s ``sender_of`` callback (extract asks
+        only about the block it was given: this one)."""
+        found = self.of(extrinsic_index)
+        return found.model_dump() if found is not None else None
+
     def _executed_multisigs(self, extrinsic_index: int) -> list[tuple[str | None, str]]:
         """(approving, multisig) of each ``Multisig.MultisigExecuted`` the extrinsic emitted, in
         event order (a new list: the caller consumes it)."""

@@ -471,7 +471,10 @@ def test_block_senders_index_the_executions_once_and_answer_each_extrinsic(
     assert extra(senders.of(2)) == want
     assert extra(senders.of(2)) == want  # asked again: the same executions
     assert senders.of(None) is None
-    assert indexed == [1]  # one scan of the block's events for all three questions
+    # extract's callback form: the same sender as JSON
+    assert senders.as_json(with_event, 2) == senders.of(2).model_dump()  # type: ignore[union-attr]
+    assert senders.as_json(with_event, None) is None
+    assert indexed == [1]  # one scan of the block's events for all the questions
     assert extra(sender_of(with_event, 2, ss58_prefix=0)) == want  # the one-off form
     # Another block, equal to the first but for the event's extrinsic, has its own index.
     moved = executed.model_copy(update={"extrinsic_index": 1})
