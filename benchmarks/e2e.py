@@ -2,7 +2,8 @@
 
     python benchmarks/e2e.py [--redis URL] [--rates 10,50,100,125,150,175,200,250,300,350]
                              [--seconds 15] [--block-rate 2] [--workers 1,2] [--partitions 4]
-                             [--split] [--batch-records N] [--quick] [--check] [--keep DIR]
+                             [--split] [--batch-records N] [--batch-seconds S]
+                             [--quick] [--check] [--keep DIR]
 
 **Traffic.** Two synthetic chains, Polkadot Asset Hub (para 1000) and the Polkadot relay, made
 by ``benchmarks/e2e_chain.py`` from one real UMP teleport of the fixtures (Asset Hub #4818937
@@ -769,6 +770,11 @@ def main() -> int:
         "--batch-records", type=int, help="the workers' OCSTREAM_XCM_BATCH_RECORDS (default 500)"
     )
     parser.add_argument(
+        "--batch-seconds",
+        type=float,
+        help="the workers' OCSTREAM_XCM_BATCH_SECONDS (default 0.05)",
+    )
+    parser.add_argument(
         "--split",
         action="store_true",
         help="the workers run --role match, and one more worker runs --role deliver",
@@ -856,6 +862,8 @@ def bench(args: argparse.Namespace, rates: list[float], counts: list[int], root:
             run = Run(args.redis, count, args.partitions, root, split=args.split)
             if args.batch_records is not None:
                 run.worker_env["OCSTREAM_XCM_BATCH_RECORDS"] = str(args.batch_records)
+            if args.batch_seconds is not None:
+                run.worker_env["OCSTREAM_XCM_BATCH_SECONDS"] = str(args.batch_seconds)
             runs.append(run)
             used0 = int(run.client.info("memory")["used_memory"])
             started = time.monotonic()

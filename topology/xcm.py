@@ -234,6 +234,7 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
     )
     sweep_every = float(os.environ.get("OCSTREAM_XCM_SWEEP_INTERVAL", "60"))
     batch_records = max(1, int(os.environ.get("OCSTREAM_XCM_BATCH_RECORDS", BATCH_RECORDS)))
+    batch_seconds = max(0.0, float(os.environ.get("OCSTREAM_XCM_BATCH_SECONDS", BATCH_SECONDS)))
     deadlines: list[tuple[float, str, str]] = []
     state: dict[str, Any] = {"assignment": frozenset(), "scanned": 0.0, "swept": time.time()}
     app.xcm_networks = networks
@@ -312,6 +313,13 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
                 await stream.ack(event)
             COUNTERS["batches"] += 1
             events.clear()
+            # The next batch may be computed without a turn of the event loop in between:
+            # give the producer one now, so that this batch's notifications go to Redis (and
+            # on to delivery, here or in a --role deliver worker) while it is.
+            hurry = getattr(app.producer, "hurry", None)
+            if hurry is not None:
+                hurry()
+            await asyncio.sleep(0)
 
         started = 0.0
         async for chain, record in stream.items():
@@ -353,7 +361,7 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
             if (
                 queue.empty()
                 or len(events) >= batch_records
-                or time.monotonic() - started >= BATCH_SECONDS
+                or time.monotonic() - started >= batch_seconds
             ):
                 await flush()
 
