@@ -173,6 +173,7 @@ def _labelled(
 
 TRANSPORT_HELP = {
     "records_produced": "Records appended to topics by this process.",
+    "produce_writes": "Round trips in which the producer appended records.",
     "produce_retries": "Produce batches retried after a Redis error.",
     "records_fetched": "Records fetched from topic partitions.",
     "fetch_errors": "Fetches that failed with a Redis error.",

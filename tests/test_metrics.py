@@ -50,6 +50,9 @@ ADDED = [
     # Webhook deliveries attempted at once by the dispatcher that enqueued them
     # (ocstream/sinks/webhook.py, "Hand-off").
     ["oc_webhook_handed_off_total", "counter", []],
+    # The producer's write round trips: records_produced over it is records per write
+    # (docs/transport.md, Producer).
+    ["ocstream_transport_produce_writes_total", "counter", []],
 ]
 
 

@@ -22,6 +22,7 @@ from faust.types import TP
 from ocstream.runtime import Table
 from ocstream.tablebatch import TableBatch
 from ocstream.transport.keys import Keyspace
+from ocstream.transport.metrics import METRICS
 from ocstream.transport.settings import TransportSettings
 from ocstream.transport.wire import entry_value
 
@@ -256,10 +257,12 @@ async def test_hurry_ends_the_linger_and_skips_the_next(
             await asyncio.sleep(0)
         waiter = producer._lingering
         assert waiter is not None and not waiter.done()  # the flusher lingers for more
+        writes = METRICS.produce_writes
         producer.hurry()
         assert waiter.done()  # ended now, not by its timer
         await producer.flush()
         assert await changelog(redis_url, prefix, topic, 0) == [(b"a", b"1")]
+        assert METRICS.produce_writes == writes + 1  # one round trip (/metrics counts them)
 
         # Hurried before the flusher woke up: it does not linger.
         assert producer.queue(topic, b"b", b"2")

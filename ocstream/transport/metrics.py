@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 @dataclass
 class TransportMetrics:
     records_produced: int = 0
+    #: Round trips in which the producer appended records (records_produced / this: per write).
+    produce_writes: int = 0
     produce_retries: int = 0
     records_fetched: int = 0
     fetch_errors: int = 0

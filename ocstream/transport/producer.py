@@ -244,6 +244,7 @@ class Producer(base.Producer):
                     continue
                 backoff.reset()
                 METRICS.records_produced += len(batch)
+                METRICS.produce_writes += 1
                 for (topic, partition, record, fut), result in zip(batch, results, strict=True):
                     if fut is None or fut.done():
                         continue
