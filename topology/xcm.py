@@ -313,13 +313,6 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
                 await stream.ack(event)
             COUNTERS["batches"] += 1
             events.clear()
-            # The next batch may be computed without a turn of the event loop in between:
-            # give the producer one now, so that this batch's notifications go to Redis (and
-            # on to delivery, here or in a --role deliver worker) while it is.
-            hurry = getattr(app.producer, "hurry", None)
-            if hurry is not None:
-                hurry()
-            await asyncio.sleep(0)
 
         started = 0.0
         async for chain, record in stream.items():

@@ -70,9 +70,6 @@ class Producer(base.Producer):
         self._settled = 0
         self._settled_changed = asyncio.Condition()
         self._compacted: set[str] = set()
-        # hurry(): the next write goes without waiting linger_ms, and a linger under way ends.
-        self._hurried = False
-        self._lingering: asyncio.Future[None] | None = None
 
     @property
     def client(self) -> Redis:
@@ -173,29 +170,6 @@ class Producer(base.Producer):
         self._wakeup.set()
         return fut
 
-    def hurry(self) -> None:
-        """Have what is queued written at the flusher's next turn, without lingering for
-        more (a linger under way ends). For a writer that has just finished a batch and goes
-        on computing the next one with hardly a turn of the event loop in between (the XCM
-        matcher): lingering, its batch's records would wait for the next batch's end."""
-        if not self._pending:
-            return
-        self._hurried = True
-        if self._lingering is not None and not self._lingering.done():
-            self._lingering.set_result(None)
-        self._wakeup.set()
-
-    async def _linger(self, seconds: float) -> None:
-        """``asyncio.sleep(seconds)`` that :meth:`hurry` can end early."""
-        loop = asyncio.get_running_loop()
-        self._lingering = waiter = loop.create_future()
-        timer = loop.call_later(seconds, _release, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._lingering = None
-
     async def send_and_wait(
         self,
         topic: str,
@@ -220,9 +194,8 @@ class Producer(base.Producer):
         backoff = Backoff()
         while not self.should_stop:
             await self._wakeup.wait()
-            if linger and not self._hurried:
-                await self._linger(linger)
-            self._hurried = False
+            if linger:
+                await asyncio.sleep(linger)
             self._wakeup.clear()
             while self._pending:
                 batch, self._pending = self._pending, []
@@ -289,8 +262,3 @@ class Producer(base.Producer):
 
     def supports_headers(self) -> bool:
         return True
-
-
-def _release(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
