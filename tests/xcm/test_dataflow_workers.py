@@ -90,20 +90,23 @@ def register_and_load(
     return hrmp, ump
 
 
-@pytest.mark.parametrize("batch_records", [None, "1"], ids=["default-batches", "batches-of-1"])
+@pytest.mark.parametrize(
+    "batches",
+    [{}, {"OCSTREAM_XCM_BATCH_RECORDS": "1"}, {"OCSTREAM_XCM_BATCH_SECONDS": "0"}],
+    ids=["default-batches", "batches-of-1", "batches-of-no-time"],
+)
 def test_two_workers_match_recorded_journeys(
     redis_url: str,
     prefix: str,
     app_id: str,
     tmp_path: Path,
     fixtures_dir: Path,
-    batch_records: str | None,
+    batches: dict[str, str],
 ) -> None:
-    """Also with ``OCSTREAM_XCM_BATCH_RECORDS=1``: every record its own batch and flush."""
+    """Also with ``OCSTREAM_XCM_BATCH_RECORDS=1`` or ``OCSTREAM_XCM_BATCH_SECONDS=0``: every
+    record its own batch and flush, by count or by time."""
     hrmp, ump = register_and_load(redis_url, prefix, fixtures_dir)
-    env = {"OCSTREAM_XCM_JOURNEY_TTL": "8", "OCSTREAM_XCM_SWEEP_INTERVAL": "2"}
-    if batch_records is not None:
-        env["OCSTREAM_XCM_BATCH_RECORDS"] = batch_records
+    env = {"OCSTREAM_XCM_JOURNEY_TTL": "8", "OCSTREAM_XCM_SWEEP_INTERVAL": "2", **batches}
     workers = [
         Worker(
             name,
