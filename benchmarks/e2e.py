@@ -60,7 +60,14 @@ instead of between its batches.
   had not committed at that moment, per topic (``blocks``/``xcm-legs``/``xcm-notifications``);
 * memory: peak RSS (``VmHWM``) of the ingress and of each worker, Redis ``used_memory`` (the
   whole server) at the end of the step; CPU milliseconds per journey of the workers, the
-  ingress and Redis (the whole server: other users of it count too).
+  ingress and Redis (the whole server: other users of it count too);
+* *p99 / block CPU*: the receipts' p99 over K x the workers' CPU per journey, which is the CPU
+  the workers spend on one block's journeys (sends and receipts; an Asset Hub block and a relay
+  block come together). The same run gives both, so the ratio does not move with the
+  machine's speed as the p99 does. Near 1, the last receipt of a block waits for the workers'
+  CPU of that block's journeys and for little else. Above 1, it also waits for something else:
+  hops, the ingress, Redis, other processes on the cores. Below 1, the workers overlap, as
+  ``--split`` lets them.
 
 A step is *kept up with* when every journey was delivered (within ``--drain-timeout``), the
 median ``xcm.received`` latency of its last third of relay blocks is at most 0.5 s above that
@@ -689,6 +696,13 @@ def worker_cpu(step: Step) -> str:
     return f"{step.cpu['workers']:.1f}" + (f" ({split})" if len(names) > 1 else "")
 
 
+def block_cpu_ratio(step: Step) -> float:
+    """The receipts' p99 over the workers' CPU for one block's journeys (see the module
+    docstring, *p99 / block CPU*)."""
+    block_cpu = step.per_block * step.cpu.get("workers", float("nan")) / 1000
+    return step.p99 / block_cpu if block_cpu > 0 else float("nan")
+
+
 def step_line(step: Step, label: str) -> str:
     lag = "/".join(str(step.lag.get(t, 0)) for t in ("blocks", "xcm-legs", "xcm-notifications"))
     verdict = "kept up" if step.kept_up else "FELL BEHIND"
@@ -713,7 +727,8 @@ def step_line(step: Step, label: str) -> str:
         f"{step.redis_used / MiB:.0f} MiB; event loop held over "
         f"{'/'.join(f'{float(b) * 1000:.0f}' for b in LAG_BOUNDS)} ms: {loop_lag(step)}; "
         f"CPU ms/journey workers {worker_cpu(step)} "
-        f"ingress {step.cpu['ingress']:.1f} redis {step.cpu['redis']:.1f} -> {verdict}"
+        f"ingress {step.cpu['ingress']:.1f} redis {step.cpu['redis']:.1f}; received p99 / "
+        f"block CPU {block_cpu_ratio(step):.2f} -> {verdict}"
     )
 
 
@@ -920,9 +935,10 @@ def bench(args: argparse.Namespace, rates: list[float], counts: list[int], root:
     print(
         "| workers | asked /s | K x blocks/s | offered /s | delivered /s | received p50 s | "
         "p99 s | growth s | sent p50 s | p99 s | backlog | drain s | peak RSS ingress / workers "
-        "MiB | Redis MiB | CPU ms/journey workers + ingress + redis | kept up |"
+        "MiB | Redis MiB | CPU ms/journey workers + ingress + redis | p99 / block CPU | "
+        "kept up |"
     )
-    print("|" + "---|" * 16)
+    print("|" + "---|" * 17)
     for count, steps in results.items():
         for s in steps:
             print(
@@ -932,7 +948,8 @@ def bench(args: argparse.Namespace, rates: list[float], counts: list[int], root:
                 f"{s.drain:.2f} | "
                 f"{s.rss_ingress / MiB:.0f} / {'+'.join(f'{r / MiB:.0f}' for r in s.rss_workers)}"
                 f" | {s.redis_used / MiB:.0f} | {worker_cpu(s)} + {s.cpu['ingress']:.1f} + "
-                f"{s.cpu['redis']:.1f} | {'yes' if s.kept_up else 'no'} |"
+                f"{s.cpu['redis']:.1f} | {block_cpu_ratio(s):.2f} | "
+                f"{'yes' if s.kept_up else 'no'} |"
             )
     sustained: dict[int, float] = {}
     capacity: dict[int, float] = {}
