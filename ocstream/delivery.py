@@ -390,8 +390,9 @@ class Delivery(Service):
         kind = str(notification["type"])
         channels = list(subscription.channel_indexes(kind))
         marked = [i for i in channels if subscription.channels[i].type != "webhook"]
-        pair = _Pair(subscription, notification, kind, is_terminal(notification), channels, marked)
-        pair.raw = raw
+        pair = _Pair(
+            subscription, notification, kind, is_terminal(notification), channels, marked, raw=raw
+        )
         if (
             not pair.terminal
             and kind == "xcm.sent"

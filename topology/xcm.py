@@ -42,7 +42,15 @@ from ocstream.xcm.expiry import ExpiryIndex
 from ocstream.xcm.extract import extract
 from ocstream.xcm.keys import leg_key
 from ocstream.xcm.legs import is_relay, leg_record
-from ocstream.xcm.matching import TABLES, Engine, MatchSettings, Store, Tables, expired_keys
+from ocstream.xcm.matching import (
+    TABLES,
+    Engine,
+    MatchSettings,
+    Store,
+    Tables,
+    env_number,
+    expired_keys,
+)
 from ocstream.xcm.sender import BlockSenders
 
 log = logging.getLogger("ocstream.xcm")
@@ -67,7 +75,8 @@ ROCKSDB_OPTIONS = {
 SCAN_CHUNK = 500
 
 #: A batch ends when no more records are buffered (under light load it is one record), or at
-#: this many records (``OCSTREAM_XCM_BATCH_RECORDS``), or this long after its first record:
+#: this many records (``OCSTREAM_XCM_BATCH_RECORDS``), or this long after its first record
+#: (``OCSTREAM_XCM_BATCH_SECONDS``):
 #: its notifications wait for the flush, so the time bound is what a backlog adds to their
 #: latency. Smaller batches hand a block's first notifications to delivery sooner, for more
 #: CPU per journey (``docs/benchmarks.md``, "Issue 14, continued").
@@ -199,6 +208,12 @@ async def _send_raw(app: Any, topic: Any, key: str, value: bytes, headers: Any =
         await producer.send(name, encoded_key, value, None, None, headers)
 
 
+def _setting(name: str, default: float) -> float:
+    """A number of the match agent's from the environment (a clear error when it is not one)."""
+    value = env_number(os.environ, name)
+    return default if value is None else value
+
+
 async def _delivery_first(app: Any) -> None:
     """Before a block or a matching batch, let this worker's delivery finish the notifications
     it holds (``ocstream/stages.py``); a worker that does not deliver has nothing to wait for."""
@@ -232,9 +247,9 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
     engine = Engine(
         settings, now=time.time, monitored=networks.monitored, coverage=networks.coverage
     )
-    sweep_every = float(os.environ.get("OCSTREAM_XCM_SWEEP_INTERVAL", "60"))
-    batch_records = max(1, int(os.environ.get("OCSTREAM_XCM_BATCH_RECORDS", BATCH_RECORDS)))
-    batch_seconds = max(0.0, float(os.environ.get("OCSTREAM_XCM_BATCH_SECONDS", BATCH_SECONDS)))
+    sweep_every = _setting("OCSTREAM_XCM_SWEEP_INTERVAL", 60.0)
+    batch_records = max(1, int(_setting("OCSTREAM_XCM_BATCH_RECORDS", BATCH_RECORDS)))
+    batch_seconds = max(0.0, _setting("OCSTREAM_XCM_BATCH_SECONDS", BATCH_SECONDS))
     deadlines: list[tuple[float, str, str]] = []
     state: dict[str, Any] = {"assignment": frozenset(), "scanned": 0.0, "swept": time.time()}
     app.xcm_networks = networks

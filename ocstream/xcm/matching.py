@@ -36,6 +36,7 @@ Tables (all JSON values; keys start with the chain so a partition's keys are its
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -145,13 +146,25 @@ class MatchSettings:
         """Settings from ``OCSTREAM_XCM_JOURNEY_TTL``, ``OCSTREAM_XCM_PENDING_TTL``, ... (s)."""
         values: dict[str, float] = {}
         for name in cls.__dataclass_fields__:
-            raw = environ.get(f"OCSTREAM_XCM_{name.upper()}")
-            if raw is not None:
-                try:
-                    values[name] = float(raw)
-                except ValueError as exc:
-                    raise ValueError(f"OCSTREAM_XCM_{name.upper()}: not a number: {raw!r}") from exc
+            value = env_number(environ, f"OCSTREAM_XCM_{name.upper()}")
+            if value is not None:
+                values[name] = value
         return cls(**values)
+
+
+def env_number(environ: Mapping[str, str], name: str) -> float | None:
+    """The number in the environment variable ``name``, None when it is not set; a clear
+    ``ValueError`` for text that is not a number, and for NaN (which no limit can mean)."""
+    raw = environ.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if math.isnan(value):
+        raise ValueError(f"{name}: not a number: {raw!r}")
+    return value
 
 
 @dataclass(slots=True)

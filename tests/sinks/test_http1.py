@@ -306,15 +306,27 @@ async def test_kept_alive_connection_closed_under_the_request_is_retried_once(
     assert len(server.requests) == 3
 
 
+def age(client: Http1Client, seconds: float) -> None:
+    """Make the client's idle connections, and its last sweep, ``seconds`` older: what waiting
+    that long would do to them, without the wait."""
+    for pool in client._idle.values():
+        for conn in pool:
+            conn.idle_since -= seconds
+    client._swept -= seconds
+
+
 async def test_idle_connections_expire_and_closed_ones_are_not_taken() -> None:
-    client = Http1Client(keepalive=0.1)
+    client = Http1Client(keepalive=5.0)
     server = RawServer(answer(b"HTTP/1.1 204 No Content\r\n\r\n"))
     try:
         async with server as base:
             await client.post(URL(base), b"{}", HEADERS, 2.0)
             await client.post(URL(base), b"{}", HEADERS, 2.0)
             assert server.connections == 1
-            await asyncio.sleep(0.2)
+            age(client, 4.0)  # still within the keepalive: taken again
+            await client.post(URL(base), b"{}", HEADERS, 2.0)
+            assert server.connections == 1
+            age(client, 6.0)  # idle for longer: closed, and a new one made
             await client.post(URL(base), b"{}", HEADERS, 2.0)
             assert server.connections == 2
             # Unasked-for bytes on an idle connection: it is closed and not taken again.
@@ -512,14 +524,14 @@ async def test_an_answer_before_the_body_is_written_closes_the_connection(
 
 
 async def test_idle_connections_of_every_origin_are_swept() -> None:
-    client = Http1Client(keepalive=0.1)
+    client = Http1Client(keepalive=5.0)
     first = RawServer(answer(b"HTTP/1.1 204 No Content\r\n\r\n"))
     second = RawServer(answer(b"HTTP/1.1 204 No Content\r\n\r\n"))
     try:
         async with first as a, second as b:
             await client.post(URL(a), b"{}", HEADERS, 2.0)
             assert len(client._idle) == 1
-            await asyncio.sleep(0.2)
+            age(client, 6.0)
             await client.post(URL(b), b"{}", HEADERS, 2.0)
             # The first origin's connection expired and was closed without a post to it.
             assert list(client._idle) == [("http", "127.0.0.1", URL(b).port)]

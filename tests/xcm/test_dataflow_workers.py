@@ -91,9 +91,7 @@ def register_and_load(
 
 
 @pytest.mark.parametrize(
-    "batches",
-    [{}, {"OCSTREAM_XCM_BATCH_RECORDS": "1"}, {"OCSTREAM_XCM_BATCH_SECONDS": "0"}],
-    ids=["default-batches", "batches-of-1", "batches-of-no-time"],
+    "batches", [{}, {"OCSTREAM_XCM_BATCH_RECORDS": "1"}], ids=["default-batches", "batches-of-1"]
 )
 def test_two_workers_match_recorded_journeys(
     redis_url: str,
@@ -103,8 +101,7 @@ def test_two_workers_match_recorded_journeys(
     fixtures_dir: Path,
     batches: dict[str, str],
 ) -> None:
-    """Also with ``OCSTREAM_XCM_BATCH_RECORDS=1`` or ``OCSTREAM_XCM_BATCH_SECONDS=0``: every
-    record its own batch and flush, by count or by time."""
+    """Also with ``OCSTREAM_XCM_BATCH_RECORDS=1``: every record its own batch and flush."""
     hrmp, ump = register_and_load(redis_url, prefix, fixtures_dir)
     env = {"OCSTREAM_XCM_JOURNEY_TTL": "8", "OCSTREAM_XCM_SWEEP_INTERVAL": "2", **batches}
     workers = [

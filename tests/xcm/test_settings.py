@@ -1,0 +1,41 @@
+"""The matcher's settings from the environment: numbers, or a clear error naming the variable."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ocstream.xcm.matching import MatchSettings, env_number
+from topology.xcm import BATCH_SECONDS, _setting
+
+
+def test_numbers_are_read_and_unset_ones_are_none() -> None:
+    env = {"OCSTREAM_XCM_JOURNEY_TTL": "90", "OCSTREAM_XCM_BATCH_SECONDS": "0.01"}
+    assert env_number(env, "OCSTREAM_XCM_BATCH_SECONDS") == 0.01
+    assert env_number(env, "OCSTREAM_XCM_SWEEP_INTERVAL") is None
+    assert env_number({"X": "inf"}, "X") == math.inf  # "never": a limit may mean it
+    settings = MatchSettings.from_env(env)
+    assert settings.journey_ttl == 90.0
+    assert settings.pending_ttl == MatchSettings().pending_ttl
+
+
+@pytest.mark.parametrize("raw", ["abc", "", "nan", "NaN", "1,5"])
+def test_what_is_not_a_number_is_refused_by_name(raw: str) -> None:
+    with pytest.raises(ValueError, match=r"^OCSTREAM_XCM_PENDING_TTL: not a number: "):
+        MatchSettings.from_env({"OCSTREAM_XCM_PENDING_TTL": raw})
+    with pytest.raises(ValueError, match=r"^X: not a number: "):
+        env_number({"X": raw}, "X")
+
+
+def test_the_match_agents_settings_read_the_process_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What ``topology/xcm.py`` reads at start-up (the batch bounds, the sweep interval)."""
+    monkeypatch.delenv("OCSTREAM_XCM_BATCH_SECONDS", raising=False)
+    assert _setting("OCSTREAM_XCM_BATCH_SECONDS", BATCH_SECONDS) == BATCH_SECONDS
+    monkeypatch.setenv("OCSTREAM_XCM_BATCH_SECONDS", "0.01")
+    assert _setting("OCSTREAM_XCM_BATCH_SECONDS", BATCH_SECONDS) == 0.01
+    monkeypatch.setenv("OCSTREAM_XCM_BATCH_SECONDS", "ten ms")
+    with pytest.raises(ValueError, match="OCSTREAM_XCM_BATCH_SECONDS: not a number: 'ten ms'"):
+        _setting("OCSTREAM_XCM_BATCH_SECONDS", BATCH_SECONDS)
