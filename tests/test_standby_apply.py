@@ -1,6 +1,6 @@
 """``StandbyApplier``: the changelog records of standby partitions go from the fetch straight into
-the tables' RocksDB stores, and what a rebalance takes away before they are written is dropped,
-not written (``ocstream/transport/drain.py``).
+the tables' RocksDB stores, before faust's getmany makes messages of them; what is not a standby
+when it is fetched is left to faust (``ocstream/transport/drain.py``).
 
 faust's real RocksDB store (ocstream's subclass) on disk and faust's own recovery sets; whole
 workers with standbys run in ``tests/test_workers.py``.
@@ -8,16 +8,17 @@ workers with standbys run in ``tests/test_workers.py``.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import faust
 import pytest
 from faust.types import TP
-from faust.types.tuples import ConsumerMessage
 
 from ocstream.runtime import Table
 from ocstream.transport.drain import StandbyApplier
+from ocstream.transport.wire import FetchedRecord, compress
 
 CHANGELOG = "sa-journeys-changelog"
 
@@ -32,11 +33,14 @@ def app(tmp_path: Path) -> Any:
     return app
 
 
-def record(tp: TP, offset: int, key: bytes, value: bytes | None) -> Any:
-    return ConsumerMessage(
-        tp.topic, tp.partition, offset, 0.0, 0, [], key, value, None,
-        len(key), len(value or b""), tp,
-    )  # fmt: skip
+def record(offset: int, key: bytes | None, value: bytes | None) -> FetchedRecord:
+    """A stream entry as the consumer fetches it (a tombstone has no value field)."""
+    fields = {b"t": b"0"}
+    if key is not None:
+        fields[b"k"] = key
+    if value is not None:
+        fields[b"v"] = value
+    return offset, fields
 
 
 def stored(app: Any, partition: int, key: bytes) -> bytes | None:
@@ -49,55 +53,76 @@ def offset(app: Any, tp: TP) -> int | None:
     return found
 
 
+def read_offsets() -> defaultdict[TP, int | None]:
+    return defaultdict(lambda: None)  # as faust's consumer keeps them
+
+
 def test_a_standbys_records_are_written_with_their_offset(app: Any) -> None:
-    tp = TP(CHANGELOG, 1)
+    tp, active = TP(CHANGELOG, 1), TP(CHANGELOG, 2)
     app.tables.recovery.standby_tps.add(tp)
-    applier = StandbyApplier(app)
-    assert applier.take(tp, record(tp, 7, b'"a"', b'{"step":1}'))
-    assert applier.take(tp, record(tp, 8, b'"b"', b'{"step":2}'))
-    assert applier.take(tp, record(tp, 9, b'"a"', None))  # a tombstone
-    assert stored(app, 1, b'"b"') is None  # nothing before apply
-    applier.apply()
+    app.tables.recovery.active_tps.add(active)
+    compressed = compress(b'{"step":2,"pad":"' + b"x" * 600 + b'"}')
+    fetched = {
+        tp: [
+            record(7, b'"a"', b'{"step":1}'),
+            (8, {b"t": b"0", b"k": b'"b"', b"z": compressed}),
+            record(9, b'"a"', None),  # a tombstone
+        ],
+        active: [record(0, b'"c"', b"1")],
+    }
+    reads = read_offsets()
+    StandbyApplier(app).apply_fetched(fetched, reads)
     assert stored(app, 1, b'"a"') is None
-    assert stored(app, 1, b'"b"') == b'{"step":2}'
+    assert stored(app, 1, b'"b"') == b'{"step":2,"pad":"' + b"x" * 600 + b'"}'
     assert offset(app, tp) == 9
+    assert reads[tp] == 9
+    # The active partition's records stay in the fetch, for faust's getmany.
+    assert list(fetched) == [active]
+    assert reads[active] is None
+    assert stored(app, 2, b'"c"') is None
 
 
-def test_an_active_partitions_records_go_fausts_way(app: Any) -> None:
-    tp = TP(CHANGELOG, 2)
-    app.tables.recovery.active_tps.add(tp)
-    app.tables.recovery.standby_tps.add(tp)  # active wins: faust's recovery applies it
+def test_records_already_read_are_not_written_again(app: Any) -> None:
+    tp = TP(CHANGELOG, 3)
+    app.tables.recovery.standby_tps.add(tp)
+    reads = read_offsets()
+    reads[tp] = 5
     applier = StandbyApplier(app)
-    assert not applier.take(tp, record(tp, 0, b'"a"', b"1"))
-    assert not applier.take(TP("not-a-changelog", 2), record(tp, 0, b'"a"', b"1"))
+    fetched = {tp: [record(4, b'"old"', b"1"), record(5, b'"k"', b"2"), record(6, b'"k"', b"3")]}
+    applier.apply_fetched(fetched, reads)
+    assert stored(app, 3, b'"old"') is None
+    assert stored(app, 3, b'"k"') == b"3"
+    assert offset(app, tp) == 6
+    assert reads[tp] == 6 and not fetched
+    # A fetch holding only records below the read offset writes nothing, and moves nothing.
+    applier.apply_fetched({tp: [record(2, b'"older"', b"1")]}, reads)
+    assert stored(app, 3, b'"older"') is None
+    assert offset(app, tp) == 6 and reads[tp] == 6
 
 
-@pytest.mark.parametrize("rebalance", ["made-active", "revoked", "new-generation"])
-def test_what_a_rebalance_moved_before_the_write_is_dropped(app: Any, rebalance: str) -> None:
-    kept, moved = TP(CHANGELOG, 4), TP(CHANGELOG, 5)
+def test_a_keyless_record_is_skipped(app: Any) -> None:
+    tp = TP(CHANGELOG, 6)
+    app.tables.recovery.standby_tps.add(tp)
+    reads = read_offsets()
+    StandbyApplier(app).apply_fetched({tp: [record(0, None, b"1"), record(1, b'"k"', b"2")]}, reads)
+    assert stored(app, 6, b'"k"') == b"2"
+    assert offset(app, tp) == 1
+
+
+@pytest.mark.parametrize("how", ["active", "active-and-standby", "revoked", "not-a-changelog"])
+def test_what_is_not_a_standby_when_fetched_goes_fausts_way(app: Any, how: str) -> None:
+    """A partition a rebalance made active or took away while the fetch was under way is
+    left in the fetch: faust's getmany delivers it, or drops it for the new assignment."""
+    tp = TP(CHANGELOG, 4) if how != "not-a-changelog" else TP("not-a-changelog", 4)
     recovery = app.tables.recovery
-    recovery.standby_tps.update({kept, moved})
-    applier = StandbyApplier(app)
-    assert applier.take(kept, record(kept, 3, b'"k"', b'"kept"'))
-    assert applier.take(moved, record(moved, 6, b'"m"', b'"moved"'))
-    if rebalance == "made-active":
-        recovery.active_tps.add(moved)
-    elif rebalance == "revoked":
-        recovery.standby_tps.discard(moved)
-    else:
-        app.consumer_generation_id += 1
-    applier.apply()
-    # The moved partition's records are not written and its offset did not move, so whoever
-    # recovers it reads them again from the changelog.
-    assert stored(app, 5, b'"m"') is None
-    assert offset(app, moved) is None
-    if rebalance == "new-generation":  # everything taken in the old generation is dropped
-        assert stored(app, 4, b'"k"') is None
-        assert offset(app, kept) is None
-    else:
-        assert stored(app, 4, b'"k"') == b'"kept"'
-        assert offset(app, kept) == 3
-    # What is taken next starts afresh.
-    assert applier.take(kept, record(kept, 4, b'"k2"', b'"again"'))
-    applier.apply()
-    assert stored(app, 4, b'"k2"') == b'"again"'
+    if how == "active":
+        recovery.active_tps.add(tp)
+    elif how == "active-and-standby":
+        recovery.active_tps.add(tp)  # active wins: faust's recovery applies it
+        recovery.standby_tps.add(tp)
+    fetched = {tp: [record(3, b'"k"', b'"v"')]}
+    reads = read_offsets()
+    StandbyApplier(app).apply_fetched(fetched, reads)
+    assert list(fetched) == [tp] and len(fetched[tp]) == 1
+    assert stored(app, 4, b'"k"') is None
+    assert reads[tp] is None

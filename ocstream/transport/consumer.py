@@ -24,7 +24,14 @@ from .group import GroupCoordinator
 from .keys import Keyspace, offset_field
 from .metrics import METRICS
 from .settings import TransportSettings
-from .wire import decode_headers, entry_value, id_to_offset, partition_for_key, read_after_id
+from .wire import (
+    FetchedRecord,
+    decode_headers,
+    entry_value,
+    id_to_offset,
+    partition_for_key,
+    read_after_id,
+)
 from .writer import TopicMetadata
 
 if TYPE_CHECKING:
@@ -33,7 +40,6 @@ if TYPE_CHECKING:
 logger = get_logger(__name__)
 
 #: A fetched record: (offset, stream entry fields).
-FetchedRecord = tuple[int, dict[bytes, bytes]]
 
 #: XREAD blocks at most this long, so pauses, seeks and stops are noticed quickly.
 MAX_BLOCK_SECONDS = 1.0

@@ -24,9 +24,13 @@ each one to its recovery service as a decoded event: the key and the value are p
 and ``asyncio.wait_for`` (a task and a timer per record), and the store applies them 1,000 at a
 time per table. Measured with two workers, that was about 2 ms of CPU per XCM journey, as much
 as the matching itself, so a second worker with standbys made the pair slower than one worker.
-Here the drain loop keeps the records of the partitions its member holds as a standby and
-writes each fetch's worth to RocksDB in one write batch per table and partition, the persisted
-offset included, without decoding them.
+Here :func:`wait_next_records` takes the records of the partitions its member holds as a
+standby out of each fetch, before faust's ``getmany`` sees them, and writes them to RocksDB in
+one write batch per table and partition, the persisted offset included, without decoding them.
+They never become faust messages: skipping ``getmany``'s per-record work (the round-robin
+scheduler, a generation check, the highwater sensor, a ``ConsumerMessage``) and the drain
+loop's took a tenth off two workers' CPU per XCM journey (``docs/benchmarks.md``, "Issue 14,
+twelfth round").
 
 Both loops are faust-streaming 0.15.3's (pinned exactly in pyproject.toml) with only those
 changes; the integration tests and the benchmark run through them.
@@ -36,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import types
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine, Generator, MutableMapping
 from typing import Any, cast
 
 from faust.stores.rocksdb import Store as FaustRocksDBStore
@@ -45,31 +49,26 @@ from faust.types import TP
 
 from .local_state import write_partition
 from .metrics import METRICS
-
-#: A standby applies what it holds at the end of each fetch, or once it holds this many records.
-STANDBY_APPLY_RECORDS = 2000
+from .wire import FetchedRecord, entry_value
 
 
 class StandbyApplier:
     """Writes the changelog records of standby partitions straight to the tables' RocksDB stores.
 
-    A record is taken (:meth:`take`) when its partition is one faust's recovery holds as a
-    standby and not as an active, its table is stored in RocksDB (faust's ``memory://`` store
-    keeps decoded values, so its records go faust's way) and has no ``on_changelog_event``
-    callback (which takes decoded events), and the consumer is in the generation
-    in which it was fetched. :meth:`apply` writes what was taken: per table and partition one
-    ``WriteBatch`` with the puts, the deletes (tombstones) and the persisted offset, which is
-    what faust's own ``apply_changelog_batch`` writes, but atomically. Records of a partition
-    that stopped being a standby before :meth:`apply` (a rebalance made it active, or took it
-    away) are dropped unapplied: the persisted offset did not move past them, so whoever
-    recovers the partition reads them again.
+    A fetched partition is taken (:meth:`apply_fetched`) when it is one faust's recovery holds
+    as a standby and not as an active, its table is stored in RocksDB (faust's ``memory://``
+    store keeps decoded values, so its records go faust's way) and has no
+    ``on_changelog_event`` callback (which takes decoded events). Its records are written as
+    soon as they are fetched: per table and partition one ``WriteBatch`` with the puts, the
+    deletes (tombstones) and the persisted offset, which is what faust's own
+    ``apply_changelog_batch`` writes, but atomically. Nothing is awaited between the fetch
+    and the write, so no rebalance comes in between: a partition's records are written by the
+    member that held it as a standby when they were read, or, when that changed during the
+    fetch, go faust's way (which drops what the new assignment does not want).
     """
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self._pending: dict[TP, list[Any]] = {}
-        self._count = 0
-        self._generation = None
 
     def _table(self, tp: TP) -> Any:
         tables = self.app.tables
@@ -86,39 +85,27 @@ class StandbyApplier:
             return None  # the table wants each decoded event: faust's path calls it
         return table
 
-    def take(self, tp: TP, message: Any) -> bool:
-        """Keep ``message`` for :meth:`apply` if it is a standby record; False: deliver it."""
-        if self._table(tp) is None:
-            return False
-        generation = self.app.consumer_generation_id
-        if self._generation != generation:
-            self._pending.clear()
-            self._count = 0
-            self._generation = generation
-        self._pending.setdefault(tp, []).append(message)
-        self._count += 1
-        return True
-
-    @property
-    def full(self) -> bool:
-        return self._count >= STANDBY_APPLY_RECORDS
-
-    def apply(self) -> None:
-        """Write what was taken. Runs without awaiting, so no rebalance comes in between the
-        check of a partition and its write."""
-        if not self._count:
-            return
-        pending, self._pending, self._count = self._pending, {}, 0
-        if self._generation != self.app.consumer_generation_id:
-            return
-        for tp, messages in pending.items():
-            table = self._table(tp)
-            if table is None:
-                continue
-            last = max(message.offset for message in messages)
-            changes = ((message.key, message.value) for message in messages)
+    def apply_fetched(
+        self, records: dict[TP, list[FetchedRecord]], read_offset: MutableMapping[TP, Any]
+    ) -> None:
+        """Write the records of the standby partitions in ``records`` (a fetch, as the
+        consumer's ``_getmany`` returns it) and remove them from it; the rest stays for faust.
+        As the drain loop does, records below a partition's read offset (already read) are
+        skipped and the read offset moves to the last record written."""
+        standbys = [(tp, table) for tp in records if (table := self._table(tp)) is not None]
+        for tp, table in standbys:
+            batch = records.pop(tp)
+            floor = read_offset[tp]
+            if floor is not None and batch[0][0] < floor:
+                batch = [record for record in batch if record[0] >= floor]
+                if not batch:
+                    continue
+            last = batch[-1][0]
+            # A table's changelog records all have keys; one without could not be stored.
+            changes = ((fields[b"k"], entry_value(fields)) for _, fields in batch if b"k" in fields)
             write_partition(table.data, tp.partition, changes, offset=last)
-            METRICS.standby_records_applied += len(messages)
+            read_offset[tp] = last
+            METRICS.standby_records_applied += len(batch)
 
 
 @types.coroutine
@@ -172,8 +159,6 @@ async def drain_messages(consumer: Any, fetcher: Any) -> None:  # pragma: no cov
     yield_every = 100
     num_since_yield = 0
     sleep = asyncio.sleep
-    standby = consumer.standby_applier
-    take_standby = standby.take
     try:
         while not (consumer_should_stop() or fetcher_should_stop()):
             set_flag(CONSUMER_FETCHING)
@@ -188,11 +173,6 @@ async def drain_messages(consumer: Any, fetcher: Any) -> None:  # pragma: no cov
                     offset = message.offset
                     r_offset = get_read_offset(tp)
                     if r_offset is None or offset >= r_offset:
-                        if take_standby(tp, message):
-                            set_read_offset(tp, offset)
-                            if standby.full:
-                                standby.apply()
-                            continue
                         gap = offset - (r_offset or 0)
                         if gap > 1 and r_offset and acks_enabled_for(message.topic):
                             await consumer._add_gap(tp, r_offset + 1, offset)
@@ -201,7 +181,6 @@ async def drain_messages(consumer: Any, fetcher: Any) -> None:  # pragma: no cov
                             await consumer.commit()
                         await deliver(consumer, cast(Coroutine[Any, Any, Any], callback(message)))
                         set_read_offset(tp, offset)
-                standby.apply()
                 unset_flag(CONSUMER_FETCHING)
     except consumer.consumer_stopped_errors:
         if consumer.transport.app.should_stop:
@@ -227,6 +206,10 @@ async def wait_next_records(consumer: Any, timeout: float) -> tuple[Any, Any]:
         records: Any = {}
         if consumer.app.client_only or active_partitions:
             records = await consumer._getmany(active_partitions=active_partitions, timeout=timeout)
+            if records and consumer.flow_active:
+                # Standby records are written here, before faust's getmany (StandbyApplier);
+                # with flow stopped, getmany drops the whole fetch and seeks back.
+                consumer.standby_applier.apply_fetched(records, consumer._read_offset)
         else:
             await consumer.wait_fetchable(timeout=1.0)
         return records, active_partitions

@@ -40,6 +40,9 @@ import zstandard
 
 Headers = Sequence[tuple[str, bytes]]
 
+#: One stream entry as a fetch returns it: ``(offset, {field: value})``.
+FetchedRecord = tuple[int, dict[bytes, bytes]]
+
 #: Values this long or longer are written compressed (field ``z``); 0 writes every value as is.
 #: ``OCSTREAM_TRANSPORT_COMPRESS_MIN_BYTES`` sets it per process; readers take either field.
 COMPRESS_MIN_BYTES = int(os.environ.get("OCSTREAM_TRANSPORT_COMPRESS_MIN_BYTES", "512"))
