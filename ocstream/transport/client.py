@@ -27,7 +27,7 @@ from redis.asyncio.connection import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError
+from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 #: Errors after which the same call may succeed once Redis is reachable again.
@@ -39,14 +39,92 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: redis-py's asyncio hiredis parser, whose reader holds the replies already received, and
+#: what its reader answers when it holds no complete reply (None: another redis-py layout,
+#: where every read goes redis-py's way).
+_HIREDIS_PARSER: Any = None
+_NOT_ENOUGH_DATA: Any = None
+try:
+    from redis._parsers import hiredis as _redis_hiredis
+
+    _HIREDIS_PARSER = _redis_hiredis._AsyncHiredisParser
+    _NOT_ENOUGH_DATA = _redis_hiredis.NOT_ENOUGH_DATA
+except (ImportError, AttributeError):  # pragma: no cover - depends on the redis-py release
+    _HIREDIS_PARSER = None
+
+
 class _HiredisPacking:
-    """Commands packed by hiredis (C) instead of redis-py's Python loop.
+    """Commands packed by hiredis (C) instead of redis-py's Python loop, and replies already
+    received read without a timer.
 
     redis-py's asyncio connections pack every argument in Python (its blocking connections
     already use hiredis). A transport append is one script call with eight arguments per
     record, and that loop was 8 % of a busy worker's CPU; hiredis packs the same bytes about
     seven times faster. What redis-py's encoder refuses (None, bool, lists) is refused here too,
-    as a ``DataError``."""
+    as a ``DataError``.
+
+    redis-py reads every reply under its own ``asyncio.timeout`` (a timer scheduled and
+    cancelled, and a task lookup), also the replies of a pipeline that arrived together with
+    the first one: reading the 200 replies of a pipeline of small script calls took twice the
+    CPU it takes without that (about 10 against 5 µs per call, ``docs/benchmarks.md``, "Issue 14,
+    twelfth round"). :meth:`read_response` takes a reply that the hiredis reader already holds
+    complete straight from it, as redis-py's own read would once the timer is set (errors
+    raised the same way, the health-check time moved on); only a reply that still has to come
+    from the socket goes redis-py's way, under the socket timeout; so do replies read with a
+    timeout of their own (pub/sub) and every read of a connection with another parser."""
+
+    async def read_response(
+        self,
+        disable_decoding: bool = False,
+        timeout: float | None = None,
+        *,
+        disconnect_on_error: bool = True,
+        push_request: bool | None = False,
+    ) -> Any:
+        parser = self._parser  # type: ignore[attr-defined]
+        if (
+            timeout is None
+            and not disable_decoding
+            and _HIREDIS_PARSER is not None
+            and type(parser) is _HIREDIS_PARSER
+            and parser._connected
+        ):
+            # RESP3 push messages may come before the reply: handled as redis-py's parser does.
+            push_type = getattr(parser, "_hiredis_PushNotificationType", None)
+            try:
+                while (response := parser._reader.gets()) is not _NOT_ENOUGH_DATA:
+                    if push_type is None or not isinstance(response, push_type):
+                        return self._received(response)
+                    response = await parser.handle_push_response(response)
+                    if push_request:
+                        return response
+            except ResponseError:
+                raise  # an error reply: the connection is fine
+            except BaseException:
+                # A stream hiredis cannot parse, or a connection error: as redis-py does, the
+                # connection is not used again.
+                await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+                raise
+        return await super().read_response(  # type: ignore[misc]
+            disable_decoding,
+            timeout,
+            disconnect_on_error=disconnect_on_error,
+            push_request=push_request,
+        )
+
+    def _received(self, response: Any) -> Any:
+        """What redis-py's parser and connection do with a reply once it is read."""
+        if isinstance(response, RedisConnectionError):
+            raise response
+        if isinstance(response, list) and response:
+            if isinstance(response[0], RedisConnectionError):
+                raise response[0]
+        interval = self.health_check_interval  # type: ignore[attr-defined]
+        if interval:
+            self.next_health_check = asyncio.get_running_loop().time() + interval
+        if isinstance(response, ResponseError):
+            raise response
+        return response
 
     def pack_command(self, *args: Any) -> list[bytes]:
         first = args[0]

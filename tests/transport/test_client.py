@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from redis.exceptions import DataError
+import redis.asyncio as aioredis
+from redis.exceptions import DataError, InvalidResponse, NoScriptError, ResponseError
 
 from ocstream.transport.client import Backoff, connect, request_client
 
@@ -63,5 +66,97 @@ async def test_a_client_round_trips_through_redis(redis_url: str, prefix: str) -
         with pytest.raises(DataError):
             await client.set(f"{prefix}c", None)  # type: ignore[arg-type]
         assert await client.exists(f"{prefix}c") == 0
+    finally:
+        await client.aclose()
+
+
+async def _pipeline_replies(client: Any, prefix: str) -> list[Any]:
+    """A pipeline of every kind of reply: strings large and small, integers, nil, nested
+    arrays, a map, error replies (a wrong type, an unknown script) between the others."""
+    big = bytes(range(256)) * 1000
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.set(f"{prefix}s", big)
+        pipe.get(f"{prefix}s")
+        pipe.incr(f"{prefix}n")
+        pipe.get(f"{prefix}missing")
+        pipe.incr(f"{prefix}s")  # not an integer: an error reply
+        pipe.xadd(f"{prefix}x", {"k": "v"}, id="1-1")
+        pipe.xadd(f"{prefix}x", {"k": big[:600]}, id="1-2")
+        pipe.xrange(f"{prefix}x")
+        pipe.hset(f"{prefix}h", mapping={"a": "1", "b": "2"})
+        pipe.hgetall(f"{prefix}h")
+        pipe.evalsha("0" * 40, 0)  # NOSCRIPT
+        pipe.ping()
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    return [(type(r), str(r)) if isinstance(r, Exception) else r for r in replies]
+
+
+async def test_pipelined_replies_are_what_redis_py_reads(redis_url: str, prefix: str) -> None:
+    """Replies taken straight from the hiredis reader (``_HiredisPacking.read_response``) are
+    the ones redis-py's own connection reads, errors included."""
+    ours, theirs = connect(redis_url), aioredis.Redis.from_url(redis_url)
+    try:
+        expected = await _pipeline_replies(theirs, prefix + "theirs:")
+        got = await _pipeline_replies(ours, prefix + "ours:")
+        assert got == expected
+        assert (ResponseError, "value is not an integer or out of range") in [
+            (kind, text) for kind, text in (r for r in got if isinstance(r, tuple))
+        ]
+        assert any(isinstance(r, tuple) and r[0] is NoScriptError for r in got)
+        assert got[1] == bytes(range(256)) * 1000
+    finally:
+        await ours.aclose()
+        await theirs.aclose()
+
+
+async def test_replies_already_received_take_no_timer(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py sets a timer for every reply it reads; the transport's client only for a
+    reply it has to wait for, not for the rest of a pipeline that came with it."""
+    import redis.asyncio.connection as connection
+
+    timers = 0
+    real = connection.async_timeout
+
+    def counted(delay: float | None) -> Any:
+        nonlocal timers
+        timers += 1
+        return real(delay)
+
+    monkeypatch.setattr(connection, "async_timeout", counted)
+
+    async def pings(client: Any) -> int:
+        nonlocal timers
+        await client.ping()  # connected before counting
+        timers = 0
+        async with client.pipeline(transaction=False) as pipe:
+            for _ in range(100):
+                pipe.ping()
+            assert len(await pipe.execute()) == 100
+        return timers
+
+    ours, theirs = connect(redis_url), aioredis.Redis.from_url(redis_url, socket_timeout=30)
+    try:
+        assert await pings(theirs) == 100
+        assert await pings(ours) < 10  # the first reply, and any that came in a later read
+    finally:
+        await ours.aclose()
+        await theirs.aclose()
+
+
+async def test_a_stream_that_cannot_be_parsed_drops_the_connection(redis_url: str) -> None:
+    client = connect(redis_url)
+    try:
+        await client.ping()
+        connection = await client.connection_pool.get_connection()
+        try:
+            connection._parser._reader.feed(b"?not a reply\r\n")  # what no Redis sends
+            with pytest.raises(InvalidResponse):
+                await connection.read_response()
+            assert not connection.is_connected
+        finally:
+            await client.connection_pool.release(connection)
+        assert await client.ping() is True  # a new connection
     finally:
         await client.aclose()
