@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import math
 import os
 import time
 from collections import Counter, defaultdict
@@ -214,6 +215,14 @@ def _setting(name: str, default: float) -> float:
     return default if value is None else value
 
 
+def record_bound(value: float) -> float:
+    """A matching batch's bound in records: a whole number of at least 1, or ``inf`` (no bound
+    by count; the time bound and an empty buffer still end a batch)."""
+    if math.isinf(value):
+        return math.inf if value > 0 else 1
+    return max(1, int(value))
+
+
 async def _delivery_first(app: Any) -> None:
     """Before a block or a matching batch, let this worker's delivery finish the notifications
     it holds (``ocstream/stages.py``); a worker that does not deliver has nothing to wait for."""
@@ -248,7 +257,7 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
         settings, now=time.time, monitored=networks.monitored, coverage=networks.coverage
     )
     sweep_every = _setting("OCSTREAM_XCM_SWEEP_INTERVAL", 60.0)
-    batch_records = max(1, int(_setting("OCSTREAM_XCM_BATCH_RECORDS", BATCH_RECORDS)))
+    batch_records = record_bound(_setting("OCSTREAM_XCM_BATCH_RECORDS", BATCH_RECORDS))
     batch_seconds = max(0.0, _setting("OCSTREAM_XCM_BATCH_SECONDS", BATCH_SECONDS))
     deadlines: list[tuple[float, str, str]] = []
     state: dict[str, Any] = {"assignment": frozenset(), "scanned": 0.0, "swept": time.time()}

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from ocstream.xcm.matching import MatchSettings, env_number
-from topology.xcm import BATCH_SECONDS, _setting
+from topology.xcm import BATCH_SECONDS, _setting, record_bound
 
 
 def test_numbers_are_read_and_unset_ones_are_none() -> None:
@@ -39,3 +39,12 @@ def test_the_match_agents_settings_read_the_process_environment(
     monkeypatch.setenv("OCSTREAM_XCM_BATCH_SECONDS", "ten ms")
     with pytest.raises(ValueError, match="OCSTREAM_XCM_BATCH_SECONDS: not a number: 'ten ms'"):
         _setting("OCSTREAM_XCM_BATCH_SECONDS", BATCH_SECONDS)
+
+
+@pytest.mark.parametrize(
+    ("value", "bound"),
+    [(500.0, 500), (2.7, 2), (0.0, 1), (-3.0, 1), (math.inf, math.inf), (-math.inf, 1)],
+)
+def test_a_batch_bound_in_records_is_whole_at_least_one_or_none(value: float, bound: float) -> None:
+    """``OCSTREAM_XCM_BATCH_RECORDS=inf`` is no bound by count, not an overflow at start-up."""
+    assert record_bound(value) == bound
