@@ -39,8 +39,6 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 
-#: A fetched record: (offset, stream entry fields).
-
 #: XREAD blocks at most this long, so pauses, seeks and stops are noticed quickly.
 MAX_BLOCK_SECONDS = 1.0
 

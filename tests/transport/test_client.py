@@ -99,9 +99,7 @@ async def test_pipelined_replies_are_what_redis_py_reads(redis_url: str, prefix:
         expected = await _pipeline_replies(theirs, prefix + "theirs:")
         got = await _pipeline_replies(ours, prefix + "ours:")
         assert got == expected
-        assert (ResponseError, "value is not an integer or out of range") in [
-            (kind, text) for kind, text in (r for r in got if isinstance(r, tuple))
-        ]
+        assert (ResponseError, "value is not an integer or out of range") in got
         assert any(isinstance(r, tuple) and r[0] is NoScriptError for r in got)
         assert got[1] == bytes(range(256)) * 1000
     finally:
