@@ -29,7 +29,6 @@ def app(tmp_path: Path) -> Any:
         "sa", broker="redis://127.0.0.1:1", store="rocksdb://", datadir=str(tmp_path), Table=Table
     )
     app.Table("journeys", default=None, key_type=str)
-    app.consumer_generation_id = 3
     return app
 
 

@@ -53,7 +53,7 @@ except (ImportError, AttributeError):  # pragma: no cover - depends on the redis
     _HIREDIS_PARSER = None
 
 
-class _HiredisPacking:
+class _HiredisIO:
     """Commands packed by hiredis (C) instead of redis-py's Python loop, and replies already
     received read without a timer.
 
@@ -147,18 +147,18 @@ class _HiredisPacking:
         return [b"".join(self.pack_command(*command)[0] for command in commands)]
 
 
-_PACKED: dict[type, type] = {}
+_HIREDIS_CLASSES: dict[type, type] = {}
 
 
-def _packed_by_hiredis(pool: ConnectionPool) -> None:
-    """Make ``pool``'s connections (plain, TLS or Unix socket, as the URL chose) pack with
-    hiredis."""
+def _through_hiredis(pool: ConnectionPool) -> None:
+    """Make ``pool``'s connections (plain, TLS or Unix socket, as the URL chose) pack commands
+    with hiredis and take received replies from its reader (:class:`_HiredisIO`)."""
     base = pool.connection_class
-    if issubclass(base, _HiredisPacking):
+    if issubclass(base, _HiredisIO):
         return
-    if base not in _PACKED:
-        _PACKED[base] = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
-    pool.connection_class = _PACKED[base]
+    if base not in _HIREDIS_CLASSES:
+        _HIREDIS_CLASSES[base] = type(f"Hiredis{base.__name__}", (_HiredisIO, base), {})
+    pool.connection_class = _HIREDIS_CLASSES[base]
 
 
 def connect(url: str, *, socket_timeout: float | None = 30.0, name: str = "ocstream") -> Redis:
@@ -172,7 +172,7 @@ def connect(url: str, *, socket_timeout: float | None = 30.0, name: str = "ocstr
         health_check_interval=15,
         client_name=name,
     )
-    _packed_by_hiredis(client.connection_pool)
+    _through_hiredis(client.connection_pool)
     return client
 
 
@@ -225,7 +225,7 @@ def request_client(
         health_check_interval=15,
         client_name=name,
     )
-    _packed_by_hiredis(pool)
+    _through_hiredis(pool)
     client = BoundedRedis(connection_pool=pool)
     client.auto_close_connection_pool = True  # closing the client closes its pool (from_pool)
     client.command_timeout = command_timeout

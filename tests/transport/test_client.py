@@ -19,7 +19,7 @@ def test_backoff_grows_to_its_cap_and_never_overflows() -> None:
     assert backoff.next_delay() <= 0.1
 
 
-def test_commands_are_packed_by_hiredis_as_redis_py_packs_them() -> None:
+def test_commands_are_through_hiredis_as_redis_py_packs_them() -> None:
     from redis.asyncio.connection import Connection
 
     python_packed = Connection()
@@ -92,7 +92,7 @@ async def _pipeline_replies(client: Any, prefix: str) -> list[Any]:
 
 
 async def test_pipelined_replies_are_what_redis_py_reads(redis_url: str, prefix: str) -> None:
-    """Replies taken straight from the hiredis reader (``_HiredisPacking.read_response``) are
+    """Replies taken straight from the hiredis reader (``_HiredisIO.read_response``) are
     the ones redis-py's own connection reads, errors included."""
     ours, theirs = connect(redis_url), aioredis.Redis.from_url(redis_url)
     try:
