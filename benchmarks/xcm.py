@@ -2,7 +2,8 @@
 
     python benchmarks/xcm.py [--redis URL] [--journeys N] [--workers 1 2] [--partitions P]
                              [--pending M] [--rounds R] [--standby-replicas K] [--seed S]
-                             [--origins N] [--sends-by id chain] [--timeout S] [--keep DIR]
+                             [--origins N] [--sends-by id chain] [--arrival shuffled|timed]
+                             [--timeout S] [--keep DIR]
 
 Legs are synthetic but shaped like real ones (a reserve-transfer program, its bytes, the sender,
 the events), so records weigh about what extracted legs weigh: 3.3 kB for a sent leg, 1.2 kB for
@@ -21,6 +22,10 @@ round's phases both ways. ``--origins 1`` makes every journey start at one busy 
    (a sent leg from a parachain A to a parachain B among ten ``urn:ocn:polkadot`` parachains,
    half of them with a topic; the relayed leg at the relay; the received leg at B, reporting
    the topic or else the hash) are published as 3 x N leg records in a seeded random order.
+   With ``--arrival timed``, the sent legs go first and the others once every send is matched
+   (its ``xcm.sent`` is out), as chains produce them: a receipt's block comes after its send's,
+   so the journey is indexed at its destination before the receipt arrives. Shuffled, most
+   receipts and relayed legs arrive first and wait in the inbound and relay tables.
    Timed from the first publish until every journey's ``xcm.received`` notification is in
    ``xcm-notifications``. A small warm-up batch of journeys goes first, untimed.
 3. **Memory per pending journey**: one worker; M sent legs with no receipt. Growth of the
@@ -142,8 +147,18 @@ def highwater(client: redis.Redis, prefix: str, topic: str, partitions: int) -> 
 
 def changelog_records(client: redis.Redis, prefix: str) -> int:
     """Records written to every table changelog of the run (their sequence counters)."""
+    return sum(changelog_by_table(client, prefix).values())
+
+
+def changelog_by_table(client: redis.Redis, prefix: str) -> dict[str, int]:
+    """Records written to each table's changelog (``journeys``, ``seen``, ...)."""
     keys = list(client.scan_iter(match=prefix + "o:*-changelog:*", count=1000))
-    return sum(int(v or 0) for v in client.mget(keys)) if keys else 0
+    counts: dict[str, int] = {}
+    for key, value in zip(keys, client.mget(keys) if keys else [], strict=True):
+        found = re.search(rb"-xcm-(\w+)-changelog:", key)
+        table = found.group(1).decode() if found else key.decode()
+        counts[table] = counts.get(table, 0) + int(value or 0)
+    return counts
 
 
 def net_input_bytes(client: redis.Redis) -> int:
@@ -343,6 +358,20 @@ def wait_received(
         time.sleep(interval)
 
 
+def _is_sent(record: tuple[str, bytes]) -> bool:
+    return bool(orjson.loads(record[1])["kind"] == "sent")
+
+
+def wait_sent(run: Run, reader: NotificationReader, target: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while reader.count("xcm.sent") < target:
+        if time.monotonic() > deadline:
+            raise Incomplete(f"{reader.count('xcm.sent')} of {target} sends after {timeout:.0f} s")
+        run.check_alive()
+        time.sleep(0.02)
+        reader.poll()
+
+
 def journeys_phase(
     args: argparse.Namespace, workers: int, root: Path, runs: list[Run], sends_by: str = "id"
 ) -> dict[str, Any]:
@@ -361,7 +390,15 @@ def journeys_phase(
     gc_before = gc_of(run)
     bytes_in = net_input_bytes(run.client)
     t0 = time.perf_counter()
-    publish(run.url, run.prefix, args.partitions, records)
+    if args.arrival == "timed":
+        # As chains produce them: a journey's send is in an earlier block than its relayed leg
+        # and its receipt, so its index records reach the destination first.
+        sends = [record for record in records if _is_sent(record)]
+        publish(run.url, run.prefix, args.partitions, sends)
+        wait_sent(run, reader, len(warm) + len(sends), args.timeout)
+        publish(run.url, run.prefix, args.partitions, [r for r in records if not _is_sent(r)])
+    else:
+        publish(run.url, run.prefix, args.partitions, records)
     published = time.perf_counter() - t0
     t1 = wait_received(run, reader, len(warm) + args.journeys, args.timeout)
     elapsed = t1 - t0
@@ -421,6 +458,7 @@ def journeys_phase(
         "counters": counters,
         "cpu": cpu_used,
         "changelog": changelog[0],
+        "changelog_tables": changelog_by_table(run.client, run.prefix),
         "bytes_in": written / args.journeys,
         "held": held / total,
         "kept": sum(kept.values()) / total,
@@ -579,6 +617,11 @@ def main(argv: Iterable[str] | None = None) -> int:
         help="how sent legs are keyed: id (a shard of the origin, as extraction keys them), "
         "chain (the origin, as before new journeys were spread); both: each round runs each",
     )  # fmt: skip
+    parser.add_argument(
+        "--arrival", choices=["shuffled", "timed"], default="shuffled",
+        help="shuffled: every leg published at once in a random order (receipts mostly before "
+        "their journey's index); timed: the sends first, the rest once every send is matched",
+    )  # fmt: skip
     args = parser.parse_args(list(argv) if argv is not None else None)
     signal.signal(signal.SIGTERM, _interrupted)
     signal.signal(signal.SIGINT, _interrupted)
@@ -592,7 +635,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         f"{len(PARAS)} parachains, from {args.origins} of them, sent legs keyed by "
         f"{'/'.join(args.sends_by)}), warm-up={args.warmup}, workers={args.workers}, "
         f"partitions={args.partitions}, pending={args.pending}, seed={args.seed}, "
-        f"rounds={args.rounds}, "
+        f"rounds={args.rounds}, arrival={args.arrival}, "
         f"standby replicas={standby}; "
         f"Python {sys.version.split()[0]}, Redis {version}, {os.cpu_count()} cores",
         flush=True,
@@ -676,13 +719,18 @@ def main(argv: Iterable[str] | None = None) -> int:
     for r in results:
         note = ", ".join(f"{k} {v}" for k, v in r["notes"].items())
         kept = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(r["kept_kinds"].items()))
+        by_table = ", ".join(
+            f"{table} {n / (r['expected_notes'] / 3):.1f}"
+            for table, n in sorted(r["changelog_tables"].items())
+        )
         print(
             f"  round {r['round']}, {r['workers']} worker(s){label(r['sends_by'])}: "
             f"notifications {note} "
             f"(expected {r['expected_notes']:,} with the warm-up), re-emitted {r['duplicates']}, "
             f"dead letters {r['dead_letters']}, "
             f"pending after {r['pending']}, xcm-legs records {r['records']:,}, changelog records "
-            f"{r['changelog']:,} ({r['changelog'] / (r['expected_notes'] / 3):.1f} per journey), "
+            f"{r['changelog']:,} ({r['changelog'] / (r['expected_notes'] / 3):.1f} per journey: "
+            f"{by_table}), "
             f"peak worker RSS {r['peak_rss'] / 2**20:.0f} MiB, garbage collection "
             f"{r['gc_seconds']:.2f} s of the workers' CPU (longest pause since start, "
             f"generations 0/1/2: {'/'.join(f'{p * 1000:.0f}' for p in r['gc_pause'])} ms)\n"
