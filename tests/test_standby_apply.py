@@ -3,11 +3,13 @@ the tables' RocksDB stores, before faust's getmany makes messages of them; what 
 when it is fetched is left to faust (``ocstream/transport/drain.py``).
 
 faust's real RocksDB store (ocstream's subclass) on disk and faust's own recovery sets; whole
-workers with standbys run in ``tests/test_workers.py``.
+workers with standbys run in ``tests/test_workers.py``. ``wait_next_records``, which hands the
+fetch to the applier, runs here around a stand-in for the consumer it reads.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import pytest
 from faust.types import TP
 
 from ocstream.runtime import Table
-from ocstream.transport.drain import StandbyApplier
+from ocstream.transport.drain import StandbyApplier, wait_next_records
 from ocstream.transport.wire import FetchedRecord, compress
 
 CHANGELOG = "sa-journeys-changelog"
@@ -125,3 +127,67 @@ def test_what_is_not_a_standby_when_fetched_goes_fausts_way(app: Any, how: str) 
     assert list(fetched) == [tp] and len(fetched[tp]) == 1
     assert stored(app, 4, b'"k"') is None
     assert reads[tp] is None
+
+
+class _Consumer:
+    """What ``wait_next_records`` reads of the transport's consumer, around a fetch that
+    ``fetch`` gives: the real applier, the app's real tables."""
+
+    def __init__(self, app: Any, fetch: Any, *, stop_flow_while_fetching: bool = False) -> None:
+        self.app = app
+        self.fetch = fetch
+        self.stop_flow_while_fetching = stop_flow_while_fetching
+        self.flow_active = True
+        self.not_waiting_next_records = asyncio.Event()
+        self.standby_applier = StandbyApplier(app)
+        self._read_offset = read_offsets()
+        self.fetched_with: list[Any] = []
+
+    def _get_active_partitions(self) -> set[TP]:
+        return {TP(CHANGELOG, 1), TP(CHANGELOG, 2)}
+
+    async def _getmany(self, *, active_partitions: Any, timeout: float) -> Any:
+        self.fetched_with.append(active_partitions)
+        if self.stop_flow_while_fetching:
+            self.flow_active = False  # a rebalance began while XREAD waited
+        if isinstance(self.fetch, BaseException):
+            raise self.fetch
+        return self.fetch
+
+
+def _standby_and_active(app: Any) -> tuple[TP, TP, dict[TP, list[FetchedRecord]]]:
+    tp, active = TP(CHANGELOG, 1), TP(CHANGELOG, 2)
+    app.tables.recovery.standby_tps.add(tp)
+    app.tables.recovery.active_tps.add(active)
+    fetched = {tp: [record(3, b'"a"', b"1")], active: [record(4, b'"c"', b"2")]}
+    return tp, active, fetched
+
+
+async def test_a_fetch_gives_its_standby_records_to_the_applier_and_the_rest_to_faust(
+    app: Any,
+) -> None:
+    tp, active, fetched = _standby_and_active(app)
+    consumer = _Consumer(app, fetched)
+    records, partitions = await wait_next_records(consumer, timeout=1.0)
+    assert partitions == consumer._get_active_partitions() == consumer.fetched_with[0]
+    assert list(records) == [active]
+    assert stored(app, 1, b'"a"') == b"1" and offset(app, tp) == 3
+    assert consumer.not_waiting_next_records.is_set()
+
+
+async def test_with_flow_stopped_during_the_fetch_nothing_is_written(app: Any) -> None:
+    """faust's getmany drops a fetch made while flow stopped and seeks back: the standby's
+    records must not be written ahead of that (they would be fetched and written again)."""
+    tp, active, fetched = _standby_and_active(app)
+    consumer = _Consumer(app, fetched, stop_flow_while_fetching=True)
+    records, _ = await wait_next_records(consumer, timeout=1.0)
+    assert set(records) == {tp, active}
+    assert stored(app, 1, b'"a"') is None and offset(app, tp) is None
+    assert consumer._read_offset[tp] is None
+
+
+async def test_a_failed_fetch_still_says_the_consumer_is_not_waiting(app: Any) -> None:
+    consumer = _Consumer(app, ConnectionError("Redis went away"))
+    with pytest.raises(ConnectionError):
+        await wait_next_records(consumer, timeout=1.0)
+    assert consumer.not_waiting_next_records.is_set()
