@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -34,6 +35,10 @@ BLOCKS = (
     ("urn:ocn:polkadot:0", "decoded/polkadot/26185925.cbor"),
     ("urn:ocn:polkadot:1000", "decoded/assethub/10260145.cbor"),
 )
+
+
+def _each(fn: Callable[[Any], Any], values: list[Any]) -> list[Any]:
+    return [fn(v) for v in values]
 
 
 def timed(fn: Callable[[], Any], seconds: float) -> float:
@@ -61,10 +66,10 @@ def main() -> None:
         values += [x.args for x in read.extrinsics] + [x.error for x in read.extrinsics]
         assert all(to_json_value(v) == v for v in values), "the recorded block is not normalised"
 
-        a = timed(lambda data=data: orjson.loads(data), args.seconds)
-        b = timed(lambda data=data: ExtendedBlock.from_json_bytes(data), args.seconds)
-        c = timed(lambda values=values: [to_json_value(v) for v in values], args.seconds)
-        d = timed(lambda values=values: [_normalised(v) for v in values], args.seconds)
+        a = timed(partial(orjson.loads, data), args.seconds)
+        b = timed(partial(ExtendedBlock.from_json_bytes, data), args.seconds)
+        c = timed(partial(_each, to_json_value, values), args.seconds)
+        d = timed(partial(_each, _normalised, values), args.seconds)
         print(
             f"{path} ({len(data) / 1000:.0f} kB, {len(read.events)} events): "
             f"a orjson.loads {a * 1e3:.2f} ms, b from_json_bytes {b * 1e3:.2f} ms, "

@@ -176,7 +176,7 @@ def tombstone_phase(url: str, prefix: str, partitions: int, journeys: int) -> di
     # no partition's newest entry is a tombstone (the newest entry always stays).
     traffic = table_traffic(journeys, seed=7)
     now = int(time.time() * 1000)
-    tail = {}
+    tail: dict[int, str] = {}
     for n in range(10_000):
         key = f"live:{n}"
         tail.setdefault(partition_for_key(key.encode(), partitions), key)

@@ -141,7 +141,8 @@ def main() -> None:
     raw = load_sidecar_json(FIXTURES / BLOCK)
     assert isinstance(raw.events, bytes) and raw.metadata and raw.spec_version
     metadata = FIXTURES / raw.metadata
-    events_hex = "0x" + raw.events.hex()
+    events: bytes = raw.events
+    events_hex = "0x" + events.hex()
 
     if not (args.baseline_dir / "scalecodec" / "base.py").is_file():
         if args.no_install:
@@ -154,10 +155,8 @@ def main() -> None:
     build = time.perf_counter() - t0
 
     base = run_baseline(args.baseline_dir, metadata, events_hex, args.seconds)
-    values_best, values_runs = best_time(
-        lambda: decoder.decode_event_values(raw.events), args.seconds
-    )
-    models_best, models_runs = best_time(lambda: decoder.decode_events(raw.events), args.seconds)
+    values_best, values_runs = best_time(lambda: decoder.decode_event_values(events), args.seconds)
+    models_best, models_runs = best_time(lambda: decoder.decode_events(events), args.seconds)
 
     count = base["events"]
     ours = decoder.decode_event_values(raw.events)

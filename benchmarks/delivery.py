@@ -126,7 +126,7 @@ class OldDelivery(Delivery):
                 log.warning("notification fan-out: Redis error (%s)", exc)
             finally:
                 try:
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
                 except Exception:
                     pass
 

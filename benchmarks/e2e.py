@@ -401,7 +401,7 @@ class Run:
                 for _, fields in entries:
                     if fields.get(b"k") != network.encode():
                         continue
-                    number = re.search(rb'"number":(\d+)', entry_value(fields)[:400])
+                    number = re.search(rb'"number":(\d+)', (entry_value(fields) or b"")[:400])
                     assert number, "a block without a number"
                     self.published[(network, int(number.group(1)))] = int(fields[b"t"]) / 1000
                 self.read_ids[stream] = "(" + entries[-1][0].decode()
@@ -411,7 +411,8 @@ class Run:
         out: dict[str, float] = {}
         for p in range(self.partitions):
             stream = self.keys.stream("xcm-notifications", p)
-            for _, fields in self.client.xrange(stream):
+            entries = cast(list[tuple[bytes, dict[bytes, bytes]]], self.client.xrange(stream))
+            for _, fields in entries:
                 note = orjson.loads(entry_value(fields) or b"{}")
                 if note.get("type") != "xcm.received":
                     continue

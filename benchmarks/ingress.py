@@ -68,11 +68,13 @@ async def make_recording(fixtures: Path, out: Path) -> None:
     metadata = (fixtures / "metadata/polkadot-9430.scale").read_bytes()
     server = RecordedChainServer(blocks, spec_version=9430, metadata=metadata)
     url = await server.start()
-    await server.finalize(blocks[-1].number)
+    first, last = blocks[0].number, blocks[-1].number
+    assert first is not None and last is not None, "recorded blocks have numbers"
+    await server.finalize(last)
     network = NetworkConfig.model_validate(
         {"id": "urn:ocn:polkadot:0", "provider": {"type": "rpc", "url": url}}
     )
-    await record(network, blocks[0].number, blocks[-1].number, out)
+    await record(network, first, last, out)
     await server.stop()
 
 
@@ -143,7 +145,7 @@ async def child(args: argparse.Namespace) -> None:
         clock = asyncio.create_task(collect_young())
     decoders = DecoderCache(max_entries=args.chains + 1)
     start = await one_round(args.redis, args.recording, args.chains, args.rate, decoders)
-    out = {"start": start["warmup"]}
+    out: dict[str, Any] = {"start": start["warmup"]}
     for chains in (1, args.chains):
         out[str(chains)] = await one_round(args.redis, args.recording, chains, args.rate, decoders)
     if clock is not None:

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -117,10 +118,8 @@ def main() -> None:
             indexing = fill(root / "table", index, kept, args.due)
             options = rocksdict.Options(raw_mode=True)
             db = rocksdict.Rdict(str(root / "table"), options=options)
-            scan_s, scan_found = best_of(args.rounds, lambda db=db: scan(db))
-            index_s, index_found = best_of(
-                args.rounds, lambda db=db, index=index: indexed(db, index)
-            )
+            scan_s, scan_found = best_of(args.rounds, partial(scan, db))
+            index_s, index_found = best_of(args.rounds, partial(indexed, db, index))
             assert scan_found == index_found == args.due, (scan_found, index_found)
             db.close()
             index.close()

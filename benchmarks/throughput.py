@@ -29,6 +29,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any, cast
 
 import orjson
 import redis
@@ -56,19 +57,22 @@ async def fill(url: str, prefix: str, topic: str, n: int, partitions: int) -> fl
 async def baseline(url: str, prefix: str, topic: str, n: int, partitions: int) -> float:
     client = aioredis.Redis.from_url(url)
     keys = Keyspace(prefix)
-    streams = {keys.stream(topic, p): ">" for p in range(partitions)}
+    streams: dict[Any, Any] = {keys.stream(topic, p): ">" for p in range(partitions)}
     for stream in streams:
         await client.xgroup_create(stream, "baseline", id="0")
     seen = 0
     t0 = time.perf_counter()
     while seen < n:
-        reply = await client.xreadgroup("baseline", "c1", streams, count=500, block=1000)
-        for stream, entries in reply:
+        reply = cast(
+            list[tuple[bytes, list[tuple[bytes, Any]]]],
+            await client.xreadgroup("baseline", "c1", streams, count=500, block=1000),
+        )
+        for name, entries in reply:
             ids = []
             for entry_id, _fields in entries:
                 ids.append(entry_id)
             seen += len(ids)
-            await client.xack(stream, "baseline", *ids)
+            await client.xack(name, "baseline", *ids)
     elapsed = time.perf_counter() - t0
     await client.aclose()
     return n / elapsed

@@ -48,6 +48,8 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+import topology  # the dataflow's parts (installed with ocstream)
+
 REPO = Path(__file__).resolve().parent.parent
 
 #: faust's log line timestamp: [2026-12-03 06:37:36,179]
@@ -123,10 +125,13 @@ def run_once(
         sys.exit("no Ready line:\n" + "".join(lines[-30:]))
     if between is not None:
         # Keep reading the log so that the worker never blocks on a full pipe.
-        reader = threading.Thread(
-            target=lambda: [lines.append(f"{time.time() - launched:.3f} {x}") for x in proc.stdout],
-            daemon=True,
-        )
+        stdout = proc.stdout
+
+        def keep_reading() -> None:
+            for x in stdout:
+                lines.append(f"{time.time() - launched:.3f} {x}")
+
+        reader = threading.Thread(target=keep_reading, daemon=True)
         reader.start()
         between()
         stopping = time.time()
@@ -247,6 +252,9 @@ def main() -> None:
                     "OCSTREAM_DATA_DIR": str(data),
                     "OCSTREAM_APP_ID": f"data{tag}",
                     "OCSTREAM_TRANSPORT_PREFIX": f"bench-start-d{tag}:",
+                    # The production parts, and the demo whose table the events fill (a worker
+                    # declares the demo only when asked, since the XCM dataflow replaced it).
+                    "OCSTREAM_DATAFLOW": ",".join([*topology.PARTS, "demo"]),
                 }
                 port = str(free_port())
                 command = [python, "-m", "ocstream", "worker", "-l", "info", "--port", port]
@@ -279,9 +287,9 @@ def main() -> None:
     for mode in modes:
         print(f"where the start of '{mode}' goes (seconds, median):")
         for name, _ in MARKS:
-            values = [p[name] for p in split[mode] if name in p]
-            if values:
-                print(f"  {name:<26} {statistics.median(values):6.2f}")
+            seconds = [p[name] for p in split[mode] if name in p]
+            if seconds:
+                print(f"  {name:<26} {statistics.median(seconds):6.2f}")
     ready_at = next(i for i, x in enumerate(last_log) if "[^Worker]: Ready" in x)
     print(f"worker log lines before Ready (last round, -l info): {ready_at}")
     if args.log:

@@ -61,7 +61,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -125,7 +125,7 @@ class NotificationReader:
                 more = more or len(entries) == 5000
                 self.last[stream] = "(" + entries[-1][0].decode()
                 for _, fields in entries:
-                    note = orjson.loads(entry_value(fields))
+                    note = orjson.loads(entry_value(fields) or b"{}")
                     self.ids.setdefault(note["type"], set()).add(note["id"])
                     self.entries += 1
             if not more:
@@ -172,7 +172,7 @@ def all_committed(client: redis.Redis, prefix: str) -> bool:
     keys = Keyspace(prefix)
     legs_seen = False
     for group in client.scan_iter(match=prefix + "g:*:offsets", count=1000):
-        for field, value in client.hgetall(group).items():
+        for field, value in cast(dict[bytes, bytes], client.hgetall(group)).items():
             topic, _, partition = field.decode().rpartition("\x1f")
             legs_seen = legs_seen or topic == LEGS
             if int(client.get(keys.sequence(topic, int(partition))) or 0) > int(value):
@@ -186,7 +186,7 @@ def trim_consumed(client: redis.Redis, prefix: str) -> None:
     keys = Keyspace(prefix)
     committed: dict[str, int] = {}
     for group in client.scan_iter(match=prefix + "g:*:offsets", count=1000):
-        for field, value in client.hgetall(group).items():
+        for field, value in cast(dict[bytes, bytes], client.hgetall(group)).items():
             name = field.decode()
             committed[name] = min(int(value), committed.get(name, int(value)))
     for name, offset in committed.items():
@@ -249,8 +249,9 @@ def journey_value_sizes(client: redis.Redis, prefix: str, app_id: str, partition
     keys = Keyspace(prefix)
     sizes = []
     for p in range(partitions):
-        entries = client.xrange(keys.stream(f"{app_id}-xcm-journeys-changelog", p), count=200)
-        sizes += [len(entry_value(fields or {}) or b"") for _, fields in entries or []]
+        stream = keys.stream(f"{app_id}-xcm-journeys-changelog", p)
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream, count=200))
+        sizes += [len(entry_value(fields) or b"") for _, fields in entries]
     return sum(sizes) / max(1, len(sizes))
 
 

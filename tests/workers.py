@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 
@@ -44,7 +44,7 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: fl
             last = exc
         else:
             if last:
-                return last
+                return cast(T, last)
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
@@ -144,7 +144,11 @@ class Worker:
             view = self.view()
             return view if view["generation"] > 0 else None
 
-        return wait_for(ready, timeout, f"{self.name} to be assigned partitions")
+        found: dict[str, Any] | None = wait_for(
+            ready, timeout, f"{self.name} to be assigned partitions"
+        )
+        assert found is not None  # wait_for returns only something truthy
+        return found
 
     def group(self) -> dict[str, float]:
         """``ocstream_group_*`` of the worker's ``/metrics`` once it holds an assignment
@@ -231,7 +235,8 @@ def changelog_partition(
     client = redis.Redis.from_url(redis_url)
     stream = Keyspace(prefix).stream(f"{app_id}-demo-counts-changelog", partition)
     table: dict[str, int] = {}
-    for _, fields in client.xrange(stream):
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream))
+    for _, fields in entries:
         key = json.loads(fields[b"k"])
         value = entry_value(fields)
         if value is None:
@@ -255,7 +260,7 @@ def changelog_counts(
 
 def committed_offsets(redis_url: str, prefix: str, app_id: str) -> dict[str, int]:
     client = redis.Redis.from_url(redis_url)
-    raw = client.hgetall(f"{prefix}g:{app_id}:offsets")
+    raw = cast(dict[bytes, bytes], client.hgetall(f"{prefix}g:{app_id}:offsets"))
     return {k.decode().replace("\x1f", "/"): int(v) for k, v in raw.items()}
 
 
