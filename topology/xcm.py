@@ -50,6 +50,7 @@ from ocstream.xcm.matching import (
     Store,
     Tables,
     env_number,
+    env_seconds,
     expired_keys,
 )
 from ocstream.xcm.sender import BlockSenders
@@ -215,6 +216,12 @@ def _setting(name: str, default: float) -> float:
     return default if value is None else value
 
 
+def _seconds(name: str, default: float) -> float:
+    """:func:`_setting` for a duration (a clear error when it is negative too)."""
+    value = env_seconds(os.environ, name)
+    return default if value is None else value
+
+
 def record_bound(value: float) -> float:
     """A matching batch's bound in records: a whole number of at least 1, or ``inf`` (no bound
     by count; the time bound and an empty buffer still end a batch)."""
@@ -256,9 +263,9 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
     engine = Engine(
         settings, now=time.time, monitored=networks.monitored, coverage=networks.coverage
     )
-    sweep_every = _setting("OCSTREAM_XCM_SWEEP_INTERVAL", 60.0)
+    sweep_every = _seconds("OCSTREAM_XCM_SWEEP_INTERVAL", 60.0)
     batch_records = record_bound(_setting("OCSTREAM_XCM_BATCH_RECORDS", BATCH_RECORDS))
-    batch_seconds = max(0.0, _setting("OCSTREAM_XCM_BATCH_SECONDS", BATCH_SECONDS))
+    batch_seconds = _seconds("OCSTREAM_XCM_BATCH_SECONDS", BATCH_SECONDS)
     deadlines: list[tuple[float, str, str]] = []
     state: dict[str, Any] = {"assignment": frozenset(), "scanned": 0.0, "swept": time.time()}
     app.xcm_networks = networks

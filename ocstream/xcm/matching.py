@@ -143,10 +143,11 @@ class MatchSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> MatchSettings:
-        """Settings from ``OCSTREAM_XCM_JOURNEY_TTL``, ``OCSTREAM_XCM_PENDING_TTL``, ... (s)."""
+        """Settings from ``OCSTREAM_XCM_JOURNEY_TTL``, ``OCSTREAM_XCM_PENDING_TTL``, ... (s,
+        none of them negative)."""
         values: dict[str, float] = {}
         for name in cls.__dataclass_fields__:
-            value = env_number(environ, f"OCSTREAM_XCM_{name.upper()}")
+            value = env_seconds(environ, f"OCSTREAM_XCM_{name.upper()}")
             if value is not None:
                 values[name] = value
         return cls(**values)
@@ -164,6 +165,14 @@ def env_number(environ: Mapping[str, str], name: str) -> float | None:
         value = math.nan
     if math.isnan(value):
         raise ValueError(f"{name}: not a number: {raw!r}")
+    return value
+
+
+def env_seconds(environ: Mapping[str, str], name: str) -> float | None:
+    """:func:`env_number` for a duration: a clear ``ValueError`` for a negative one too."""
+    value = env_number(environ, name)
+    if value is not None and value < 0:
+        raise ValueError(f"{name}: a duration in seconds, 0 or more, not {environ[name]!r}")
     return value
 
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from ocstream.xcm.matching import MatchSettings, env_number
-from topology.xcm import BATCH_SECONDS, _setting, record_bound
+from ocstream.xcm.matching import MatchSettings, env_number, env_seconds
+from topology.xcm import BATCH_SECONDS, _seconds, _setting, record_bound
 
 
 def test_numbers_are_read_and_unset_ones_are_none() -> None:
@@ -48,3 +48,23 @@ def test_the_match_agents_settings_read_the_process_environment(
 def test_a_batch_bound_in_records_is_whole_at_least_one_or_none(value: float, bound: float) -> None:
     """``OCSTREAM_XCM_BATCH_RECORDS=inf`` is no bound by count, not an overflow at start-up."""
     assert record_bound(value) == bound
+
+
+@pytest.mark.parametrize("name", ["OCSTREAM_XCM_SWEEP_INTERVAL", "OCSTREAM_XCM_BATCH_SECONDS"])
+def test_a_negative_duration_is_refused_by_name(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A negative interval or batch time meant nothing (it acted as 0): a clear error instead."""
+    monkeypatch.setenv(name, "-5")
+    with pytest.raises(ValueError, match=f"^{name}: a duration in seconds, 0 or more, not '-5'"):
+        _seconds(name, 1.0)
+    for raw, value in (("0", 0.0), ("2.5", 2.5), ("inf", math.inf)):
+        monkeypatch.setenv(name, raw)
+        assert _seconds(name, 1.0) == value
+    monkeypatch.delenv(name)
+    assert _seconds(name, 1.0) == 1.0
+
+
+def test_a_negative_time_limit_of_the_matcher_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="^OCSTREAM_XCM_JOURNEY_TTL: a duration in seconds"):
+        MatchSettings.from_env({"OCSTREAM_XCM_JOURNEY_TTL": "-1"})
+    assert env_seconds({"X": "-0"}, "X") == 0.0  # negative zero is zero
+    assert MatchSettings.from_env({"OCSTREAM_XCM_CLOCK_SLACK": "0"}).clock_slack == 0.0
