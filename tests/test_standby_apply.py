@@ -20,6 +20,7 @@ from faust.types import TP
 
 from ocstream.runtime import Table
 from ocstream.transport.drain import StandbyApplier, wait_next_records
+from ocstream.transport.metrics import METRICS
 from ocstream.transport.wire import FetchedRecord, compress
 
 CHANGELOG = "sa-journeys-changelog"
@@ -105,9 +106,11 @@ def test_a_keyless_record_is_skipped(app: Any) -> None:
     tp = TP(CHANGELOG, 6)
     app.tables.recovery.standby_tps.add(tp)
     reads = read_offsets()
+    applied = METRICS.standby_records_applied
     StandbyApplier(app).apply_fetched({tp: [record(0, None, b"1"), record(1, b'"k"', b"2")]}, reads)
     assert stored(app, 6, b'"k"') == b"2"
     assert offset(app, tp) == 1
+    assert METRICS.standby_records_applied - applied == 1  # what was written, not what came
 
 
 @pytest.mark.parametrize("how", ["active", "active-and-standby", "revoked", "not-a-changelog"])

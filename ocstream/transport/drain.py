@@ -102,10 +102,10 @@ class StandbyApplier:
                     continue
             last = batch[-1][0]
             # A table's changelog records all have keys; one without could not be stored.
-            changes = ((fields[b"k"], entry_value(fields)) for _, fields in batch if b"k" in fields)
+            changes = [(fields[b"k"], entry_value(fields)) for _, fields in batch if b"k" in fields]
             write_partition(table.data, tp.partition, changes, offset=last)
             read_offset[tp] = last
-            METRICS.standby_records_applied += len(batch)
+            METRICS.standby_records_applied += len(changes)
 
 
 @types.coroutine
