@@ -43,6 +43,7 @@ from typing import Any, Protocol
 
 from pydantic import JsonValue
 
+from ..errors import SettingError
 from . import bridge
 from . import notifications as notify
 from .coverage import CoverageOf, mark_timeout
@@ -155,7 +156,8 @@ class MatchSettings:
 
 def env_number(environ: Mapping[str, str], name: str) -> float | None:
     """The number in the environment variable ``name``, None when it is not set; a clear
-    ``ValueError`` for text that is not a number, and for NaN (which no limit can mean)."""
+    :class:`~ocstream.errors.SettingError` (a ``ValueError``) for text that is not a number, and
+    for NaN (which no limit can mean)."""
     raw = environ.get(name)
     if raw is None:
         return None
@@ -164,15 +166,16 @@ def env_number(environ: Mapping[str, str], name: str) -> float | None:
     except ValueError:
         value = math.nan
     if math.isnan(value):
-        raise ValueError(f"{name}: not a number: {raw!r}")
+        raise SettingError(f"{name}: not a number: {raw!r}")
     return value
 
 
 def env_seconds(environ: Mapping[str, str], name: str) -> float | None:
-    """:func:`env_number` for a duration: a clear ``ValueError`` for a negative one too."""
+    """:func:`env_number` for a duration: a :class:`~ocstream.errors.SettingError` for a negative
+    one too."""
     value = env_number(environ, name)
     if value is not None and value < 0:
-        raise ValueError(f"{name}: a duration in seconds, 0 or more, not {environ[name]!r}")
+        raise SettingError(f"{name}: a duration in seconds, 0 or more, not {environ[name]!r}")
     return value
 
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +72,18 @@ def test_a_negative_time_limit_of_the_matcher_is_refused_by_name() -> None:
         MatchSettings.from_env({"OCSTREAM_XCM_JOURNEY_TTL": "-1"})
     assert env_seconds({"X": "-0"}, "X") == 0.0  # negative zero is zero
     assert MatchSettings.from_env({"OCSTREAM_XCM_CLOCK_SLACK": "0"}).clock_slack == 0.0
+
+
+def test_the_command_line_says_what_is_wrong_in_one_line(tmp_path: Path) -> None:
+    """A bad value stops the worker before it starts, with one line naming the variable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCSTREAM_")}
+    env["OCSTREAM_XCM_SWEEP_INTERVAL"] = "-5"
+    done = subprocess.run(
+        [sys.executable, "-m", "ocstream", "worker", "--data-dir", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (
+        "ocstream: OCSTREAM_XCM_SWEEP_INTERVAL: a duration in seconds, 0 or more, not '-5'"
+    )
+    assert "Traceback" not in done.stderr
