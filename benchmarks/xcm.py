@@ -389,8 +389,11 @@ def journeys_phase(
         wait_received(run, reader, len(warm), args.timeout)
     # As chains produce them (--arrival timed): a journey's send is in an earlier block than its
     # relayed leg and its receipt, so its index records reach the destination first.
-    sends = [record for record in records if _is_sent(record)]
-    later = [record for record in records if not _is_sent(record)]
+    sends: list[tuple[str, bytes]] = []
+    later: list[tuple[str, bytes]] = []
+    if args.arrival == "timed":
+        for record in records:
+            (sends if _is_sent(record) else later).append(record)
     cpu = CpuMeter(run)
     gc_before = gc_of(run)
     bytes_in = net_input_bytes(run.client)

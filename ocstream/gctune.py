@@ -23,6 +23,8 @@ import os
 import time
 from typing import Any
 
+from .errors import SettingError
+
 __all__ = [
     "GC_STATS",
     "GC_THRESHOLDS",
@@ -53,7 +55,7 @@ def _seconds(variable: str, default: str) -> float:
     except ValueError:
         value = float("nan")
     if not value > 0:
-        raise ValueError(f"{variable} must be a positive number of seconds, not {text!r}")
+        raise SettingError(f"{variable} must be a positive number of seconds, not {text!r}")
     return value
 
 

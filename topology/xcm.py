@@ -23,6 +23,7 @@ import math
 import os
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -210,15 +211,12 @@ async def _send_raw(app: Any, topic: Any, key: str, value: bytes, headers: Any =
         await producer.send(name, encoded_key, value, None, None, headers)
 
 
-def _setting(name: str, default: float) -> float:
-    """A number of the match agent's from the environment (a clear error when it is not one)."""
-    value = env_number(os.environ, name)
-    return default if value is None else value
-
-
-def _seconds(name: str, default: float) -> float:
-    """:func:`_setting` for a duration (a clear error when it is negative too)."""
-    value = env_seconds(os.environ, name)
+def _setting(
+    name: str, default: float, read: Callable[[Mapping[str, str], str], float | None] = env_number
+) -> float:
+    """A number of the match agent's from the environment, read by ``read`` (``env_seconds``
+    for a duration); a clear error when it is not one."""
+    value = read(os.environ, name)
     return default if value is None else value
 
 
@@ -263,9 +261,9 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
     engine = Engine(
         settings, now=time.time, monitored=networks.monitored, coverage=networks.coverage
     )
-    sweep_every = _seconds("OCSTREAM_XCM_SWEEP_INTERVAL", 60.0)
+    sweep_every = _setting("OCSTREAM_XCM_SWEEP_INTERVAL", 60.0, env_seconds)
     batch_records = record_bound(_setting("OCSTREAM_XCM_BATCH_RECORDS", BATCH_RECORDS))
-    batch_seconds = _seconds("OCSTREAM_XCM_BATCH_SECONDS", BATCH_SECONDS)
+    batch_seconds = _setting("OCSTREAM_XCM_BATCH_SECONDS", BATCH_SECONDS, env_seconds)
     deadlines: list[tuple[float, str, str]] = []
     state: dict[str, Any] = {"assignment": frozenset(), "scanned": 0.0, "swept": time.time()}
     app.xcm_networks = networks

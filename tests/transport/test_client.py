@@ -19,7 +19,7 @@ def test_backoff_grows_to_its_cap_and_never_overflows() -> None:
     assert backoff.next_delay() <= 0.1
 
 
-def test_commands_are_through_hiredis_as_redis_py_packs_them() -> None:
+def test_commands_are_packed_by_hiredis_as_redis_py_packs_them() -> None:
     from redis.asyncio.connection import Connection
 
     python_packed = Connection()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ocstream.xcm.matching import MatchSettings, env_number, env_seconds
-from topology.xcm import BATCH_SECONDS, _seconds, _setting, record_bound
+from topology.xcm import BATCH_SECONDS, _setting, record_bound
 
 
 def test_numbers_are_read_and_unset_ones_are_none() -> None:
@@ -59,12 +59,14 @@ def test_a_negative_duration_is_refused_by_name(name: str, monkeypatch: pytest.M
     """A negative interval or batch time meant nothing (it acted as 0): a clear error instead."""
     monkeypatch.setenv(name, "-5")
     with pytest.raises(ValueError, match=f"^{name}: a duration in seconds, 0 or more, not '-5'"):
-        _seconds(name, 1.0)
+        _setting(name, 1.0, env_seconds)
     for raw, value in (("0", 0.0), ("2.5", 2.5), ("inf", math.inf)):
         monkeypatch.setenv(name, raw)
-        assert _seconds(name, 1.0) == value
+        assert _setting(name, 1.0, env_seconds) == value
+    monkeypatch.setenv(name, "-5")
+    assert _setting(name, 1.0) == -5.0  # a plain number may be negative (a record bound)
     monkeypatch.delenv(name)
-    assert _seconds(name, 1.0) == 1.0
+    assert _setting(name, 1.0, env_seconds) == 1.0
 
 
 def test_a_negative_time_limit_of_the_matcher_is_refused_by_name() -> None:
