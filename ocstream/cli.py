@@ -366,6 +366,14 @@ def _running_embedded_url(settings: Settings) -> str | None:
     return url
 
 
+def _check_environment() -> None:
+    """Read the settings that modules take from the environment when imported (the
+    transport's compression, the garbage collector's clock; ``ocstream/envvars.py``), so a bad
+    value stops the command here, before an embedded Redis is started for nothing."""
+    from . import gctune  # noqa: F401
+    from .transport import wire  # noqa: F401
+
+
 def _start_embedded(settings: Settings) -> str:
     from .embedded import EmbeddedRedis
 
@@ -508,6 +516,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             name = replaced.split("=")[0]
             raise ConfigError(f"{name} is faust's; ocstream's is {_REPLACED_OPTIONS[name]}")
         settings = load_settings(own)
+        _check_environment()
         if command == "topology":
             rest.remove("topology")
             raise SystemExit(_topology(settings, rest))

@@ -23,7 +23,7 @@ import os
 import time
 from typing import Any
 
-from .errors import SettingError
+from .envvars import env_seconds
 
 __all__ = [
     "GC_STATS",
@@ -46,25 +46,12 @@ __all__ = [
 GC_THRESHOLDS = (1_000_000, 10, 100)
 
 
-def _seconds(variable: str, default: str) -> float:
-    """A positive number of seconds from the environment; anything else stops the process,
-    naming the variable."""
-    text = os.environ.get(variable, default)
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise SettingError(f"{variable} must be a positive number of seconds, not {text!r}")
-    return value
-
-
 #: Seconds between two collections of the young generations (0 and 1) of a started worker or
 #: ingress (``OCSTREAM_GC_YOUNG_EVERY``).
 #: What they hold is what the worker has in flight: a collection takes under a millisecond on
 #: an idle worker and up to about 0.3 s in the middle of a large backlog (``docs/benchmarks.md``,
 #: "Issue 14, fourth round"). Cycles made while processing are freed within this time.
-GC_YOUNG_EVERY = _seconds("OCSTREAM_GC_YOUNG_EVERY", "30")
+GC_YOUNG_EVERY = env_seconds(os.environ, "OCSTREAM_GC_YOUNG_EVERY", positive=True) or 30.0
 
 
 #: Per generation: collections, seconds spent in them and the longest one, since

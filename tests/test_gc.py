@@ -39,7 +39,8 @@ def test_tune_gc_freezes_the_heap_and_sets_the_thresholds() -> None:
 
 
 def test_a_bad_clock_setting_stops_the_worker_at_start_with_its_name() -> None:
-    for bad in ("0", "-1", "soon", "nan"):
+    more_than_0 = "a duration in seconds, more than 0, not"
+    for bad, what in (("0", more_than_0), ("-1", more_than_0), ("soon", "not a number:")):
         result = subprocess.run(
             [sys.executable, "-c", "import ocstream.runtime"],
             capture_output=True,
@@ -48,9 +49,7 @@ def test_a_bad_clock_setting_stops_the_worker_at_start_with_its_name() -> None:
             env={**os.environ, "OCSTREAM_GC_YOUNG_EVERY": bad},
         )
         assert result.returncode != 0, bad
-        assert f"OCSTREAM_GC_YOUNG_EVERY must be a positive number of seconds, not {bad!r}" in (
-            result.stderr
-        ), result.stderr[-2000:]
+        assert f"OCSTREAM_GC_YOUNG_EVERY: {what} {bad!r}" in result.stderr, result.stderr[-2000:]
 
 
 def test_cycles_are_freed_on_the_clock_not_by_allocation_counts() -> None:

@@ -32,6 +32,7 @@ from faust.web import Request, Response, View
 
 from ocstream.dataflow import declare_producer
 from ocstream.delivery import origin_header
+from ocstream.envvars import env_number, env_seconds
 from ocstream.ingress.decode import DecoderCache
 from ocstream.ingress.model import ExtendedBlock
 from ocstream.ingress.registry import NetworkRegistry
@@ -50,8 +51,6 @@ from ocstream.xcm.matching import (
     MatchSettings,
     Store,
     Tables,
-    env_number,
-    env_seconds,
     expired_keys,
 )
 from ocstream.xcm.sender import BlockSenders

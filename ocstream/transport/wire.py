@@ -38,6 +38,8 @@ from typing import Any
 import orjson
 import zstandard
 
+from ..envvars import env_choice, env_count
+
 Headers = Sequence[tuple[str, bytes]]
 
 #: One stream entry as a fetch returns it: ``(offset, {field: value})``.
@@ -45,13 +47,11 @@ FetchedRecord = tuple[int, dict[bytes, bytes]]
 
 #: Values this long or longer are written compressed (field ``z``); 0 writes every value as is.
 #: ``OCSTREAM_TRANSPORT_COMPRESS_MIN_BYTES`` sets it per process; readers take either field.
-COMPRESS_MIN_BYTES = int(os.environ.get("OCSTREAM_TRANSPORT_COMPRESS_MIN_BYTES", "512"))
+COMPRESS_MIN_BYTES = env_count(os.environ, "OCSTREAM_TRANSPORT_COMPRESS_MIN_BYTES", 512)
 
 #: ``zstd`` (the default) or ``zlib``: how values are compressed
 #: (``OCSTREAM_TRANSPORT_COMPRESSION``). Readers take both, whatever this says.
-COMPRESSION = os.environ.get("OCSTREAM_TRANSPORT_COMPRESSION", "zstd")
-if COMPRESSION not in ("zstd", "zlib"):
-    raise ValueError(f"OCSTREAM_TRANSPORT_COMPRESSION must be zstd or zlib, not {COMPRESSION!r}")
+COMPRESSION = env_choice(os.environ, "OCSTREAM_TRANSPORT_COMPRESSION", ("zstd", "zlib"), "zstd")
 
 #: The fastest levels of both: most of the gain, a fraction of the higher levels' time.
 COMPRESS_LEVEL = 1

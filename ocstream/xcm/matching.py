@@ -36,14 +36,13 @@ Tables (all JSON values; keys start with the chain so a partition's keys are its
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import JsonValue
 
-from ..errors import SettingError
+from ..envvars import env_seconds
 from . import bridge
 from . import notifications as notify
 from .coverage import CoverageOf, mark_timeout
@@ -152,31 +151,6 @@ class MatchSettings:
             if value is not None:
                 values[name] = value
         return cls(**values)
-
-
-def env_number(environ: Mapping[str, str], name: str) -> float | None:
-    """The number in the environment variable ``name``, None when it is not set; a clear
-    :class:`~ocstream.errors.SettingError` (a ``ValueError``) for text that is not a number, and
-    for NaN (which no limit can mean)."""
-    raw = environ.get(name)
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if math.isnan(value):
-        raise SettingError(f"{name}: not a number: {raw!r}")
-    return value
-
-
-def env_seconds(environ: Mapping[str, str], name: str) -> float | None:
-    """:func:`env_number` for a duration: a :class:`~ocstream.errors.SettingError` for a negative
-    one too."""
-    value = env_number(environ, name)
-    if value is not None and value < 0:
-        raise SettingError(f"{name}: a duration in seconds, 0 or more, not {environ[name]!r}")
-    return value
 
 
 @dataclass(slots=True)

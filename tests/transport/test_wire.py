@@ -108,7 +108,7 @@ def test_an_unknown_codec_name_is_refused() -> None:
         check=False,
     )
     assert run.returncode != 0
-    assert "OCSTREAM_TRANSPORT_COMPRESSION must be zstd or zlib, not 'lz4'" in run.stderr
+    assert "OCSTREAM_TRANSPORT_COMPRESSION: zlib or zstd, not 'lz4'" in run.stderr
 
 
 def test_compression_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ocstream.xcm.matching import MatchSettings, env_number, env_seconds
+from ocstream.envvars import env_number, env_seconds
+from ocstream.xcm.matching import MatchSettings
 from topology.xcm import BATCH_SECONDS, _setting, record_bound
 
 
