@@ -51,7 +51,7 @@ def test_a_choice_is_one_of_its_names() -> None:
     ("name", "raw", "message"),
     [
         ("OCSTREAM_TRANSPORT_COMPRESS_MIN_BYTES", "-1", "a whole number, 0 or more, not '-1'"),
-        ("OCSTREAM_TRANSPORT_COMPRESSION", "lz4", "zlib or zstd, not 'lz4'"),
+        ("OCSTREAM_TRANSPORT_COMPRESSION", "lz4", "zlib or zstd or zstd-dict, not 'lz4'"),
         ("OCSTREAM_GC_YOUNG_EVERY", "0", "a duration in seconds, more than 0, not '0'"),
     ],
 )
