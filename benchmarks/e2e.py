@@ -115,6 +115,7 @@ from procs import (  # benchmarks/ is this script's directory
     ChildProc,
     Incomplete,
     WorkerProc,
+    bench_env,
     cleanup,
     cpu_seconds,
     redis_cpu,
@@ -131,7 +132,7 @@ from ocstream.transport import Keyspace
 from ocstream.transport.wire import entry_value, partition_for_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.workers import free_port, ocstream_env  # noqa: E402
+from tests.workers import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SUBSCRIPTION = "bench-e2e"
@@ -249,7 +250,7 @@ class Ingress(ChildProc):
         config.write_text("\n".join(lines))
         self.args = [sys.executable, "-m", "ocstream", "ingress", "-l", "info"]
         self.args += ["--config", str(config), "--redis", run.url, "--port", str(self.port)]
-        self.env = ocstream_env(
+        self.env = bench_env(
             OCSTREAM_TRANSPORT_PREFIX=run.prefix,
             OCSTREAM_PARTITIONS=str(run.partitions),
             PYTHONUNBUFFERED="1",

@@ -29,6 +29,19 @@ from tests.workers import FAST_GROUP_ENV, free_port, ocstream_env  # noqa: E402
 
 T = TypeVar("T")
 
+#: Settings of the record format that every process of a run must share, passed on from the
+#: benchmark's own environment to its workers and ingress (``ocstream_env`` passes no other
+#: ``OCSTREAM_*``): ``OCSTREAM_TRANSPORT_COMPRESSION=zstd python benchmarks/xcm.py`` runs
+#: everything without the compression dictionary, for a comparison in the same checkout.
+WIRE_SETTINGS = ("OCSTREAM_TRANSPORT_COMPRESSION", "OCSTREAM_TRANSPORT_COMPRESS_MIN_BYTES")
+
+
+def bench_env(**extra: str) -> dict[str, str]:
+    """:func:`tests.workers.ocstream_env` with this run's :data:`WIRE_SETTINGS`, plus ``extra``."""
+    wire = {name: os.environ[name] for name in WIRE_SETTINGS if name in os.environ}
+    return ocstream_env(**wire, **extra)
+
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -104,7 +117,7 @@ class WorkerProc(ChildProc):
         self.log_path = root / f"{name}.log"
         self.port = free_port()
         self.url = url
-        self.env = ocstream_env()
+        self.env = bench_env()
         self.env.update(FAST_GROUP_ENV)
         self.env.update(
             {
