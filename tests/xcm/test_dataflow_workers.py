@@ -17,13 +17,21 @@ from typing import Any
 
 import pytest
 import redis
+import zstandard
 from prometheus_client.parser import text_string_to_metric_families
 
 from ocstream.delivery import ORIGIN_HEADER
 from ocstream.ingress.model import ExtendedBlock
 from ocstream.testing import blocks_from_case, publish_blocks_sync, register_network_sync
 from ocstream.transport.keys import Keyspace
-from ocstream.transport.wire import Record, decode_headers, entry_value, partition_for_key
+from ocstream.transport.wire import (
+    DICT_ID,
+    ZSTD_MAGIC,
+    Record,
+    decode_headers,
+    entry_value,
+    partition_for_key,
+)
 from ocstream.transport.writer import append_records
 from ocstream.xcm.keys import leg_key, spread_origin
 from ocstream.xcm.legs import SentLeg
@@ -66,6 +74,22 @@ def notification_records(redis_url: str, prefix: str) -> list[tuple[list[Any], d
     return found
 
 
+def compressed_with(redis_url: str, prefix: str) -> set[int]:
+    """The dictionary ids that the zstd values the workers wrote name (0: none): every
+    stream but ``blocks``, which the test writes."""
+    client = redis.Redis.from_url(redis_url)
+    found = set()
+    for key in client.scan_iter(match=f"{prefix}t:*", _type="stream"):
+        if key.startswith(f"{prefix}t:blocks:".encode()):
+            continue
+        for _, fields in client.xrange(key):
+            packed = fields.get(b"z")
+            if packed is not None and packed.startswith(ZSTD_MAGIC):
+                found.add(zstandard.get_frame_parameters(packed).dict_id)
+    client.close()
+    return found
+
+
 def read_topic(redis_url: str, prefix: str, topic: str) -> list[dict[str, Any]]:
     return [value for _, _, value in read_records(redis_url, prefix, topic)]
 
@@ -101,9 +125,14 @@ def test_two_workers_match_recorded_journeys(
     fixtures_dir: Path,
     batches: dict[str, str],
 ) -> None:
-    """Also with ``OCSTREAM_XCM_BATCH_RECORDS=1``: every record its own batch and flush."""
+    """Also with ``OCSTREAM_XCM_BATCH_RECORDS=1``: every record its own batch and flush.
+
+    w1 writes values as a version without the compression dictionary does
+    (``OCSTREAM_TRANSPORT_COMPRESSION=zstd``), w2 with it: in a rolling upgrade the two share
+    every topic and changelog, and each reads what the other wrote."""
     hrmp, ump = register_and_load(redis_url, prefix, fixtures_dir)
     env = {"OCSTREAM_XCM_JOURNEY_TTL": "8", "OCSTREAM_XCM_SWEEP_INTERVAL": "2", **batches}
+    codecs = {"w1": {"OCSTREAM_TRANSPORT_COMPRESSION": "zstd"}, "w2": {}}
     workers = [
         Worker(
             name,
@@ -111,7 +140,7 @@ def test_two_workers_match_recorded_journeys(
             redis_url=redis_url,
             prefix=prefix,
             app_id=app_id,
-            env=env,
+            env={**env, **codecs[name]},
             dataflow="xcm,demo",  # the demo's page tells when a worker is assigned
         )
         for name in ("w1", "w2")
@@ -206,6 +235,10 @@ def test_two_workers_match_recorded_journeys(
         assert sum(v["counters"].get("received", 0) for v in pending) == 1, pending
         assert sum(v["counters"].get("timeout", 0) for v in pending) == 3, pending
         assert all(set(v["tables"]) >= {"journeys", "outbound", "inbound"} for v in pending)
+        # Both kinds of frames are in what the workers wrote: without a dictionary (w1's) and
+        # with it (w2's).
+        dictionaries = compressed_with(redis_url, prefix)
+        assert dictionaries >= {0, DICT_ID}, dictionaries
     finally:
         for worker in workers:
             worker.stop()
