@@ -33,6 +33,9 @@ ADDED = [
     # Changelog records a standby wrote to its stores straight from the fetch
     # (docs/transport.md, Consumer).
     ["ocstream_transport_standby_records_applied_total", "counter", []],
+    # Compressed values that did not decompress, handed on as they are (docs/transport.md,
+    # Compressed values).
+    ["ocstream_transport_values_undecompressed_total", "counter", []],
     # The worker's garbage collections, timed (ocstream/runtime.py, docs/metrics.md).
     ["ocstream_gc_collections_total", "counter", ["generation"]],
     ["ocstream_gc_pause_max_seconds", "gauge", ["generation"]],

@@ -22,6 +22,8 @@ class TransportMetrics:
     tombstones_removed: int = 0
     #: Changelog records a standby wrote to its stores straight from the fetch (drain.py).
     standby_records_applied: int = 0
+    #: Compressed values that could not be decompressed, handed on as they are (wire.py).
+    values_undecompressed: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -34,6 +34,7 @@ Keys are hashed with Kafka's murmur2 so that faust's table routing (``/router/``
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import struct
@@ -48,6 +49,9 @@ import orjson
 import zstandard
 
 from ..envvars import env_choice, env_count
+from .metrics import METRICS
+
+log = logging.getLogger(__name__)
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -196,9 +200,22 @@ def entry_value(fields: Mapping[bytes, bytes]) -> bytes | None:
         if packed is not None:
             try:
                 return decompress(packed)
-            except ValueError:
+            except ValueError as exc:
+                _undecompressed(exc)
                 return packed
     return value
+
+
+def _undecompressed(error: ValueError) -> None:
+    """Count a value that did not decompress (``ocstream_transport_values_undecompressed_total``)
+    and say why in the log: the first time, then every 1,000th. The reader's own error (a dead
+    letter: "not JSON") cannot tell a damaged value from one made with a dictionary this version
+    does not have, as after a downgrade; this line can."""
+    METRICS.values_undecompressed += 1
+    count = METRICS.values_undecompressed
+    if count == 1 or count % 1000 == 0:
+        log.warning("a compressed value did not decompress (%d so far), handed on as it is: %s",
+                    count, error)  # fmt: skip
 
 
 def encode_headers(headers: Headers | Mapping[str, bytes]) -> bytes:

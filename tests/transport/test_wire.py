@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 import zlib
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from ocstream.transport import wire
 from ocstream.transport.keys import Keyspace, offset_field
+from ocstream.transport.metrics import METRICS
 from ocstream.transport.wire import (
     Record,
     decode_headers,
@@ -151,9 +153,12 @@ def test_values_as_long_as_blocks_are_compressed_without_the_dictionary() -> Non
     assert wire.decompress(wire.compress(short)) == short
 
 
-def test_a_value_made_with_another_dictionary_is_refused_by_its_id() -> None:
+def test_a_value_made_with_another_dictionary_is_refused_by_its_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A writer of a later version with another dictionary: the reader names the id it lacks,
-    and ``entry_value`` hands the bytes on as they are, for the reader to dead-letter."""
+    and ``entry_value`` hands the bytes on as they are, for the reader to dead-letter, counts
+    them and logs why (the first time, then every 1,000th)."""
     other = zstandard.train_dictionary(
         4096, [orjson.dumps({"n": i, "urn": f"urn:ocn:local:{i}"}) * 8 for i in range(400)],
         dict_id=wire.DICT_ID + 1,
@@ -161,7 +166,17 @@ def test_a_value_made_with_another_dictionary_is_refused_by_its_id() -> None:
     packed = zstandard.ZstdCompressor(dict_data=other).compress(b'{"n": 1}' * 100)
     with pytest.raises(ValueError, match=f"dictionary {wire.DICT_ID + 1}, which this version"):
         wire.decompress(packed)
-    assert entry_value({b"t": b"7", b"z": packed}) == packed
+    before = METRICS.values_undecompressed
+    METRICS.values_undecompressed = 0  # the first one is logged
+    try:
+        with caplog.at_level(logging.WARNING, logger="ocstream.transport.wire"):
+            assert entry_value({b"t": b"7", b"z": packed}) == packed
+            assert entry_value({b"t": b"7", b"z": packed}) == packed
+        assert METRICS.values_undecompressed == 2
+    finally:
+        METRICS.values_undecompressed += before
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 1 and f"made with dictionary {wire.DICT_ID + 1}" in logged[0], logged
 
 
 def test_an_unknown_codec_name_is_refused() -> None:
