@@ -35,6 +35,7 @@ Tables (all JSON values; keys start with the chain so a partition's keys are its
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -175,6 +176,25 @@ def _jkey(chain: str, jid: str) -> str:
     return f"{chain}|{jid}"
 
 
+def _seen_key(chain: str, identity: str) -> str:
+    """The ``seen`` key of a leg's identity: ``{chain}|s:`` and 22 characters of its blake2b
+    digest (128 bits, base64url) instead of the identity's 100 or so. ``seen`` entries are the
+    only thing a finished journey leaves for a day (``seen_ttl``), each in a changelog entry
+    and its compaction index, so their keys are most of what it keeps (``docs/capacity.md``)."""
+    digest = hashlib.blake2b(identity.encode(), digest_size=16).digest()
+    return f"{chain}|s:{base64.urlsafe_b64encode(digest).rstrip(b'=').decode()}"
+
+
+def _seen_entry(tables: Tables, chain: str, identity: str) -> Any:
+    """The ``seen`` entry of ``identity``, under its key or under the whole identity, as
+    versions before short keys wrote it: their entries are honoured until they expire
+    (``seen_ttl`` after an upgrade), so a leg replayed across the upgrade is still known."""
+    entry = tables.get("seen", _seen_key(chain, identity))
+    if entry is None:
+        entry = tables.get("seen", _jkey(chain, identity))
+    return entry
+
+
 def _append(tables: Tables, table: str, key: str, item: Any) -> None:
     current = list(tables.get(table, key) or [])
     if item not in current:
@@ -222,11 +242,12 @@ class Engine:
     # -- legs from extraction --
 
     def _seen(self, tables: Tables, chain: str, identity: str) -> bool:
-        key = _jkey(chain, identity)
-        entry = tables.get("seen", key)
+        entry = _seen_entry(tables, chain, identity)
         if entry is not None and entry["expires"] > self.now():
             return True
-        tables.set("seen", key, {"expires": self.now() + self.settings.seen_ttl})
+        tables.set(
+            "seen", _seen_key(chain, identity), {"expires": self.now() + self.settings.seen_ttl}
+        )
         return False
 
     def _on_sent(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
@@ -379,7 +400,7 @@ class Engine:
 
     def _on_received(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
         leg = ReceivedLeg.model_validate(record["leg"])
-        if tables.get("seen", _jkey(chain, "rcv:" + leg.identity)) is not None:
+        if _seen_entry(tables, chain, "rcv:" + leg.identity) is not None:
             # This receipt already ended (or hopped) its journey: a re-delivery (a worker killed
             # after its outputs were written) must not become the receipt of a later journey
             # with the same bytes.
@@ -395,7 +416,7 @@ class Engine:
         """Remember that a receipt found its journey (see :meth:`_on_received`)."""
         tables.set(
             "seen",
-            _jkey(chain, "rcv:" + leg["identity"]),
+            _seen_key(chain, "rcv:" + leg["identity"]),
             {"expires": self.now() + self.settings.seen_ttl},
         )
 

@@ -17,12 +17,15 @@ by their id (``ocstream/xcm/keys.py``): identical ones share a key, so they stay
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ocstream.xcm import matching
 from ocstream.xcm.legs import ReceivedLeg, SentLeg
 from ocstream.xcm.matching import MatchSettings
 
@@ -268,3 +271,48 @@ def test_a_downward_receipt_is_ordered_by_the_relay_block_that_queued_it() -> No
     own = received_leg(para, message_hash=HASH, number=41, event=2, from_chain=relay)
     publish(cluster, own.model_copy(update={"slot": "dmp:100:0"}))
     assert received_blocks(cluster) == {"100": "41"}
+
+
+def _seen_keys(cluster: Cluster) -> list[str]:
+    return [key for stores in cluster.stores for key in stores["seen"]]
+
+
+def test_seen_keys_are_short_digests_of_the_identities() -> None:
+    """What a finished journey keeps for a day is its ``seen`` entries: each key is the chain
+    and 22 characters of a digest, not the leg's identity (about 100 characters)."""
+    cluster = Cluster()
+    first, r1 = send(10, None), receipt(30, None)
+    publish(cluster, first, r1)
+    keys = _seen_keys(cluster)
+    assert len(keys) == 2, keys  # the send and the receipt that ended its journey
+    for key in keys:
+        chain, _, digest = key.partition("|s:")
+        assert chain.split("#")[0] in (MOONBEAM, ASSET_HUB), key
+        assert re.fullmatch(r"[A-Za-z0-9_-]{22}", digest), key
+    assert not any(first.identity in key or r1.identity in key for key in keys)
+
+
+def test_seen_entries_written_before_short_keys_still_catch_replays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rolling upgrade: the version before kept ``seen`` entries under the whole identity.
+    Its legs replayed to the new version (an ingress re-publishing its last blocks, a worker
+    killed before its commit) are still recognised until those entries expire."""
+    cluster = Cluster()
+    first, r1 = send(10, None), receipt(30, None)
+    with monkeypatch.context() as old_version:
+        old_version.setattr(matching, "_seen_key", lambda chain, identity: f"{chain}|{identity}")
+        publish(cluster, first, r1)
+    assert any(first.identity in key for key in _seen_keys(cluster))
+    assert received_blocks(cluster) == {"10": "30"}
+    sent_before = len(cluster.notifications)
+    publish(cluster, first, r1)  # both replayed to the new version
+    assert len(cluster.notifications) == sent_before
+    assert cluster.counters["duplicate_legs"] == 2
+    second, r2 = send(11, None), receipt(31, None)
+    publish(cluster, second)
+    assert received_blocks(cluster) == {"10": "30"}  # the replayed receipt did not end it
+    publish(cluster, r2)
+    assert received_blocks(cluster) == {"10": "30", "11": "31"}
+    finish(cluster)
+    assert cluster.keys_left() == {}  # the old entries expire and are swept like the new
