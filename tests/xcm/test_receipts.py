@@ -71,13 +71,19 @@ def test_a_replayed_receipt_is_not_the_receipt_of_a_later_identical_message() ->
     publish(cluster, first, r1)
     assert received_blocks(cluster) == {"10": "30"}
     publish(cluster, r1)
+    _an_identical_message_gets_its_own_receipt(cluster)
+
+
+def _an_identical_message_gets_its_own_receipt(cluster: Cluster) -> None:
+    """After the first message (block 10) took its receipt (block 30), and a replay of that
+    receipt: the second identical message (11) gets its own (31), and everything is swept."""
     second, r2 = send(11, None), receipt(31, None)
     publish(cluster, second)
     assert received_blocks(cluster) == {"10": "30"}  # the replay did not end the second
     publish(cluster, r2)
     assert received_blocks(cluster) == {"10": "30", "11": "31"}
     finish(cluster)
-    assert cluster.keys_left() == {}
+    assert cluster.keys_left() == {}  # old and new entries alike expire and are swept
 
 
 def test_a_late_receipt_is_reported_once_and_not_given_to_the_next_message() -> None:
@@ -309,10 +315,4 @@ def test_seen_entries_written_before_short_keys_still_catch_replays(
     publish(cluster, first, r1)  # both replayed to the new version
     assert len(cluster.notifications) == sent_before
     assert cluster.counters["duplicate_legs"] == 2
-    second, r2 = send(11, None), receipt(31, None)
-    publish(cluster, second)
-    assert received_blocks(cluster) == {"10": "30"}  # the replayed receipt did not end it
-    publish(cluster, r2)
-    assert received_blocks(cluster) == {"10": "30", "11": "31"}
-    finish(cluster)
-    assert cluster.keys_left() == {}  # the old entries expire and are swept like the new
+    _an_identical_message_gets_its_own_receipt(cluster)
