@@ -4,15 +4,14 @@ or one clear error naming the variable, also on the command line."""
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ocstream.envvars import env_choice, env_count, env_seconds
 from ocstream.errors import ConfigError, SettingError
+
+from .workers import run_worker_once
 
 
 def test_a_period_must_be_more_than_zero_where_it_says_so() -> None:
@@ -60,12 +59,7 @@ def test_the_worker_refuses_a_bad_value_in_one_line_before_starting_redis(
 ) -> None:
     """These are read when their modules are imported; the command line reads them before it
     starts an embedded Redis, and says what is wrong in one line, without a traceback."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCSTREAM_")}
-    env[name] = raw
-    done = subprocess.run(
-        [sys.executable, "-m", "ocstream", "worker", "--data-dir", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    done = run_worker_once(tmp_path, **{name: raw})
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == [f"ocstream: {name}: {message}"]
     assert not (tmp_path / "redis").exists()  # no embedded Redis was started

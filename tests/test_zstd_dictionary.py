@@ -3,6 +3,7 @@ with the transport's id (the same samples give the same bytes), and checking it.
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import subprocess
 import sys
@@ -19,6 +20,10 @@ from .conftest import SYSTEM_REDIS_URL
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "zstd_dictionary.py"
+_spec = importlib.util.spec_from_file_location("zstd_dictionary", SCRIPT)
+assert _spec is not None and _spec.loader is not None
+SCRIPT_MODULE = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(SCRIPT_MODULE)  # its sample-file format, read and written
 
 
 def _values(count: int, seed: int) -> list[bytes]:
@@ -68,22 +73,14 @@ async def test_values_are_sampled_from_a_runs_streams(tmp_path: Path) -> None:
         for key in client.scan_iter(match=f"{prefix}*"):
             client.delete(key)
     assert printed.startswith("50 values"), printed
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from zstd_dictionary import _read_values  # noqa: PLC0415
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    assert sorted(_read_values(out)) == sorted(values)  # decompressed; the block left out
+    assert sorted(SCRIPT_MODULE._read_values(out)) == sorted(
+        values
+    )  # decompressed; the block left out
 
 
 def test_training_is_repeatable_and_the_dictionary_has_the_transports_id(tmp_path: Path) -> None:
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from zstd_dictionary import _write_values  # noqa: PLC0415
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
     samples = tmp_path / "values.bin"
-    _write_values(samples, _values(2000, seed=2))
+    SCRIPT_MODULE._write_values(samples, _values(2000, seed=2))
     first, second = tmp_path / "a.zdict", tmp_path / "b.zdict"
     printed = _run("train", "--samples", str(samples), "--size", "4096", "--out", str(first))
     _run("train", "--samples", str(samples), "--size", "4096", "--out", str(second))
@@ -92,7 +89,7 @@ def test_training_is_repeatable_and_the_dictionary_has_the_transports_id(tmp_pat
     assert made.dict_id() == wire.DICT_ID
     assert "held out, zstd + dictionary" in printed
     other = tmp_path / "other.bin"
-    _write_values(other, _values(300, seed=3))
+    SCRIPT_MODULE._write_values(other, _values(300, seed=3))
     checked = _run("check", "--samples", str(other), "--dictionary", str(first))
     shares = [float(line.split(":")[1].split()[0]) for line in checked.splitlines()[1:]]
     assert len(shares) == 2 and shares[1] < shares[0], checked  # the dictionary helps

@@ -57,6 +57,15 @@ def ocstream_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_worker_once(data_dir: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    """``python -m ocstream worker`` with no ``OCSTREAM_*`` setting but ``extra``, run to its
+    end (for settings that stop it at start-up)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ocstream", "worker", "--data-dir", str(data_dir)],
+        env=ocstream_env(**extra), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

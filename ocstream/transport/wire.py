@@ -34,6 +34,7 @@ Keys are hashed with Kafka's murmur2 so that faust's table routing (``/router/``
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -83,20 +84,17 @@ DICT_MAX_BYTES = 16_384
 #: How a zstd frame begins (RFC 8878); a zlib stream begins with 0x?8 (deflate, CMF byte).
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
-#: The dictionary's bytes, read once (``scripts/zstd_dictionary.py`` made them).
-_DICTIONARY: list[zstandard.ZstdCompressionDict] = []
 
-
+@functools.cache
 def dictionary() -> zstandard.ZstdCompressionDict:
-    """The shipped dictionary (``records.zdict``), loaded on first use."""
-    if not _DICTIONARY:
-        data = (Path(__file__).parent / "records.zdict").read_bytes()
-        loaded = zstandard.ZstdCompressionDict(data, dict_type=zstandard.DICT_TYPE_FULLDICT)
-        if loaded.dict_id() != DICT_ID:
-            raise RuntimeError(f"records.zdict has id {loaded.dict_id()}, not {DICT_ID}")
-        loaded.precompute_compress(level=COMPRESS_LEVEL)
-        _DICTIONARY.append(loaded)
-    return _DICTIONARY[0]
+    """The shipped dictionary (``records.zdict``; ``scripts/zstd_dictionary.py`` made it),
+    read and prepared on first use."""
+    data = (Path(__file__).parent / "records.zdict").read_bytes()
+    loaded = zstandard.ZstdCompressionDict(data, dict_type=zstandard.DICT_TYPE_FULLDICT)
+    if loaded.dict_id() != DICT_ID:
+        raise RuntimeError(f"records.zdict has id {loaded.dict_id()}, not {DICT_ID}")
+    loaded.precompute_compress(level=COMPRESS_LEVEL)
+    return loaded
 
 
 # zstd contexts are reused (creating one per value costs a third more) and are not safe to

@@ -185,11 +185,13 @@ def _seen_key(chain: str, identity: str) -> str:
     return f"{chain}|s:{base64.urlsafe_b64encode(digest).rstrip(b'=').decode()}"
 
 
-def _seen_entry(tables: Tables, chain: str, identity: str) -> Any:
-    """The ``seen`` entry of ``identity``, under its key or under the whole identity, as
-    versions before short keys wrote it: their entries are honoured until they expire
-    (``seen_ttl`` after an upgrade), so a leg replayed across the upgrade is still known."""
-    entry = tables.get("seen", _seen_key(chain, identity))
+def _seen_entry(tables: Tables, chain: str, identity: str, key: str) -> Any:
+    """The ``seen`` entry of ``identity``, under ``key`` (its :func:`_seen_key`) or under the
+    whole identity, as versions before short keys wrote it: their entries are honoured until
+    they expire, so a leg replayed across the upgrade is still known. That second lookup is a
+    RocksDB miss for every new leg; it can go in the first release after this one, once no
+    deployment can hold such entries (``seen_ttl``, a day, after its upgrade)."""
+    entry = tables.get("seen", key)
     if entry is None:
         entry = tables.get("seen", _jkey(chain, identity))
     return entry
@@ -242,12 +244,11 @@ class Engine:
     # -- legs from extraction --
 
     def _seen(self, tables: Tables, chain: str, identity: str) -> bool:
-        entry = _seen_entry(tables, chain, identity)
+        key = _seen_key(chain, identity)
+        entry = _seen_entry(tables, chain, identity, key)
         if entry is not None and entry["expires"] > self.now():
             return True
-        tables.set(
-            "seen", _seen_key(chain, identity), {"expires": self.now() + self.settings.seen_ttl}
-        )
+        tables.set("seen", key, {"expires": self.now() + self.settings.seen_ttl})
         return False
 
     def _on_sent(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
@@ -400,7 +401,8 @@ class Engine:
 
     def _on_received(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
         leg = ReceivedLeg.model_validate(record["leg"])
-        if _seen_entry(tables, chain, "rcv:" + leg.identity) is not None:
+        identity = "rcv:" + leg.identity
+        if _seen_entry(tables, chain, identity, _seen_key(chain, identity)) is not None:
             # This receipt already ended (or hopped) its journey: a re-delivery (a worker killed
             # after its outputs were written) must not become the receipt of a later journey
             # with the same bytes.

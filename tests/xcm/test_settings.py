@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +10,8 @@ import pytest
 from ocstream.envvars import env_number, env_seconds
 from ocstream.xcm.matching import MatchSettings
 from topology.xcm import BATCH_SECONDS, _setting, record_bound
+
+from ..workers import run_worker_once
 
 
 def test_numbers_are_read_and_unset_ones_are_none() -> None:
@@ -79,12 +78,7 @@ def test_a_negative_time_limit_of_the_matcher_is_refused_by_name() -> None:
 
 def test_the_command_line_says_what_is_wrong_in_one_line(tmp_path: Path) -> None:
     """A bad value stops the worker before it starts, with one line naming the variable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OCSTREAM_")}
-    env["OCSTREAM_XCM_SWEEP_INTERVAL"] = "-5"
-    done = subprocess.run(
-        [sys.executable, "-m", "ocstream", "worker", "--data-dir", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    done = run_worker_once(tmp_path, OCSTREAM_XCM_SWEEP_INTERVAL="-5")
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1] == (
         "ocstream: OCSTREAM_XCM_SWEEP_INTERVAL: a duration in seconds, 0 or more, not '-5'"
