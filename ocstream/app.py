@@ -8,6 +8,7 @@ from typing import Any
 from .runtime import App, Table, TableManager, Worker
 from .services import install as install_services
 from .settings import Settings
+from .transport.assignor import LoadAwareAssignor
 from .web import register_views
 
 
@@ -37,6 +38,7 @@ def build_app(settings: Settings, *, redis_url: str) -> Any:
         Worker=Worker,
         TableManager=TableManager,
         Table=Table,
+        PartitionAssignor=LoadAwareAssignor,
     )
     app.transport_settings = settings.transport  # type: ignore[attr-defined]
     register_views(app)

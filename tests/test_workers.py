@@ -443,6 +443,52 @@ def test_more_partitions_for_a_topic_trigger_a_rebalance(
         assert worker.stop() == 0, worker.log_tail()
 
 
+@pytest.mark.parametrize("assignment", ["load", "sticky"])
+def test_a_joining_worker_gets_a_fair_share_of_the_traffic(
+    spawn: Spawn, redis_url: str, prefix: str, app_id: str, assignment: str
+) -> None:
+    """Partitions 0 and 1 have carried far more records than 2 and 3. faust's sticky deal, when
+    a second worker joins, leaves the first one two of the four partitions by count alone (here
+    2 and 3, the quiet ones); weighing what each partition carried gives each worker one busy
+    partition. ``sticky`` shows that the weighing is what makes the difference."""
+
+    async def fill() -> None:
+        async with TopicWriter.from_url(redis_url, prefix=prefix) as writer:
+            await writer.create_topic("demo-events", 4)
+            for partition, count in ((0, 3000), (1, 3000), (2, 100), (3, 100)):
+                users = [f"u{partition}-{i % 20}" for i in range(count)]
+                items = [(user, json.dumps({"user": user, "n": 1})) for user in users]
+                await writer.send_many("demo-events", items, partition=partition)
+
+    asyncio.run(fill())
+    env = {"OCSTREAM_TRANSPORT_ASSIGNMENT": assignment}
+    first = spawn("w1", env=env)
+    second = spawn("w2", env=env)
+    first.start()
+    try:
+        assert first.wait_assigned()["partitions"] == [0, 1, 2, 3]
+        wait_for(lambda: first.view()["processed_here"] >= 6200, 60, "the backlog processed")
+        second.start()
+        wait_for(
+            lambda: (
+                len(second.wait_assigned()["partitions"]) == 2
+                and len(first.view()["partitions"]) == 2
+            ),
+            60,
+            "a 2 + 2 split",
+        )
+        held = [set(first.view()["partitions"]), set(second.view()["partitions"])]
+        busy = [len(h & {0, 1}) for h in held]
+        if assignment == "load":
+            assert busy == [1, 1], held
+            assert "partition swap(s) by traffic" in first.log_text() + second.log_text()
+        else:
+            assert sorted(busy) == [0, 2], held  # faust's deal by counts: both busy on one
+    finally:
+        second.stop()
+        first.stop()
+
+
 def test_a_frozen_worker_cannot_move_offsets_when_it_wakes_up(
     spawn: Spawn, redis_url: str, prefix: str, app_id: str
 ) -> None:

@@ -46,6 +46,7 @@ from faust.types import TP
 from mode import get_logger
 
 from . import local_state, retention, scripts
+from .assignor import LoadAwareAssignor
 from .client import TRANSIENT_ERRORS, Backoff
 from .metrics import METRICS
 
@@ -250,6 +251,16 @@ class GroupCoordinator:
                 group=self.app.conf.id,
             )
 
+    async def _records_written(self, partitions: dict[str, int]) -> dict[str, list[int]] | None:
+        """Records written so far to each partition of each topic (its sequence counter), for
+        the load-aware assignor; None when ``assignment`` is ``sticky``."""
+        if self.settings.assignment != "load" or not partitions:
+            return None
+        topics = sorted(partitions)
+        keys = [self.consumer.keys.sequence(t, n) for t in topics for n in range(partitions[t])]
+        counts = iter(await self.client.mget(keys))
+        return {t: [int(next(counts) or 0) for _ in range(partitions[t])] for t in topics}
+
     async def _complete_rebalance(
         self,
         now: int,
@@ -274,7 +285,10 @@ class GroupCoordinator:
             )
         participants = sorted(expected - waiting)
         member_metadata = {m: ConsumerProtocolMemberMetadata.decode(metas[m]) for m in participants}
-        assignment = self._assignor.assign(_Cluster(partitions), member_metadata)
+        assignor = self._assignor
+        if isinstance(assignor, LoadAwareAssignor):
+            assignor.load = await self._records_written(partitions)
+        assignment = assignor.assign(_Cluster(partitions), member_metadata)
         final = {
             "members": {m: snapshot["members"][m] for m in participants},
             "topics": snapshot["topics"],

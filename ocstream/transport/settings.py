@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -50,6 +50,10 @@ class TransportSettings(BaseModel):
     #: How often the group leader applies retention and removes tombstones, and how often each
     #: member reports how far its table stores have applied their changelogs.
     retention_interval: float = Field(default=30.0, gt=0)
+    #: ``load``: faust's assignment, then partitions swapped between members so that each
+    #: carries a fair share of the records written so far (``assignor.py``); ``sticky``:
+    #: faust's assignment alone (partition counts only).
+    assignment: Literal["load", "sticky"] = "load"
 
     @classmethod
     def from_env(

@@ -1,0 +1,221 @@
+"""Partition assignment that also weighs how much traffic each partition carries.
+
+faust's ``PartitionAssignor`` deals the partitions of each copartitioned group out by count:
+every member gets about as many partitions as the others, the assignment is sticky, and a
+member's standby is promoted when it loses an active. That is balanced when every partition
+carries the same traffic. Keyed topics rarely do: the matcher keys a destination's work by its
+chain, and a dozen chains hashed onto eight partitions leave some partitions with three chains
+and others with none (docs/benchmarks.md, "Issue 14, fourteenth round": one of two workers did
+0.6 of the work). Partition counts alone cannot see that.
+
+:class:`LoadAwareAssignor` runs faust's assignment first, then swaps active partitions between
+the busiest and the least busy member of a group while that narrows the gap between them by a
+worthwhile amount (:data:`MIN_GAIN` of a member's fair share). Swaps keep each member's
+partition count, so faust's capacity rules still hold; where standby replicas are on, a swap
+is made only when the two members hold each other's moved partitions as standbys (they then
+trade those too, and a promoted standby is warm), or neither does.
+
+The weight of a partition is the number of records ever written to it, summed over the group's
+topics (the sequence counters the transport keeps anyway, ``{p}o:{topic}:{n}``). The group
+leader reads them before it assigns (``group.py``). A fresh deployment has no traffic to weigh,
+so its first assignment is faust's; the next rebalance (a worker joining, leaving, restarting
+with a new version) weighs what the topics carried so far. Counts since the topic was created
+follow a change in traffic slowly; that is the price of needing no bookkeeping.
+
+``OCSTREAM_TRANSPORT_ASSIGNMENT=sticky`` turns the weighing off (faust's assignment alone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from faust.assignor import PartitionAssignor
+from faust.assignor.client_assignment import ClientAssignment, CopartitionedAssignment
+from faust.assignor.cluster_assignment import ClusterAssignment
+from faust.assignor.copartitioned_assignor import CopartitionedAssignor
+from mode import get_logger
+
+__all__ = ["MIN_GAIN", "Balance", "LoadAwareAssignor", "balance", "group_weights"]
+
+logger = get_logger(__name__)
+
+#: A swap is made only if it narrows the gap between the two members by at least this share of
+#: a member's fair load (total / members): small gains are not worth moving table state.
+MIN_GAIN = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """What :func:`balance` did to one group: swaps made, and the busiest member's share of
+    the group's weight before and after (1 / members is an even split)."""
+
+    swaps: int
+    busiest_before: float
+    busiest_after: float
+
+
+def group_weights(
+    topics: Sequence[str] | set[str], partitions: int, load: Mapping[str, Sequence[int]]
+) -> list[int]:
+    """Per partition of a copartitioned group: the records written to it over the group's
+    topics (topics missing from ``load`` count nothing)."""
+    weights = [0] * partitions
+    for topic in topics:
+        counts = load.get(topic)
+        if counts is None:
+            continue
+        for partition, count in enumerate(counts[:partitions]):
+            weights[partition] += count
+    return weights
+
+
+def _busiest(members: Sequence[CopartitionedAssignment], weights: Sequence[int]) -> float:
+    total = sum(weights)
+    return max(sum(weights[p] for p in m.actives) for m in members) / total
+
+
+def balance(
+    members: Sequence[CopartitionedAssignment],
+    weights: Sequence[int],
+    *,
+    min_gain: float = MIN_GAIN,
+) -> Balance:
+    """Swap active partitions between members of one copartitioned group until no swap between
+    the busiest and the least busy member narrows their gap by ``min_gain`` of a fair share.
+    Changes ``members`` in place; every member keeps its number of actives and of standbys."""
+    total = sum(weights)
+    if len(members) < 2 or total <= 0:
+        return Balance(0, 1.0 if members else 0.0, 1.0 if members else 0.0)
+    before = _busiest(members, weights)
+    threshold = min_gain * total / len(members)
+    swaps = 0
+    # Every swap lowers the sum of the squared loads (below), so the search ends; the bound only
+    # guards against a mistake.
+    for _ in range(len(weights) * len(members)):
+        loads = [sum(weights[p] for p in m.actives) for m in members]
+        heavy = max(range(len(members)), key=loads.__getitem__)
+        light = min(range(len(members)), key=loads.__getitem__)
+        gap = loads[heavy] - loads[light]
+        # The swap that leaves the narrowest gap, among those that narrow it by the threshold.
+        # Moving weight ``moved`` (0 < moved < gap) from heavy to light lowers the sum of the
+        # squared loads, so the search cannot cycle.
+        choices = [
+            (abs(gap - 2 * (weights[p] - weights[q])), p, q)
+            for p in sorted(members[heavy].actives)
+            for q in sorted(members[light].actives)
+            if weights[p] > weights[q] and _standbys_allow(members[heavy], members[light], p, q)
+        ]
+        best = min(choices, default=None)
+        if best is None or best[0] >= gap or best[0] > gap - threshold:
+            break
+        _swap(members[heavy], members[light], best[1], best[2])
+        swaps += 1
+    return Balance(swaps, before, _busiest(members, weights))
+
+
+def _standbys_allow(
+    heavy: CopartitionedAssignment, light: CopartitionedAssignment, p: int, q: int
+) -> bool:
+    """Whether ``p`` (heavy's) and ``q`` (light's) can trade places without a member holding a
+    partition both as active and as standby, and without changing anyone's standby count."""
+    return (p in light.standbys) == (q in heavy.standbys)
+
+
+def _swap(heavy: CopartitionedAssignment, light: CopartitionedAssignment, p: int, q: int) -> None:
+    heavy.actives.remove(p)
+    light.actives.remove(q)
+    heavy.actives.add(q)
+    light.actives.add(p)
+    if p in light.standbys:  # then q is one of heavy's standbys (_standbys_allow)
+        light.standbys.remove(p)
+        heavy.standbys.remove(q)
+        light.standbys.add(q)
+        heavy.standbys.add(p)
+
+
+class LoadAwareAssignor(PartitionAssignor):
+    """faust's assignor, with :func:`balance` applied to each copartitioned group.
+
+    ``load`` (topic -> records written per partition) is set by the group leader right before
+    it calls :meth:`assign`; None (or no records yet) leaves faust's assignment as it is.
+    """
+
+    load: Mapping[str, Sequence[int]] | None = None
+    #: What the last assignment did, per group (its topics, sorted): for the log and tests.
+    balanced: dict[tuple[str, ...], Balance]
+
+    def _perform_assignment(self, cluster: Any, member_metadata: Any) -> Any:
+        # This is faust-streaming's PartitionAssignor._perform_assignment (0.15.3), unchanged but
+        # for the call to ``balance`` after each group's assignment: faust offers no hook
+        # between assigning a group and packing the result.
+        self.balanced = {}
+        cluster_assgn = ClusterAssignment()
+        clients_metadata = {
+            member_id: self._get_client_metadata(metadata)
+            for member_id, metadata in member_metadata.items()
+        }
+        subscriptions = {
+            member_id: list(metadata.subscription)
+            for member_id, metadata in member_metadata.items()
+        }
+        for member_id in member_metadata:
+            cluster_assgn.add_client(
+                member_id, subscriptions[member_id], clients_metadata[member_id]
+            )
+        topics = cluster_assgn.topics()
+        copartitioned_groups = self._get_copartitioned_groups(topics, cluster, subscriptions)
+        self._update_member_urls(clients_metadata)
+        assignments: MutableMapping[str, ClientAssignment] = {
+            member_id: ClientAssignment(actives={}, standbys={}) for member_id in member_metadata
+        }
+        topic_to_group_id: dict[str, int] = {}
+        partitions_by_topic: dict[str, int] = {}
+        for group_id, (num_partitions, topic_groups) in enumerate(
+            sorted(copartitioned_groups.items())
+        ):
+            for group_topics in topic_groups:
+                for topic in group_topics:
+                    topic_to_group_id[topic] = group_id
+                    partitions_by_topic[topic] = num_partitions
+                assert len(group_topics) > 0 and num_partitions > 0
+                assgn = cluster_assgn.copartitioned_assignments(group_topics)
+                assignor = CopartitionedAssignor(
+                    topics=group_topics,
+                    cluster_asgn=assgn,
+                    num_partitions=num_partitions,
+                    replicas=self.replicas,
+                )
+                result = assignor.get_assignment()
+                self._balance(group_topics, num_partitions, result)
+                for client, copart_assn in result.items():
+                    assignments[client].add_copartitioned_assignment(copart_assn)
+        assignments = self._global_table_standby_assignments(assignments, partitions_by_topic)
+        changelog_distribution = self._get_changelog_distribution(assignments)
+        external_topic_distribution = self._get_external_topic_distribution(assignments)
+        return self._protocol_assignments(
+            assignments, changelog_distribution, external_topic_distribution, topic_to_group_id
+        )
+
+    def _balance(
+        self,
+        topics: set[str],
+        partitions: int,
+        result: Mapping[str, CopartitionedAssignment],
+    ) -> None:
+        if not self.load or len(result) < 2:
+            return
+        weights = group_weights(topics, partitions, self.load)
+        members = [result[client] for client in sorted(result)]
+        done = balance(members, weights)
+        self.balanced[tuple(sorted(topics))] = done
+        if done.swaps:
+            logger.info(
+                "[assign] %d partition swap(s) by traffic in the group of %s: the busiest "
+                "member's share of its records %.2f -> %.2f",
+                done.swaps,
+                min(topics),
+                done.busiest_before,
+                done.busiest_after,
+            )

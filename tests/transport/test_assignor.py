@@ -1,0 +1,136 @@
+"""The load-aware assignor's balancing step (``ocstream/transport/assignor.py``).
+
+The whole assignor runs in real workers in ``tests/test_workers.py``
+(``test_a_joining_worker_gets_a_fair_share_of_the_traffic``); here the swaps themselves, on the
+assignments faust's own ``CopartitionedAssignor`` makes.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from faust.assignor.client_assignment import CopartitionedAssignment
+from faust.assignor.copartitioned_assignor import CopartitionedAssignor
+
+from ocstream.transport.assignor import MIN_GAIN, balance, group_weights
+
+# What xcm.py's ten parachains give 8 partitions: destinations hash onto them as
+# 1, 3, 0, 1, 0, 1, 2, 2 chains, and every partition has a share of the spread new journeys.
+BENCH_WEIGHTS = [10 + 100 * n for n in (1, 3, 0, 1, 0, 1, 2, 2)]
+
+
+def fausts(members: int, partitions: int, replicas: int) -> list[CopartitionedAssignment]:
+    """What faust's assignor gives a fresh group."""
+    fresh = {f"m{n}": CopartitionedAssignment(topics={"t"}) for n in range(members)}
+    result = CopartitionedAssignor({"t"}, fresh, partitions, replicas).get_assignment()
+    return [result[name] for name in sorted(result)]
+
+
+def loads(members: list[CopartitionedAssignment], weights: list[int]) -> list[int]:
+    return [sum(weights[p] for p in m.actives) for m in members]
+
+
+def check_valid(
+    before: list[tuple[set[int], set[int]]], after: list[CopartitionedAssignment], partitions: int
+) -> None:
+    """Every partition active once; standbys never where the partition is active; each
+    partition keeps its number of standbys; each member keeps its counts."""
+    actives = sorted(p for m in after for p in m.actives)
+    assert actives == list(range(partitions))
+    for member in after:
+        assert not member.actives & member.standbys
+    standby_copies = [
+        sorted(p for _, s in before for p in s),
+        sorted(p for m in after for p in m.standbys),
+    ]
+    assert standby_copies[0] == standby_copies[1]
+    assert [(len(a), len(s)) for a, s in before] == [
+        (len(m.actives), len(m.standbys)) for m in after
+    ]
+
+
+@pytest.mark.parametrize("replicas", [0, 1])
+def test_the_benchmarks_destinations_are_split_evenly(replicas: int) -> None:
+    members = fausts(2, 8, replicas)
+    before = [(set(m.actives), set(m.standbys)) for m in members]
+    assert loads(members, BENCH_WEIGHTS) == [340, 740]  # faust's deal: 0.69 of it on one
+
+    done = balance(members, BENCH_WEIGHTS)
+
+    check_valid(before, members, 8)
+    assert loads(members, BENCH_WEIGHTS) == [540, 540]
+    assert done.swaps == 1
+    assert done.busiest_before == pytest.approx(740 / 1080)
+    assert done.busiest_after == pytest.approx(0.5)
+    if replicas:  # the two members trade the swapped partitions' standbys too: still warm
+        assert all(m.standbys == set(range(8)) - m.actives for m in members)
+
+
+def test_a_balanced_assignment_is_left_alone() -> None:
+    members = fausts(2, 8, 1)
+    before = [(set(m.actives), set(m.standbys)) for m in members]
+    done = balance(members, [5] * 8)
+    assert done.swaps == 0
+    assert [(m.actives, m.standbys) for m in members] == before
+
+
+def test_no_traffic_leaves_fausts_assignment() -> None:
+    members = fausts(3, 8, 1)
+    before = [(set(m.actives), set(m.standbys)) for m in members]
+    assert balance(members, [0] * 8).swaps == 0
+    assert [(m.actives, m.standbys) for m in members] == before
+
+
+def test_a_gain_below_the_threshold_is_not_worth_a_move() -> None:
+    # Partition 0 carries a little more than the others: the best swap would narrow the gap
+    # between the two members by 2 records of 802, less than MIN_GAIN of a fair share.
+    weights = [101, 100, 100, 100, 100, 100, 100, 100]
+    members = fausts(2, 8, 0)
+    gap = abs(loads(members, weights)[0] - loads(members, weights)[1])
+    assert 0 < gap < MIN_GAIN * sum(weights) / 2
+    assert balance(members, weights).swaps == 0
+    # With no threshold it would still not swap: no swap narrows a gap of 1.
+    assert balance(members, weights, min_gain=0).swaps == 0
+
+
+def test_swaps_are_made_only_where_the_standbys_allow_them() -> None:
+    # Three members, one replica: faust spreads standbys so that a pair of members does not
+    # always hold each other's partitions; a swap that would leave a member with a standby of
+    # a partition it now runs, or change a standby count, is skipped.
+    rng = random.Random(7)
+    for _ in range(200):
+        partitions = rng.choice([6, 8, 12, 16])
+        members = fausts(3, partitions, 1)
+        weights = [rng.choice([0, 1, 10, 100, 1000]) for _ in range(partitions)]
+        before = [(set(m.actives), set(m.standbys)) for m in members]
+        balance(members, weights)
+        check_valid(before, members, partitions)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_groups_stay_valid_and_get_no_less_even(seed: int) -> None:
+    rng = random.Random(seed)
+    partitions = rng.choice([4, 8, 16, 32])
+    count = rng.randint(2, min(6, partitions))
+    replicas = rng.choice([0, 1, 2])
+    members = fausts(count, partitions, replicas)
+    # Skewed like keyed traffic: a few hot partitions, many quiet ones.
+    weights = [int(rng.paretovariate(1.2) * 100) for _ in range(partitions)]
+    before = [(set(m.actives), set(m.standbys)) for m in members]
+    spread = loads(members, weights)
+
+    done = balance(members, weights)
+
+    check_valid(before, members, partitions)
+    after = loads(members, weights)
+    assert max(after) <= max(spread)
+    assert sum(x * x for x in after) <= sum(x * x for x in spread)
+    assert done.busiest_after <= done.busiest_before
+    assert (done.swaps == 0) == (after == spread)
+
+
+def test_group_weights_add_up_the_groups_topics() -> None:
+    load = {"legs": [5, 0, 2], "legs-changelog": [10, 1, 0], "other": [100, 100, 100]}
+    assert group_weights({"legs", "legs-changelog", "missing"}, 3, load) == [15, 1, 2]
+    assert group_weights({"missing"}, 2, load) == [0, 0]
