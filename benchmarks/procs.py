@@ -29,17 +29,23 @@ from tests.workers import FAST_GROUP_ENV, free_port, ocstream_env  # noqa: E402
 
 T = TypeVar("T")
 
-#: Settings of the record format that every process of a run must share, passed on from the
-#: benchmark's own environment to its workers and ingress (``ocstream_env`` passes no other
-#: ``OCSTREAM_*``): ``OCSTREAM_TRANSPORT_COMPRESSION=zstd python benchmarks/xcm.py`` runs
-#: everything without the compression dictionary, for a comparison in the same checkout.
-WIRE_SETTINGS = ("OCSTREAM_TRANSPORT_COMPRESSION", "OCSTREAM_TRANSPORT_COMPRESS_MIN_BYTES")
+#: Settings passed on from the benchmark's own environment to its workers and ingress
+#: (``ocstream_env`` passes no other ``OCSTREAM_*``), so that a comparison runs in one checkout:
+#: the record format, which every process of a run must share
+#: (``OCSTREAM_TRANSPORT_COMPRESSION=zstd python benchmarks/xcm.py`` runs everything without the
+#: compression dictionary), and how partitions are assigned (``OCSTREAM_TRANSPORT_ASSIGNMENT``).
+PASSED_SETTINGS = (
+    "OCSTREAM_TRANSPORT_COMPRESSION",
+    "OCSTREAM_TRANSPORT_COMPRESS_MIN_BYTES",
+    "OCSTREAM_TRANSPORT_ASSIGNMENT",
+)
 
 
 def bench_env(**extra: str) -> dict[str, str]:
-    """:func:`tests.workers.ocstream_env` with this run's :data:`WIRE_SETTINGS`, plus ``extra``."""
-    wire = {name: os.environ[name] for name in WIRE_SETTINGS if name in os.environ}
-    return ocstream_env(**wire, **extra)
+    """:func:`tests.workers.ocstream_env` with this run's :data:`PASSED_SETTINGS`, plus
+    ``extra``."""
+    passed = {name: os.environ[name] for name in PASSED_SETTINGS if name in os.environ}
+    return ocstream_env(**passed, **extra)
 
 
 REPO = Path(__file__).resolve().parent.parent

@@ -3,7 +3,7 @@
     python benchmarks/xcm.py [--redis URL] [--journeys N] [--workers 1 2] [--partitions P]
                              [--pending M] [--rounds R] [--standby-replicas K] [--seed S]
                              [--origins N] [--sends-by id chain] [--arrival shuffled|timed]
-                             [--timeout S] [--keep DIR]
+                             [--join] [--timeout S] [--keep DIR]
 
 Legs are synthetic but shaped like real ones (a reserve-transfer program, its bytes, the sender,
 the events), so records weigh about what extracted legs weigh: 3.3 kB for a sent leg, 1.2 kB for
@@ -27,7 +27,11 @@ round's phases both ways. ``--origins 1`` makes every journey start at one busy 
    so the journey is indexed at its destination before the receipt arrives. Shuffled, most
    receipts and relayed legs arrive first and wait in the inbound and relay tables.
    Timed from the first publish until every journey's ``xcm.received`` notification is in
-   ``xcm-notifications``. A small warm-up batch of journeys goes first, untimed.
+   ``xcm-notifications``. A small warm-up batch of journeys goes first, untimed. With
+   ``--join``, one worker takes the warm-up alone and the others join after it: the group's
+   assignment is then made with the warm-up's traffic on record, which the load-aware
+   assignor weighs (``ocstream/transport/assignor.py``; compare with
+   ``OCSTREAM_TRANSPORT_ASSIGNMENT=sticky``, faust's assignment by partition counts).
 3. **Memory per pending journey**: one worker; M sent legs with no receipt. Growth of the
    worker's RSS, of this run's Redis keys (by kind) and of the worker's data dir, over M.
 
@@ -315,12 +319,14 @@ class Run:
         self.stopped = False
 
     def start(self, count: int, timeout: float) -> None:
-        self.workers = [
+        """Start ``count`` more workers and wait until the group settles with all of them."""
+        first = len(self.workers)
+        self.workers += [
             WorkerProc(
                 f"w{n + 1}", self.root, url=self.url, prefix=self.prefix, app_id=self.app_id,
                 partitions=self.partitions, standby_replicas=self.standby,
             ).start()
-            for n in range(count)
+            for n in range(first, first + count)
         ]  # fmt: skip
         wait_group(self.workers, timeout)
 
@@ -382,11 +388,21 @@ def journeys_phase(
     warm = build_journeys(0, args.warmup, args.seed + 1000, **keying)
     measured = build_journeys(args.warmup, args.journeys, args.seed, **keying)
     records = shuffled(measured, args.seed)
-    run.start(workers, args.timeout)
+    # --join: one worker takes the warm-up alone and the others join after it, so the group's
+    # last assignment is made with the warm-up's traffic on record (``assignor.py``), as after
+    # a scale-out or a rolling restart; without it, every worker starts on an empty group.
+    joining = workers - 1 if args.join else 0
+    run.start(workers - joining, args.timeout)
     reader = NotificationReader(run.client, run.prefix, args.partitions)
     if warm:
         publish(run.url, run.prefix, args.partitions, shuffled(warm, args.seed + 1000))
         wait_received(run, reader, len(warm), args.timeout)
+    if joining:
+        wait_for(
+            lambda: all_committed(run.client, run.prefix), args.timeout, "the warm-up committed",
+            interval=0.2,
+        )  # fmt: skip
+        run.start(joining, args.timeout)
     # As chains produce them (--arrival timed): a journey's send is in an earlier block than its
     # relayed leg and its receipt, so its index records reach the destination first.
     sends: list[tuple[str, bytes]] = []
@@ -623,6 +639,11 @@ def main(argv: Iterable[str] | None = None) -> int:
         "chain (the origin, as before new journeys were spread); both: each round runs each",
     )  # fmt: skip
     parser.add_argument(
+        "--join", action="store_true",
+        help="start one worker for the warm-up and the others after it (the last assignment "
+        "then weighs the warm-up's traffic; OCSTREAM_TRANSPORT_ASSIGNMENT=sticky: it does not)",
+    )  # fmt: skip
+    parser.add_argument(
         "--arrival", choices=["shuffled", "timed"], default="shuffled",
         help="shuffled: every leg published at once in a random order (receipts mostly before "
         "their journey's index); timed: the sends first, the rest once every send is matched",
@@ -640,7 +661,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         f"{len(PARAS)} parachains, from {args.origins} of them, sent legs keyed by "
         f"{'/'.join(args.sends_by)}), warm-up={args.warmup}, workers={args.workers}, "
         f"partitions={args.partitions}, pending={args.pending}, seed={args.seed}, "
-        f"rounds={args.rounds}, arrival={args.arrival}, "
+        f"rounds={args.rounds}, arrival={args.arrival}, join={args.join}, "
+        f"assignment={os.environ.get('OCSTREAM_TRANSPORT_ASSIGNMENT', 'load')}, "
         f"standby replicas={standby}; "
         f"Python {sys.version.split()[0]}, Redis {version}, {os.cpu_count()} cores",
         flush=True,
