@@ -12,8 +12,9 @@ from .transport.assignor import LoadAwareAssignor
 from .web import register_views
 
 
-def build_app(settings: Settings, *, redis_url: str) -> Any:
-    """A faust app on the Redis transport with the dataflow of :mod:`topology` declared."""
+def build_app(settings: Settings, *, redis_url: str, dataflow: Any = None) -> Any:
+    """A faust app on the Redis transport with the dataflow of :mod:`topology` declared, with
+    ``dataflow`` (:class:`topology.DataflowSettings`; default: read from the environment)."""
     import topology
 
     data_dir = settings.data_dir.absolute()
@@ -43,5 +44,5 @@ def build_app(settings: Settings, *, redis_url: str) -> Any:
     app.transport_settings = settings.transport  # type: ignore[attr-defined]
     register_views(app)
     install_services(app, settings, redis_url=redis_url)
-    topology.declare(app, role=settings.role)
+    topology.declare(app, role=settings.role, settings=dataflow)
     return app

@@ -374,6 +374,15 @@ def _check_environment() -> None:
     from .transport import wire  # noqa: F401
 
 
+def _dataflow_settings() -> Any:
+    """What the dataflow takes from the environment (``OCSTREAM_DATAFLOW``, ``OCSTREAM_XCM_*``;
+    :func:`topology.read_environment`), read once, before an embedded Redis is started, and
+    handed to :func:`ocstream.app.build_app`."""
+    import topology
+
+    return topology.read_environment()
+
+
 def _start_embedded(settings: Settings) -> str:
     from .embedded import EmbeddedRedis
 
@@ -385,13 +394,15 @@ def _start_embedded(settings: Settings) -> str:
     return server.url
 
 
-def _topology(settings: Settings, argv: list[str]) -> int:
+def _topology(settings: Settings, dataflow: Any, argv: list[str]) -> int:
     args = _topology_parser().parse_args(argv)
     from .app import build_app
     from .dataflow import IMAGE_FORMATS, describe, render, render_image
 
     # Describing reads declarations only: nothing connects to this URL.
-    app = build_app(settings, redis_url=settings.redis_url or "redis://127.0.0.1:6379/0")
+    app = build_app(
+        settings, redis_url=settings.redis_url or "redis://127.0.0.1:6379/0", dataflow=dataflow
+    )
     app.finalize()
     flow = describe(app)
     if args.format in IMAGE_FORMATS:
@@ -517,9 +528,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             raise ConfigError(f"{name} is faust's; ocstream's is {_REPLACED_OPTIONS[name]}")
         settings = load_settings(own)
         _check_environment()
-        if command == "topology":
-            rest.remove("topology")
-            raise SystemExit(_topology(settings, rest))
         if command == "record":
             rest.remove("record")
             raise SystemExit(_record(settings, rest))
@@ -527,6 +535,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             rest.remove("ingress")
             port_given = own.get("port") is not None or "OCSTREAM_PORT" in os.environ
             raise SystemExit(_ingress(settings, rest, port_given=port_given))
+        dataflow = _dataflow_settings()
+        if command == "topology":
+            rest.remove("topology")
+            raise SystemExit(_topology(settings, dataflow, rest))
         if command == "worker" and settings.embedded and settings.role != "all":
             raise ConfigError(
                 f"--role {settings.role} needs --redis (or OCSTREAM_REDIS_URL): the embedded "
@@ -541,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             redis_url = "redis://127.0.0.1:6379/0"
         from .app import build_app
 
-        app = build_app(settings, redis_url=redis_url)
+        app = build_app(settings, redis_url=redis_url, dataflow=dataflow)
         if command == "worker" and settings.config_file is not None:
             from .ingress.config import declares_networks, load_ingress_config
 

@@ -19,15 +19,29 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ocstream.errors import ConfigError
 
 from . import delivery, xcm
 
-#: The parts of the production dataflow, in declaration order.
-PARTS: dict[str, Callable[[Any], None]] = {"xcm": xcm.declare, "delivery": delivery.declare}
+
+@dataclass(frozen=True, slots=True)
+class DataflowSettings:
+    """What the dataflow takes from the environment, read once (:func:`read_environment`): the
+    parts to declare (``OCSTREAM_DATAFLOW``) and the XCM dataflow's settings."""
+
+    parts: tuple[str, ...]
+    xcm: xcm.XcmSettings
+
+
+#: The parts of the production dataflow, in declaration order, each with how it is declared.
+PARTS: dict[str, Callable[[Any, DataflowSettings], None]] = {
+    "xcm": lambda app, settings: xcm.declare(app, settings.xcm),
+    "delivery": lambda app, settings: delivery.declare(app),
+}
 
 #: The production parts each role runs.
 ROLES: dict[str, tuple[str, ...]] = {
@@ -52,28 +66,37 @@ def _example(name: str) -> Callable[[Any], None]:
     return declare_part
 
 
-def declare(app: Any, role: str = "all") -> None:
-    """Declare the parts named in ``OCSTREAM_DATAFLOW`` (comma-separated; default: the
-    production parts, :data:`PARTS`), keeping of the production parts those of ``role``
-    (:data:`ROLES`).
-
-    Running a part alone is for tests and benchmarks of one concern: the transport's tests run
-    the demo alone, so that their timings and partition counts are those of that dataflow.
-    """
-    wanted = os.environ.get("OCSTREAM_DATAFLOW", "").strip()
+def read_environment(environ: Mapping[str, str] | None = None) -> DataflowSettings:
+    """The parts named in ``OCSTREAM_DATAFLOW`` (comma-separated; default: the production
+    parts, :data:`PARTS`) and the XCM settings (``OCSTREAM_XCM_*``), or a ``ConfigError`` /
+    ``SettingError`` naming what is wrong. The command line calls this before it starts
+    anything, an embedded Redis included, and declares the dataflow with what it got."""
+    env = os.environ if environ is None else environ
+    wanted = env.get("OCSTREAM_DATAFLOW", "").strip()
     names = [n.strip() for n in wanted.split(",") if n.strip()] if wanted else list(PARTS)
     unknown = sorted(set(names) - PARTS.keys() - EXAMPLES.keys())
     if unknown:
         known = sorted([*PARTS, *EXAMPLES])
         raise ConfigError(f"OCSTREAM_DATAFLOW: unknown parts {unknown}; known: {known}")
+    return DataflowSettings(parts=tuple(names), xcm=xcm.XcmSettings.from_env(env))
+
+
+def declare(app: Any, role: str = "all", settings: DataflowSettings | None = None) -> None:
+    """Declare the parts of ``settings`` (default: :func:`read_environment` now), keeping of
+    the production parts those of ``role`` (:data:`ROLES`).
+
+    Running a part alone is for tests and benchmarks of one concern: the transport's tests run
+    the demo alone, so that their timings and partition counts are those of that dataflow.
+    """
+    settings = settings or read_environment()
     if role not in ROLES:
         raise ConfigError(f"unknown role {role!r}; known: {sorted(ROLES)}")
     for name, declare_part in PARTS.items():
-        if name in names and name in ROLES[role]:
-            declare_part(app)
+        if name in settings.parts and name in ROLES[role]:
+            declare_part(app, settings)
     for name in EXAMPLES:
-        if name in names:
+        if name in settings.parts:
             _example(name)(app)
 
 
-__all__ = ["EXAMPLES", "PARTS", "ROLES", "declare"]
+__all__ = ["EXAMPLES", "PARTS", "ROLES", "DataflowSettings", "declare", "read_environment"]

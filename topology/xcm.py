@@ -24,6 +24,7 @@ import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -211,12 +212,42 @@ async def _send_raw(app: Any, topic: Any, key: str, value: bytes, headers: Any =
 
 
 def _setting(
-    name: str, default: float, read: Callable[[Mapping[str, str], str], float | None] = env_number
+    environ: Mapping[str, str],
+    name: str,
+    default: float,
+    read: Callable[[Mapping[str, str], str], float | None] = env_number,
 ) -> float:
-    """A number of the match agent's from the environment, read by ``read`` (``env_seconds``
-    for a duration); a clear error when it is not one."""
-    value = read(os.environ, name)
+    """A number of the match agent's from ``environ``, read by ``read`` (``env_seconds`` for a
+    duration); a clear error when it is not one."""
+    value = read(environ, name)
     return default if value is None else value
+
+
+@dataclass(frozen=True, slots=True)
+class XcmSettings:
+    """What the XCM dataflow takes from the environment, read once: the matcher's time limits
+    (``OCSTREAM_XCM_JOURNEY_TTL``, ...) and the match agent's own tuning."""
+
+    match: MatchSettings = field(default_factory=MatchSettings)
+    #: ``OCSTREAM_XCM_SWEEP_INTERVAL``: seconds between two sweeps of expired entries.
+    sweep_every: float = 60.0
+    #: ``OCSTREAM_XCM_BATCH_RECORDS`` and ``_SECONDS``: the bounds of a matching batch.
+    batch_records: float = BATCH_RECORDS
+    batch_seconds: float = BATCH_SECONDS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> XcmSettings:
+        """Every value, or a ``SettingError`` naming the first variable that is wrong."""
+        return cls(
+            match=MatchSettings.from_env(environ),
+            sweep_every=_setting(environ, "OCSTREAM_XCM_SWEEP_INTERVAL", 60.0, env_seconds),
+            batch_records=record_bound(
+                _setting(environ, "OCSTREAM_XCM_BATCH_RECORDS", BATCH_RECORDS)
+            ),
+            batch_seconds=_setting(
+                environ, "OCSTREAM_XCM_BATCH_SECONDS", BATCH_SECONDS, env_seconds
+            ),
+        )
 
 
 def record_bound(value: float) -> float:
@@ -239,7 +270,9 @@ def _pending_final(journey: Any) -> bool:
     return isinstance(journey, dict) and journey.get("role") == "final" and not journey.get("done")
 
 
-def declare(app: Any, settings: MatchSettings | None = None) -> None:
+def declare(app: Any, settings: XcmSettings | None = None) -> None:
+    """Declare the XCM dataflow on ``app``, with ``settings`` (default: read from the process
+    environment now; the command line reads them before it starts anything and passes them)."""
     blocks = app.topic(BLOCKS_TOPIC, key_type=str, value_serializer="raw")
     legs = app.topic(LEGS_TOPIC, key_type=str, value_serializer="json")
     notifications = app.topic(NOTIFICATIONS_TOPIC, key_type=str, value_serializer="json")
@@ -256,13 +289,13 @@ def declare(app: Any, settings: MatchSettings | None = None) -> None:
         app, "ingress", writes=[BLOCKS_TOPIC], detail="follows the chains, publishes blocks"
     )
     networks = Networks(app)
-    settings = settings or MatchSettings.from_env(os.environ)
+    settings = settings or XcmSettings.from_env(os.environ)
     engine = Engine(
-        settings, now=time.time, monitored=networks.monitored, coverage=networks.coverage
+        settings.match, now=time.time, monitored=networks.monitored, coverage=networks.coverage
     )
-    sweep_every = _setting("OCSTREAM_XCM_SWEEP_INTERVAL", 60.0, env_seconds)
-    batch_records = record_bound(_setting("OCSTREAM_XCM_BATCH_RECORDS", BATCH_RECORDS))
-    batch_seconds = _setting("OCSTREAM_XCM_BATCH_SECONDS", BATCH_SECONDS, env_seconds)
+    sweep_every = settings.sweep_every
+    batch_records = settings.batch_records
+    batch_seconds = settings.batch_seconds
     deadlines: list[tuple[float, str, str]] = []
     state: dict[str, Any] = {"assignment": frozenset(), "scanned": 0.0, "swept": time.time()}
     app.xcm_networks = networks

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+import topology
 from ocstream.envvars import env_number, env_seconds
+from ocstream.errors import ConfigError
 from ocstream.xcm.matching import MatchSettings
-from topology.xcm import BATCH_SECONDS, _setting, record_bound
+from topology.xcm import BATCH_SECONDS, XcmSettings, _setting, record_bound
 
 from ..workers import run_worker_once
 
@@ -32,17 +34,38 @@ def test_what_is_not_a_number_is_refused_by_name(raw: str) -> None:
         env_number({"X": raw}, "X")
 
 
-def test_the_match_agents_settings_read_the_process_environment(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_the_match_agents_settings_are_read_from_the_environment_given() -> None:
     """What ``topology/xcm.py`` reads at start-up (the batch bounds, the sweep interval)."""
-    monkeypatch.delenv("OCSTREAM_XCM_BATCH_SECONDS", raising=False)
-    assert _setting("OCSTREAM_XCM_BATCH_SECONDS", BATCH_SECONDS) == BATCH_SECONDS
-    monkeypatch.setenv("OCSTREAM_XCM_BATCH_SECONDS", "0.01")
-    assert _setting("OCSTREAM_XCM_BATCH_SECONDS", BATCH_SECONDS) == 0.01
-    monkeypatch.setenv("OCSTREAM_XCM_BATCH_SECONDS", "ten ms")
+    assert XcmSettings.from_env({}) == XcmSettings()
+    assert XcmSettings().batch_seconds == BATCH_SECONDS
+    env = {
+        "OCSTREAM_XCM_BATCH_SECONDS": "0.01",
+        "OCSTREAM_XCM_BATCH_RECORDS": "inf",
+        "OCSTREAM_XCM_SWEEP_INTERVAL": "2",
+        "OCSTREAM_XCM_JOURNEY_TTL": "8",
+    }
+    settings = XcmSettings.from_env(env)
+    assert (settings.batch_seconds, settings.batch_records, settings.sweep_every) == (
+        0.01,
+        math.inf,
+        2.0,
+    )
+    assert settings.match.journey_ttl == 8.0
     with pytest.raises(ValueError, match="OCSTREAM_XCM_BATCH_SECONDS: not a number: 'ten ms'"):
-        _setting("OCSTREAM_XCM_BATCH_SECONDS", BATCH_SECONDS)
+        XcmSettings.from_env({"OCSTREAM_XCM_BATCH_SECONDS": "ten ms"})
+
+
+def test_the_dataflow_reads_its_environment_once_and_declares_with_it() -> None:
+    """``topology.read_environment`` is what the command line calls before it starts anything;
+    a bad part name or XCM value is refused there, by name."""
+    settings = topology.read_environment({"OCSTREAM_XCM_SWEEP_INTERVAL": "3"})
+    assert settings.parts == tuple(topology.PARTS)
+    assert settings.xcm.sweep_every == 3.0
+    assert topology.read_environment({"OCSTREAM_DATAFLOW": " demo, xcm "}).parts == ("demo", "xcm")
+    with pytest.raises(ConfigError, match=r"OCSTREAM_DATAFLOW: unknown parts \['nope'\]"):
+        topology.read_environment({"OCSTREAM_DATAFLOW": "xcm,nope"})
+    with pytest.raises(ConfigError, match="^OCSTREAM_XCM_PENDING_TTL: not a number: 'x'"):
+        topology.read_environment({"OCSTREAM_XCM_PENDING_TTL": "x"})
 
 
 @pytest.mark.parametrize(
@@ -55,18 +78,14 @@ def test_a_batch_bound_in_records_is_whole_at_least_one_or_none(value: float, bo
 
 
 @pytest.mark.parametrize("name", ["OCSTREAM_XCM_SWEEP_INTERVAL", "OCSTREAM_XCM_BATCH_SECONDS"])
-def test_a_negative_duration_is_refused_by_name(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_negative_duration_is_refused_by_name(name: str) -> None:
     """A negative interval or batch time meant nothing (it acted as 0): a clear error instead."""
-    monkeypatch.setenv(name, "-5")
     with pytest.raises(ValueError, match=f"^{name}: a duration in seconds, 0 or more, not '-5'"):
-        _setting(name, 1.0, env_seconds)
+        _setting({name: "-5"}, name, 1.0, env_seconds)
     for raw, value in (("0", 0.0), ("2.5", 2.5), ("inf", math.inf)):
-        monkeypatch.setenv(name, raw)
-        assert _setting(name, 1.0, env_seconds) == value
-    monkeypatch.setenv(name, "-5")
-    assert _setting(name, 1.0) == -5.0  # a plain number may be negative (a record bound)
-    monkeypatch.delenv(name)
-    assert _setting(name, 1.0, env_seconds) == 1.0
+        assert _setting({name: raw}, name, 1.0, env_seconds) == value
+    assert _setting({name: "-5"}, name, 1.0) == -5.0  # a plain number may be negative (a bound)
+    assert _setting({}, name, 1.0, env_seconds) == 1.0
 
 
 def test_a_negative_time_limit_of_the_matcher_is_refused_by_name() -> None:
@@ -76,11 +95,27 @@ def test_a_negative_time_limit_of_the_matcher_is_refused_by_name() -> None:
     assert MatchSettings.from_env({"OCSTREAM_XCM_CLOCK_SLACK": "0"}).clock_slack == 0.0
 
 
-def test_the_command_line_says_what_is_wrong_in_one_line(tmp_path: Path) -> None:
-    """A bad value stops the worker before it starts, with one line naming the variable."""
-    done = run_worker_once(tmp_path, OCSTREAM_XCM_SWEEP_INTERVAL="-5")
-    assert done.returncode != 0
-    assert done.stderr.strip().splitlines()[-1] == (
-        "ocstream: OCSTREAM_XCM_SWEEP_INTERVAL: a duration in seconds, 0 or more, not '-5'"
-    )
-    assert "Traceback" not in done.stderr
+@pytest.mark.parametrize(
+    ("name", "raw", "message"),
+    [
+        ("OCSTREAM_XCM_SWEEP_INTERVAL", "-5", "a duration in seconds, 0 or more, not '-5'"),
+        ("OCSTREAM_XCM_JOURNEY_TTL", "soon", "not a number: 'soon'"),
+    ],
+)
+def test_the_command_line_says_what_is_wrong_in_one_line_before_starting_redis(
+    name: str, raw: str, message: str, tmp_path: Path
+) -> None:
+    """A bad value stops the worker before it starts anything (no embedded Redis), with one
+    line naming the variable."""
+    done = run_worker_once(tmp_path, **{name: raw})
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [f"ocstream: {name}: {message}"]
+    assert not (tmp_path / "redis").exists()
+
+
+def test_an_unknown_dataflow_part_is_refused_before_starting_redis(tmp_path: Path) -> None:
+    done = run_worker_once(tmp_path, OCSTREAM_DATAFLOW="xcm,nope")
+    assert done.returncode == 2, done.stderr[-2000:]
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("ocstream: OCSTREAM_DATAFLOW: unknown parts ['nope']")
+    assert not (tmp_path / "redis").exists()
