@@ -44,7 +44,7 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import zstandard
@@ -100,31 +100,27 @@ def dictionary() -> zstandard.ZstdCompressionDict:
 # zstd contexts are reused (creating one per value costs a third more) and are not safe to
 # share between threads: one set per thread.
 _contexts = threading.local()
+_Context = TypeVar("_Context", zstandard.ZstdCompressor, zstandard.ZstdDecompressor)
 
 
 def _compressor(codec: str) -> zstandard.ZstdCompressor:
     """The thread's compressor for ``codec``: ``zstd-dict`` or ``zstd``."""
     try:
         return _contexts.compressors[codec]  # type: ignore[no-any-return]
-    except AttributeError:
-        _contexts.compressors = {}
-    except KeyError:
+    except (AttributeError, KeyError):
         pass
     if codec == "zstd-dict":
         made = zstandard.ZstdCompressor(level=COMPRESS_LEVEL, dict_data=dictionary())
     else:
         made = zstandard.ZstdCompressor(level=COMPRESS_LEVEL)
-    _contexts.compressors[codec] = made
-    return made
+    return _kept("compressors", codec, made)
 
 
 def _decompressor(dict_id: int) -> zstandard.ZstdDecompressor:
     """The thread's decompressor for frames made with dictionary ``dict_id`` (0: none)."""
     try:
         return _contexts.decompressors[dict_id]  # type: ignore[no-any-return]
-    except AttributeError:
-        _contexts.decompressors = {}
-    except KeyError:
+    except (AttributeError, KeyError):
         pass
     if dict_id == 0:
         made = zstandard.ZstdDecompressor()
@@ -135,18 +131,27 @@ def _decompressor(dict_id: int) -> zstandard.ZstdDecompressor:
             f"a zstd value made with dictionary {dict_id}, which this version does not have "
             f"(it has {DICT_ID})"
         )
-    _contexts.decompressors[dict_id] = made
-    return made
+    return _kept("decompressors", dict_id, made)
 
 
-def compress(value: bytes) -> bytes:
-    """``value`` as the ``z`` field holds it, in this process's :data:`COMPRESSION` (values
-    longer than :data:`DICT_MAX_BYTES` without the dictionary)."""
-    if COMPRESSION == "zlib":
+def _kept(kind: str, key: Any, context: _Context) -> _Context:
+    """``context`` kept as this thread's ``kind`` for ``key`` (zstd contexts are not shared
+    between threads), for the lookups above to find next time."""
+    cache: dict[Any, Any] = _contexts.__dict__.setdefault(kind, {})
+    cache[key] = context
+    return context
+
+
+def compress(value: bytes, codec: str | None = None) -> bytes:
+    """``value`` as the ``z`` field holds it, in ``codec`` (default: this process's
+    :data:`COMPRESSION`; values longer than :data:`DICT_MAX_BYTES` without the dictionary)."""
+    if codec is None:
+        codec = COMPRESSION
+    if codec == "zlib":
         return zlib.compress(value, COMPRESS_LEVEL)
-    if COMPRESSION == "zstd-dict" and len(value) > DICT_MAX_BYTES:
+    if codec == "zstd-dict" and len(value) > DICT_MAX_BYTES:
         return _compressor("zstd").compress(value)
-    return _compressor(COMPRESSION).compress(value)
+    return _compressor(codec).compress(value)
 
 
 def decompress(packed: bytes) -> bytes:

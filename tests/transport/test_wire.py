@@ -143,14 +143,14 @@ def _recorded_leg(decoder_for: Callable[[str, str], Any]) -> bytes:
 def test_values_as_long_as_blocks_are_compressed_without_the_dictionary() -> None:
     """The dictionary helps records of a few kilobytes and hurts blocks: past
     ``DICT_MAX_BYTES`` a value's frame names no dictionary, so any zstd reader takes it."""
-    assert wire.COMPRESSION == "zstd-dict"
     long = orjson.dumps([{"extrinsic": i, "data": "0x" + f"{i:08x}" * 50} for i in range(60)])
     short = long[: wire.DICT_MAX_BYTES]
     assert len(long) > wire.DICT_MAX_BYTES
-    assert zstandard.get_frame_parameters(wire.compress(long)).dict_id == 0
-    assert zstandard.ZstdDecompressor().decompress(wire.compress(long)) == long
-    assert zstandard.get_frame_parameters(wire.compress(short)).dict_id == wire.DICT_ID
-    assert wire.decompress(wire.compress(short)) == short
+    packed_long, packed_short = (wire.compress(v, "zstd-dict") for v in (long, short))
+    assert zstandard.get_frame_parameters(packed_long).dict_id == 0
+    assert zstandard.ZstdDecompressor().decompress(packed_long) == long
+    assert zstandard.get_frame_parameters(packed_short).dict_id == wire.DICT_ID
+    assert wire.decompress(packed_short) == short
 
 
 def test_a_value_made_with_another_dictionary_is_refused_by_its_id(
