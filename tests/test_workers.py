@@ -489,6 +489,67 @@ def test_a_joining_worker_gets_a_fair_share_of_the_traffic(
         first.stop()
 
 
+@pytest.mark.parametrize("check_every", ["2", "0"], ids=["checked", "not-checked"])
+def test_uneven_traffic_on_a_stable_group_leads_to_a_fairer_assignment(
+    spawn: Spawn, redis_url: str, prefix: str, app_id: str, check_every: str
+) -> None:
+    """Two workers share four partitions that have carried nothing (a new deployment), then
+    the traffic goes mostly to the two partitions one of them holds. With the leader weighing
+    the traffic every ``load_check_interval`` (2 s here), it rebalances on its own and each
+    worker ends up with one busy partition; with the check off, nothing moves."""
+    env = {"OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL": check_every}
+    first = spawn("w1", env=env)
+    second = spawn("w2", env=env)
+    first.start()
+    second.start()
+    try:
+        wait_for(
+            lambda: (
+                len(first.wait_assigned()["partitions"]) == 2
+                and len(second.wait_assigned()["partitions"]) == 2
+            ),
+            60,
+            "a 2 + 2 split",
+        )
+        busy = set(first.view()["partitions"])
+
+        async def fill() -> None:
+            async with TopicWriter.from_url(redis_url, prefix=prefix) as writer:
+                for partition in range(4):
+                    count = 2000 if partition in busy else 50
+                    users = [f"u{partition}-{i % 20}" for i in range(count)]
+                    items = [(user, json.dumps({"user": user, "n": 1})) for user in users]
+                    await writer.send_many("demo-events", items, partition=partition)
+
+        asyncio.run(fill())
+
+        def spread() -> bool:
+            held = [set(first.view()["partitions"]), set(second.view()["partitions"])]
+            return [len(h & busy) for h in held] == [1, 1]
+
+        def counted() -> int:
+            return total(first.view()["counts"]) + total(second.view()["counts"])
+
+        if check_every == "0":
+            wait_for(lambda: counted() >= 4100, 60, "every event counted")
+            time.sleep(5)  # more than two check intervals of the other case
+            assert set(first.view()["partitions"]) == busy
+            assert "uneven traffic" not in first.log_text() + second.log_text()
+            return
+        wait_for(spread, 60, "one busy partition per worker")
+        logs = first.log_text() + second.log_text()
+        assert "uneven traffic (the busiest member carries" in logs
+        leader = first if "uneven traffic" in first.log_text() else second
+        assert leader.metric("ocstream_transport_traffic_rebalances_total") == 1
+        wait_for(lambda: counted() >= 4100, 60, "every event counted")
+        time.sleep(3)  # another check: the group is even now, so no second rebalance
+        assert leader.metric("ocstream_transport_traffic_rebalances_total") == 1
+        assert spread()
+    finally:
+        second.stop()
+        first.stop()
+
+
 def test_a_frozen_worker_cannot_move_offsets_when_it_wakes_up(
     spawn: Spawn, redis_url: str, prefix: str, app_id: str
 ) -> None:

@@ -37,13 +37,31 @@ from faust.assignor.cluster_assignment import ClusterAssignment
 from faust.assignor.copartitioned_assignor import CopartitionedAssignor
 from mode import get_logger
 
-__all__ = ["MIN_GAIN", "Balance", "LoadAwareAssignor", "balance", "group_weights"]
+from .metrics import METRICS
+
+__all__ = [
+    "MIN_GAIN",
+    "MIN_RECORDS",
+    "REBALANCE_GAIN",
+    "Balance",
+    "LoadAwareAssignor",
+    "balance",
+    "group_weights",
+]
 
 logger = get_logger(__name__)
 
 #: A swap is made only if it narrows the gap between the two members by at least this share of
 #: a member's fair load (total / members): small gains are not worth moving table state.
 MIN_GAIN = 0.05
+
+#: The group leader starts a rebalance of a stable group on traffic alone when weighing it
+#: would lower the busiest member's share of a group's records by at least this much (0.1: from
+#: 0.6 of two members' records to 0.5), and the group carried at least :data:`MIN_RECORDS` per
+#: partition. A rebalance stops every member for a moment and moves table state, so only a
+#: clear gain is worth one.
+REBALANCE_GAIN = 0.1
+MIN_RECORDS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +163,36 @@ class LoadAwareAssignor(PartitionAssignor):
     load: Mapping[str, Sequence[int]] | None = None
     #: What the last assignment did, per group (its topics, sorted): for the log and tests.
     balanced: dict[tuple[str, ...], Balance]
+    #: The last assignment this assignor made, per group: its partition count and each
+    #: member's (actives, standbys), for :meth:`uneven`.
+    last_groups: dict[tuple[str, ...], tuple[int, list[tuple[set[int], set[int]]]]]
+
+    def uneven(self, load: Mapping[str, Sequence[int]]) -> Balance | None:
+        """What weighing ``load`` would change in the last assignment: the group whose busiest
+        member's share would drop most, or None when no group would change. Groups that
+        carried fewer than :data:`MIN_RECORDS` records per partition are left out: too few to
+        tell a busy partition from a quiet one."""
+        found: Balance | None = None
+        for topics, (partitions, held) in getattr(self, "last_groups", {}).items():
+            weights = group_weights(topics, partitions, load)
+            if sum(weights) < MIN_RECORDS * partitions:
+                continue
+            copies = [
+                CopartitionedAssignment(actives=set(a), standbys=set(s), topics=set(topics))
+                for a, s in held
+            ]
+            done = balance(copies, weights)
+            gain = done.busiest_before - done.busiest_after
+            if done.swaps and (found is None or gain > found.busiest_before - found.busiest_after):
+                found = done
+        return found
 
     def _perform_assignment(self, cluster: Any, member_metadata: Any) -> Any:
         # This is faust-streaming's PartitionAssignor._perform_assignment (0.15.3), unchanged but
         # for the call to ``balance`` after each group's assignment: faust offers no hook
         # between assigning a group and packing the result.
         self.balanced = {}
+        self.last_groups = {}
         cluster_assgn = ClusterAssignment()
         clients_metadata = {
             member_id: self._get_client_metadata(metadata)
@@ -189,6 +231,10 @@ class LoadAwareAssignor(PartitionAssignor):
                 )
                 result = assignor.get_assignment()
                 self._balance(group_topics, num_partitions, result)
+                self.last_groups[tuple(sorted(group_topics))] = (
+                    num_partitions,
+                    [(set(result[c].actives), set(result[c].standbys)) for c in sorted(result)],
+                )
                 for client, copart_assn in result.items():
                     assignments[client].add_copartitioned_assignment(copart_assn)
         assignments = self._global_table_standby_assignments(assignments, partitions_by_topic)
@@ -210,6 +256,7 @@ class LoadAwareAssignor(PartitionAssignor):
         members = [result[client] for client in sorted(result)]
         done = balance(members, weights)
         self.balanced[tuple(sorted(topics))] = done
+        METRICS.partition_swaps += done.swaps
         if done.swaps:
             logger.info(
                 "[assign] %d partition swap(s) by traffic in the group of %s: the busiest "

@@ -46,7 +46,7 @@ from faust.types import TP
 from mode import get_logger
 
 from . import local_state, retention, scripts
-from .assignor import LoadAwareAssignor
+from .assignor import REBALANCE_GAIN, LoadAwareAssignor
 from .client import TRANSIENT_ERRORS, Backoff
 from .metrics import METRICS
 
@@ -105,6 +105,10 @@ class GroupCoordinator:
         self._send_metadata = True
         self._change_seen_at: int | None = None
         self._last_retention = 0.0
+        # (generation, server ms) of the last assignment this member made as the leader, and
+        # when it last weighed the traffic against it (``_check_traffic``).
+        self._assigned: tuple[int, int] | None = None
+        self._last_traffic_check = 0
         self._last_report = 0.0
         self._backoff = Backoff()
         self.is_leader = False
@@ -233,7 +237,10 @@ class GroupCoordinator:
             return
         if phase == "revoking":
             await self._complete_rebalance(now, gen, state, snapshot, metas, partitions)
-        elif now / 1000 - self._last_retention >= self.settings.retention_interval:
+            return
+        if phase == "stable" and self._traffic_check_due(now, gen):
+            await self._check_traffic(gen, snapshot, partitions)
+        if now / 1000 - self._last_retention >= self.settings.retention_interval:
             self._last_retention = now / 1000
             # Every member's topics, not only the leader's: members of different roles
             # (``--role match|deliver``) subscribe to different topics. A changelog of a table
@@ -249,6 +256,47 @@ class GroupCoordinator:
                 {t: n for t, n in partitions.items() if t in subscribed},
                 changelogs,
                 group=self.app.conf.id,
+            )
+
+    def _traffic_check_due(self, now: int, gen: int) -> bool:
+        """Whether to weigh the traffic against the current assignment now: only the leader
+        that made it knows it, and only every ``load_check_interval`` from when it was made."""
+        every = self.settings.load_check_interval * 1000
+        if every <= 0 or self.settings.assignment != "load" or self._assigned is None:
+            return False
+        assigned_gen, assigned_at = self._assigned
+        if assigned_gen != gen or now - max(assigned_at, self._last_traffic_check) < every:
+            return False
+        self._last_traffic_check = now
+        return True
+
+    async def _check_traffic(
+        self, gen: int, snapshot: dict[str, Any], partitions: dict[str, int]
+    ) -> None:
+        """Start a rebalance when weighing the records each partition carried would lower the
+        busiest member's share of some group's records by ``REBALANCE_GAIN`` or more: a group
+        assigned before it had traffic (a new deployment), or whose traffic changed."""
+        assignor = self._assignor
+        load = await self._records_written(partitions)
+        if not isinstance(assignor, LoadAwareAssignor) or load is None:
+            return
+        found = assignor.uneven(load)
+        if found is None or found.busiest_before - found.busiest_after < REBALANCE_GAIN:
+            return
+        new_gen = await scripts.begin_rebalance(
+            self.client,
+            [self.keys.state, self.keys.leader],
+            [self.member_id, gen, orjson.dumps(snapshot)],
+        )
+        if new_gen:
+            self._progressed = True
+            METRICS.traffic_rebalances += 1
+            logger.info(
+                "[group] generation %d: uneven traffic (the busiest member carries %.2f of a "
+                "group's records; %.2f once weighed)",
+                new_gen,
+                found.busiest_before,
+                found.busiest_after,
             )
 
     async def _records_written(self, partitions: dict[str, int]) -> dict[str, list[int]] | None:
@@ -310,6 +358,7 @@ class GroupCoordinator:
         )
         if done:
             self._progressed = True
+            self._assigned = (gen, now)
             logger.info("[group] generation %d assigned to %d members", gen, len(participants))
 
     # -- every member ------------------------------------------------------------------------

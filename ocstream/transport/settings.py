@@ -54,6 +54,11 @@ class TransportSettings(BaseModel):
     #: carries a fair share of the records written so far (``assignor.py``); ``sticky``:
     #: faust's assignment alone (partition counts only).
     assignment: Literal["load", "sticky"] = "load"
+    #: With ``load``: every this many seconds, and no sooner after an assignment, the leader
+    #: checks whether weighing the traffic would make the assignment clearly fairer
+    #: (``assignor.REBALANCE_GAIN``) and rebalances if so. 0: only membership and topic
+    #: changes rebalance.
+    load_check_interval: float = Field(default=300.0, ge=0)
 
     @classmethod
     def from_env(

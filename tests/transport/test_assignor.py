@@ -13,7 +13,13 @@ import pytest
 from faust.assignor.client_assignment import CopartitionedAssignment
 from faust.assignor.copartitioned_assignor import CopartitionedAssignor
 
-from ocstream.transport.assignor import MIN_GAIN, balance, group_weights
+from ocstream.transport.assignor import (
+    MIN_GAIN,
+    MIN_RECORDS,
+    LoadAwareAssignor,
+    balance,
+    group_weights,
+)
 
 # What xcm.py's ten parachains give 8 partitions: destinations hash onto them as
 # 1, 3, 0, 1, 0, 1, 2, 2 chains, and every partition has a share of the spread new journeys.
@@ -134,3 +140,26 @@ def test_group_weights_add_up_the_groups_topics() -> None:
     load = {"legs": [5, 0, 2], "legs-changelog": [10, 1, 0], "other": [100, 100, 100]}
     assert group_weights({"legs", "legs-changelog", "missing"}, 3, load) == [15, 1, 2]
     assert group_weights({"missing"}, 2, load) == [0, 0]
+
+
+def test_the_leader_sees_when_traffic_would_make_the_last_assignment_fairer() -> None:
+    """``uneven`` weighs the last assignment against the records carried since: it names the
+    group that would change most, skips groups with too few records to tell, and finds
+    nothing to do once the assignment is fair."""
+    assignor = LoadAwareAssignor.__new__(LoadAwareAssignor)  # the method needs no app
+    held = [({0, 2, 4, 6}, {1, 3, 5, 7}), ({1, 3, 5, 7}, {0, 2, 4, 6})]
+    assignor.last_groups = {("legs", "legs-changelog"): (8, held)}
+    load = {"legs": BENCH_WEIGHTS, "legs-changelog": BENCH_WEIGHTS}
+    found = assignor.uneven(load)
+    assert found is not None
+    assert (found.busiest_before, found.busiest_after) == (pytest.approx(740 / 1080), 0.5)
+    assert held[0][0] == {0, 2, 4, 6}  # weighed on copies: the record of it is unchanged
+
+    few = {"legs": [w * (MIN_RECORDS - 1) // max(BENCH_WEIGHTS) for w in BENCH_WEIGHTS]}
+    assert sum(few["legs"]) < MIN_RECORDS * 8
+    assert assignor.uneven(few) is None
+
+    assignor.last_groups = {
+        ("legs", "legs-changelog"): (8, [({1, 2, 4, 6}, set()), ({0, 3, 5, 7}, set())])
+    }
+    assert assignor.uneven(load) is None  # what balance() made of it: already fair
