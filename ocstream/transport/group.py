@@ -239,7 +239,7 @@ class GroupCoordinator:
             await self._complete_rebalance(now, gen, state, snapshot, metas, partitions)
             return
         if phase == "stable" and self._traffic_check_due(now, gen):
-            await self._check_traffic(gen, snapshot, partitions)
+            await self._check_traffic(gen, snapshot)
         if now / 1000 - self._last_retention >= self.settings.retention_interval:
             self._last_retention = now / 1000
             # Every member's topics, not only the leader's: members of different roles
@@ -270,14 +270,12 @@ class GroupCoordinator:
         self._last_traffic_check = now
         return True
 
-    async def _check_traffic(
-        self, gen: int, snapshot: dict[str, Any], partitions: dict[str, int]
-    ) -> None:
+    async def _check_traffic(self, gen: int, snapshot: dict[str, Any]) -> None:
         """Start a rebalance when weighing the records each partition carried would lower the
         busiest member's share of some group's records by ``REBALANCE_GAIN`` or more: a group
         assigned before it had traffic (a new deployment), or whose traffic changed."""
         assignor = self._assignor
-        load = await self._records_written(partitions)
+        load = await self._records_written(snapshot["topics"])
         if not isinstance(assignor, LoadAwareAssignor) or load is None:
             return
         found = assignor.uneven(load)
@@ -300,11 +298,12 @@ class GroupCoordinator:
             )
 
     async def _records_written(self, partitions: dict[str, int]) -> dict[str, list[int]] | None:
-        """Records written so far to each partition of each topic (its sequence counter), for
-        the load-aware assignor; None when ``assignment`` is ``sticky``."""
-        if self.settings.assignment != "load" or not partitions:
+        """Records written so far to each partition of each of ``partitions``' topics (the
+        group's subscriptions; its sequence counter), for the load-aware assignor; None when
+        ``assignment`` is ``sticky``."""
+        topics = sorted(t for t, count in partitions.items() if count > 0)
+        if self.settings.assignment != "load" or not topics:
             return None
-        topics = sorted(partitions)
         keys = [self.consumer.keys.sequence(t, n) for t in topics for n in range(partitions[t])]
         counts = iter(await self.client.mget(keys))
         return {t: [int(next(counts) or 0) for _ in range(partitions[t])] for t in topics}
@@ -335,7 +334,7 @@ class GroupCoordinator:
         member_metadata = {m: ConsumerProtocolMemberMetadata.decode(metas[m]) for m in participants}
         assignor = self._assignor
         if isinstance(assignor, LoadAwareAssignor):
-            assignor.load = await self._records_written(partitions)
+            assignor.load = await self._records_written(snapshot["topics"])
         assignment = assignor.assign(_Cluster(partitions), member_metadata)
         final = {
             "members": {m: snapshot["members"][m] for m in participants},
