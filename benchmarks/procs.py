@@ -33,11 +33,13 @@ T = TypeVar("T")
 #: (``ocstream_env`` passes no other ``OCSTREAM_*``), so that a comparison runs in one checkout:
 #: the record format, which every process of a run must share
 #: (``OCSTREAM_TRANSPORT_COMPRESSION=zstd python benchmarks/xcm.py`` runs everything without the
-#: compression dictionary), and how partitions are assigned (``OCSTREAM_TRANSPORT_ASSIGNMENT``).
+#: compression dictionary), and how partitions are assigned (``OCSTREAM_TRANSPORT_ASSIGNMENT``,
+#: ``_LOAD_CHECK_INTERVAL``).
 PASSED_SETTINGS = (
     "OCSTREAM_TRANSPORT_COMPRESSION",
     "OCSTREAM_TRANSPORT_COMPRESS_MIN_BYTES",
     "OCSTREAM_TRANSPORT_ASSIGNMENT",
+    "OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL",
 )
 
 

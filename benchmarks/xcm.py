@@ -31,7 +31,11 @@ round's phases both ways. ``--origins 1`` makes every journey start at one busy 
    ``--join``, one worker takes the warm-up alone and the others join after it: the group's
    assignment is then made with the warm-up's traffic on record, which the load-aware
    assignor weighs (``ocstream/transport/assignor.py``; compare with
-   ``OCSTREAM_TRANSPORT_ASSIGNMENT=sticky``, faust's assignment by partition counts).
+   ``OCSTREAM_TRANSPORT_ASSIGNMENT=sticky``, faust's assignment by partition counts). With
+   ``OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL=S`` in the environment, the workers' leader weighs
+   the traffic every S seconds and rebalances when it is uneven; the run waits one interval
+   after the warm-up and for the group to settle before it times anything (a deployment that
+   has run for a while).
 3. **Memory per pending journey**: one worker; M sent legs with no receipt. Growth of the
    worker's RSS, of this run's Redis keys (by kind) and of the worker's data dir, over M.
 
@@ -403,6 +407,12 @@ def journeys_phase(
             interval=0.2,
         )  # fmt: skip
         run.start(joining, args.timeout)
+    check = os.environ.get("OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL")
+    if check and float(check) > 0 and workers > 1:
+        # The leader weighs the warm-up's traffic within one interval and may rebalance: the
+        # timed part starts once that is done and the group has settled.
+        time.sleep(float(check) + 0.5)
+        wait_group(run.workers, args.timeout)
     # As chains produce them (--arrival timed): a journey's send is in an earlier block than its
     # relayed leg and its receipt, so its index records reach the destination first.
     sends: list[tuple[str, bytes]] = []
@@ -663,6 +673,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         f"partitions={args.partitions}, pending={args.pending}, seed={args.seed}, "
         f"rounds={args.rounds}, arrival={args.arrival}, join={args.join}, "
         f"assignment={os.environ.get('OCSTREAM_TRANSPORT_ASSIGNMENT', 'load')}, "
+        f"load check={os.environ.get('OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL', '300')} s, "
         f"standby replicas={standby}; "
         f"Python {sys.version.split()[0]}, Redis {version}, {os.cpu_count()} cores",
         flush=True,
