@@ -19,15 +19,18 @@ The weight of a partition is the number of records ever written to it, summed ov
 topics (the sequence counters the transport keeps anyway, ``{p}o:{topic}:{n}``). The group
 leader reads them before it assigns (``group.py``). A fresh deployment has no traffic to weigh,
 so its first assignment is faust's; the next rebalance (a worker joining, leaving, restarting
-with a new version) weighs what the topics carried so far. Counts since the topic was created
-follow a change in traffic slowly; that is the price of needing no bookkeeping.
+with a new version) weighs what the topics carried so far, and so does the leader's check of a
+stable group every ``load_check_interval`` (:meth:`LoadAwareAssignor.uneven`), which starts a
+rebalance when the traffic made the assignment clearly uneven (:data:`REBALANCE_GAIN`).
+Counts since the topic was created follow a change in traffic slowly; that is the price of
+needing no bookkeeping.
 
 ``OCSTREAM_TRANSPORT_ASSIGNMENT=sticky`` turns the weighing off (faust's assignment alone).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +78,7 @@ class Balance:
 
 
 def group_weights(
-    topics: Sequence[str] | set[str], partitions: int, load: Mapping[str, Sequence[int]]
+    topics: Iterable[str], partitions: int, load: Mapping[str, Sequence[int]]
 ) -> list[int]:
     """Per partition of a copartitioned group: the records written to it over the group's
     topics (topics missing from ``load`` count nothing)."""
@@ -161,11 +164,14 @@ class LoadAwareAssignor(PartitionAssignor):
     """
 
     load: Mapping[str, Sequence[int]] | None = None
-    #: What the last assignment did, per group (its topics, sorted): for the log and tests.
-    balanced: dict[tuple[str, ...], Balance]
-    #: The last assignment this assignor made, per group: its partition count and each
-    #: member's (actives, standbys), for :meth:`uneven`.
-    last_groups: dict[tuple[str, ...], tuple[int, list[tuple[set[int], set[int]]]]]
+
+    def __init__(self, app: Any, replicas: int = 0) -> None:
+        super().__init__(app, replicas=replicas)
+        #: What the last assignment did, per group (its topics, sorted): for the log and tests.
+        self.balanced: dict[tuple[str, ...], Balance] = {}
+        #: The last assignment this assignor made, per group: its partition count and each
+        #: member's (actives, standbys), for :meth:`uneven`.
+        self.last_groups: dict[tuple[str, ...], tuple[int, list[tuple[set[int], set[int]]]]] = {}
 
     def uneven(self, load: Mapping[str, Sequence[int]]) -> Balance | None:
         """What weighing ``load`` would change in the last assignment: the group whose busiest
@@ -173,7 +179,7 @@ class LoadAwareAssignor(PartitionAssignor):
         carried fewer than :data:`MIN_RECORDS` records per partition are left out: too few to
         tell a busy partition from a quiet one."""
         found: Balance | None = None
-        for topics, (partitions, held) in getattr(self, "last_groups", {}).items():
+        for topics, (partitions, held) in self.last_groups.items():
             weights = group_weights(topics, partitions, load)
             if sum(weights) < MIN_RECORDS * partitions:
                 continue
