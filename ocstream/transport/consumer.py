@@ -64,7 +64,11 @@ class Consumer(base.Consumer):
         self._subscription: set[str] = set()
         self._subscribed = asyncio.Event()
         self._assignment: set[TP] = set()
+        # The next offset to read; None: the reset policy (auto_offset_reset).
         self._positions: dict[TP, int | None] = {}
+        # Assigned partitions no seek has placed yet: the fetch reads them from the group's
+        # committed offset (``_place``), as a Kafka consumer does.
+        self._unplaced: set[TP] = set()
         # Bumped on every seek, pause or revoke: records fetched before it are dropped.
         self._seek_epoch: dict[TP, int] = defaultdict(int)
         self._highwaters: dict[TP, int] = {}
@@ -126,9 +130,11 @@ class Consumer(base.Consumer):
         """Called by the group coordinator only."""
         for tp in self._assignment - tps:
             self._positions.pop(tp, None)
+            self._unplaced.discard(tp)
             self._seek_epoch[tp] += 1
         for tp in tps - self._assignment:
             self._positions[tp] = None
+            self._unplaced.add(tp)
             self._seek_epoch[tp] += 1
         self._assignment = set(tps)
         self._fetchable.set()
@@ -181,7 +187,26 @@ class Consumer(base.Consumer):
 
     def _set_position(self, tp: TP, offset: int | None) -> None:
         self._positions[tp] = offset
+        self._unplaced.discard(tp)
         self._seek_epoch[tp] += 1
+
+    async def _place(self, tps: list[TP]) -> None:
+        """Set the position of partitions no seek has placed yet to the group's committed
+        offset (None where there is none: the reset policy).
+
+        faust resumes the flow after an assignment and only then seeks the source partitions
+        to their committed offsets. A fetch in between used to read a partition from its start,
+        and faust handed that first record to the agent again when a worker kept the partition
+        through a rebalance. A seek made while this looks the offsets up wins (faust's recovery
+        places changelog partitions where their stores are)."""
+        epochs = {tp: self._seek_epoch[tp] for tp in tps}
+        raw = await self.client.hmget(
+            self.group_keys.offsets, [offset_field(tp.topic, tp.partition) for tp in tps]
+        )
+        for tp, value in zip(tps, raw, strict=True):
+            if tp in self._unplaced and self._seek_epoch[tp] == epochs[tp]:
+                self._positions[tp] = None if value is None else int(value)
+                self._unplaced.discard(tp)
 
     async def _seek(self, partition: TP, offset: int) -> None:
         self._set_position(partition, offset)
@@ -234,6 +259,15 @@ class Consumer(base.Consumer):
         if not tps:
             await self.wait_fetchable(min(timeout, MAX_BLOCK_SECONDS))
             return {}
+        unplaced = [tp for tp in tps if tp in self._unplaced]
+        if unplaced:
+            try:
+                await self._place(unplaced)
+            except TRANSIENT_ERRORS as exc:
+                METRICS.fetch_errors += 1
+                if not self.should_stop:
+                    await self._fetch_backoff.wait(logger, "fetch", exc)
+                return {}
         latest = self.app.conf.consumer_auto_offset_reset == "latest"
         streams: dict[Any, Any] = {}
         by_key: dict[bytes, TP] = {}

@@ -1,0 +1,77 @@
+"""Where the consumer reads a partition it has just been given: at the group's committed offset,
+like a Kafka consumer, even when it fetches before faust has sought the partition there."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+import pytest
+from faust.types import TP
+
+from ocstream.transport import TopicWriter
+from ocstream.transport.keys import Keyspace, offset_field
+from ocstream.transport.settings import TransportSettings
+
+TOPIC = "positions"
+
+
+@pytest.fixture
+async def consumer(redis_url: str, prefix: str, app_id: str) -> Any:
+    app = faust.App(app_id, broker=redis_url)
+    app.transport_settings = TransportSettings(prefix=prefix)
+    made = app.consumer
+    yield made
+    await made.client.aclose()
+    await made.fetch_client.aclose()
+
+
+async def test_a_partition_given_again_is_read_from_its_committed_offset(
+    consumer: Any, redis_url: str, prefix: str, app_id: str
+) -> None:
+    """A worker keeps a partition through a rebalance: its assignment is emptied, then set
+    again, and faust seeks it to the committed offset only after it resumed the flow. A fetch
+    in between read from the partition's start, and faust handed its first record to the agent
+    a second time (docs/transport.md, "Positions of a new assignment")."""
+    async with TopicWriter.from_url(redis_url, prefix=prefix) as writer:
+        await writer.create_topic(TOPIC, 1)
+        await writer.send_many(TOPIC, [(f"k{i}", f"v{i}") for i in range(10)], partition=0)
+        await writer.client.hset(Keyspace(prefix).group(app_id).offsets, offset_field(TOPIC, 0), 6)
+    tp = TP(TOPIC, 0)
+    consumer.set_assignment({tp})
+    fetched = await consumer._getmany({tp}, timeout=0.1)
+    assert [offset for offset, _ in fetched[tp]] == [6, 7, 8, 9]
+
+    # Given again (released and re-taken, as in a rebalance that keeps it): the same.
+    consumer.set_assignment(set())
+    consumer.set_assignment({tp})
+    fetched = await consumer._getmany({tp}, timeout=0.1)
+    assert [offset for offset, _ in fetched[tp]] == [6, 7, 8, 9]
+
+
+async def test_a_partition_without_a_committed_offset_is_read_from_its_start(
+    consumer: Any, redis_url: str, prefix: str
+) -> None:
+    async with TopicWriter.from_url(redis_url, prefix=prefix) as writer:
+        await writer.create_topic(TOPIC, 1)
+        await writer.send_many(TOPIC, [(f"k{i}", f"v{i}") for i in range(3)], partition=0)
+    tp = TP(TOPIC, 0)
+    consumer.set_assignment({tp})
+    fetched = await consumer._getmany({tp}, timeout=0.1)
+    assert [offset for offset, _ in fetched[tp]] == [0, 1, 2]
+
+
+async def test_a_seek_made_while_the_position_was_being_looked_up_wins(
+    consumer: Any, redis_url: str, prefix: str, app_id: str
+) -> None:
+    """faust's recovery seeks changelog partitions to where their stores are: that position,
+    not the group's committed offset, is where the next fetch reads."""
+    async with TopicWriter.from_url(redis_url, prefix=prefix) as writer:
+        await writer.create_topic(TOPIC, 1)
+        await writer.send_many(TOPIC, [(f"k{i}", f"v{i}") for i in range(10)], partition=0)
+        await writer.client.hset(Keyspace(prefix).group(app_id).offsets, offset_field(TOPIC, 0), 6)
+    tp = TP(TOPIC, 0)
+    consumer.set_assignment({tp})
+    await consumer.seek_wait({tp: 2})
+    fetched = await consumer._getmany({tp}, timeout=0.1)
+    assert [offset for offset, _ in fetched[tp]][:2] == [2, 3]
