@@ -52,13 +52,18 @@ def test_a_choice_is_one_of_its_names() -> None:
         ("OCSTREAM_TRANSPORT_COMPRESS_MIN_BYTES", "-1", "a whole number, 0 or more, not '-1'"),
         ("OCSTREAM_TRANSPORT_COMPRESSION", "lz4", "zlib or zstd or zstd-dict, not 'lz4'"),
         ("OCSTREAM_GC_YOUNG_EVERY", "0", "a duration in seconds, more than 0, not '0'"),
+        # Read by topology.read_environment, before anything starts (they used to be read when
+        # the dataflow was declared, after an embedded Redis had started).
+        ("OCSTREAM_XCM_SWEEP_INTERVAL", "-5", "a duration in seconds, 0 or more, not '-5'"),
+        ("OCSTREAM_XCM_JOURNEY_TTL", "soon", "not a number: 'soon'"),
     ],
 )
 def test_the_worker_refuses_a_bad_value_in_one_line_before_starting_redis(
     name: str, raw: str, message: str, tmp_path: Path
 ) -> None:
-    """These are read when their modules are imported; the command line reads them before it
-    starts an embedded Redis, and says what is wrong in one line, without a traceback."""
+    """The command line reads these before it starts an embedded Redis (the transport's and the
+    collector's by importing their modules), and says what is wrong in one line, without a
+    traceback."""
     done = run_worker_once(tmp_path, **{name: raw})
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines() == [f"ocstream: {name}: {message}"]

@@ -440,6 +440,32 @@ def test_more_partitions_for_a_topic_trigger_a_rebalance(
         assert worker.stop() == 0, worker.log_tail()
 
 
+def fill_demo_partitions(redis_url: str, prefix: str, counts: dict[int, int]) -> None:
+    """``counts[p]`` demo events written straight to partition ``p`` of ``demo-events`` (20
+    users per partition)."""
+
+    async def fill() -> None:
+        async with TopicWriter.from_url(redis_url, prefix=prefix) as writer:
+            await writer.create_topic("demo-events", 4)
+            for partition, count in counts.items():
+                users = [f"u{partition}-{i % 20}" for i in range(count)]
+                items = [(user, json.dumps({"user": user, "n": 1})) for user in users]
+                await writer.send_many("demo-events", items, partition=partition)
+
+    asyncio.run(fill())
+
+
+def wait_two_by_two(first: Worker, second: Worker) -> None:
+    wait_for(
+        lambda: (
+            len(second.wait_assigned()["partitions"]) == 2
+            and len(first.wait_assigned()["partitions"]) == 2
+        ),
+        60,
+        "a 2 + 2 split",
+    )
+
+
 @pytest.mark.parametrize("assignment", ["load", "sticky"])
 def test_a_joining_worker_gets_a_fair_share_of_the_traffic(
     spawn: Spawn, redis_url: str, prefix: str, app_id: str, assignment: str
@@ -449,15 +475,7 @@ def test_a_joining_worker_gets_a_fair_share_of_the_traffic(
     2 and 3, the quiet ones); weighing what each partition carried gives each worker one busy
     partition. ``sticky`` shows that the weighing is what makes the difference."""
 
-    async def fill() -> None:
-        async with TopicWriter.from_url(redis_url, prefix=prefix) as writer:
-            await writer.create_topic("demo-events", 4)
-            for partition, count in ((0, 3000), (1, 3000), (2, 100), (3, 100)):
-                users = [f"u{partition}-{i % 20}" for i in range(count)]
-                items = [(user, json.dumps({"user": user, "n": 1})) for user in users]
-                await writer.send_many("demo-events", items, partition=partition)
-
-    asyncio.run(fill())
+    fill_demo_partitions(redis_url, prefix, {0: 3000, 1: 3000, 2: 100, 3: 100})
     env = {"OCSTREAM_TRANSPORT_ASSIGNMENT": assignment}
     first = spawn("w1", env=env)
     second = spawn("w2", env=env)
@@ -466,14 +484,7 @@ def test_a_joining_worker_gets_a_fair_share_of_the_traffic(
         assert first.wait_assigned()["partitions"] == [0, 1, 2, 3]
         wait_for(lambda: first.view()["processed_here"] >= 6200, 60, "the backlog processed")
         second.start()
-        wait_for(
-            lambda: (
-                len(second.wait_assigned()["partitions"]) == 2
-                and len(first.view()["partitions"]) == 2
-            ),
-            60,
-            "a 2 + 2 split",
-        )
+        wait_two_by_two(first, second)
         held = [set(first.view()["partitions"]), set(second.view()["partitions"])]
         busy = [len(h & {0, 1}) for h in held]
         if assignment == "load":
@@ -500,25 +511,9 @@ def test_uneven_traffic_on_a_stable_group_leads_to_a_fairer_assignment(
     first.start()
     second.start()
     try:
-        wait_for(
-            lambda: (
-                len(first.wait_assigned()["partitions"]) == 2
-                and len(second.wait_assigned()["partitions"]) == 2
-            ),
-            60,
-            "a 2 + 2 split",
-        )
+        wait_two_by_two(first, second)
         busy = set(first.view()["partitions"])
-
-        async def fill() -> None:
-            async with TopicWriter.from_url(redis_url, prefix=prefix) as writer:
-                for partition in range(4):
-                    count = 2000 if partition in busy else 50
-                    users = [f"u{partition}-{i % 20}" for i in range(count)]
-                    items = [(user, json.dumps({"user": user, "n": 1})) for user in users]
-                    await writer.send_many("demo-events", items, partition=partition)
-
-        asyncio.run(fill())
+        fill_demo_partitions(redis_url, prefix, {p: 2000 if p in busy else 50 for p in range(4)})
 
         def spread() -> bool:
             held = [set(first.view()["partitions"]), set(second.view()["partitions"])]

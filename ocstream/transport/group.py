@@ -221,19 +221,8 @@ class GroupCoordinator:
                 if now - self._change_seen_at < self.settings.initial_rebalance_delay * 1000:
                     return
             self._change_seen_at = None
-            new_gen = await scripts.begin_rebalance(
-                self.client,
-                [self.keys.state, self.keys.leader],
-                [self.member_id, gen, orjson.dumps(snapshot)],
-            )
-            if new_gen:
-                self._progressed = True
-                logger.info(
-                    "[group] generation %d: %s (%d members)",
-                    new_gen,
-                    _describe_change(recorded, snapshot),
-                    len(snapshot["members"]),
-                )
+            why = f"{_describe_change(recorded, snapshot)} ({len(snapshot['members'])} members)"
+            await self._begin_rebalance(gen, snapshot, why)
             return
         if phase == "revoking":
             await self._complete_rebalance(now, gen, state, snapshot, metas, partitions)
@@ -281,6 +270,16 @@ class GroupCoordinator:
         found = assignor.uneven(load)
         if found is None or found.busiest_before - found.busiest_after < REBALANCE_GAIN:
             return
+        why = (
+            f"uneven traffic (the busiest member carries {found.busiest_before:.2f} of a "
+            f"group's records; {found.busiest_after:.2f} once weighed)"
+        )
+        if await self._begin_rebalance(gen, snapshot, why):
+            METRICS.traffic_rebalances += 1
+
+    async def _begin_rebalance(self, gen: int, snapshot: dict[str, Any], why: str) -> bool:
+        """Start generation ``gen + 1`` (phase ``revoking``) with ``snapshot`` recorded, if
+        this member still leads at ``gen``; logs ``why``."""
         new_gen = await scripts.begin_rebalance(
             self.client,
             [self.keys.state, self.keys.leader],
@@ -288,14 +287,8 @@ class GroupCoordinator:
         )
         if new_gen:
             self._progressed = True
-            METRICS.traffic_rebalances += 1
-            logger.info(
-                "[group] generation %d: uneven traffic (the busiest member carries %.2f of a "
-                "group's records; %.2f once weighed)",
-                new_gen,
-                found.busiest_before,
-                found.busiest_after,
-            )
+            logger.info("[group] generation %d: %s", new_gen, why)
+        return bool(new_gen)
 
     async def _records_written(self, partitions: dict[str, int]) -> dict[str, list[int]] | None:
         """Records written so far to each partition of each of ``partitions``' topics (the

@@ -26,6 +26,16 @@ async def consumer(redis_url: str, prefix: str, app_id: str) -> Any:
     await made.fetch_client.aclose()
 
 
+async def fill(redis_url: str, prefix: str, count: int, committed: dict[str, int]) -> None:
+    """``count`` records in partition 0 of the topic; ``committed``: group id -> its offset."""
+    async with TopicWriter.from_url(redis_url, prefix=prefix) as writer:
+        await writer.create_topic(TOPIC, 1)
+        await writer.send_many(TOPIC, [(f"k{i}", f"v{i}") for i in range(count)], partition=0)
+        for group, offset in committed.items():
+            field = offset_field(TOPIC, 0)
+            await writer.client.hset(Keyspace(prefix).group(group).offsets, field, offset)
+
+
 async def test_a_partition_given_again_is_read_from_its_committed_offset(
     consumer: Any, redis_url: str, prefix: str, app_id: str
 ) -> None:
@@ -33,10 +43,7 @@ async def test_a_partition_given_again_is_read_from_its_committed_offset(
     again, and faust seeks it to the committed offset only after it resumed the flow. A fetch
     in between read from the partition's start, and faust handed its first record to the agent
     a second time (docs/transport.md, "Positions of a new assignment")."""
-    async with TopicWriter.from_url(redis_url, prefix=prefix) as writer:
-        await writer.create_topic(TOPIC, 1)
-        await writer.send_many(TOPIC, [(f"k{i}", f"v{i}") for i in range(10)], partition=0)
-        await writer.client.hset(Keyspace(prefix).group(app_id).offsets, offset_field(TOPIC, 0), 6)
+    await fill(redis_url, prefix, 10, {app_id: 6})
     tp = TP(TOPIC, 0)
     consumer.set_assignment({tp})
     fetched = await consumer._getmany({tp}, timeout=0.1)
@@ -52,9 +59,7 @@ async def test_a_partition_given_again_is_read_from_its_committed_offset(
 async def test_a_partition_without_a_committed_offset_is_read_from_its_start(
     consumer: Any, redis_url: str, prefix: str
 ) -> None:
-    async with TopicWriter.from_url(redis_url, prefix=prefix) as writer:
-        await writer.create_topic(TOPIC, 1)
-        await writer.send_many(TOPIC, [(f"k{i}", f"v{i}") for i in range(3)], partition=0)
+    await fill(redis_url, prefix, 3, {})
     tp = TP(TOPIC, 0)
     consumer.set_assignment({tp})
     fetched = await consumer._getmany({tp}, timeout=0.1)
@@ -66,10 +71,7 @@ async def test_a_seek_made_while_the_position_was_being_looked_up_wins(
 ) -> None:
     """faust's recovery seeks changelog partitions to where their stores are: that position,
     not the group's committed offset, is where the next fetch reads."""
-    async with TopicWriter.from_url(redis_url, prefix=prefix) as writer:
-        await writer.create_topic(TOPIC, 1)
-        await writer.send_many(TOPIC, [(f"k{i}", f"v{i}") for i in range(10)], partition=0)
-        await writer.client.hset(Keyspace(prefix).group(app_id).offsets, offset_field(TOPIC, 0), 6)
+    await fill(redis_url, prefix, 10, {app_id: 6})
     tp = TP(TOPIC, 0)
     consumer.set_assignment({tp})
     await consumer.seek_wait({tp: 2})

@@ -95,24 +95,6 @@ def test_a_negative_time_limit_of_the_matcher_is_refused_by_name() -> None:
     assert MatchSettings.from_env({"OCSTREAM_XCM_CLOCK_SLACK": "0"}).clock_slack == 0.0
 
 
-@pytest.mark.parametrize(
-    ("name", "raw", "message"),
-    [
-        ("OCSTREAM_XCM_SWEEP_INTERVAL", "-5", "a duration in seconds, 0 or more, not '-5'"),
-        ("OCSTREAM_XCM_JOURNEY_TTL", "soon", "not a number: 'soon'"),
-    ],
-)
-def test_the_command_line_says_what_is_wrong_in_one_line_before_starting_redis(
-    name: str, raw: str, message: str, tmp_path: Path
-) -> None:
-    """A bad value stops the worker before it starts anything (no embedded Redis), with one
-    line naming the variable."""
-    done = run_worker_once(tmp_path, **{name: raw})
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert done.stderr.strip().splitlines() == [f"ocstream: {name}: {message}"]
-    assert not (tmp_path / "redis").exists()
-
-
 def test_an_unknown_dataflow_part_is_refused_before_starting_redis(tmp_path: Path) -> None:
     done = run_worker_once(tmp_path, OCSTREAM_DATAFLOW="xcm,nope")
     assert done.returncode == 2, done.stderr[-2000:]
