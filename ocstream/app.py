@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from socket import gethostname
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .runtime import App, Table, TableManager, Worker
 from .services import install as install_services
@@ -11,10 +11,15 @@ from .settings import Settings
 from .transport.assignor import LoadAwareAssignor
 from .web import register_views
 
+if TYPE_CHECKING:
+    from topology import DataflowSettings
 
-def build_app(settings: Settings, *, redis_url: str, dataflow: Any = None) -> Any:
+
+def build_app(
+    settings: Settings, *, redis_url: str, dataflow: DataflowSettings | None = None
+) -> Any:
     """A faust app on the Redis transport with the dataflow of :mod:`topology` declared, with
-    ``dataflow`` (:class:`topology.DataflowSettings`; default: read from the environment)."""
+    ``dataflow`` (default: read from the environment now)."""
     import topology
 
     data_dir = settings.data_dir.absolute()

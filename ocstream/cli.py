@@ -24,10 +24,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import ConfigError, OcstreamError
 from .settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from topology import DataflowSettings
 
 OWN_OPTIONS = {
     "--config": "config_file",
@@ -374,7 +377,7 @@ def _check_environment() -> None:
     from .transport import wire  # noqa: F401
 
 
-def _dataflow_settings() -> Any:
+def _dataflow_settings() -> DataflowSettings:
     """What the dataflow takes from the environment (``OCSTREAM_DATAFLOW``, ``OCSTREAM_XCM_*``;
     :func:`topology.read_environment`), read once, before an embedded Redis is started, and
     handed to :func:`ocstream.app.build_app`."""
@@ -394,7 +397,7 @@ def _start_embedded(settings: Settings) -> str:
     return server.url
 
 
-def _topology(settings: Settings, dataflow: Any, argv: list[str]) -> int:
+def _topology(settings: Settings, dataflow: DataflowSettings, argv: list[str]) -> int:
     args = _topology_parser().parse_args(argv)
     from .app import build_app
     from .dataflow import IMAGE_FORMATS, describe, render, render_image

@@ -205,6 +205,8 @@ def test_settings_precedence_cli_over_env_over_file(tmp_path: Path) -> None:
         ("[worker]\nprot = 1\n", "prot"),
         ('[worker]\nredis_url = "http://x"\n', "redis_url"),
         ("[transport]\nsession_timeout = -1\n", "session_timeout"),
+        ('[transport]\nassignment = "random"\n', "assignment"),
+        ("[transport]\nload_check_interval = -1\n", "load_check_interval"),
     ],
 )
 def test_bad_config_files_name_the_file_and_field(

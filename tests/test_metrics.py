@@ -36,9 +36,10 @@ ADDED = [
     # Compressed values that did not decompress, handed on as they are (docs/transport.md,
     # Compressed values).
     ["ocstream_transport_values_undecompressed_total", "counter", []],
-    # Rebalances the group's leader started because traffic was uneven, and partitions the
-    # assignor swapped between members by traffic (docs/transport.md, Assignment weighed by
-    # traffic).
+    # The group leader's checks of its assignment against the traffic, the rebalances it
+    # started because traffic was uneven, and partitions the assignor swapped by traffic
+    # (docs/transport.md, Assignment weighed by traffic).
+    ["ocstream_transport_traffic_checks_total", "counter", []],
     ["ocstream_transport_traffic_rebalances_total", "counter", []],
     ["ocstream_transport_partition_swaps_total", "counter", []],
     # The worker's garbage collections, timed (ocstream/runtime.py, docs/metrics.md).

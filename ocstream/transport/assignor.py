@@ -167,8 +167,6 @@ class LoadAwareAssignor(PartitionAssignor):
 
     def __init__(self, app: Any, replicas: int = 0) -> None:
         super().__init__(app, replicas=replicas)
-        #: What the last assignment did, per group (its topics, sorted): for the log and tests.
-        self.balanced: dict[tuple[str, ...], Balance] = {}
         #: The last assignment this assignor made, per group: its partition count and each
         #: member's (actives, standbys), for :meth:`uneven`.
         self.last_groups: dict[tuple[str, ...], tuple[int, list[tuple[set[int], set[int]]]]] = {}
@@ -197,7 +195,6 @@ class LoadAwareAssignor(PartitionAssignor):
         # This is faust-streaming's PartitionAssignor._perform_assignment (0.15.3), unchanged but
         # for the call to ``balance`` after each group's assignment: faust offers no hook
         # between assigning a group and packing the result.
-        self.balanced = {}
         self.last_groups = {}
         cluster_assgn = ClusterAssignment()
         clients_metadata = {
@@ -261,7 +258,6 @@ class LoadAwareAssignor(PartitionAssignor):
         weights = group_weights(topics, partitions, self.load)
         members = [result[client] for client in sorted(result)]
         done = balance(members, weights)
-        self.balanced[tuple(sorted(topics))] = done
         METRICS.partition_swaps += done.swaps
         if done.swaps:
             logger.info(

@@ -170,16 +170,19 @@ class Consumer(base.Consumer):
         await self.group.run()
 
     # -- positions ---------------------------------------------------------------------------
+    async def _committed(self, tps: list[TP]) -> list[int | None]:
+        """The group's committed offset of each of ``tps`` (None: nothing committed)."""
+        raw = await self.client.hmget(
+            self.group_keys.offsets, [offset_field(tp.topic, tp.partition) for tp in tps]
+        )
+        return [None if value is None else int(value) for value in raw]
+
     async def seek_to_committed(self) -> Mapping[TP, int]:
         tps = sorted(self._assignment)
         if not tps:
             return {}
-        raw = await self.client.hmget(
-            self.group_keys.offsets, [offset_field(tp.topic, tp.partition) for tp in tps]
-        )
         committed: dict[TP, int] = {}
-        for tp, value in zip(tps, raw, strict=True):
-            offset = None if value is None else int(value)
+        for tp, offset in zip(tps, await self._committed(tps), strict=True):
             self._set_position(tp, offset)
             if offset is not None:
                 committed[tp] = offset
@@ -200,12 +203,9 @@ class Consumer(base.Consumer):
         through a rebalance. A seek made while this looks the offsets up wins (faust's recovery
         places changelog partitions where their stores are)."""
         epochs = {tp: self._seek_epoch[tp] for tp in tps}
-        raw = await self.client.hmget(
-            self.group_keys.offsets, [offset_field(tp.topic, tp.partition) for tp in tps]
-        )
-        for tp, value in zip(tps, raw, strict=True):
+        for tp, offset in zip(tps, await self._committed(tps), strict=True):
             if tp in self._unplaced and self._seek_epoch[tp] == epochs[tp]:
-                self._positions[tp] = None if value is None else int(value)
+                self._positions[tp] = offset
                 self._unplaced.discard(tp)
 
     async def _seek(self, partition: TP, offset: int) -> None:

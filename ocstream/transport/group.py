@@ -247,11 +247,19 @@ class GroupCoordinator:
                 group=self.app.conf.id,
             )
 
+    def _weighing(self) -> LoadAwareAssignor | None:
+        """The app's assignor when it weighs traffic (``assignment = "load"`` and a
+        :class:`LoadAwareAssignor`), else None."""
+        assignor = self._assignor
+        if self.settings.assignment == "load" and isinstance(assignor, LoadAwareAssignor):
+            return assignor
+        return None
+
     def _traffic_check_due(self, now: int, gen: int) -> bool:
         """Whether to weigh the traffic against the current assignment now: only the leader
         that made it knows it, and only every ``load_check_interval`` from when it was made."""
         every = self.settings.load_check_interval * 1000
-        if every <= 0 or self.settings.assignment != "load" or self._assigned is None:
+        if every <= 0 or self._weighing() is None or self._assigned is None:
             return False
         assigned_gen, assigned_at = self._assigned
         if assigned_gen != gen or now - max(assigned_at, self._last_traffic_check) < every:
@@ -263,11 +271,11 @@ class GroupCoordinator:
         """Start a rebalance when weighing the records each partition carried would lower the
         busiest member's share of some group's records by ``REBALANCE_GAIN`` or more: a group
         assigned before it had traffic (a new deployment), or whose traffic changed."""
-        assignor = self._assignor
-        load = await self._records_written(snapshot["topics"])
-        if not isinstance(assignor, LoadAwareAssignor) or load is None:
+        assignor = self._weighing()
+        if assignor is None:
             return
-        found = assignor.uneven(load)
+        METRICS.traffic_checks += 1
+        found = assignor.uneven(await self._records_written(snapshot["topics"]))
         if found is None or found.busiest_before - found.busiest_after < REBALANCE_GAIN:
             return
         why = (
@@ -290,13 +298,12 @@ class GroupCoordinator:
             logger.info("[group] generation %d: %s", new_gen, why)
         return bool(new_gen)
 
-    async def _records_written(self, partitions: dict[str, int]) -> dict[str, list[int]] | None:
+    async def _records_written(self, partitions: dict[str, int]) -> dict[str, list[int]]:
         """Records written so far to each partition of each of ``partitions``' topics (the
-        group's subscriptions; its sequence counter), for the load-aware assignor; None when
-        ``assignment`` is ``sticky``."""
+        group's subscriptions), from the transport's sequence counters: one ``MGET``."""
         topics = sorted(t for t, count in partitions.items() if count > 0)
-        if self.settings.assignment != "load" or not topics:
-            return None
+        if not topics:
+            return {}
         keys = [self.consumer.keys.sequence(t, n) for t in topics for n in range(partitions[t])]
         counts = iter(await self.client.mget(keys))
         return {t: [int(next(counts) or 0) for _ in range(partitions[t])] for t in topics}
@@ -325,10 +332,10 @@ class GroupCoordinator:
             )
         participants = sorted(expected - waiting)
         member_metadata = {m: ConsumerProtocolMemberMetadata.decode(metas[m]) for m in participants}
-        assignor = self._assignor
-        if isinstance(assignor, LoadAwareAssignor):
-            assignor.load = await self._records_written(snapshot["topics"])
-        assignment = assignor.assign(_Cluster(partitions), member_metadata)
+        weighing = self._weighing()
+        if weighing is not None:
+            weighing.load = await self._records_written(snapshot["topics"])
+        assignment = self._assignor.assign(_Cluster(partitions), member_metadata)
         final = {
             "members": {m: snapshot["members"][m] for m in participants},
             "topics": snapshot["topics"],

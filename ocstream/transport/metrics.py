@@ -16,8 +16,10 @@ class TransportMetrics:
     commits: int = 0
     commits_fenced: int = 0
     rebalances: int = 0
-    #: Rebalances this process started as the group's leader because traffic was uneven
-    #: (assignor.py), and active partitions it swapped between members to even it out.
+    #: Times this process, as the group's leader, weighed the traffic against its assignment,
+    #: rebalances it started because the traffic was uneven (assignor.py), and active
+    #: partitions it swapped between members to even it out.
+    traffic_checks: int = 0
     traffic_rebalances: int = 0
     partition_swaps: int = 0
     retention_trimmed: int = 0

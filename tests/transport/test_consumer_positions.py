@@ -66,14 +66,30 @@ async def test_a_partition_without_a_committed_offset_is_read_from_its_start(
     assert [offset for offset, _ in fetched[tp]] == [0, 1, 2]
 
 
-async def test_a_seek_made_while_the_position_was_being_looked_up_wins(
+async def test_a_seek_wins_over_the_committed_offset(
     consumer: Any, redis_url: str, prefix: str, app_id: str
 ) -> None:
     """faust's recovery seeks changelog partitions to where their stores are: that position,
-    not the group's committed offset, is where the next fetch reads."""
+    not the group's committed offset, is where the next fetch reads, whether the seek came
+    before the fetch or while the fetch was looking the committed offset up."""
     await fill(redis_url, prefix, 10, {app_id: 6})
     tp = TP(TOPIC, 0)
     consumer.set_assignment({tp})
     await consumer.seek_wait({tp: 2})
     fetched = await consumer._getmany({tp}, timeout=0.1)
     assert [offset for offset, _ in fetched[tp]][:2] == [2, 3]
+
+    consumer.set_assignment(set())
+    consumer.set_assignment({tp})
+    lookup = consumer.client.hmget
+
+    async def seek_during_the_lookup(*args: Any) -> Any:
+        await consumer.seek_wait({tp: 4})  # lands while the real HMGET is on its way
+        return await lookup(*args)
+
+    consumer.client.hmget = seek_during_the_lookup
+    try:
+        fetched = await consumer._getmany({tp}, timeout=0.1)
+    finally:
+        consumer.client.hmget = lookup
+    assert [offset for offset, _ in fetched[tp]][:2] == [4, 5]  # not 6, the committed one
