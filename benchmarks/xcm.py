@@ -31,11 +31,14 @@ round's phases both ways. ``--origins 1`` makes every journey start at one busy 
    ``--join``, one worker takes the warm-up alone and the others join after it: the group's
    assignment is then made with the warm-up's traffic on record, which the load-aware
    assignor weighs (``ocstream/transport/assignor.py``; compare with
-   ``OCSTREAM_TRANSPORT_ASSIGNMENT=sticky``, faust's assignment by partition counts). With
-   ``OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL=S`` in the environment, the workers' leader weighs
-   the traffic every S seconds and rebalances when it is uneven; the run waits one interval
-   after the warm-up and for the group to settle before it times anything (a deployment that
-   has run for a while).
+   ``OCSTREAM_TRANSPORT_ASSIGNMENT=sticky``, faust's assignment by partition counts). The
+   workers' leader weighs the traffic against its assignment and rebalances when it is uneven:
+   ``FIRST_LOOK`` (10 s) after an assignment made before any traffic, then every
+   ``OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL`` (300 s; it is passed on to the workers). A
+   multi-worker run waits for that check after the warm-up, and for the group to settle,
+   before it times anything: it measures a group as it runs after its first seconds of
+   traffic. A check further than a minute away (``--join`` with the default interval) is not
+   waited for; with ``sticky``, or the interval set to 0, there is none.
 3. **Memory per pending journey**: one worker; M sent legs with no receipt. Growth of the
    worker's RSS, of this run's Redis keys (by kind) and of the worker's data dir, over M.
 
@@ -87,6 +90,7 @@ from procs import (
 from throughput import baseline, fill
 
 from ocstream.transport import Keyspace, TopicWriter
+from ocstream.transport.assignor import FIRST_LOOK
 from ocstream.transport.wire import entry_value
 
 LEGS = "xcm-legs"
@@ -312,6 +316,7 @@ class Run:
         self, url: str, root: Path, partitions: int, tag: str, standby: int | None = None
     ) -> None:
         token = uuid.uuid4().hex[:8]
+        self.tag = tag
         self.standby = standby
         self.prefix = f"xcmbench-{token}:"
         self.app_id = f"xcmbench{tag}{token}"
@@ -383,6 +388,46 @@ def wait_sent(run: Run, reader: NotificationReader, target: int, timeout: float)
         reader.poll()
 
 
+CHECKS = "ocstream_transport_traffic_checks_total"
+REBALANCES = "ocstream_transport_traffic_rebalances_total"
+
+
+def traffic_check_due(blind: bool) -> float | None:
+    """Seconds from an assignment to the leader's first traffic check, with the workers'
+    settings (this environment, passed on), or None when it does not weigh traffic. An
+    assignment made ``blind`` (before any traffic) is looked at after ``FIRST_LOOK``."""
+    if os.environ.get("OCSTREAM_TRANSPORT_ASSIGNMENT", "load") != "load":
+        return None
+    every = float(os.environ.get("OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL", "300"))
+    if every <= 0:
+        return None
+    return min(every, FIRST_LOOK) if blind else every
+
+
+def wait_traffic_check(run: Run, blind: bool) -> None:
+    """Wait until the workers' leader has weighed the warm-up's traffic (and rebalanced if it
+    found the group uneven), then for the group to settle: the timed part measures a group as
+    it runs after its first seconds of traffic, and no rebalance falls inside it. A check due
+    later than a minute is not waited for (said so)."""
+    due = traffic_check_due(blind)
+    if due is None:
+        return
+    if due > 60:
+        print(f"  ({run.tag}: the leader's traffic check is {due:.0f} s away; not waited for)")
+        return
+
+    def checked() -> bool:
+        return sum(w.metrics().get(CHECKS, 0) for w in run.workers) > 0
+
+    try:
+        wait_for(checked, due + 15, "the leader's traffic check", interval=0.5)
+    except Incomplete:
+        print(f"  ({run.tag}: no traffic check within {due + 15:.0f} s: too little warm-up?)")
+    wait_group(run.workers, 60)
+    rebalances = sum(w.metrics().get(REBALANCES, 0) for w in run.workers)
+    print(f"  ({run.tag}: traffic checked; {rebalances:.0f} rebalance(s) on traffic)")
+
+
 def journeys_phase(
     args: argparse.Namespace, workers: int, root: Path, runs: list[Run], sends_by: str = "id"
 ) -> dict[str, Any]:
@@ -407,12 +452,8 @@ def journeys_phase(
             interval=0.2,
         )  # fmt: skip
         run.start(joining, args.timeout)
-    check = os.environ.get("OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL")
-    if check and float(check) > 0 and workers > 1:
-        # The leader weighs the warm-up's traffic within one interval and may rebalance: the
-        # timed part starts once that is done and the group has settled.
-        time.sleep(float(check) + 0.5)
-        wait_group(run.workers, args.timeout)
+    if workers > 1:
+        wait_traffic_check(run, blind=not joining)
     # As chains produce them (--arrival timed): a journey's send is in an earlier block than its
     # relayed leg and its receipt, so its index records reach the destination first.
     sends: list[tuple[str, bytes]] = []

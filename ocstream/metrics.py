@@ -180,7 +180,10 @@ TRANSPORT_HELP = {
     "commits": "Offset commits attempted.",
     "commits_fenced": "Offset commits refused because the generation moved on.",
     "rebalances": "Assignments taken by this process.",
-    "traffic_checks": "Times this process, as leader, weighed the traffic against its assignment.",
+    "traffic_checks": (
+        "Times this process, as leader, weighed the traffic against its assignment (looks "
+        "at too little traffic to weigh are not counted)."
+    ),
     "traffic_rebalances": "Rebalances this process started as leader because traffic was uneven.",
     "partition_swaps": "Active partitions this process, as leader, swapped to even out traffic.",
     "retention_trimmed": "Entries removed by retention.",

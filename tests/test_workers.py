@@ -497,14 +497,18 @@ def test_a_joining_worker_gets_a_fair_share_of_the_traffic(
         first.stop()
 
 
-@pytest.mark.parametrize("check_every", ["2", "0"], ids=["checked", "not-checked"])
+@pytest.mark.parametrize(
+    "check_every", ["2", "300", "0"], ids=["checked", "first-look", "not-checked"]
+)
 def test_uneven_traffic_on_a_stable_group_leads_to_a_fairer_assignment(
     spawn: Spawn, redis_url: str, prefix: str, app_id: str, check_every: str
 ) -> None:
     """Two workers share four partitions that have carried nothing (a new deployment), then
     the traffic goes mostly to the two partitions one of them holds. With the leader weighing
     the traffic every ``load_check_interval`` (2 s here), it rebalances on its own and each
-    worker ends up with one busy partition; with the check off, nothing moves."""
+    worker ends up with one busy partition. With the default 300 s, so does the leader's first
+    look at its blind assignment (``assignor.FIRST_LOOK``, 10 s), and no check follows. With
+    the check off, nothing moves."""
     env = {"OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL": check_every}
     first = spawn("w1", env=env)
     second = spawn("w2", env=env)
@@ -537,6 +541,10 @@ def test_uneven_traffic_on_a_stable_group_leads_to_a_fairer_assignment(
         leader = first if "uneven traffic" in first.log_text() else second
         assert leader.metric("ocstream_transport_traffic_rebalances_total") == 1
         wait_for(lambda: counted() >= 4100, 60, "every event counted")
+        if check_every == "300":
+            # The assignment now made was weighed: the next check is a whole interval away.
+            assert leader.metric("ocstream_transport_traffic_checks_total") == 1
+            return
         # The next check of the leader finds the group even: no second rebalance.
         checks = leader.metric("ocstream_transport_traffic_checks_total")
         wait_for(
@@ -546,6 +554,53 @@ def test_uneven_traffic_on_a_stable_group_leads_to_a_fairer_assignment(
         )
         assert leader.metric("ocstream_transport_traffic_rebalances_total") == 1
         assert spread()
+    finally:
+        second.stop()
+        first.stop()
+
+
+def test_a_shift_in_traffic_shows_against_a_long_even_history(
+    spawn: Spawn, redis_url: str, prefix: str, app_id: str
+) -> None:
+    """Four partitions with an even history (2,500 events each) are shared 2 + 2. Then new
+    traffic goes only to one worker's two partitions. Weighed against the whole history that
+    is a small gain (the busiest share 0.57 -> 0.5, below ``REBALANCE_GAIN``); the leader
+    weighs what was written since its last check, where it is the whole difference, and
+    rebalances."""
+    fill_demo_partitions(redis_url, prefix, {p: 2500 for p in range(4)})
+    env = {"OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL": "2"}
+    first = spawn("w1", env=env)
+    second = spawn("w2", env=env)
+    first.start()
+    second.start()
+    try:
+        wait_two_by_two(first, second)
+
+        def counted() -> int:
+            return total(first.view()["counts"]) + total(second.view()["counts"])
+
+        wait_for(lambda: counted() >= 10_000, 90, "the history counted")
+        leader = first if first.metric("ocstream_group_leader") else second
+        # Two more checks of the leader after the history was handled: the last one weighed
+        # only what came after it (the changelog's last writes at most), and left things be.
+        checks = leader.metric("ocstream_transport_traffic_checks_total")
+        wait_for(
+            lambda: leader.metric("ocstream_transport_traffic_checks_total") >= checks + 2,
+            30,
+            "two traffic checks after the history",
+        )
+        assert leader.metric("ocstream_transport_traffic_rebalances_total") == 0
+        busy = set(first.view()["partitions"])
+        fill_demo_partitions(redis_url, prefix, {p: 800 for p in busy})
+
+        def spread() -> bool:
+            held = [set(first.view()["partitions"]), set(second.view()["partitions"])]
+            return [len(h & busy) for h in held] == [1, 1]
+
+        wait_for(spread, 60, "one newly busy partition per worker")
+        assert "uneven traffic (the busiest member carries" in leader.log_text()
+        assert leader.metric("ocstream_transport_traffic_rebalances_total") == 1
+        wait_for(lambda: counted() >= 11_600, 60, "every event counted")
     finally:
         second.stop()
         first.stop()

@@ -15,15 +15,19 @@ partition count, so faust's capacity rules still hold; where standby replicas ar
 is made only when the two members hold each other's moved partitions as standbys (they then
 trade those too, and a promoted standby is warm), or neither does.
 
-The weight of a partition is the number of records ever written to it, summed over the group's
-topics (the sequence counters the transport keeps anyway, ``{p}o:{topic}:{n}``). The group
+The weight of a partition is the number of records written to it, summed over the group's
+topics (from the sequence counters the transport keeps anyway, ``{p}o:{topic}:{n}``). The group
 leader reads them before it assigns (``group.py``). A fresh deployment has no traffic to weigh,
 so its first assignment is faust's; the next rebalance (a worker joining, leaving, restarting
-with a new version) weighs what the topics carried so far, and so does the leader's check of a
-stable group every ``load_check_interval`` (:meth:`LoadAwareAssignor.uneven`), which starts a
-rebalance when the traffic made the assignment clearly uneven (:data:`REBALANCE_GAIN`).
-Counts since the topic was created follow a change in traffic slowly; that is the price of
-needing no bookkeeping.
+with a new version) weighs the traffic, and so does the leader's check of a stable group every
+``load_check_interval`` (:meth:`LoadAwareAssignor.uneven`), which starts a rebalance when the
+traffic made the assignment clearly uneven (:data:`REBALANCE_GAIN`). The traffic weighed is
+what was written since the leader last weighed (about one interval), if that is enough to
+tell (:data:`MIN_RECORDS` per partition), else everything written so far: so a change in the
+traffic shows within one check, and a quiet spell falls back on the longer history. An
+assignment made blind (no group had carried :data:`MIN_RECORDS` per partition) is looked at
+every :data:`FIRST_LOOK` seconds instead, until there is enough traffic to weigh: a new
+deployment is evened out seconds after its traffic starts, not one whole interval later.
 
 ``OCSTREAM_TRANSPORT_ASSIGNMENT=sticky`` turns the weighing off (faust's assignment alone).
 """
@@ -43,6 +47,7 @@ from mode import get_logger
 from .metrics import METRICS
 
 __all__ = [
+    "FIRST_LOOK",
     "MIN_GAIN",
     "MIN_RECORDS",
     "REBALANCE_GAIN",
@@ -50,6 +55,7 @@ __all__ = [
     "LoadAwareAssignor",
     "balance",
     "group_weights",
+    "recent_or_all",
 ]
 
 logger = get_logger(__name__)
@@ -65,6 +71,11 @@ MIN_GAIN = 0.05
 #: clear gain is worth one.
 REBALANCE_GAIN = 0.1
 MIN_RECORDS = 100
+
+#: Seconds between the leader's looks at an assignment made blind, until one finds enough
+#: traffic to weigh (:attr:`LoadAwareAssignor.weighed`); ``load_check_interval`` if shorter.
+#: A look costs one ``MGET`` of the group's sequence counters.
+FIRST_LOOK = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +101,22 @@ def group_weights(
         for partition, count in enumerate(counts[:partitions]):
             weights[partition] += count
     return weights
+
+
+def recent_or_all(
+    topics: Iterable[str],
+    partitions: int,
+    load: Mapping[str, Sequence[int]],
+    recent: Mapping[str, Sequence[int]] | None,
+) -> list[int]:
+    """The weights to deal a group by: the records written since the leader last weighed
+    (``recent``) when they are at least :data:`MIN_RECORDS` per partition, so that a change
+    in traffic shows within one check; else every record written (``load``)."""
+    if recent is not None:
+        window = group_weights(topics, partitions, recent)
+        if sum(window) >= MIN_RECORDS * partitions:
+            return window
+    return group_weights(topics, partitions, load)
 
 
 def _busiest(members: Sequence[CopartitionedAssignment], weights: Sequence[int]) -> float:
@@ -159,28 +186,40 @@ def _swap(heavy: CopartitionedAssignment, light: CopartitionedAssignment, p: int
 class LoadAwareAssignor(PartitionAssignor):
     """faust's assignor, with :func:`balance` applied to each copartitioned group.
 
-    ``load`` (topic -> records written per partition) is set by the group leader right before
-    it calls :meth:`assign`; None (or no records yet) leaves faust's assignment as it is.
+    ``load`` (topic -> records written per partition) and ``recent`` (the same, since the
+    leader last weighed) are set by the group leader right before it calls :meth:`assign`;
+    None (or no records yet) leaves faust's assignment as it is.
     """
 
     load: Mapping[str, Sequence[int]] | None = None
+    recent: Mapping[str, Sequence[int]] | None = None
 
     def __init__(self, app: Any, replicas: int = 0) -> None:
         super().__init__(app, replicas=replicas)
         #: The last assignment this assignor made, per group: its partition count and each
         #: member's (actives, standbys), for :meth:`uneven`.
         self.last_groups: dict[tuple[str, ...], tuple[int, list[tuple[set[int], set[int]]]]] = {}
+        #: Whether some group of the last assignment has been weighed against at least
+        #: :data:`MIN_RECORDS` records per partition, when it was made or by :meth:`uneven`
+        #: since. False: the assignment was made blind, and the leader looks again soon.
+        self.weighed = False
 
-    def uneven(self, load: Mapping[str, Sequence[int]]) -> Balance | None:
-        """What weighing ``load`` would change in the last assignment: the group whose busiest
-        member's share would drop most, or None when no group would change. Groups that
-        carried fewer than :data:`MIN_RECORDS` records per partition are left out: too few to
-        tell a busy partition from a quiet one."""
+    def uneven(
+        self,
+        load: Mapping[str, Sequence[int]],
+        recent: Mapping[str, Sequence[int]] | None = None,
+    ) -> Balance | None:
+        """What weighing the traffic would change in the last assignment: the group whose
+        busiest member's share would drop most, or None when no group would change. Each group
+        is weighed by its ``recent`` records if there are enough, else by ``load``
+        (:func:`recent_or_all`). Groups that carried fewer than :data:`MIN_RECORDS` records
+        per partition are left out: too few to tell a busy partition from a quiet one."""
         found: Balance | None = None
         for topics, (partitions, held) in self.last_groups.items():
-            weights = group_weights(topics, partitions, load)
+            weights = recent_or_all(topics, partitions, load, recent)
             if sum(weights) < MIN_RECORDS * partitions:
                 continue
+            self.weighed = True
             copies = [
                 CopartitionedAssignment(actives=set(a), standbys=set(s), topics=set(topics))
                 for a, s in held
@@ -196,6 +235,7 @@ class LoadAwareAssignor(PartitionAssignor):
         # for the call to ``balance`` after each group's assignment: faust offers no hook
         # between assigning a group and packing the result.
         self.last_groups = {}
+        self.weighed = False
         cluster_assgn = ClusterAssignment()
         clients_metadata = {
             member_id: self._get_client_metadata(metadata)
@@ -255,7 +295,9 @@ class LoadAwareAssignor(PartitionAssignor):
     ) -> None:
         if not self.load or len(result) < 2:
             return
-        weights = group_weights(topics, partitions, self.load)
+        weights = recent_or_all(topics, partitions, self.load, self.recent)
+        if sum(weights) >= MIN_RECORDS * partitions:
+            self.weighed = True
         members = [result[client] for client in sorted(result)]
         done = balance(members, weights)
         METRICS.partition_swaps += done.swaps

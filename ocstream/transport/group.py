@@ -46,7 +46,7 @@ from faust.types import TP
 from mode import get_logger
 
 from . import local_state, retention, scripts
-from .assignor import REBALANCE_GAIN, LoadAwareAssignor
+from .assignor import FIRST_LOOK, REBALANCE_GAIN, LoadAwareAssignor
 from .client import TRANSIENT_ERRORS, Backoff
 from .metrics import METRICS
 
@@ -108,6 +108,11 @@ class GroupCoordinator:
         # (generation, server ms) of the last assignment this member made as the leader, and
         # when it last weighed the traffic against it (``_check_traffic``).
         self._assigned: tuple[int, int] | None = None
+        # The record counts this member read at its last traffic check that left the
+        # assignment as it was: what it weighs next, checking or assigning, is the traffic
+        # since (``assignor.recent_or_all``). A check that starts a rebalance keeps the old
+        # counts, so that the assignment that follows weighs the same traffic the check did.
+        self._counts_weighed: dict[str, list[int]] | None = None
         self._last_traffic_check = 0
         self._last_report = 0.0
         self._backoff = Backoff()
@@ -257,10 +262,14 @@ class GroupCoordinator:
 
     def _traffic_check_due(self, now: int, gen: int) -> bool:
         """Whether to weigh the traffic against the current assignment now: only the leader
-        that made it knows it, and only every ``load_check_interval`` from when it was made."""
+        that made it knows it, and only every ``load_check_interval`` from when it was made
+        (every ``FIRST_LOOK`` seconds, if shorter, while it has not been weighed)."""
         every = self.settings.load_check_interval * 1000
-        if every <= 0 or self._weighing() is None or self._assigned is None:
+        assignor = self._weighing()
+        if every <= 0 or assignor is None or self._assigned is None:
             return False
+        if not assignor.weighed:
+            every = min(every, FIRST_LOOK * 1000)
         assigned_gen, assigned_at = self._assigned
         if assigned_gen != gen or now - max(assigned_at, self._last_traffic_check) < every:
             return False
@@ -274,9 +283,13 @@ class GroupCoordinator:
         assignor = self._weighing()
         if assignor is None:
             return
+        load = await self._records_written(snapshot["topics"])
+        found = assignor.uneven(load, self._since_weighed(load))
+        if not assignor.weighed:
+            return  # too little traffic to tell busy partitions from quiet ones: look again
         METRICS.traffic_checks += 1
-        found = assignor.uneven(await self._records_written(snapshot["topics"]))
         if found is None or found.busiest_before - found.busiest_after < REBALANCE_GAIN:
+            self._counts_weighed = load
             return
         why = (
             f"uneven traffic (the busiest member carries {found.busiest_before:.2f} of a "
@@ -308,6 +321,22 @@ class GroupCoordinator:
         counts = iter(await self.client.mget(keys))
         return {t: [int(next(counts) or 0) for _ in range(partitions[t])] for t in topics}
 
+    def _since_weighed(self, load: dict[str, list[int]]) -> dict[str, list[int]] | None:
+        """The records written to each partition since this member's last traffic check that
+        left the assignment as it was (None if there was none). A partition it did not know
+        then counts from 0; a counter that went back (a topic deleted and made again) counts
+        as no recent traffic."""
+        then = self._counts_weighed
+        if then is None:
+            return None
+        recent: dict[str, list[int]] = {}
+        for topic, counts in load.items():
+            before = then.get(topic, [])
+            recent[topic] = [
+                max(0, n - (before[p] if p < len(before) else 0)) for p, n in enumerate(counts)
+            ]
+        return recent
+
     async def _complete_rebalance(
         self,
         now: int,
@@ -335,6 +364,7 @@ class GroupCoordinator:
         weighing = self._weighing()
         if weighing is not None:
             weighing.load = await self._records_written(snapshot["topics"])
+            weighing.recent = self._since_weighed(weighing.load)
         assignment = self._assignor.assign(_Cluster(partitions), member_metadata)
         final = {
             "members": {m: snapshot["members"][m] for m in participants},

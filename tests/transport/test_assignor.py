@@ -16,9 +16,11 @@ from faust.assignor.copartitioned_assignor import CopartitionedAssignor
 from ocstream.transport.assignor import (
     MIN_GAIN,
     MIN_RECORDS,
+    REBALANCE_GAIN,
     LoadAwareAssignor,
     balance,
     group_weights,
+    recent_or_all,
 )
 
 # What xcm.py's ten parachains give 8 partitions: destinations hash onto them as
@@ -163,3 +165,56 @@ def test_the_leader_sees_when_traffic_would_make_the_last_assignment_fairer() ->
         ("legs", "legs-changelog"): (8, [({1, 2, 4, 6}, set()), ({0, 3, 5, 7}, set())])
     }
     assert assignor.uneven(load) is None  # what balance() made of it: already fair
+
+
+def test_an_assignment_made_blind_stays_unweighed_until_enough_traffic_shows() -> None:
+    """``weighed`` tells the leader whether to look again soon (``FIRST_LOOK``): it is False
+    after an assignment made with too few records per partition to tell, and turns True once
+    :meth:`uneven` (or the assignment itself) had enough, whether or not that moved anything."""
+    topics = {"legs", "legs-changelog"}
+    few = {"legs": [MIN_RECORDS - 1] * 8}
+    enough = {"legs": BENCH_WEIGHTS, "legs-changelog": BENCH_WEIGHTS}
+    assignor = LoadAwareAssignor.__new__(LoadAwareAssignor)  # the methods need no app
+    assignor.weighed = False
+    members = fausts(2, 8, 0)
+    result = {f"m{i}": member for i, member in enumerate(members)}
+    assignor.load = few
+    assignor._balance(topics, 8, result)
+    assert not assignor.weighed
+    held = [(set(m.actives), set(m.standbys)) for m in members]
+    assignor.last_groups = {tuple(sorted(topics)): (8, held)}
+    assert assignor.uneven(few) is None
+    assert not assignor.weighed
+    assignor.uneven(enough)
+    assert assignor.weighed
+
+    again = LoadAwareAssignor.__new__(LoadAwareAssignor)
+    again.weighed = False
+    again.load = enough
+    again._balance(topics, 8, {f"m{i}": m for i, m in enumerate(fausts(2, 8, 0))})
+    assert again.weighed
+
+
+def test_recent_traffic_is_weighed_when_there_is_enough_of_it() -> None:
+    """The leader weighs what was written since its last check when that is enough to tell
+    (``MIN_RECORDS`` per partition of the group), so a shift in traffic shows at once even
+    under a long, even history; too little recent traffic falls back on the whole history."""
+    topics = {"legs", "legs-changelog"}
+    history = {"legs": [5000] * 4, "legs-changelog": [5000] * 4}
+    shifted = {"legs": [600, 600, 0, 0], "legs-changelog": [0] * 4}
+    assert recent_or_all(topics, 4, history, shifted) == [600, 600, 0, 0]
+    assert recent_or_all(topics, 4, history, None) == [10000] * 4
+    trickle = {"legs": [MIN_RECORDS - 1] * 4}
+    assert recent_or_all(topics, 4, history, trickle) == [10000] * 4
+
+    assignor = LoadAwareAssignor.__new__(LoadAwareAssignor)  # the methods need no app
+    assignor.weighed = False
+    held = [({0, 1}, set()), ({2, 3}, set())]
+    assignor.last_groups = {tuple(sorted(topics)): (4, held)}
+    total = {t: [a + b for a, b in zip(history[t], shifted[t], strict=True)] for t in history}
+    # Over the whole history the shift is a small gain (0.55 -> 0.5): below REBALANCE_GAIN.
+    whole = assignor.uneven(total)
+    assert whole is not None and whole.busiest_before - whole.busiest_after < REBALANCE_GAIN
+    found = assignor.uneven(total, shifted)
+    assert found is not None
+    assert (found.busiest_before, found.busiest_after) == (1.0, 0.5)
