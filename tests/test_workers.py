@@ -559,14 +559,15 @@ def test_uneven_traffic_on_a_stable_group_leads_to_a_fairer_assignment(
         first.stop()
 
 
-def test_a_shift_in_traffic_shows_against_a_long_even_history(
+def test_a_lasting_shift_in_traffic_shows_against_a_long_even_history_and_a_burst_does_not(
     spawn: Spawn, redis_url: str, prefix: str, app_id: str
 ) -> None:
-    """Four partitions with an even history (2,500 events each) are shared 2 + 2. Then new
-    traffic goes only to one worker's two partitions. Weighed against the whole history that
-    is a small gain (the busiest share 0.57 -> 0.5, below ``REBALANCE_GAIN``); the leader
-    weighs what was written since its last check, where it is the whole difference, and
-    rebalances."""
+    """Four partitions with an even history (2,500 events each) are shared 2 + 2. New traffic
+    then goes only to one worker's two partitions. Against the whole history that is a small
+    gain (the busiest share about 0.57 -> 0.5, below ``REBALANCE_GAIN``); the leader weighs
+    what was written since its last check, where it is the whole difference. One burst of it
+    is seen once and left alone (``UNEVEN_CHECKS``); the same traffic lasting over two checks
+    is rebalanced."""
     fill_demo_partitions(redis_url, prefix, {p: 2500 for p in range(4)})
     env = {"OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL": "2"}
     first = spawn("w1", env=env)
@@ -581,26 +582,43 @@ def test_a_shift_in_traffic_shows_against_a_long_even_history(
 
         wait_for(lambda: counted() >= 10_000, 90, "the history counted")
         leader = first if first.metric("ocstream_group_leader") else second
-        # Two more checks of the leader after the history was handled: the last one weighed
-        # only what came after it (the changelog's last writes at most), and left things be.
-        checks = leader.metric("ocstream_transport_traffic_checks_total")
-        wait_for(
-            lambda: leader.metric("ocstream_transport_traffic_checks_total") >= checks + 2,
-            30,
-            "two traffic checks after the history",
-        )
-        assert leader.metric("ocstream_transport_traffic_rebalances_total") == 0
+
+        def checks_after(count: int) -> None:
+            checks = leader.metric("ocstream_transport_traffic_checks_total")
+            wait_for(
+                lambda: leader.metric("ocstream_transport_traffic_checks_total") >= checks + count,
+                30,
+                f"{count} more traffic check(s)",
+            )
+
+        # Two checks after the history was handled: the last one weighed only what came after
+        # it (the changelog's last writes at most), and left things be.
+        checks_after(2)
         busy = set(first.view()["partitions"])
         fill_demo_partitions(redis_url, prefix, {p: 800 for p in busy})
+        checks_after(3)
+        assert "uneven traffic (the busiest member carries 1.00" in leader.log_text()
+        assert "in 1 check(s) in a row; a rebalance takes 2" in leader.log_text()
+        assert leader.metric("ocstream_transport_traffic_rebalances_total") == 0
+        assert set(first.view()["partitions"]) == busy
 
         def spread() -> bool:
             held = [set(first.view()["partitions"]), set(second.view()["partitions"])]
             return [len(h & busy) for h in held] == [1, 1]
 
-        wait_for(spread, 60, "one newly busy partition per worker")
-        assert "uneven traffic (the busiest member carries" in leader.log_text()
+        # The same traffic, lasting: more of it after every check, until the leader moves.
+        filled = 1
+        while not spread():
+            assert filled < 8, "no rebalance after a lasting shift"
+            fill_demo_partitions(redis_url, prefix, {p: 800 for p in busy})
+            filled += 1
+            checks_after(1)
+            if leader.metric("ocstream_transport_traffic_rebalances_total"):
+                wait_for(spread, 60, "one newly busy partition per worker")
+        assert filled >= 3  # the burst, then at least two checks of lasting traffic
+        assert "in 2 check(s) in a row" not in leader.log_text()
         assert leader.metric("ocstream_transport_traffic_rebalances_total") == 1
-        wait_for(lambda: counted() >= 11_600, 60, "every event counted")
+        wait_for(lambda: counted() >= 10_000 + 1600 * filled, 60, "every event counted")
     finally:
         second.stop()
         first.stop()

@@ -21,7 +21,8 @@ leader reads them before it assigns (``group.py``). A fresh deployment has no tr
 so its first assignment is faust's; the next rebalance (a worker joining, leaving, restarting
 with a new version) weighs the traffic, and so does the leader's check of a stable group every
 ``load_check_interval`` (:meth:`LoadAwareAssignor.uneven`), which starts a rebalance when the
-traffic made the assignment clearly uneven (:data:`REBALANCE_GAIN`). The traffic weighed is
+traffic made the assignment clearly uneven (:data:`REBALANCE_GAIN`) in :data:`UNEVEN_CHECKS`
+checks in a row. The traffic weighed is
 what was written since the leader last weighed (about one interval), if that is enough to
 tell (:data:`MIN_RECORDS` per partition), else everything written so far: so a change in the
 traffic shows within one check, and a quiet spell falls back on the longer history. An
@@ -51,6 +52,7 @@ __all__ = [
     "MIN_GAIN",
     "MIN_RECORDS",
     "REBALANCE_GAIN",
+    "UNEVEN_CHECKS",
     "Balance",
     "LoadAwareAssignor",
     "balance",
@@ -71,6 +73,12 @@ MIN_GAIN = 0.05
 #: clear gain is worth one.
 REBALANCE_GAIN = 0.1
 MIN_RECORDS = 100
+
+#: A weighed assignment is rebalanced on traffic only when this many checks in a row, each
+#: weighing its own window, found it uneven: a burst of a few minutes on one chain does not
+#: move partitions, a lasting shift does within two intervals. A blind assignment (below) is
+#: rebalanced at its first look: there is nothing yet that the traffic could be a burst against.
+UNEVEN_CHECKS = 2
 
 #: Seconds between the leader's looks at an assignment made blind, until one finds enough
 #: traffic to weigh (:attr:`LoadAwareAssignor.weighed`); ``load_check_interval`` if shorter.

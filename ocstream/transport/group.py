@@ -46,7 +46,7 @@ from faust.types import TP
 from mode import get_logger
 
 from . import local_state, retention, scripts
-from .assignor import FIRST_LOOK, REBALANCE_GAIN, LoadAwareAssignor
+from .assignor import FIRST_LOOK, REBALANCE_GAIN, UNEVEN_CHECKS, LoadAwareAssignor
 from .client import TRANSIENT_ERRORS, Backoff
 from .metrics import METRICS
 
@@ -113,6 +113,8 @@ class GroupCoordinator:
         # since (``assignor.recent_or_all``). A check that starts a rebalance keeps the old
         # counts, so that the assignment that follows weighs the same traffic the check did.
         self._counts_weighed: dict[str, list[int]] | None = None
+        # Checks in a row that found the current assignment uneven (``UNEVEN_CHECKS``).
+        self._uneven_checks = 0
         self._last_traffic_check = 0
         self._last_report = 0.0
         self._backoff = Backoff()
@@ -278,11 +280,13 @@ class GroupCoordinator:
 
     async def _check_traffic(self, gen: int, snapshot: dict[str, Any]) -> None:
         """Start a rebalance when weighing the records each partition carried would lower the
-        busiest member's share of some group's records by ``REBALANCE_GAIN`` or more: a group
-        assigned before it had traffic (a new deployment), or whose traffic changed."""
+        busiest member's share of some group's records by ``REBALANCE_GAIN`` or more: at once
+        for a group assigned before it had traffic (a new deployment), and for one whose
+        traffic changed when ``UNEVEN_CHECKS`` checks in a row find it so."""
         assignor = self._weighing()
         if assignor is None:
             return
+        blind = not assignor.weighed
         load = await self._records_written(snapshot["topics"])
         found = assignor.uneven(load, self._since_weighed(load))
         if not assignor.weighed:
@@ -290,12 +294,25 @@ class GroupCoordinator:
         METRICS.traffic_checks += 1
         if found is None or found.busiest_before - found.busiest_after < REBALANCE_GAIN:
             self._counts_weighed = load
+            self._uneven_checks = 0
             return
-        why = (
+        self._uneven_checks += 1
+        what = (
             f"uneven traffic (the busiest member carries {found.busiest_before:.2f} of a "
             f"group's records; {found.busiest_after:.2f} once weighed)"
         )
-        if await self._begin_rebalance(gen, snapshot, why):
+        if not blind and self._uneven_checks < UNEVEN_CHECKS:
+            # Perhaps a burst: the next check weighs the traffic after this one on its own.
+            self._counts_weighed = load
+            logger.info(
+                "[group] generation %d: %s in %d check(s) in a row; a rebalance takes %d",
+                gen,
+                what,
+                self._uneven_checks,
+                UNEVEN_CHECKS,
+            )
+            return
+        if await self._begin_rebalance(gen, snapshot, what):
             METRICS.traffic_rebalances += 1
 
     async def _begin_rebalance(self, gen: int, snapshot: dict[str, Any], why: str) -> bool:
@@ -388,6 +405,7 @@ class GroupCoordinator:
         if done:
             self._progressed = True
             self._assigned = (gen, now)
+            self._uneven_checks = 0
             logger.info("[group] generation %d assigned to %d members", gen, len(participants))
 
     # -- every member ------------------------------------------------------------------------
