@@ -624,6 +624,46 @@ def test_a_lasting_shift_in_traffic_shows_against_a_long_even_history_and_a_burs
         first.stop()
 
 
+def test_a_leader_taking_over_without_a_rebalance_checks_the_traffic(
+    spawn: Spawn, redis_url: str, prefix: str, app_id: str
+) -> None:
+    """The leader lease moves to the other worker while the members stay (as when a leader is
+    paused past its lease): nothing rebalances, so the new leader did not make the current
+    assignment. It takes over the maker's record of it and, when the traffic then goes to one
+    worker's two partitions, its first look evens the group out."""
+    env = {"OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL": "2"}
+    first = spawn("w1", env=env)
+    second = spawn("w2", env=env)
+    first.start()
+    second.start()
+    try:
+        wait_two_by_two(first, second)
+        old, new = (first, second) if first.metric("ocstream_group_leader") else (second, first)
+        group = Keyspace(prefix).group(app_id)
+        client = redis.Redis.from_url(redis_url)
+        generation = old.metric("ocstream_group_generation")
+        assert client.exists(group.assigned_groups)
+        leader = client.get(group.leader)
+        (other,) = [m for m in client.zrange(group.members, 0, -1) if m != leader]
+        client.set(group.leader, other, px=10_000)
+        wait_for(lambda: new.metric("ocstream_group_leader") == 1, 30, "the lease moved")
+        wait_for(lambda: "took over the traffic checks" in new.log_text(), 30, "the record taken")
+        assert new.metric("ocstream_group_generation") == generation  # no rebalance
+        busy = set(old.view()["partitions"])
+        fill_demo_partitions(redis_url, prefix, {p: 2000 if p in busy else 50 for p in range(4)})
+
+        def spread() -> bool:
+            held = [set(first.view()["partitions"]), set(second.view()["partitions"])]
+            return [len(h & busy) for h in held] == [1, 1]
+
+        wait_for(spread, 60, "one busy partition per worker")
+        assert new.metric("ocstream_transport_traffic_rebalances_total") == 1
+        assert old.metric("ocstream_transport_traffic_rebalances_total") == 0
+    finally:
+        second.stop()
+        first.stop()
+
+
 def test_a_frozen_worker_cannot_move_offsets_when_it_wakes_up(
     spawn: Spawn, redis_url: str, prefix: str, app_id: str
 ) -> None:

@@ -212,6 +212,32 @@ class LoadAwareAssignor(PartitionAssignor):
         #: since. False: the assignment was made blind, and the leader looks again soon.
         self.weighed = False
 
+    def record(self) -> dict[str, Any]:
+        """The last assignment, per group, as JSON-ready data (:meth:`adopt` reads it)."""
+        return {
+            "weighed": self.weighed,
+            "groups": [
+                {
+                    "topics": list(topics),
+                    "partitions": partitions,
+                    "held": [[sorted(a), sorted(s)] for a, s in held],
+                }
+                for topics, (partitions, held) in sorted(self.last_groups.items())
+            ],
+        }
+
+    def adopt(self, record: Mapping[str, Any]) -> None:
+        """Take another leader's :meth:`record` of the current assignment as this assignor's
+        last one, so that :meth:`uneven` can weigh it."""
+        self.last_groups = {
+            tuple(group["topics"]): (
+                int(group["partitions"]),
+                [(set(a), set(s)) for a, s in group["held"]],
+            )
+            for group in record["groups"]
+        }
+        self.weighed = bool(record["weighed"])
+
     def uneven(
         self,
         load: Mapping[str, Sequence[int]],

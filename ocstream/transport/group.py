@@ -115,6 +115,9 @@ class GroupCoordinator:
         self._counts_weighed: dict[str, list[int]] | None = None
         # Checks in a row that found the current assignment uneven (``UNEVEN_CHECKS``).
         self._uneven_checks = 0
+        # The last generation whose assignment this member, as a leader that did not make
+        # it, looked for in the maker's record (``_adopt_assignment``).
+        self._adopt_tried = 0
         self._last_traffic_check = 0
         self._last_report = 0.0
         self._backoff = Backoff()
@@ -234,8 +237,11 @@ class GroupCoordinator:
         if phase == "revoking":
             await self._complete_rebalance(now, gen, state, snapshot, metas, partitions)
             return
-        if phase == "stable" and self._traffic_check_due(now, gen):
-            await self._check_traffic(gen, snapshot)
+        if phase == "stable" and self._weighing() is not None:
+            if self._assigned is None or self._assigned[0] != gen:
+                await self._adopt_assignment(gen, now)
+            if self._traffic_check_due(now, gen):
+                await self._check_traffic(gen, snapshot)
         if now / 1000 - self._last_retention >= self.settings.retention_interval:
             self._last_retention = now / 1000
             # Every member's topics, not only the leader's: members of different roles
@@ -261,6 +267,25 @@ class GroupCoordinator:
         if self.settings.assignment == "load" and isinstance(assignor, LoadAwareAssignor):
             return assignor
         return None
+
+    async def _adopt_assignment(self, gen: int, now: int) -> None:
+        """A leader that took over without a rebalance (the lease moved: the old leader was
+        paused, or lost Redis for a while) did not make the current assignment, so it has
+        nothing to weigh against the traffic. It takes the record the maker left, once per
+        generation; from then on it checks as the maker did, counting from now."""
+        assignor = self._weighing()
+        if assignor is None or self._adopt_tried == gen:
+            return
+        self._adopt_tried = gen
+        raw = await self.client.get(self.keys.assigned_groups)
+        record = orjson.loads(raw) if raw else None
+        if not record or record.get("gen") != gen:
+            return  # the maker stopped before it wrote one: the next rebalance will
+        assignor.adopt(record)
+        self._assigned = (gen, now)
+        self._counts_weighed = None
+        self._uneven_checks = 0
+        logger.info("[group] generation %d: took over the traffic checks of its assignment", gen)
 
     def _traffic_check_due(self, now: int, gen: int) -> bool:
         """Whether to weigh the traffic against the current assignment now: only the leader
@@ -406,6 +431,9 @@ class GroupCoordinator:
             self._progressed = True
             self._assigned = (gen, now)
             self._uneven_checks = 0
+            if weighing is not None:
+                record = {"gen": gen, **weighing.record()}
+                await self.client.set(self.keys.assigned_groups, orjson.dumps(record))
             logger.info("[group] generation %d assigned to %d members", gen, len(participants))
 
     # -- every member ------------------------------------------------------------------------

@@ -128,6 +128,12 @@ class GroupKeys:
     def assignment(self, generation: int) -> str:
         return f"{self.base}assign:{generation}"
 
+    @property
+    def assigned_groups(self) -> str:
+        """The leader's record of its last assignment per copartitioned group, for a leader
+        that takes over without a rebalance (``LoadAwareAssignor.record``)."""
+        return self.base + "assign-groups"
+
 
 def offset_field(topic: str, partition: int) -> str:
     return f"{topic}{OFFSET_FIELD_SEP}{partition}"

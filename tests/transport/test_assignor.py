@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 
+import orjson
 import pytest
 from faust.assignor.client_assignment import CopartitionedAssignment
 from faust.assignor.copartitioned_assignor import CopartitionedAssignor
@@ -218,3 +219,19 @@ def test_recent_traffic_is_weighed_when_there_is_enough_of_it() -> None:
     found = assignor.uneven(total, shifted)
     assert found is not None
     assert (found.busiest_before, found.busiest_after) == (1.0, 0.5)
+
+
+def test_a_record_of_the_last_assignment_reads_back_the_same() -> None:
+    """What a leader leaves for one taking over without a rebalance (through JSON, as it is
+    stored in Redis): the same groups, so the same verdict on the same traffic."""
+    maker = LoadAwareAssignor.__new__(LoadAwareAssignor)  # the methods need no app
+    maker.weighed = True
+    held = [({0, 2, 4, 6}, {1, 3}), ({1, 3, 5, 7}, {0, 2})]
+    maker.last_groups = {("legs", "legs-changelog"): (8, held), ("notes",): (4, [({0}, set())])}
+    taker = LoadAwareAssignor.__new__(LoadAwareAssignor)
+    taker.weighed = False
+    taker.adopt(orjson.loads(orjson.dumps(maker.record())))
+    assert taker.last_groups == maker.last_groups
+    assert taker.weighed
+    load = {"legs": BENCH_WEIGHTS, "legs-changelog": BENCH_WEIGHTS}
+    assert taker.uneven(load) == maker.uneven(load)
