@@ -90,7 +90,7 @@ from procs import (
 from throughput import baseline, fill
 
 from ocstream.transport import Keyspace, TopicWriter
-from ocstream.transport.assignor import FIRST_LOOK
+from ocstream.transport.assignor import FIRST_LOOK, UNEVEN_CHECKS
 from ocstream.transport.wire import entry_value
 
 LEGS = "xcm-legs"
@@ -407,22 +407,29 @@ def traffic_check_due(blind: bool) -> float | None:
 def wait_traffic_check(run: Run, blind: bool) -> None:
     """Wait until the workers' leader has weighed the warm-up's traffic (and rebalanced if it
     found the group uneven), then for the group to settle: the timed part measures a group as
-    it runs after its first seconds of traffic, and no rebalance falls inside it. A check due
-    later than a minute is not waited for (said so)."""
+    it runs after its first seconds of traffic, and no rebalance falls inside it. A blind
+    assignment is rebalanced at the first check; a weighed one only after ``UNEVEN_CHECKS``
+    in a row, so that many are waited for. A check due later than a minute is not waited for
+    (said so)."""
     due = traffic_check_due(blind)
     if due is None:
         return
     if due > 60:
         print(f"  ({run.tag}: the leader's traffic check is {due:.0f} s away; not waited for)")
         return
+    checks = 1 if blind else UNEVEN_CHECKS
 
     def checked() -> bool:
-        return sum(w.metrics().get(CHECKS, 0) for w in run.workers) > 0
+        return sum(w.metrics().get(CHECKS, 0) for w in run.workers) >= checks
 
+    timeout = due * checks + 15
     try:
-        wait_for(checked, due + 15, "the leader's traffic check", interval=0.5)
+        wait_for(checked, timeout, "the leader's traffic checks", interval=0.5)
     except Incomplete:
-        print(f"  ({run.tag}: no traffic check within {due + 15:.0f} s: too little warm-up?)")
+        print(
+            f"  ({run.tag}: not {checks} traffic check(s) within {timeout:.0f} s: "
+            "too little warm-up?)"
+        )
     wait_group(run.workers, 60)
     rebalances = sum(w.metrics().get(REBALANCES, 0) for w in run.workers)
     print(f"  ({run.tag}: traffic checked; {rebalances:.0f} rebalance(s) on traffic)")
