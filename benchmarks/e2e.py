@@ -24,7 +24,9 @@ time), one subscription made with ``POST /subs`` (origin Asset Hub, destination 
 ingress`` process follows the two chains from ``replay`` providers: ``--seconds`` worth of blocks at
 ``--block-rate`` blocks/s per chain, K = rate / block rate journeys per block. The next rate
 starts when every journey of this one was delivered; the rates stop rising after the first one
-that is not kept up with. A small untimed warm-up step comes first. Each measured step's chains
+that is not kept up with. A small untimed warm-up step comes first; with several workers, the
+run then waits for the leader's first look at the warm-up's traffic, and the rebalance it may
+start, before the timed steps. Each measured step's chains
 begin with :data:`LEAD_SECONDS` of quiet blocks, without journeys: the step's new ingress
 builds its runtime decoders on its first block, which a deployed ingress did long before.
 
@@ -123,6 +125,7 @@ from procs import (  # benchmarks/ is this script's directory
     stop_all,
     wait_for,
     wait_group,
+    wait_traffic_check,
 )
 
 from ocstream.ingress.registry import NetworkRecord
@@ -910,6 +913,12 @@ def bench(args: argparse.Namespace, rates: list[float], counts: list[int], root:
                 if name == "warmup":
                     if not step.drained:
                         raise Incomplete(f"the warm-up was not delivered:\n{run.tails()}")
+                    if count > 1:
+                        # The group was dealt before any traffic: the leader's first look at
+                        # the warm-up's traffic may rebalance it, which the timed steps
+                        # should not measure (docs/transport.md, "Assignment weighed by
+                        # traffic").
+                        wait_traffic_check(run.workers, f"{count} workers", blind=True)
                     continue
                 results[count].append(step)
                 if not step.kept_up:

@@ -23,6 +23,8 @@ import redis
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from ocstream.transport.assignor import FIRST_LOOK, UNEVEN_CHECKS
+
 # The process helpers of the tests: free ports, the fast group timeouts, a clean environment.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.workers import FAST_GROUP_ENV, free_port, ocstream_env  # noqa: E402
@@ -245,6 +247,52 @@ def wait_group(workers: list[WorkerProc], timeout: float) -> None:
             return
         if time.monotonic() > deadline:
             raise Incomplete("the group kept rebalancing")
+
+
+CHECKS = "ocstream_transport_traffic_checks_total"
+REBALANCES = "ocstream_transport_traffic_rebalances_total"
+
+
+def traffic_check_due(blind: bool) -> float | None:
+    """Seconds from an assignment to the leader's first traffic check, with the workers'
+    settings (this environment, passed on), or None when it does not weigh traffic. An
+    assignment made ``blind`` (before any traffic) is looked at after ``FIRST_LOOK``."""
+    if os.environ.get("OCSTREAM_TRANSPORT_ASSIGNMENT", "load") != "load":
+        return None
+    every = float(os.environ.get("OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL", "300"))
+    if every <= 0:
+        return None
+    return min(every, FIRST_LOOK) if blind else every
+
+
+def wait_traffic_check(workers: list[WorkerProc], tag: str, blind: bool) -> None:
+    """Wait until the workers' leader has weighed the warm-up's traffic (and rebalanced if it
+    found the group uneven), then for the group to settle: the timed part measures a group as
+    it runs after its first seconds of traffic, and no rebalance falls inside it. A blind
+    assignment is rebalanced at the first check; a weighed one only after ``UNEVEN_CHECKS``
+    in a row, so that many are waited for. A check due later than a minute is not waited for
+    (said so)."""
+    due = traffic_check_due(blind)
+    if due is None:
+        return
+    if due > 60:
+        print(f"  ({tag}: the leader's traffic check is {due:.0f} s away; not waited for)")
+        return
+    checks = 1 if blind else UNEVEN_CHECKS
+
+    def checked() -> bool:
+        return sum(w.metrics().get(CHECKS, 0) for w in workers) >= checks
+
+    timeout = due * checks + 15
+    try:
+        wait_for(checked, timeout, "the leader's traffic checks", interval=0.5)
+    except Incomplete:
+        print(
+            f"  ({tag}: not {checks} traffic check(s) within {timeout:.0f} s: too little warm-up?)"
+        )
+    wait_group(workers, 60)
+    rebalances = sum(w.metrics().get(REBALANCES, 0) for w in workers)
+    print(f"  ({tag}: traffic checked; {rebalances:.0f} rebalance(s) on traffic)")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -86,11 +86,11 @@ from procs import (
     stop_all,
     wait_for,
     wait_group,
+    wait_traffic_check,
 )
 from throughput import baseline, fill
 
 from ocstream.transport import Keyspace, TopicWriter
-from ocstream.transport.assignor import FIRST_LOOK, UNEVEN_CHECKS
 from ocstream.transport.wire import entry_value
 
 LEGS = "xcm-legs"
@@ -388,53 +388,6 @@ def wait_sent(run: Run, reader: NotificationReader, target: int, timeout: float)
         reader.poll()
 
 
-CHECKS = "ocstream_transport_traffic_checks_total"
-REBALANCES = "ocstream_transport_traffic_rebalances_total"
-
-
-def traffic_check_due(blind: bool) -> float | None:
-    """Seconds from an assignment to the leader's first traffic check, with the workers'
-    settings (this environment, passed on), or None when it does not weigh traffic. An
-    assignment made ``blind`` (before any traffic) is looked at after ``FIRST_LOOK``."""
-    if os.environ.get("OCSTREAM_TRANSPORT_ASSIGNMENT", "load") != "load":
-        return None
-    every = float(os.environ.get("OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL", "300"))
-    if every <= 0:
-        return None
-    return min(every, FIRST_LOOK) if blind else every
-
-
-def wait_traffic_check(run: Run, blind: bool) -> None:
-    """Wait until the workers' leader has weighed the warm-up's traffic (and rebalanced if it
-    found the group uneven), then for the group to settle: the timed part measures a group as
-    it runs after its first seconds of traffic, and no rebalance falls inside it. A blind
-    assignment is rebalanced at the first check; a weighed one only after ``UNEVEN_CHECKS``
-    in a row, so that many are waited for. A check due later than a minute is not waited for
-    (said so)."""
-    due = traffic_check_due(blind)
-    if due is None:
-        return
-    if due > 60:
-        print(f"  ({run.tag}: the leader's traffic check is {due:.0f} s away; not waited for)")
-        return
-    checks = 1 if blind else UNEVEN_CHECKS
-
-    def checked() -> bool:
-        return sum(w.metrics().get(CHECKS, 0) for w in run.workers) >= checks
-
-    timeout = due * checks + 15
-    try:
-        wait_for(checked, timeout, "the leader's traffic checks", interval=0.5)
-    except Incomplete:
-        print(
-            f"  ({run.tag}: not {checks} traffic check(s) within {timeout:.0f} s: "
-            "too little warm-up?)"
-        )
-    wait_group(run.workers, 60)
-    rebalances = sum(w.metrics().get(REBALANCES, 0) for w in run.workers)
-    print(f"  ({run.tag}: traffic checked; {rebalances:.0f} rebalance(s) on traffic)")
-
-
 def journeys_phase(
     args: argparse.Namespace, workers: int, root: Path, runs: list[Run], sends_by: str = "id"
 ) -> dict[str, Any]:
@@ -460,7 +413,7 @@ def journeys_phase(
         )  # fmt: skip
         run.start(joining, args.timeout)
     if workers > 1:
-        wait_traffic_check(run, blind=not joining)
+        wait_traffic_check(run.workers, run.tag, blind=not joining)
     # As chains produce them (--arrival timed): a journey's send is in an earlier block than its
     # relayed leg and its receipt, so its index records reach the destination first.
     sends: list[tuple[str, bytes]] = []

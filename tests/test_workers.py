@@ -466,6 +466,29 @@ def wait_two_by_two(first: Worker, second: Worker) -> None:
     )
 
 
+def start_two_by_two(spawn: Spawn, check_every: str) -> tuple[Worker, Worker]:
+    """Two demo workers with the leader's traffic check every ``check_every`` seconds,
+    started on an empty group and waited for until they hold two partitions each."""
+    env = {"OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL": check_every}
+    first = spawn("w1", env=env)
+    second = spawn("w2", env=env)
+    first.start()
+    second.start()
+    try:
+        wait_two_by_two(first, second)
+    except BaseException:
+        second.stop()
+        first.stop()
+        raise
+    return first, second
+
+
+def one_busy_each(first: Worker, second: Worker, busy: set[int]) -> bool:
+    """Whether each of the two workers holds exactly one of the ``busy`` partitions."""
+    held = [set(first.view()["partitions"]), set(second.view()["partitions"])]
+    return [len(h & busy) for h in held] == [1, 1]
+
+
 @pytest.mark.parametrize("assignment", ["load", "sticky"])
 def test_a_joining_worker_gets_a_fair_share_of_the_traffic(
     spawn: Spawn, redis_url: str, prefix: str, app_id: str, assignment: str
@@ -509,19 +532,13 @@ def test_uneven_traffic_on_a_stable_group_leads_to_a_fairer_assignment(
     worker ends up with one busy partition. With the default 300 s, so does the leader's first
     look at its blind assignment (``assignor.FIRST_LOOK``, 10 s), and no check follows. With
     the check off, nothing moves."""
-    env = {"OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL": check_every}
-    first = spawn("w1", env=env)
-    second = spawn("w2", env=env)
-    first.start()
-    second.start()
+    first, second = start_two_by_two(spawn, check_every)
     try:
-        wait_two_by_two(first, second)
         busy = set(first.view()["partitions"])
         fill_demo_partitions(redis_url, prefix, {p: 2000 if p in busy else 50 for p in range(4)})
 
         def spread() -> bool:
-            held = [set(first.view()["partitions"]), set(second.view()["partitions"])]
-            return [len(h & busy) for h in held] == [1, 1]
+            return one_busy_each(first, second, busy)
 
         def counted() -> int:
             return total(first.view()["counts"]) + total(second.view()["counts"])
@@ -569,13 +586,8 @@ def test_a_lasting_shift_in_traffic_shows_against_a_long_even_history_and_a_burs
     is seen once and left alone (``UNEVEN_CHECKS``); the same traffic lasting over two checks
     is rebalanced."""
     fill_demo_partitions(redis_url, prefix, {p: 2500 for p in range(4)})
-    env = {"OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL": "2"}
-    first = spawn("w1", env=env)
-    second = spawn("w2", env=env)
-    first.start()
-    second.start()
+    first, second = start_two_by_two(spawn, "2")
     try:
-        wait_two_by_two(first, second)
 
         def counted() -> int:
             return total(first.view()["counts"]) + total(second.view()["counts"])
@@ -603,8 +615,7 @@ def test_a_lasting_shift_in_traffic_shows_against_a_long_even_history_and_a_burs
         assert set(first.view()["partitions"]) == busy
 
         def spread() -> bool:
-            held = [set(first.view()["partitions"]), set(second.view()["partitions"])]
-            return [len(h & busy) for h in held] == [1, 1]
+            return one_busy_each(first, second, busy)
 
         # The same traffic, lasting: more of it after every check, until the leader moves.
         filled = 1
@@ -631,13 +642,8 @@ def test_a_leader_taking_over_without_a_rebalance_checks_the_traffic(
     paused past its lease): nothing rebalances, so the new leader did not make the current
     assignment. It takes over the maker's record of it and, when the traffic then goes to one
     worker's two partitions, its first look evens the group out."""
-    env = {"OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL": "2"}
-    first = spawn("w1", env=env)
-    second = spawn("w2", env=env)
-    first.start()
-    second.start()
+    first, second = start_two_by_two(spawn, "2")
     try:
-        wait_two_by_two(first, second)
         old, new = (first, second) if first.metric("ocstream_group_leader") else (second, first)
         group = Keyspace(prefix).group(app_id)
         client = redis.Redis.from_url(redis_url)
@@ -653,8 +659,7 @@ def test_a_leader_taking_over_without_a_rebalance_checks_the_traffic(
         fill_demo_partitions(redis_url, prefix, {p: 2000 if p in busy else 50 for p in range(4)})
 
         def spread() -> bool:
-            held = [set(first.view()["partitions"]), set(second.view()["partitions"])]
-            return [len(h & busy) for h in held] == [1, 1]
+            return one_busy_each(first, second, busy)
 
         wait_for(spread, 60, "one busy partition per worker")
         assert new.metric("ocstream_transport_traffic_rebalances_total") == 1

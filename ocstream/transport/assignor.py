@@ -22,10 +22,10 @@ so its first assignment is faust's; the next rebalance (a worker joining, leavin
 with a new version) weighs the traffic, and so does the leader's check of a stable group every
 ``load_check_interval`` (:meth:`LoadAwareAssignor.uneven`), which starts a rebalance when the
 traffic made the assignment clearly uneven (:data:`REBALANCE_GAIN`) in :data:`UNEVEN_CHECKS`
-checks in a row. The traffic weighed is
-what was written since the leader last weighed (about one interval), if that is enough to
-tell (:data:`MIN_RECORDS` per partition), else everything written so far: so a change in the
-traffic shows within one check, and a quiet spell falls back on the longer history. An
+checks in a row. The traffic weighed is what was written since the leader's last check (about
+one interval), if that is enough to tell (:data:`MIN_RECORDS` per partition), else everything
+written so far: so a change in the traffic shows within one check, and a quiet spell falls
+back on the longer history. An
 assignment made blind (no group had carried :data:`MIN_RECORDS` per partition) is looked at
 every :data:`FIRST_LOOK` seconds instead, until there is enough traffic to weigh: a new
 deployment is evened out seconds after its traffic starts, not one whole interval later.
@@ -117,7 +117,7 @@ def recent_or_all(
     load: Mapping[str, Sequence[int]],
     recent: Mapping[str, Sequence[int]] | None,
 ) -> list[int]:
-    """The weights to deal a group by: the records written since the leader last weighed
+    """The weights to deal a group by: the records written since the leader's last check
     (``recent``) when they are at least :data:`MIN_RECORDS` per partition, so that a change
     in traffic shows within one check; else every record written (``load``)."""
     if recent is not None:
@@ -195,7 +195,7 @@ class LoadAwareAssignor(PartitionAssignor):
     """faust's assignor, with :func:`balance` applied to each copartitioned group.
 
     ``load`` (topic -> records written per partition) and ``recent`` (the same, since the
-    leader last weighed) are set by the group leader right before it calls :meth:`assign`;
+    leader's last check) are set by the group leader right before it calls :meth:`assign`;
     None (or no records yet) leaves faust's assignment as it is.
     """
 

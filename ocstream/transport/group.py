@@ -13,7 +13,9 @@ Every ``heartbeat_interval`` each member runs one :meth:`GroupCoordinator.tick`:
    ``revoking``. Once every member of that generation has released its partitions (or the
    rebalance timeout evicts the ones that did not), run the assignor and publish the
    assignment, phase ``stable``. Each transition is a Lua script that checks the lease and the
-   expected generation, so a deposed leader cannot overwrite a newer decision.
+   expected generation, so a deposed leader cannot overwrite a newer decision. With the
+   load-aware assignor, it also weighs a stable assignment against the traffic now and then
+   (``_check_traffic``; docs/transport.md, "Assignment weighed by traffic").
 3. **Follow**: on a new ``revoking`` generation, stop fetching, wait until everything taken is
    acked, **commit** and only then hand the partitions back to faust (the order that avoids
    faust-streaming#502 duplicates), and acknowledge. On a new ``stable`` generation, take the
@@ -105,8 +107,9 @@ class GroupCoordinator:
         self._send_metadata = True
         self._change_seen_at: int | None = None
         self._last_retention = 0.0
-        # (generation, server ms) of the last assignment this member made as the leader, and
-        # when it last weighed the traffic against it (``_check_traffic``).
+        # (generation, server ms) of the last assignment this member made as the leader (or
+        # took over the record of, ``_adopt_assignment``), and when it last weighed the
+        # traffic against it (``_check_traffic``).
         self._assigned: tuple[int, int] | None = None
         # The record counts this member read at its last traffic check that left the
         # assignment as it was: what it weighs next, checking or assigning, is the traffic
@@ -288,9 +291,10 @@ class GroupCoordinator:
         logger.info("[group] generation %d: took over the traffic checks of its assignment", gen)
 
     def _traffic_check_due(self, now: int, gen: int) -> bool:
-        """Whether to weigh the traffic against the current assignment now: only the leader
-        that made it knows it, and only every ``load_check_interval`` from when it was made
-        (every ``FIRST_LOOK`` seconds, if shorter, while it has not been weighed)."""
+        """Whether to weigh the traffic against the current assignment now: only a leader
+        that knows it (made it, or took over its record), and only every
+        ``load_check_interval`` from when it was made or taken over (every ``FIRST_LOOK``
+        seconds, if shorter, while it has not been weighed)."""
         every = self.settings.load_check_interval * 1000
         assignor = self._weighing()
         if every <= 0 or assignor is None or self._assigned is None:
