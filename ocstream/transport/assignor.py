@@ -58,6 +58,7 @@ __all__ = [
     "balance",
     "group_weights",
     "recent_or_all",
+    "records_since",
 ]
 
 logger = get_logger(__name__)
@@ -109,6 +110,21 @@ def group_weights(
         for partition, count in enumerate(counts[:partitions]):
             weights[partition] += count
     return weights
+
+
+def records_since(
+    load: Mapping[str, Sequence[int]], then: Mapping[str, Sequence[int]]
+) -> dict[str, list[int]]:
+    """Per topic and partition, the records written between two readings of the counters. A
+    partition the first reading did not have (the topic grew) counts from 0; a counter that
+    went back (a topic deleted and made again) counts as nothing written."""
+    recent: dict[str, list[int]] = {}
+    for topic, counts in load.items():
+        before = then.get(topic, ())
+        recent[topic] = [
+            max(0, n - (before[p] if p < len(before) else 0)) for p, n in enumerate(counts)
+        ]
+    return recent
 
 
 def recent_or_all(

@@ -48,7 +48,13 @@ from faust.types import TP
 from mode import get_logger
 
 from . import local_state, retention, scripts
-from .assignor import FIRST_LOOK, REBALANCE_GAIN, UNEVEN_CHECKS, LoadAwareAssignor
+from .assignor import (
+    FIRST_LOOK,
+    REBALANCE_GAIN,
+    UNEVEN_CHECKS,
+    LoadAwareAssignor,
+    records_since,
+)
 from .client import TRANSIENT_ERRORS, Backoff
 from .metrics import METRICS
 
@@ -369,19 +375,10 @@ class GroupCoordinator:
 
     def _since_weighed(self, load: dict[str, list[int]]) -> dict[str, list[int]] | None:
         """The records written to each partition since this member's last traffic check that
-        left the assignment as it was (None if there was none). A partition it did not know
-        then counts from 0; a counter that went back (a topic deleted and made again) counts
-        as no recent traffic."""
-        then = self._counts_weighed
-        if then is None:
+        left the assignment as it was (None if there was none)."""
+        if self._counts_weighed is None:
             return None
-        recent: dict[str, list[int]] = {}
-        for topic, counts in load.items():
-            before = then.get(topic, [])
-            recent[topic] = [
-                max(0, n - (before[p] if p < len(before) else 0)) for p, n in enumerate(counts)
-            ]
-        return recent
+        return records_since(load, self._counts_weighed)
 
     async def _complete_rebalance(
         self,

@@ -22,6 +22,7 @@ from ocstream.transport.assignor import (
     balance,
     group_weights,
     recent_or_all,
+    records_since,
 )
 
 # What xcm.py's ten parachains give 8 partitions: destinations hash onto them as
@@ -235,3 +236,9 @@ def test_a_record_of_the_last_assignment_reads_back_the_same() -> None:
     assert taker.weighed
     load = {"legs": BENCH_WEIGHTS, "legs-changelog": BENCH_WEIGHTS}
     assert taker.uneven(load) == maker.uneven(load)
+
+
+def test_records_since_a_reading_count_new_partitions_from_zero_and_never_go_negative() -> None:
+    then = {"legs": [100, 50], "gone": [7]}
+    now = {"legs": [130, 50, 20, 5], "blocks": [3], "gone": [2]}
+    assert records_since(now, then) == {"legs": [30, 0, 20, 5], "blocks": [3], "gone": [0]}
