@@ -432,10 +432,12 @@ class GroupCoordinator:
             self._progressed = True
             self._assigned = (gen, now)
             self._uneven_checks = 0
+            logger.info("[group] generation %d assigned to %d members", gen, len(participants))
             if weighing is not None:
+                # For a leader taking over without a rebalance. Should Redis fail now, that
+                # leader's checks wait for the next rebalance (_adopt_assignment).
                 record = {"gen": gen, **weighing.record()}
                 await self.client.set(self.keys.assigned_groups, orjson.dumps(record))
-            logger.info("[group] generation %d assigned to %d members", gen, len(participants))
 
     # -- every member ------------------------------------------------------------------------
     async def _follow(self, gen: int, phase: str, stable_gen: int) -> None:
