@@ -246,11 +246,13 @@ class GroupCoordinator:
         if phase == "revoking":
             await self._complete_rebalance(now, gen, state, snapshot, metas, partitions)
             return
-        if phase == "stable" and self._weighing() is not None:
+        assignor = self._weighing()
+        if phase == "stable" and assignor is not None:
             if self._assigned is None or self._assigned[0] != gen:
-                await self._adopt_assignment(gen, now)
-            if self._traffic_check_due(now, gen):
-                await self._check_traffic(gen, snapshot)
+                await self._adopt_assignment(assignor, gen, now)
+            if self._traffic_check_due(assignor, now, gen):
+                self._last_traffic_check = now
+                await self._check_traffic(assignor, gen, snapshot)
         if now / 1000 - self._last_retention >= self.settings.retention_interval:
             self._last_retention = now / 1000
             # Every member's topics, not only the leader's: members of different roles
@@ -277,13 +279,12 @@ class GroupCoordinator:
             return assignor
         return None
 
-    async def _adopt_assignment(self, gen: int, now: int) -> None:
+    async def _adopt_assignment(self, assignor: LoadAwareAssignor, gen: int, now: int) -> None:
         """A leader that took over without a rebalance (the lease moved: the old leader was
         paused, or lost Redis for a while) did not make the current assignment, so it has
         nothing to weigh against the traffic. It takes the record the maker left, once per
         generation; from then on it checks as the maker did, counting from now."""
-        assignor = self._weighing()
-        if assignor is None or self._adopt_tried == gen:
+        if self._adopt_tried == gen:
             return
         self._adopt_tried = gen
         raw = await self.client.get(self.keys.assigned_groups)
@@ -296,31 +297,26 @@ class GroupCoordinator:
         self._uneven_checks = 0
         logger.info("[group] generation %d: took over the traffic checks of its assignment", gen)
 
-    def _traffic_check_due(self, now: int, gen: int) -> bool:
+    def _traffic_check_due(self, assignor: LoadAwareAssignor, now: int, gen: int) -> bool:
         """Whether to weigh the traffic against the current assignment now: only a leader
         that knows it (made it, or took over its record), and only every
         ``load_check_interval`` from when it was made or taken over (every ``FIRST_LOOK``
         seconds, if shorter, while it has not been weighed)."""
         every = self.settings.load_check_interval * 1000
-        assignor = self._weighing()
-        if every <= 0 or assignor is None or self._assigned is None:
+        if every <= 0 or self._assigned is None:
             return False
         if not assignor.weighed:
             every = min(every, FIRST_LOOK * 1000)
         assigned_gen, assigned_at = self._assigned
-        if assigned_gen != gen or now - max(assigned_at, self._last_traffic_check) < every:
-            return False
-        self._last_traffic_check = now
-        return True
+        return assigned_gen == gen and now - max(assigned_at, self._last_traffic_check) >= every
 
-    async def _check_traffic(self, gen: int, snapshot: dict[str, Any]) -> None:
+    async def _check_traffic(
+        self, assignor: LoadAwareAssignor, gen: int, snapshot: dict[str, Any]
+    ) -> None:
         """Start a rebalance when weighing the records each partition carried would lower the
         busiest member's share of some group's records by ``REBALANCE_GAIN`` or more: at once
         for a group assigned before it had traffic (a new deployment), and for one whose
         traffic changed when ``UNEVEN_CHECKS`` checks in a row find it so."""
-        assignor = self._weighing()
-        if assignor is None:
-            return
         blind = not assignor.weighed
         load = await self._records_written(snapshot["topics"])
         found = assignor.uneven(load, self._since_weighed(load))
