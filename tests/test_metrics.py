@@ -42,6 +42,9 @@ ADDED = [
     ["ocstream_transport_traffic_checks_total", "counter", []],
     ["ocstream_transport_traffic_rebalances_total", "counter", []],
     ["ocstream_transport_partition_swaps_total", "counter", []],
+    # Records per partition the leader's current assignment was weighed against
+    # (ocstream/transport/traffic.py).
+    ["ocstream_transport_assignment_weighed_records", "gauge", []],
     # The worker's garbage collections, timed (ocstream/runtime.py, docs/metrics.md).
     ["ocstream_gc_collections_total", "counter", ["generation"]],
     ["ocstream_gc_pause_max_seconds", "gauge", ["generation"]],

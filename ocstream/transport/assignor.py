@@ -18,17 +18,11 @@ trade those too, and a promoted standby is warm), or neither does.
 The weight of a partition is the number of records written to it, summed over the group's
 topics (from the sequence counters the transport keeps anyway, ``{p}o:{topic}:{n}``). The group
 leader reads them before it assigns (``group.py``). A fresh deployment has no traffic to weigh,
-so its first assignment is faust's; the next rebalance (a worker joining, leaving, restarting
-with a new version) weighs the traffic, and so does the leader's check of a stable group every
-``load_check_interval`` (:meth:`LoadAwareAssignor.uneven`), which starts a rebalance when the
-traffic made the assignment clearly uneven (:data:`REBALANCE_GAIN`) in :data:`UNEVEN_CHECKS`
-checks in a row. The traffic weighed is what was written since the leader's last check (about
-one interval), if that is enough to tell (:data:`MIN_RECORDS` per partition), else everything
-written so far: so a change in the traffic shows within one check, and a quiet spell falls
-back on the longer history. An
-assignment made blind (no group had carried :data:`MIN_RECORDS` per partition) is looked at
-every :data:`FIRST_LOOK` seconds instead, until there is enough traffic to weigh: a new
-deployment is evened out seconds after its traffic starts, not one whole interval later.
+so its first assignment is faust's; the leader then looks at it every few seconds until it has
+weighed enough traffic, and checks a stable group every ``load_check_interval``
+(:meth:`LoadAwareAssignor.uneven`), starting a rebalance when the traffic made the assignment
+clearly uneven (:data:`REBALANCE_GAIN`). When to look, which records to weigh and how many
+uneven checks make a rebalance is decided by ``traffic.py`` (``TrafficWatch``).
 
 ``OCSTREAM_TRANSPORT_ASSIGNMENT=sticky`` turns the weighing off (faust's assignment alone).
 """
@@ -48,11 +42,9 @@ from mode import get_logger
 from .metrics import METRICS
 
 __all__ = [
-    "FIRST_LOOK",
     "MIN_GAIN",
     "MIN_RECORDS",
     "REBALANCE_GAIN",
-    "UNEVEN_CHECKS",
     "Balance",
     "LoadAwareAssignor",
     "balance",
@@ -74,17 +66,6 @@ MIN_GAIN = 0.05
 #: clear gain is worth one.
 REBALANCE_GAIN = 0.1
 MIN_RECORDS = 100
-
-#: A weighed assignment is rebalanced on traffic only when this many checks in a row, each
-#: weighing its own window, found it uneven: a burst of a few minutes on one chain does not
-#: move partitions, a lasting shift does within two intervals. A blind assignment (below) is
-#: rebalanced at its first look: there is nothing yet that the traffic could be a burst against.
-UNEVEN_CHECKS = 2
-
-#: Seconds between the leader's looks at an assignment made blind, until one finds enough
-#: traffic to weigh (:attr:`LoadAwareAssignor.weighed`); ``load_check_interval`` if shorter.
-#: A look costs one ``MGET`` of the group's sequence counters.
-FIRST_LOOK = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,15 +204,24 @@ class LoadAwareAssignor(PartitionAssignor):
         #: The last assignment this assignor made, per group: its partition count and each
         #: member's (actives, standbys), for :meth:`uneven`.
         self.last_groups: dict[tuple[str, ...], tuple[int, list[tuple[set[int], set[int]]]]] = {}
-        #: Whether some group of the last assignment has been weighed against at least
-        #: :data:`MIN_RECORDS` records per partition, when it was made or by :meth:`uneven`
-        #: since. False: the assignment was made blind, and the leader looks again soon.
-        self.weighed = False
+        #: The most records per partition some group of the last assignment has been weighed
+        #: against, when it was made or by :meth:`uneven` since (0: made before any traffic).
+        #: How far the leader trusts the assignment (``traffic.TrafficWatch.stage``).
+        self.weighed_records = 0.0
+
+    @property
+    def weighed(self) -> bool:
+        """Whether the last assignment has been weighed against :data:`MIN_RECORDS` records
+        per partition of some group (else it was made blind)."""
+        return self.weighed_records >= MIN_RECORDS
+
+    def _weighed_against(self, weights: Sequence[int], partitions: int) -> None:
+        self.weighed_records = max(self.weighed_records, sum(weights) / partitions)
 
     def record(self) -> dict[str, Any]:
         """The last assignment, per group, as JSON-ready data (:meth:`adopt` reads it)."""
         return {
-            "weighed": self.weighed,
+            "weighed_records": self.weighed_records,
             "groups": [
                 {
                     "topics": list(topics),
@@ -252,7 +242,10 @@ class LoadAwareAssignor(PartitionAssignor):
             )
             for group in record["groups"]
         }
-        self.weighed = bool(record["weighed"])
+        if "weighed_records" in record:
+            self.weighed_records = float(record["weighed_records"])
+        else:  # the record of the release before, which kept a flag only
+            self.weighed_records = float(MIN_RECORDS if record.get("weighed") else 0)
 
     def uneven(
         self,
@@ -269,7 +262,7 @@ class LoadAwareAssignor(PartitionAssignor):
             weights = recent_or_all(topics, partitions, load, recent)
             if sum(weights) < MIN_RECORDS * partitions:
                 continue
-            self.weighed = True
+            self._weighed_against(weights, partitions)
             copies = [
                 CopartitionedAssignment(actives=set(a), standbys=set(s), topics=set(topics))
                 for a, s in held
@@ -285,7 +278,7 @@ class LoadAwareAssignor(PartitionAssignor):
         # for the call to ``balance`` after each group's assignment: faust offers no hook
         # between assigning a group and packing the result.
         self.last_groups = {}
-        self.weighed = False
+        self.weighed_records = 0.0
         cluster_assgn = ClusterAssignment()
         clients_metadata = {
             member_id: self._get_client_metadata(metadata)
@@ -346,17 +339,17 @@ class LoadAwareAssignor(PartitionAssignor):
         if not self.load or len(result) < 2:
             return
         weights = recent_or_all(topics, partitions, self.load, self.recent)
-        if sum(weights) >= MIN_RECORDS * partitions:
-            self.weighed = True
+        self._weighed_against(weights, partitions)
         members = [result[client] for client in sorted(result)]
         done = balance(members, weights)
         METRICS.partition_swaps += done.swaps
         if done.swaps:
             logger.info(
                 "[assign] %d partition swap(s) by traffic in the group of %s: the busiest "
-                "member's share of its records %.2f -> %.2f",
+                "member's share of its records %.2f -> %.2f (%d records per partition weighed)",
                 done.swaps,
                 min(topics),
                 done.busiest_before,
                 done.busiest_after,
+                sum(weights) // partitions,
             )

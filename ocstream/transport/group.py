@@ -48,15 +48,10 @@ from faust.types import TP
 from mode import get_logger
 
 from . import local_state, retention, scripts
-from .assignor import (
-    FIRST_LOOK,
-    REBALANCE_GAIN,
-    UNEVEN_CHECKS,
-    LoadAwareAssignor,
-    records_since,
-)
+from .assignor import LoadAwareAssignor
 from .client import TRANSIENT_ERRORS, Backoff
-from .metrics import METRICS
+from .metrics import GAUGES, METRICS
+from .traffic import UNEVEN_CHECKS, TrafficWatch, Verdict
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -113,21 +108,9 @@ class GroupCoordinator:
         self._send_metadata = True
         self._change_seen_at: int | None = None
         self._last_retention = 0.0
-        # (generation, server ms) of the last assignment this member made as the leader (or
-        # took over the record of, ``_adopt_assignment``), and when it last weighed the
-        # traffic against it (``_check_traffic``).
-        self._assigned: tuple[int, int] | None = None
-        # The record counts this member read at its last traffic check that left the
-        # assignment as it was: what it weighs next, checking or assigning, is the traffic
-        # since (``assignor.recent_or_all``). A check that starts a rebalance keeps the old
-        # counts, so that the assignment that follows weighs the same traffic the check did.
-        self._counts_weighed: dict[str, list[int]] | None = None
-        # Checks in a row that found the current assignment uneven (``UNEVEN_CHECKS``).
-        self._uneven_checks = 0
-        # The last generation whose assignment this member, as a leader that did not make
-        # it, looked for in the maker's record (``_adopt_assignment``).
-        self._adopt_tried = 0
-        self._last_traffic_check = 0
+        # When to weigh the traffic against the assignment this member made as the leader (or
+        # took over), and what a weighing decides (traffic.py).
+        self._watch = TrafficWatch(int(self.settings.load_check_interval * 1000))
         self._last_report = 0.0
         self._backoff = Backoff()
         self.is_leader = False
@@ -186,6 +169,8 @@ class GroupCoordinator:
             self.is_leader = bool(int(is_leader))
             if self.is_leader:
                 logger.info("[group] %s: leader of group %s", self.member_id, self.app.conf.id)
+            else:
+                GAUGES.assignment_weighed_records = 0.0
         if self.is_leader:
             await self._lead(int(now))
         await self._follow(int(gen), phase.decode() if phase else "", int(stable_gen))
@@ -248,11 +233,13 @@ class GroupCoordinator:
             return
         assignor = self._weighing()
         if phase == "stable" and assignor is not None:
-            if self._assigned is None or self._assigned[0] != gen:
+            if self._watch.should_adopt(gen):
                 await self._adopt_assignment(assignor, gen, now)
-            if self._traffic_check_due(assignor, now, gen):
-                self._last_traffic_check = now
+            if self._watch.due(now, gen, assignor.weighed_records):
+                self._watch.last_look = now
                 await self._check_traffic(assignor, gen, snapshot)
+            known = self._watch.assigned is not None and self._watch.assigned[0] == gen
+            GAUGES.assignment_weighed_records = assignor.weighed_records if known else 0.0
         if now / 1000 - self._last_retention >= self.settings.retention_interval:
             self._last_retention = now / 1000
             # Every member's topics, not only the leader's: members of different roles
@@ -282,64 +269,44 @@ class GroupCoordinator:
     async def _adopt_assignment(self, assignor: LoadAwareAssignor, gen: int, now: int) -> None:
         """A leader that took over without a rebalance (the lease moved: the old leader was
         paused, or lost Redis for a while) did not make the current assignment, so it has
-        nothing to weigh against the traffic. It takes the record the maker left, once per
-        generation; from then on it checks as the maker did, counting from now."""
-        if self._adopt_tried == gen:
-            return
-        self._adopt_tried = gen
+        nothing to weigh against the traffic. It takes the record the maker left (asked once
+        per generation); from then on it checks as the maker did, counting from now."""
         raw = await self.client.get(self.keys.assigned_groups)
         record = orjson.loads(raw) if raw else None
         if not record or record.get("gen") != gen:
             return  # the maker stopped before it wrote one: the next rebalance will
         assignor.adopt(record)
-        self._assigned = (gen, now)
-        self._counts_weighed = None
-        self._uneven_checks = 0
+        self._watch.adopted(gen, now)
         logger.info("[group] generation %d: took over the traffic checks of its assignment", gen)
-
-    def _traffic_check_due(self, assignor: LoadAwareAssignor, now: int, gen: int) -> bool:
-        """Whether to weigh the traffic against the current assignment now: only a leader
-        that knows it (made it, or took over its record), and only every
-        ``load_check_interval`` from when it was made or taken over (every ``FIRST_LOOK``
-        seconds, if shorter, while it has not been weighed)."""
-        every = self.settings.load_check_interval * 1000
-        if every <= 0 or self._assigned is None:
-            return False
-        if not assignor.weighed:
-            every = min(every, FIRST_LOOK * 1000)
-        assigned_gen, assigned_at = self._assigned
-        return assigned_gen == gen and now - max(assigned_at, self._last_traffic_check) >= every
 
     async def _check_traffic(
         self, assignor: LoadAwareAssignor, gen: int, snapshot: dict[str, Any]
     ) -> None:
-        """Start a rebalance when weighing the records each partition carried would lower the
-        busiest member's share of some group's records by ``REBALANCE_GAIN`` or more: at once
-        for a group assigned before it had traffic (a new deployment), and for one whose
-        traffic changed when ``UNEVEN_CHECKS`` checks in a row find it so."""
-        blind = not assignor.weighed
+        """Weigh the records each partition carried against the current assignment, and start
+        a rebalance when the watch says so (``traffic.TrafficWatch.judge``): weighing them would
+        lower the busiest member's share of some group's records by ``REBALANCE_GAIN`` or more,
+        at the first look that can tell for an assignment not yet settled, in
+        ``UNEVEN_CHECKS`` checks in a row for a settled one."""
+        before = assignor.weighed_records
         load = await self._records_written(snapshot["topics"])
-        found = assignor.uneven(load, self._since_weighed(load))
-        if not assignor.weighed:
+        found = assignor.uneven(load, self._watch.window(load))
+        verdict = self._watch.judge(load, found, before, assignor.weighed_records)
+        if verdict is Verdict.WAIT:
             return  # too little traffic to tell busy partitions from quiet ones: look again
         METRICS.traffic_checks += 1
-        if found is None or found.busiest_before - found.busiest_after < REBALANCE_GAIN:
-            self._counts_weighed = load
-            self._uneven_checks = 0
+        if found is None or verdict is Verdict.EVEN:
             return
-        self._uneven_checks += 1
         what = (
             f"uneven traffic (the busiest member carries {found.busiest_before:.2f} of a "
-            f"group's records; {found.busiest_after:.2f} once weighed)"
+            f"group's records; {found.busiest_after:.2f} once weighed; "
+            f"{assignor.weighed_records:.0f} records per partition weighed)"
         )
-        if not blind and self._uneven_checks < UNEVEN_CHECKS:
-            # Perhaps a burst: the next check weighs the traffic after this one on its own.
-            self._counts_weighed = load
+        if verdict is Verdict.UNEVEN_ONCE:
             logger.info(
                 "[group] generation %d: %s in %d check(s) in a row; a rebalance takes %d",
                 gen,
                 what,
-                self._uneven_checks,
+                self._watch.uneven_in_row,
                 UNEVEN_CHECKS,
             )
             return
@@ -356,6 +323,7 @@ class GroupCoordinator:
         )
         if new_gen:
             self._progressed = True
+            GAUGES.assignment_weighed_records = 0.0
             logger.info("[group] generation %d: %s", new_gen, why)
         return bool(new_gen)
 
@@ -368,13 +336,6 @@ class GroupCoordinator:
         keys = [self.consumer.keys.sequence(t, n) for t in topics for n in range(partitions[t])]
         counts = iter(await self.client.mget(keys))
         return {t: [int(next(counts) or 0) for _ in range(partitions[t])] for t in topics}
-
-    def _since_weighed(self, load: dict[str, list[int]]) -> dict[str, list[int]] | None:
-        """The records written to each partition since this member's last traffic check that
-        left the assignment as it was (None if there was none)."""
-        if self._counts_weighed is None:
-            return None
-        return records_since(load, self._counts_weighed)
 
     async def _complete_rebalance(
         self,
@@ -403,7 +364,7 @@ class GroupCoordinator:
         weighing = self._weighing()
         if weighing is not None:
             weighing.load = await self._records_written(snapshot["topics"])
-            weighing.recent = self._since_weighed(weighing.load)
+            weighing.recent = self._watch.window(weighing.load)
         assignment = self._assignor.assign(_Cluster(partitions), member_metadata)
         final = {
             "members": {m: snapshot["members"][m] for m in participants},
@@ -426,8 +387,7 @@ class GroupCoordinator:
         )
         if done:
             self._progressed = True
-            self._assigned = (gen, now)
-            self._uneven_checks = 0
+            self._watch.made(gen, now)
             logger.info("[group] generation %d assigned to %d members", gen, len(participants))
             if weighing is not None:
                 # For a leader taking over without a rebalance. Should Redis fail now, that

@@ -56,10 +56,10 @@ class TransportSettings(BaseModel):
     assignment: Literal["load", "sticky"] = "load"
     #: With ``load``: every this many seconds, and no sooner after an assignment, the leader
     #: checks whether weighing the traffic would make the assignment clearly fairer
-    #: (``assignor.REBALANCE_GAIN``) and rebalances if ``assignor.UNEVEN_CHECKS`` checks in a
-    #: row say so. Every ``assignor.FIRST_LOOK`` seconds, if shorter, while the assignment has
-    #: not been weighed against enough traffic (and then one check is enough). 0: only
-    #: membership and topic changes rebalance.
+    #: (``assignor.REBALANCE_GAIN``) and rebalances if ``traffic.UNEVEN_CHECKS`` checks in a
+    #: row say so. Every ``traffic.FIRST_LOOK`` seconds, if shorter, while the assignment has
+    #: not been weighed against ``traffic.SETTLE_RECORDS`` records per partition (and then
+    #: one uneven look is enough). 0: only membership and topic changes rebalance.
     load_check_interval: float = Field(default=300.0, ge=0)
 
     @classmethod

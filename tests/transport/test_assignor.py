@@ -151,6 +151,7 @@ def test_the_leader_sees_when_traffic_would_make_the_last_assignment_fairer() ->
     group that would change most, skips groups with too few records to tell, and finds
     nothing to do once the assignment is fair."""
     assignor = LoadAwareAssignor.__new__(LoadAwareAssignor)  # the method needs no app
+    assignor.weighed_records = 0.0
     held = [({0, 2, 4, 6}, {1, 3, 5, 7}), ({1, 3, 5, 7}, {0, 2, 4, 6})]
     assignor.last_groups = {("legs", "legs-changelog"): (8, held)}
     load = {"legs": BENCH_WEIGHTS, "legs-changelog": BENCH_WEIGHTS}
@@ -170,14 +171,15 @@ def test_the_leader_sees_when_traffic_would_make_the_last_assignment_fairer() ->
 
 
 def test_an_assignment_made_blind_stays_unweighed_until_enough_traffic_shows() -> None:
-    """``weighed`` tells the leader whether to look again soon (``FIRST_LOOK``): it is False
-    after an assignment made with too few records per partition to tell, and turns True once
-    :meth:`uneven` (or the assignment itself) had enough, whether or not that moved anything."""
+    """``weighed_records`` tells the leader whether to look again soon (traffic.py): ``weighed``
+    is False after an assignment made with too few records per partition to tell, and turns
+    True once :meth:`uneven` (or the assignment itself) had enough, whether or not that moved
+    anything; the count is the largest sample weighed, per partition."""
     topics = {"legs", "legs-changelog"}
     few = {"legs": [MIN_RECORDS - 1] * 8}
     enough = {"legs": BENCH_WEIGHTS, "legs-changelog": BENCH_WEIGHTS}
     assignor = LoadAwareAssignor.__new__(LoadAwareAssignor)  # the methods need no app
-    assignor.weighed = False
+    assignor.weighed_records = 0.0
     members = fausts(2, 8, 0)
     result = {f"m{i}": member for i, member in enumerate(members)}
     assignor.load = few
@@ -189,9 +191,13 @@ def test_an_assignment_made_blind_stays_unweighed_until_enough_traffic_shows() -
     assert not assignor.weighed
     assignor.uneven(enough)
     assert assignor.weighed
+    assert assignor.weighed_records == sum(BENCH_WEIGHTS) * 2 / 8
+    smaller = {"legs": [MIN_RECORDS * 2] * 8}  # weighed, but a smaller sample: no lower
+    assignor.uneven(smaller)
+    assert assignor.weighed_records == sum(BENCH_WEIGHTS) * 2 / 8
 
     again = LoadAwareAssignor.__new__(LoadAwareAssignor)
-    again.weighed = False
+    again.weighed_records = 0.0
     again.load = enough
     again._balance(topics, 8, {f"m{i}": m for i, m in enumerate(fausts(2, 8, 0))})
     assert again.weighed
@@ -210,7 +216,7 @@ def test_recent_traffic_is_weighed_when_there_is_enough_of_it() -> None:
     assert recent_or_all(topics, 4, history, trickle) == [10000] * 4
 
     assignor = LoadAwareAssignor.__new__(LoadAwareAssignor)  # the methods need no app
-    assignor.weighed = False
+    assignor.weighed_records = 0.0
     held = [({0, 1}, set()), ({2, 3}, set())]
     assignor.last_groups = {tuple(sorted(topics)): (4, held)}
     total = {t: [a + b for a, b in zip(history[t], shifted[t], strict=True)] for t in history}
@@ -226,14 +232,18 @@ def test_a_record_of_the_last_assignment_reads_back_the_same() -> None:
     """What a leader leaves for one taking over without a rebalance (through JSON, as it is
     stored in Redis): the same groups, so the same verdict on the same traffic."""
     maker = LoadAwareAssignor.__new__(LoadAwareAssignor)  # the methods need no app
-    maker.weighed = True
+    maker.weighed_records = 420.0
     held = [({0, 2, 4, 6}, {1, 3}), ({1, 3, 5, 7}, {0, 2})]
     maker.last_groups = {("legs", "legs-changelog"): (8, held), ("notes",): (4, [({0}, set())])}
     taker = LoadAwareAssignor.__new__(LoadAwareAssignor)
-    taker.weighed = False
+    taker.weighed_records = 0.0
     taker.adopt(orjson.loads(orjson.dumps(maker.record())))
     assert taker.last_groups == maker.last_groups
-    assert taker.weighed
+    assert taker.weighed_records == 420.0
+    # The record of the release before kept a flag, not a count: weighed, but not settled.
+    older = {k: v for k, v in maker.record().items() if k != "weighed_records"}
+    taker.adopt({**older, "weighed": True})
+    assert taker.weighed_records == MIN_RECORDS
     load = {"legs": BENCH_WEIGHTS, "legs-changelog": BENCH_WEIGHTS}
     assert taker.uneven(load) == maker.uneven(load)
 

@@ -1,0 +1,146 @@
+"""When the group leader weighs the traffic against its assignment, and what a weighing decides.
+
+:class:`TrafficWatch` is the policy alone: no Redis, no clock (times are passed in, in
+milliseconds). ``group.py`` reads the counters and starts rebalances; :class:`LoadAwareAssignor`
+(``assignor.py``) weighs an assignment against counts. This module decides in between, so that
+its rules are tested on their own (tests/transport/test_traffic.py) as well as with real
+workers (tests/test_workers.py).
+
+An assignment goes through three stages, by how many records per partition it has been weighed
+against (:attr:`LoadAwareAssignor.weighed_records`, the most over its groups):
+
+- **blind**, fewer than :data:`~ocstream.transport.assignor.MIN_RECORDS` (100): made before
+  the group had traffic to weigh. Looked at every :data:`FIRST_LOOK` seconds; a look that
+  still finds too little is not a check.
+- **settling**, fewer than :data:`SETTLE_RECORDS` (1,000): weighed, but against a sample
+  small enough to mislead (chains send in clumps; a hundred records per partition can make an
+  even split look uneven, or the reverse). Still looked at every :data:`FIRST_LOOK` seconds,
+  each look weighing a larger sample (everything since the same starting point); one uneven
+  look rebalances, as the look only finishes the weighing the assignment began.
+- **settled**: checked every ``load_check_interval``, each check weighing the traffic since
+  the last one that left the assignment as it was (a window, so that a lasting change shows
+  against a long history); :data:`UNEVEN_CHECKS` uneven checks in a row rebalance, so a burst
+  does not.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .assignor import MIN_RECORDS, REBALANCE_GAIN, Balance, records_since
+
+__all__ = ["FIRST_LOOK", "SETTLE_RECORDS", "UNEVEN_CHECKS", "TrafficWatch", "Verdict"]
+
+#: Seconds between the leader's looks at an assignment that is blind or settling;
+#: ``load_check_interval`` if shorter. A look costs one ``MGET`` of the group's sequence
+#: counters.
+FIRST_LOOK = 10.0
+
+#: Records per partition an assignment must have been weighed against before the leader trusts
+#: it and checks only every ``load_check_interval``. At 100 records per partition, chains that
+#: send in clumps of a few records move a partition's share by 15-20 %; at 1,000, by 5 %.
+SETTLE_RECORDS = 1000
+
+#: A settled assignment is rebalanced on traffic only when this many checks in a row, each
+#: weighing its own window, find it uneven: a burst of a few minutes on one chain does not move
+#: partitions, a lasting shift does within two intervals.
+UNEVEN_CHECKS = 2
+
+Counts = Mapping[str, Sequence[int]]
+
+
+class Verdict(enum.Enum):
+    #: Too little traffic to weigh: not a check (the metric does not count it).
+    WAIT = "wait"
+    EVEN = "even"
+    #: Uneven, but not yet :data:`UNEVEN_CHECKS` times in a row: perhaps a burst. Logged.
+    UNEVEN_ONCE = "uneven once"
+    REBALANCE = "rebalance"
+
+
+@dataclass
+class TrafficWatch:
+    """The leader's watch over one assignment: whether a look is due, which traffic to weigh,
+    and what the result decides. One per group member; only a leader uses it."""
+
+    #: ``load_check_interval`` in milliseconds; 0 or less: never check.
+    interval: int
+    #: (generation, ms) of the assignment watched: made by this member as leader, or taken over
+    #: from the maker's record. None: this member knows no assignment to weigh.
+    assigned: tuple[int, int] | None = None
+    #: When the last look began (ms).
+    last_look: int = 0
+    #: The counters read at the last check that left the assignment as it was: what is weighed
+    #: next is the traffic since (:meth:`window`). Kept through a rebalance the watch started,
+    #: so that the assignment that follows weighs the same traffic.
+    baseline: dict[str, list[int]] | None = None
+    #: Checks in a row that found a settled assignment uneven.
+    uneven_in_row: int = 0
+    #: The last generation whose maker's record this member asked for (:meth:`should_adopt`).
+    adopt_tried: int = 0
+
+    @staticmethod
+    def stage(weighed_records: float) -> str:
+        """``blind``, ``settling`` or ``settled``, for an assignment weighed against
+        ``weighed_records`` records per partition."""
+        if weighed_records < MIN_RECORDS:
+            return "blind"
+        return "settling" if weighed_records < SETTLE_RECORDS else "settled"
+
+    def made(self, gen: int, now: int) -> None:
+        """This member, as leader, made the assignment of ``gen`` at ``now``."""
+        self.assigned = (gen, now)
+        self.uneven_in_row = 0
+
+    def should_adopt(self, gen: int) -> bool:
+        """Whether to look for the maker's record of ``gen`` (once per generation, and only
+        when this member does not know the assignment already)."""
+        if (self.assigned is not None and self.assigned[0] == gen) or self.adopt_tried == gen:
+            return False
+        self.adopt_tried = gen
+        return True
+
+    def adopted(self, gen: int, now: int) -> None:
+        """This member took over the record of ``gen``'s assignment at ``now``: it checks from
+        now on, weighing everything written (it has no reading of its own to start from)."""
+        self.assigned = (gen, now)
+        self.baseline = None
+        self.uneven_in_row = 0
+
+    def due(self, now: int, gen: int, weighed_records: float) -> bool:
+        """Whether to weigh the traffic against the assignment of ``gen`` now."""
+        if self.interval <= 0 or self.assigned is None or self.assigned[0] != gen:
+            return False
+        every = self.interval
+        if weighed_records < SETTLE_RECORDS:
+            every = min(every, int(FIRST_LOOK * 1000))
+        return now - max(self.assigned[1], self.last_look) >= every
+
+    def window(self, load: Counts) -> dict[str, list[int]] | None:
+        """The records written since :attr:`baseline` (None when there is none)."""
+        return None if self.baseline is None else records_since(load, self.baseline)
+
+    def judge(
+        self, load: Counts, found: Balance | None, weighed_before: float, weighed_after: float
+    ) -> Verdict:
+        """What a look decides. ``load``: the counters it read; ``found``: what weighing them
+        would change (:meth:`LoadAwareAssignor.uneven`), which raised the assignment's weighed
+        records from ``weighed_before`` to ``weighed_after``."""
+        if weighed_after < MIN_RECORDS:
+            return Verdict.WAIT
+        settled = weighed_before >= SETTLE_RECORDS
+        if found is None or found.busiest_before - found.busiest_after < REBALANCE_GAIN:
+            self.uneven_in_row = 0
+            if weighed_after >= SETTLE_RECORDS:
+                # The window starts here. While settling it does not: each look weighs a
+                # larger sample from the same start.
+                self.baseline = {topic: list(counts) for topic, counts in load.items()}
+            return Verdict.EVEN
+        self.uneven_in_row += 1
+        if not settled or self.uneven_in_row >= UNEVEN_CHECKS:
+            return Verdict.REBALANCE
+        # Perhaps a burst: the next check weighs the traffic after this one on its own.
+        self.baseline = {topic: list(counts) for topic, counts in load.items()}
+        return Verdict.UNEVEN_ONCE
