@@ -22,7 +22,9 @@ import rocksdict
 from faust.stores.rocksdb import Store as FaustRocksDBStore
 
 from ocstream.transport import TopicWriter
+from ocstream.transport.assignor import MIN_RECORDS
 from ocstream.transport.keys import Keyspace
+from ocstream.transport.traffic import SETTLE_RECORDS
 from tests.workers import (
     Worker,
     changelog_counts,
@@ -530,8 +532,8 @@ def test_uneven_traffic_on_a_stable_group_leads_to_a_fairer_assignment(
     the traffic goes mostly to the two partitions one of them holds. With the leader weighing
     the traffic every ``load_check_interval`` (2 s here), it rebalances on its own and each
     worker ends up with one busy partition. With the default 300 s, so does the leader's first
-    look at its blind assignment (``assignor.FIRST_LOOK``, 10 s), and no check follows. With
-    the check off, nothing moves."""
+    look at its blind assignment (``traffic.FIRST_LOOK``, 10 s), and no check follows: the
+    look weighed enough to settle the assignment. With the check off, nothing moves."""
     first, second = start_two_by_two(spawn, check_every)
     try:
         busy = set(first.view()["partitions"])
@@ -559,7 +561,10 @@ def test_uneven_traffic_on_a_stable_group_leads_to_a_fairer_assignment(
         assert leader.metric("ocstream_transport_traffic_rebalances_total") == 1
         wait_for(lambda: counted() >= 4100, 60, "every event counted")
         if check_every == "300":
-            # The assignment now made was weighed: the next check is a whole interval away.
+            # The assignment now made was weighed against every event (over 1,000 records per
+            # partition with the changelog's): settled, the next check is a whole interval away.
+            weighed = leader.metric("ocstream_transport_assignment_weighed_records")
+            assert weighed >= SETTLE_RECORDS
             assert leader.metric("ocstream_transport_traffic_checks_total") == 1
             return
         # The next check of the leader finds the group even: no second rebalance.
@@ -571,6 +576,41 @@ def test_uneven_traffic_on_a_stable_group_leads_to_a_fairer_assignment(
         )
         assert leader.metric("ocstream_transport_traffic_rebalances_total") == 1
         assert spread()
+    finally:
+        second.stop()
+        first.stop()
+
+
+def test_a_first_look_at_a_small_sample_is_followed_by_more_until_the_assignment_settles(
+    spawn: Spawn, redis_url: str, prefix: str, app_id: str
+) -> None:
+    """With the default 300 s interval, the leader's first look at a new group sees a little
+    even traffic (150 events per partition): weighed, but too small a sample to trust
+    (``traffic.SETTLE_RECORDS``). It looks again 10 s later, when the traffic has gone to one
+    worker's two partitions, and evens the group out then, not an interval later."""
+    first, second = start_two_by_two(spawn, "300")
+    try:
+        fill_demo_partitions(redis_url, prefix, {p: 150 for p in range(4)})
+
+        def leader() -> Worker:
+            return first if first.metric("ocstream_group_leader") else second
+
+        def weighed() -> float:
+            return leader().metric("ocstream_transport_assignment_weighed_records")
+
+        wait_for(
+            lambda: leader().metric("ocstream_transport_traffic_checks_total") >= 1,
+            60,
+            "the first look",
+        )
+        assert MIN_RECORDS <= weighed() < SETTLE_RECORDS
+        assert leader().metric("ocstream_transport_traffic_rebalances_total") == 0
+        busy = set(first.view()["partitions"])
+        fill_demo_partitions(redis_url, prefix, {p: 1500 for p in busy})
+        wait_for(lambda: one_busy_each(first, second, busy), 60, "one busy partition per worker")
+        assert leader().metric("ocstream_transport_traffic_rebalances_total") == 1
+        assert "records per partition weighed)" in leader().log_text()
+        wait_for(lambda: weighed() >= SETTLE_RECORDS, 30, "the assignment settled")
     finally:
         second.stop()
         first.stop()
