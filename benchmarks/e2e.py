@@ -24,9 +24,10 @@ time), one subscription made with ``POST /subs`` (origin Asset Hub, destination 
 ingress`` process follows the two chains from ``replay`` providers: ``--seconds`` worth of blocks at
 ``--block-rate`` blocks/s per chain, K = rate / block rate journeys per block. The next rate
 starts when every journey of this one was delivered; the rates stop rising after the first one
-that is not kept up with. A small untimed warm-up step comes first; with several workers, the
-run then waits for the leader's first look at the warm-up's traffic, and the rebalance it may
-start, before the timed steps. Each measured step's chains
+that is not kept up with. A small untimed warm-up step comes first; with several workers it
+lasts long enough for :data:`SETTLE_JOURNEYS`, and the run then waits until the leader has
+weighed its assignment against them (and rebalanced if it found it uneven), before the timed
+steps. Each measured step's chains
 begin with :data:`LEAD_SECONDS` of quiet blocks, without journeys: the step's new ingress
 builds its runtime decoders on its first block, which a deployed ingress did long before.
 
@@ -125,7 +126,8 @@ from procs import (  # benchmarks/ is this script's directory
     stop_all,
     wait_for,
     wait_group,
-    wait_traffic_check,
+    wait_traffic_settled,
+    weighs_traffic,
 )
 
 from ocstream.ingress.registry import NetworkRecord
@@ -527,6 +529,9 @@ SETTLE = 5.0
 #: step's new ingress builds its decoders on its first block, and a deployed ingress has
 #: done that long before the traffic a latency figure is about.
 LEAD_SECONDS = 2.0
+#: Journeys in the warm-up of a run with several workers, at least: with 4 partitions they give
+#: the leader about 1,250 records per partition to weigh, past ``SETTLE_RECORDS``.
+SETTLE_JOURNEYS = 500
 
 
 def run_step(
@@ -834,6 +839,11 @@ def main() -> int:
 
 def bench(args: argparse.Namespace, rates: list[float], counts: list[int], root: Path) -> int:
     """Make the chains, then one run per worker count; prints as it goes; the exit status."""
+    # With several workers the warm-up also has to give the leader enough traffic to settle
+    # its assignment (wait_traffic_settled): about 1,250 records per partition here.
+    warmup = args.warmup
+    if max(counts) > 1 and weighs_traffic():
+        warmup = max(warmup, SETTLE_JOURNEYS / rates[0])
     client = redis.Redis.from_url(args.redis)
     version = client.info("server")["redis_version"]
     client.close()
@@ -841,7 +851,7 @@ def bench(args: argparse.Namespace, rates: list[float], counts: list[int], root:
     print(
         f"parameters: rates={rates} journeys/s, {args.seconds:g} s each, block rate "
         f"{args.block_rate:g}/s per chain, workers={counts}, partitions={args.partitions}, "
-        f"warm-up {args.warmup:g} s; Python {sys.version.split()[0]}, Redis {version}, "
+        f"warm-up {warmup:g} s; Python {sys.version.split()[0]}, Redis {version}, "
         f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
@@ -854,7 +864,7 @@ def bench(args: argparse.Namespace, rates: list[float], counts: list[int], root:
     for index, rate in enumerate([rates[0], *rates]):
         per_block = max(1, round(rate / args.block_rate))
         block_rate = rate / per_block
-        seconds = args.warmup if index == 0 else args.seconds
+        seconds = warmup if index == 0 else args.seconds
         blocks = max(2, round(seconds * block_rate))
         name = "warmup" if index == 0 else f"rate{rate:g}"
         lead = 0 if index == 0 else max(1, round(LEAD_SECONDS * block_rate))
@@ -914,11 +924,10 @@ def bench(args: argparse.Namespace, rates: list[float], counts: list[int], root:
                     if not step.drained:
                         raise Incomplete(f"the warm-up was not delivered:\n{run.tails()}")
                     if count > 1:
-                        # The group was dealt before any traffic: the leader's first look at
-                        # the warm-up's traffic may rebalance it, which the timed steps
-                        # should not measure (docs/transport.md, "Assignment weighed by
-                        # traffic").
-                        wait_traffic_check(run.workers, f"{count} workers", blind=True)
+                        # The group was dealt before any traffic: the leader's looks at the
+                        # warm-up's traffic may rebalance it, which the timed steps should
+                        # not measure (docs/transport.md, "Assignment weighed by traffic").
+                        wait_traffic_settled(run.workers, f"{count} workers")
                     continue
                 results[count].append(step)
                 if not step.kept_up:

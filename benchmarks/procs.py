@@ -23,7 +23,7 @@ import redis
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from ocstream.transport.assignor import FIRST_LOOK, UNEVEN_CHECKS
+from ocstream.transport.traffic import FIRST_LOOK, SETTLE_RECORDS
 
 # The process helpers of the tests: free ports, the fast group timeouts, a clean environment.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -249,50 +249,46 @@ def wait_group(workers: list[WorkerProc], timeout: float) -> None:
             raise Incomplete("the group kept rebalancing")
 
 
-CHECKS = "ocstream_transport_traffic_checks_total"
 REBALANCES = "ocstream_transport_traffic_rebalances_total"
+WEIGHED = "ocstream_transport_assignment_weighed_records"
 
 
-def traffic_check_due(blind: bool) -> float | None:
-    """Seconds from an assignment to the leader's first traffic check, with the workers'
-    settings (this environment, passed on), or None when it does not weigh traffic. An
-    assignment made ``blind`` (before any traffic) is looked at after ``FIRST_LOOK``."""
+def weighs_traffic() -> bool:
+    """Whether the workers' leader weighs traffic, with their settings (this environment,
+    passed on): the load-aware assignment with a check interval above 0."""
     if os.environ.get("OCSTREAM_TRANSPORT_ASSIGNMENT", "load") != "load":
-        return None
-    every = float(os.environ.get("OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL", "300"))
-    if every <= 0:
-        return None
-    return min(every, FIRST_LOOK) if blind else every
+        return False
+    return float(os.environ.get("OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL", "300")) > 0
 
 
-def wait_traffic_check(workers: list[WorkerProc], tag: str, blind: bool) -> None:
-    """Wait until the workers' leader has weighed the warm-up's traffic (and rebalanced if it
-    found the group uneven), then for the group to settle: the timed part measures a group as
-    it runs after its first seconds of traffic, and no rebalance falls inside it. A blind
-    assignment is rebalanced at the first check; a weighed one only after ``UNEVEN_CHECKS``
-    in a row, so that many are waited for. A check due later than a minute is not waited for
-    (said so)."""
-    due = traffic_check_due(blind)
-    if due is None:
+def wait_traffic_settled(workers: list[WorkerProc], tag: str, *, looks: int = 6) -> None:
+    """Wait until the leader has weighed its assignment against enough of the warm-up's
+    traffic to trust it (``SETTLE_RECORDS`` per partition: its gauge), rebalancing on the way
+    if it found it uneven, then for the group to settle: the timed part measures a group as it
+    runs after its first seconds of traffic, and no look of the leader's rebalances inside it.
+    The leader looks every ``FIRST_LOOK`` seconds until then; after ``looks`` of them the
+    warm-up was too small (said so, not waited for further)."""
+    if not weighs_traffic():
         return
-    if due > 60:
-        print(f"  ({tag}: the leader's traffic check is {due:.0f} s away; not waited for)")
-        return
-    checks = 1 if blind else UNEVEN_CHECKS
 
-    def checked() -> bool:
-        return sum(w.metrics().get(CHECKS, 0) for w in workers) >= checks
+    def weighed() -> float:
+        return max(w.metrics().get(WEIGHED, 0.0) for w in workers)
 
-    timeout = due * checks + 15
+    timeout = FIRST_LOOK * looks + 5
     try:
-        wait_for(checked, timeout, "the leader's traffic checks", interval=0.5)
+        wait_for(lambda: weighed() >= SETTLE_RECORDS, timeout, "a settled assignment", interval=0.5)
     except Incomplete:
         print(
-            f"  ({tag}: not {checks} traffic check(s) within {timeout:.0f} s: too little warm-up?)"
+            f"  ({tag}: the assignment was weighed against {weighed():.0f} records per "
+            f"partition within {timeout:.0f} s, below {SETTLE_RECORDS}: the leader may still "
+            "rebalance in the timed part; a larger --warmup avoids it)"
         )
     wait_group(workers, 60)
     rebalances = sum(w.metrics().get(REBALANCES, 0) for w in workers)
-    print(f"  ({tag}: traffic checked; {rebalances:.0f} rebalance(s) on traffic)")
+    print(
+        f"  ({tag}: assignment weighed against {weighed():.0f} records per partition; "
+        f"{rebalances:.0f} rebalance(s) on traffic)"
+    )
 
 
 def cpu_seconds(pid: int) -> float:

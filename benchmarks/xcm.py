@@ -33,12 +33,14 @@ round's phases both ways. ``--origins 1`` makes every journey start at one busy 
    assignor weighs (``ocstream/transport/assignor.py``; compare with
    ``OCSTREAM_TRANSPORT_ASSIGNMENT=sticky``, faust's assignment by partition counts). The
    workers' leader weighs the traffic against its assignment and rebalances when it is uneven:
-   ``FIRST_LOOK`` (10 s) after an assignment made before any traffic, then every
-   ``OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL`` (300 s; it is passed on to the workers). A
-   multi-worker run waits for that check after the warm-up, and for the group to settle,
-   before it times anything: it measures a group as it runs after its first seconds of
-   traffic. A check further than a minute away (``--join`` with the default interval) is not
-   waited for; with ``sticky``, or the interval set to 0, there is none.
+   every ``FIRST_LOOK`` (10 s) until it has weighed ``SETTLE_RECORDS`` (1,000) records per
+   partition, then every ``OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL`` (300 s; it is passed on to
+   the workers; ``ocstream/transport/traffic.py``). A multi-worker run waits, after the
+   warm-up, until the leader's gauge says the assignment has been weighed against that many
+   (the default warm-up of 500 journeys gives about 1,300 per partition), and for the group
+   to settle, before it times anything: it measures a group as it runs after its first
+   seconds of traffic, with no look of the leader's rebalancing inside the timed part. With
+   ``sticky``, or the interval set to 0, there is nothing to wait for.
 3. **Memory per pending journey**: one worker; M sent legs with no receipt. Growth of the
    worker's RSS, of this run's Redis keys (by kind) and of the worker's data dir, over M.
 
@@ -86,7 +88,7 @@ from procs import (
     stop_all,
     wait_for,
     wait_group,
-    wait_traffic_check,
+    wait_traffic_settled,
 )
 from throughput import baseline, fill
 
@@ -413,7 +415,7 @@ def journeys_phase(
         )  # fmt: skip
         run.start(joining, args.timeout)
     if workers > 1:
-        wait_traffic_check(run.workers, run.tag, blind=not joining)
+        wait_traffic_settled(run.workers, run.tag)
     # As chains produce them (--arrival timed): a journey's send is in an earlier block than its
     # relayed leg and its receipt, so its index records reach the destination first.
     sends: list[tuple[str, bytes]] = []
@@ -628,7 +630,12 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--pending", type=int, default=20_000, help="0 skips the memory phase")
-    parser.add_argument("--warmup", type=int, default=200, help="untimed journeys first")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=500,
+        help="untimed journeys first (enough for the leader to settle its assignment)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=1, help="repeat baseline + journeys")
     parser.add_argument(
