@@ -274,7 +274,7 @@ class GroupCoordinator:
         raw = await self.client.get(self.keys.assigned_groups)
         record = orjson.loads(raw) if raw else None
         if not record or record.get("gen") != gen:
-            return  # the maker stopped before it wrote one: the next rebalance will
+            return  # made by a release that keeps none, or with sticky: the next rebalance will
         assignor.adopt(record)
         self._watch.adopted(gen, now)
         logger.info("[group] generation %d: took over the traffic checks of its assignment", gen)
@@ -370,7 +370,17 @@ class GroupCoordinator:
             "members": {m: snapshot["members"][m] for m in participants},
             "topics": snapshot["topics"],
         }
-        args: list[Any] = [self.member_id, gen, orjson.dumps(final), len(waiting), *sorted(waiting)]
+        # The record a leader taking over without a rebalance weighs (_adopt_assignment),
+        # written by the script that publishes the assignment.
+        record = orjson.dumps({"gen": gen, **weighing.record()}) if weighing is not None else b""
+        args: list[Any] = [
+            self.member_id,
+            gen,
+            orjson.dumps(final),
+            record,
+            len(waiting),
+            *sorted(waiting),
+        ]
         for member, member_assignment in assignment.items():
             args += [member, member_assignment.encode()]
         done = await scripts.complete_rebalance(
@@ -382,6 +392,7 @@ class GroupCoordinator:
                 self.keys.members,
                 self.keys.meta,
                 self.keys.assignment(0)[:-1],
+                self.keys.assigned_groups,
             ],
             args,
         )
@@ -389,11 +400,6 @@ class GroupCoordinator:
             self._progressed = True
             self._watch.made(gen, now)
             logger.info("[group] generation %d assigned to %d members", gen, len(participants))
-            if weighing is not None:
-                # For a leader taking over without a rebalance. Should Redis fail now, that
-                # leader's checks wait for the next rebalance (_adopt_assignment).
-                record = {"gen": gen, **weighing.record()}
-                await self.client.set(self.keys.assigned_groups, orjson.dumps(record))
 
     # -- every member ------------------------------------------------------------------------
     async def _follow(self, gen: int, phase: str, stable_gen: int) -> None:

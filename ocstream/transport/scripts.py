@@ -234,10 +234,12 @@ redis.call('EXPIRE', KEYS[2], 86400)
 return 1
 """
 
-# Leader only: publish the assignment of generation gen and make it stable.
-# KEYS: state, leader, assign:{gen}, members, meta, old assignment key prefix
-# ARGV: leader member id, gen, members snapshot (json), evicted count e, e member ids,
-#       then member id / assignment bytes pairs
+# Leader only: publish the assignment of generation gen and make it stable, with the leader's
+# record of it for a leader that takes over without a rebalance (empty: none, and the old one
+# goes), in the same step.
+# KEYS: state, leader, assign:{gen}, members, meta, old assignment key prefix, assign-groups
+# ARGV: leader member id, gen, members snapshot (json), record (json or ''), evicted count e,
+#       e member ids, then member id / assignment bytes pairs
 # Returns 1, or 0 when fenced.
 COMPLETE_REBALANCE = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
@@ -246,16 +248,17 @@ if tonumber(redis.call('HGET', KEYS[1], 'gen') or '0') ~= gen or
    redis.call('HGET', KEYS[1], 'phase') ~= 'revoking' then
   return 0
 end
-local evicted = tonumber(ARGV[4])
-for i = 5, 4 + evicted do
+local evicted = tonumber(ARGV[5])
+for i = 6, 5 + evicted do
   redis.call('ZREM', KEYS[4], ARGV[i])
   redis.call('HDEL', KEYS[5], ARGV[i])
 end
 local old = redis.call('HGET', KEYS[1], 'stable_gen')
 redis.call('DEL', KEYS[3])
-for i = 5 + evicted, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
+for i = 6 + evicted, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', KEYS[1], 'phase', 'stable', 'stable_gen', gen, 'members', ARGV[3])
 if old and tonumber(old) ~= gen then redis.call('DEL', KEYS[6] .. old) end
+if ARGV[4] ~= '' then redis.call('SET', KEYS[7], ARGV[4]) else redis.call('DEL', KEYS[7]) end
 return 1
 """
 

@@ -58,11 +58,23 @@ async def test_only_the_leader_at_the_expected_generation_moves_the_group(
         group.members,
         group.meta,
         group.assignment(0)[:-1],
+        group.assigned_groups,
     ]
-    assert await scripts.complete_rebalance(client, complete, ["b", 1, "{}", 0, "a", b"x"]) == 0
-    assert await scripts.complete_rebalance(client, complete, ["a", 1, "{}", 0, "a", b"x"]) == 1
+    record = b'{"gen": 1}'
+    args = ["b", 1, "{}", record, 0, "a", b"x"]
+    assert await scripts.complete_rebalance(client, complete, args) == 0
+    assert not await client.exists(group.assigned_groups)  # fenced: nothing written
+    args[0] = "a"
+    assert await scripts.complete_rebalance(client, complete, args) == 1
     assert await client.hget(group.state, "phase") == b"stable"
     assert await client.hget(group.assignment(1), "a") == b"x"
+    # The leader's record of the assignment is written with it, in the same step.
+    assert await client.get(group.assigned_groups) == record
+    # A leader that keeps no record (faust's assignment alone) removes the old one.
+    assert await scripts.begin_rebalance(client, keys, ["a", 1, "{}"]) == 2
+    complete[2] = group.assignment(2)
+    assert await scripts.complete_rebalance(client, complete, ["a", 2, "{}", "", 0, "a", b"y"])
+    assert not await client.exists(group.assigned_groups)
 
 
 async def test_a_zombie_cannot_move_offsets(client: aioredis.Redis, group: GroupKeys) -> None:
@@ -75,10 +87,11 @@ async def test_a_zombie_cannot_move_offsets(client: aioredis.Redis, group: Group
         group.members,
         group.meta,
         group.assignment(0)[:-1],
+        group.assigned_groups,
     ]
     # Generation 1: "old" owns the partition.
     await scripts.begin_rebalance(client, state, ["a", 0, "{}"])
-    await scripts.complete_rebalance(client, complete, ["a", 1, "{}", 0, "old", b"x"])
+    await scripts.complete_rebalance(client, complete, ["a", 1, "{}", "", 0, "old", b"x"])
     assert await commit(client, group, "old", 1, 10) == 1
     # Generation 2 starts: until it releases, "old" may still commit (commit before revoke).
     await scripts.begin_rebalance(client, state, ["a", 1, "{}"])
@@ -88,7 +101,7 @@ async def test_a_zombie_cannot_move_offsets(client: aioredis.Redis, group: Group
     assert await commit(client, group, "old", 1, 30) == 0
     assert await commit(client, group, "new", 2, 30) == 0
     complete[2] = group.assignment(2)
-    await scripts.complete_rebalance(client, complete, ["a", 2, "{}", 0, "new", b"y"])
+    await scripts.complete_rebalance(client, complete, ["a", 2, "{}", "", 0, "new", b"y"])
     # Generation 2 is stable: the new owner commits, the zombie of generation 1 cannot.
     assert await commit(client, group, "new", 2, 40) == 1
     assert await commit(client, group, "old", 1, 15) == 0
