@@ -294,6 +294,23 @@ class CpuMeter:
         return totals, [e - s for e, s in zip(end_each, self.start_each, strict=True)]
 
 
+#: The workers' transport counters that say how much reading a journey cost them.
+READ_COUNTERS = {
+    "ocstream_transport_records_fetched_total": "fetched",
+    "ocstream_transport_standby_records_applied_total": "standby",
+}
+
+
+def reads_of(run: Run) -> dict[str, float]:
+    """The workers' records fetched and standby records applied so far, summed."""
+    totals = dict.fromkeys(READ_COUNTERS.values(), 0.0)
+    for worker in run.workers:
+        for name, value in worker.metrics().items():
+            if name in READ_COUNTERS:
+                totals[READ_COUNTERS[name]] += value
+    return totals
+
+
 def gc_of(run: Run) -> tuple[float, list[float]]:
     """The workers' seconds of garbage collection so far, and their longest pause per
     generation (``ocstream_gc_*`` of their ``/metrics``)."""
@@ -425,6 +442,7 @@ def journeys_phase(
             (sends if _is_sent(record) else later).append(record)
     cpu = CpuMeter(run)
     gc_before = gc_of(run)
+    reads_before = reads_of(run)
     bytes_in = net_input_bytes(run.client)
     t0 = time.perf_counter()
     if args.arrival == "timed":
@@ -438,6 +456,7 @@ def journeys_phase(
     elapsed = t1 - t0
     cpu_used, cpu_each = cpu.used()
     gc_after = gc_of(run)
+    reads = {k: v - reads_before[k] for k, v in reads_of(run).items()}
 
     # Late relayed notifications (a relayed leg after its receipt) may still be on their way.
     def all_relayed() -> bool:
@@ -503,6 +522,7 @@ def journeys_phase(
         "peak_rss": max(w.rss_bytes("VmHWM") for w in run.workers),
         "gc_seconds": gc_after[0] - gc_before[0],
         "gc_pause": gc_after[1],
+        "reads": {k: v / args.journeys for k, v in reads.items()},
     }
 
 
@@ -779,7 +799,9 @@ def main(argv: Iterable[str] | None = None) -> int:
             f"{by_table}), "
             f"peak worker RSS {r['peak_rss'] / 2**20:.0f} MiB, garbage collection "
             f"{r['gc_seconds']:.2f} s of the workers' CPU (longest pause since start, "
-            f"generations 0/1/2: {'/'.join(f'{p * 1000:.0f}' for p in r['gc_pause'])} ms)\n"
+            f"generations 0/1/2: {'/'.join(f'{p * 1000:.0f}' for p in r['gc_pause'])} ms), "
+            f"per journey in the timed part: {r['reads']['fetched']:.1f} records fetched, "
+            f"{r['reads']['standby']:.1f} applied by standbys\n"
             f"    Redis: {r['bytes_in']:,.0f} bytes received per journey; the run's keys hold "
             f"{r['held']:,.0f} bytes per journey, {r['kept']:,.0f} once the consumed topic "
             f"entries are trimmed ({kept}), {r['final']:,.0f} once ended journeys are swept "
