@@ -276,7 +276,7 @@ class GroupCoordinator:
         if not record or record.get("gen") != gen:
             return  # made by a release that keeps none, or with sticky: the next rebalance will
         assignor.adopt(record)
-        self._watch.adopted(gen, now)
+        self._watch.adopted(gen, now, assignor.weighed_records)
         logger.info("[group] generation %d: took over the traffic checks of its assignment", gen)
 
     async def _check_traffic(
@@ -301,6 +301,15 @@ class GroupCoordinator:
             f"group's records; {found.busiest_after:.2f} once weighed; "
             f"{assignor.weighed_records:.0f} records per partition weighed)"
         )
+        if verdict is Verdict.UNEVEN_SMALL:
+            logger.info(
+                "[group] generation %d: %s; the assignment was weighed against %.0f: looking "
+                "again until the sample is twice that",
+                gen,
+                what,
+                self._watch.made_on,
+            )
+            return
         if verdict is Verdict.UNEVEN_ONCE:
             logger.info(
                 "[group] generation %d: %s in %d check(s) in a row; a rebalance takes %d",
@@ -398,7 +407,7 @@ class GroupCoordinator:
         )
         if done:
             self._progressed = True
-            self._watch.made(gen, now)
+            self._watch.made(gen, now, weighing.weighed_records if weighing is not None else 0.0)
             logger.info("[group] generation %d assigned to %d members", gen, len(participants))
 
     # -- every member ------------------------------------------------------------------------

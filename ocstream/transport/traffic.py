@@ -16,7 +16,11 @@ against (:attr:`LoadAwareAssignor.weighed_records`, the most over its groups):
   small enough to mislead (chains send in clumps; a hundred records per partition can make an
   even split look uneven, or the reverse). Still looked at every :data:`FIRST_LOOK` seconds,
   each look weighing a larger sample (everything since the same starting point); one uneven
-  look rebalances, as the look only finishes the weighing the assignment began.
+  look rebalances, as the look only finishes the weighing the assignment began. Once the
+  assignment was itself weighed (not blind), only a look at twice the sample it was weighed
+  against: a sample that grew by a few records cannot overturn it, and an assignment settles
+  after four rebalances at most, however the traffic moves (at about 100, 200, 400 and 800
+  records per partition; tests/transport/test_traffic.py has the worst case).
 - **settled**: checked every ``load_check_interval``, each check weighing the traffic since
   the last one that left the assignment as it was (a window, so that a lasting change shows
   against a long history); :data:`UNEVEN_CHECKS` uneven checks in a row rebalance, so a burst
@@ -57,6 +61,9 @@ class Verdict(enum.Enum):
     EVEN = "even"
     #: Uneven, but not yet :data:`UNEVEN_CHECKS` times in a row: perhaps a burst. Logged.
     UNEVEN_ONCE = "uneven once"
+    #: Uneven while settling, on a sample under twice the one the assignment was weighed
+    #: against: looked at again. Logged.
+    UNEVEN_SMALL = "uneven on a small sample"
     REBALANCE = "rebalance"
 
 
@@ -80,6 +87,9 @@ class TrafficWatch:
     uneven_in_row: int = 0
     #: The last generation whose maker's record this member asked for (:meth:`should_adopt`).
     adopt_tried: int = 0
+    #: Records per partition the watched assignment was weighed against when it was made (or
+    #: in the record taken over).
+    made_on: float = 0.0
 
     @staticmethod
     def stage(weighed_records: float) -> str:
@@ -89,9 +99,11 @@ class TrafficWatch:
             return "blind"
         return "settling" if weighed_records < SETTLE_RECORDS else "settled"
 
-    def made(self, gen: int, now: int) -> None:
-        """This member, as leader, made the assignment of ``gen`` at ``now``."""
+    def made(self, gen: int, now: int, weighed_records: float = 0.0) -> None:
+        """This member, as leader, made the assignment of ``gen`` at ``now``, weighing
+        ``weighed_records`` records per partition."""
         self.assigned = (gen, now)
+        self.made_on = weighed_records
         self.uneven_in_row = 0
 
     def should_adopt(self, gen: int) -> bool:
@@ -102,10 +114,12 @@ class TrafficWatch:
         self.adopt_tried = gen
         return True
 
-    def adopted(self, gen: int, now: int) -> None:
-        """This member took over the record of ``gen``'s assignment at ``now``: it checks from
-        now on, weighing everything written (it has no reading of its own to start from)."""
+    def adopted(self, gen: int, now: int, weighed_records: float = 0.0) -> None:
+        """This member took over the record of ``gen``'s assignment at ``now`` (weighed
+        against ``weighed_records``): it checks from now on, weighing everything written (it
+        has no reading of its own to start from)."""
         self.assigned = (gen, now)
+        self.made_on = weighed_records
         self.baseline = None
         self.uneven_in_row = 0
 
@@ -139,7 +153,11 @@ class TrafficWatch:
                 self.baseline = {topic: list(counts) for topic, counts in load.items()}
             return Verdict.EVEN
         self.uneven_in_row += 1
-        if not settled or self.uneven_in_row >= UNEVEN_CHECKS:
+        if not settled:
+            if self.made_on >= MIN_RECORDS and weighed_after < 2 * self.made_on:
+                return Verdict.UNEVEN_SMALL
+            return Verdict.REBALANCE
+        if self.uneven_in_row >= UNEVEN_CHECKS:
             return Verdict.REBALANCE
         # Perhaps a burst: the next check weighs the traffic after this one on its own.
         self.baseline = {topic: list(counts) for topic, counts in load.items()}

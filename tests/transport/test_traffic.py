@@ -198,3 +198,52 @@ def test_looks_at_real_faust_assignments_reach_a_verdict_the_assignor_agrees_wit
     assignor.last_groups = {TOPICS: (8, [(set(m.actives), set()) for m in members])}
     watch.made(2, LOOK)
     assert look(watch, assignor, load) is Verdict.EVEN
+
+
+def test_a_weighed_assignment_is_overturned_only_by_twice_its_sample() -> None:
+    """An assignment made on 150 records per partition (settling) is not rebalanced by a look
+    at 250, however uneven: logged, looked at again; at 300 it is."""
+    watch = TrafficWatch(INTERVAL)
+    watch.made(2, 0, 150)
+    assert watch.judge(counts(900, 100, 0, 0), UNEVEN, 150, 250) is Verdict.UNEVEN_SMALL
+    assert watch.baseline is None  # the sample keeps growing from the same start
+    assert watch.judge(counts(1000, 200, 0, 0), UNEVEN, 250, 300) is Verdict.REBALANCE
+    watch.adopted(3, 0, 400)  # a record taken over counts the same
+    assert watch.judge(counts(900, 100, 0, 0), UNEVEN, 400, 799) is Verdict.UNEVEN_SMALL
+    assert watch.judge(counts(900, 100, 0, 0), UNEVEN, 799, 800) is Verdict.REBALANCE
+
+
+def settle_against_a_moving_hot_spot(guarded: bool) -> int:
+    """Rebalances of a new two-member group until its assignment settles, when every look's
+    new traffic goes to the partitions the first member holds then (the worst case for the
+    settling looks: each rebalance moves the hot spot). ``guarded=False`` tells the watch
+    nothing of the sample each assignment was weighed against."""
+    fresh = {f"m{n}": CopartitionedAssignment(topics=set(TOPICS)) for n in range(2)}
+    dealt = CopartitionedAssignor(set(TOPICS), fresh, 8, 0).get_assignment()
+    members = [dealt[name] for name in sorted(dealt)]
+    assignor = LoadAwareAssignor.__new__(LoadAwareAssignor)
+    assignor.weighed_records = 0.0
+    watch = TrafficWatch(INTERVAL)
+    watch.made(1, 0)
+    reading = [0] * 8
+    rebalances = 0
+    for gen in range(1, 200):
+        assignor.last_groups = {TOPICS: (8, [(set(m.actives), set()) for m in members])}
+        for p in members[0].actives:
+            reading[p] += 60
+        load = {"legs": list(reading), "legs-changelog": [0] * 8}
+        if look(watch, assignor, load) is Verdict.REBALANCE:
+            rebalances += 1
+            assignor.load, assignor.recent = load, watch.window(load)
+            assignor.weighed_records = 0.0
+            assignor._balance(set(TOPICS), 8, {f"m{n}": m for n, m in enumerate(members)})
+            watch.made(gen + 1, 0, assignor.weighed_records if guarded else 0.0)
+        if TrafficWatch.stage(assignor.weighed_records) == "settled":
+            return rebalances
+    raise AssertionError("never settled")
+
+
+def test_an_assignment_settles_after_a_few_rebalances_even_against_a_moving_hot_spot() -> None:
+    guarded = settle_against_a_moving_hot_spot(guarded=True)
+    assert 1 <= guarded <= 4  # 100 -> 200 -> 400 -> 800 -> settled
+    assert settle_against_a_moving_hot_spot(guarded=False) > guarded
