@@ -83,7 +83,8 @@ class TrafficWatch:
     #: next is the traffic since (:meth:`window`). Kept through a rebalance the watch started,
     #: so that the assignment that follows weighs the same traffic.
     baseline: dict[str, list[int]] | None = None
-    #: Checks in a row that found a settled assignment uneven.
+    #: Checks in a row that found a settled assignment uneven (looks while it settles do not
+    #: count).
     uneven_in_row: int = 0
     #: The last generation whose maker's record this member asked for (:meth:`should_adopt`).
     adopt_tried: int = 0
@@ -152,11 +153,11 @@ class TrafficWatch:
                 # larger sample from the same start.
                 self.baseline = {topic: list(counts) for topic, counts in load.items()}
             return Verdict.EVEN
-        self.uneven_in_row += 1
         if not settled:
             if self.made_on >= MIN_RECORDS and weighed_after < 2 * self.made_on:
                 return Verdict.UNEVEN_SMALL
             return Verdict.REBALANCE
+        self.uneven_in_row += 1
         if self.uneven_in_row >= UNEVEN_CHECKS:
             return Verdict.REBALANCE
         # Perhaps a burst: the next check weighs the traffic after this one on its own.

@@ -207,6 +207,7 @@ def test_a_weighed_assignment_is_overturned_only_by_twice_its_sample() -> None:
     watch.made(2, 0, 150)
     assert watch.judge(counts(900, 100, 0, 0), UNEVEN, 150, 250) is Verdict.UNEVEN_SMALL
     assert watch.baseline is None  # the sample keeps growing from the same start
+    assert watch.uneven_in_row == 0  # a settled assignment's count, not this one's
     assert watch.judge(counts(1000, 200, 0, 0), UNEVEN, 250, 300) is Verdict.REBALANCE
     watch.adopted(3, 0, 400)  # a record taken over counts the same
     assert watch.judge(counts(900, 100, 0, 0), UNEVEN, 400, 799) is Verdict.UNEVEN_SMALL
