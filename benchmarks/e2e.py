@@ -840,10 +840,12 @@ def main() -> int:
 def bench(args: argparse.Namespace, rates: list[float], counts: list[int], root: Path) -> int:
     """Make the chains, then one run per worker count; prints as it goes; the exit status."""
     # With several workers the warm-up also has to give the leader enough traffic to settle
-    # its assignment (wait_traffic_settled): about 1,250 records per partition here.
-    warmup = args.warmup
+    # its assignment (wait_traffic_settled): about 1,250 records per partition here. It runs
+    # at 100 journeys/s at least then, so that a low first rate does not make it long.
+    warmup, warm_rate = args.warmup, rates[0]
     if max(counts) > 1 and weighs_traffic():
-        warmup = max(warmup, SETTLE_JOURNEYS / rates[0])
+        warm_rate = max(warm_rate, 100.0)
+        warmup = max(warmup, SETTLE_JOURNEYS / warm_rate)
     client = redis.Redis.from_url(args.redis)
     version = client.info("server")["redis_version"]
     client.close()
@@ -851,8 +853,8 @@ def bench(args: argparse.Namespace, rates: list[float], counts: list[int], root:
     print(
         f"parameters: rates={rates} journeys/s, {args.seconds:g} s each, block rate "
         f"{args.block_rate:g}/s per chain, workers={counts}, partitions={args.partitions}, "
-        f"warm-up {warmup:g} s; Python {sys.version.split()[0]}, Redis {version}, "
-        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}",
+        f"warm-up {warmup:g} s at {warm_rate:g}/s; Python {sys.version.split()[0]}, "
+        f"Redis {version}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
 
@@ -861,7 +863,7 @@ def bench(args: argparse.Namespace, rates: list[float], counts: list[int], root:
     recordings = root / "recordings"
     recordings.mkdir(exist_ok=True)
     plan: list[tuple[str, float, Segment]] = []
-    for index, rate in enumerate([rates[0], *rates]):
+    for index, rate in enumerate([warm_rate, *rates]):
         per_block = max(1, round(rate / args.block_rate))
         block_rate = rate / per_block
         seconds = warmup if index == 0 else args.seconds
