@@ -704,6 +704,9 @@ def test_a_leader_taking_over_without_a_rebalance_checks_the_traffic(
         wait_for(spread, 60, "one busy partition per worker")
         assert new.metric("ocstream_transport_traffic_rebalances_total") == 1
         assert old.metric("ocstream_transport_traffic_rebalances_total") == 0
+        # The leader's gauge shows the sample its assignment was weighed against.
+        gauge = "ocstream_transport_assignment_weighed_records"
+        wait_for(lambda: new.metric(gauge) >= MIN_RECORDS, 30, "the new leader's gauge")
     finally:
         second.stop()
         first.stop()

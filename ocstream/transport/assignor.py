@@ -192,8 +192,8 @@ class LoadAwareAssignor(PartitionAssignor):
     """faust's assignor, with :func:`balance` applied to each copartitioned group.
 
     ``load`` (topic -> records written per partition) and ``recent`` (the same, since the
-    leader's last check) are set by the group leader right before it calls :meth:`assign`;
-    None (or no records yet) leaves faust's assignment as it is.
+    leader's last check) are what :meth:`assign_weighed` weighs, for the span of one
+    assignment; None (or no records yet) leaves faust's assignment as it is.
     """
 
     load: Mapping[str, Sequence[int]] | None = None
@@ -217,6 +217,21 @@ class LoadAwareAssignor(PartitionAssignor):
 
     def _weighed_against(self, weights: Sequence[int], partitions: int) -> None:
         self.weighed_records = max(self.weighed_records, sum(weights) / partitions)
+
+    def assign_weighed(
+        self,
+        cluster: Any,
+        member_metadata: Any,
+        load: Mapping[str, Sequence[int]],
+        recent: Mapping[str, Sequence[int]] | None,
+    ) -> Any:
+        """faust's :meth:`assign`, with ``load`` and ``recent`` weighed, and forgotten after:
+        an assignment made without them is faust's alone."""
+        self.load, self.recent = load, recent
+        try:
+            return self.assign(cluster, member_metadata)
+        finally:
+            self.load = self.recent = None
 
     def record(self) -> dict[str, Any]:
         """The last assignment, per group, as JSON-ready data (:meth:`adopt` reads it)."""

@@ -372,9 +372,12 @@ class GroupCoordinator:
         member_metadata = {m: ConsumerProtocolMemberMetadata.decode(metas[m]) for m in participants}
         weighing = self._weighing()
         if weighing is not None:
-            weighing.load = await self._records_written(snapshot["topics"])
-            weighing.recent = self._watch.window(weighing.load)
-        assignment = self._assignor.assign(_Cluster(partitions), member_metadata)
+            load = await self._records_written(snapshot["topics"])
+            assignment = weighing.assign_weighed(
+                _Cluster(partitions), member_metadata, load, self._watch.window(load)
+            )
+        else:
+            assignment = self._assignor.assign(_Cluster(partitions), member_metadata)
         final = {
             "members": {m: snapshot["members"][m] for m in participants},
             "topics": snapshot["topics"],
