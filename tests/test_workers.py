@@ -704,9 +704,19 @@ def test_a_leader_taking_over_without_a_rebalance_checks_the_traffic(
         wait_for(spread, 60, "one busy partition per worker")
         assert new.metric("ocstream_transport_traffic_rebalances_total") == 1
         assert old.metric("ocstream_transport_traffic_rebalances_total") == 0
-        # The leader's gauge shows the sample its assignment was weighed against.
+        # The leader's gauge shows the sample its assignment was weighed against. It follows
+        # the lease: moved back, the first worker takes over the record of the assignment the
+        # second made, and the second shows nothing.
         gauge = "ocstream_transport_assignment_weighed_records"
         wait_for(lambda: new.metric(gauge) >= MIN_RECORDS, 30, "the new leader's gauge")
+        leader = client.get(group.leader)
+        (other,) = [m for m in client.zrange(group.members, 0, -1) if m != leader]
+        client.set(group.leader, other, px=10_000)
+        wait_for(
+            lambda: old.metric(gauge) >= MIN_RECORDS and new.metric(gauge) == 0,
+            30,
+            "the gauge moved with the lease",
+        )
     finally:
         second.stop()
         first.stop()
