@@ -23,6 +23,7 @@ import redis
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from ocstream.transport.settings import TransportSettings
 from ocstream.transport.traffic import FIRST_LOOK, SETTLE_RECORDS
 
 # The process helpers of the tests: free ports, the fast group timeouts, a clean environment.
@@ -250,15 +251,14 @@ def wait_group(workers: list[WorkerProc], timeout: float) -> None:
 
 
 REBALANCES = "ocstream_transport_traffic_rebalances_total"
-WEIGHED = "ocstream_transport_assignment_weighed_records"
+WEIGHED = "ocstream_group_assignment_weighed_records"
 
 
 def weighs_traffic() -> bool:
     """Whether the workers' leader weighs traffic, with their settings (this environment,
     passed on): the load-aware assignment with a check interval above 0."""
-    if os.environ.get("OCSTREAM_TRANSPORT_ASSIGNMENT", "load") != "load":
-        return False
-    return float(os.environ.get("OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL", "300")) > 0
+    settings = TransportSettings.from_env()
+    return settings.assignment == "load" and settings.load_check_interval > 0
 
 
 def wait_traffic_settled(workers: list[WorkerProc], tag: str, *, looks: int = 6) -> None:

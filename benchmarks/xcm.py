@@ -301,20 +301,12 @@ READ_COUNTERS = {
 }
 
 
-def reads_of(run: Run) -> dict[str, float]:
-    """The workers' records fetched and standby records applied so far, summed."""
-    totals = dict.fromkeys(READ_COUNTERS.values(), 0.0)
-    for worker in run.workers:
-        for name, value in worker.metrics().items():
-            if name in READ_COUNTERS:
-                totals[READ_COUNTERS[name]] += value
-    return totals
-
-
-def gc_of(run: Run) -> tuple[float, list[float]]:
-    """The workers' seconds of garbage collection so far, and their longest pause per
-    generation (``ocstream_gc_*`` of their ``/metrics``)."""
+def metrics_of(run: Run) -> tuple[float, list[float], dict[str, float]]:
+    """From one read of each worker's ``/metrics``: the workers' seconds of garbage collection
+    so far, their longest pause per generation (``ocstream_gc_*``), and their records fetched
+    and standby records applied (:data:`READ_COUNTERS`), summed."""
     seconds, pauses = 0.0, [0.0, 0.0, 0.0]
+    reads = dict.fromkeys(READ_COUNTERS.values(), 0.0)
     for worker in run.workers:
         for name, labels, value in worker.samples():
             if name == "ocstream_gc_seconds_total":
@@ -322,7 +314,9 @@ def gc_of(run: Run) -> tuple[float, list[float]]:
             elif name == "ocstream_gc_pause_max_seconds":
                 generation = int(labels["generation"])
                 pauses[generation] = max(pauses[generation], value)
-    return seconds, pauses
+            elif name in READ_COUNTERS and not labels:
+                reads[READ_COUNTERS[name]] += value
+    return seconds, pauses, reads
 
 
 # --- phases --------------------------------------------------------------------------------------
@@ -441,8 +435,7 @@ def journeys_phase(
         for record in records:
             (sends if _is_sent(record) else later).append(record)
     cpu = CpuMeter(run)
-    gc_before = gc_of(run)
-    reads_before = reads_of(run)
+    gc_before, _, reads_before = metrics_of(run)
     bytes_in = net_input_bytes(run.client)
     t0 = time.perf_counter()
     if args.arrival == "timed":
@@ -455,8 +448,8 @@ def journeys_phase(
     t1 = wait_received(run, reader, len(warm) + args.journeys, args.timeout)
     elapsed = t1 - t0
     cpu_used, cpu_each = cpu.used()
-    gc_after = gc_of(run)
-    reads = {k: v - reads_before[k] for k, v in reads_of(run).items()}
+    gc_after, gc_pause, reads_after = metrics_of(run)
+    reads = {k: v - reads_before[k] for k, v in reads_after.items()}
 
     # Late relayed notifications (a relayed leg after its receipt) may still be on their way.
     def all_relayed() -> bool:
@@ -520,8 +513,8 @@ def journeys_phase(
         "tombstones_left": left,
         "final_kinds": {k: v / total for k, v in final.items() if v},
         "peak_rss": max(w.rss_bytes("VmHWM") for w in run.workers),
-        "gc_seconds": gc_after[0] - gc_before[0],
-        "gc_pause": gc_after[1],
+        "gc_seconds": gc_after - gc_before,
+        "gc_pause": gc_pause,
         "reads": {k: v / args.journeys for k, v in reads.items()},
     }
 

@@ -186,10 +186,6 @@ TRANSPORT_HELP = {
     ),
     "traffic_rebalances": "Rebalances this process started as leader because traffic was uneven.",
     "partition_swaps": "Active partitions this process, as leader, swapped to even out traffic.",
-    "assignment_weighed_records": (
-        "Records per partition the group's current assignment has been weighed against (on "
-        "the leader; 0 on other members)."
-    ),
     "retention_trimmed": "Entries removed by retention.",
     "retention_trimmed_uncommitted": "Entries removed by retention before a group committed them.",
     "tombstones_removed": "Changelog tombstones removed once every holder applied them.",
@@ -203,14 +199,11 @@ TRANSPORT_HELP = {
 
 @worker_collector
 def transport_families(app: Any) -> Iterator[Metric]:
-    """``ocstream_transport_*_total``: the transport's counters of this process; and its
-    gauges, ``ocstream_transport_*``."""
-    from .transport.metrics import GAUGES, METRICS
+    """``ocstream_transport_*_total``: the transport's counters of this process."""
+    from .transport import METRICS
 
     for name, value in METRICS.as_dict().items():
         yield _counter(f"ocstream_transport_{name}_total", TRANSPORT_HELP.get(name, name), value)
-    for name, gauge in GAUGES.as_dict().items():
-        yield _gauge(f"ocstream_transport_{name}", TRANSPORT_HELP.get(name, name), gauge)
 
 
 def gc_families() -> Iterator[Metric]:
@@ -291,6 +284,12 @@ def group_families(app: Any) -> Iterator[Metric]:
         "ocstream_group_leader",
         "1 if this worker holds the group's leader lease.",
         int(bool(group and group.is_leader)),
+    )
+    yield _gauge(
+        "ocstream_group_assignment_weighed_records",
+        "Records per partition the group's assignment has been weighed against (on the "
+        "leader; 0 on other members and during a rebalance).",
+        group.assignment_weighed_records if group is not None else 0.0,
     )
 
 

@@ -61,7 +61,7 @@ class _TP(SimpleNamespace):
 class _Consumer:
     def __init__(self) -> None:
         self.tps = [_TP(topic="blocks", partition=0), _TP(topic="xcm-legs", partition=1)]
-        self.group = SimpleNamespace(is_leader=True)
+        self.group = SimpleNamespace(is_leader=True, assignment_weighed_records=1250.0)
         self._committed_offset = {self.tps[0]: 10}
         self._read_offset = {self.tps[1]: 4}
 

@@ -44,7 +44,7 @@ ADDED = [
     ["ocstream_transport_partition_swaps_total", "counter", []],
     # Records per partition the leader's current assignment was weighed against
     # (ocstream/transport/traffic.py).
-    ["ocstream_transport_assignment_weighed_records", "gauge", []],
+    ["ocstream_group_assignment_weighed_records", "gauge", []],
     # The worker's garbage collections, timed (ocstream/runtime.py, docs/metrics.md).
     ["ocstream_gc_collections_total", "counter", ["generation"]],
     ["ocstream_gc_pause_max_seconds", "gauge", ["generation"]],
@@ -100,6 +100,7 @@ def test_worker_metrics_are_those_of_before() -> None:
     assert families["ocstream_delivery_first_waits"].samples[0].value == 5
     assert families["ocstream_delivery_first_wait_seconds"].samples[0].value == 0.125
     assert families["ocstream_delivery_backlog"].samples[0].value == 5  # 4 - 2 + 3
+    assert families["ocstream_group_assignment_weighed_records"].samples[0].value == 1250
     ingress = families["ocstream_ingress_backlog_blocks"].samples[0]
     assert (ingress.labels, ingress.value) == ({"network": "urn:ocn:polkadot:0"}, 2)
 

@@ -563,7 +563,7 @@ def test_uneven_traffic_on_a_stable_group_leads_to_a_fairer_assignment(
         if check_every == "300":
             # The assignment now made was weighed against every event (over 1,000 records per
             # partition with the changelog's): settled, the next check is a whole interval away.
-            weighed = leader.metric("ocstream_transport_assignment_weighed_records")
+            weighed = leader.metric("ocstream_group_assignment_weighed_records")
             assert weighed >= SETTLE_RECORDS
             assert leader.metric("ocstream_transport_traffic_checks_total") == 1
             return
@@ -596,7 +596,7 @@ def test_a_first_look_at_a_small_sample_is_followed_by_more_until_the_assignment
             return first if first.metric("ocstream_group_leader") else second
 
         def weighed() -> float:
-            return leader().metric("ocstream_transport_assignment_weighed_records")
+            return leader().metric("ocstream_group_assignment_weighed_records")
 
         wait_for(
             lambda: leader().metric("ocstream_transport_traffic_checks_total") >= 1,
@@ -707,7 +707,7 @@ def test_a_leader_taking_over_without_a_rebalance_checks_the_traffic(
         # The leader's gauge shows the sample its assignment was weighed against. It follows
         # the lease: moved back, the first worker takes over the record of the assignment the
         # second made, and the second shows nothing.
-        gauge = "ocstream_transport_assignment_weighed_records"
+        gauge = "ocstream_group_assignment_weighed_records"
         wait_for(lambda: new.metric(gauge) >= MIN_RECORDS, 30, "the new leader's gauge")
         leader = client.get(group.leader)
         (other,) = [m for m in client.zrange(group.members, 0, -1) if m != leader]

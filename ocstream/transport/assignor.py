@@ -209,12 +209,6 @@ class LoadAwareAssignor(PartitionAssignor):
         #: How far the leader trusts the assignment (``traffic.TrafficWatch.stage``).
         self.weighed_records = 0.0
 
-    @property
-    def weighed(self) -> bool:
-        """Whether the last assignment has been weighed against :data:`MIN_RECORDS` records
-        per partition of some group (else it was made blind)."""
-        return self.weighed_records >= MIN_RECORDS
-
     def _weighed_against(self, weights: Sequence[int], partitions: int) -> None:
         self.weighed_records = max(self.weighed_records, sum(weights) / partitions)
 

@@ -50,7 +50,7 @@ from mode import get_logger
 from . import local_state, retention, scripts
 from .assignor import LoadAwareAssignor
 from .client import TRANSIENT_ERRORS, Backoff
-from .metrics import GAUGES, METRICS
+from .metrics import METRICS
 from .traffic import UNEVEN_CHECKS, TrafficWatch, Verdict
 
 if TYPE_CHECKING:
@@ -169,8 +169,6 @@ class GroupCoordinator:
             self.is_leader = bool(int(is_leader))
             if self.is_leader:
                 logger.info("[group] %s: leader of group %s", self.member_id, self.app.conf.id)
-            else:
-                GAUGES.assignment_weighed_records = 0.0
         if self.is_leader:
             await self._lead(int(now))
         await self._follow(int(gen), phase.decode() if phase else "", int(stable_gen))
@@ -238,8 +236,6 @@ class GroupCoordinator:
             if self._watch.due(now, gen, assignor.weighed_records):
                 self._watch.last_look = now
                 await self._check_traffic(assignor, gen, snapshot)
-            known = self._watch.assigned is not None and self._watch.assigned[0] == gen
-            GAUGES.assignment_weighed_records = assignor.weighed_records if known else 0.0
         if now / 1000 - self._last_retention >= self.settings.retention_interval:
             self._last_retention = now / 1000
             # Every member's topics, not only the leader's: members of different roles
@@ -257,6 +253,19 @@ class GroupCoordinator:
                 changelogs,
                 group=self.app.conf.id,
             )
+
+    @property
+    def assignment_weighed_records(self) -> float:
+        """Records per partition the assignment this member holds has been weighed against,
+        if it leads the group and made or took over that assignment; else 0 (the gauge
+        ``ocstream_group_assignment_weighed_records``; traffic.py's stages)."""
+        assignor = self._weighing()
+        assigned = self._watch.assigned
+        if not self.is_leader or assignor is None or assigned is None:
+            return 0.0
+        if self.state is not MemberState.STABLE or assigned[0] != self.generation:
+            return 0.0
+        return assignor.weighed_records
 
     def _weighing(self) -> LoadAwareAssignor | None:
         """The app's assignor when it weighs traffic (``assignment = "load"`` and a
@@ -332,7 +341,6 @@ class GroupCoordinator:
         )
         if new_gen:
             self._progressed = True
-            GAUGES.assignment_weighed_records = 0.0
             logger.info("[group] generation %d: %s", new_gen, why)
         return bool(new_gen)
 

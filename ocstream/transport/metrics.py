@@ -35,18 +35,5 @@ class TransportMetrics:
         return asdict(self)
 
 
-@dataclass
-class TransportGauges:
-    #: Records per partition the group's current assignment has been weighed against, on the
-    #: leader that made it or took it over (0 on other members, during a rebalance, and on a
-    #: leader that knows no record of it). traffic.py: below 100 it is blind, below 1,000 the
-    #: leader looks at it every few seconds.
-    assignment_weighed_records: float = 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
 #: One set of counters per process (a worker runs one transport).
 METRICS = TransportMetrics()
-GAUGES = TransportGauges()

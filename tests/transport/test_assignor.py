@@ -171,10 +171,10 @@ def test_the_leader_sees_when_traffic_would_make_the_last_assignment_fairer() ->
 
 
 def test_an_assignment_made_blind_stays_unweighed_until_enough_traffic_shows() -> None:
-    """``weighed_records`` tells the leader whether to look again soon (traffic.py): ``weighed``
-    is False after an assignment made with too few records per partition to tell, and turns
-    True once :meth:`uneven` (or the assignment itself) had enough, whether or not that moved
-    anything; the count is the largest sample weighed, per partition."""
+    """``weighed_records`` tells the leader whether to look again soon (traffic.py): it is
+    below ``MIN_RECORDS`` after an assignment made with too few records per partition to
+    tell, and reaches it once :meth:`uneven` (or the assignment itself) had enough, whether or
+    not that moved anything; the count is the largest sample weighed, per partition."""
     topics = {"legs", "legs-changelog"}
     few = {"legs": [MIN_RECORDS - 1] * 8}
     enough = {"legs": BENCH_WEIGHTS, "legs-changelog": BENCH_WEIGHTS}
@@ -184,13 +184,13 @@ def test_an_assignment_made_blind_stays_unweighed_until_enough_traffic_shows() -
     result = {f"m{i}": member for i, member in enumerate(members)}
     assignor.load = few
     assignor._balance(topics, 8, result)
-    assert not assignor.weighed
+    assert assignor.weighed_records < MIN_RECORDS
     held = [(set(m.actives), set(m.standbys)) for m in members]
     assignor.last_groups = {tuple(sorted(topics)): (8, held)}
     assert assignor.uneven(few) is None
-    assert not assignor.weighed
+    assert assignor.weighed_records < MIN_RECORDS
     assignor.uneven(enough)
-    assert assignor.weighed
+    assert assignor.weighed_records >= MIN_RECORDS
     assert assignor.weighed_records == sum(BENCH_WEIGHTS) * 2 / 8
     smaller = {"legs": [MIN_RECORDS * 2] * 8}  # weighed, but a smaller sample: no lower
     assignor.uneven(smaller)
@@ -200,7 +200,7 @@ def test_an_assignment_made_blind_stays_unweighed_until_enough_traffic_shows() -
     again.weighed_records = 0.0
     again.load = enough
     again._balance(topics, 8, {f"m{i}": m for i, m in enumerate(fausts(2, 8, 0))})
-    assert again.weighed
+    assert again.weighed_records >= MIN_RECORDS
 
 
 def test_recent_traffic_is_weighed_when_there_is_enough_of_it() -> None:
