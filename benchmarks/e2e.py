@@ -530,7 +530,7 @@ SETTLE = 5.0
 #: done that long before the traffic a latency figure is about.
 LEAD_SECONDS = 2.0
 #: Journeys in the warm-up of a run with several workers, at least: with 4 partitions they give
-#: the leader about 1,250 records per partition to weigh, past ``SETTLE_RECORDS``.
+#: the leader about 1,250 records per partition to weigh, past ``load_settle_records`` (1,000).
 SETTLE_JOURNEYS = 500
 
 

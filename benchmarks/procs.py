@@ -24,7 +24,6 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from ocstream.transport.settings import TransportSettings
-from ocstream.transport.traffic import FIRST_LOOK, SETTLE_RECORDS
 
 # The process helpers of the tests: free ports, the fast group timeouts, a clean environment.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -37,12 +36,16 @@ T = TypeVar("T")
 #: the record format, which every process of a run must share
 #: (``OCSTREAM_TRANSPORT_COMPRESSION=zstd python benchmarks/xcm.py`` runs everything without the
 #: compression dictionary), and how partitions are assigned (``OCSTREAM_TRANSPORT_ASSIGNMENT``,
-#: ``_LOAD_CHECK_INTERVAL``).
+#: ``_LOAD_CHECK_INTERVAL``, ``_LOAD_FIRST_LOOK``, ``_LOAD_SETTLE_RECORDS``,
+#: ``_LOAD_UNEVEN_CHECKS``).
 PASSED_SETTINGS = (
     "OCSTREAM_TRANSPORT_COMPRESSION",
     "OCSTREAM_TRANSPORT_COMPRESS_MIN_BYTES",
     "OCSTREAM_TRANSPORT_ASSIGNMENT",
     "OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL",
+    "OCSTREAM_TRANSPORT_LOAD_FIRST_LOOK",
+    "OCSTREAM_TRANSPORT_LOAD_SETTLE_RECORDS",
+    "OCSTREAM_TRANSPORT_LOAD_UNEVEN_CHECKS",
 )
 
 
@@ -263,24 +266,26 @@ def weighs_traffic() -> bool:
 
 def wait_traffic_settled(workers: list[WorkerProc], tag: str, *, looks: int = 6) -> None:
     """Wait until the leader has weighed its assignment against enough of the warm-up's
-    traffic to trust it (``SETTLE_RECORDS`` per partition: its gauge), rebalancing on the way
+    traffic to trust it (``load_settle_records`` per partition: its gauge), rebalancing on the way
     if it found it uneven, then for the group to settle: the timed part measures a group as it
     runs after its first seconds of traffic, and no look of the leader's rebalances inside it.
-    The leader looks every ``FIRST_LOOK`` seconds until then; after ``looks`` of them the
+    The leader looks every ``load_first_look`` seconds until then; after ``looks`` of them the
     warm-up was too small (said so, not waited for further)."""
     if not weighs_traffic():
         return
+    settings = TransportSettings.from_env()
+    settle = settings.load_settle_records
 
     def weighed() -> float:
         return max(w.metrics().get(WEIGHED, 0.0) for w in workers)
 
-    timeout = FIRST_LOOK * looks + 5
+    timeout = min(settings.load_first_look, settings.load_check_interval) * looks + 5
     try:
-        wait_for(lambda: weighed() >= SETTLE_RECORDS, timeout, "a settled assignment", interval=0.5)
+        wait_for(lambda: weighed() >= settle, timeout, "a settled assignment", interval=0.5)
     except Incomplete:
         print(
             f"  ({tag}: the assignment was weighed against {weighed():.0f} records per "
-            f"partition within {timeout:.0f} s, below {SETTLE_RECORDS}: the leader may still "
+            f"partition within {timeout:.0f} s, below {settle}: the leader may still "
             "rebalance in the timed part; a larger --warmup avoids it)"
         )
     wait_group(workers, 60)

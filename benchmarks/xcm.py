@@ -33,9 +33,10 @@ round's phases both ways. ``--origins 1`` makes every journey start at one busy 
    assignor weighs (``ocstream/transport/assignor.py``; compare with
    ``OCSTREAM_TRANSPORT_ASSIGNMENT=sticky``, faust's assignment by partition counts). The
    workers' leader weighs the traffic against its assignment and rebalances when it is uneven:
-   every ``FIRST_LOOK`` (10 s) until it has weighed ``SETTLE_RECORDS`` (1,000) records per
-   partition, then every ``OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL`` (300 s; it is passed on to
-   the workers; ``ocstream/transport/traffic.py``). A multi-worker run waits, after the
+   every ``OCSTREAM_TRANSPORT_LOAD_FIRST_LOOK`` (10 s) until it has weighed
+   ``_LOAD_SETTLE_RECORDS`` (1,000) records per partition, then every
+   ``_LOAD_CHECK_INTERVAL`` (300 s; these are passed on to the workers;
+   ``ocstream/transport/traffic.py``). A multi-worker run waits, after the
    warm-up, until the leader's gauge says the assignment has been weighed against that many
    (the default warm-up of 500 journeys gives about 1,300 per partition), and for the group
    to settle, before it times anything: it measures a group as it runs after its first
@@ -93,6 +94,7 @@ from procs import (
 from throughput import baseline, fill
 
 from ocstream.transport import Keyspace, TopicWriter
+from ocstream.transport.settings import TransportSettings
 from ocstream.transport.wire import entry_value
 
 LEGS = "xcm-legs"
@@ -687,14 +689,16 @@ def main(argv: Iterable[str] | None = None) -> int:
     client.close()
     print("command: python benchmarks/xcm.py " + shlex.join(sys.argv[1:]))
     standby = "default (1)" if args.standby_replicas is None else args.standby_replicas
+    transport = TransportSettings.from_env()  # the workers get this environment's settings
     print(
         f"parameters: journeys={args.journeys} (3 legs each, half with a topic, "
         f"{len(PARAS)} parachains, from {args.origins} of them, sent legs keyed by "
         f"{'/'.join(args.sends_by)}), warm-up={args.warmup}, workers={args.workers}, "
         f"partitions={args.partitions}, pending={args.pending}, seed={args.seed}, "
         f"rounds={args.rounds}, arrival={args.arrival}, join={args.join}, "
-        f"assignment={os.environ.get('OCSTREAM_TRANSPORT_ASSIGNMENT', 'load')}, "
-        f"load check={os.environ.get('OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL', '300')} s, "
+        f"assignment={transport.assignment}, load check={transport.load_check_interval:g} s "
+        f"(first looks {transport.load_first_look:g} s, settled at "
+        f"{transport.load_settle_records} records per partition), "
         f"standby replicas={standby}; "
         f"Python {sys.version.split()[0]}, Redis {version}, {os.cpu_count()} cores",
         flush=True,

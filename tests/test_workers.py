@@ -468,10 +468,15 @@ def wait_two_by_two(first: Worker, second: Worker) -> None:
     )
 
 
-def start_two_by_two(spawn: Spawn, check_every: str) -> tuple[Worker, Worker]:
-    """Two demo workers with the leader's traffic check every ``check_every`` seconds,
-    started on an empty group and waited for until they hold two partitions each."""
+def start_two_by_two(
+    spawn: Spawn, check_every: str, first_look: str | None = None
+) -> tuple[Worker, Worker]:
+    """Two demo workers with the leader's traffic check every ``check_every`` seconds (and its
+    looks at an assignment not settled yet every ``first_look``, if given), started on an empty
+    group and waited for until they hold two partitions each."""
     env = {"OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL": check_every}
+    if first_look is not None:
+        env["OCSTREAM_TRANSPORT_LOAD_FIRST_LOOK"] = first_look
     first = spawn("w1", env=env)
     second = spawn("w2", env=env)
     first.start()
@@ -533,8 +538,9 @@ def test_uneven_traffic_on_a_stable_group_leads_to_a_fairer_assignment(
     the traffic every ``load_check_interval`` (2 s here), it rebalances on its own and each
     worker ends up with one busy partition. With the default 300 s, so does the leader's first
     look at its blind assignment (``traffic.FIRST_LOOK``, 10 s), and no check follows: the
-    look weighed enough to settle the assignment. With the check off, nothing moves."""
-    first, second = start_two_by_two(spawn, check_every)
+    look weighed enough to settle the assignment. With the check off, nothing moves, not even
+    at the looks that would otherwise come every second (``load_first_look`` 1 s there)."""
+    first, second = start_two_by_two(spawn, check_every, "1" if check_every == "0" else None)
     try:
         busy = set(first.view()["partitions"])
         fill_demo_partitions(redis_url, prefix, {p: 2000 if p in busy else 50 for p in range(4)})
@@ -547,8 +553,8 @@ def test_uneven_traffic_on_a_stable_group_leads_to_a_fairer_assignment(
 
         if check_every == "0":
             wait_for(lambda: counted() >= 4100, 60, "every event counted")
-            # Nothing to wait for when nothing may happen: watch for more than two check
-            # intervals of the other case, then look.
+            # Nothing to wait for when nothing may happen: watch for five looks' time (and more
+            # than two intervals of the "checked" case), then look.
             time.sleep(5)
             assert set(first.view()["partitions"]) == busy
             for worker in (first, second):
@@ -586,9 +592,10 @@ def test_a_first_look_at_a_small_sample_is_followed_by_more_until_the_assignment
 ) -> None:
     """With the default 300 s interval, the leader's first look at a new group sees a little
     even traffic (150 events per partition): weighed, but too small a sample to trust
-    (``traffic.SETTLE_RECORDS``). It looks again 10 s later, when the traffic has gone to one
-    worker's two partitions, and evens the group out then, not an interval later."""
-    first, second = start_two_by_two(spawn, "300")
+    (``load_settle_records``, 1,000). It looks again ``load_first_look`` later (3 s here, 10 by
+    default), when the traffic has gone to one worker's two partitions, and evens the group out
+    then, not an interval later."""
+    first, second = start_two_by_two(spawn, "300", "3")
     try:
         fill_demo_partitions(redis_url, prefix, {p: 150 for p in range(4)})
 

@@ -51,7 +51,7 @@ from . import local_state, retention, scripts
 from .assignor import LoadAwareAssignor
 from .client import TRANSIENT_ERRORS, Backoff
 from .metrics import METRICS
-from .traffic import UNEVEN_CHECKS, TrafficWatch, Verdict
+from .traffic import TrafficWatch, Verdict
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -110,7 +110,7 @@ class GroupCoordinator:
         self._last_retention = 0.0
         # When to weigh the traffic against the assignment this member made as the leader (or
         # took over), and what a weighing decides (traffic.py).
-        self._watch = TrafficWatch(int(self.settings.load_check_interval * 1000))
+        self._watch = TrafficWatch.of(self.settings)
         self._last_report = 0.0
         self._backoff = Backoff()
         self.is_leader = False
@@ -295,7 +295,7 @@ class GroupCoordinator:
         a rebalance when the watch says so (``traffic.TrafficWatch.judge``): weighing them would
         lower the busiest member's share of some group's records by ``REBALANCE_GAIN`` or more,
         at the first look that can tell for an assignment not yet settled, in
-        ``UNEVEN_CHECKS`` checks in a row for a settled one."""
+        ``load_uneven_checks`` checks in a row for a settled one."""
         before = assignor.weighed_records
         load = await self._records_written(snapshot["topics"])
         found = assignor.uneven(load, self._watch.window(load))
@@ -325,7 +325,7 @@ class GroupCoordinator:
                 gen,
                 what,
                 self._watch.uneven_in_row,
-                UNEVEN_CHECKS,
+                self._watch.uneven_checks,
             )
             return
         if await self._begin_rebalance(gen, snapshot, what):
@@ -341,6 +341,7 @@ class GroupCoordinator:
         )
         if new_gen:
             self._progressed = True
+            self._watch.rebalancing()
             logger.info("[group] generation %d: %s", new_gen, why)
         return bool(new_gen)
 

@@ -14,7 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .assignor import MIN_RECORDS
 from .keys import DEFAULT_PREFIX
+from .traffic import FIRST_LOOK, SETTLE_RECORDS, UNEVEN_CHECKS
 
 ENV_PREFIX = "OCSTREAM_TRANSPORT_"
 
@@ -56,11 +58,21 @@ class TransportSettings(BaseModel):
     assignment: Literal["load", "sticky"] = "load"
     #: With ``load``: every this many seconds, and no sooner after an assignment, the leader
     #: checks whether weighing the traffic would make the assignment clearly fairer
-    #: (``assignor.REBALANCE_GAIN``) and rebalances if ``traffic.UNEVEN_CHECKS`` checks in a
-    #: row say so. Every ``traffic.FIRST_LOOK`` seconds, if shorter, while the assignment has
-    #: not been weighed against ``traffic.SETTLE_RECORDS`` records per partition (and then
+    #: (``assignor.REBALANCE_GAIN``) and rebalances if ``load_uneven_checks`` checks in a
+    #: row say so. Every ``load_first_look`` seconds, if shorter, while the assignment has
+    #: not been weighed against ``load_settle_records`` records per partition (and then
     #: one uneven look is enough). 0: only membership and topic changes rebalance.
     load_check_interval: float = Field(default=300.0, ge=0)
+    #: With ``load``: seconds between the leader's looks at an assignment it does not trust
+    #: yet (blind or settling: ``traffic.py``); ``load_check_interval`` if that is shorter.
+    load_first_look: float = Field(default=FIRST_LOOK, gt=0)
+    #: With ``load``: records per partition an assignment must have been weighed against before
+    #: the leader trusts it and checks it only every ``load_check_interval``. At least
+    #: ``assignor.MIN_RECORDS`` (100), the least it weighs at all.
+    load_settle_records: int = Field(default=SETTLE_RECORDS, ge=MIN_RECORDS)
+    #: With ``load``: uneven checks in a row that rebalance a trusted assignment (1: every
+    #: uneven check does, bursts included).
+    load_uneven_checks: int = Field(default=UNEVEN_CHECKS, ge=1, le=100)
 
     @classmethod
     def from_env(

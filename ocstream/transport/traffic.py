@@ -10,21 +10,24 @@ An assignment goes through three stages, by how many records per partition it ha
 against (:attr:`LoadAwareAssignor.weighed_records`, the most over its groups):
 
 - **blind**, fewer than :data:`~ocstream.transport.assignor.MIN_RECORDS` (100): made before
-  the group had traffic to weigh. Looked at every :data:`FIRST_LOOK` seconds; a look that
-  still finds too little is not a check.
-- **settling**, fewer than :data:`SETTLE_RECORDS` (1,000): weighed, but against a sample
-  small enough to mislead (chains send in clumps; a hundred records per partition can make an
-  even split look uneven, or the reverse). Still looked at every :data:`FIRST_LOOK` seconds,
-  each look weighing a larger sample (everything since the same starting point); one uneven
-  look rebalances, as the look only finishes the weighing the assignment began. Once the
+  the group had traffic to weigh. Looked at every ``load_first_look`` seconds (10 by default);
+  a look that still finds too little is not a check.
+- **settling**, fewer than ``load_settle_records`` (1,000 by default): weighed, but against a
+  sample small enough to mislead (chains send in clumps; a hundred records per partition can
+  make an even split look uneven, or the reverse). Still looked at every ``load_first_look``
+  seconds, each look weighing a larger sample (everything since the same starting point); one
+  uneven look rebalances, as the look only finishes the weighing the assignment began. Once the
   assignment was itself weighed (not blind), only a look at twice the sample it was weighed
   against: a sample that grew by a few records cannot overturn it, and an assignment settles
   after four rebalances at most, however the traffic moves (at about 100, 200, 400 and 800
   records per partition; tests/transport/test_traffic.py has the worst case).
 - **settled**: checked every ``load_check_interval``, each check weighing the traffic since
   the last one that left the assignment as it was (a window, so that a lasting change shows
-  against a long history); :data:`UNEVEN_CHECKS` uneven checks in a row rebalance, so a burst
-  does not.
+  against a long history); ``load_uneven_checks`` (2 by default) uneven checks in a row
+  rebalance, so a burst does not.
+
+The three ``load_*`` values are transport settings (``settings.py``); the constants below are
+their defaults.
 """
 
 from __future__ import annotations
@@ -32,8 +35,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .assignor import MIN_RECORDS, REBALANCE_GAIN, Balance, records_since
+
+if TYPE_CHECKING:
+    from .settings import TransportSettings
 
 __all__ = ["FIRST_LOOK", "SETTLE_RECORDS", "UNEVEN_CHECKS", "TrafficWatch", "Verdict"]
 
@@ -59,7 +66,7 @@ class Verdict(enum.Enum):
     #: Too little traffic to weigh: not a check (the metric does not count it).
     WAIT = "wait"
     EVEN = "even"
-    #: Uneven, but not yet :data:`UNEVEN_CHECKS` times in a row: perhaps a burst. Logged.
+    #: Uneven, but not yet ``uneven_checks`` times in a row: perhaps a burst. Logged.
     UNEVEN_ONCE = "uneven once"
     #: Uneven while settling, on a sample under twice the one the assignment was weighed
     #: against: looked at again. Logged.
@@ -74,6 +81,12 @@ class TrafficWatch:
 
     #: ``load_check_interval`` in milliseconds; 0 or less: never check.
     interval: int
+    #: ``load_first_look`` in milliseconds: between looks while blind or settling.
+    first_look: int = int(FIRST_LOOK * 1000)
+    #: ``load_settle_records``: records per partition that make an assignment settled.
+    settle_records: float = SETTLE_RECORDS
+    #: ``load_uneven_checks``: uneven checks in a row that rebalance a settled assignment.
+    uneven_checks: int = UNEVEN_CHECKS
     #: (generation, ms) of the assignment watched: made by this member as leader, or taken over
     #: from the maker's record. None: this member knows no assignment to weigh.
     assigned: tuple[int, int] | None = None
@@ -92,19 +105,35 @@ class TrafficWatch:
     #: in the record taken over).
     made_on: float = 0.0
 
-    @staticmethod
-    def stage(weighed_records: float) -> str:
+    @classmethod
+    def of(cls, settings: TransportSettings) -> TrafficWatch:
+        """The watch a member keeps with ``settings`` (its ``load_*`` values)."""
+        return cls(
+            interval=int(settings.load_check_interval * 1000),
+            first_look=int(settings.load_first_look * 1000),
+            settle_records=settings.load_settle_records,
+            uneven_checks=settings.load_uneven_checks,
+        )
+
+    def stage(self, weighed_records: float) -> str:
         """``blind``, ``settling`` or ``settled``, for an assignment weighed against
         ``weighed_records`` records per partition."""
         if weighed_records < MIN_RECORDS:
             return "blind"
-        return "settling" if weighed_records < SETTLE_RECORDS else "settled"
+        return "settling" if weighed_records < self.settle_records else "settled"
 
     def made(self, gen: int, now: int, weighed_records: float = 0.0) -> None:
         """This member, as leader, made the assignment of ``gen`` at ``now``, weighing
         ``weighed_records`` records per partition."""
         self.assigned = (gen, now)
         self.made_on = weighed_records
+        self.uneven_in_row = 0
+
+    def rebalancing(self) -> None:
+        """This member, as leader, started a rebalance: the assignment watched is on its way
+        out. Nothing is looked at, and the gauge shows nothing, until the next one is made
+        (:meth:`made`) or taken over (:meth:`adopted`); the baseline stays for the next one."""
+        self.assigned = None
         self.uneven_in_row = 0
 
     def should_adopt(self, gen: int) -> bool:
@@ -129,8 +158,8 @@ class TrafficWatch:
         if self.interval <= 0 or self.assigned is None or self.assigned[0] != gen:
             return False
         every = self.interval
-        if weighed_records < SETTLE_RECORDS:
-            every = min(every, int(FIRST_LOOK * 1000))
+        if weighed_records < self.settle_records:
+            every = min(every, self.first_look)
         return now - max(self.assigned[1], self.last_look) >= every
 
     def window(self, load: Counts) -> dict[str, list[int]] | None:
@@ -145,10 +174,10 @@ class TrafficWatch:
         records from ``weighed_before`` to ``weighed_after``."""
         if weighed_after < MIN_RECORDS:
             return Verdict.WAIT
-        settled = weighed_before >= SETTLE_RECORDS
+        settled = weighed_before >= self.settle_records
         if found is None or found.busiest_before - found.busiest_after < REBALANCE_GAIN:
             self.uneven_in_row = 0
-            if weighed_after >= SETTLE_RECORDS:
+            if weighed_after >= self.settle_records:
                 # The window starts here. While settling it does not: each look weighs a
                 # larger sample from the same start.
                 self.baseline = {topic: list(counts) for topic, counts in load.items()}
@@ -158,7 +187,7 @@ class TrafficWatch:
                 return Verdict.UNEVEN_SMALL
             return Verdict.REBALANCE
         self.uneven_in_row += 1
-        if self.uneven_in_row >= UNEVEN_CHECKS:
+        if self.uneven_in_row >= self.uneven_checks:
             return Verdict.REBALANCE
         # Perhaps a burst: the next check weighs the traffic after this one on its own.
         self.baseline = {topic: list(counts) for topic, counts in load.items()}

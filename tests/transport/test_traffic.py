@@ -9,10 +9,12 @@ real :class:`LoadAwareAssignor` weighing the counts as the group leader does
 
 from __future__ import annotations
 
+import pytest
 from faust.assignor.client_assignment import CopartitionedAssignment
 from faust.assignor.copartitioned_assignor import CopartitionedAssignor
 
 from ocstream.transport.assignor import MIN_RECORDS, REBALANCE_GAIN, Balance, LoadAwareAssignor
+from ocstream.transport.settings import TransportSettings
 from ocstream.transport.traffic import (
     FIRST_LOOK,
     SETTLE_RECORDS,
@@ -121,6 +123,9 @@ def test_a_settled_assignment_takes_two_uneven_checks_in_a_row() -> None:
     assert watch.judge(readings[2], UNEVEN, 2_000, 2_000) is Verdict.UNEVEN_ONCE
     assert watch.judge(readings[3], UNEVEN, 2_000, 2_000) is Verdict.REBALANCE
     assert watch.baseline == readings[2]  # kept: the new assignment weighs what was judged
+    watch.rebalancing()  # the leader started it: nothing to watch until the next is made
+    assert watch.assigned is None and not watch.due(10**9, 1, 2_000)
+    assert watch.baseline == readings[2]
     watch.made(2, 1)
     assert watch.uneven_in_row == 0
     assert watch.judge(readings[4], UNEVEN, 2_000, 2_000) is Verdict.UNEVEN_ONCE
@@ -154,7 +159,7 @@ def test_a_first_look_misled_by_a_small_sample_is_corrected_seconds_later() -> N
     assert look(watch, assignor, counts(10, 10, 10, 10)) is Verdict.WAIT  # blind still
     now += LOOK
     assert look(watch, assignor, counts(150, 150, 150, 150)) is Verdict.EVEN
-    assert TrafficWatch.stage(assignor.weighed_records) == "settling"
+    assert watch.stage(assignor.weighed_records) == "settling"
     verdicts = []
     busy = (300, 300, 0, 0)  # per look
     reading = [150, 150, 150, 150]
@@ -239,7 +244,7 @@ def settle_against_a_moving_hot_spot(guarded: bool) -> int:
             assignor.weighed_records = 0.0
             assignor._balance(set(TOPICS), 8, {f"m{n}": m for n, m in enumerate(members)})
             watch.made(gen + 1, 0, assignor.weighed_records if guarded else 0.0)
-        if TrafficWatch.stage(assignor.weighed_records) == "settled":
+        if watch.stage(assignor.weighed_records) == "settled":
             return rebalances
     raise AssertionError("never settled")
 
@@ -248,3 +253,46 @@ def test_an_assignment_settles_after_a_few_rebalances_even_against_a_moving_hot_
     guarded = settle_against_a_moving_hot_spot(guarded=True)
     assert 1 <= guarded <= 4  # 100 -> 200 -> 400 -> 800 -> settled
     assert settle_against_a_moving_hot_spot(guarded=False) > guarded
+
+
+def test_the_settings_set_the_first_looks_the_settled_sample_and_the_checks_in_a_row() -> None:
+    """``load_first_look``, ``load_settle_records`` and ``load_uneven_checks`` (transport
+    settings, from the environment like the rest) replace the defaults in every rule above;
+    values that would break the stages are refused."""
+    settings = TransportSettings.from_env(
+        {
+            "OCSTREAM_TRANSPORT_LOAD_CHECK_INTERVAL": "60",
+            "OCSTREAM_TRANSPORT_LOAD_FIRST_LOOK": "2.5",
+            "OCSTREAM_TRANSPORT_LOAD_SETTLE_RECORDS": "400",
+            "OCSTREAM_TRANSPORT_LOAD_UNEVEN_CHECKS": "1",
+        }
+    )
+    watch = TrafficWatch.of(settings)
+    assert (watch.interval, watch.first_look) == (60_000, 2_500)
+    watch.made(1, 0)
+    assert not watch.due(2_499, 1, 399) and watch.due(2_500, 1, 399)
+    assert not watch.due(2_500, 1, 400) and watch.due(60_000, 1, 400)  # settled at 400
+    assert [watch.stage(n) for n in (99, 100, 399, 400)] == [
+        "blind",
+        "settling",
+        "settling",
+        "settled",
+    ]
+    load = counts(500, 500, 500, 500)
+    assert watch.judge(load, EVEN, 0, 400) is Verdict.EVEN
+    assert watch.baseline == load  # the window starts at 400, not at the default 1,000
+    assert watch.judge(load, UNEVEN, 400, 500) is Verdict.REBALANCE  # one check in a row
+
+    default = TrafficWatch.of(TransportSettings())
+    assert (default.first_look, default.settle_records, default.uneven_checks) == (
+        LOOK,
+        SETTLE_RECORDS,
+        UNEVEN_CHECKS,
+    )
+    for name, value in (
+        ("LOAD_SETTLE_RECORDS", str(MIN_RECORDS - 1)),
+        ("LOAD_UNEVEN_CHECKS", "0"),
+        ("LOAD_FIRST_LOOK", "0"),
+    ):
+        with pytest.raises(ValueError, match=name.lower()):
+            TransportSettings.from_env({f"OCSTREAM_TRANSPORT_{name}": value})
