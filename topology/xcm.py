@@ -40,6 +40,7 @@ from ocstream.ingress.registry import NetworkRegistry
 from ocstream.runtime import RocksDBStore
 from ocstream.tablebatch import TableBatch
 from ocstream.transport.client import connect
+from ocstream.transport.direct import direct_feed
 from ocstream.xcm.codec import XcmCodec, XcmDecodeError
 from ocstream.xcm.coverage import Coverage, coverage_of_record
 from ocstream.xcm.expiry import ExpiryIndex
@@ -352,16 +353,19 @@ def declare(app: Any, settings: XcmSettings | None = None) -> None:
                 COUNTERS[f"legs_{leg.kind}"] += 1
                 await _send_raw(app, legs, leg_key(leg, legs_partitions), leg_record(leg))
 
+    # The matcher takes its records from the fetch itself (ocstream/transport/direct.py):
+    # registered now, before the worker fetches anything.
+    feed = direct_feed(app, legs.get_topic_name())
+
     @app.agent(legs, name="xcm_match")  # type: ignore[untyped-decorator]
     async def xcm_match(stream: Any) -> None:
-        """Records are handled one by one and written per batch (``ocstream/tablebatch.py``;
-        see :data:`BATCH_RECORDS` for where a batch ends). A batch's outputs are queued first,
-        then its table writes, and only then are its records acknowledged, so a commit never
-        covers a record whose outputs and table changes are not queued."""
-        stream.enable_acks = False  # acknowledged by hand, after the batch's flush
+        """Records are taken from the topic's direct feed (not faust's ``stream``, which gets
+        none), handled one by one and written per batch (``ocstream/tablebatch.py``; see
+        :data:`BATCH_RECORDS` for where a batch ends). A batch's outputs are queued first, then
+        its table writes, and only then are its records acknowledged, so a commit never covers
+        a record whose outputs and table changes are not queued."""
         batch = TableBatch(app, tables, on_write=index_writes)
-        queue = stream.channel.queue
-        events: list[Any] = []
+        taken: list[Any] = []
         outputs: list[tuple[Any, str, Any, Any]] = []  # topic, key, value, headers
         views: dict[int, dict[str, Store]] = {}
 
@@ -370,24 +374,26 @@ def declare(app: Any, settings: XcmSettings | None = None) -> None:
                 await _send(app, topic, key, value, headers)
             outputs.clear()
             await batch.flush()
-            for event in events:
-                await stream.ack(event)
+            for message in taken:
+                feed.ack(message)
             COUNTERS["batches"] += 1
-            events.clear()
+            taken.clear()
 
-        started = 0.0
-        async for chain, record in stream.items():
-            event = stream.current_event
-            if not events:
-                await _delivery_first(app)
-                started = time.monotonic()
-            events.append(event)
+        async def handle(message: Any) -> None:
+            try:
+                chain = message.key.decode()
+                record = orjson.loads(message.value)
+            except Exception as exc:
+                raw = message.value.decode(errors="replace") if message.value else None
+                reason = f"not a JSON record keyed by a chain: {exc}"
+                await dead_letter("bad-record", repr(message.key), reason, raw)
+                return
             if isinstance(record, dict) and record.get("kind") == "tick":
                 try:  # a timeout reads where each network's ingress began
                     await networks.refresh()
                 except Exception as exc:  # the last known records will do
                     log.warning("network registry not refreshed: %s", exc)
-            partition = event.message.partition
+            partition = message.partition
             if partition not in views:
                 views[partition] = batch.views(partition)
             view = Tables(views[partition])
@@ -395,28 +401,31 @@ def declare(app: Any, settings: XcmSettings | None = None) -> None:
                 step = engine.handle(view, chain, record)
             except Exception as exc:
                 view.rollback()
-                await dead_letter("bad-record", str(chain), f"{type(exc).__name__}: {exc}", record)
-            else:
-                # Outputs are queued before the table writes, so a table's changelog never
-                # holds a change whose notifications were not sent (one producer queue,
-                # written in order).
-                # A notification names its origin in a header: the delivering worker decodes
-                # only those that someone follows (ocstream/delivery.py, deliver_encoded).
-                for note in step.notifications:
-                    outputs.append(
-                        (notifications, str(note["journeyId"]), note, origin_header(note))
-                    )
-                for target, out in step.records:
-                    outputs.append((legs, target, out, None))
-                view.commit()
-                for deadline in step.deadlines:
-                    heapq.heappush(deadlines, deadline)
-                COUNTERS.update(step.counters)
-            if (
-                queue.empty()
-                or len(events) >= batch_records
-                or time.monotonic() - started >= batch_seconds
-            ):
+                await dead_letter("bad-record", chain, f"{type(exc).__name__}: {exc}", record)
+                return
+            # Outputs are queued before the table writes, so a table's changelog never holds a
+            # change whose notifications were not sent (one producer queue, written in order).
+            # A notification names its origin in a header: the delivering worker decodes only
+            # those that someone follows (ocstream/delivery.py, deliver_encoded).
+            for note in step.notifications:
+                outputs.append((notifications, str(note["journeyId"]), note, origin_header(note)))
+            for target, out in step.records:
+                outputs.append((legs, target, out, None))
+            view.commit()
+            for deadline in step.deadlines:
+                heapq.heappush(deadlines, deadline)
+            COUNTERS.update(step.counters)
+
+        while True:
+            await feed.wait()
+            await _delivery_first(app)
+            started = time.monotonic()
+            while (message := feed.next()) is not None:
+                taken.append(message)
+                await handle(message)
+                if len(taken) >= batch_records or time.monotonic() - started >= batch_seconds:
+                    break
+            if taken:  # else every message found was stale (a rebalance came)
                 await flush()
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]

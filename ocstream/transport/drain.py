@@ -32,6 +32,10 @@ scheduler, a generation check, the highwater sensor, a ``ConsumerMessage``) and 
 loop's took a tenth off two workers' CPU per XCM journey (``docs/benchmarks.md``, "Issue 14,
 twelfth round").
 
+A topic with a direct feed (``direct.py``: the XCM matcher's) skips faust's conductor and
+streams: the drain loop puts its messages in the feed, the same way (:func:`deliver`), and the
+agent takes them from there.
+
 Both loops are faust-streaming 0.15.3's (pinned exactly in pyproject.toml) with only those
 changes; the integration tests and the benchmark run through them.
 """
@@ -156,6 +160,8 @@ async def drain_messages(consumer: Any, fetcher: Any) -> None:  # pragma: no cov
     unset_flag = consumer.diag.unset_flag
     commit_every = consumer._commit_every
     acks_enabled_for = consumer.app.topics.acks_enabled_for
+    # Topics whose agent takes their messages itself (direct.py), registered at declaration.
+    feeds: dict[str, Any] = consumer.app.__dict__.get("direct_feeds") or {}
     yield_every = 100
     num_since_yield = 0
     sleep = asyncio.sleep
@@ -179,7 +185,9 @@ async def drain_messages(consumer: Any, fetcher: Any) -> None:  # pragma: no cov
                         if commit_every is not None and consumer._n_acked >= commit_every:
                             consumer._n_acked = 0
                             await consumer.commit()
-                        await deliver(consumer, cast(Coroutine[Any, Any, Any], callback(message)))
+                        feed = feeds.get(tp.topic) if feeds else None
+                        delivery = callback(message) if feed is None else feed.put(message)
+                        await deliver(consumer, cast(Coroutine[Any, Any, Any], delivery))
                         set_read_offset(tp, offset)
                 unset_flag(CONSUMER_FETCHING)
     except consumer.consumer_stopped_errors:

@@ -48,15 +48,20 @@ NETWORKS = {
 }
 
 
+#: The key of the records a test writes to ``xcm-legs`` that the matcher must refuse.
+JUNK = "junk"
+
+
 def read_records(redis_url: str, prefix: str, topic: str) -> list[tuple[int, str, Any]]:
-    """``(partition, key, value)`` of every record of a topic."""
+    """``(partition, key, value)`` of every record of a topic (but the junk of ``xcm-legs``)."""
     client = redis.Redis.from_url(redis_url)
     keys = Keyspace(prefix)
     found = []
     for partition in range(PARTITIONS):
         for _, fields in client.xrange(keys.stream(topic, partition)):
             key = fields.get(b"k", b"").decode()
-            found.append((partition, key, json.loads(entry_value(fields))))
+            if key != JUNK or topic != "xcm-legs":
+                found.append((partition, key, json.loads(entry_value(fields))))
     client.close()
     return found
 
@@ -201,6 +206,13 @@ def test_two_workers_match_recorded_journeys(
                 p = await writer.partition_for("blocks", key, None)
                 damaged = Damaged(key, b"", int(time.time() * 1000))
                 await append_records(writer.client, writer.keys, [("blocks", p, damaged)])
+                # Records the matcher cannot take: not JSON, a damaged compressed value, and a
+                # sent leg without an identity. Each is dead-lettered; nothing stops.
+                junk = [(JUNK, b"{not json"), (JUNK, b'{"kind": "sent", "leg": {"a": 1}}')]
+                await writer.send_many("xcm-legs", junk)
+                p = await writer.partition_for("xcm-legs", JUNK.encode(), None)
+                damaged = Damaged(JUNK.encode(), b"", int(time.time() * 1000))
+                await append_records(writer.client, writer.keys, [("xcm-legs", p, damaged)])
 
         import asyncio  # noqa: PLC0415
 
@@ -300,6 +312,12 @@ def test_two_workers_match_recorded_journeys(
     assert kinds_dead["unknown-network"] == 1, dead
     assert kinds_dead["unknown-runtime"] == 1, dead
     assert kinds_dead["undecodable"] == 2, dead  # the garbage entry in blocks #6 and #7
+    refused = sorted(d["reason"].split(":")[0] for d in dead if d["kind"] == "bad-record")
+    assert refused == [
+        "ValidationError",
+        "not a JSON record keyed by a chain",
+        "not a JSON record keyed by a chain",
+    ], dead
     unknown = next(d for d in dead if d["kind"] == "unknown-network")
     assert "urn:ocn:polkadot:2099" in unknown["reason"]
     runtime = next(d for d in dead if d["kind"] == "unknown-runtime")

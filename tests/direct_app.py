@@ -1,0 +1,64 @@
+"""What a direct feed (``ocstream/transport/direct.py``) needs of a faust app, for tests of the
+feed and of the agents that take from it: faust's real flow control (mode's
+``FlowControlEvent``) and real ``ConsumerMessage`` objects, with a consumer that records what
+the feed asks of it."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from faust.types import TP, ConsumerMessage
+from mode.utils.queues import FlowControlEvent
+
+
+class RecordingConsumer:
+    """What the feed asks of faust's consumer, recorded."""
+
+    def __init__(self) -> None:
+        self.unacked: set[Any] = set()
+        self.acked: list[tuple[TP, int]] = []
+        self.full: list[TP] = []
+        self.drops: list[TP] = []
+
+    def ack(self, message: Any) -> bool:
+        message.acked = True  # as faust's does
+        self.unacked.discard(message)
+        self.acked.append((message.tp, message.offset))
+        return True
+
+    def on_buffer_full(self, tp: TP) -> None:
+        self.full.append(tp)
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        self.drops.append(tp)
+
+
+def feed_app(maxsize: int = 100, **extra: Any) -> Any:
+    """An app with the flow active, generation 3, and ``extra`` attributes."""
+    noop = SimpleNamespace(on_message_in=lambda *a: None, on_message_out=lambda *a: None)
+    return SimpleNamespace(
+        flow_control=FlowControlEvent(initially_suspended=False),
+        consumer=RecordingConsumer(),
+        consumer_generation_id=3,
+        sensors=noop,
+        conf=SimpleNamespace(stream_buffer_maxsize=maxsize),
+        **extra,
+    )
+
+
+def consumer_message(
+    topic: str,
+    partition: int,
+    offset: int,
+    *,
+    generation: int = 3,
+    value: bytes = b"{}",
+    headers: list[tuple[str, bytes]] | None = None,
+) -> ConsumerMessage:
+    """A message as the consumer makes it of a fetched record."""
+    tp = TP(topic, partition)
+    return ConsumerMessage(
+        topic, partition, offset, 0.0, 0, headers or [], b"k", value, None, 1, len(value), tp,
+        generation_id=generation,
+    )  # fmt: skip
