@@ -30,6 +30,8 @@ from ocstream.delivery import (
 )
 from ocstream.subscriptions import LiveSubscriptions, Subscription, SubscriptionStore
 from ocstream.transport.client import connect
+from ocstream.transport.direct import DirectFeed
+from tests.direct_app import consumer_message, feed_app
 
 RELAY, ASSET_HUB, HYDRATION = "urn:ocn:polkadot:0", "urn:ocn:polkadot:1000", "urn:ocn:polkadot:2034"
 
@@ -505,6 +507,51 @@ async def test_the_agent_takes_the_origin_from_the_record_header(world: dict[str
     await deliver_stream(SimpleNamespace(delivery=first), stream)
     assert [n["id"] for _, n in world["hooks"].got] == [n["id"] for n in notes]
     assert sorted(event for event, _ in stream.acked) == [0, 1, 2]
+
+
+async def test_the_agent_takes_a_direct_feed_in_order_and_acks_each_record_through_it(
+    world: dict[str, Any],
+) -> None:
+    """``deliver_feed``: the worker's agent takes the notifications from the topic's direct
+    feed (``ocstream/transport/direct.py``), not from a faust stream: each delivered once, in
+    the feed's order, with the origin of its header, and acknowledged through the consumer only
+    once delivered; a stale one (an earlier generation) is neither delivered nor acknowledged;
+    the backlog counts what the feed still holds."""
+    from topology.delivery import deliver_feed  # noqa: PLC0415
+
+    store, lives, (first, _) = world["store"], world["lives"], world["workers"]
+    await store.create_many([sub("one", outboundTTL=6000)])
+    await settle(lives, 1)
+    hooks = world["hooks"]
+    app = feed_app(delivery=first)
+    feed = DirectFeed(app, "xcm-notifications", 100)
+    notes = [note("xcm.sent", f"f{i}") for i in range(30)] + [note("xcm.received", "f0")]
+    messages = [
+        consumer_message(
+            "xcm-notifications", i % 4, i, value=orjson.dumps(n), headers=origin_header(n)
+        )
+        for i, n in enumerate(notes)
+    ]
+    stale = consumer_message(
+        "xcm-notifications", 0, 99, generation=2, value=orjson.dumps(note("xcm.sent", "old"))
+    )
+    for m in [messages[0], stale, *messages[1:]]:
+        await feed.put(m)
+    agent = asyncio.create_task(deliver_feed(app, feed))
+    try:
+        for _ in range(1000):
+            if len(app.consumer.acked) == len(notes):
+                break
+            await asyncio.sleep(0.01)
+        assert [n["id"] for _, n in hooks.got] == [n["id"] for n in notes]
+        assert app.consumer.acked == [(m.tp, m.offset) for m in messages]
+        assert feed.dropped == 1 and app.consumer.unacked == set()
+        assert app.delivery_backlog.pending() == 0
+        await feed.put(consumer_message("xcm-notifications", 1, 100, value=b"{}"))
+        assert app.delivery_backlog.waiting() == 1  # held by the feed, not taken yet
+    finally:
+        agent.cancel()
+        await asyncio.gather(agent, return_exceptions=True)
 
 
 json_values = st.recursive(

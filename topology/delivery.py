@@ -21,14 +21,16 @@ delivered again; the markers keep every channel at most once.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from ocstream.dataflow import declare_outputs
 from ocstream.delivery import ORIGIN_HEADER
 from ocstream.stages import Backlog
 from ocstream.transport.client import TRANSIENT_ERRORS, Backoff
+from ocstream.transport.direct import DirectFeed, direct_feed
 
 log = logging.getLogger("ocstream.delivery")
 
@@ -81,13 +83,45 @@ def encoded(event: Any, value: bytes) -> tuple[str | None, bytes]:
 
 
 async def deliver_stream(app: Any, stream: Any, max_batch: int = MAX_BATCH) -> None:
-    """Deliver a stream of notifications in batches of up to ``max_batch``, in order,
-    acknowledging each record once its batch is delivered."""
+    """Deliver a faust stream of notifications (see :func:`deliver_records`); each record is
+    acknowledged through the stream once its batch is delivered."""
     stream.enable_acks = False  # acknowledged by hand, when the delivery is done
+
+    async def records() -> AsyncIterator[tuple[Any, tuple[str | None, bytes]]]:
+        async for notification in stream:
+            event = stream.current_event
+            yield event, encoded(event, notification)
+
+    await deliver_records(app, records(), stream.ack, stream.channel.queue.qsize, max_batch)
+
+
+async def deliver_feed(app: Any, feed: DirectFeed, max_batch: int = MAX_BATCH) -> None:
+    """Deliver the notifications of a direct feed (``ocstream/transport/direct.py``: taken
+    from the fetch, without faust's stream; see :func:`deliver_records`)."""
+
+    async def records() -> AsyncIterator[tuple[Any, tuple[str | None, bytes]]]:
+        while True:
+            await feed.wait()
+            while (message := feed.next()) is not None:
+                yield message, encoded(message, message.value)
+
+    await deliver_records(app, records(), feed.ack, feed.__len__, max_batch)
+
+
+async def deliver_records(
+    app: Any,
+    records: AsyncIterator[tuple[Any, tuple[str | None, bytes]]],
+    ack: Callable[[Any], Any],
+    waiting: Callable[[], int],
+    max_batch: int = MAX_BATCH,
+) -> None:
+    """Deliver ``records`` (``(handle, (origin, bytes))``, in the topic's order) in batches of
+    up to ``max_batch``, in order, calling ``ack(handle)`` for each once its batch is
+    delivered. ``waiting()`` counts the records not yet taken from the source."""
     taken: asyncio.Queue[tuple[Any, Any]] = asyncio.Queue(maxsize=max_batch)
     # What this worker's extraction and matching wait for before their next batch
-    # (ocstream/stages.py): the notifications taken, and those waiting in the stream.
-    backlog = app.delivery_backlog = Backlog(stream.channel.queue.qsize)
+    # (ocstream/stages.py): the notifications taken, and those waiting in the source.
+    backlog = app.delivery_backlog = Backlog(waiting)
 
     async def deliver() -> None:
         while True:
@@ -96,9 +130,11 @@ async def deliver_stream(app: Any, stream: Any, max_batch: int = MAX_BATCH) -> N
                 batch.append(taken.get_nowait())
             try:
                 await deliver_batch(app, [notification for _, notification in batch])
-                for event, _ in batch:
-                    if event is not None:
-                        await stream.ack(event)
+                for handle, _ in batch:
+                    if handle is not None:
+                        acked = ack(handle)
+                        if inspect.isawaitable(acked):
+                            await acked
             except asyncio.CancelledError:
                 raise
             except Exception:  # acknowledging failed: the records are delivered again later
@@ -110,9 +146,8 @@ async def deliver_stream(app: Any, stream: Any, max_batch: int = MAX_BATCH) -> N
 
     deliverer = asyncio.create_task(deliver(), name="xcm-deliver-batches")
     try:
-        async for notification in stream:
-            event = stream.current_event
-            await taken.put((event, encoded(event, notification)))
+        async for handle, notification in records:
+            await taken.put((handle, notification))
             backlog.took()
     finally:
         try:
@@ -128,10 +163,14 @@ async def deliver_stream(app: Any, stream: Any, max_batch: int = MAX_BATCH) -> N
 def declare(app: Any) -> None:
     # Bytes, decoded by delivery only where a subscription follows their origin.
     notifications = app.topic(NOTIFICATIONS_TOPIC, key_type=str, value_serializer="raw")
+    # Taken from the fetch itself, not through faust's stream (registered before the worker
+    # fetches anything).
+    feed = direct_feed(app, notifications.get_topic_name())
 
     @app.agent(notifications, name="xcm_deliver")  # type: ignore[untyped-decorator]
     async def xcm_deliver(stream: Any) -> None:
-        await deliver_stream(app, stream)
+        """Takes its records from the topic's direct feed; faust's ``stream`` gets none."""
+        await deliver_feed(app, feed)
 
     # What app.delivery hands the notifications to: none of it is a topic, so faust cannot tell.
     declare_outputs(
@@ -146,4 +185,11 @@ def declare(app: Any) -> None:
     )
 
 
-__all__ = ["MAX_BATCH", "declare", "deliver_batch", "deliver_stream"]
+__all__ = [
+    "MAX_BATCH",
+    "declare",
+    "deliver_batch",
+    "deliver_feed",
+    "deliver_records",
+    "deliver_stream",
+]
