@@ -190,6 +190,11 @@ TRANSPORT_HELP = {
     "retention_trimmed_uncommitted": "Entries removed by retention before a group committed them.",
     "tombstones_removed": "Changelog tombstones removed once every holder applied them.",
     "standby_records_applied": "Changelog records of standby partitions written to local stores.",
+    "direct_records_taken": "Records agents took straight from the fetch (direct feeds).",
+    "direct_records_dropped": (
+        "Records direct feeds dropped as stale at a rebalance (read again by the partition's "
+        "next owner)."
+    ),
     "values_undecompressed": (
         "Compressed values that could not be decompressed (damaged, another writer's codec, or "
         "a dictionary this version lacks), handed on as they are."

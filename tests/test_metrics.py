@@ -33,6 +33,10 @@ ADDED = [
     # Changelog records a standby wrote to its stores straight from the fetch
     # (docs/transport.md, Consumer).
     ["ocstream_transport_standby_records_applied_total", "counter", []],
+    # Records agents took straight from the fetch, and those dropped as stale at a rebalance
+    # (docs/transport.md, Consumer: direct feeds).
+    ["ocstream_transport_direct_records_taken_total", "counter", []],
+    ["ocstream_transport_direct_records_dropped_total", "counter", []],
     # Compressed values that did not decompress, handed on as they are (docs/transport.md,
     # Compressed values).
     ["ocstream_transport_values_undecompressed_total", "counter", []],

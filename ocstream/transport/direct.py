@@ -26,6 +26,8 @@ faust's rules are kept:
 * **Stale messages.** A message fetched under an earlier generation, or taken while the flow
   is suspended, is dropped, not processed (faust's stream skips it too); it is not
   acknowledged either, so no commit can cover it before it is read again.
+* **Counters.** ``ocstream_transport_direct_records_taken_total`` and
+  ``..._dropped_total`` (the stale ones) on ``/metrics``.
 * **Back-pressure.** A partition with more than ``maxsize`` messages in the feed is taken out
   of the fetch (``consumer.on_buffer_full``) until the agent has taken it down to a quarter
   (``on_buffer_drop``), as a stream's queue does at its pressure marks.
@@ -38,6 +40,8 @@ from collections import deque
 from typing import Any
 
 from faust.types import TP
+
+from .metrics import METRICS
 
 __all__ = ["DirectFeed", "direct_feed", "feed_of"]
 
@@ -92,12 +96,14 @@ class DirectFeed:
                 or not app.flow_control.is_active()
             ):
                 self.dropped += 1
+                METRICS.direct_records_dropped += 1
                 continue
             if not message.tracked:
                 message.tracked = True
                 app.consumer.unacked.add(message)
                 app.sensors.on_message_in(message.tp, message.offset, message)
             self.taken += 1
+            METRICS.direct_records_taken += 1
             return message
         return None
 
@@ -109,6 +115,7 @@ class DirectFeed:
     def clear(self) -> None:
         """Drop everything held (faust's ``flow_control.clear``, at a rebalance)."""
         self.dropped += len(self._messages)
+        METRICS.direct_records_dropped += len(self._messages)
         self._messages.clear()
         self._per_tp.clear()
         full, self._full = self._full, set()

@@ -30,6 +30,11 @@ class TransportMetrics:
     standby_records_applied: int = 0
     #: Compressed values that could not be decompressed, handed on as they are (wire.py).
     values_undecompressed: int = 0
+    #: Records agents took from their topics' direct feeds (direct.py), and records the feeds
+    #: dropped as stale (cleared at a rebalance, or of an earlier generation: read again by
+    #: the partition's next owner).
+    direct_records_taken: int = 0
+    direct_records_dropped: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

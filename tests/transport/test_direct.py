@@ -16,6 +16,7 @@ import pytest
 from faust.types import TP, ConsumerMessage
 
 from ocstream.transport.direct import DirectFeed, direct_feed, feed_of
+from ocstream.transport.metrics import METRICS
 from tests.direct_app import consumer_message, feed_app
 
 TOPIC = "xcm-legs"
@@ -51,6 +52,17 @@ def test_messages_come_out_in_order_tracked_and_are_acked_through_the_consumer()
         feed.ack(m)  # twice: acknowledged once
     assert app.consumer.acked == [(TP(TOPIC, 0), 1), (TP(TOPIC, 1), 7), (TP(TOPIC, 0), 2)]
     assert app.consumer.unacked == set()
+
+
+def test_the_process_counters_count_what_was_taken_and_what_was_dropped() -> None:
+    app = make_app()
+    feed = DirectFeed(app, TOPIC, 100)
+    taken, dropped = METRICS.direct_records_taken, METRICS.direct_records_dropped
+    put(feed, message(0, 1), message(0, 2, generation=2), message(0, 3), message(1, 1))
+    assert feed.next() is not None and feed.next() is not None  # the stale one in between
+    feed.clear()
+    assert METRICS.direct_records_taken - taken == 2
+    assert METRICS.direct_records_dropped - dropped == 2  # the stale one, the one cleared
 
 
 def test_stale_messages_are_dropped_neither_tracked_nor_acked() -> None:
