@@ -257,10 +257,10 @@ REBALANCES = "ocstream_transport_traffic_rebalances_total"
 WEIGHED = "ocstream_group_assignment_weighed_records"
 
 
-def weighs_traffic() -> bool:
-    """Whether the workers' leader weighs traffic, with their settings (this environment,
-    passed on): the load-aware assignment with a check interval above 0."""
-    settings = TransportSettings.from_env()
+def weighs_traffic(settings: TransportSettings | None = None) -> bool:
+    """Whether the workers' leader weighs traffic, with their settings (default: this
+    environment's, passed on): the load-aware assignment with a check interval above 0."""
+    settings = settings or TransportSettings.from_env()
     return settings.assignment == "load" and settings.load_check_interval > 0
 
 
@@ -271,9 +271,9 @@ def wait_traffic_settled(workers: list[WorkerProc], tag: str, *, looks: int = 6)
     runs after its first seconds of traffic, and no look of the leader's rebalances inside it.
     The leader looks every ``load_first_look`` seconds until then; after ``looks`` of them the
     warm-up was too small (said so, not waited for further)."""
-    if not weighs_traffic():
-        return
     settings = TransportSettings.from_env()
+    if not weighs_traffic(settings):
+        return
     settle = settings.load_settle_records
 
     def weighed() -> float:

@@ -384,9 +384,10 @@ def declare(app: Any, settings: XcmSettings | None = None) -> None:
                 chain = message.key.decode()
                 record = orjson.loads(message.value)
             except Exception as exc:
+                key = message.key.decode(errors="replace") if message.key else ""
                 raw = message.value.decode(errors="replace") if message.value else None
                 reason = f"not a JSON record keyed by a chain: {exc}"
-                await dead_letter("bad-record", repr(message.key), reason, raw)
+                await dead_letter("bad-record", key, reason, raw)
                 return
             if isinstance(record, dict) and record.get("kind") == "tick":
                 try:  # a timeout reads where each network's ingress began

@@ -43,7 +43,7 @@ from faust.types import TP
 
 from .metrics import METRICS
 
-__all__ = ["DirectFeed", "direct_feed", "feed_of"]
+__all__ = ["DirectFeed", "direct_feed", "feeds_of"]
 
 
 class DirectFeed:
@@ -59,7 +59,6 @@ class DirectFeed:
         self._ready = asyncio.Event()
         #: Messages dropped as stale (an earlier generation, or the flow suspended).
         self.dropped = 0
-        self.taken = 0
 
     def __len__(self) -> int:
         return len(self._messages)
@@ -102,7 +101,6 @@ class DirectFeed:
                 message.tracked = True
                 app.consumer.unacked.add(message)
                 app.sensors.on_message_in(message.tp, message.offset, message)
-            self.taken += 1
             METRICS.direct_records_taken += 1
             return message
         return None
@@ -135,7 +133,7 @@ def direct_feed(app: Any, topic: str) -> DirectFeed:
     """Register a feed for ``topic`` on ``app`` (before the worker fetches anything): from then
     on its messages go to the feed, not to faust's streams. The feed is cleared with the
     streams' queues."""
-    feeds: dict[str, DirectFeed] = app.__dict__.setdefault("direct_feeds", {})
+    feeds = app.__dict__.setdefault("direct_feeds", {})
     if topic in feeds:
         raise ValueError(f"topic {topic!r} already has a direct feed")
     feed = feeds[topic] = DirectFeed(app, topic, app.conf.stream_buffer_maxsize)
@@ -143,7 +141,7 @@ def direct_feed(app: Any, topic: str) -> DirectFeed:
     return feed
 
 
-def feed_of(app: Any, topic: str) -> DirectFeed | None:
-    """The feed registered for ``topic``, if any (the drain loop's lookup)."""
-    feeds: dict[str, DirectFeed] | None = app.__dict__.get("direct_feeds")
-    return None if feeds is None else feeds.get(topic)
+def feeds_of(app: Any) -> dict[str, DirectFeed]:
+    """The feeds registered on ``app``, by topic (the drain loop's lookup; empty if none)."""
+    feeds: dict[str, DirectFeed] = app.__dict__.get("direct_feeds") or {}
+    return feeds

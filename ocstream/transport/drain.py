@@ -51,6 +51,7 @@ from faust.stores.rocksdb import Store as FaustRocksDBStore
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.types import TP
 
+from .direct import feeds_of
 from .local_state import write_partition
 from .metrics import METRICS
 from .wire import FetchedRecord, entry_value
@@ -161,7 +162,7 @@ async def drain_messages(consumer: Any, fetcher: Any) -> None:  # pragma: no cov
     commit_every = consumer._commit_every
     acks_enabled_for = consumer.app.topics.acks_enabled_for
     # Topics whose agent takes their messages itself (direct.py), registered at declaration.
-    feeds: dict[str, Any] = consumer.app.__dict__.get("direct_feeds") or {}
+    feeds = feeds_of(consumer.app)
     yield_every = 100
     num_since_yield = 0
     sleep = asyncio.sleep

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from faust.types import TP, ConsumerMessage
 
-from ocstream.transport.direct import DirectFeed, direct_feed, feed_of
+from ocstream.transport.direct import DirectFeed, direct_feed, feeds_of
 from ocstream.transport.metrics import METRICS
 from tests.direct_app import consumer_message, feed_app
 
@@ -28,6 +28,12 @@ def make_app(maxsize: int = 100) -> Any:
 
 def message(partition: int, offset: int, generation: int = 3) -> ConsumerMessage:
     return consumer_message(TOPIC, partition, offset, generation=generation)
+
+
+async def turns(count: int) -> None:
+    """Let the event loop run ``count`` times (everything ready runs), without a clock."""
+    for _ in range(count):
+        await asyncio.sleep(0)
 
 
 def put(feed: DirectFeed, *messages: ConsumerMessage) -> None:
@@ -84,7 +90,7 @@ def test_stale_messages_are_dropped_neither_tracked_nor_acked() -> None:
 async def test_a_put_waits_while_the_flow_is_suspended_and_the_feed_is_cleared_with_it() -> None:
     app = make_app()
     feed = direct_feed(app, TOPIC)
-    assert feed_of(app, TOPIC) is feed and feed_of(app, "other") is None
+    assert feeds_of(app) == {TOPIC: feed} and feeds_of(make_app()) == {}
     with pytest.raises(ValueError, match="already has a direct feed"):
         direct_feed(app, TOPIC)
     put(feed, message(0, 1))
@@ -92,7 +98,7 @@ async def test_a_put_waits_while_the_flow_is_suspended_and_the_feed_is_cleared_w
     app.flow_control.clear()  # what the group does when it releases the partitions
     assert len(feed) == 0 and feed.dropped == 1
     waiting = asyncio.ensure_future(feed.put(message(0, 2)))
-    await asyncio.sleep(0.01)
+    await turns(5)  # nothing to wait for when nothing may happen: a few loop turns
     assert not waiting.done() and len(feed) == 0
     app.flow_control.resume()  # clears the managed queues, then lets the put through
     await asyncio.wait_for(waiting, 1)
@@ -103,7 +109,7 @@ async def test_wait_returns_once_a_message_is_put() -> None:
     app = make_app()
     feed = DirectFeed(app, TOPIC, 100)
     waiter = asyncio.ensure_future(feed.wait())
-    await asyncio.sleep(0.01)
+    await turns(5)  # nothing to wait for when nothing may happen: a few loop turns
     assert not waiter.done()
     put(feed, message(0, 1))
     await asyncio.wait_for(waiter, 1)
