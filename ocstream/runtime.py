@@ -40,6 +40,7 @@ import sys
 from typing import Any
 
 import faust
+import rocksdict
 from faust.stores.rocksdb import RocksDBOptions as _FaustRocksDBOptions
 from faust.stores.rocksdb import Store as _FaustRocksDBStore
 from faust.tables import TableManager as _FaustTableManager
@@ -132,13 +133,22 @@ MEMTABLE_BLOOM_RATIO = 0.002
 
 
 class RocksDBOptions(_FaustRocksDBOptions):
-    """faust's RocksDB options, with a bloom filter of whole keys on each memtable.
+    """faust's RocksDB options, with a bloom filter of whole keys on each memtable, and writes
+    that skip RocksDB's write-ahead log.
 
-    A worker's table partitions hold their recent entries in memtables, and most of the
-    matcher's store reads look for a key that is not there (a leg not seen yet, a journey not
-    indexed at this stop): 70 % of them in ``benchmarks/xcm.py``. Without a filter such a read
-    walks the memtable's skip list to the end; with it, a miss usually stops at the filter
-    (``docs/benchmarks.md``, "Issue 14, seventh round")."""
+    * **The filter.** A worker's table partitions hold their recent entries in memtables, and
+      most of the matcher's store reads look for a key that is not there (a leg not seen yet,
+      a journey not indexed at this stop): 70 % of them in ``benchmarks/xcm.py``. Without a
+      filter such a read walks the memtable's skip list to the end; with it, a miss usually
+      stops at the filter (``docs/benchmarks.md``, "Issue 14, seventh round").
+    * **No write-ahead log**, as Kafka Streams' RocksDB stores: a table's changelog in Redis is
+      what makes its writes durable, and the log only doubled them (a write batch costs about
+      half as much without it). A closed database (a stop, a revoke) writes its memtables out
+      first; a killed worker loses its memtables, data and persisted changelog offset alike
+      (the offset is a key of the same database), so the database reopens as it was at an
+      earlier offset, and faust's recovery replays the changelog from there. A store thrown
+      that far back behind a removed tombstone is discarded by
+      ``local_state.discard_stale`` and recovered from the changelog's start."""
 
     def as_options(self) -> Any:
         options = super().as_options()
@@ -146,6 +156,20 @@ class RocksDBOptions(_FaustRocksDBOptions):
             options.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO)
             options.set_memtable_whole_key_filtering(True)
         return options
+
+    def open(self, path: Any, *, read_only: bool = False) -> Any:
+        db = super().open(path, read_only=read_only)
+        if self.use_rocksdict:
+            db.set_write_options(unlogged_writes())
+        return db
+
+
+def unlogged_writes() -> rocksdict.WriteOptions:
+    """Write options without RocksDB's write-ahead log."""
+    writes = rocksdict.WriteOptions()
+    # A property in rocksdict, though its stubs declare a method.
+    writes.disable_wal = True  # type: ignore[method-assign,assignment]
+    return writes
 
 
 class RocksDBStore(_FaustRocksDBStore):

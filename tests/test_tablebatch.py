@@ -167,6 +167,53 @@ async def test_table_databases_filter_memtable_misses(app: Any) -> None:
     assert f"memtable_prefix_bloom_size_ratio={MEMTABLE_BLOOM_RATIO:f}" in options
 
 
+WRITE_AND_EXIT = """
+import asyncio, os, signal, sys
+import faust
+from ocstream.runtime import Table
+from ocstream.tablebatch import TableBatch
+
+async def main() -> None:
+    app = faust.App("tb", broker="memory://", store="rocksdb://", datadir=sys.argv[1], Table=Table)
+    table = app.Table("w", default=None, key_type=str)
+    store = table.data
+    store._db_for_partition(0)[b'"a"'] = b'"first"'
+    store._dbs.pop(0).close()  # a revoke or a stop: the database is closed
+    store._db_for_partition(0)[b'"b"'] = b'"second"'
+    if sys.argv[2] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    await store.stop()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("end", ["stop", "kill"])
+def test_table_databases_keep_what_a_stop_closes_and_lose_what_a_kill_left_unflushed(
+    tmp_path: Path, end: str
+) -> None:
+    """ocstream's table stores write without RocksDB's write-ahead log (the changelog in Redis
+    is what makes a write durable; ``ocstream.runtime.RocksDBOptions``): a database closed by
+    a revoke or a stop keeps everything, and a killed worker's database reopens as it was
+    when its memtables were last written out, which faust's recovery then replays forward."""
+    import subprocess
+    import sys
+
+    import rocksdict
+
+    run = subprocess.run(
+        [sys.executable, "-c", WRITE_AND_EXIT, str(tmp_path), end], capture_output=True
+    )
+    assert run.returncode == (-9 if end == "kill" else 0), run.stderr.decode()[-2000:]
+    [path] = [p for p in tmp_path.rglob("*") if p.is_dir() and (p / "CURRENT").exists()]
+    db = rocksdict.Rdict(str(path), options=rocksdict.Options(raw_mode=True))
+    try:
+        assert db.get(b'"a"') == b'"first"'
+        assert db.get(b'"b"') == (None if end == "kill" else b'"second"')
+    finally:
+        db.close()
+
+
 async def test_queue_many_writes_in_order_with_one_future_for_the_last(
     app: Any, redis_url: str, prefix: str
 ) -> None:

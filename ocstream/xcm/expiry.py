@@ -26,7 +26,8 @@ writing them: faust's recovery and standby replicas apply changelog records, and
 that moves away and back has missed writes. So the index vouches only for partitions it
 *rebuilt* in the current consumer generation: at the first sweep after a rebalance, each
 active partition's range is cleared and refilled by one scan of its stores (what every sweep
-used to do). The index lives in the data directory but is never trusted across a restart.
+used to do). The index lives in the data directory but is never trusted across a restart,
+so it is written without RocksDB's write-ahead log.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import rocksdict
+
+from ocstream.runtime import unlogged_writes
 
 __all__ = ["ExpiryIndex"]
 
@@ -57,6 +60,8 @@ class ExpiryIndex:
         options.create_if_missing(True)
         self.path = Path(path)
         self.db = rocksdict.Rdict(str(self.path), options=options)
+        # Never trusted across a restart, so nothing it writes needs a write-ahead log.
+        self.db.set_write_options(unlogged_writes())
         self.numbers = {name: number for number, name in enumerate(tables)}
         #: the partitions this index vouches for (rebuilt in the current generation)
         self.indexed: set[int] = set()
