@@ -58,7 +58,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -145,6 +145,25 @@ def is_terminal(notification: Mapping[str, Any]) -> bool:
 #: that delivery can tell without decoding the notification whether anyone follows it
 #: (:meth:`Delivery.deliver_encoded`).
 ORIGIN_HEADER = "origin"
+
+#: A notification's bytes as the topic holds them, or what reads them when first needed (a
+#: record taken from a direct feed is decompressed only then: most are never read).
+Encoded = bytes | Callable[[], bytes | None]
+
+#: Where the fan-out publishes a notification: its decoded form, or its bytes.
+_Fanout = list[tuple[str, Mapping[str, Any] | Encoded]]
+
+
+def _read(fanout: _Fanout) -> Iterator[tuple[str, Mapping[str, Any] | bytes]]:
+    """The fan-out's notifications, their bytes read where they were not yet (a record
+    without a value has nothing to publish)."""
+    for channel, notification in fanout:
+        if callable(notification):
+            raw = notification()
+            if raw is not None:
+                yield channel, raw
+        else:
+            yield channel, notification
 
 
 def origin_header(notification: Mapping[str, Any]) -> list[tuple[str, bytes]]:
@@ -324,12 +343,12 @@ class Delivery(Service):
         go on. Ephemeral subscriptions get the notifications through the fan-out, on whichever
         worker holds them (this one included)."""
         pairs: list[_Pair] = []
-        fanout: list[tuple[str, Mapping[str, Any] | bytes]] = []
+        fanout: _Fanout = []
         for notification in notifications:
             self._select(notification, _origin(notification), None, pairs, fanout)
         return await self._deliver_pairs(pairs, fanout)
 
-    async def deliver_encoded(self, records: Sequence[tuple[str | None, bytes]]) -> int:
+    async def deliver_encoded(self, records: Sequence[tuple[str | None, Encoded]]) -> int:
         """:meth:`deliver_many` for notifications as the topic holds them: ``(origin chain, JSON
         bytes)``, the origin from the record's ``origin`` header (None when it has none).
 
@@ -339,12 +358,15 @@ class Delivery(Service):
         µs, more than the rest of its delivery. Bytes that are not a JSON object are logged and
         counted in ``errors``."""
         pairs: list[_Pair] = []
-        fanout: list[tuple[str, Mapping[str, Any] | bytes]] = []
-        for origin, raw in records:
+        fanout: _Fanout = []
+        for origin, record in records:
             if origin is not None and not self.subscriptions.has_persistent_origin(origin):
-                fanout.append((self.notes_channel(origin), raw))
+                fanout.append((self.notes_channel(origin), record))
                 continue
+            raw = record() if callable(record) else record
             try:
+                if raw is None:
+                    raise ValueError("a record without a value")
                 notification = orjson.loads(raw)
                 if not isinstance(notification, dict):
                     raise ValueError(f"a notification is a JSON object, not {notification!r:.80}")
@@ -362,7 +384,7 @@ class Delivery(Service):
         origin: str | None,
         raw: bytes | None,
         pairs: list[_Pair],
-        fanout: list[tuple[str, Mapping[str, Any] | bytes]],
+        fanout: _Fanout,
     ) -> None:
         """Add the pairs of the persistent subscriptions that select ``notification``, and its
         fan-out (as ``raw`` when its bytes are at hand)."""
@@ -414,9 +436,7 @@ class Delivery(Service):
         log.error("delivering %s%s failed", note_id, where, exc_info=error or True)
         self.counters["errors"] += 1
 
-    async def _deliver_pairs(
-        self, pairs: list[_Pair], fanout: list[tuple[str, Mapping[str, Any] | bytes]]
-    ) -> int:
+    async def _deliver_pairs(self, pairs: list[_Pair], fanout: _Fanout) -> int:
         listened = await self._book(pairs, {channel for channel, _ in fanout})
         hooks: list[tuple[str, int, Mapping[str, Any]]] = []
         bodies: list[bytes | None] = []
@@ -456,7 +476,7 @@ class Delivery(Service):
         if sockets:
             assert self.hub is not None
             steps.append(self.hub.publish_many(sockets))
-        published = [(c, n) for c, n in fanout if c in listened]
+        published = list(_read([(c, n) for c, n in fanout if c in listened]))
         if published:
             steps.append(self._publish(published))
         outcomes: list[Any] = await asyncio.gather(*steps, return_exceptions=True)

@@ -62,3 +62,32 @@ def consumer_message(
         topic, partition, offset, 0.0, 0, headers or [], b"k", value, None, 1, len(value), tp,
         generation_id=generation,
     )  # fmt: skip
+
+
+def fetched(
+    value: bytes | None, headers: list[tuple[str, bytes]] | None = None, key: bytes = b"k"
+) -> dict[bytes, bytes]:
+    """A stream entry's fields as the consumer fetches them (``ocstream/transport/wire.py``:
+    a long value compressed)."""
+    from ocstream.transport.wire import Record
+
+    flat = Record(key, value, 1_700_000_000_123, headers or []).fields()
+    return {
+        str(name).encode(): item if isinstance(item, bytes) else str(item).encode()
+        for name, item in zip(flat[::2], flat[1::2], strict=True)
+    }
+
+
+def feed_message(
+    topic: str,
+    partition: int,
+    offset: int,
+    *,
+    generation: int = 3,
+    value: bytes = b"{}",
+    headers: list[tuple[str, bytes]] | None = None,
+) -> Any:
+    """A message as the drain loop makes it of a fetched record of a direct feed's topic."""
+    from ocstream.transport.direct import FeedMessage
+
+    return FeedMessage(TP(topic, partition), offset, fetched(value, headers), generation)

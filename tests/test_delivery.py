@@ -31,7 +31,7 @@ from ocstream.delivery import (
 from ocstream.subscriptions import LiveSubscriptions, Subscription, SubscriptionStore
 from ocstream.transport.client import connect
 from ocstream.transport.direct import DirectFeed
-from tests.direct_app import consumer_message, feed_app
+from tests.direct_app import feed_app, feed_message
 
 RELAY, ASSET_HUB, HYDRATION = "urn:ocn:polkadot:0", "urn:ocn:polkadot:1000", "urn:ocn:polkadot:2034"
 
@@ -455,6 +455,26 @@ async def test_notifications_as_the_topic_holds_them_are_decoded_only_where_foll
     assert orjson.loads(hooks.bodies[0])["subscriptionId"] == "relay-hook"
     assert first.counters["errors"] == 0 and first.counters["fanned_out"] == 0
 
+    # Records whose bytes are read only when needed (a direct feed's): Hydration's, which
+    # nobody follows nor listens to, are never read; a followed origin's are read once.
+    reads: list[str] = []
+
+    def lazily(name: str, raw: bytes | None) -> Any:
+        return lambda: reads.append(name) or raw
+
+    again = note("xcm.relayed", journey="followed")
+    lazy = [
+        (HYDRATION, lazily("hydration", other_bytes)),
+        (RELAY, lazily("relay", orjson.dumps(again))),
+    ]
+    assert await first.deliver_encoded(lazy) == 1
+    assert reads == ["relay"]
+    assert hooks.got[-1][1]["id"] == again["id"]
+    # A followed record without a value: counted as an error, the batch goes on.
+    assert await first.deliver_encoded([(RELAY, lazily("none", None))]) == 0
+    assert first.counters["errors"] == 1
+    first.counters["errors"] = 0
+
     # A websocket on Hydration's notifications, held by the second worker: the fan-out
     # publishes the records' own bytes, which its worker decodes.
     client = first.client
@@ -464,7 +484,9 @@ async def test_notifications_as_the_topic_holds_them_are_decoded_only_where_foll
         await second.add_ephemeral(
             sub("socket-h", channel="websocket", ephemeral=True, origin=HYDRATION)
         )
-        await first.deliver_encoded([(HYDRATION, other_bytes)])
+        reads.clear()
+        await first.deliver_encoded([(HYDRATION, lazily("listened", other_bytes))])
+        assert reads == ["listened"]  # read, since someone listens
         assert first.counters["fanned_out"] == 1
         message = None
         for _ in range(100):
@@ -527,12 +549,10 @@ async def test_the_agent_takes_a_direct_feed_in_order_and_acks_each_record_throu
     feed = DirectFeed(app, "xcm-notifications", 100)
     notes = [note("xcm.sent", f"f{i}") for i in range(30)] + [note("xcm.received", "f0")]
     messages = [
-        consumer_message(
-            "xcm-notifications", i % 4, i, value=orjson.dumps(n), headers=origin_header(n)
-        )
+        feed_message("xcm-notifications", i % 4, i, value=orjson.dumps(n), headers=origin_header(n))
         for i, n in enumerate(notes)
     ]
-    stale = consumer_message(
+    stale = feed_message(
         "xcm-notifications", 0, 99, generation=2, value=orjson.dumps(note("xcm.sent", "old"))
     )
     for m in [messages[0], stale, *messages[1:]]:
@@ -547,7 +567,7 @@ async def test_the_agent_takes_a_direct_feed_in_order_and_acks_each_record_throu
         assert app.consumer.acked == [(m.tp, m.offset) for m in messages]
         assert feed.dropped == 1 and app.consumer.unacked == set()
         assert app.delivery_backlog.pending() == 0
-        await feed.put(consumer_message("xcm-notifications", 1, 100, value=b"{}"))
+        await feed.put(feed_message("xcm-notifications", 1, 100, value=b"{}"))
         assert app.delivery_backlog.waiting() == 1  # held by the feed, not taken yet
     finally:
         agent.cancel()

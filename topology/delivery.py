@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from ocstream.dataflow import declare_outputs
-from ocstream.delivery import ORIGIN_HEADER
+from ocstream.delivery import ORIGIN_HEADER, Encoded
 from ocstream.stages import Backlog
 from ocstream.transport.client import TRANSIENT_ERRORS, Backoff
 from ocstream.transport.direct import DirectFeed, direct_feed
@@ -44,10 +44,10 @@ MAX_BATCH = 256
 STOP_GRACE = 5.0
 
 
-async def deliver_batch(app: Any, notifications: Sequence[tuple[str | None, bytes]]) -> None:
+async def deliver_batch(app: Any, notifications: Sequence[tuple[str | None, Encoded]]) -> None:
     """Deliver a batch; waits out Redis outages (then delivers the whole batch again), logs and
     counts other failures. The items are notifications as the topic holds them, ``(origin,
-    JSON bytes)`` (see :func:`encoded`)."""
+    JSON bytes)``, the bytes maybe still to be read (see :func:`encoded`)."""
     delivery = getattr(app, "delivery", None)
     if delivery is None:  # an app built without delivery (tools, tests)
         return
@@ -70,7 +70,7 @@ async def deliver_batch(app: Any, notifications: Sequence[tuple[str | None, byte
             return
 
 
-def encoded(event: Any, value: bytes) -> tuple[str | None, bytes]:
+def encoded(event: Any, value: Encoded) -> tuple[str | None, Encoded]:
     """A record of the stream as :func:`deliver_batch` takes it: ``(origin, bytes)``, the
     origin from the record's ``origin`` header (None without one)."""
     origin = None
@@ -87,7 +87,7 @@ async def deliver_stream(app: Any, stream: Any, max_batch: int = MAX_BATCH) -> N
     acknowledged through the stream once its batch is delivered."""
     stream.enable_acks = False  # acknowledged by hand, when the delivery is done
 
-    async def records() -> AsyncIterator[tuple[Any, tuple[str | None, bytes]]]:
+    async def records() -> AsyncIterator[tuple[Any, tuple[str | None, Encoded]]]:
         async for notification in stream:
             event = stream.current_event
             yield event, encoded(event, notification)
@@ -99,18 +99,19 @@ async def deliver_feed(app: Any, feed: DirectFeed, max_batch: int = MAX_BATCH) -
     """Deliver the notifications of a direct feed (``ocstream/transport/direct.py``: taken
     from the fetch, without faust's stream; see :func:`deliver_records`)."""
 
-    async def records() -> AsyncIterator[tuple[Any, tuple[str | None, bytes]]]:
+    async def records() -> AsyncIterator[tuple[Any, tuple[str | None, Encoded]]]:
         while True:
             await feed.wait()
             while (message := feed.next()) is not None:
-                yield message, encoded(message, message.value)
+                # The value is read (decompressed) only if the notification is needed.
+                yield message, encoded(message, message.read_value)
 
     await deliver_records(app, records(), feed.ack, feed.__len__, max_batch)
 
 
 async def deliver_records(
     app: Any,
-    records: AsyncIterator[tuple[Any, tuple[str | None, bytes]]],
+    records: AsyncIterator[tuple[Any, tuple[str | None, Encoded]]],
     ack: Callable[[Any], Any],
     waiting: Callable[[], int],
     max_batch: int = MAX_BATCH,

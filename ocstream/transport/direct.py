@@ -28,6 +28,10 @@ faust's rules are kept:
   acknowledged either, so no commit can cover it before it is read again.
 * **Counters.** ``ocstream_transport_direct_records_taken_total`` and
   ``..._dropped_total`` (the stale ones) on ``/metrics``.
+* **Messages.** The drain loop makes a :class:`FeedMessage` of each record, not faust's
+  ``ConsumerMessage``: it holds what the agents and faust's ``Consumer.ack`` use, and its
+  value is decompressed when first read, so a notification that nobody follows is never
+  decompressed.
 * **Back-pressure.** A partition with more than ``maxsize`` messages in the feed is taken out
   of the fetch (``consumer.on_buffer_full``) until the agent has taken it down to a quarter
   (``on_buffer_drop``), as a stream's queue does at its pressure marks.
@@ -42,8 +46,79 @@ from typing import Any
 from faust.types import TP
 
 from .metrics import METRICS
+from .wire import decode_headers, entry_value
 
-__all__ = ["DirectFeed", "direct_feed", "feeds_of"]
+__all__ = ["DirectFeed", "FeedMessage", "direct_feed", "feeds_of"]
+
+_UNREAD = object()
+
+
+class FeedMessage:
+    """A fetched record of a topic with a direct feed, as its agent and faust's consumer use it:
+    what faust's ``ConsumerMessage`` holds that they read, built for less. The value is
+    decompressed, and the headers decoded, when first read: a notification nobody follows
+    is delivered (or skipped) by its ``origin`` header alone."""
+
+    __slots__ = (
+        "topic",
+        "partition",
+        "offset",
+        "tp",
+        "key",
+        "generation_id",
+        "acked",
+        "tracked",
+        "refcount",
+        "time_in",
+        "time_out",
+        "time_total",
+        "_fields",
+        "_value",
+        "__weakref__",
+    )
+
+    def __init__(self, tp: TP, offset: int, fields: dict[bytes, bytes], generation_id: int) -> None:
+        self.topic = tp.topic
+        self.partition = tp.partition
+        self.offset = offset
+        self.tp = tp
+        self.key = fields.get(b"k")
+        self.generation_id = generation_id
+        self.acked = False
+        self.tracked = False
+        self.refcount = 0
+        self.time_in: float | None = None
+        self.time_out: float | None = None
+        self.time_total: float | None = None
+        self._fields = fields
+        self._value: Any = _UNREAD
+
+    @property
+    def value(self) -> bytes | None:
+        return self.read_value()
+
+    def read_value(self) -> bytes | None:
+        """The value, decompressed the first time it is read."""
+        value = self._value
+        if value is _UNREAD:
+            value = self._value = entry_value(self._fields)
+        return value  # type: ignore[no-any-return]
+
+    @property
+    def headers(self) -> list[tuple[str, bytes]]:
+        return decode_headers(self._fields.get(b"h"))
+
+    @property
+    def timestamp(self) -> float:
+        return int(self._fields.get(b"t", 0)) / 1000.0
+
+    def ack(self, consumer: Any) -> bool:
+        """Acknowledge through the consumer (faust's ``Consumer.ack`` marks it acked)."""
+        acked: bool = consumer.ack(self)
+        return acked
+
+    def __repr__(self) -> str:
+        return f"<FeedMessage: {self.tp} offset={self.offset}>"
 
 
 class DirectFeed:
@@ -68,6 +143,16 @@ class DirectFeed:
         flow = self.app.flow_control
         if not flow.is_active():
             await flow.acquire()
+        self._add(message)
+
+    def offer(self, message: Any) -> bool:
+        """Add a fetched message unless faust's flow is suspended (then :meth:`put` waits)."""
+        if not self.app.flow_control.is_active():
+            return False
+        self._add(message)
+        return True
+
+    def _add(self, message: Any) -> None:
         self._messages.append(message)
         tp = message.tp
         count = self._per_tp[tp] = self._per_tp.get(tp, 0) + 1

@@ -32,9 +32,13 @@ scheduler, a generation check, the highwater sensor, a ``ConsumerMessage``) and 
 loop's took a tenth off two workers' CPU per XCM journey (``docs/benchmarks.md``, "Issue 14,
 twelfth round").
 
-A topic with a direct feed (``direct.py``: the XCM matcher's) skips faust's conductor and
-streams: the drain loop puts its messages in the feed, the same way (:func:`deliver`), and the
-agent takes them from there.
+A topic with a direct feed (``direct.py``: the XCM matcher's and the delivery agent's) skips
+faust's conductor and streams, and its records skip ``getmany``'s messages too: the drain
+loop runs ``getmany`` inlined (:func:`drain_messages`), makes a ``FeedMessage`` of each record
+of such a topic after the checks ``getmany`` and the drain loop make (:class:`_Drain`), and
+puts it in the feed, by a plain call while the flow is active and otherwise the same way as
+any delivery (:func:`deliver`); the agent takes them from there. The other topics' records
+become faust messages for the conductor, as before.
 
 Both loops are faust-streaming 0.15.3's (pinned exactly in pyproject.toml) with only those
 changes; the integration tests and the benchmark run through them.
@@ -45,13 +49,13 @@ from __future__ import annotations
 import asyncio
 import types
 from collections.abc import Coroutine, Generator, MutableMapping
-from typing import Any, cast
+from typing import Any
 
 from faust.stores.rocksdb import Store as FaustRocksDBStore
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.types import TP
 
-from .direct import feeds_of
+from .direct import FeedMessage, feeds_of
 from .local_state import write_partition
 from .metrics import METRICS
 from .wire import FetchedRecord, entry_value
@@ -151,46 +155,46 @@ async def deliver(consumer: Any, coro: Coroutine[Any, Any, Any]) -> None:
 
 
 async def drain_messages(consumer: Any, fetcher: Any) -> None:  # pragma: no cover - see tests
+    """faust's drain loop, with its ``getmany`` inlined: the records of topics with a direct
+    feed go to their feed as ``FeedMessage`` objects, a partition's batch at a time; the
+    others become faust messages for the conductor (``callback``), as in faust."""
+    app = consumer.app
     callback = consumer.callback
-    getmany = consumer.getmany
+    to_message = consumer._to_message
     consumer_should_stop = consumer._stopped.is_set
     fetcher_should_stop = fetcher._stopped.is_set
-    get_read_offset = consumer._read_offset.__getitem__
-    set_read_offset = consumer._read_offset.__setitem__
     set_flag = consumer.diag.set_flag
     unset_flag = consumer.diag.unset_flag
-    commit_every = consumer._commit_every
-    acks_enabled_for = consumer.app.topics.acks_enabled_for
     # Topics whose agent takes their messages itself (direct.py), registered at declaration.
-    feeds = feeds_of(consumer.app)
-    yield_every = 100
-    num_since_yield = 0
-    sleep = asyncio.sleep
+    feeds = feeds_of(app)
     try:
         while not (consumer_should_stop() or fetcher_should_stop()):
             set_flag(CONSUMER_FETCHING)
-            ait = getmany(timeout=1.0)
             await consumer.sleep(0)
             if not consumer.should_stop:
-                async for tp, message in ait:
-                    num_since_yield += 1
-                    if num_since_yield > yield_every:
-                        await sleep(0)
-                        num_since_yield = 0
-                    offset = message.offset
-                    r_offset = get_read_offset(tp)
-                    if r_offset is None or offset >= r_offset:
-                        gap = offset - (r_offset or 0)
-                        if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                            await consumer._add_gap(tp, r_offset + 1, offset)
-                        if commit_every is not None and consumer._n_acked >= commit_every:
-                            consumer._n_acked = 0
-                            await consumer.commit()
-                        feed = feeds.get(tp.topic) if feeds else None
-                        delivery = callback(message) if feed is None else feed.put(message)
-                        await deliver(consumer, cast(Coroutine[Any, Any, Any], delivery))
-                        set_read_offset(tp, offset)
-                unset_flag(CONSUMER_FETCHING)
+                # What faust's getmany does before its loop.
+                records, active_partitions = await consumer._wait_next_records(1.0)
+                if records is not None and not consumer.should_stop:
+                    if not consumer.flow_active:
+                        await _seek_back(consumer)
+                    elif records:
+                        direct = {tp: records.pop(tp) for tp in list(records) if tp.topic in feeds}
+                        drain = _Drain(consumer, app.consumer_generation_id, active_partitions)
+                        for tp, batch in direct.items():
+                            if not await drain.to_feed(feeds[tp.topic], tp, batch):
+                                break
+                        else:
+                            for tp, record in consumer.scheduler.iterate(records):
+                                if not drain.current() or not drain.wanted(tp):
+                                    if drain.stopped:
+                                        break
+                                    continue
+                                message = to_message(tp, record)
+                                if await drain.admit(tp, message.offset, message.topic):
+                                    delivery = callback(message)
+                                    await deliver(consumer, delivery)
+                                    drain.read(tp, message.offset)
+            unset_flag(CONSUMER_FETCHING)
     except consumer.consumer_stopped_errors:
         if consumer.transport.app.should_stop:
             return
@@ -204,6 +208,92 @@ async def drain_messages(consumer: Any, fetcher: Any) -> None:  # pragma: no cov
         raise
     finally:
         unset_flag(CONSUMER_FETCHING)
+
+
+class _Drain:
+    """The per-record rules of faust's ``getmany`` and drain loop for one fetch: stop at a new
+    generation or a suspended flow, skip partitions no longer active and records already read,
+    register gaps for acks, commit every ``commit_every`` acks, yield every 100 records."""
+
+    YIELD_EVERY = 100
+
+    def __init__(self, consumer: Any, generation: int, active: set[TP] | None) -> None:
+        self.consumer = consumer
+        self.app = consumer.app
+        self.generation = generation
+        self.active = active
+        self.read_offset = consumer._read_offset
+        self.acks_enabled_for = self.app.topics.acks_enabled_for
+        self.commit_every = consumer._commit_every
+        self.since_yield = 0
+        #: the fetch's generation ended, or the flow was suspended: leave the rest
+        self.stopped = False
+
+    def current(self) -> bool:
+        if self.consumer.flow_active and self.app.consumer_generation_id == self.generation:
+            return True
+        self.stopped = True
+        return False
+
+    def wanted(self, tp: TP) -> bool:
+        """Whether ``tp``'s records go on (faust's getmany: an active partition, or one
+        whose buffer is full)."""
+        active = self.active
+        if active is None or tp in active or tp in self.consumer._buffered_partitions:
+            self.app.monitor.track_tp_end_offset(tp, self.consumer.highwater(tp))
+            return True
+        return False
+
+    async def admit(self, tp: TP, offset: int, topic: str) -> bool:
+        """The drain loop's checks before a record is delivered; whether it is."""
+        self.since_yield += 1
+        if self.since_yield > self.YIELD_EVERY:
+            await asyncio.sleep(0)
+            self.since_yield = 0
+        r_offset = self.read_offset[tp]
+        if r_offset is not None and offset < r_offset:
+            return False
+        consumer = self.consumer
+        gap = offset - (r_offset or 0)
+        if gap > 1 and r_offset and self.acks_enabled_for(topic):
+            await consumer._add_gap(tp, r_offset + 1, offset)
+        if self.commit_every is not None and consumer._n_acked >= self.commit_every:
+            consumer._n_acked = 0
+            await consumer.commit()
+        return True
+
+    def read(self, tp: TP, offset: int) -> None:
+        self.read_offset[tp] = offset
+
+    async def to_feed(self, feed: Any, tp: TP, batch: list[FetchedRecord]) -> bool:
+        """Put a partition's records in its feed; False once the rest of the fetch is to be
+        left (see :attr:`stopped`)."""
+        if not self.current():
+            return False
+        if not self.wanted(tp):
+            return True
+        topic = tp.topic
+        generation = self.generation
+        for offset, fields in batch:
+            if not self.current():
+                return False
+            if not await self.admit(tp, offset, topic):
+                continue
+            message = FeedMessage(tp, offset, fields, generation)
+            if not feed.offer(message):  # the flow is suspended: wait, as any delivery
+                await deliver(self.consumer, feed.put(message))
+            self.read_offset[tp] = offset
+        return True
+
+
+async def _seek_back(consumer: Any) -> None:
+    """faust's getmany with the flow stopped: the fetch is dropped, and the partitions seek
+    back to their committed offsets."""
+    consumer.log.dev("getmany called while flow not active. Seek back to committed offsets.")
+    try:
+        await consumer.perform_seek()
+    except Exception as ex:
+        consumer.log.warning(f"exception performing seek when flow not active {ex}")
 
 
 async def wait_next_records(consumer: Any, timeout: float) -> tuple[Any, Any]:

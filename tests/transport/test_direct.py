@@ -10,6 +10,7 @@ its rules one by one, with faust's real flow control and messages around it
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from faust.types import TP, ConsumerMessage
 
 from ocstream.transport.direct import DirectFeed, direct_feed, feeds_of
 from ocstream.transport.metrics import METRICS
-from tests.direct_app import consumer_message, feed_app
+from tests.direct_app import consumer_message, feed_app, fetched
 
 TOPIC = "xcm-legs"
 
@@ -134,3 +135,68 @@ def test_a_partition_over_maxsize_leaves_the_fetch_until_taken_down_to_a_quarter
     assert app.consumer.full == [busy, busy]
     feed.clear()  # a rebalance: the partition is fetchable again for whoever gets it
     assert app.consumer.drops == [busy, busy] and len(feed) == 0
+
+
+def test_a_feed_message_reads_its_value_when_first_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drain loop makes a ``FeedMessage`` of each record of a feed topic: its value is
+    decompressed the first time it is read, and only then (a notification nobody follows is
+    never read), and its headers decoded when asked."""
+    from ocstream.transport import direct
+
+    value = b'{"note": "' + b"x" * 2000 + b'"}'  # long enough to be stored compressed
+    fields = fetched(value, headers=[("origin", b"urn:ocn:polkadot:0")], key=b"chain")
+    assert b"z" in fields and b"v" not in fields
+    reads: list[Any] = []
+    real = direct.entry_value
+    monkeypatch.setattr(direct, "entry_value", lambda f: reads.append(f) or real(f))
+
+    tp = TP(TOPIC, 4)
+    message = direct.FeedMessage(tp, 41, fields, 3)
+    assert (message.topic, message.partition, message.offset, message.tp) == (TOPIC, 4, 41, tp)
+    assert message.key == b"chain" and message.generation_id == 3
+    assert message.headers == [("origin", b"urn:ocn:polkadot:0")]
+    assert message.timestamp == 1_700_000_000.123
+    assert reads == []
+    assert message.value == value and message.read_value() == value
+    assert len(reads) == 1  # decompressed once
+
+
+def test_a_feed_message_is_acknowledged_by_fausts_own_consumer_code() -> None:
+    """faust's ``Consumer.ack`` (run here on the state it uses) takes a ``FeedMessage`` as it
+    takes its own messages: marked acked once, its offset recorded, no longer unacked."""
+    import weakref
+    from collections import defaultdict
+
+    from faust.transport.consumer import Consumer
+
+    from ocstream.transport.direct import FeedMessage
+
+    consumer: Any = SimpleNamespace(
+        app=SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True)),
+        _committed_offset=defaultdict(lambda: None),
+        _acked_index=defaultdict(set),
+        _acked=defaultdict(list),
+        _unacked_messages=weakref.WeakSet(),
+        _n_acked=0,
+        _waiting_for_ack=None,
+    )
+    tp = TP(TOPIC, 2)
+    message = FeedMessage(tp, 9, fetched(b"{}"), 3)
+    consumer._unacked_messages.add(message)
+    consumer.ack = lambda m: Consumer.ack(consumer, m)
+    assert message.ack(consumer) is True
+    assert message.ack(consumer) is False  # once
+    assert message.acked and consumer._acked[tp] == [9] and consumer._n_acked == 1
+    assert message not in consumer._unacked_messages
+
+
+def test_offer_adds_while_the_flow_is_active_and_leaves_the_wait_to_put() -> None:
+    app = make_app()
+    feed = DirectFeed(app, TOPIC, 100)
+    assert feed.offer(message(0, 1)) is True
+    app.flow_control.suspend()
+    assert feed.offer(message(0, 2)) is False
+    assert len(feed) == 1
+    app.flow_control.resume()
+    assert feed.offer(message(0, 2)) is True
+    assert [feed.next().offset, feed.next().offset] == [1, 2]
