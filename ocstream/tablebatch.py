@@ -41,6 +41,7 @@ from faust.stores.memory import Store as MemoryStore
 from faust.types import TP, RecordMetadata
 
 from .transport.local_state import write_partition
+from .transport.wire import json_value
 
 __all__ = ["TableBatch"]
 
@@ -68,10 +69,7 @@ class _Table:
         self.memory = isinstance(self.store, MemoryStore)
         self.encode_key = _encoder(self.store, "key", "chain|id", orjson.dumps, str.encode)
         self.encode_value = _encoder(
-            self.store,
-            "value",
-            {"a": [1, "b", None], "c": {"d": 1.5}},
-            lambda v: orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS),
+            self.store, "value", {"a": [1, "b", None], "c": {"d": 1.5}, 7: True}, json_value
         )
         #: partition -> key -> encoded value, or _DELETED
         self.writes: dict[int, dict[str, Any]] = {}

@@ -41,6 +41,7 @@ from ocstream.runtime import RocksDBStore
 from ocstream.tablebatch import TableBatch
 from ocstream.transport.client import connect
 from ocstream.transport.direct import direct_feed
+from ocstream.transport.wire import json_value
 from ocstream.xcm.codec import XcmCodec, XcmDecodeError
 from ocstream.xcm.coverage import Coverage, coverage_of_record
 from ocstream.xcm.expiry import ExpiryIndex
@@ -195,10 +196,9 @@ async def _expired(name: str, table: Any, now: float) -> Any:
 
 async def _send(app: Any, topic: Any, key: str, value: Any, headers: Any = None) -> None:
     """Queue a JSON record straight in the producer, encoded as faust's ``json`` serializer
-    encodes it (orjson): faust's ``Topic.send`` would build a message object, a future and
+    encodes it (``json_value``): faust's ``Topic.send`` would build a message object, a future and
     sensor calls for each record."""
-    encoded = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
-    await _send_raw(app, topic, key, encoded, headers)
+    await _send_raw(app, topic, key, json_value(value), headers)
 
 
 async def _send_raw(app: Any, topic: Any, key: str, value: bytes, headers: Any = None) -> None:

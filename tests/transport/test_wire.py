@@ -10,7 +10,7 @@ import orjson
 import pytest
 import zstandard
 from aiokafka.partitioner import murmur2
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ocstream.transport import wire
@@ -207,3 +207,22 @@ def test_key_layout_and_offset_fields() -> None:
     assert keys.group("g").offsets == "x:g:g:offsets"
     assert keys.group("g").assignment(7) == "x:g:g:assign:7"
     assert offset_field("a:b", 12) == "a:b\x1f12"
+
+
+@settings(max_examples=200)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(),
+        lambda children: st.lists(children)
+        | st.dictionaries(st.text() | st.integers(-1000, 1000), children),
+        max_leaves=20,
+    )
+)
+def test_json_values_are_what_fausts_json_serializer_writes(value: Any) -> None:
+    """``json_value`` (how the matcher writes its records and table values) gives faust's
+    ``json`` serializer's bytes, for string keys (plain orjson) and others (the fallback)."""
+    from faust.serializers import codecs
+
+    from ocstream.transport.wire import json_value
+
+    assert json_value(value) == codecs.get_codec("json").dumps(value)
