@@ -350,7 +350,9 @@ class Delivery(Service):
 
     async def deliver_encoded(self, records: Sequence[tuple[str | None, Encoded]]) -> int:
         """:meth:`deliver_many` for notifications as the topic holds them: ``(origin chain, JSON
-        bytes)``, the origin from the record's ``origin`` header (None when it has none).
+        bytes)``, the origin from the record's ``origin`` header (None when it has none), the
+        bytes given as they are or as a function that reads them (called only if they are
+        needed, at most once per notification here).
 
         A notification is decoded only where a persistent subscription follows its origin;
         otherwise all it can need is the fan-out, which publishes the bytes as they are. Most
