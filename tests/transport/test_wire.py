@@ -213,8 +213,9 @@ def test_key_layout_and_offset_fields() -> None:
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(),
-        lambda children: st.lists(children)
-        | st.dictionaries(st.text() | st.integers(-1000, 1000), children),
+        lambda children: (
+            st.lists(children) | st.dictionaries(st.text() | st.integers(-1000, 1000), children)
+        ),
         max_leaves=20,
     )
 )
