@@ -1,15 +1,17 @@
 """What a direct feed (``ocstream/transport/direct.py``) needs of a faust app, for tests of the
 feed and of the agents that take from it: faust's real flow control (mode's
-``FlowControlEvent``) and real ``ConsumerMessage`` objects, with a consumer that records what
-the feed asks of it."""
+``FlowControlEvent``) and the ``FeedMessage`` objects the drain loop makes of fetched records,
+with a consumer that records what the feed asks of it."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any
 
-from faust.types import TP, ConsumerMessage
+from faust.types import TP
 from mode.utils.queues import FlowControlEvent
+
+from ocstream.transport.direct import FeedMessage
 
 
 class RecordingConsumer:
@@ -22,7 +24,9 @@ class RecordingConsumer:
         self.drops: list[TP] = []
 
     def ack(self, message: Any) -> bool:
-        message.acked = True  # as faust's does
+        if message.acked:  # faust's tests and sets the flag
+            return False
+        message.acked = True
         self.unacked.discard(message)
         self.acked.append((message.tp, message.offset))
         return True
@@ -47,23 +51,6 @@ def feed_app(maxsize: int = 100, **extra: Any) -> Any:
     )
 
 
-def consumer_message(
-    topic: str,
-    partition: int,
-    offset: int,
-    *,
-    generation: int = 3,
-    value: bytes = b"{}",
-    headers: list[tuple[str, bytes]] | None = None,
-) -> ConsumerMessage:
-    """A message as the consumer makes it of a fetched record."""
-    tp = TP(topic, partition)
-    return ConsumerMessage(
-        topic, partition, offset, 0.0, 0, headers or [], b"k", value, None, 1, len(value), tp,
-        generation_id=generation,
-    )  # fmt: skip
-
-
 def fetched(
     value: bytes | None, headers: list[tuple[str, bytes]] | None = None, key: bytes = b"k"
 ) -> dict[bytes, bytes]:
@@ -86,8 +73,6 @@ def feed_message(
     generation: int = 3,
     value: bytes = b"{}",
     headers: list[tuple[str, bytes]] | None = None,
-) -> Any:
+) -> FeedMessage:
     """A message as the drain loop makes it of a fetched record of a direct feed's topic."""
-    from ocstream.transport.direct import FeedMessage
-
     return FeedMessage(TP(topic, partition), offset, fetched(value, headers), generation)

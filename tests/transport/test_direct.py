@@ -3,7 +3,7 @@ kept without its streams.
 
 The feed runs with real workers in every test of the XCM dataflow (the matcher takes its
 records from it: tests/xcm/test_dataflow_workers.py, tests/test_redis_restart.py, ...); here
-its rules one by one, with faust's real flow control and messages around it
+its rules one by one, with faust's real flow control and the messages the drain loop makes
 (``tests/direct_app.py``).
 """
 
@@ -14,11 +14,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from faust.types import TP, ConsumerMessage
+from faust.types import TP
 
-from ocstream.transport.direct import DirectFeed, direct_feed, feeds_of
+from ocstream.transport.direct import DirectFeed, FeedMessage, direct_feed, feeds_of
 from ocstream.transport.metrics import METRICS
-from tests.direct_app import consumer_message, feed_app, fetched
+from tests.direct_app import feed_app, feed_message, fetched
 
 TOPIC = "xcm-legs"
 
@@ -27,8 +27,8 @@ def make_app(maxsize: int = 100) -> Any:
     return feed_app(maxsize)
 
 
-def message(partition: int, offset: int, generation: int = 3) -> ConsumerMessage:
-    return consumer_message(TOPIC, partition, offset, generation=generation)
+def message(partition: int, offset: int, generation: int = 3) -> FeedMessage:
+    return feed_message(TOPIC, partition, offset, generation=generation)
 
 
 async def turns(count: int) -> None:
@@ -37,7 +37,7 @@ async def turns(count: int) -> None:
         await asyncio.sleep(0)
 
 
-def put(feed: DirectFeed, *messages: ConsumerMessage) -> None:
+def put(feed: DirectFeed, *messages: FeedMessage) -> None:
     """Put as the drain loop does when the flow is active: the put completes at once."""
     for m in messages:
         coro = feed.put(m)
@@ -141,14 +141,19 @@ def test_a_feed_message_reads_its_value_when_first_asked(monkeypatch: pytest.Mon
     """The drain loop makes a ``FeedMessage`` of each record of a feed topic: its value is
     decompressed the first time it is read, and only then (a notification nobody follows is
     never read), and its headers decoded when asked."""
-    from ocstream.transport import direct
+    from ocstream.transport import direct, wire
 
     value = b'{"note": "' + b"x" * 2000 + b'"}'  # long enough to be stored compressed
     fields = fetched(value, headers=[("origin", b"urn:ocn:polkadot:0")], key=b"chain")
     assert b"z" in fields and b"v" not in fields
     reads: list[Any] = []
-    real = direct.entry_value
-    monkeypatch.setattr(direct, "entry_value", lambda f: reads.append(f) or real(f))
+    real = wire.entry_value
+
+    def counted(fields: Any) -> bytes | None:
+        reads.append(fields)
+        return real(fields)
+
+    monkeypatch.setattr(direct, "entry_value", counted)
 
     tp = TP(TOPIC, 4)
     message = direct.FeedMessage(tp, 41, fields, 3)
