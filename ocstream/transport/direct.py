@@ -56,8 +56,8 @@ _UNREAD = object()
 class FeedMessage:
     """A fetched record of a topic with a direct feed, as its agent and faust's consumer use it:
     what faust's ``ConsumerMessage`` holds that they read, built for less. The value is
-    decompressed, and the headers decoded, when first read: a notification nobody follows
-    is delivered (or skipped) by its ``origin`` header alone."""
+    decompressed when first read, and the headers decoded when read: a notification nobody
+    follows is delivered (or skipped) by its ``origin`` header alone."""
 
     __slots__ = (
         "topic",
@@ -68,7 +68,6 @@ class FeedMessage:
         "generation_id",
         "acked",
         "tracked",
-        "refcount",
         "time_in",
         "time_out",
         "time_total",
@@ -86,7 +85,6 @@ class FeedMessage:
         self.generation_id = generation_id
         self.acked = False
         self.tracked = False
-        self.refcount = 0
         self.time_in: float | None = None
         self.time_out: float | None = None
         self.time_total: float | None = None
@@ -107,10 +105,6 @@ class FeedMessage:
     @property
     def headers(self) -> list[tuple[str, bytes]]:
         return decode_headers(self._fields.get(b"h"))
-
-    @property
-    def timestamp(self) -> float:
-        return int(self._fields.get(b"t", 0)) / 1000.0
 
     def ack(self, consumer: Any) -> bool:
         """Acknowledge through the consumer (faust's ``Consumer.ack`` marks it acked)."""

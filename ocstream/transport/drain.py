@@ -282,7 +282,7 @@ class _Drain:
             message = FeedMessage(tp, offset, fields, generation)
             if not feed.offer(message):  # the flow is suspended: wait, as any delivery
                 await deliver(self.consumer, feed.put(message))
-            self.read_offset[tp] = offset
+            self.read(tp, offset)
         return True
 
 
