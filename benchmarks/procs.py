@@ -307,6 +307,16 @@ def redis_cpu(client: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def redis_commands(client: redis.Redis) -> dict[str, tuple[int, float]]:
+    """The server's calls and microseconds so far, by command (``INFO commandstats``). A script's
+    time includes the commands it calls, which are counted under their own names too."""
+    stats = client.info("commandstats")
+    return {
+        name.removeprefix("cmdstat_"): (int(v["calls"]), float(v["usec"]))
+        for name, v in stats.items()
+    }
+
+
 def cleanup(client: redis.Redis, prefix: str) -> None:
     batch: list[bytes] = []
     for key in client.scan_iter(match=prefix + "*", count=1000):

@@ -85,6 +85,7 @@ from procs import (
     WorkerProc,
     cleanup,
     cpu_seconds,
+    redis_commands,
     redis_cpu,
     stop_all,
     wait_for,
@@ -277,6 +278,7 @@ class CpuMeter:
 
     def __init__(self, run: Run) -> None:
         self.run = run
+        self.commands = redis_commands(run.client)
         self.start, self.start_each = self.read()
 
     def read(self) -> tuple[dict[str, float], list[float]]:
@@ -294,6 +296,15 @@ class CpuMeter:
         end, end_each = self.read()
         totals = {k: end[k] - self.start[k] for k in end}
         return totals, [e - s for e, s in zip(end_each, self.start_each, strict=True)]
+
+    def commands_used(self) -> dict[str, tuple[int, float]]:
+        """Since this meter was made: the Redis server's calls and microseconds by command."""
+        before = self.commands
+        return {
+            name: (calls - before.get(name, (0, 0.0))[0], usec - before.get(name, (0, 0.0))[1])
+            for name, (calls, usec) in redis_commands(self.run.client).items()
+            if calls > before.get(name, (0, 0.0))[0]
+        }
 
 
 #: The workers' transport counters that say how much reading a journey cost them.
@@ -450,6 +461,7 @@ def journeys_phase(
     t1 = wait_received(run, reader, len(warm) + args.journeys, args.timeout)
     elapsed = t1 - t0
     cpu_used, cpu_each = cpu.used()
+    commands = cpu.commands_used()
     gc_after, gc_pause, reads_after = metrics_of(run)
     reads = {k: v - reads_before[k] for k, v in reads_after.items()}
 
@@ -494,6 +506,7 @@ def journeys_phase(
         "sends_by": sends_by,
         "busiest": max(cpu_each) / sum(cpu_each) if sum(cpu_each) else 0.0,
         "elapsed": elapsed,
+        "journeys": args.journeys,
         "published": published,
         "journeys_s": args.journeys / elapsed,
         "legs_s": 3 * args.journeys / elapsed,
@@ -505,6 +518,7 @@ def journeys_phase(
         "pending": sum(v["pending_journeys"] for v in views),
         "counters": counters,
         "cpu": cpu_used,
+        "commands": commands,
         "changelog": changelog[0],
         "changelog_tables": changelog_by_table(run.client, run.prefix),
         "bytes_in": written / args.journeys,
@@ -600,6 +614,16 @@ def kb(value: float) -> str:
 def label(sends_by: str) -> str:
     """How a phase's figures are tagged: nothing for sent legs keyed as extraction keys them."""
     return "" if sends_by == "id" else f"[sends by {sends_by}]"
+
+
+def commands(result: dict[str, Any], top: int = 8) -> str:
+    """The commands that took the Redis server's time in the timed part, per journey: calls and
+    microseconds. ``evalsha`` is the scripts, and includes the commands they call."""
+    per = result["journeys"]
+    busiest = sorted(result["commands"].items(), key=lambda item: -item[1][1])[:top]
+    return ", ".join(
+        f"{name} {calls / per:.1f}× {usec / per:.1f} µs" for name, (calls, usec) in busiest
+    )
 
 
 def ratios(args: argparse.Namespace, results: list[dict[str, Any]], tag: str) -> list[str]:
@@ -804,6 +828,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             f"entries are trimmed ({kept}), {r['final']:,.0f} once ended journeys are swept "
             f"({', '.join(f'{k} {v:,.0f}' for k, v in sorted(r['final_kinds'].items()))}); "
             f"{r['tombstones_left']} tombstones not removed yet\n"
+            f"    Redis commands per journey in the timed part, by server time: {commands(r)}\n"
             f"    engine counters: {dict(sorted(r['counters'].items()))}"
         )
         if r["dead_letters"] or r["pending"] or sum(r["notes"].values()) != r["expected_notes"]:
