@@ -616,7 +616,7 @@ def test_a_first_look_at_a_small_sample_is_followed_by_more_until_the_assignment
         fill_demo_partitions(redis_url, prefix, {p: 1500 for p in busy})
         wait_for(lambda: one_busy_each(first, second, busy), 60, "one busy partition per worker")
         assert leader().metric("ocstream_transport_traffic_rebalances_total") == 1
-        assert "records per partition weighed)" in leader().log_text()
+        assert "weighed, an assignment settling before this look)" in leader().log_text()
         wait_for(lambda: weighed() >= SETTLE_RECORDS, 30, "the assignment settled")
     finally:
         second.stop()

@@ -308,7 +308,8 @@ class GroupCoordinator:
         what = (
             f"uneven traffic (the busiest member carries {found.busiest_before:.2f} of a "
             f"group's records; {found.busiest_after:.2f} once weighed; "
-            f"{assignor.weighed_records:.0f} records per partition weighed)"
+            f"{assignor.weighed_records:.0f} records per partition weighed, an assignment "
+            f"{self._watch.stage(before)} before this look)"
         )
         if verdict is Verdict.UNEVEN_SMALL:
             logger.info(

@@ -115,12 +115,17 @@ class TrafficWatch:
             uneven_checks=settings.load_uneven_checks,
         )
 
+    def settled(self, weighed_records: float) -> bool:
+        """Whether an assignment weighed against ``weighed_records`` records per partition has
+        seen enough traffic to be trusted (``settle_records``)."""
+        return weighed_records >= self.settle_records
+
     def stage(self, weighed_records: float) -> str:
         """``blind``, ``settling`` or ``settled``, for an assignment weighed against
-        ``weighed_records`` records per partition."""
+        ``weighed_records`` records per partition (the leader's logs name it)."""
         if weighed_records < MIN_RECORDS:
             return "blind"
-        return "settling" if weighed_records < self.settle_records else "settled"
+        return "settled" if self.settled(weighed_records) else "settling"
 
     def made(self, gen: int, now: int, weighed_records: float = 0.0) -> None:
         """This member, as leader, made the assignment of ``gen`` at ``now``, weighing
@@ -158,7 +163,7 @@ class TrafficWatch:
         if self.interval <= 0 or self.assigned is None or self.assigned[0] != gen:
             return False
         every = self.interval
-        if weighed_records < self.settle_records:
+        if not self.settled(weighed_records):
             every = min(every, self.first_look)
         return now - max(self.assigned[1], self.last_look) >= every
 
@@ -174,10 +179,10 @@ class TrafficWatch:
         records from ``weighed_before`` to ``weighed_after``."""
         if weighed_after < MIN_RECORDS:
             return Verdict.WAIT
-        settled = weighed_before >= self.settle_records
+        settled = self.settled(weighed_before)
         if found is None or found.busiest_before - found.busiest_after < REBALANCE_GAIN:
             self.uneven_in_row = 0
-            if weighed_after >= self.settle_records:
+            if self.settled(weighed_after):
                 # The window starts here. While settling it does not: each look weighs a
                 # larger sample from the same start.
                 self.baseline = {topic: list(counts) for topic, counts in load.items()}
