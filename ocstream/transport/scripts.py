@@ -20,51 +20,98 @@ from redis.exceptions import NoScriptError
 # KEYS: stream, sequence counter, compaction index, tombstones
 # ARGV: compact ('1' or '0'), then per record: field count n, then n values (name, value, ...)
 # Returns {first seq, last seq} of the records written.
+#
+# Compaction (a changelog) keeps one entry per record key: the newest. The index hash maps each
+# key to its entry's id; an entry without a value is a tombstone, also listed in the tombstones
+# zset by seq. The index is read and written once per call, not once per record: a Lua script
+# pays for each redis.call it makes (1-2 us on top of the command), which for a busy worker's
+# calls of 100 or more records was more than the commands themselves (docs/transport.md).
 APPEND = """
 local stream, seqkey, index, tombs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local call = redis.call
 local compact = ARGV[1] == '1'
-local seq = tonumber(redis.call('GET', seqkey) or '0')
+local seq = tonumber(call('GET', seqkey) or '0')
 local first = seq + 1
+local keys, ids, seqs, dead = {}, {}, {}, {}
 local i = 2
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   seq = seq + 1
   local id = '0-' .. seq
-  local res = redis.pcall('XADD', stream, id, unpack(ARGV, i + 1, i + n))
-  if type(res) == 'table' and res.err then
-    -- The counter is behind the stream (its key was lost): resume after the stream's last id.
-    local info = redis.call('XINFO', 'STREAM', stream)
-    for j = 1, #info, 2 do
-      if info[j] == 'last-generated-id' then
-        seq = tonumber(string.match(info[j + 1], '%d+-(%d+)')) + 1
+  if i == 2 then
+    -- Only the first record can meet a stream ahead of its counter (the counter's key was
+    -- lost): resume after the stream's last id. The ids after it follow the stream's.
+    local res = redis.pcall('XADD', stream, id, unpack(ARGV, i + 1, i + n))
+    if type(res) == 'table' and res.err then
+      local info = call('XINFO', 'STREAM', stream)
+      for j = 1, #info, 2 do
+        if info[j] == 'last-generated-id' then
+          seq = tonumber(string.match(info[j + 1], '%d+-(%d+)')) + 1
+        end
       end
+      first = seq
+      id = '0-' .. seq
+      call('XADD', stream, id, unpack(ARGV, i + 1, i + n))
     end
-    if i == 2 then first = seq end
-    id = '0-' .. seq
-    redis.call('XADD', stream, id, unpack(ARGV, i + 1, i + n))
+  else
+    call('XADD', stream, id, unpack(ARGV, i + 1, i + n))
   end
   if compact then
     local key, has_value = nil, false
     for j = i + 1, i + n, 2 do
-      if ARGV[j] == 'k' then
+      local name = ARGV[j]
+      if name == 'k' then
         key = ARGV[j + 1]
-      elseif ARGV[j] == 'v' or ARGV[j] == 'z' then
+      elseif name == 'v' or name == 'z' then
         has_value = true
       end
     end
     if key then
-      local prev = redis.call('HGET', index, key)
-      if prev then
-        redis.call('XDEL', stream, prev)
-        redis.call('ZREM', tombs, prev)
-      end
-      redis.call('HSET', index, key, id)
-      if not has_value then redis.call('ZADD', tombs, seq, id) end
+      local m = #keys + 1
+      keys[m], ids[m], seqs[m], dead[m] = key, id, seq, not has_value
     end
   end
   i = i + n + 1
 end
-redis.call('SET', seqkey, seq)
+call('SET', seqkey, seq)
+local count = #keys
+if count == 0 then return {first, seq} end
+-- Unpacked in steps: Lua's stack takes a few thousand values at most.
+local STEP = 500
+-- Every entry a record replaces goes: the one in the index, or an earlier one of this call.
+local newest, gone = {}, {}
+for s = 1, count, STEP do
+  local e = math.min(s + STEP - 1, count)
+  local before = call('HMGET', index, unpack(keys, s, e))
+  for j = s, e do
+    local key = keys[j]
+    local prev = newest[key] or before[j - s + 1]
+    if prev then gone[#gone + 1] = prev end
+    newest[key] = ids[j]
+  end
+end
+local sets, adds = {}, {}
+for j = 1, count do
+  if newest[keys[j]] == ids[j] then
+    sets[#sets + 1] = keys[j]
+    sets[#sets + 1] = ids[j]
+    if dead[j] then
+      adds[#adds + 1] = seqs[j]
+      adds[#adds + 1] = ids[j]
+    end
+  end
+end
+for s = 1, #gone, STEP do
+  local e = math.min(s + STEP - 1, #gone)
+  call('XDEL', stream, unpack(gone, s, e))
+  call('ZREM', tombs, unpack(gone, s, e))
+end
+for s = 1, #sets, 2 * STEP do
+  call('HSET', index, unpack(sets, s, math.min(s + 2 * STEP - 1, #sets)))
+end
+for s = 1, #adds, 2 * STEP do
+  call('ZADD', tombs, unpack(adds, s, math.min(s + 2 * STEP - 1, #adds)))
+end
 return {first, seq}
 """
 

@@ -90,6 +90,77 @@ async def test_compaction_keeps_last_value_and_a_tombstone_per_deleted_key(
     await client.aclose()
 
 
+async def _check_compacted(
+    client: aioredis.Redis, keys: Keyspace, newest: dict[bytes, tuple[int, bytes | None]]
+) -> None:
+    """The stream, its index and its tombstones hold exactly the newest record of each key
+    (``newest``: key -> (offset, value or None for a delete))."""
+    entries = await client.xrange(keys.stream("cl", 0))
+    assert {fields[b"k"]: (id_to_offset(i), entry_value(fields)) for i, fields in entries} == (
+        newest
+    )
+    assert len(entries) == len(newest)
+    index = await client.hgetall(keys.compaction_index("cl", 0))
+    assert {k: id_to_offset(v) for k, v in index.items()} == {k: o for k, (o, _) in newest.items()}
+    tombs = await client.zrange(keys.tombstones("cl", 0), 0, -1, withscores=True)
+    assert sorted((id_to_offset(i), int(score)) for i, score in tombs) == sorted(
+        (o, o + 1) for o, v in newest.values() if v is None
+    )
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_compaction_in_calls_of_any_size_and_order(
+    redis_url: str, prefix: str, seed: int
+) -> None:
+    """Random writes and deletes of a few keys, in calls of 1 to 40 records: after every call,
+    what is left is what a dict of the newest record per key says (a key written, deleted and
+    written again in one call; a tombstone replaced in the call that wrote it)."""
+    import random
+
+    rnd = random.Random(seed)
+    client = aioredis.Redis.from_url(redis_url)
+    keys = Keyspace(prefix)
+    newest: dict[bytes, tuple[int, bytes | None]] = {}
+    offset = 0
+    for _ in range(40):
+        batch = []
+        for _ in range(rnd.randint(1, 40)):
+            key = f"k{rnd.randrange(6)}".encode()
+            value = None if rnd.random() < 0.3 else rnd.choice([b"x", b"0x" + b"ab" * 600])
+            batch.append(("cl", 0, Record(key, value, 1)))
+        offsets = await append_records(client, keys, batch, compacted={"cl"})
+        assert offsets == list(range(offset, offset + len(batch)))
+        for o, (_, _, record) in zip(offsets, batch, strict=True):
+            assert record.key is not None
+            newest[record.key] = (o, record.value)
+        offset += len(batch)
+        await _check_compacted(client, keys, newest)
+    await client.aclose()
+
+
+async def test_compaction_of_a_call_larger_than_the_scripts_steps(
+    redis_url: str, prefix: str
+) -> None:
+    """A call of 2,600 records over 1,100 keys (the script reads and writes the index 500 keys
+    at a time), over entries of an earlier call."""
+    client = aioredis.Redis.from_url(redis_url)
+    keys = Keyspace(prefix)
+    first = [("cl", 0, Record(f"k{i}".encode(), b"old", 1)) for i in range(1100)]
+    await append_records(client, keys, first, compacted={"cl"})
+    batch = [
+        ("cl", 0, Record(f"k{(i * 7) % 1100}".encode(), None if i % 5 == 0 else b"new", 1))
+        for i in range(2600)
+    ]
+    offsets = await append_records(client, keys, batch, compacted={"cl"})
+    assert offsets == list(range(1100, 3700))
+    newest: dict[bytes, tuple[int, bytes | None]] = {}
+    for o, (_, _, record) in zip(offsets, batch, strict=True):
+        assert record.key is not None
+        newest[record.key] = (o, record.value)
+    await _check_compacted(client, keys, newest)
+    await client.aclose()
+
+
 async def test_acl_user_and_password_come_from_the_url(redis_url: str, prefix: str) -> None:
     import uuid
 
