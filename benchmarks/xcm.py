@@ -278,7 +278,7 @@ class CpuMeter:
 
     def __init__(self, run: Run) -> None:
         self.run = run
-        self.commands = redis_commands(run.client)
+        self.commands_before = redis_commands(run.client)
         self.start, self.start_each = self.read()
 
     def read(self) -> tuple[dict[str, float], list[float]]:
@@ -299,7 +299,7 @@ class CpuMeter:
 
     def commands_used(self) -> dict[str, tuple[int, float]]:
         """Since this meter was made: the Redis server's calls and microseconds by command."""
-        before = self.commands
+        before = self.commands_before
         return {
             name: (calls - before.get(name, (0, 0.0))[0], usec - before.get(name, (0, 0.0))[1])
             for name, (calls, usec) in redis_commands(self.run.client).items()
@@ -461,7 +461,7 @@ def journeys_phase(
     t1 = wait_received(run, reader, len(warm) + args.journeys, args.timeout)
     elapsed = t1 - t0
     cpu_used, cpu_each = cpu.used()
-    commands = cpu.commands_used()
+    by_command = cpu.commands_used()
     gc_after, gc_pause, reads_after = metrics_of(run)
     reads = {k: v - reads_before[k] for k, v in reads_after.items()}
 
@@ -518,7 +518,7 @@ def journeys_phase(
         "pending": sum(v["pending_journeys"] for v in views),
         "counters": counters,
         "cpu": cpu_used,
-        "commands": commands,
+        "commands": by_command,
         "changelog": changelog[0],
         "changelog_tables": changelog_by_table(run.client, run.prefix),
         "bytes_in": written / args.journeys,
@@ -616,7 +616,7 @@ def label(sends_by: str) -> str:
     return "" if sends_by == "id" else f"[sends by {sends_by}]"
 
 
-def commands(result: dict[str, Any], top: int = 8) -> str:
+def busiest_commands(result: dict[str, Any], top: int = 8) -> str:
     """The commands that took the Redis server's time in the timed part, per journey: calls and
     microseconds. ``evalsha`` is the scripts, and includes the commands they call."""
     per = result["journeys"]
@@ -828,7 +828,8 @@ def main(argv: Iterable[str] | None = None) -> int:
             f"entries are trimmed ({kept}), {r['final']:,.0f} once ended journeys are swept "
             f"({', '.join(f'{k} {v:,.0f}' for k, v in sorted(r['final_kinds'].items()))}); "
             f"{r['tombstones_left']} tombstones not removed yet\n"
-            f"    Redis commands per journey in the timed part, by server time: {commands(r)}\n"
+            f"    Redis commands per journey in the timed part, by server time: "
+            f"{busiest_commands(r)}\n"
             f"    engine counters: {dict(sorted(r['counters'].items()))}"
         )
         if r["dead_letters"] or r["pending"] or sum(r["notes"].values()) != r["expected_notes"]:
