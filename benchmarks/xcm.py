@@ -299,12 +299,12 @@ class CpuMeter:
 
     def commands_used(self) -> dict[str, tuple[int, float]]:
         """Since this meter was made: the Redis server's calls and microseconds by command."""
-        before = self.commands_before
-        return {
-            name: (calls - before.get(name, (0, 0.0))[0], usec - before.get(name, (0, 0.0))[1])
-            for name, (calls, usec) in redis_commands(self.run.client).items()
-            if calls > before.get(name, (0, 0.0))[0]
-        }
+        used = {}
+        for name, (calls, usec) in redis_commands(self.run.client).items():
+            calls_before, usec_before = self.commands_before.get(name, (0, 0.0))
+            if calls > calls_before:
+                used[name] = (calls - calls_before, usec - usec_before)
+        return used
 
 
 #: The workers' transport counters that say how much reading a journey cost them.

@@ -154,16 +154,20 @@ Encoded = bytes | Callable[[], bytes | None]
 _Fanout = list[tuple[str, Mapping[str, Any] | Encoded]]
 
 
+def _bytes_of(encoded: Encoded) -> bytes | None:
+    """A notification's bytes, read now if they were not yet (None: a record without a
+    value)."""
+    return encoded() if callable(encoded) else encoded
+
+
 def _read(fanout: _Fanout) -> Iterator[tuple[str, Mapping[str, Any] | bytes]]:
     """The fan-out's notifications, their bytes read where they were not yet (a record
     without a value has nothing to publish)."""
     for channel, notification in fanout:
-        if callable(notification):
-            raw = notification()
-            if raw is not None:
-                yield channel, raw
-        else:
+        if isinstance(notification, Mapping):
             yield channel, notification
+        elif (raw := _bytes_of(notification)) is not None:
+            yield channel, raw
 
 
 def origin_header(notification: Mapping[str, Any]) -> list[tuple[str, bytes]]:
@@ -365,7 +369,7 @@ class Delivery(Service):
             if origin is not None and not self.subscriptions.has_persistent_origin(origin):
                 fanout.append((self.notes_channel(origin), record))
                 continue
-            raw = record() if callable(record) else record
+            raw = _bytes_of(record)
             try:
                 if raw is None:
                     raise ValueError("a record without a value")

@@ -8,6 +8,8 @@ real Redis, started on their own (no worker); whole workers run the batch in
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import faust
 import orjson
 import pytest
 import redis.asyncio as aioredis
+import rocksdict
 from faust.types import TP
 
 from ocstream.runtime import Table
@@ -196,11 +199,6 @@ def test_table_databases_keep_what_a_stop_closes_and_lose_what_a_kill_left_unflu
     is what makes a write durable; ``ocstream.runtime.RocksDBOptions``): a database closed by
     a revoke or a stop keeps everything, and a killed worker's database reopens as it was
     when its memtables were last written out, which faust's recovery then replays forward."""
-    import subprocess
-    import sys
-
-    import rocksdict
-
     run = subprocess.run(
         [sys.executable, "-c", WRITE_AND_EXIT, str(tmp_path), end], capture_output=True
     )

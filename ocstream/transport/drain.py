@@ -237,7 +237,8 @@ class _Drain:
 
     def wanted(self, tp: TP) -> bool:
         """Whether ``tp``'s records go on (faust's getmany: an active partition, or one
-        whose buffer is full)."""
+        whose buffer is full). For one that does, the monitor is told its highwater, as
+        faust's getmany does before each record it yields."""
         active = self.active
         if active is None or tp in active or tp in self.consumer._buffered_partitions:
             self.app.monitor.track_tp_end_offset(tp, self.consumer.highwater(tp))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 import redis.asyncio as aioredis
@@ -115,8 +116,6 @@ async def test_compaction_in_calls_of_any_size_and_order(
     """Random writes and deletes of a few keys, in calls of 1 to 40 records: after every call,
     what is left is what a dict of the newest record per key says (a key written, deleted and
     written again in one call; a tombstone replaced in the call that wrote it)."""
-    import random
-
     rnd = random.Random(seed)
     client = aioredis.Redis.from_url(redis_url)
     keys = Keyspace(prefix)
