@@ -55,6 +55,7 @@ from ocstream.xcm.matching import (
     Store,
     Tables,
     expired_keys,
+    key_chain,
 )
 from ocstream.xcm.sender import BlockSenders
 
@@ -524,7 +525,7 @@ def declare(app: Any, settings: XcmSettings | None = None) -> None:
                     stale.append(index_key)  # deleted, or written again with a later expiry
                     continue
                 key = orjson.loads(raw_key)
-                yield key.split("|", 1)[0], (name, key)
+                yield key_chain(key), (name, key)
         index.drop(stale)
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]

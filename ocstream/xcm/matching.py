@@ -27,7 +27,8 @@ Tables (all JSON values; keys start with the chain so a partition's keys are its
   messages are separate journeys);
 * ``hop`` ``{chain}:{id}`` → journey ids passing through that chain;
 * ``inbound`` ``{chain}:{id}`` → received legs that matched nothing yet (with an expiry);
-* ``relay`` ``{chain}:{id}`` → relayed legs that matched nothing yet (with an expiry);
+* ``relay`` ``{chain}:{id}`` → relayed legs that matched nothing yet, each with its expiry, the
+  same entry under each of its ids (``{"legs": [...], "expires": <the earliest>}``);
 * ``journeys`` ``{chain}|{journey id}`` → the journey as that stop knows it;
 * ``seen`` ``{key}|{leg identity}`` → legs already handled (idempotency under re-delivery), under
   the record's key: the chain, or a spread sent leg's ``{origin}#{shard}``.
@@ -69,6 +70,7 @@ __all__ = [
     "Tables",
     "expired_keys",
     "journey_id",
+    "key_chain",
 ]
 
 TABLES = ("outbound", "hop", "inbound", "relay", "journeys", "seen")
@@ -482,15 +484,26 @@ class Engine:
         return bool(journey["leg_from"] == sender)
 
     def _on_relayed(self, tables: Tables, chain: str, record: dict[str, Any], step: Step) -> None:
-        # No seen-check: a journey notes each relayed leg once, and a pending one is replaced.
+        # No seen-check: a journey notes each relayed leg once, and a waiting one is kept once.
         leg = RelayedLeg.model_validate(record["leg"])
-        if self._is_pending(tables, "relay", chain, leg.identity, step):
+        ids = list(dict.fromkeys(leg.ids))
+        if ids and any(
+            waiting["leg"]["identity"] == leg.identity
+            for waiting in _relay_waiting(tables, chain, ids[0])
+        ):
+            step.count("duplicate_legs")
             return
         data = leg.model_dump(by_alias=True)
-        if not self._match_relayed(tables, chain, data, step):
-            self._keep_pending(tables, "relay", chain, data, leg.ids, step)
+        if self._match_relayed(tables, chain, data, step):
+            return
+        entry = {"leg": data, "ids": ids, "expires": self.now() + self.settings.pending_ttl}
+        for message_id in ids:
+            _set_relay(
+                tables, chain, message_id, [*_relay_waiting(tables, chain, message_id), entry]
+            )
+        step.count("relay_pending")
 
-    # -- legs waiting for their journey (tables inbound and relay) --
+    # -- receipts waiting for their journey (table inbound; relayed legs: _relay_waiting) --
 
     @staticmethod
     def _is_pending(tables: Tables, table: str, chain: str, identity: str, step: Step) -> bool:
@@ -758,15 +771,11 @@ class Engine:
         bridge.pick_up(self, tables, chain, journey["id"], new, step)  # bridge hook
         # Legs that arrived before the journey was known here.
         for message_id in new:
-            for identity in list(tables.get("relay", f"{chain}:{message_id}") or []):
-                pending = tables.get("relay", _jkey(chain, "leg:" + identity))
-                if pending is None:
-                    _remove(tables, "relay", f"{chain}:{message_id}", identity)
-                    continue
+            for pending in _relay_waiting(tables, chain, message_id):
                 current = tables.get("journeys", _jkey(chain, journey["id"]))
                 if current is None or current["leg_from"] != pending["leg"]["origin"]:
                     continue
-                self._drop_pending(tables, "relay", chain, pending)
+                _drop_relay(tables, chain, pending)
                 self._relayed(tables, chain, current, pending["leg"], step)
             for identity in list(tables.get("inbound", f"{chain}:{message_id}") or []):
                 pending = tables.get("inbound", _jkey(chain, "leg:" + identity))
@@ -868,7 +877,16 @@ class Engine:
             expires = value.get("expires")
             if expires is None or expires > now:
                 continue
-            if table in ("inbound", "relay") and "leg" in value:
+            if table == "relay" and ("legs" in value or "leg" in value):
+                if "leg" in value:  # one leg by identity, as versions before the current layout
+                    tables.delete(table, key)
+                    expired = [value]
+                else:
+                    expired = [pending for pending in value["legs"] if pending["expires"] <= now]
+                for pending in expired:
+                    _drop_relay(tables, chain, pending)
+                    step.count("relay_expired")
+            elif table == "inbound" and "leg" in value:
                 self._drop_pending(tables, table, chain, value)
                 step.count(f"{table}_expired")
                 # Its journey never showed up: what it forwarded is a journey of its own.
@@ -897,6 +915,72 @@ def _message_fields(leg: SentLeg) -> dict[str, JsonValue]:
     }
 
 
+def _relay_waiting(tables: Tables, chain: str, message_id: str) -> list[dict[str, Any]]:
+    """The relayed legs waiting at ``chain`` under ``message_id`` (``{"leg", "ids",
+    "expires"}`` each), oldest first.
+
+    A relayed leg waits under each of its ids and nowhere else: nothing parks on it, as
+    hop-outs park on a waiting receipt, so it needs no entry of its own by identity. That is
+    one key fewer than a receipt, two changelog records fewer per leg that comes before its
+    journey (written, then deleted). Versions before this layout listed identities here and
+    kept each leg under ``leg:<identity>``: such a list is converted on first read
+    (:func:`_upgrade_relay`)."""
+    value = tables.get("relay", f"{chain}:{message_id}")
+    if isinstance(value, list):
+        value = _upgrade_relay(tables, chain, message_id)
+    return list(value["legs"]) if value else []
+
+
+def _set_relay(tables: Tables, chain: str, message_id: str, legs: list[dict[str, Any]]) -> None:
+    """Store what waits under ``message_id``; its ``expires`` (the earliest of its legs', the
+    value's last key, which the expiry index reads) brings the sweep when the first expires."""
+    key = f"{chain}:{message_id}"
+    if legs:
+        tables.set("relay", key, {"legs": legs, "expires": min(leg["expires"] for leg in legs)})
+    else:
+        tables.delete("relay", key)
+
+
+def _drop_relay(tables: Tables, chain: str, entry: dict[str, Any]) -> None:
+    """Take a waiting relayed leg out from under each of its ids."""
+    identity = entry["leg"]["identity"]
+    for message_id in entry["ids"]:
+        waiting = _relay_waiting(tables, chain, message_id)
+        _set_relay(
+            tables, chain, message_id, [w for w in waiting if w["leg"]["identity"] != identity]
+        )
+
+
+def _upgrade_relay(tables: Tables, chain: str, message_id: str) -> Any:
+    """Convert the earlier layout (``{chain}:{id}`` listing identities, each leg under
+    ``{chain}|leg:{identity}``) to the current one, for ``message_id`` and everything linked
+    to it: every id of every leg listed there, and every leg listed under those ids, so that
+    no leg is left in both layouts. Returns the converted value of ``message_id``."""
+    holders = [message_id]
+    legs: dict[str, dict[str, Any]] = {}
+    at = 0
+    while at < len(holders):
+        listed = tables.get("relay", f"{chain}:{holders[at]}")
+        at += 1
+        if not isinstance(listed, list):
+            continue
+        for identity in listed:
+            if identity in legs:
+                continue
+            entry = tables.get("relay", _jkey(chain, "leg:" + identity))
+            if entry is None:
+                continue  # matched or expired; the list had not been cleaned
+            legs[identity] = entry
+            tables.delete("relay", _jkey(chain, "leg:" + identity))
+            holders.extend(i for i in entry["ids"] if i not in holders)
+    for holder in holders:
+        value = tables.get("relay", f"{chain}:{holder}")
+        kept = [entry for entry in legs.values() if holder in entry["ids"]]  # older: first
+        kept += value["legs"] if isinstance(value, dict) else []
+        _set_relay(tables, chain, holder, kept)
+    return tables.get("relay", f"{chain}:{message_id}")
+
+
 def _with_waiters(entry: dict[str, Any]) -> dict[str, Any]:
     """A pending receipt's leg with the hop-outs waiting on it: ``parked`` (sure links) and
     ``candidates`` (identities of possible hop-outs, see ``Engine._release_candidates``)."""
@@ -918,6 +1002,16 @@ def _with_message(journey: dict[str, Any], message: dict[str, Any] | None) -> di
     return {**journey, "message": message}
 
 
+def key_chain(key: str) -> str:
+    """The chain a table key belongs to: what comes before ``|`` (journeys, seen, receipts
+    kept by identity), else the chain's URN that starts a ``{chain}:{id}`` key. A URN has four
+    ``:``-separated parts (``urn:ocn:<consensus>:<chain id>``, an alphanumeric id); an id may
+    have colons of its own (a downward slot, ``dmp:<block>:<k>``)."""
+    if "|" in key:
+        return key.split("|", 1)[0]
+    return ":".join(key.split(":", 4)[:4])
+
+
 def expired_keys(
     table: str, items: Iterable[tuple[str, Any]], now: float
 ) -> Iterator[tuple[str, tuple[str, str]]]:
@@ -928,5 +1022,4 @@ def expired_keys(
         expires = value.get("expires")
         if expires is None or expires > now:
             continue
-        chain = key.split("|", 1)[0]
-        yield chain, (table, key)
+        yield key_chain(key), (table, key)

@@ -32,12 +32,13 @@ from ocstream.transport.wire import (
     entry_value,
     partition_for_key,
 )
-from ocstream.transport.writer import append_records
+from ocstream.transport.writer import TopicWriter, append_records
 from ocstream.xcm.keys import leg_key, spread_origin
-from ocstream.xcm.legs import SentLeg
+from ocstream.xcm.legs import SentLeg, leg_record
 from ocstream.xcm.matching import TABLES
 
 from ..workers import Worker, wait_for
+from .sim import relayed_leg
 
 PARTITIONS = 4
 UPWARD_MESSAGES_KEY = "0x45323df7cc47150b3930e2666b0aa313549294c71991aee810463ccf34a0f1d1"
@@ -191,7 +192,6 @@ def test_two_workers_match_recorded_journeys(
             fake("urn:ocn:polkadot:1000", 7, 1234, "0x0408ffff"),
         ]
         publish_blocks_sync(redis_url, bad, prefix=prefix, partitions=PARTITIONS)
-        from ocstream.transport.writer import TopicWriter  # noqa: PLC0415
 
         class Damaged(Record):
             """A record whose compressed value is not zlib (a foreign writer's, or damaged)."""
@@ -397,11 +397,33 @@ def test_sweeps_read_what_expires_not_what_is_kept(
     running = workers("a")
     try:
         publish_blocks_sync(redis_url, hrmp, prefix=prefix, partitions=PARTITIONS)
+        # A relayed leg whose journey never comes: it waits under its hash and topic (keys of
+        # the form {chain}:{id}, whose chain the sweep reads from the URN) until it expires.
+        orphan = relayed_leg(
+            "urn:ocn:polkadot:0",
+            "urn:ocn:polkadot:2004",
+            "urn:ocn:polkadot:1000",
+            message_hash="0x" + "5a" * 32,
+            topic="0x" + "a5" * 32,
+            number=7,
+        )
+
+        async def relayed_alone() -> None:
+            async with TopicWriter.from_url(redis_url, prefix=prefix) as writer:
+                await writer.send_many(
+                    "xcm-legs", [(leg_key(orphan, PARTITIONS), leg_record(orphan))]
+                )
+
+        import asyncio  # noqa: PLC0415
+
+        asyncio.run(relayed_alone())
         wait_for(lambda: notified("xcm.received", 1), 60, "the receipt")
+        wait_for(lambda: held(running)[1]["relay_pending"] >= 1, 60, "the relayed leg waiting")
         tables, counters = wait_for(
             lambda: only_seen_left(running), 60, "everything but seen entries swept"
         )
         assert counters["expiry_index_rebuilds"] >= PARTITIONS, counters
+        assert counters["relay_expired"] >= 1, counters
         # The rebuild read the partitions that hold something, and did not open (so create
         # empty) a database for each table and partition: this one journey's records are in
         # a few (about 6 of the 24 pairs; all 24 when the rebuild opened them).
