@@ -109,6 +109,15 @@ def test_the_receiver_down_then_back(net: LocalNet, root: Path) -> None:
             "the DMP journey's two first attempts to be refused",
         )
         receiver.status = 204
+        # Every delivery answered 503 (the DMP journey's, and any other notification's then)
+        # is delivered by its second attempt, 5 s later. Wait for those before the next
+        # outage: on a slow machine one could meet it, and its third attempt is 5 min away.
+        refused_ids = {r.headers["webhook-id"] for r in receiver.snapshot() if r.status == 503}
+        wait_for(
+            lambda: refused_ids <= {r.headers["webhook-id"] for r in receiver.delivered()},
+            60,
+            "the deliveries answered 503 to be delivered",
+        )
         before = failed_attempts(stack)
         receiver.stop()
         stack.transfer("ump")
