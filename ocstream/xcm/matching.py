@@ -494,8 +494,8 @@ class Engine:
             step.count("duplicate_legs")
             return
         data = leg.model_dump(by_alias=True)
-        if self._match_relayed(tables, chain, data, step):
-            return
+        if self._match_relayed(tables, chain, data, step) or not ids:
+            return  # (with no id, nothing could ever find it)
         entry = {"leg": data, "ids": ids, "expires": self.now() + self.settings.pending_ttl}
         for message_id in ids:
             _set_relay(
