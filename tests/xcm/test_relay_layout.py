@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ocstream.xcm.legs import RelayedLeg
 from ocstream.xcm.matching import MatchSettings, Tables, key_chain
@@ -180,3 +182,60 @@ def test_the_sweep_finds_the_chain_of_every_kind_of_key() -> None:
     assert key_chain(f"{ASSET_HUB}|leg:{ASSET_HUB}|0x01|4") == ASSET_HUB
     assert key_chain(f"{MOONBEAM}#5|s:AbC") == f"{MOONBEAM}#5"
     assert key_chain("urn:ocn:ethereum:1:0xab") == "urn:ocn:ethereum:1"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.integers(1, 4), min_size=1, max_size=3, unique=True), min_size=1, max_size=6
+    ),
+    st.lists(st.integers(0, 5), max_size=2),
+    st.integers(1, 4),
+)
+def test_any_earlier_layout_converts_whole_and_is_swept(
+    ids_of: list[list[int]], stale_beside: list[int], start: int
+) -> None:
+    """Legs with ids drawn from four, kept the earlier way, and lists that also name a leg
+    that is gone (not cleaned up): reading one id converts exactly the legs linked to it
+    (through shared ids), each under every one of its ids once, and leaves the rest as it
+    was; then everything expires and is swept."""
+    cluster = Cluster()
+    legs = [
+        relayed_leg(RELAY, MOONBEAM, ASSET_HUB, message_hash=h(ids[0]), number=100 + n).model_copy(
+            update={"ids": [h(i) for i in ids]}
+        )
+        for n, ids in enumerate(ids_of)
+    ]
+    legacy(cluster, *legs)
+    store = relay_store(cluster)
+    for n in stale_beside:  # a leg matched long ago, still listed beside a waiting one
+        store[f"{ASSET_HUB}:{h(ids_of[n % len(ids_of)][0])}"].append(f"{RELAY}|gone|{n}")
+
+    linked: set[int] = {start}
+    grew = True
+    while grew:
+        grew = False
+        for ids in ids_of:
+            if linked & set(ids) and not set(ids) <= linked:
+                linked |= set(ids)
+                grew = True
+    tables = Tables(cluster.stores[partition_of(ASSET_HUB)])  # type: ignore[arg-type]
+    relay_waiting(tables, ASSET_HUB, h(start))
+    tables.commit()
+
+    for leg, ids in zip(legs, ids_of, strict=True):
+        converted = bool(linked & set(ids))
+        assert (f"{ASSET_HUB}|leg:{leg.identity}" in store) is not converted
+        for i in ids:
+            value = store[f"{ASSET_HUB}:{h(i)}"]
+            if converted:
+                assert [e["leg"]["identity"] for e in value["legs"]].count(leg.identity) == 1
+            else:
+                assert leg.identity in value
+    for i in linked:  # what was read is in the new layout, or gone when only stale
+        value = store.get(f"{ASSET_HUB}:{h(i)}")
+        assert value is None or isinstance(value, dict)
+
+    finish(cluster)
+    assert cluster.counters["relay_expired"] == len(legs)
+    assert cluster.keys_left().get("relay") is None
