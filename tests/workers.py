@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import redis
 
 from ocstream.transport.keys import Keyspace
 from ocstream.transport.wire import entry_value, id_to_offset
+from ocstream.transport.writer import TopicWriter
 
 T = TypeVar("T")
 
@@ -233,6 +235,21 @@ def produce_all(redis_url: str, prefix: str, count: int, **kwargs: Any) -> None:
     proc = produce(redis_url, prefix, count, **kwargs)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0 and f"DONE {count}" in out, out
+
+
+def publish_records(
+    redis_url: str, prefix: str, topic: str, records: list[tuple[str, bytes]], partitions: int = 4
+) -> None:
+    """Append ``(key, value)`` records to ``topic`` (created with ``partitions`` if new), in
+    batches of 1,000, as the ingress and the extract agent write them."""
+
+    async def run() -> None:
+        async with TopicWriter.from_url(redis_url, prefix=prefix) as writer:
+            await writer.create_topic(topic, partitions)
+            for start in range(0, len(records), 1000):
+                await writer.send_many(topic, records[start : start + 1000])
+
+    asyncio.run(run())
 
 
 def changelog_partition(

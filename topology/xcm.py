@@ -443,7 +443,7 @@ def declare(app: Any, settings: XcmSettings | None = None) -> None:
             deadlines.clear()
             async for key, value in _scan(tables["journeys"].items()):
                 if _pending_final(value):
-                    chain = key.split("|", 1)[0]
+                    chain = key_chain(key)
                     # A held receipt is due at its hold time, before the journey's deadline.
                     due = value.get("hold_until") or value["deadline"]
                     heapq.heappush(deadlines, (due, chain, value["id"]))

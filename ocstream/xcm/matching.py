@@ -487,20 +487,20 @@ class Engine:
         # No seen-check: a journey notes each relayed leg once, and a waiting one is kept once.
         leg = RelayedLeg.model_validate(record["leg"])
         ids = list(dict.fromkeys(leg.ids))
-        if ids and any(
-            waiting["leg"]["identity"] == leg.identity
-            for waiting in _relay_waiting(tables, chain, ids[0])
-        ):
+        if not ids:
+            return  # nothing could ever find it
+        # A waiting leg is under every one of its ids: the first tells whether it waits.
+        first = _relay_waiting(tables, chain, ids[0])
+        if any(waiting["leg"]["identity"] == leg.identity for waiting in first):
             step.count("duplicate_legs")
             return
         data = leg.model_dump(by_alias=True)
-        if self._match_relayed(tables, chain, data, step) or not ids:
-            return  # (with no id, nothing could ever find it)
+        if self._match_relayed(tables, chain, data, step):
+            return
         entry = {"leg": data, "ids": ids, "expires": self.now() + self.settings.pending_ttl}
         for message_id in ids:
-            _set_relay(
-                tables, chain, message_id, [*_relay_waiting(tables, chain, message_id), entry]
-            )
+            waiting = first if message_id == ids[0] else _relay_waiting(tables, chain, message_id)
+            _set_relay(tables, chain, message_id, [*waiting, entry])
         step.count("relay_pending")
 
     # -- receipts waiting for their journey (table inbound; relayed legs: _relay_waiting) --

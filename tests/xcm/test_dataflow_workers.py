@@ -8,6 +8,7 @@ dead-letter what they cannot read while the rest flows.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import Counter
@@ -37,7 +38,7 @@ from ocstream.xcm.keys import leg_key, spread_origin
 from ocstream.xcm.legs import SentLeg, leg_record
 from ocstream.xcm.matching import TABLES
 
-from ..workers import Worker, wait_for
+from ..workers import Worker, publish_records, wait_for
 from .sim import relayed_leg
 
 PARTITIONS = 4
@@ -213,8 +214,6 @@ def test_two_workers_match_recorded_journeys(
                 p = await writer.partition_for("xcm-legs", JUNK.encode(), None)
                 damaged = Damaged(JUNK.encode(), b"", int(time.time() * 1000))
                 await append_records(writer.client, writer.keys, [("xcm-legs", p, damaged)])
-
-        import asyncio  # noqa: PLC0415
 
         asyncio.run(garbage())
 
@@ -407,16 +406,8 @@ def test_sweeps_read_what_expires_not_what_is_kept(
             topic="0x" + "a5" * 32,
             number=7,
         )
-
-        async def relayed_alone() -> None:
-            async with TopicWriter.from_url(redis_url, prefix=prefix) as writer:
-                await writer.send_many(
-                    "xcm-legs", [(leg_key(orphan, PARTITIONS), leg_record(orphan))]
-                )
-
-        import asyncio  # noqa: PLC0415
-
-        asyncio.run(relayed_alone())
+        records = [(leg_key(orphan, PARTITIONS), leg_record(orphan))]
+        publish_records(redis_url, prefix, "xcm-legs", records, PARTITIONS)
         wait_for(lambda: notified("xcm.received", 1), 60, "the receipt")
         wait_for(lambda: held(running)[1]["relay_pending"] >= 1, 60, "the relayed leg waiting")
         tables, counters = wait_for(

@@ -14,7 +14,6 @@ dead-lettered.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections import Counter
@@ -24,9 +23,9 @@ from typing import Any
 import orjson
 import redis
 
-from ocstream.transport import Keyspace, TopicWriter
+from ocstream.transport import Keyspace
 from ocstream.transport.wire import entry_value
-from tests.workers import Worker, wait_for
+from tests.workers import Worker, publish_records, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from journeys import build_journeys, shuffled  # noqa: E402
@@ -36,15 +35,7 @@ JOURNEYS = 3000
 
 
 def publish(redis_url: str, prefix: str, records: list[tuple[str, bytes]]) -> None:
-    async def run() -> None:
-        async with TopicWriter.from_url(
-            redis_url, prefix=prefix, default_partitions=PARTITIONS
-        ) as writer:
-            await writer.create_topic("xcm-legs", PARTITIONS)
-            for start in range(0, len(records), 1000):
-                await writer.send_many("xcm-legs", records[start : start + 1000])
-
-    asyncio.run(run())
+    publish_records(redis_url, prefix, "xcm-legs", records, PARTITIONS)
 
 
 def notifications(redis_url: str, prefix: str) -> dict[str, dict[str, Any]]:
