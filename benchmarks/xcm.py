@@ -15,9 +15,10 @@ instead, as extraction did before new journeys were spread; ``--sends-by id chai
 round's phases both ways. ``--origins 1`` makes every journey start at one busy parachain.
 
 1. **Baseline** (same run): ``benchmarks/throughput.py``'s plain XREADGROUP+XACK loop over
-   3 x N messages on P partitions (msg/s), the median of ``--baseline-repeats`` loops (5): one
-   loop lasts a tenth of a second or two, and single loops a minute apart differed by up to
-   1.7 times on the 2-core development machine.
+   3 x N messages on P partitions (msg/s), the median of ``--baseline-repeats`` loops (5)
+   before a round's journeys phases and as many after them: one loop lasts a tenth of a
+   second or two, single loops a minute apart differed by up to 1.7 times on the 2-core
+   development machine, and the medians before and after one round by up to 1.5 times.
 2. **Journeys**: for each worker count, a fresh group runs that many workers; then N journeys
    (a sent leg from a parachain A to a parachain B among ten ``urn:ocn:polkadot`` parachains,
    half of them with a topic; the relayed leg at the relay; the received leg at B, reporting
@@ -678,7 +679,10 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=1, help="repeat baseline + journeys")
     parser.add_argument(
-        "--baseline-repeats", type=int, default=5, help="raw loops per round; a is their median"
+        "--baseline-repeats",
+        type=int,
+        default=5,
+        help="raw loops before and after each round; a is the median of both",
     )
     parser.add_argument("--keep", metavar="DIR", help="keep the workers' logs and data dirs here")
     parser.add_argument(
@@ -739,7 +743,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     raw_client = redis.Redis.from_url(args.redis)
     try:
         n_raw = 3 * args.journeys
-        for round_ in range(1, args.rounds + 1):
+
+        def raw_loops(round_: int, when: str) -> list[float]:
             loops, fills = [], []
             for _ in range(args.baseline_repeats):
                 fills.append(
@@ -749,26 +754,39 @@ def main(argv: Iterable[str] | None = None) -> int:
                     asyncio.run(baseline(args.redis, raw_prefix, "raw", n_raw, args.partitions))
                 )
                 cleanup(raw_client, raw_prefix)
-            raw = statistics.median(loops)
-            raws.append(raw)
             print(
-                f"round {round_}: a  raw XREADGROUP+XACK, {n_raw:,} msgs  {raw:>10,.0f} msg/s"
-                f"   (median of {len(loops)}: {', '.join(f'{x:,.0f}' for x in loops)}; "
-                f"filled at {statistics.median(fills):,.0f} msg/s via TopicWriter)",
+                f"round {round_}: a {when} raw XREADGROUP+XACK, {n_raw:,} msgs  "
+                f"{statistics.median(loops):>10,.0f} msg/s   (median of {len(loops)}: "
+                f"{', '.join(f'{x:,.0f}' for x in loops)}; filled at "
+                f"{statistics.median(fills):,.0f} msg/s via TopicWriter)",
                 flush=True,
             )
+            return loops
+
+        for round_ in range(1, args.rounds + 1):
+            before = raw_loops(round_, "before")
+            round_results = []
             for mode, count in [(m, c) for m in args.sends_by for c in args.workers]:
                 result = journeys_phase(args, count, root, runs, mode)
                 runs[-1].stop()
                 result["round"] = round_
-                result["raw"] = raw
-                results.append(result)
+                round_results.append(result)
                 print(
                     f"round {round_}: j{count}{label(mode)} {count} worker(s): "
                     f"{result['journeys_s']:>6,.0f} journeys/s {result['legs_s']:>6,.0f} legs/s "
                     f"in {result['elapsed']:.2f} s (published in {result['published']:.2f} s)",
                     flush=True,
                 )
+            # The machine's speed drifts by minutes (the loops before and after a round have
+            # differed by 1.5 times): a is measured on both sides of the phases it divides.
+            after = raw_loops(round_, "after")
+            raw = statistics.median(before + after)
+            raws.append(raw)
+            loops = len(before) + len(after)
+            print(f"round {round_}: a = {raw:,.0f} msg/s (median of all {loops})", flush=True)
+            for result in round_results:
+                result["raw"] = raw
+            results.extend(round_results)
         memory = memory_phase(args, root, runs) if args.pending > 0 else None
         if runs:
             runs[-1].stop()
