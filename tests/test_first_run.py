@@ -11,7 +11,6 @@ from pathlib import Path
 from ocstream.cli import NO_NETWORKS, _alone_in_its_group
 from ocstream.runtime import QUIET_AT_INFO
 from ocstream.settings import load_settings
-from tests.conftest import SYSTEM_REDIS_URL
 from tests.workers import Worker, wait_for
 
 
@@ -38,9 +37,12 @@ def test_an_embedded_worker_without_networks_says_so_once(tmp_path: Path) -> Non
     assert "Try it offline" in (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
-def test_a_worker_with_networks_or_a_shared_redis_does_not(tmp_path: Path, prefix: str) -> None:
+def test_a_worker_with_networks_or_a_shared_redis_does_not(
+    tmp_path: Path, redis_url: str, prefix: str
+) -> None:
     # On a shared Redis the chains are followed by `ocstream ingress`, elsewhere: nothing to say.
-    worker = Worker("shared", tmp_path, redis_url=SYSTEM_REDIS_URL, prefix=prefix, app_id="t1st")
+    # The Redis of ``prefix`` (each version in turn), whose keys the fixture deletes afterwards.
+    worker = Worker("shared", tmp_path, redis_url=redis_url, prefix=prefix, app_id="t1st")
     worker.start()
     try:
         worker.wait_assigned()
