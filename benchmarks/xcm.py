@@ -412,15 +412,13 @@ def wait_notified(run: Run, partitions: int, target: int, timeout: float) -> flo
     ``MGET`` per look, where reading the notifications themselves (:func:`wait_received`) cost
     this script and Redis a fifth of a core during the timed part, taken from the workers. A
     duplicate would count here too, so the caller checks the ids once this returns."""
-    deadline = time.monotonic() + timeout
-    while True:
-        written = highwater(run.client, run.prefix, NOTIFICATIONS, partitions)
-        if written >= target:
-            return time.perf_counter()
-        if time.monotonic() > deadline:
-            raise Incomplete(f"{written} of {target} notifications after {timeout:.0f} s")
+
+    def written() -> bool:
         run.check_alive()
-        time.sleep(0.02)
+        return highwater(run.client, run.prefix, NOTIFICATIONS, partitions) >= target
+
+    wait_for(written, timeout, f"{target:,} notifications", interval=0.02)
+    return time.perf_counter()
 
 
 def wait_sent(run: Run, reader: NotificationReader, target: int, timeout: float) -> None:
