@@ -212,7 +212,16 @@ class WorkerProc(ChildProc):
         )
 
 
-def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+def wait_for(
+    predicate: Callable[[], T],
+    timeout: float,
+    what: str,
+    interval: float = 0.1,
+    progress: Callable[[], str] | None = None,
+) -> T:
+    """``predicate()`` once it is true, looking every ``interval`` seconds; else
+    :class:`Incomplete` after ``timeout``, naming ``what`` and the last result (or what
+    ``progress()`` says then, when given: how far it got)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -224,7 +233,8 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: fl
             if last:
                 return last  # type: ignore[no-any-return]
         time.sleep(interval)
-    raise Incomplete(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+    got = progress() if progress is not None else f"last: {last!r}"
+    raise Incomplete(f"timed out after {timeout:.0f} s waiting for {what} ({got})")
 
 
 def wait_group(workers: list[WorkerProc], timeout: float) -> None:

@@ -386,21 +386,23 @@ class Run:
         )
 
 
-def wait_received(
-    run: Run, reader: NotificationReader, target: int, timeout: float, interval: float = 0.02
+def wait_notes(
+    run: Run, reader: NotificationReader, kind: str, target: int, timeout: float
 ) -> float:
-    deadline = time.monotonic() + timeout
-    while True:
-        reader.poll()
-        if reader.count("xcm.received") >= target:
-            return time.perf_counter()
-        if time.monotonic() > deadline:
-            raise Incomplete(
-                f"{reader.count('xcm.received')} of {target} journeys received after "
-                f"{timeout:.0f} s ({ {k: len(v) for k, v in reader.ids.items()} })"
-            )
+    """When ``reader`` has seen ``target`` distinct notifications of ``kind`` (reading them as
+    they come, every 20 ms, with the workers' liveness checked at each look)."""
+
+    def reached() -> bool:
         run.check_alive()
-        time.sleep(interval)
+        reader.poll()
+        return reader.count(kind) >= target
+
+    def progress() -> str:
+        seen = {k: len(v) for k, v in reader.ids.items()}
+        return f"{reader.count(kind):,} of {target:,} {kind}; distinct ids by type: {seen}"
+
+    wait_for(reached, timeout, f"{target:,} {kind}", interval=0.02, progress=progress)
+    return time.perf_counter()
 
 
 def _is_sent(record: tuple[str, bytes]) -> bool:
@@ -409,7 +411,7 @@ def _is_sent(record: tuple[str, bytes]) -> bool:
 
 def wait_notified(run: Run, partitions: int, target: int, timeout: float) -> float:
     """When ``xcm-notifications`` holds ``target`` records, by its sequence counters: one
-    ``MGET`` per look, where reading the notifications themselves (:func:`wait_received`) cost
+    ``MGET`` per look, where reading the notifications themselves (:func:`wait_notes`) cost
     this script and Redis a fifth of a core during the timed part, taken from the workers. A
     duplicate would count here too, so the caller checks the ids once this returns."""
 
@@ -419,16 +421,6 @@ def wait_notified(run: Run, partitions: int, target: int, timeout: float) -> flo
 
     wait_for(written, timeout, f"{target:,} notifications", interval=0.02)
     return time.perf_counter()
-
-
-def wait_sent(run: Run, reader: NotificationReader, target: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while reader.count("xcm.sent") < target:
-        if time.monotonic() > deadline:
-            raise Incomplete(f"{reader.count('xcm.sent')} of {target} sends after {timeout:.0f} s")
-        run.check_alive()
-        time.sleep(0.02)
-        reader.poll()
 
 
 def journeys_phase(
@@ -448,7 +440,7 @@ def journeys_phase(
     reader = NotificationReader(run.client, run.prefix, args.partitions)
     if warm:
         publish(run.url, run.prefix, args.partitions, shuffled(warm, args.seed + 1000))
-        wait_received(run, reader, len(warm), args.timeout)
+        wait_notes(run, reader, "xcm.received", len(warm), args.timeout)
     if joining:
         wait_for(
             lambda: all_committed(run.client, run.prefix), args.timeout, "the warm-up committed",
@@ -470,7 +462,7 @@ def journeys_phase(
     t0 = time.perf_counter()
     if args.arrival == "timed":
         publish(run.url, run.prefix, args.partitions, sends)
-        wait_sent(run, reader, len(warm) + len(sends), args.timeout)
+        wait_notes(run, reader, "xcm.sent", len(warm) + len(sends), args.timeout)
         publish(run.url, run.prefix, args.partitions, later)
     else:
         publish(run.url, run.prefix, args.partitions, records)
@@ -483,7 +475,7 @@ def journeys_phase(
     by_command = cpu.commands_used()
     reader.poll()
     if reader.count("xcm.received") < total:  # duplicates made the count: wait for the ids
-        t1 = wait_received(run, reader, total, args.timeout)
+        t1 = wait_notes(run, reader, "xcm.received", total, args.timeout)
         cpu_used, cpu_each = cpu.used()
         by_command = cpu.commands_used()
     elapsed = t1 - t0
@@ -491,11 +483,7 @@ def journeys_phase(
     reads = {k: v - reads_before[k] for k, v in reads_after.items()}
 
     # Late relayed notifications (a relayed leg after its receipt) may still be on their way.
-    def all_relayed() -> bool:
-        reader.poll()
-        return bool(reader.count("xcm.relayed") >= total)
-
-    wait_for(all_relayed, 30, "every relayed notification")
+    wait_notes(run, reader, "xcm.relayed", total, 30)
     wait_for(
         lambda: all_committed(run.client, run.prefix), args.timeout, "every record committed",
         interval=0.2,

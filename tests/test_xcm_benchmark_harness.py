@@ -1,0 +1,114 @@
+"""How ``benchmarks/xcm.py`` decides that a run is over, against a real Redis.
+
+The benchmark's timed part ends when ``xcm-notifications`` holds every journey's three
+notifications by the topic's sequence counters (``wait_notified``), without reading them.
+A notification written twice (a worker killed after its outputs were written) counts there
+too, so the benchmark then reads the ids (``NotificationReader``) and, when some journey's
+receipt is still missing, waits for the ids instead (``wait_notes``). No benchmark run has
+produced such a duplicate, so that path is exercised here, with notifications written by
+ocstream's own ``TopicWriter`` as the workers' producer writes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import orjson
+import pytest
+
+from ocstream.transport import TopicWriter
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+PARTITIONS = 4
+
+
+def _benchmark() -> ModuleType:
+    """benchmarks/xcm.py, under a name of its own (``xcm`` would be ambiguous here)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("xcm_benchmark", BENCHMARKS / "xcm.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _benchmark()
+
+
+def note(journey: int, kind: str) -> tuple[str, bytes]:
+    jid = f"j{journey:04d}"
+    return jid, orjson.dumps({"type": kind, "id": f"{jid}:{kind}:0", "journeyId": jid})
+
+
+def write(url: str, prefix: str, records: list[tuple[str, bytes]]) -> None:
+    async def go() -> None:
+        async with TopicWriter.from_url(
+            url, prefix=prefix, default_partitions=PARTITIONS
+        ) as writer:
+            await writer.create_topic(bench.NOTIFICATIONS, PARTITIONS)
+            await writer.send_many(bench.NOTIFICATIONS, records)
+
+    asyncio.run(go())
+
+
+KINDS = ("xcm.sent", "xcm.relayed", "xcm.received")
+
+
+@pytest.fixture
+def run(redis_url: str, tmp_path: Path) -> Iterator[Any]:
+    """A benchmark run with no workers (its keys go when it stops)."""
+    made = bench.Run(redis_url, tmp_path, PARTITIONS, "t")
+    yield made
+    made.stop()
+
+
+def test_the_count_ends_the_wait_and_the_ids_agree(run: Any) -> None:
+    journeys = 5
+    write(run.url, run.prefix, [note(j, kind) for j in range(journeys) for kind in KINDS])
+    bench.wait_notified(run, PARTITIONS, 3 * journeys, timeout=10)
+    reader = bench.NotificationReader(run.client, run.prefix, PARTITIONS)
+    reader.poll()
+    assert {kind: reader.count(kind) for kind in KINDS} == dict.fromkeys(KINDS, journeys)
+    assert reader.entries == 3 * journeys
+
+
+def test_a_count_short_of_its_target_times_out(run: Any) -> None:
+    journeys = 3
+    records = [note(j, kind) for j in range(journeys) for kind in KINDS]
+    write(run.url, run.prefix, records[:-1])
+    with pytest.raises(bench.Incomplete, match="9 notifications"):
+        bench.wait_notified(run, PARTITIONS, 3 * journeys, timeout=0.5)
+    write(run.url, run.prefix, records[-1:])
+    bench.wait_notified(run, PARTITIONS, 3 * journeys, timeout=10)
+
+
+def test_a_duplicate_makes_the_count_early_and_the_ids_wait(run: Any) -> None:
+    journeys = 4
+    records = [note(j, kind) for j in range(journeys) for kind in KINDS]
+    # The last journey's receipt is late; a duplicate of the first one's takes its place in
+    # the count.
+    late = records.pop()
+    records.append(note(0, "xcm.received"))
+    write(run.url, run.prefix, records)
+    bench.wait_notified(run, PARTITIONS, 3 * journeys, timeout=10)
+    reader = bench.NotificationReader(run.client, run.prefix, PARTITIONS)
+    reader.poll()
+    assert reader.entries == 3 * journeys
+    assert reader.count("xcm.received") == journeys - 1  # what sends the benchmark to the ids
+    with pytest.raises(bench.Incomplete, match=r"3 of 4 xcm\.received") as failed:
+        bench.wait_notes(run, reader, "xcm.received", journeys, timeout=0.5)
+    assert "'xcm.sent': 4" in str(failed.value)  # the counts by type are in the message
+
+    write(run.url, run.prefix, [late])
+    before = time.perf_counter()
+    ended = bench.wait_notes(run, reader, "xcm.received", journeys, timeout=10)
+    assert ended >= before
+    assert reader.count("xcm.received") == journeys
+    assert reader.entries == 3 * journeys + 1
