@@ -275,6 +275,11 @@ def journey_value_sizes(client: redis.Redis, prefix: str, app_id: str, partition
     return sum(sizes) / max(1, len(sizes))
 
 
+#: What :class:`CpuMeter` read: CPU seconds by process kind, each worker's, and the Redis
+#: server's calls and microseconds by command.
+CpuUse = tuple[dict[str, float], list[float], dict[str, tuple[int, float]]]
+
+
 class CpuMeter:
     """CPU seconds spent by the workers (together and each: how the work was split), the Redis
     server (all of it) and this script."""
@@ -299,6 +304,11 @@ class CpuMeter:
         end, end_each = self.read()
         totals = {k: end[k] - self.start[k] for k in end}
         return totals, [e - s for e, s in zip(end_each, self.start_each, strict=True)]
+
+    def reading(self) -> CpuUse:
+        """:meth:`used` and :meth:`commands_used`, read together."""
+        totals, each = self.used()
+        return totals, each, self.commands_used()
 
     def commands_used(self) -> dict[str, tuple[int, float]]:
         """Since this meter was made: the Redis server's calls and microseconds by command."""
@@ -423,6 +433,23 @@ def wait_notified(run: Run, partitions: int, target: int, timeout: float) -> flo
     return time.perf_counter()
 
 
+def end_of_timed_part(
+    run: Run, reader: NotificationReader, cpu: CpuMeter, journeys: int, timeout: float
+) -> tuple[float, CpuUse]:
+    """When every journey's three notifications are written (the late relayed ones included),
+    and what the meter read then. The ids are read after that reading, which must not count
+    what reading them costs; if a duplicate made the count early (some journey's
+    ``xcm.received`` is still missing), the part ends when the ids are all there instead,
+    and the meter is read again."""
+    end = wait_notified(run, run.partitions, 3 * journeys, timeout)
+    used = cpu.reading()
+    reader.poll()
+    if reader.count("xcm.received") < journeys:
+        end = wait_notes(run, reader, "xcm.received", journeys, timeout)
+        used = cpu.reading()
+    return end, used
+
+
 def journeys_phase(
     args: argparse.Namespace, workers: int, root: Path, runs: list[Run], sends_by: str = "id"
 ) -> dict[str, Any]:
@@ -467,17 +494,8 @@ def journeys_phase(
     else:
         publish(run.url, run.prefix, args.partitions, records)
     published = time.perf_counter() - t0
-    # The timed part ends when every journey's three notifications are written (the late
-    # relayed ones included); their ids are read after it.
     total = len(warm) + args.journeys
-    t1 = wait_notified(run, args.partitions, 3 * total, args.timeout)
-    cpu_used, cpu_each = cpu.used()
-    by_command = cpu.commands_used()
-    reader.poll()
-    if reader.count("xcm.received") < total:  # duplicates made the count: wait for the ids
-        t1 = wait_notes(run, reader, "xcm.received", total, args.timeout)
-        cpu_used, cpu_each = cpu.used()
-        by_command = cpu.commands_used()
+    t1, (cpu_used, cpu_each, by_command) = end_of_timed_part(run, reader, cpu, total, args.timeout)
     elapsed = t1 - t0
     gc_after, gc_pause, reads_after = metrics_of(run)
     reads = {k: v - reads_before[k] for k, v in reads_after.items()}

@@ -4,9 +4,10 @@ The benchmark's timed part ends when ``xcm-notifications`` holds every journey's
 notifications by the topic's sequence counters (``wait_notified``), without reading them.
 A notification written twice (a worker killed after its outputs were written) counts there
 too, so the benchmark then reads the ids (``NotificationReader``) and, when some journey's
-receipt is still missing, waits for the ids instead (``wait_notes``). No benchmark run has
-produced such a duplicate, so that path is exercised here, with notifications written by
-ocstream's own ``TopicWriter`` as the workers' producer writes them.
+receipt is still missing, waits for the ids instead (``end_of_timed_part``, through
+``wait_notes``). No benchmark run has produced such a duplicate, so that path is exercised
+here, with notifications written by ocstream's own ``TopicWriter`` as the workers' producer
+writes them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,12 +71,14 @@ def run(redis_url: str, tmp_path: Path) -> Iterator[Any]:
     made.stop()
 
 
-def test_the_count_ends_the_wait_and_the_ids_agree(run: Any) -> None:
+def test_the_count_ends_the_timed_part_and_the_ids_agree(run: Any) -> None:
     journeys = 5
     write(run.url, run.prefix, [note(j, kind) for j in range(journeys) for kind in KINDS])
-    bench.wait_notified(run, PARTITIONS, 3 * journeys, timeout=10)
     reader = bench.NotificationReader(run.client, run.prefix, PARTITIONS)
-    reader.poll()
+    cpu = bench.CpuMeter(run)
+    end, (used, each, _) = bench.end_of_timed_part(run, reader, cpu, journeys, timeout=10)
+    assert end <= time.perf_counter()
+    assert each == [] and set(used) == {"workers", "redis", "script"}  # a run without workers
     assert {kind: reader.count(kind) for kind in KINDS} == dict.fromkeys(KINDS, journeys)
     assert reader.entries == 3 * journeys
 
@@ -89,26 +93,38 @@ def test_a_count_short_of_its_target_times_out(run: Any) -> None:
     bench.wait_notified(run, PARTITIONS, 3 * journeys, timeout=10)
 
 
-def test_a_duplicate_makes_the_count_early_and_the_ids_wait(run: Any) -> None:
+def test_a_duplicate_makes_the_count_early_and_the_timed_part_waits_for_the_ids(
+    run: Any,
+) -> None:
     journeys = 4
     records = [note(j, kind) for j in range(journeys) for kind in KINDS]
     # The last journey's receipt is late; a duplicate of the first one's takes its place in
-    # the count.
+    # the count, which is complete as soon as these are written.
     late = records.pop()
     records.append(note(0, "xcm.received"))
     write(run.url, run.prefix, records)
     bench.wait_notified(run, PARTITIONS, 3 * journeys, timeout=10)
+
+    # What the ids say then: one receipt short, and a timeout says how far each type got.
     reader = bench.NotificationReader(run.client, run.prefix, PARTITIONS)
-    reader.poll()
-    assert reader.entries == 3 * journeys
-    assert reader.count("xcm.received") == journeys - 1  # what sends the benchmark to the ids
     with pytest.raises(bench.Incomplete, match=r"3 of 4 xcm\.received") as failed:
         bench.wait_notes(run, reader, "xcm.received", journeys, timeout=0.5)
-    assert "'xcm.sent': 4" in str(failed.value)  # the counts by type are in the message
+    assert "'xcm.sent': 4" in str(failed.value)
 
-    write(run.url, run.prefix, [late])
-    before = time.perf_counter()
-    ended = bench.wait_notes(run, reader, "xcm.received", journeys, timeout=10)
-    assert ended >= before
+    # The timed part does not end on the count: it ends once the late receipt is written.
+    written: list[float] = []  # just before the late receipt is written
+
+    def write_late() -> None:
+        written.append(time.perf_counter())
+        write(run.url, run.prefix, [late])
+
+    writer = threading.Timer(0.5, write_late)
+    writer.start()
+    try:
+        reader = bench.NotificationReader(run.client, run.prefix, PARTITIONS)
+        end, _ = bench.end_of_timed_part(run, reader, bench.CpuMeter(run), journeys, timeout=10)
+    finally:
+        writer.join()
+    assert written and end >= written[0]
     assert reader.count("xcm.received") == journeys
     assert reader.entries == 3 * journeys + 1
