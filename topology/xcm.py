@@ -52,7 +52,6 @@ from ocstream.xcm.matching import (
     TABLES,
     Engine,
     MatchSettings,
-    Store,
     Tables,
     expired_keys,
     key_chain,
@@ -368,7 +367,10 @@ def declare(app: Any, settings: XcmSettings | None = None) -> None:
         batch = TableBatch(app, tables, on_write=index_writes)
         taken: list[Any] = []
         outputs: list[tuple[Any, str, Any, Any]] = []  # topic, key, value, headers
-        views: dict[int, dict[str, Store]] = {}
+        # One engine view per partition, kept across batches: its overlay is empty between
+        # records (each step commits or rolls back), and the batch's views under it are
+        # emptied, not replaced, by each flush.
+        views: dict[int, Tables] = {}
 
         async def flush() -> None:
             for topic, key, value, headers in outputs:
@@ -396,9 +398,9 @@ def declare(app: Any, settings: XcmSettings | None = None) -> None:
                 except Exception as exc:  # the last known records will do
                     log.warning("network registry not refreshed: %s", exc)
             partition = message.partition
-            if partition not in views:
-                views[partition] = batch.views(partition)
-            view = Tables(views[partition])
+            view = views.get(partition)
+            if view is None:
+                view = views[partition] = Tables(batch.views(partition))
             try:
                 step = engine.handle(view, chain, record)
             except Exception as exc:
