@@ -194,17 +194,12 @@ async def _expired(name: str, table: Any, now: float) -> Any:
         yield found
 
 
-async def _send(app: Any, topic: Any, key: str, value: Any, headers: Any = None) -> None:
-    """Queue a JSON record straight in the producer, encoded as faust's ``json`` serializer
-    encodes it (``json_value``): faust's ``Topic.send`` would build a message object, a future and
-    sensor calls for each record."""
-    await _send_raw(app, topic, key, json_value(value), headers)
-
-
 async def _send_raw(app: Any, topic: Any, key: str, value: bytes, headers: Any = None) -> None:
-    """Queue a record already encoded as JSON (see :func:`_send`): through ocstream's
-    producer's ``queue`` (no coroutine and no future per record) once it knows the topic's
-    partitions, else through ``send``."""
+    """Queue a record already encoded as JSON (as faust's ``json`` serializer encodes it,
+    ``json_value``) straight in the producer: through ocstream's producer's ``queue`` (no
+    coroutine and no future per record) once it knows the topic's partitions, else through
+    ``send``. faust's ``Topic.send`` would build a message object, a future and sensor calls
+    for each record."""
     producer = app.producer
     name = topic.get_topic_name()
     encoded_key = key.encode()
@@ -373,8 +368,13 @@ def declare(app: Any, settings: XcmSettings | None = None) -> None:
         views: dict[int, Tables] = {}
 
         async def flush() -> None:
+            producer = app.producer
             for topic, key, value, headers in outputs:
-                await _send(app, topic, key, value, headers)
+                # Queued in place (no coroutine per record); ``_send_raw`` only for a topic
+                # whose partition count this process does not know yet.
+                raw = json_value(value)
+                if not producer.queue(topic.get_topic_name(), key.encode(), raw, headers):
+                    await _send_raw(app, topic, key, raw, headers)
             outputs.clear()
             await batch.flush()
             for message in taken:
