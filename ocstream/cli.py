@@ -371,9 +371,10 @@ def _running_embedded_url(settings: Settings) -> str | None:
 
 def _check_environment() -> None:
     """Read the settings that modules take from the environment when imported (the
-    transport's compression, the garbage collector's clock; ``ocstream/envvars.py``), so a bad
-    value stops the command here, before an embedded Redis is started for nothing."""
-    from . import gctune  # noqa: F401
+    transport's compression, the garbage collector's clock, RocksDB's block cache;
+    ``ocstream/envvars.py``), so a bad value stops the command here, before an embedded Redis
+    is started for nothing."""
+    from . import gctune, rocks  # noqa: F401
     from .transport import wire  # noqa: F401
 
 

@@ -170,6 +170,40 @@ async def test_table_databases_filter_memtable_misses(app: Any) -> None:
     assert f"memtable_prefix_bloom_size_ratio={MEMTABLE_BLOOM_RATIO:f}" in options
 
 
+def test_table_files_filter_10_bits_per_key_and_share_one_block_cache(tmp_path: Path) -> None:
+    """A table file RocksDB writes for a table store holds a bloom filter of 10 bits per key
+    (faust's options give 3: seen in the file's size, the same entries otherwise), and every
+    table database reads through the process's one block cache
+    (``ocstream.runtime.block_cache``), not a cache of its own."""
+    from faust.stores.rocksdb import RocksDBOptions as FaustRocksDBOptions
+
+    from ocstream.runtime import SST_BLOOM_BITS, RocksDBOptions, block_cache
+
+    keys = 10_000
+
+    def written(options: Any, name: str) -> tuple[int, int]:
+        """(bytes of table files, growth of the shared cache after one read)"""
+        db = options.open(tmp_path / name)
+        for n in range(keys):
+            db[b"key-%d" % n] = b"v" * 100
+        db.flush()
+        used = block_cache().get_usage()
+        assert db.get(b"key-5") == b"v" * 100
+        grew = block_cache().get_usage() - used
+        db.close()
+        files = list((tmp_path / name).glob("*.sst"))
+        assert files
+        return sum(path.stat().st_size for path in files), grew
+
+    ours, ours_grew = written(RocksDBOptions(), "ours.db")
+    theirs, theirs_grew = written(FaustRocksDBOptions(), "faust.db")
+    extra_bits = (ours - theirs) * 8 / keys
+    assert SST_BLOOM_BITS - 3 - 0.5 < extra_bits < SST_BLOOM_BITS - 3 + 0.5, extra_bits
+    assert ours_grew > 0 and theirs_grew == 0
+    # Two databases, one cache: a read from a second one adds to the same usage.
+    assert written(RocksDBOptions(), "second.db")[1] > 0
+
+
 WRITE_AND_EXIT = """
 import asyncio, os, signal, sys
 import faust
