@@ -37,8 +37,8 @@ T = TypeVar("T")
 #: (``OCSTREAM_TRANSPORT_COMPRESSION=zstd python benchmarks/xcm.py`` runs everything without the
 #: compression dictionary), and how partitions are assigned (``OCSTREAM_TRANSPORT_ASSIGNMENT``,
 #: ``_LOAD_CHECK_INTERVAL``, ``_LOAD_FIRST_LOOK``, ``_LOAD_SETTLE_RECORDS``,
-#: ``_LOAD_UNEVEN_CHECKS``), and the bounds of a matching batch (``OCSTREAM_XCM_BATCH_RECORDS``,
-#: ``_SECONDS``).
+#: ``_LOAD_UNEVEN_CHECKS``), the bounds of a matching batch (``OCSTREAM_XCM_BATCH_RECORDS``,
+#: ``_SECONDS``), and RocksDB's memory (``OCSTREAM_ROCKSDB_MEMTABLES_MB``, ``_CACHE_MB``).
 PASSED_SETTINGS = (
     "OCSTREAM_TRANSPORT_COMPRESSION",
     "OCSTREAM_TRANSPORT_COMPRESS_MIN_BYTES",
@@ -49,6 +49,8 @@ PASSED_SETTINGS = (
     "OCSTREAM_TRANSPORT_LOAD_UNEVEN_CHECKS",
     "OCSTREAM_XCM_BATCH_RECORDS",
     "OCSTREAM_XCM_BATCH_SECONDS",
+    "OCSTREAM_ROCKSDB_MEMTABLES_MB",
+    "OCSTREAM_ROCKSDB_CACHE_MB",
 )
 
 

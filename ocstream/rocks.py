@@ -8,7 +8,7 @@ import os
 
 from .envvars import env_count
 
-__all__ = ["BLOCK_CACHE_BYTES"]
+__all__ = ["BLOCK_CACHE_BYTES", "MEMTABLE_BYTES"]
 
 #: One block cache (bytes) for every table database of the process,
 #: ``OCSTREAM_ROCKSDB_CACHE_MB`` (256 by default). faust gives each database a cache of its own,
@@ -16,3 +16,10 @@ __all__ = ["BLOCK_CACHE_BYTES"]
 #: memory that no setting bounded. Blocks enter the cache as table files are read, so it fills
 #: only as far as the tables are read from disk.
 BLOCK_CACHE_BYTES = env_count(os.environ, "OCSTREAM_ROCKSDB_CACHE_MB", 256) * 1024 * 1024
+
+#: The most memory (bytes) that the memtables of all of a worker's table databases hold
+#: together, ``OCSTREAM_ROCKSDB_MEMTABLES_MB`` (0: no bound beyond faust's own, 3 memtables of
+#: 64 MB per database). Past it RocksDB writes the memtable of the database being written out
+#: to a table file. Without it a worker's memory grew with every write until each database's
+#: memtable filled: 9 kB per journey in ``benchmarks/xcm.py``, towards 6 GB for 16 partitions.
+MEMTABLE_BYTES = env_count(os.environ, "OCSTREAM_ROCKSDB_MEMTABLES_MB", 256) * 1024 * 1024

@@ -49,7 +49,7 @@ from yarl import URL
 
 from .gctune import collect_young, tune_gc
 from .looplag import watch_loop
-from .rocks import BLOCK_CACHE_BYTES
+from .rocks import BLOCK_CACHE_BYTES, MEMTABLE_BYTES
 
 __all__ = [
     "QUIET_AT_INFO",
@@ -140,14 +140,28 @@ MEMTABLE_BLOOM_RATIO = 0.002
 #: with 3 (``python benchmarks/table_reads.py``).
 SST_BLOOM_BITS = 10
 
-_block_cache: list[rocksdict.Cache] = []
+_shared: dict[str, Any] = {}
 
 
 def block_cache() -> rocksdict.Cache:
-    """The process's shared block cache (:data:`BLOCK_CACHE_BYTES`), made on first use."""
-    if not _block_cache:
-        _block_cache.append(rocksdict.Cache(BLOCK_CACHE_BYTES))
-    return _block_cache[0]
+    """The process's shared block cache (:data:`~ocstream.rocks.BLOCK_CACHE_BYTES`), made on
+    first use."""
+    cache = _shared.get("cache")
+    if cache is None:
+        cache = _shared["cache"] = rocksdict.Cache(BLOCK_CACHE_BYTES)
+    return cache
+
+
+def write_buffer_manager() -> rocksdict.WriteBufferManager | None:
+    """The process's bound on all its databases' memtables
+    (:data:`~ocstream.rocks.MEMTABLE_BYTES`), made on first use; None when it is 0. Writers do
+    not stall when it is reached: the database written to writes its memtable out."""
+    if not MEMTABLE_BYTES:
+        return None
+    manager = _shared.get("memtables")
+    if manager is None:
+        manager = _shared["memtables"] = rocksdict.WriteBufferManager(MEMTABLE_BYTES, False)
+    return manager
 
 
 class RocksDBOptions(_FaustRocksDBOptions):
@@ -179,6 +193,9 @@ class RocksDBOptions(_FaustRocksDBOptions):
             table.set_block_cache(block_cache())
             table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
             options.set_block_based_table_factory(table)
+            manager = write_buffer_manager()
+            if manager is not None:
+                options.set_write_buffer_manager(manager)
         return options
 
     def open(self, path: Any, *, read_only: bool = False) -> Any:

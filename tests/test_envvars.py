@@ -53,6 +53,7 @@ def test_a_choice_is_one_of_its_names() -> None:
         ("OCSTREAM_TRANSPORT_COMPRESSION", "lz4", "zlib or zstd or zstd-dict, not 'lz4'"),
         ("OCSTREAM_GC_YOUNG_EVERY", "0", "a duration in seconds, more than 0, not '0'"),
         ("OCSTREAM_ROCKSDB_CACHE_MB", "lots", "a whole number, 0 or more, not 'lots'"),
+        ("OCSTREAM_ROCKSDB_MEMTABLES_MB", "-256", "a whole number, 0 or more, not '-256'"),
         # Read by topology.read_environment, before anything starts (they used to be read when
         # the dataflow was declared, after an embedded Redis had started).
         ("OCSTREAM_XCM_SWEEP_INTERVAL", "-5", "a duration in seconds, 0 or more, not '-5'"),

@@ -8,6 +8,7 @@ real Redis, started on their own (no worker); whole workers run the batch in
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -202,6 +203,44 @@ def test_table_files_filter_10_bits_per_key_and_share_one_block_cache(tmp_path: 
     assert ours_grew > 0 and theirs_grew == 0
     # Two databases, one cache: a read from a second one adds to the same usage.
     assert written(RocksDBOptions(), "second.db")[1] > 0
+
+
+MEMTABLES = """
+import os, sys
+from pathlib import Path
+from ocstream.runtime import RocksDBOptions, write_buffer_manager
+dbs = [RocksDBOptions().open(Path(sys.argv[1]) / f"{n}.db") for n in range(20)]
+value = os.urandom(1000)
+for n in range(100_000):  # 5 MB for each database, far below faust's 64 MB memtable
+    dbs[n % 20][b"key-%09d" % n] = value
+manager = write_buffer_manager()
+print(manager.get_buffer_size() if manager is not None else 0)
+for db in dbs:
+    db.close()
+"""
+
+
+@pytest.mark.parametrize("bound", ["8", "0"])
+def test_memtables_of_all_databases_are_bounded_together(tmp_path: Path, bound: str) -> None:
+    """``OCSTREAM_ROCKSDB_MEMTABLES_MB`` bounds the memtables of all of a process's table
+    databases together (``ocstream.runtime.write_buffer_manager``): 20 databases written 5 MB
+    each, 100 MB in all, write table files on the way with a bound of 8 MB. With 0 (no bound),
+    none of them fills faust's 64 MB memtable, and they write no table file until closed."""
+    env = {**os.environ, "OCSTREAM_ROCKSDB_MEMTABLES_MB": bound}
+    done = subprocess.run(
+        [sys.executable, "-c", MEMTABLES, str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) == int(bound) * 1024 * 1024
+    # Closing writes every memtable out: the files of a database that flushed before its close
+    # are more than the one its close wrote.
+    files = [len(list(db.glob("*.sst"))) for db in tmp_path.glob("*.db")]
+    assert len(files) == 20
+    if bound == "0":
+        assert max(files) <= 1, files
+    else:
+        assert sum(files) > 20, files
 
 
 WRITE_AND_EXIT = """
