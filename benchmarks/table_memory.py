@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--bound", type=int, default=256, help="MB, as a worker's default")
     parser.add_argument(
         "--rate", type=float, default=100.0,
-        help="MB/s written at most (a worker matching 100 journeys/s writes about 2)",
+        help="MB/s written at most (a worker matching 100 journeys/s writes roughly 1 to 2)",
     )  # fmt: skip
     args = parser.parse_args()
     print(

@@ -371,7 +371,7 @@ def _running_embedded_url(settings: Settings) -> str | None:
 
 def _check_environment() -> None:
     """Read the settings that modules take from the environment when imported (the
-    transport's compression, the garbage collector's clock, RocksDB's block cache;
+    transport's compression, the garbage collector's clock, RocksDB's memory bounds;
     ``ocstream/envvars.py``), so a bad value stops the command here, before an embedded Redis
     is started for nothing."""
     from . import gctune, rocks  # noqa: F401

@@ -21,5 +21,6 @@ BLOCK_CACHE_BYTES = env_count(os.environ, "OCSTREAM_ROCKSDB_CACHE_MB", 256) * 10
 #: together, ``OCSTREAM_ROCKSDB_MEMTABLES_MB`` (0: no bound beyond faust's own, 3 memtables of
 #: 64 MB per database). Past it RocksDB writes the memtable of the database being written out
 #: to a table file. Without it a worker's memory grew with every write until each database's
-#: memtable filled: 9 kB per journey in ``benchmarks/xcm.py``, towards 6 GB for 16 partitions.
+#: memtable filled: towards 6 GB for the 96 databases of 16 partitions, and more with standbys
+#: (``python benchmarks/table_memory.py``).
 MEMTABLE_BYTES = env_count(os.environ, "OCSTREAM_ROCKSDB_MEMTABLES_MB", 256) * 1024 * 1024
