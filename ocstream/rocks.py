@@ -17,10 +17,10 @@ __all__ = ["BLOCK_CACHE_BYTES", "MEMTABLE_BYTES"]
 #: only as far as the tables are read from disk.
 BLOCK_CACHE_BYTES = env_count(os.environ, "OCSTREAM_ROCKSDB_CACHE_MB", 256) * 1024 * 1024
 
-#: The most memory (bytes) that the memtables of all of a worker's table databases hold
-#: together, ``OCSTREAM_ROCKSDB_MEMTABLES_MB`` (0: no bound beyond faust's own, 3 memtables of
-#: 64 MB per database). Past it RocksDB writes the memtable of the database being written out
-#: to a table file. Without it a worker's memory grew with every write until each database's
-#: memtable filled: towards 6 GB for the 96 databases of 16 partitions, and more with standbys
-#: (``python benchmarks/table_memory.py``).
+#: The most memory (bytes) that the memtables of all of a worker's table databases (and of its
+#: expiry index, ``ocstream/xcm/expiry.py``) hold together, ``OCSTREAM_ROCKSDB_MEMTABLES_MB`` (0:
+#: no bound beyond faust's own, 3 memtables of 64 MB per database). Past it RocksDB writes the
+#: memtable of the database being written out to a table file. Without it a worker's memory grew
+#: with every write until each database's memtable filled: towards 6 GB for the 96 databases of 16
+#: partitions, and more with standbys (``python benchmarks/table_memory.py``).
 MEMTABLE_BYTES = env_count(os.environ, "OCSTREAM_ROCKSDB_MEMTABLES_MB", 256) * 1024 * 1024

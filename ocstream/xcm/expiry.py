@@ -39,7 +39,7 @@ from pathlib import Path
 
 import rocksdict
 
-from ocstream.runtime import unlogged_writes
+from ocstream.runtime import unlogged_writes, write_buffer_manager
 
 __all__ = ["ExpiryIndex"]
 
@@ -58,6 +58,9 @@ class ExpiryIndex:
     def __init__(self, path: str | Path, tables: Iterable[str]) -> None:
         options = rocksdict.Options(raw_mode=True)
         options.create_if_missing(True)
+        manager = write_buffer_manager()
+        if manager is not None:  # its memtables count with the tables' (ocstream/rocks.py)
+            options.set_write_buffer_manager(manager)
         self.path = Path(path)
         self.db = rocksdict.Rdict(str(self.path), options=options)
         # Never trusted across a restart, so nothing it writes needs a write-ahead log.

@@ -99,3 +99,23 @@ def test_the_expiry_index_yields_what_is_due_per_table_and_partition(tmp_path: P
         assert len(list(reopened.due(4, "journeys", 1e12))) == 1
     finally:
         reopened.close()
+
+
+def test_the_expiry_index_memtables_count_under_the_workers_bound(tmp_path: Path) -> None:
+    """The expiry index's memtables count with the tables' under the worker's one bound
+    (``OCSTREAM_ROCKSDB_MEMTABLES_MB``, ``ocstream.runtime.write_buffer_manager``): what it
+    writes adds to the bound's usage."""
+    from ocstream.runtime import write_buffer_manager
+
+    manager = write_buffer_manager()
+    assert manager is not None  # the default bound (256 MiB) is on in tests
+    index = ExpiryIndex(tmp_path / "expiry", ["seen"])
+    try:
+        before = manager.get_usage()
+        for start in range(0, 20_000, 1_000):
+            index.note(
+                ("seen", 0, b'"k%08d"' % n, 1_000.0 + n) for n in range(start, start + 1_000)
+            )
+        assert manager.get_usage() > before
+    finally:
+        index.close()
