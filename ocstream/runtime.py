@@ -34,6 +34,7 @@ and above; ``-l debug`` shows them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import sys
@@ -140,28 +141,20 @@ MEMTABLE_BLOOM_RATIO = 0.002
 #: with 3 (``python benchmarks/table_reads.py``).
 SST_BLOOM_BITS = 10
 
-_shared: dict[str, Any] = {}
 
-
+@functools.cache
 def block_cache() -> rocksdict.Cache:
     """The process's shared block cache (:data:`~ocstream.rocks.BLOCK_CACHE_BYTES`), made on
     first use."""
-    cache = _shared.get("cache")
-    if cache is None:
-        cache = _shared["cache"] = rocksdict.Cache(BLOCK_CACHE_BYTES)
-    return cache
+    return rocksdict.Cache(BLOCK_CACHE_BYTES)
 
 
+@functools.cache
 def write_buffer_manager() -> rocksdict.WriteBufferManager | None:
     """The process's bound on all its databases' memtables
     (:data:`~ocstream.rocks.MEMTABLE_BYTES`), made on first use; None when it is 0. Writers do
     not stall when it is reached: the database written to writes its memtable out."""
-    if not MEMTABLE_BYTES:
-        return None
-    manager = _shared.get("memtables")
-    if manager is None:
-        manager = _shared["memtables"] = rocksdict.WriteBufferManager(MEMTABLE_BYTES, False)
-    return manager
+    return rocksdict.WriteBufferManager(MEMTABLE_BYTES, False) if MEMTABLE_BYTES else None
 
 
 class RocksDBOptions(_FaustRocksDBOptions):

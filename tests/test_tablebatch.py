@@ -196,10 +196,13 @@ def test_table_files_filter_10_bits_per_key_and_share_one_block_cache(tmp_path: 
         assert files
         return sum(path.stat().st_size for path in files), grew
 
+    faust = FaustRocksDBOptions()
     ours, ours_grew = written(RocksDBOptions(), "ours.db")
-    theirs, theirs_grew = written(FaustRocksDBOptions(), "faust.db")
+    theirs, theirs_grew = written(faust, "faust.db")
+    expected = SST_BLOOM_BITS - faust.bloom_filter_size  # 10 - 3
+    assert expected == 7
     extra_bits = (ours - theirs) * 8 / keys
-    assert SST_BLOOM_BITS - 3 - 0.5 < extra_bits < SST_BLOOM_BITS - 3 + 0.5, extra_bits
+    assert expected - 0.5 < extra_bits < expected + 0.5, extra_bits
     assert ours_grew > 0 and theirs_grew == 0
     # Two databases, one cache: a read from a second one adds to the same usage.
     assert written(RocksDBOptions(), "second.db")[1] > 0
