@@ -175,6 +175,10 @@ TRANSPORT_HELP = {
     "records_produced": "Records appended to topics by this process.",
     "produce_writes": "Round trips in which the producer appended records.",
     "produce_retries": "Produce batches retried after a Redis error.",
+    "produce_waits": (
+        "Times an agent waited for the producer to write the records it had queued (it had "
+        "queued more than Redis took in)."
+    ),
     "records_fetched": "Records fetched from topic partitions.",
     "fetch_errors": "Fetches that failed with a Redis error.",
     "commits": "Offset commits attempted.",

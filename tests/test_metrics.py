@@ -69,6 +69,9 @@ ADDED = [
     # The producer's write round trips: records_produced over it is records per write
     # (docs/transport.md, Producer).
     ["ocstream_transport_produce_writes_total", "counter", []],
+    # An agent held back until the producer had written what it queued (transport/producer.py,
+    # wait_room).
+    ["ocstream_transport_produce_waits_total", "counter", []],
 ]
 
 

@@ -8,6 +8,7 @@ real Redis, started on their own (no worker); whole workers run the batch in
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -360,3 +361,84 @@ async def test_queue_keys_records_like_send_once_the_partitions_are_known(
             n = int(entry_value(fields) or b"-1")
             assert (b"h" in fields) == (n % 3 != 0)
     await client.aclose()
+
+
+async def test_a_backlog_is_written_in_round_trips_of_bounded_size(
+    app: Any, redis_url: str, prefix: str
+) -> None:
+    """Records queued faster than they are written go to Redis :data:`MAX_BATCH_RECORDS` at a
+    time (packing them all in one round trip took 200 MiB of heap for 60,000), in order, with
+    each future answered."""
+    from ocstream.transport.producer import MAX_BATCH_RECORDS
+
+    producer = app.producer
+    topic = "tb-many"
+    await producer.create_topic(topic, 2, 1)
+    count = 2 * MAX_BATCH_RECORDS + 7
+    writes, produced = METRICS.produce_writes, METRICS.records_produced
+    # Queued without a turn of the loop in between, as an agent working off a backlog does.
+    first = producer.queue_many(topic, 0, [(b"k%d" % n, b"%d" % n) for n in range(count - 1)])
+    last = producer.queue_many(topic, 1, [(b"last", b"x")])
+    await producer.flush()
+    assert (METRICS.produce_writes - writes, METRICS.records_produced - produced) == (3, count)
+    assert first.result().offset == count - 2
+    assert last.result().offset == 0
+    values = [int(value) for _, value in await changelog(redis_url, prefix, topic, 0)]
+    assert values == list(range(count - 1))
+
+
+async def test_wait_room_gives_the_loop_a_turn_and_holds_an_agent_that_outruns_redis(
+    app: Any, prefix: str
+) -> None:
+    """``Producer.wait_room`` (the match agent calls it after each batch): with little queued it
+    only lets the rest of the loop run; with more than :data:`MAX_IN_FLIGHT` queued it returns
+    once the producer has written enough of it, and counts the wait."""
+    from ocstream.transport.producer import MAX_IN_FLIGHT
+
+    producer = app.producer
+    topic = "tb-room"
+    await producer.create_topic(topic, 1, 1)
+    ran: list[str] = []
+
+    async def other() -> None:
+        ran.append("other")
+
+    task = asyncio.ensure_future(other())
+    waits = METRICS.produce_waits
+    await producer.wait_room()
+    assert ran == ["other"]  # a turn of the loop, not a return straight away
+    assert METRICS.produce_waits == waits
+
+    written = METRICS.records_produced
+    records = [(b"k", b"v" * 100)] * (MAX_IN_FLIGHT + 3000)
+    fut = producer.queue_many(topic, 0, records)
+    await producer.wait_room()
+    assert METRICS.produce_waits == waits + 1
+    # Nothing had been written when it was called (no turn of the loop since the queueing);
+    # it returned with no more than MAX_IN_FLIGHT left, so round trips came in between.
+    assert METRICS.records_produced - written >= len(records) - MAX_IN_FLIGHT
+    await producer.flush()
+    assert fut.result().offset == len(records) - 1
+    await task
+
+
+async def test_a_stop_with_redis_gone_fails_every_queued_record_and_returns(
+    prefix: str, tmp_path: Path
+) -> None:
+    """A producer stopped while Redis does not answer gives up on all it holds, more than one
+    round trip's worth too: every future fails and the stop returns (a stop flushes first, and
+    would wait for ever on records left in the queue)."""
+    from ocstream.transport.producer import MAX_BATCH_RECORDS
+    from tests.workers import free_port
+
+    gone = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    app = faust.App("tb-gone", broker=gone, store="rocksdb://", datadir=str(tmp_path))
+    app.transport_settings = TransportSettings(prefix=prefix)  # type: ignore[attr-defined]
+    producer = app.producer
+    await producer.start()
+    first = producer.queue_many("tb-gone", 0, [(b"k", b"v")] * MAX_BATCH_RECORDS)
+    second = producer.queue_many("tb-gone", 1, [(b"k", b"v")] * 7)
+    await asyncio.sleep(0.2)  # a failed round trip and a retry, or more
+    await asyncio.wait_for(producer.stop(), 60)
+    assert isinstance(first.exception(), Exception)
+    assert isinstance(second.exception(), Exception)

@@ -431,6 +431,13 @@ def declare(app: Any, settings: XcmSettings | None = None) -> None:
                     break
             if taken:  # else every message found was stale (a rebalance came)
                 await flush()
+            # Nothing above waits while the feed holds records, so a backlog would keep the
+            # loop to this agent: the producer would write nothing until the feed ran dry, then
+            # a second's worth of records in one round trip (60,000 records; 200 MiB of heap
+            # to pack them, which the process kept), and the feed would not be refilled
+            # meanwhile. A turn of the loop per batch lets both run, and a wait while the
+            # producer is behind keeps what it holds bounded.
+            await app.producer.wait_room()
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def xcm_deadlines() -> None:

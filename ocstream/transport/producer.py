@@ -1,10 +1,11 @@
 """faust's producer on Redis: records are queued and appended in pipelined batches.
 
-``send()`` only queues; a background task drains the queue every ``linger_ms`` and writes all
-queued records in one round trip (one Lua call per partition), which is what makes table
-changelog writes cheap. A transient Redis error keeps the batch and retries it with backoff
-until Redis answers (a retried batch may be written twice if the first reply was lost: the
-transport is at-least-once, like faust on Kafka without transactions).
+``send()`` only queues; a background task drains the queue every ``linger_ms`` and writes the
+queued records in one round trip (one Lua call per partition; :data:`MAX_BATCH_RECORDS` at
+most), which is what makes table changelog writes cheap. A transient Redis error keeps the
+batch and retries it with backoff until Redis answers (a retried batch may be written twice if
+the first reply was lost: the transport is at-least-once, like faust on Kafka without
+transactions).
 """
 
 from __future__ import annotations
@@ -35,6 +36,18 @@ logger = get_logger(__name__)
 #: ``(topic, partition, record, future)``; the future is None for all but the last record of a
 #: :meth:`Producer.queue_many` call (nobody waits for them one by one).
 _Pending = tuple[str, int, Record, "asyncio.Future[RecordMetadata] | None"]
+
+#: Most records written in one round trip. Packing a round trip's records takes several times
+#: their size in transient heap, which the process keeps once it has grown to it: 60,000
+#: records (a backlog's second of table changes, or a sweep's tombstones) took about 200 MiB.
+#: A round trip of this many takes 0.1-0.2 s, long enough that its overhead does not show.
+MAX_BATCH_RECORDS = 5_000
+
+#: Records queued or being written above which :meth:`Producer.wait_room` holds an agent back.
+#: Two round trips' worth: one in Redis while the next is queued, so Redis never waits for the
+#: agent, and an agent that outruns Redis stops at about 10 MB of records instead of holding
+#: a backlog's worth in the queue (40,000 records and 150 MiB more heap, seen in a burst).
+MAX_IN_FLIGHT = 2 * MAX_BATCH_RECORDS
 
 
 class _Buffer(ProducerBuffer):
@@ -170,6 +183,23 @@ class Producer(base.Producer):
         self._wakeup.set()
         return fut
 
+    async def wait_room(self) -> None:
+        """Give the event loop a turn, and wait while more than :data:`MAX_IN_FLIGHT` records
+        are queued or being written: for an agent that queues records in place
+        (:meth:`queue`, :meth:`queue_many`) in a loop that does not otherwise wait while it has
+        records to take, which would keep the loop from the writes and let the queue grow by
+        as much as the agent can process (``topology/xcm.py``, the match agent). A wait is
+        counted in ``ocstream_transport_produce_waits_total``."""
+        if self._queued - self._settled <= MAX_IN_FLIGHT:
+            await asyncio.sleep(0)
+            return
+        METRICS.produce_waits += 1
+        self._wakeup.set()
+        async with self._settled_changed:
+            await self._settled_changed.wait_for(
+                lambda: self._queued - self._settled <= MAX_IN_FLIGHT
+            )
+
     async def send_and_wait(
         self,
         topic: str,
@@ -198,7 +228,8 @@ class Producer(base.Producer):
                 await asyncio.sleep(linger)
             self._wakeup.clear()
             while self._pending:
-                batch, self._pending = self._pending, []
+                batch = self._pending[:MAX_BATCH_RECORDS]
+                del self._pending[:MAX_BATCH_RECORDS]
                 try:
                     results = await append_records(
                         self.client,
@@ -207,7 +238,9 @@ class Producer(base.Producer):
                         self._compacted_topics(),
                     )
                 except TRANSIENT_ERRORS as exc:
-                    if self.should_stop:
+                    if self.should_stop:  # give up on everything queued, not only this batch
+                        batch += self._pending
+                        self._pending = []
                         self._fail(batch, exc)
                         await self._settle(len(batch))
                         break
