@@ -3,13 +3,15 @@
     python benchmarks/table_memory.py [--databases D] [--megabytes M] [--bound MB] [--rate R]
 
 A worker holds a RocksDB database per table and partition (six tables: 96 databases for 16
-partitions). Each database keeps what is written to it in memtables until one fills (faust's
-write buffer: 64 MB, up to 3 of them), so without a bound a long-running worker's memory grows
-towards 96 x 64 MB and beyond. ``OCSTREAM_ROCKSDB_MEMTABLES_MB`` bounds all of a process's
-memtables together (``ocstream/rocks.py``).
+partitions, twice that with standbys). Each database keeps what is written to it in memtables
+until one fills (the XCM tables' write buffer, ``topology.xcm.ROCKSDB_OPTIONS``: 4 MB, up to 2
+of them), so without a bound a worker's memtables grow with the number of databases it holds:
+up to 96 x 8 MB. ``OCSTREAM_ROCKSDB_MEMTABLES_MB`` bounds all of a process's memtables together
+(``ocstream/rocks.py``).
 
 For each setting (``0``, no bound, the baseline; ``--bound``, 256 by default as in a worker), a
-fresh process opens ``--databases`` databases through ``ocstream.runtime.RocksDBOptions`` and
+fresh process opens ``--databases`` databases through ``ocstream.runtime.RocksDBOptions``, with
+the XCM tables' options, and
 writes ``--megabytes`` of 1 kB values to them in turn, in write batches of 100 as a flush of the
 matcher writes them, at most ``--rate`` MB/s (RocksDB writes memtables out on background
 threads, and a writer far faster than a worker outruns them), then reads every 50th key back. It
@@ -36,13 +38,15 @@ import json, os, resource, sys, tempfile, time
 from pathlib import Path
 import rocksdict
 from ocstream.runtime import RocksDBOptions, write_buffer_manager
+from topology.xcm import ROCKSDB_OPTIONS
 
 def rss_mib():
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 databases, megabytes, rate = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 with tempfile.TemporaryDirectory(prefix="ocstream-table-memory-") as tmp:
-    dbs = [RocksDBOptions().open(Path(tmp) / f"{n}.db") for n in range(databases)]
+    options = RocksDBOptions(**ROCKSDB_OPTIONS)
+    dbs = [options.open(Path(tmp) / f"{n}.db") for n in range(databases)]
     before = rss_mib()
     value = os.urandom(1000)
     count = megabytes * 1000

@@ -4,13 +4,15 @@ ones it used before (faust's, with a bloom filter on the memtables), in one run.
     python benchmarks/table_reads.py [--keys N] [--files F] [--reads R] [--repeat P]
 
 A worker's table partitions keep their newest entries in memtables; RocksDB writes them out to
-table files (SSTs) as they fill (64 MB each), and a worker that runs for days holds most of its
+table files (SSTs) as they fill (4 MB each: ``topology.xcm.ROCKSDB_OPTIONS``), and a worker that
+runs for days holds most of its
 entries there: at 100 journeys/s the ``seen`` table alone holds 20 to 26 million entries
 (``docs/capacity.md``). Most of the matcher's reads look for a key that is not stored (a leg
 not seen yet, a journey not indexed at this stop: 77 % of its reads in ``benchmarks/xcm.py``).
 
-For each set of options, a database like one ``seen`` partition is written through
-``ocstream.runtime.RocksDBOptions.open`` (or the earlier options): ``--keys`` entries with
+For each set of options (both with the XCM tables' ``ROCKSDB_OPTIONS``), a database like one
+``seen`` partition is written through ``ocstream.runtime.RocksDBOptions.open`` (or the earlier
+options): ``--keys`` entries with
 ``seen`` keys (JSON strings of ``chain|s:`` and 22 characters, as faust encodes a ``str``
 key) and 25-byte values, in write batches of 500 as a worker's flush writes them, and flushed
 out to ``--files`` table files (RocksDB may compact them on the way, as it would in a
@@ -42,12 +44,13 @@ sys.path.insert(0, str(REPO))
 from faust.stores.rocksdb import RocksDBOptions as FaustRocksDBOptions  # noqa: E402
 
 from ocstream.runtime import MEMTABLE_BLOOM_RATIO, RocksDBOptions  # noqa: E402
+from topology.xcm import ROCKSDB_OPTIONS  # noqa: E402
 
 
 class BeforeOptions(RocksDBOptions):
     """ocstream's options until the SST filter and the shared block cache: faust's table
-    factory (3 bits per key, a filter per data block, a 2 GiB cache per database), with the
-    memtable filter ocstream added."""
+    factory (3 bits per key, a filter per data block, a cache per database: the 8 MiB the XCM
+    tables asked for), with the memtable filter ocstream added."""
 
     def as_options(self) -> Any:
         options = FaustRocksDBOptions.as_options(self)
@@ -130,7 +133,10 @@ def main() -> None:
         f"{args.reads:,} lookups of absent and of stored keys, best of {args.repeat}"
     )
     results = {}
-    for name, options in (("before", BeforeOptions()), ("now", RocksDBOptions())):
+    for name, options in (
+        ("before", BeforeOptions(**ROCKSDB_OPTIONS)),
+        ("now", RocksDBOptions(**ROCKSDB_OPTIONS)),
+    ):
         results[name] = found = measure(options, stored, absent, args)
         print(
             f"  {name:>6}: miss {found['miss']:.2f} µs, hit {found['hit']:.2f} µs, "

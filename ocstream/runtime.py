@@ -129,16 +129,17 @@ class TableManager(_FaustTableManager):
             await self.recovery.start()
 
 
-#: Size of each memtable's bloom filter, as a share of the write buffer (64 MB): 128 kB, about
-#: 16 bits per key for the 64,000 entries of a full memtable of matcher entries.
+#: Size of each memtable's bloom filter, as a share of the write buffer (4 MB for the XCM
+#: tables): 8 kB, about 16 bits per key for the 4,000 entries of a full memtable of matcher
+#: entries.
 MEMTABLE_BLOOM_RATIO = 0.002
 
 #: Bits per key of the bloom filter in each table file (SST) RocksDB writes. faust's options
 #: give 3, which lets about a fifth of the keys that are not in a file through to a search of
 #: its index and a data block; 10 let about 1 % through, for 7 more bits per key on disk. Once
 #: a partition's entries have left its memtables (the ``seen`` table alone holds millions),
-#: most of the matcher's reads are such misses: 0.44 µs each with 10 bits against 1.02 µs
-#: with 3 (``python benchmarks/table_reads.py``).
+#: most of the matcher's reads are such misses: 0.53-0.81 µs each with 10 bits and the shared
+#: block cache against 1.56-2.27 µs before (``python benchmarks/table_reads.py``).
 SST_BLOOM_BITS = 10
 
 

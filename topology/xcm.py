@@ -68,7 +68,10 @@ TABLE_NAMES = {name: f"xcm-{name}" for name in TABLES}
 
 #: RocksDB settings of each XCM table partition. faust's defaults (3 x 64 MiB write buffers and
 #: a 2 GiB block cache per database) are sized for a few large tables; here six tables times
-#: the partition count each open a database, and their entries are small.
+#: the partition count each open a database, and their entries are small. The block cache size
+#: is faust's own setting, which ocstream's options replace with one cache for the process
+#: (``ocstream.rocks.BLOCK_CACHE_BYTES``); the memtables are bounded together as well
+#: (``MEMTABLE_BYTES``).
 ROCKSDB_OPTIONS = {
     "write_buffer_size": 4 * 2**20,
     "max_write_buffer_number": 2,
