@@ -27,8 +27,10 @@ from ocstream.runtime import Table
 from ocstream.tablebatch import TableBatch
 from ocstream.transport.keys import Keyspace
 from ocstream.transport.metrics import METRICS
+from ocstream.transport.producer import MAX_BATCH_RECORDS, MAX_IN_FLIGHT
 from ocstream.transport.settings import TransportSettings
 from ocstream.transport.wire import entry_value
+from tests.workers import free_port
 
 
 @pytest.fixture
@@ -369,8 +371,6 @@ async def test_a_backlog_is_written_in_round_trips_of_bounded_size(
     """Records queued faster than they are written go to Redis :data:`MAX_BATCH_RECORDS` at a
     time (packing them all in one round trip took 200 MiB of heap for 60,000), in order, with
     each future answered."""
-    from ocstream.transport.producer import MAX_BATCH_RECORDS
-
     producer = app.producer
     topic = "tb-many"
     await producer.create_topic(topic, 2, 1)
@@ -393,8 +393,6 @@ async def test_wait_room_gives_the_loop_a_turn_and_holds_an_agent_that_outruns_r
     """``Producer.wait_room`` (the match agent calls it after each batch): with little queued it
     only lets the rest of the loop run; with more than :data:`MAX_IN_FLIGHT` queued it returns
     once the producer has written enough of it, and counts the wait."""
-    from ocstream.transport.producer import MAX_IN_FLIGHT
-
     producer = app.producer
     topic = "tb-room"
     await producer.create_topic(topic, 1, 1)
@@ -428,9 +426,6 @@ async def test_a_stop_with_redis_gone_fails_every_queued_record_and_returns(
     """A producer stopped while Redis does not answer gives up on all it holds, more than one
     round trip's worth too: every future fails and the stop returns (a stop flushes first, and
     would wait for ever on records left in the queue)."""
-    from ocstream.transport.producer import MAX_BATCH_RECORDS
-    from tests.workers import free_port
-
     gone = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     app = faust.App("tb-gone", broker=gone, store="rocksdb://", datadir=str(tmp_path))
     app.transport_settings = TransportSettings(prefix=prefix)  # type: ignore[attr-defined]

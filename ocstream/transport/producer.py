@@ -40,7 +40,8 @@ _Pending = tuple[str, int, Record, "asyncio.Future[RecordMetadata] | None"]
 #: Most records written in one round trip. Packing a round trip's records takes several times
 #: their size in transient heap, which the process keeps once it has grown to it: 60,000
 #: records (a backlog's second of table changes, or a sweep's tombstones) took about 200 MiB.
-#: A round trip of this many takes 0.1-0.2 s, long enough that its overhead does not show.
+#: A round trip of this many took 0.1 to 0.35 s in a burst: long enough that its overhead does
+#: not show.
 MAX_BATCH_RECORDS = 5_000
 
 #: Records queued or being written above which :meth:`Producer.wait_room` holds an agent back.
