@@ -431,9 +431,15 @@ async def test_a_stop_with_redis_gone_fails_every_queued_record_and_returns(
     app.transport_settings = TransportSettings(prefix=prefix)  # type: ignore[attr-defined]
     producer = app.producer
     await producer.start()
+    retries = METRICS.produce_retries
     first = producer.queue_many("tb-gone", 0, [(b"k", b"v")] * MAX_BATCH_RECORDS)
     second = producer.queue_many("tb-gone", 1, [(b"k", b"v")] * 7)
-    await asyncio.sleep(0.2)  # a failed round trip and a retry, or more
+    # Stopped once a round trip has failed and been put back for a retry (the case the stop
+    # must clear), not after a guessed time.
+    deadline = asyncio.get_running_loop().time() + 30
+    while METRICS.produce_retries == retries:
+        assert asyncio.get_running_loop().time() < deadline, "no round trip was attempted"
+        await asyncio.sleep(0.01)
     await asyncio.wait_for(producer.stop(), 60)
     assert isinstance(first.exception(), Exception)
     assert isinstance(second.exception(), Exception)
