@@ -86,24 +86,30 @@ def best_us(items: Sequence[Any], work: Callable[[Any], Any], repeat: int) -> fl
     return min(timeit.repeat(one_pass, number=1, repeat=repeat)) / len(items) * 1e6
 
 
+def _is_journey(table: str, value: Any) -> bool:
+    return table == "journeys" and isinstance(value, dict) and "origin_context" in value
+
+
 class CountingTables(Tables):
-    """The engine's tables, counting the journey entries read (each a decode in a worker's
-    table batch) and written (an encode)."""
+    """The engine's tables, counting the journey entries read from the store (in a worker,
+    each is a decode: ``_View.get``) and written at a commit (an encode). Reads of a step's
+    own writes come from its overlay and cost a worker nothing."""
 
     def __init__(self, stores: dict[str, Any], counts: Counter[str]) -> None:
         super().__init__(stores)
         self.counts = counts
 
     def get(self, table: str, key: str) -> Any:
+        from_store = (table, key) not in self.overlay
         value = super().get(table, key)
-        if table == "journeys" and value is not None and "origin_context" in value:
+        if from_store and _is_journey(table, value):
             self.counts["journey reads"] += 1
         return value
 
-    def set(self, table: str, key: str, value: Any) -> None:
-        if table == "journeys" and "origin_context" in value:
-            self.counts["journey writes"] += 1
-        super().set(table, key, value)
+    def commit(self) -> None:
+        written = sum(_is_journey(table, value) for (table, _), value in self.overlay.items())
+        self.counts["journey writes"] += written
+        super().commit()
 
 
 class Matcher:
