@@ -3,8 +3,9 @@
     python benchmarks/json_costs.py [--journeys N] [--repeat R]
 
 Runs ``--journeys`` synthetic journeys (``benchmarks/journeys.py``, what ``benchmarks/xcm.py``
-publishes) through the real :class:`ocstream.xcm.matching.Engine` in this process, on one set
-of in-memory tables (no broker, no partitions), and times, in µs per item (the best of
+publishes) through the real :class:`ocstream.xcm.matching.Engine` in this process, on the
+in-memory model of the matching dataflow that the order tests use (``tests/xcm/sim.py``:
+partitions with their own tables and queues, no broker), and times, in µs per item (the best of
 ``--repeat`` passes, all in this run):
 
 * **leg intake**: what ``xcm_match`` does with each leg record: ``orjson.loads`` of the record,
@@ -27,7 +28,7 @@ import argparse
 import random
 import sys
 import timeit
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +42,8 @@ from journeys import journey_legs  # noqa: E402  benchmarks/ is this script's di
 
 from ocstream.transport.wire import json_value  # noqa: E402
 from ocstream.xcm.legs import ReceivedLeg, RelayedLeg, SentLeg  # noqa: E402
-from ocstream.xcm.matching import TABLES, Engine, Tables  # noqa: E402
+from ocstream.xcm.matching import Tables  # noqa: E402
+from tests.xcm.sim import Cluster  # noqa: E402
 
 MODELS: dict[str, type[BaseModel]] = {
     "sent": SentLeg,
@@ -112,30 +114,22 @@ class CountingTables(Tables):
         super().commit()
 
 
-class Matcher:
-    """The engine on one set of in-memory tables; records it sends to other partitions are
-    handled next, in order, as one partition's queue would."""
+class CountingCluster(Cluster):
+    """The matching dataflow's in-memory model (``tests/xcm/sim.py``: partitions with their
+    own tables and queues, the real engine), counting the journey entries its steps decode and
+    encode, and the records that carry a journey to a stop."""
 
     def __init__(self) -> None:
-        self.engine = Engine(now=lambda: 1_700_000_000.0, monitored=lambda urn: True)
-        self.stores: dict[str, Any] = {name: {} for name in TABLES}
-        self.notifications: list[dict[str, Any]] = []
-        self.counters: Counter[str] = Counter()
+        super().__init__()
         self.counts: Counter[str] = Counter()
 
-    def handle(self, records: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        queue = deque(records)
-        while queue:
-            chain, record = queue.popleft()
-            tables = CountingTables(self.stores, self.counts)
-            step = self.engine.handle(tables, chain, record)
-            tables.commit()
-            self.notifications.extend(step.notifications)
-            self.counters.update(step.counters)
-            for target, out in step.records:
-                if "origin_context" in (out.get("journey") or {}):
-                    self.counts["records carrying a journey"] += 1
-                queue.append((target, out))
+    def tables(self, partition: int) -> Tables:
+        return CountingTables(self.stores[partition], self.counts)
+
+    def send(self, chain: str, record: dict[str, Any]) -> None:
+        if "origin_context" in (record.get("journey") or {}):
+            self.counts["records carrying a journey"] += 1
+        super().send(chain, record)
 
 
 def main() -> None:
@@ -155,12 +149,24 @@ def main() -> None:
 
     # Sends first (each journey's entry at its stop is then as the index wrote it), then the
     # relayed legs and receipts, which end the journeys and give their notifications.
-    matcher = Matcher()
+    matcher = CountingCluster()
     parsed = [(key, orjson.loads(raw)) for key, raw in legs]
-    matcher.handle([item for item in parsed if item[1]["kind"] == "sent"])
-    journeys = [value for value in matcher.stores["journeys"].values() if "origin_context" in value]
-    matcher.handle([item for item in parsed if item[1]["kind"] != "sent"])
-    ended = matcher.counters["received"]
+
+    def match(sends: bool) -> None:
+        for key, record in parsed:
+            if (record["kind"] == "sent") == sends:
+                matcher.send(key, record)
+        matcher.drain()
+
+    match(sends=True)
+    journeys = [
+        value
+        for stores in matcher.stores
+        for value in stores["journeys"].values()
+        if "origin_context" in value
+    ]
+    match(sends=False)
+    ended = matcher.counters.get("received", 0)
     if not journeys or ended != args.journeys:
         raise SystemExit(f"the engine ended {ended} of {args.journeys} journeys; nothing to time")
 

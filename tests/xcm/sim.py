@@ -72,9 +72,13 @@ class Cluster:
     def busy(self) -> list[int]:
         return [p for p, queue in enumerate(self.queues) if queue]
 
+    def tables(self, partition: int) -> Tables:
+        """The engine's view of one partition's tables, for one step."""
+        return Tables(self.stores[partition])  # type: ignore[arg-type]
+
     def step(self, partition: int) -> None:
         chain, record = self.queues[partition].popleft()
-        tables = Tables(self.stores[partition])  # type: ignore[arg-type]
+        tables = self.tables(partition)
         step = self.engine.handle(tables, chain, record)
         self.notifications.extend(step.notifications)
         for name, n in step.counters.items():
