@@ -7,7 +7,9 @@ the fixtures, Asset Hub -> Polkadot, repeated ``--per-block`` times per block), 
 blocks through the follower's own fetch path, and times, for the busiest Asset Hub block (the
 sends) and the busiest relay block (the receipts), what ``xcm_extract`` does with each:
 
-* *parse*: ``ExtendedBlock.from_json_bytes`` of the block's bytes as the topic holds them;
+* *parse*: ``ExtendedBlock.from_json_bytes`` of the block's bytes as the topic holds them,
+  under the ingress's ``normalised`` header as the worker reads them, and (*unvouched*) as it
+  reads a block from another producer, each value checked against the JSON conventions;
 * *extract*: ``ocstream.xcm.extract.extract`` with the sender of each send, as the worker calls
   it (``BlockSenders`` per block, each sender dumped), and without;
 * *records*: ``leg_record`` of every leg.
@@ -86,18 +88,21 @@ def measure(name: str, block: ExtendedBlock, decoder: Any, repeat: int) -> str:
 
     legs = with_senders().legs
     baseline = best_ms(lambda: orjson.loads(raw), repeat)
-    parse = best_ms(lambda: ExtendedBlock.from_json_bytes(raw), repeat)
+    parse = best_ms(lambda: ExtendedBlock.from_json_bytes(raw, normalised=True), repeat)
+    unvouched = best_ms(lambda: ExtendedBlock.from_json_bytes(raw), repeat)
     with_sender = best_ms(with_senders, repeat)
     without = best_ms(lambda: extract(parsed, codec, ss58_prefix=prefix), repeat)
     records = best_ms(lambda: [leg_record(leg) for leg in legs], repeat)
     print(
         f"{name}: {len(raw) / 1000:.0f} kB, {len(block.events)} events, {len(legs)} legs: "
-        f"orjson.loads {baseline:.2f} ms, parse {parse:.2f} ms, extract {with_sender:.2f} ms "
+        f"orjson.loads {baseline:.2f} ms, parse {parse:.2f} ms ({unvouched:.2f} unvouched), "
+        f"extract {with_sender:.2f} ms "
         f"({without:.2f} without senders), leg records {records:.2f} ms"
     )
     total = parse + with_sender + records
     return (
         f"{block.network.rsplit(':', 1)[1]}: parse/loads={parse / baseline:.2f} "
+        f"unvouched/loads={unvouched / baseline:.2f} "
         f"(parse+extract+records)/loads={total / baseline:.2f} "
         f"per leg {total / max(1, len(legs)) * 1000:.0f} us"
     )

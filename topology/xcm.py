@@ -35,7 +35,7 @@ from ocstream.dataflow import declare_producer
 from ocstream.delivery import origin_header
 from ocstream.envvars import env_number, env_seconds
 from ocstream.ingress.decode import DecoderCache
-from ocstream.ingress.model import ExtendedBlock
+from ocstream.ingress.model import NORMALISED_HEADER, ExtendedBlock
 from ocstream.ingress.registry import NetworkRegistry
 from ocstream.runtime import RocksDBStore
 from ocstream.tablebatch import TableBatch
@@ -197,6 +197,14 @@ async def _expired(name: str, table: Any, now: float) -> Any:
         yield found
 
 
+def _vouched(stream: Any) -> bool:
+    """Whether the producer of the stream's current record vouched for its values
+    (:data:`~ocstream.ingress.model.NORMALISED_HEADER`, which ``ocstream ingress`` writes)."""
+    headers = getattr(stream.current_event, "headers", None) or ()
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return any(name == NORMALISED_HEADER and value == b"1" for name, value in items)
+
+
 async def _send_raw(app: Any, topic: Any, key: str, value: bytes, headers: Any = None) -> None:
     """Queue a record already encoded as JSON (as faust's ``json`` serializer encodes it,
     ``json_value``) straight in the producer: through ocstream's producer's ``queue`` (no
@@ -310,12 +318,14 @@ def declare(app: Any, settings: XcmSettings | None = None) -> None:
     async def xcm_extract(stream: Any) -> None:
         async for key, raw in stream.items():
             await _delivery_first(app)
+            vouched = _vouched(stream)
             try:
-                block = ExtendedBlock.from_json_bytes(raw)
+                block = ExtendedBlock.from_json_bytes(raw, normalised=vouched)
             except Exception as exc:
                 await dead_letter("bad-block", str(key), f"not an ExtendedBlock: {exc}", None)
                 continue
             COUNTERS["blocks"] += 1
+            COUNTERS["blocks_vouched"] += vouched
             where = f"{block.network}:{block.number}"
             await networks.refresh()
             if not networks.monitored(block.network):

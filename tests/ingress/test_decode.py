@@ -554,6 +554,30 @@ def test_blocks_read_from_json_are_normalised_like_decoded_values() -> None:
         assert to_json_value(parsed.events[0].fields) == parsed.events[0].fields
 
 
+def test_a_vouched_block_is_read_as_it_is_and_equal_for_the_ingress_s_own(
+    fixtures_dir: Path, decoder_for: DecoderFor
+) -> None:
+    """Under the ingress's ``normalised`` header the values are taken as they are: for the
+    ingress's own blocks that is the same block, with its structure still validated; a
+    producer that vouches for values that are not normalised gets them back unchanged."""
+    for file in ("hrmp-in-2032-success.cbor.bin", "hrmp-out-1000.cbor.bin"):
+        for _, block in load_v1_blocks(fixtures_dir, decoder_for, file):
+            data = block.to_json_bytes()
+            vouched = ExtendedBlock.from_json_bytes(data, normalised=True)
+            assert vouched == block == ExtendedBlock.from_json_bytes(data)
+            assert vouched.to_json_bytes() == data
+
+    raw = (
+        b'{"network": "urn:ocn:polkadot:0", "number": 1, "hash": "0x' + b"11" * 32
+        + b'", "parent_hash": "0x' + b"22" * 32 + b'", "events": [{"index": 0, "phase": '
+        b'"Finalization", "module": "M", "name": "N", "fields": {"amount": 9007199254740992}}]}'
+    )  # fmt: skip
+    assert ExtendedBlock.from_json_bytes(raw).events[0].fields == {"amount": "9007199254740992"}
+    assert ExtendedBlock.from_json_bytes(raw, normalised=True).events[0].fields == {"amount": 2**53}
+    with pytest.raises(ValidationError):  # the structure is checked all the same
+        ExtendedBlock.from_json_bytes(raw.replace(b'"0x' + b"11" * 32, b'"0x1'), normalised=True)
+
+
 def test_to_json_value() -> None:
     assert to_json_value(b"\x00\xff") == "0x00ff"
     assert to_json_value((1, (2, 3))) == [1, [2, 3]]

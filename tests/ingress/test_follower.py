@@ -19,11 +19,11 @@ from ocstream.ingress.config import NetworkConfig
 from ocstream.ingress.decode import DecoderCache
 from ocstream.ingress.follower import ChainFollower
 from ocstream.ingress.metrics import IngressMetrics
-from ocstream.ingress.model import ExtendedBlock
+from ocstream.ingress.model import NORMALISED_HEADER, ExtendedBlock
 from ocstream.ingress.raw import RawBlock, load_v1_cbor
 from ocstream.ingress.registry import NetworkRecord, NetworkRegistry
 from ocstream.transport import Keyspace, TopicWriter
-from ocstream.transport.wire import entry_value
+from ocstream.transport.wire import decode_headers, entry_value
 from ocstream.xcm.coverage import Coverage, coverage_of_record
 from tests.ingress.rpc_server import RecordedChainServer
 
@@ -96,7 +96,12 @@ class Harness:
         for p in range(count):
             for _, fields in await self.client.xrange(keys.stream("blocks", p)):
                 assert fields[b"k"] == key.encode()
-                blocks.append(ExtendedBlock.from_json_bytes(entry_value(fields)))
+                # The ingress vouches for its values, and reading them as they are gives the
+                # same block as normalising them again.
+                assert decode_headers(fields.get(b"h")) == [(NORMALISED_HEADER, b"1")]
+                block = ExtendedBlock.from_json_bytes(entry_value(fields))
+                assert ExtendedBlock.from_json_bytes(entry_value(fields), normalised=True) == block
+                blocks.append(block)
         return blocks
 
     async def wait_published(

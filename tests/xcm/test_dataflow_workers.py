@@ -413,6 +413,8 @@ def test_sweeps_read_what_expires_not_what_is_kept(
         tables, counters = wait_for(
             lambda: only_seen_left(running), 60, "everything but seen entries swept"
         )
+        # The ingress's blocks were read as it vouched for them (values taken as they are).
+        assert counters["blocks_vouched"] == counters["blocks"] >= len(hrmp), counters
         assert counters["expiry_index_rebuilds"] >= PARTITIONS, counters
         assert counters["relay_expired"] >= 1, counters
         # The rebuild read the partitions that hold something, and did not open (so create

@@ -13,7 +13,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from ocstream.ingress.model import ExtendedBlock, to_json_value
+from ocstream.ingress.model import NORMALISED_HEADER, ExtendedBlock, to_json_value
 from ocstream.ingress.storage import HRMP_OUTBOUND, UPWARD, downward_queue
 from ocstream.testing import (
     ZERO_HASH,
@@ -25,7 +25,7 @@ from ocstream.testing import (
     publish_blocks_sync,
 )
 from ocstream.transport.keys import Keyspace
-from ocstream.transport.wire import entry_value, id_to_offset, partition_for_key
+from ocstream.transport.wire import decode_headers, entry_value, id_to_offset, partition_for_key
 
 # decoded/<chain>/ folder -> network URN (fixtures README, "Chains and ids")
 NETWORKS = {
@@ -476,6 +476,7 @@ async def test_publish_blocks_as_the_ingress_does(
         for _, fields in entries:
             key = fields[b"k"]
             assert partition == partition_for_key(key, count)  # the ingress's partitioning
+            assert decode_headers(fields[b"h"]) == [(NORMALISED_HEADER, b"1")]  # as it vouches
             block = ExtendedBlock.from_json_bytes(entry_value(fields))
             assert key == block.network.encode()
             seen.append(block)
