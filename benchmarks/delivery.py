@@ -55,7 +55,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ocstream.delivery import BOOKKEEPING_SECONDS, Delivery, is_terminal, origin_header  # noqa: E402
+from ocstream.delivery import BOOKKEEPING_SECONDS, Delivery, is_terminal, notification_headers  # noqa: E402
 from ocstream.sinks.webhook import WebhookDispatcher, WebhookSettings  # noqa: E402
 from ocstream.sinks.websocket import WebsocketHub  # noqa: E402
 from ocstream.subscriptions import LiveSubscriptions, Subscription, SubscriptionStore  # noqa: E402
@@ -263,7 +263,7 @@ class Stream:
 
     def __init__(self, values: list[dict[str, Any]]) -> None:
         self.values = [orjson.dumps(value) for value in values]
-        self.headers = [origin_header(value) for value in values]
+        self.headers = [notification_headers(value) for value in values]
         self.enable_acks = True
         self.current_event: Any = None
         self.acked = 0

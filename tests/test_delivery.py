@@ -16,17 +16,19 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 
 from ocstream.delivery import (
     ORIGIN_HEADER,
+    SELECT_HEADER,
     Delivery,
     _with_subscription,
     is_terminal,
-    origin_header,
+    notification_headers,
+    selector,
 )
 from ocstream.subscriptions import LiveSubscriptions, Subscription, SubscriptionStore
 from ocstream.transport.client import connect
@@ -273,7 +275,7 @@ class RecordedStream:
         headers: list[list[tuple[str, bytes]]] | None = None,
     ) -> None:
         self.values = [orjson.dumps(value) for value in values]
-        self.headers = headers if headers is not None else [origin_header(v) for v in values]
+        self.headers = headers if headers is not None else [notification_headers(v) for v in values]
         self.hooks = hooks
         self.enable_acks = True
         self.current_event: Any = None
@@ -511,21 +513,25 @@ async def test_notifications_as_the_topic_holds_them_are_decoded_only_where_foll
 
 async def test_the_agent_takes_the_origin_from_the_record_header(world: dict[str, Any]) -> None:
     """``encoded``: the agent's records are bytes, with the origin header the matcher writes
-    (``origin_header``); a record without it is decoded to find its origin."""
+    (``notification_headers``); a record without it is decoded to find its origin."""
     from topology.delivery import deliver_stream, encoded  # noqa: PLC0415
 
     store, lives, (first, _) = world["store"], world["lives"], world["workers"]
-    assert origin_header(note("xcm.sent")) == [(ORIGIN_HEADER, RELAY.encode())]
-    assert origin_header({"type": "xcm.sent"}) == []
+    assert notification_headers(note("xcm.sent")) == [(ORIGIN_HEADER, RELAY.encode())]
+    assert notification_headers({"type": "xcm.sent"}) == []
     event = SimpleNamespace(headers=[(ORIGIN_HEADER, HYDRATION.encode())])
-    assert encoded(event, b"{}") == (HYDRATION, b"{}")
-    assert encoded(SimpleNamespace(headers=[]), b"{}") == (None, b"{}")
+    assert encoded(event, b"{}") == (HYDRATION, b"{}", None)
+    assert encoded(SimpleNamespace(headers=[]), b"{}") == (None, b"{}", None)
+    event = SimpleNamespace(headers=[(ORIGIN_HEADER, RELAY.encode()), (SELECT_HEADER, b"{}")])
+    assert encoded(event, b"{}") == (RELAY, b"{}", b"{}")
 
     await store.create_many([sub("one", outboundTTL=6000)])
     await settle(lives, 1)
     notes = [note("xcm.sent", "h1"), note("xcm.received", "h1"), note("xcm.sent", "h2")]
     # The last record comes without a header (a matcher of an older release).
-    stream = RecordedStream(notes, world["hooks"], [origin_header(n) for n in notes[:2]] + [[]])
+    stream = RecordedStream(
+        notes, world["hooks"], [notification_headers(n) for n in notes[:2]] + [[]]
+    )
     await deliver_stream(SimpleNamespace(delivery=first), stream)
     assert [n["id"] for _, n in world["hooks"].got] == [n["id"] for n in notes]
     assert sorted(event for event, _ in stream.acked) == [0, 1, 2]
@@ -549,7 +555,9 @@ async def test_the_agent_takes_a_direct_feed_in_order_and_acks_each_record_throu
     feed = DirectFeed(app, "xcm-notifications", 100)
     notes = [note("xcm.sent", f"f{i}") for i in range(30)] + [note("xcm.received", "f0")]
     messages = [
-        feed_message("xcm-notifications", i % 4, i, value=orjson.dumps(n), headers=origin_header(n))
+        feed_message(
+            "xcm-notifications", i % 4, i, value=orjson.dumps(n), headers=notification_headers(n)
+        )
         for i, n in enumerate(notes)
     ]
     stale = feed_message(
@@ -595,3 +603,172 @@ def test_webhook_body_from_the_notification_bytes(notification: dict[str, Any], 
     assert _with_subscription(b"{}", sid) is None
     assert _with_subscription(b' {"a":1}', sid) is None
     assert _with_subscription(b'{"a":1}\n', sid) is None
+
+
+# --- selectors -------------------------------------------------------------------------------
+
+_KEYS = ["0x" + "ab" * 32, "0x" + "cd" * 32]
+_CHAINS = [RELAY, ASSET_HUB, HYDRATION]
+_SUBSCRIPTIONS = [
+    sub(f"s{i}", origin=origin, destinations=destinations, senders=senders)
+    for i, (origin, destinations, senders) in enumerate(
+        (origin, destinations, senders)
+        for origin in (RELAY, HYDRATION)
+        for destinations in ([ASSET_HUB], [HYDRATION, RELAY])
+        for senders in ("*", [_KEYS[0]], _KEYS)
+    )
+]
+
+
+def _leaf() -> st.SearchStrategy[Any]:
+    texts = [*_CHAINS, *_KEYS, _KEYS[0].upper(), "Success", "Fail", "accepted", "xcm.hop"]
+    return st.none() | st.booleans() | st.integers(-2, 3) | st.sampled_from(texts)
+
+
+_ANY = st.recursive(
+    _leaf(),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["chainId", "to", "publicKey", "legIndex"]), inner)
+    ),
+    max_leaves=8,
+)
+
+
+def _shaped(fields: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
+    """A dict with some of ``fields`` and a field selection never reads, or anything."""
+    return st.fixed_dictionaries({"other": _ANY}, optional=fields) | _ANY
+
+
+_ACCOUNT = _shaped({"id": st.just("addr"), "publicKey": st.sampled_from(_KEYS) | _ANY})
+_NOTIFICATION = st.fixed_dictionaries(
+    {"body": _ANY},
+    optional={
+        "id": st.sampled_from(["j:sent:0", "j:received:1"]) | _ANY,
+        "journeyId": st.just("j") | _ANY,
+        "type": st.sampled_from(["xcm.sent", "xcm.received", "xcm.hop", "xcm.bridge"]) | _ANY,
+        "bridgeStatus": st.sampled_from(["accepted", "received"]) | _ANY,
+        "origin": _shaped({"chainId": st.sampled_from(_CHAINS) | _ANY}),
+        "destination": _shaped({"chainId": st.sampled_from(_CHAINS) | _ANY}),
+        "legs": st.lists(_shaped({"to": st.sampled_from(_CHAINS) | _ANY}), max_size=4) | _ANY,
+        "sender": _shaped({"signer": _ACCOUNT, "extraSigners": st.lists(_ACCOUNT) | _ANY}),
+        "waypoint": _shaped(
+            {"legIndex": st.integers(-1, 3) | _ANY, "outcome": st.sampled_from(["Fail"]) | _ANY}
+        ),
+    },
+)
+
+
+def _outcome(call: Any, *args: Any) -> Any:
+    try:
+        return call(*args)
+    except Exception as exc:
+        return type(exc)
+
+
+_BRIDGED = {
+    "type": "xcm.bridge",
+    "bridgeStatus": "accepted",
+    "legs": [{"from": RELAY, "to": ASSET_HUB}, {"from": ASSET_HUB, "to": "urn:ocn:ethereum:1"}],
+    "waypoint": {"legIndex": 1},
+}
+
+
+@settings(max_examples=300)
+@given(_NOTIFICATION)
+@example({**_BRIDGED, "body": 1})  # accepted onto the last leg: terminal
+@example({**_BRIDGED, "waypoint": {"legIndex": 0}, "body": 1})  # not the last: not terminal
+@example({**_BRIDGED, "bridgeStatus": "received", "body": 1})
+@example({**note("xcm.hop", outcome="Fail"), "body": 1})
+@example({**note("xcm.hop", sender={"extraSigners": [{"publicKey": _KEYS[1]}]}), "body": 1})
+@example({**note("xcm.sent", sender={"extraSigners": [{}, {"publicKey": _KEYS[0]}]}), "body": 1})
+def test_a_selector_selects_and_ends_a_journey_as_its_notification_does(
+    notification: dict[str, Any],
+) -> None:
+    """Whatever a notification's shape, its selector (as the header carries it: JSON) gives the
+    subscriptions' filters, :func:`is_terminal` and the bookkeeping's fields the same answers,
+    or the same error, as the whole notification; and it leaves out what they do not read."""
+    selected = orjson.loads(orjson.dumps(selector(notification)))
+    for subscription in _SUBSCRIPTIONS:
+        assert _outcome(subscription.matches, selected) == _outcome(
+            subscription.matches, notification
+        ), subscription.id
+    assert _outcome(is_terminal, selected) == _outcome(is_terminal, notification)
+    for key in ("id", "journeyId", "type"):
+        assert selected.get(key) == notification.get(key)
+    assert "body" not in selected
+
+
+def test_the_matcher_adds_the_selector_where_someone_follows_the_origin() -> None:
+    sent = note("xcm.sent", sender={"signer": {"id": "addr", "publicKey": _KEYS[0]}})
+    origin = (ORIGIN_HEADER, RELAY.encode())
+    assert notification_headers(sent) == [origin]
+    assert notification_headers(sent, lambda chain: chain != RELAY) == [origin]
+    headers = notification_headers(sent, lambda chain: chain == RELAY)
+    assert headers[0] == origin and headers[1][0] == SELECT_HEADER
+    assert orjson.loads(headers[1][1]) == {
+        "id": sent["id"],
+        "journeyId": "j1",
+        "type": "xcm.sent",
+        "origin": {"chainId": RELAY},
+        "destination": {"chainId": ASSET_HUB},
+        "legs": [{"to": ASSET_HUB}],
+        "sender": {"signer": {"publicKey": _KEYS[0]}},
+        "waypoint": {"outcome": "Success"},
+    }
+
+
+async def test_a_record_s_selector_stands_in_for_its_notification(
+    world: dict[str, Any],
+) -> None:
+    """With a selector, a followed record is selected and booked without decoding its bytes
+    (here they are not even JSON, where only webhooks want it); webhooks get the record's own
+    bytes, the timer of ``outboundTTL`` keeps them whole, and a channel that takes the
+    notification as an object (the log) gets it decoded, as without a selector."""
+    (first, _), store, hooks, log = world["workers"], world["store"], world["hooks"], world["log"]
+    await store.create_many(
+        [
+            sub("hook", outboundTTL=6000),
+            sub("signed", senders=[_KEYS[0]]),
+            sub("received", channel="log", events=["xcm.received"]),
+        ]
+    )
+    await settle(world["lives"], 3)
+    signer = {"signer": {"id": "addr", "publicKey": _KEYS[0]}, "extraSigners": []}
+    notes = [
+        note("xcm.sent", "k1", sender=signer),
+        note("xcm.received", "k1", sender=signer),
+        note("xcm.sent", "k2"),
+    ]
+
+    def record(notification: dict[str, Any], raw: bytes | None = None) -> Any:
+        headers = dict(notification_headers(notification, lambda _: True))
+        return (RELAY, raw or orjson.dumps(notification), headers[SELECT_HEADER])
+
+    assert await first.deliver_encoded([record(n) for n in notes]) == 6
+    assert sorted((s, n["id"]) for s, n in hooks.got) == [
+        ("hook", "k1:received:0"),
+        ("hook", "k1:sent:0"),
+        ("hook", "k2:sent:0"),
+        ("signed", "k1:received:0"),
+        ("signed", "k1:sent:0"),
+    ]
+    by_id = {n["id"]: n for n in notes}
+    assert [orjson.loads(body or b"") for body in hooks.bodies] == [
+        {**by_id[n["id"]], "subscriptionId": s} for s, n in hooks.got
+    ]
+    assert log.got == [("received", {**notes[1], "subscriptionId": "received"})]
+    # k1's receipt ended its timer; k2's keeps the xcm.sent whole, from the record's bytes.
+    timers = await first.client.hgetall(f"{first.prefix}dlv:ttl:notes")
+    assert timers == {b"hook|k2": orjson.dumps(notes[2])}
+    assert first.counters["errors"] == 0
+
+    # A selector spares the bytes any check where only webhooks want them: they are posted as
+    # the matcher wrote them (here, not JSON). Where the log wants the notification, bytes
+    # that do not decode are refused before anything is booked, and counted.
+    broken = b'{"broken": }'
+    assert await first.deliver_encoded([record(note("xcm.sent", "k3"), broken)]) == 1
+    assert hooks.bodies[-1] == b'{"broken": ,"subscriptionId":"hook"}'
+    assert await first.deliver_encoded([record(note("xcm.received", "k4"), broken)]) == 0
+    assert first.counters["errors"] == 1
+    assert [n["id"] for _, n in log.got] == ["k1:received:0"]

@@ -32,10 +32,12 @@ import redis
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from prometheus_client.parser import text_string_to_metric_families
 
+from ocstream.delivery import SELECT_HEADER
 from ocstream.testing import blocks_from_case, publish_blocks, register_network
 from ocstream.transport import TopicWriter
 from ocstream.transport.client import connect
 from ocstream.transport.keys import Keyspace
+from ocstream.transport.wire import decode_headers
 from tests.sinks.test_webhook import Receiver
 from tests.workers import Worker, committed_offsets, highwaters
 
@@ -269,6 +271,16 @@ async def test_match_and_deliver_workers_split_the_work_and_deliver_once(
 
             await until(lambda: wave_done(second), 60, "the second wave at the webhook")
             real = await until(real_journey, 120, "the real journey's sent and received")
+            # The matching worker knows the subscription follows Asset Hub: the real journey's
+            # records carry the selector its deliverers selected them by (the made-up ones,
+            # written here, carry no header at all).
+            selected = [
+                orjson.loads(headers[SELECT_HEADER])
+                for p in range(PARTITIONS)
+                for _, fields in sync_client.xrange(keys.stream(NOTIFICATIONS, p))
+                if SELECT_HEADER in (headers := dict(decode_headers(fields.get(b"h"))))
+            ]
+            assert sorted(n["id"] for n in selected) == sorted(n["id"] for n in real), selected
 
             async def all_acknowledged() -> bool:
                 committed = committed_offsets(redis_url, prefix, app_id)

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from ocstream.dataflow import declare_outputs
-from ocstream.delivery import ORIGIN_HEADER, Encoded
+from ocstream.delivery import ORIGIN_HEADER, SELECT_HEADER, Encoded, EncodedNote
 from ocstream.stages import Backlog
 from ocstream.transport.client import TRANSIENT_ERRORS, Backoff
 from ocstream.transport.direct import DirectFeed, direct_feed
@@ -44,7 +44,7 @@ MAX_BATCH = 256
 STOP_GRACE = 5.0
 
 
-async def deliver_batch(app: Any, notifications: Sequence[tuple[str | None, Encoded]]) -> None:
+async def deliver_batch(app: Any, notifications: Sequence[EncodedNote]) -> None:
     """Deliver a batch; waits out Redis outages (then delivers the whole batch again), logs and
     counts other failures. The items are notifications as the topic holds them, ``(origin,
     JSON bytes)``, the bytes maybe still to be read (see :func:`encoded`)."""
@@ -64,22 +64,24 @@ async def deliver_batch(app: Any, notifications: Sequence[tuple[str | None, Enco
         except Exception:
             # Notifications that cannot be delivered must not stop the others; the webhook
             # dispatcher keeps its own retries and dead letters.
-            origins = sorted({origin for origin, _ in notifications if origin})
+            origins = sorted({item[0] for item in notifications if item[0]})
             log.exception("delivering %d notifications of %s failed", len(notifications), origins)
             delivery.counters["errors"] += len(notifications)
             return
 
 
-def encoded(event: Any, value: Encoded) -> tuple[str | None, Encoded]:
-    """A record of the stream as :func:`deliver_batch` takes it: ``(origin, bytes)``, the
-    origin from the record's ``origin`` header (None without one)."""
-    origin = None
+def encoded(event: Any, value: Encoded) -> tuple[str | None, Encoded, bytes | None]:
+    """A record of the stream as :func:`deliver_batch` takes it: ``(origin, bytes, selector)``,
+    the origin from the record's ``origin`` header and the selector from its ``select`` header
+    (None without them)."""
+    origin = selected = None
     headers = getattr(event, "headers", None) or ()
     for name, header in headers.items() if isinstance(headers, Mapping) else headers:
         if name == ORIGIN_HEADER:
             origin = header.decode() if isinstance(header, bytes) else str(header)
-            break
-    return (origin, value)
+        elif name == SELECT_HEADER:
+            selected = header if isinstance(header, bytes) else str(header).encode()
+    return (origin, value, selected)
 
 
 async def deliver_stream(app: Any, stream: Any, max_batch: int = MAX_BATCH) -> None:
@@ -87,7 +89,7 @@ async def deliver_stream(app: Any, stream: Any, max_batch: int = MAX_BATCH) -> N
     acknowledged through the stream once its batch is delivered."""
     stream.enable_acks = False  # acknowledged by hand, when the delivery is done
 
-    async def records() -> AsyncIterator[tuple[Any, tuple[str | None, Encoded]]]:
+    async def records() -> AsyncIterator[tuple[Any, EncodedNote]]:
         async for notification in stream:
             event = stream.current_event
             yield event, encoded(event, notification)
@@ -99,7 +101,7 @@ async def deliver_feed(app: Any, feed: DirectFeed, max_batch: int = MAX_BATCH) -
     """Deliver the notifications of a direct feed (``ocstream/transport/direct.py``: taken
     from the fetch, without faust's stream; see :func:`deliver_records`)."""
 
-    async def records() -> AsyncIterator[tuple[Any, tuple[str | None, Encoded]]]:
+    async def records() -> AsyncIterator[tuple[Any, EncodedNote]]:
         while True:
             await feed.wait()
             while (message := feed.next()) is not None:
@@ -111,7 +113,7 @@ async def deliver_feed(app: Any, feed: DirectFeed, max_batch: int = MAX_BATCH) -
 
 async def deliver_records(
     app: Any,
-    records: AsyncIterator[tuple[Any, tuple[str | None, Encoded]]],
+    records: AsyncIterator[tuple[Any, EncodedNote]],
     ack: Callable[[Any], Any],
     waiting: Callable[[], int],
     max_batch: int = MAX_BATCH,

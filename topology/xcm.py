@@ -32,7 +32,7 @@ import orjson
 from faust.web import Request, Response, View
 
 from ocstream.dataflow import declare_producer
-from ocstream.delivery import origin_header
+from ocstream.delivery import notification_headers
 from ocstream.envvars import env_number, env_seconds
 from ocstream.ingress.decode import DecoderCache
 from ocstream.ingress.model import NORMALISED_HEADER, ExtendedBlock
@@ -423,9 +423,14 @@ def declare(app: Any, settings: XcmSettings | None = None) -> None:
             # Outputs are queued before the table writes, so a table's changelog never holds a
             # change whose notifications were not sent (one producer queue, written in order).
             # A notification names its origin in a header: the delivering worker decodes only
-            # those that someone follows (ocstream/delivery.py, deliver_encoded).
-            for note in step.notifications:
-                outputs.append((notifications, str(note["journeyId"]), note, origin_header(note)))
+            # those that someone follows, and of those only the selector the matcher adds when
+            # it knows someone does (ocstream/delivery.py, deliver_encoded).
+            if step.notifications:
+                delivery = getattr(app, "delivery", None)
+                followed = delivery.subscriptions.has_persistent_origin if delivery else None
+                for note in step.notifications:
+                    headers = notification_headers(note, followed)
+                    outputs.append((notifications, str(note["journeyId"]), note, headers))
             for target, out in step.records:
                 outputs.append((legs, target, out, None))
             view.commit()
