@@ -457,10 +457,7 @@ class Delivery(Service):
             self._select(notification, _origin(notification), None, pairs, fanout)
         return await self._deliver_pairs(pairs, fanout)
 
-    async def deliver_encoded(
-        self,
-        records: Sequence[EncodedNote],
-    ) -> int:
+    async def deliver_encoded(self, records: Sequence[EncodedNote]) -> int:
         """:meth:`deliver_many` for notifications as the topic holds them: ``(origin chain, JSON
         bytes)`` or ``(origin chain, JSON bytes, selector)``, the origin from the record's
         ``origin`` header (None when it has none), the selector from its ``select`` header

@@ -39,7 +39,7 @@ import orjson
 from pydantic import JsonValue
 
 from .ingress.decode import DecoderCache, build_extended_block, extrinsic_outcomes, timestamp_of
-from .ingress.model import NORMALISED_HEADER, Event, ExtendedBlock, Extrinsic, Phase, StorageItem
+from .ingress.model import VOUCHED_HEADERS, Event, ExtendedBlock, Extrinsic, Phase, StorageItem
 from .ingress.raw import RawBlock, load_sidecar_json, load_v1_cbor
 from .ingress.registry import NetworkRecord, NetworkRegistry
 from .ingress.storage import downward_queue, storage_key
@@ -530,15 +530,11 @@ async def publish_blocks(
         for block in blocks:
             batch.append((block.network, block.to_json_bytes()))
             if len(batch) >= _PUBLISH_BATCH:
-                written += len(await writer.send_many(topic, batch, headers=_VOUCHED))
+                written += len(await writer.send_many(topic, batch, headers=VOUCHED_HEADERS))
                 batch = []
         if batch:
-            written += len(await writer.send_many(topic, batch, headers=_VOUCHED))
+            written += len(await writer.send_many(topic, batch, headers=VOUCHED_HEADERS))
     return written
-
-
-#: The header the ingress writes on its blocks: their values are normalised already.
-_VOUCHED = ((NORMALISED_HEADER, b"1"),)
 
 
 def publish_blocks_sync(

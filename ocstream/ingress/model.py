@@ -44,6 +44,7 @@ from pydantic import (
 __all__ = [
     "MAX_SAFE_INTEGER",
     "NORMALISED_HEADER",
+    "VOUCHED_HEADERS",
     "Event",
     "ExtendedBlock",
     "Extrinsic",
@@ -173,6 +174,9 @@ _CHECK = orjson.OPT_STRICT_INTEGER
 #: them). Such a block is read without checking each value again (:meth:`ExtendedBlock.
 #: from_json_bytes`); its structure is validated all the same.
 NORMALISED_HEADER = "normalised"
+
+#: The headers of a ``blocks`` record that vouch for its values, as a producer writes them.
+VOUCHED_HEADERS = ((NORMALISED_HEADER, b"1"),)
 
 #: The validation context of a block read under :data:`NORMALISED_HEADER`.
 _VOUCHED = {"normalised": True}
