@@ -204,6 +204,7 @@
    * started). Counters not listed here are shown without a meaning. */
   const COUNTER_HELP = {
     blocks: "blocks read from the blocks topic",
+    blocks_vouched: "of those, read as the ingress vouched for their values (not checked one by one)",
     legs_sent: "legs extracted: messages sent",
     legs_received: "legs extracted: messages received (receipts)",
     legs_relayed: "legs extracted: messages seen on the relay chain",
