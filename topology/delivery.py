@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from ocstream.dataflow import declare_outputs
@@ -31,6 +31,7 @@ from ocstream.delivery import ORIGIN_HEADER, SELECT_HEADER, Encoded, EncodedNote
 from ocstream.stages import Backlog
 from ocstream.transport.client import TRANSIENT_ERRORS, Backoff
 from ocstream.transport.direct import DirectFeed, direct_feed
+from ocstream.transport.wire import header_items
 
 log = logging.getLogger("ocstream.delivery")
 
@@ -75,8 +76,7 @@ def encoded(event: Any, value: Encoded) -> tuple[str | None, Encoded, bytes | No
     the origin from the record's ``origin`` header and the selector from its ``select`` header
     (None without them)."""
     origin = selected = None
-    headers = getattr(event, "headers", None) or ()
-    for name, header in headers.items() if isinstance(headers, Mapping) else headers:
+    for name, header in header_items(getattr(event, "headers", None)):
         if name == ORIGIN_HEADER:
             origin = header.decode() if isinstance(header, bytes) else str(header)
         elif name == SELECT_HEADER:

@@ -41,7 +41,7 @@ from ocstream.runtime import RocksDBStore
 from ocstream.tablebatch import TableBatch
 from ocstream.transport.client import connect
 from ocstream.transport.direct import direct_feed
-from ocstream.transport.wire import json_value
+from ocstream.transport.wire import header_items, json_value
 from ocstream.xcm.codec import XcmCodec, XcmDecodeError
 from ocstream.xcm.coverage import Coverage, coverage_of_record
 from ocstream.xcm.expiry import ExpiryIndex
@@ -200,9 +200,8 @@ async def _expired(name: str, table: Any, now: float) -> Any:
 def _vouched(stream: Any) -> bool:
     """Whether the producer of the stream's current record vouched for its values
     (:data:`~ocstream.ingress.model.NORMALISED_HEADER`, which ``ocstream ingress`` writes)."""
-    headers = getattr(stream.current_event, "headers", None) or ()
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    return any(name == NORMALISED_HEADER and value == b"1" for name, value in items)
+    headers = header_items(getattr(stream.current_event, "headers", None))
+    return any(name == NORMALISED_HEADER and value == b"1" for name, value in headers)
 
 
 async def _send_raw(app: Any, topic: Any, key: str, value: bytes, headers: Any = None) -> None:
@@ -379,6 +378,10 @@ def declare(app: Any, settings: XcmSettings | None = None) -> None:
         # records (each step commits or rolls back), and the batch's views under it are
         # emptied, not replaced, by each flush.
         views: dict[int, Tables] = {}
+        # Whether a persistent subscription follows an origin (the worker's live view; an app
+        # built without delivery has none): the notifications it follows get a selector.
+        delivery = getattr(app, "delivery", None)
+        followed = delivery.subscriptions.has_persistent_origin if delivery else None
 
         async def flush() -> None:
             producer = app.producer
@@ -425,12 +428,9 @@ def declare(app: Any, settings: XcmSettings | None = None) -> None:
             # A notification names its origin in a header: the delivering worker decodes only
             # those that someone follows, and of those only the selector the matcher adds when
             # it knows someone does (ocstream/delivery.py, deliver_encoded).
-            if step.notifications:
-                delivery = getattr(app, "delivery", None)
-                followed = delivery.subscriptions.has_persistent_origin if delivery else None
-                for note in step.notifications:
-                    headers = notification_headers(note, followed)
-                    outputs.append((notifications, str(note["journeyId"]), note, headers))
+            for note in step.notifications:
+                headers = notification_headers(note, followed)
+                outputs.append((notifications, str(note["journeyId"]), note, headers))
             for target, out in step.records:
                 outputs.append((legs, target, out, None))
             view.commit()

@@ -231,10 +231,16 @@ def json_value(value: Any) -> bytes:
         return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
+def header_items(headers: Headers | Mapping[str, bytes] | None) -> Iterable[tuple[str, bytes]]:
+    """``(name, value)`` of a record's headers, given as pairs or as a mapping (faust hands
+    either over), or none."""
+    if not headers:
+        return ()
+    return headers.items() if isinstance(headers, Mapping) else headers
+
+
 def encode_headers(headers: Headers | Mapping[str, bytes]) -> bytes:
-    items: Iterable[tuple[str, bytes]] = (
-        headers.items() if isinstance(headers, Mapping) else headers
-    )
+    items = header_items(headers)
     return orjson.dumps([[name, bytes(value).decode("latin-1")] for name, value in items])
 
 
