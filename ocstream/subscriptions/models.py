@@ -332,6 +332,10 @@ class Subscription(_Strict):
     _sender_keys: frozenset[str] | None = PrivateAttr(default=None)
     _destination_set: frozenset[str] = PrivateAttr(default=frozenset())
     _json: dict[str, Any] | None = PrivateAttr(default=None)
+    # The filters below read these through ``_own``, not as ``self._name``: pydantic serves a
+    # private attribute from ``__getattr__``, after the ordinary lookup has failed, which cost
+    # 3.5 us a read against 0.1 us from the dict that holds them. ``matches`` runs for each
+    # notification and subscription, ``json_view`` at every webhook attempt.
 
     @field_validator("id")
     @classmethod
@@ -413,9 +417,11 @@ class Subscription(_Strict):
         """:meth:`to_json`, dumped once per subscription object and shared by every caller:
         for readers that never change it (the webhook dispatcher reads it at every attempt).
         The object is frozen, and a changed subscription is a new object."""
-        if self._json is None:
-            self._json = self.to_json()
-        return self._json
+        own = self._own()
+        found = own["_json"]
+        if found is None:
+            found = own["_json"] = self.to_json()
+        return found  # type: ignore[no-any-return]
 
     def to_json_bytes(self) -> bytes:
         return self.model_dump_json(exclude_unset=True).encode()
@@ -428,7 +434,11 @@ class Subscription(_Strict):
 
     def sender_keys(self) -> frozenset[str] | None:
         """The senders as lowercase ``0x`` public keys; None for ``"*"`` or no ``senders``."""
-        return self._sender_keys
+        return self._own()["_sender_keys"]  # type: ignore[no-any-return]
+
+    def _own(self) -> dict[str, Any]:
+        """The private attributes, as pydantic keeps them."""
+        return self.__pydantic_private__  # type: ignore[return-value]
 
     def matches(self, notification: Mapping[str, Any]) -> bool:
         """Filters 1, 2 and 4 of XCM.md §10.5: the origin, the *final* destination and the
@@ -436,10 +446,11 @@ class Subscription(_Strict):
         origin = notification.get("origin")
         if not isinstance(origin, Mapping) or origin.get("chainId") != self.origin:
             return False
+        own = self._own()
         destination = final_destination(notification)
-        if destination is None or destination not in self._destination_set:
+        if destination is None or destination not in own["_destination_set"]:
             return False
-        return sender_matches_keys(notification.get("sender"), self._sender_keys)
+        return sender_matches_keys(notification.get("sender"), own["_sender_keys"])
 
     def wants(self, notification_type: str, channel_index: int) -> bool:
         """Filter 3 for channel ``channel_index``: a webhook channel's own ``events``, when set,
