@@ -112,6 +112,53 @@ class _HiredisIO:
             push_request=push_request,
         )
 
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        """redis-py's send, without a task for each write.
+
+        redis-py runs every write as ``asyncio.wait_for(write and drain, socket_timeout)``: a
+        task, a timer and a turn of the event loop for each command or pipeline sent, though
+        the socket almost always takes the bytes at once. Here the bytes are written first;
+        only when the socket left some of them buffered is the drain awaited, under the same
+        timeout. Errors end as redis-py's do: the connection is dropped and a
+        ``ConnectionError`` or ``TimeoutError`` raised. A connection not yet open, closing,
+        or without a socket timeout goes redis-py's way."""
+        if check_health:
+            await self.check_health()  # type: ignore[attr-defined]
+        writer = self._writer  # type: ignore[attr-defined]
+        timeout = self.socket_timeout  # type: ignore[attr-defined]
+        if not timeout or writer is None or writer.transport.is_closing():
+            await super().send_packed_command(command, False)  # type: ignore[misc]
+            return
+        if isinstance(command, str):
+            command = command.encode()
+        if isinstance(command, bytes):
+            command = [command]
+        try:
+            writer.writelines(command)
+            if writer.transport.get_write_buffer_size():
+                async with asyncio.timeout(timeout):
+                    await writer.drain()
+        except TimeoutError as exc:
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            if exc.errno:  # the system's timeout (ETIMEDOUT): the connection is dead
+                raise RedisConnectionError(f"Error {exc.errno} while writing to socket.") from exc
+            raise RedisTimeoutError("Timeout writing to socket") from None
+        except OSError as exc:
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise RedisConnectionError(f"Error while writing to socket: {exc}.") from exc
+        except (TypeError, AttributeError) as exc:
+            # Python 3.12 and early 3.13 releases raise these from a transport closed during
+            # the write (CPython gh-136234), as redis-py notes.
+            closed = writer.transport.is_closing()
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            if closed:
+                raise RedisConnectionError("Connection closed while writing") from exc
+            raise
+        except BaseException:
+            # A write cut short (a cancellation): the stream's state is unknown.
+            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            raise
+
     def _received(self, response: Any) -> Any:
         """What redis-py's parser and connection do with a reply once it is read."""
         if isinstance(response, RedisConnectionError):

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import hiredis
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, InvalidResponse, NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ocstream.transport.client import Backoff, connect, request_client
 
@@ -153,6 +157,107 @@ async def test_a_stream_that_cannot_be_parsed_drops_the_connection(redis_url: st
             with pytest.raises(InvalidResponse):
                 await connection.read_response()
             assert not connection.is_connected
+        finally:
+            await client.connection_pool.release(connection)
+        assert await client.ping() is True  # a new connection
+    finally:
+        await client.aclose()
+
+
+async def test_a_write_takes_no_task(redis_url: str) -> None:
+    """redis-py writes each command or pipeline inside ``asyncio.wait_for``: a task each.
+    The transport's client writes without one when the socket takes the bytes."""
+    loop = asyncio.get_running_loop()
+    created = 0
+    factory = loop.get_task_factory()
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        nonlocal created
+        created += 1
+        if factory is not None:
+            return factory(loop, coro, **kwargs)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    async def tasks_for_100_commands(client: Any) -> int:
+        nonlocal created
+        await client.ping()  # connected before counting
+        created = 0
+        for _ in range(50):
+            await client.set("oc:test:write", "v")
+        async with client.pipeline(transaction=False) as pipe:
+            for _ in range(50):
+                pipe.get("oc:test:write")
+            await pipe.execute()
+        return created
+
+    ours, theirs = connect(redis_url), aioredis.Redis.from_url(redis_url, socket_timeout=30)
+    loop.set_task_factory(counting)
+    try:
+        assert await tasks_for_100_commands(theirs) == 51
+        assert await tasks_for_100_commands(ours) == 0
+    finally:
+        loop.set_task_factory(factory)
+        await ours.delete("oc:test:write")
+        await ours.aclose()
+        await theirs.aclose()
+
+
+async def test_a_write_the_server_does_not_read_times_out_and_drops_the_connection() -> None:
+    """When the socket cannot take the bytes, the write waits for room for the socket
+    timeout at most, then fails as redis-py's does and drops the connection."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def answers_then_stops_reading(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        # Enough of a server for the connection's handshake; after ECHO stop it reads nothing.
+        accepted.append(writer)
+        commands = hiredis.Reader()
+        while data := await reader.read(65536):
+            commands.feed(data)
+            while (command := commands.gets()) is not False:
+                if command == [b"ECHO", b"stop"]:
+                    writer.write(b"$4\r\nstop\r\n")
+                    return
+                name = command[0].upper()
+                if name == b"HELLO":  # RESP3, as redis-py asks
+                    writer.write(b"%1\r\n$5\r\nproto\r\n:3\r\n")
+                else:
+                    writer.write(b"+PONG\r\n" if name == b"PING" else b"+OK\r\n")
+
+    server = await asyncio.start_server(answers_then_stops_reading, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = connect(f"redis://127.0.0.1:{port}/0", socket_timeout=0.5)
+    try:
+        assert await client.echo("stop") == b"stop"
+        connection = await client.connection_pool.get_connection()
+        try:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(RedisTimeoutError, match="writing"):
+                # far more than the socket buffers of both ends hold
+                await connection.send_command("SET", "k", b"x" * (64 * 2**20), check_health=False)
+            assert asyncio.get_running_loop().time() - started < 5
+            assert not connection.is_connected
+        finally:
+            await client.connection_pool.release(connection)
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+        await client.aclose()
+
+
+async def test_a_write_to_a_closed_connection_is_a_connection_error(redis_url: str) -> None:
+    client = connect(redis_url)
+    try:
+        await client.ping()
+        connection = await client.connection_pool.get_connection()
+        try:
+            connection._writer.transport.abort()  # the socket is gone under the connection
+            await asyncio.sleep(0)
+            with pytest.raises(RedisConnectionError):
+                await connection.send_command("PING", check_health=False)
         finally:
             await client.connection_pool.release(connection)
         assert await client.ping() is True  # a new connection
