@@ -62,7 +62,9 @@ instead of between its batches.
   one was published; *drain*: from that publish to the last arrival; *lag*: records the group
   had not committed at that moment, per topic (``blocks``/``xcm-legs``/``xcm-notifications``);
 * memory: peak RSS (``VmHWM``) of the ingress and of each worker, Redis ``used_memory`` (the
-  whole server) at the end of the step; CPU milliseconds per journey of the workers, the
+  whole server) at the end of the step; the bytes Redis received per journey during the step
+  (``total_net_input_bytes``: the ingress's blocks, the workers' records and webhook
+  bookkeeping, this script's own reads); CPU milliseconds per journey of the workers, the
   ingress and Redis (the whole server: other users of it count too);
 * *p99 / block CPU*: the receipts' p99 over K x the workers' CPU per journey, which is the CPU
   the workers spend on one block's journeys (sends and receipts; an Asset Hub block and a relay
@@ -121,6 +123,7 @@ from procs import (  # benchmarks/ is this script's directory
     bench_env,
     cleanup,
     cpu_seconds,
+    redis_bytes_in,
     redis_cpu,
     serve_printing_port,
     stop_all,
@@ -505,6 +508,9 @@ class Step:
     rss_ingress: int = 0
     rss_workers: list[int] = field(default_factory=list)
     redis_used: int = 0
+    #: Bytes Redis received per journey (``total_net_input_bytes``, the whole server: the
+    #: ingress's blocks, the workers' records, webhook bookkeeping, this script's reads).
+    redis_in: float = float("nan")
     cpu: dict[str, float] = field(default_factory=dict)
     #: Per worker, the step's event loop wake-ups (every 50 ms) and how many came later than
     #: each of LAG_BOUNDS (``ocstream_event_loop_lag_seconds``, ``ocstream/looplag.py``).
@@ -563,6 +569,7 @@ def run_step(
 
         wait_for(started, 60, f"the ingress to start publishing {name}", interval=0.02)
         cpu0, ingress_cpu0 = run.cpu(), cpu_seconds(ingress.pid)
+        bytes_in0 = redis_bytes_in(run.client)
         lags0 = run.loop_lags()
         timeout = 60 + 3 * segment.blocks / step.block_rate
         wait_for(finished, timeout, f"the ingress to publish {name}", interval=0.1)
@@ -588,6 +595,7 @@ def run_step(
         time.sleep(0.5)  # a duplicate would come right after
     cpu1 = run.cpu()
     step.cpu = {k: (cpu1[k] - cpu0[k]) * 1000 / step.journeys for k in cpu1}
+    step.redis_in = (redis_bytes_in(run.client) - bytes_in0) / step.journeys
     for worker, lags in run.loop_lags().items():
         before = lags0.get(worker, {})
         wakeups = lags.get("+Inf", 0) - before.get("+Inf", 0)
@@ -737,7 +745,8 @@ def step_line(step: Step, label: str) -> str:
         f"drain {step.drain:.2f} s, lag blocks/legs/notes {lag}; peak RSS ingress "
         f"{step.rss_ingress / MiB:.0f} MiB, workers "
         f"{'+'.join(f'{r / MiB:.0f}' for r in step.rss_workers)} MiB; Redis "
-        f"{step.redis_used / MiB:.0f} MiB; event loop held over "
+        f"{step.redis_used / MiB:.0f} MiB, received {step.redis_in / 1000:.1f} kB/journey; "
+        f"event loop held over "
         f"{'/'.join(f'{float(b) * 1000:.0f}' for b in LAG_BOUNDS)} ms: {loop_lag(step)}; "
         f"CPU ms/journey workers {worker_cpu(step)} "
         f"ingress {step.cpu['ingress']:.1f} redis {step.cpu['redis']:.1f}; received p99 / "
@@ -960,10 +969,10 @@ def bench(args: argparse.Namespace, rates: list[float], counts: list[int], root:
     print(
         "| workers | asked /s | K x blocks/s | offered /s | delivered /s | received p50 s | "
         "p99 s | growth s | sent p50 s | p99 s | backlog | drain s | peak RSS ingress / workers "
-        "MiB | Redis MiB | CPU ms/journey workers + ingress + redis | p99 / block CPU | "
-        "kept up |"
+        "MiB | Redis MiB | Redis in kB/journey | CPU ms/journey workers + ingress + redis | "
+        "p99 / block CPU | kept up |"
     )
-    print("|" + "---|" * 17)
+    print("|" + "---|" * 18)
     for count, steps in results.items():
         for s in steps:
             print(
@@ -972,7 +981,8 @@ def bench(args: argparse.Namespace, rates: list[float], counts: list[int], root:
                 f"{s.growth:+.2f} | {s.sent_p50:.2f} | {s.sent_p99:.2f} | {s.backlog} | "
                 f"{s.drain:.2f} | "
                 f"{s.rss_ingress / MiB:.0f} / {'+'.join(f'{r / MiB:.0f}' for r in s.rss_workers)}"
-                f" | {s.redis_used / MiB:.0f} | {worker_cpu(s)} + {s.cpu['ingress']:.1f} + "
+                f" | {s.redis_used / MiB:.0f} | {s.redis_in / 1000:.1f} | "
+                f"{worker_cpu(s)} + {s.cpu['ingress']:.1f} + "
                 f"{s.cpu['redis']:.1f} | {block_cpu_ratio(s):.2f} | "
                 f"{'yes' if s.kept_up else 'no'} |"
             )

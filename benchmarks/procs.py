@@ -322,6 +322,11 @@ def redis_cpu(client: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def redis_bytes_in(client: redis.Redis) -> int:
+    """Bytes the server has received from its clients so far (``INFO stats``)."""
+    return int(client.info("stats")["total_net_input_bytes"])
+
+
 def redis_commands(client: redis.Redis) -> dict[str, tuple[int, float]]:
     """The server's calls and microseconds so far, by command (``INFO commandstats``). A script's
     time includes the commands it calls, which are counted under their own names too."""
