@@ -120,15 +120,19 @@ class _HiredisIO:
         the socket almost always takes the bytes at once. Here the bytes are written first;
         only when the socket left some of them buffered is the drain awaited, under the same
         timeout. Errors end as redis-py's do: the connection is dropped and a
-        ``ConnectionError`` or ``TimeoutError`` raised. A connection not yet open, closing,
-        or without a socket timeout goes redis-py's way."""
+        ``ConnectionError`` or ``TimeoutError`` raised. A connection not yet open (which
+        redis-py opens, with its handshake, before any health check), closing, or without a
+        socket timeout goes redis-py's way."""
+        timeout = self.socket_timeout  # type: ignore[attr-defined]
+        if not timeout or not self._open():
+            await super().send_packed_command(command, check_health)  # type: ignore[misc]
+            return
         if check_health:
             await self.check_health()  # type: ignore[attr-defined]
+            if not self._open():  # the check failed and dropped the connection
+                await super().send_packed_command(command, False)  # type: ignore[misc]
+                return
         writer = self._writer  # type: ignore[attr-defined]
-        timeout = self.socket_timeout  # type: ignore[attr-defined]
-        if not timeout or writer is None or writer.transport.is_closing():
-            await super().send_packed_command(command, False)  # type: ignore[misc]
-            return
         if isinstance(command, str):
             command = command.encode()
         if isinstance(command, bytes):
@@ -158,6 +162,11 @@ class _HiredisIO:
             # A write cut short (a cancellation): the stream's state is unknown.
             await self.disconnect(nowait=True)  # type: ignore[attr-defined]
             raise
+
+    def _open(self) -> bool:
+        """Connected, and not closing."""
+        writer = self._writer  # type: ignore[attr-defined]
+        return bool(self.is_connected) and not writer.transport.is_closing()  # type: ignore[attr-defined]
 
     def _received(self, response: Any) -> Any:
         """What redis-py's parser and connection do with a reply once it is read."""

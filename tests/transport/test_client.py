@@ -263,3 +263,45 @@ async def test_a_write_to_a_closed_connection_is_a_connection_error(redis_url: s
         assert await client.ping() is True  # a new connection
     finally:
         await client.aclose()
+
+
+async def test_a_new_connection_opens_as_redis_py_opens_it() -> None:
+    """A connection's first command is written by redis-py, which connects, shakes hands and
+    only then checks the connection's health: the server sees the same commands, in the same
+    order, from both clients."""
+    seen: list[bytes] = []
+
+    async def answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        commands = hiredis.Reader()
+        while data := await reader.read(65536):
+            commands.feed(data)
+            while (command := commands.gets()) is not False:
+                name = command[0].upper()
+                seen.append(name)
+                if name == b"HELLO":
+                    writer.write(b"%1\r\n$5\r\nproto\r\n:3\r\n")
+                else:
+                    writer.write(b"+PONG\r\n" if name == b"PING" else b"+OK\r\n")
+
+    server = await asyncio.start_server(answers, "127.0.0.1", 0)
+    url = f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+    orders = []
+    try:
+        for client in (
+            aioredis.Redis.from_url(
+                url, socket_timeout=30, health_check_interval=15, client_name="ocstream"
+            ),
+            connect(url),
+        ):
+            seen.clear()
+            try:
+                await client.set("k", "v")
+                await client.set("k", "w")  # on the open connection
+            finally:
+                await client.aclose()
+            orders.append(list(seen))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert orders[0][-2:] == [b"SET", b"SET"]
+    assert orders[1] == orders[0]
