@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import hiredis
@@ -202,64 +204,84 @@ async def test_a_write_takes_no_task(redis_url: str) -> None:
         await theirs.aclose()
 
 
-async def test_a_write_the_server_does_not_read_times_out_and_drops_the_connection() -> None:
-    """When the socket cannot take the bytes, the write waits for room for the socket
-    timeout at most, then fails as redis-py's does and drops the connection."""
-    accepted: list[asyncio.StreamWriter] = []
+class _StandIn:
+    """Enough of a Redis server for a client's handshake, on a real socket: it answers HELLO
+    (RESP3, as redis-py asks), PING and anything else with OK, and records each command's
+    name. After ``ECHO stop`` it answers that and reads nothing more from that connection."""
 
-    async def answers_then_stops_reading(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        # Enough of a server for the connection's handshake; after ECHO stop it reads nothing.
-        accepted.append(writer)
+    def __init__(self) -> None:
+        self.seen: list[bytes] = []
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+
+    async def __aexit__(self, *_: object) -> None:
+        for writer in self._writers:
+            writer.close()
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
         commands = hiredis.Reader()
         while data := await reader.read(65536):
             commands.feed(data)
             while (command := commands.gets()) is not False:
+                name = command[0].upper()
+                self.seen.append(name)
                 if command == [b"ECHO", b"stop"]:
                     writer.write(b"$4\r\nstop\r\n")
                     return
-                name = command[0].upper()
-                if name == b"HELLO":  # RESP3, as redis-py asks
+                if name == b"HELLO":
                     writer.write(b"%1\r\n$5\r\nproto\r\n:3\r\n")
                 else:
                     writer.write(b"+PONG\r\n" if name == b"PING" else b"+OK\r\n")
 
-    server = await asyncio.start_server(answers_then_stops_reading, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = connect(f"redis://127.0.0.1:{port}/0", socket_timeout=0.5)
+
+@contextlib.asynccontextmanager
+async def _held_connection(client: Any) -> AsyncIterator[Any]:
+    """One of ``client``'s connections, open, taken from its pool until the block ends."""
+    await client.ping()
+    connection = await client.connection_pool.get_connection()
     try:
-        assert await client.echo("stop") == b"stop"
-        connection = await client.connection_pool.get_connection()
-        try:
-            started = asyncio.get_running_loop().time()
-            with pytest.raises(RedisTimeoutError, match="writing"):
-                # far more than the socket buffers of both ends hold
-                await connection.send_command("SET", "k", b"x" * (64 * 2**20), check_health=False)
-            assert asyncio.get_running_loop().time() - started < 5
-            assert not connection.is_connected
-        finally:
-            await client.connection_pool.release(connection)
+        yield connection
     finally:
-        for writer in accepted:
-            writer.close()
-        server.close()
-        await server.wait_closed()
-        await client.aclose()
+        await client.connection_pool.release(connection)
+
+
+async def test_a_write_the_server_does_not_read_times_out_and_drops_the_connection() -> None:
+    """When the socket cannot take the bytes, the write waits for room for the socket
+    timeout at most, then fails as redis-py's does and drops the connection."""
+    async with _StandIn() as url:
+        client = connect(url, socket_timeout=0.5)
+        try:
+            async with _held_connection(client) as connection:
+                await connection.send_command("ECHO", "stop", check_health=False)
+                assert await connection.read_response() == b"stop"  # and it reads no more
+                started = asyncio.get_running_loop().time()
+                with pytest.raises(RedisTimeoutError, match="writing"):
+                    # far more than the socket buffers of both ends hold
+                    await connection.send_command(
+                        "SET", "k", b"x" * (64 * 2**20), check_health=False
+                    )
+                assert asyncio.get_running_loop().time() - started < 5
+                assert not connection.is_connected
+        finally:
+            await client.aclose()
 
 
 async def test_a_write_to_a_closed_connection_is_a_connection_error(redis_url: str) -> None:
     client = connect(redis_url)
     try:
-        await client.ping()
-        connection = await client.connection_pool.get_connection()
-        try:
+        async with _held_connection(client) as connection:
             connection._writer.transport.abort()  # the socket is gone under the connection
             await asyncio.sleep(0)
             with pytest.raises(RedisConnectionError):
                 await connection.send_command("PING", check_health=False)
-        finally:
-            await client.connection_pool.release(connection)
         assert await client.ping() is True  # a new connection
     finally:
         await client.aclose()
@@ -269,39 +291,21 @@ async def test_a_new_connection_opens_as_redis_py_opens_it() -> None:
     """A connection's first command is written by redis-py, which connects, shakes hands and
     only then checks the connection's health: the server sees the same commands, in the same
     order, from both clients."""
-    seen: list[bytes] = []
-
-    async def answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        commands = hiredis.Reader()
-        while data := await reader.read(65536):
-            commands.feed(data)
-            while (command := commands.gets()) is not False:
-                name = command[0].upper()
-                seen.append(name)
-                if name == b"HELLO":
-                    writer.write(b"%1\r\n$5\r\nproto\r\n:3\r\n")
-                else:
-                    writer.write(b"+PONG\r\n" if name == b"PING" else b"+OK\r\n")
-
-    server = await asyncio.start_server(answers, "127.0.0.1", 0)
-    url = f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+    standin = _StandIn()
     orders = []
-    try:
+    async with standin as url:
         for client in (
             aioredis.Redis.from_url(
                 url, socket_timeout=30, health_check_interval=15, client_name="ocstream"
             ),
             connect(url),
         ):
-            seen.clear()
+            standin.seen.clear()
             try:
                 await client.set("k", "v")
                 await client.set("k", "w")  # on the open connection
             finally:
                 await client.aclose()
-            orders.append(list(seen))
-    finally:
-        server.close()
-        await server.wait_closed()
+            orders.append(list(standin.seen))
     assert orders[0][-2:] == [b"SET", b"SET"]
     assert orders[1] == orders[0]
