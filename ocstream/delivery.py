@@ -377,11 +377,16 @@ class _Whole:
 
     def get(self) -> dict[str, Any]:
         if self._value is None:
-            value = orjson.loads(self.raw)
-            if not isinstance(value, dict):
-                raise ValueError(f"a notification is a JSON object, not {value!r:.80}")
-            self._value = value
+            self._value = _json_object(self.raw)
         return self._value
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """A notification's bytes decoded; ``ValueError`` when they are not a JSON object."""
+    value = orjson.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError(f"a notification is a JSON object, not {value!r:.80}")
+    return value
 
 
 class Delivery(Service):
@@ -500,7 +505,7 @@ class Delivery(Service):
             try:
                 if raw is None:
                     raise ValueError("a record without a value")
-                notification = selected if selected is not None else _Whole(raw).get()
+                notification = selected if selected is not None else _json_object(raw)
             except ValueError as exc:
                 self._failed(None, None, exc)
                 continue

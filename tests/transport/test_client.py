@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -275,14 +276,33 @@ async def test_a_write_the_server_does_not_read_times_out_and_drops_the_connecti
 
 
 async def test_a_write_to_a_closed_connection_is_a_connection_error(redis_url: str) -> None:
+    """A connection whose transport is closing is left to redis-py, which refuses to write."""
     client = connect(redis_url)
     try:
         async with _held_connection(client) as connection:
-            connection._writer.transport.abort()  # the socket is gone under the connection
-            await asyncio.sleep(0)
+            connection._writer.transport.abort()  # closing at once, before any loop turn
             with pytest.raises(RedisConnectionError):
                 await connection.send_command("PING", check_health=False)
         assert await client.ping() is True  # a new connection
+    finally:
+        await client.aclose()
+
+
+async def test_a_write_the_socket_refuses_ends_as_a_connection_error(redis_url: str) -> None:
+    """A socket that can no longer send, under a transport that does not know it yet: the
+    write goes the transport client's own way, the transport fails on it, and the command
+    ends with redis-py's ``ConnectionError`` and the connection dropped; the next command
+    gets a new connection."""
+    client = connect(redis_url)
+    try:
+        async with _held_connection(client) as connection:
+            connection._writer.transport.get_extra_info("socket").shutdown(socket.SHUT_WR)
+            assert not connection._writer.transport.is_closing()
+            with pytest.raises(RedisConnectionError):
+                await connection.send_command("PING", check_health=False)
+                await connection.read_response()
+            assert not connection.is_connected
+        assert await client.ping() is True
     finally:
         await client.aclose()
 
