@@ -13,12 +13,16 @@ shapes of traffic, each ``--calls`` times, the better of ``--repeat`` alternatin
 * ``script``: a pipeline of one script call (``run_pipelined``, as the webhook dispatcher
   writes a result that came alone);
 * ``script x100``: a pipeline of 100 script calls (a producer's or dispatcher's batch), per
-  call.
+  call;
+* ``xread x300``: an XREAD of 300 stream entries of a changelog record's size, per entry, made
+  into ``(offset, fields)`` records as the consumer's fetch does. ocstream's client reads the
+  reply through the consumer's callback (``wire.fetched_streams``, twenty-ninth round); the
+  other two through redis-py's parse, then ``id_to_offset`` per entry (before that round).
 
 A third client, ``wait_for``, is ocstream's with redis-py's own write put back: what the
-transport used before that round. Prints the client's CPU (``time.process_time``) and wall
-time per call, and the ratios redis-py / ocstream and wait_for / ocstream of the CPU (above 1:
-ocstream's client spends less). The server's own CPU is not counted.
+transport used before the twenty-eighth round. Prints the client's CPU (``time.process_time``)
+and wall time per call, and the ratios redis-py / ocstream and wait_for / ocstream of the CPU
+(above 1: ocstream's client spends less). The server's own CPU is not counted.
 """
 
 from __future__ import annotations
@@ -34,9 +38,12 @@ from redis.asyncio.connection import AbstractConnection
 
 from ocstream.transport.client import connect
 from ocstream.transport.scripts import LuaScript, run_pipelined
+from ocstream.transport.wire import fetched_streams, id_to_offset
 
 SCRIPT = LuaScript("return redis.call('GET', KEYS[1])")
 KEY = "ocbench:redis_client"
+STREAM = "ocbench:redis_client:stream"
+ENTRIES = 300
 
 
 async def per_call(run: Callable[[], Awaitable[Any]], calls: int) -> tuple[float, float]:
@@ -75,11 +82,26 @@ async def main() -> None:
         "ocstream": connect(args.redis),
         "wait_for": wait_for_sends(connect(args.redis)),
     }
+    clients["ocstream"].set_response_callback("XREAD", fetched_streams)  # as the consumer's
     print(f"command: python benchmarks/redis_client.py --calls {args.calls} --repeat {args.repeat}")
     try:
         for client in clients.values():
             await client.set(KEY, b"v" * 100)
             await client.script_load(SCRIPT.source)
+        fill = clients["redis-py"].pipeline(transaction=False)
+        for seq in range(1, ENTRIES + 1):
+            fields = {"k": b"outbound:%d" % seq, "v": b"{" + b"x" * 150 + b"}", "h": b""}
+            fill.xadd(STREAM, fields, id=f"0-{seq}")  # type: ignore[arg-type]
+        await fill.execute()
+
+        async def fetch(client: Any) -> Any:
+            reply = await client.xread({STREAM: "0-0"}, count=ENTRIES)
+            if client is clients["ocstream"]:
+                return reply
+            return [
+                (key, [(id_to_offset(entry_id), fields) for entry_id, fields in entries])
+                for key, entries in reply
+            ]
 
         def shapes(client: Any) -> dict[str, tuple[Callable[[], Awaitable[Any]], int, int]]:
             """name -> (one call, calls per run, script calls in one call)"""
@@ -93,6 +115,7 @@ async def main() -> None:
                     max(1, args.calls // 100),
                     100,
                 ),
+                "xread x300": (lambda: fetch(client), max(1, args.calls // 10), ENTRIES),
             }
 
         best: dict[tuple[str, str], tuple[float, float]] = {}
@@ -107,11 +130,11 @@ async def main() -> None:
                         best[name, shape] = (cpu, wall)
 
         print(f"{'shape':<12} {'client':<9} {'CPU us/call':>12} {'wall us/call':>13}")
-        for shape in ("GET", "script", "script x100"):
+        shapes_ = ("GET", "script", "script x100", "xread x300")
+        for shape in shapes_:
             for name in clients:
                 cpu, wall = best[name, shape]
                 print(f"{shape:<12} {name:<9} {cpu:12.2f} {wall:13.2f}")
-        shapes_ = ("GET", "script", "script x100")
         for baseline in ("redis-py", "wait_for"):
             ratios = " ".join(
                 f"{shape.replace(' ', '')}="
@@ -121,7 +144,7 @@ async def main() -> None:
             print(f"RATIOS {baseline}/ocstream {ratios} (CPU per call)")
     finally:
         for client in clients.values():
-            await client.delete(KEY)
+            await client.delete(KEY, STREAM)
             await client.aclose()
 
 

@@ -28,6 +28,7 @@ from .wire import (
     FetchedRecord,
     decode_headers,
     entry_value,
+    fetched_streams,
     id_to_offset,
     partition_for_key,
     read_after_id,
@@ -59,6 +60,7 @@ class Consumer(base.Consumer):
         self.fetch_client: Redis = connect(
             transport.redis_url, socket_timeout=MAX_BLOCK_SECONDS + 10, name=f"{app_id}-fetch"
         )
+        self.fetch_client.set_response_callback("XREAD", fetched_streams)
         self.topics = TopicMetadata(self.client, self.keys)
         self.group_keys = self.keys.group(app_id)
         self._subscription: set[str] = set()
@@ -301,13 +303,10 @@ class Consumer(base.Consumer):
             await self.wait_fetchable(min(timeout, MAX_BLOCK_SECONDS))
             return {}
         records: dict[TP, list[FetchedRecord]] = {}
-        for stream_name, entries in cast(
-            list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], reply or []
-        ):
+        for stream_name, batch in cast(list[tuple[bytes, list[FetchedRecord]]], reply):
             tp = by_key[stream_name]
             if self._seek_epoch[tp] != epochs[tp] or tp not in self._assignment:
                 continue  # seeked, paused or revoked while XREAD was blocked
-            batch = [(id_to_offset(entry_id), fields) for entry_id, fields in entries]
             if batch:
                 records[tp] = batch
                 METRICS.records_fetched += len(batch)

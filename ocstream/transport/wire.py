@@ -256,6 +256,32 @@ def id_to_offset(entry_id: bytes | str) -> int:
     return int(text.partition("-")[2]) - 1
 
 
+def fetched_streams(response: Any, **kwargs: Any) -> list[tuple[bytes, list[FetchedRecord]]]:
+    """An XREAD reply as ``[(stream key, [(offset, {field: value}), ...]), ...]``: the fetch
+    client's response callback, in place of redis-py's.
+
+    redis-py turns a RESP3 reply (a map of streams) into RESP2's shape through
+    ``parse_stream_list`` and ``pairs_to_dict``, and the consumer then parsed each entry id
+    again (:func:`id_to_offset`). One pass here does both: a fetch of 300 records costs 1.3
+    against 1.6 µs of client CPU a record (``python benchmarks/redis_client.py``), for every
+    record a worker fetches, its standby records included. A RESP2 reply (a list of
+    ``[key, entries]``) is read the same way; an entry without fields (which only
+    XREADGROUP's pending list gives) has an empty dict, as with redis-py."""
+    if not response:
+        return []
+    streams = response.items() if isinstance(response, dict) else response
+    return [
+        (
+            key,
+            [
+                (int(entry_id.partition(b"-")[2]) - 1, dict(zip(it := iter(fields or ()), it)))  # noqa: B905
+                for entry_id, fields in entries
+            ],
+        )
+        for key, entries in streams
+    ]
+
+
 def read_after_id(offset: int) -> str:
     """The XREAD id that makes the next entry returned the one at ``offset``.
 

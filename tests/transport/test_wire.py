@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
+import redis.asyncio as aioredis
 import zstandard
 from aiokafka.partitioner import murmur2
 from hypothesis import given, settings
@@ -21,6 +22,7 @@ from ocstream.transport.wire import (
     decode_headers,
     encode_headers,
     entry_value,
+    fetched_streams,
     id_to_offset,
     partition_for_key,
     read_after_id,
@@ -34,6 +36,45 @@ def test_offsets_are_sequence_minus_one() -> None:
     assert read_after_id(0) == "0-0"
     assert read_after_id(41) == "0-41"
     assert id_to_offset("0-42") == 41
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_a_fetch_reply_reads_as_redis_py_reads_it(
+    redis_url: str, prefix: str, protocol: int
+) -> None:
+    """The consumer's XREAD callback gives what redis-py's own parse and ``id_to_offset`` gave,
+    for a reply of several streams, in either protocol, from a real server (Redis 7 and the
+    embedded 6.2); an empty reply is an empty list."""
+    raw = aioredis.Redis.from_url(redis_url, protocol=protocol)
+    # redis-py's default: RESP3 on the wire, replies in RESP2's shape (what the consumer read).
+    parsed = aioredis.Redis.from_url(redis_url)
+    raw.set_response_callback("XREAD", lambda response, **kwargs: response)
+    streams = {f"{prefix}s{n}": "0-0" for n in range(3)}
+    try:
+        for n, key in enumerate(streams):
+            for seq in range(1, 4 + n):
+                fields = {"k": f"key{seq}", "v": os.urandom(seq), "h": b""}
+                await raw.xadd(key, fields, id=f"0-{seq}")  # type: ignore[arg-type]
+        await raw.xadd(f"{prefix}s2", {"z": b"x"}, id="0-100")
+        reply = await raw.xread(streams, count=10)  # type: ignore[arg-type]
+        ours = fetched_streams(reply)
+        theirs = await parsed.xread(streams, count=10)  # type: ignore[arg-type]
+        expected = [
+            (key, [(id_to_offset(entry_id), fields) for entry_id, fields in entries])
+            for key, entries in theirs
+        ]
+        assert ours == expected
+        assert [len(batch) for _, batch in ours] == [3, 4, 6]
+        assert ours[2][1][-1] == (99, {b"z": b"x"})
+        assert fetched_streams(await raw.xread({f"{prefix}none": "0-0"}, count=10)) == []
+    finally:
+        await raw.aclose()
+        await parsed.aclose()
+
+
+def test_a_fetch_reply_entry_without_fields_has_an_empty_dict() -> None:
+    assert fetched_streams({b"s": [[b"0-5", None]]}) == [(b"s", [(4, {})])]
+    assert fetched_streams([[b"s", [[b"0-1", [b"k", b"a"]]]]]) == [(b"s", [(0, {b"k": b"a"})])]
 
 
 def test_partitioning_matches_kafka_murmur2() -> None:
