@@ -672,6 +672,49 @@ class Stack:
             "dead": int(self.client.zcard(f"{self.prefix}wh:dead")),
         }
 
+    def behind(self) -> dict[str, int]:
+        """The records of the workers' topics the group has not processed and committed yet:
+        per ``topic:partition``, the partition's end (its sequence counter, the next offset)
+        minus the group's committed offset (0 when none). Changelogs are left out: standbys
+        read them and the group commits no offset there."""
+        group = f"{self.prefix}g:{self.app_id}:"
+        topics = sorted(
+            name.decode()
+            for name in cast(set[bytes], self.client.smembers(group + "topics"))
+            if not name.endswith(b"-changelog")
+        )
+        committed = {(t, p): n for t in topics for p, n in self.committed(t).items()}
+        out = {}
+        for topic in topics:
+            count = cast(bytes | None, self.client.hget(f"{self.prefix}topics", topic))
+            for partition in range(int(count or 0)):
+                end = cast(bytes | None, self.client.get(f"{self.prefix}o:{topic}:{partition}"))
+                left = int(end or 0) - committed.get((topic, partition), 0)
+                if left > 0:
+                    out[f"{topic}:{partition}"] = left
+        return out
+
+    def wait_settled(self, timeout: float = 60) -> None:
+        """Wait until the group has processed and committed every record of its topics and no
+        delivery is left in Redis, seen twice in a row: from then on nothing already published
+        can still make a notification or a POST, so a duplicate would have come by now.
+        (Offsets are committed every second by default; a new block's records start the wait
+        over, which a chopsticks chain makes only when asked.)"""
+        settled: list[bool] = []
+
+        def quiet() -> bool:
+            now = not self.behind() and not any(self.pending_deliveries().values())
+            settled[:] = [*settled[-1:], now]
+            return settled == [True, True]
+
+        try:
+            wait_for(quiet, timeout, "every record processed and committed", interval=0.5)
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}\nbehind: {self.behind()}\npending: {self.pending_deliveries()}\n"
+                f"{self.logs()}"
+            ) from None
+
     def wait_delivered(self, timeout: float = 120) -> None:
         """Every transfer's journey at the webhook and no delivery left in Redis."""
 

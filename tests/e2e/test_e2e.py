@@ -4,7 +4,6 @@ test ends with every transfer's journey delivered exactly once (``docs/e2e.md``)
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ def test_transfers_reach_the_webhook(net: LocalNet, root: Path) -> None:
     with running_stack(net, SYSTEM_REDIS_URL, root, "plain") as stack:
         stack.transfer("dmp", "ump", "xcmp")
         stack.wait_delivered()
-        time.sleep(2)  # a duplicate would come now, not later: nothing is left pending
+        stack.wait_settled()  # a duplicate would have come by now: nothing is left to process
         stack.assert_exactly_once()
 
 
@@ -37,7 +36,7 @@ def test_a_worker_killed_mid_flow(net: LocalNet, root: Path) -> None:
         stack.transfer("ump", "xcmp")
         stack.wait_delivered()
         assert stack.workers[1].alive(), stack.workers[1].log_tail()
-        time.sleep(2)
+        stack.wait_settled()
         # A POST the killed worker made but had not marked done is posted again by the other
         # worker once its lease expires, with the same webhook-id.
         stack.assert_exactly_once(redelivered=stack.expired_leases())
@@ -57,7 +56,7 @@ def test_the_ingress_killed_and_restarted_fills_the_gap(net: LocalNet, root: Pat
         # chopsticks chain announces none (a live chain would within a block time).
         stack.new_blocks()
         stack.wait_delivered()
-        time.sleep(2)
+        stack.wait_settled()
         stack.assert_exactly_once()
 
 
@@ -77,7 +76,7 @@ def test_a_redis_restart(net: LocalNet, root: Path) -> None:
             stack.wait_delivered(timeout=180)
             for child in (stack.ingress, *stack.workers):
                 assert child.alive(), child.log_tail()
-            time.sleep(2)
+            stack.wait_settled()
             stack.assert_exactly_once()
     finally:
         server.stop()
@@ -125,7 +124,7 @@ def test_the_receiver_down_then_back(net: LocalNet, root: Path) -> None:
         receiver.start()
         stack.transfer("xcmp")
         stack.wait_delivered()
-        time.sleep(2)
+        stack.wait_settled()
         stack.assert_exactly_once()
         refused = [r for r in receiver.snapshot() if r.status == 503]
         delivered_ids = {r.headers["webhook-id"] for r in receiver.delivered()}
@@ -159,7 +158,7 @@ def test_a_chain_node_stopped_and_restarted(net: LocalNet, root: Path) -> None:
         stack.wait_delivered()
         # Every chain was reached again through its restarted endpoint.
         assert all(e.connections > accepted[n] for n, e in stack.endpoints.items()), accepted
-        time.sleep(2)
+        stack.wait_settled()
         stack.assert_exactly_once()
         assert set(stack.sent) == {"dmp", "ump", "xcmp", "dmp#2"}
 
@@ -288,7 +287,7 @@ def test_identical_transfers_before_and_after_a_kill_of_both_workers(
         stack.wait_delivered()
         send_dmp(stack, heads)
         stack.wait_delivered()
-        time.sleep(2)
+        stack.wait_settled()
         stack.assert_exactly_once()
 
         labels = ["dmp", "dmp#2", "dmp#3"]
@@ -353,7 +352,7 @@ def test_a_paused_destination_past_the_timeout_then_resumed(net: LocalNet, root:
         )
         second = send_dmp(stack, heads)
         stack.wait_delivered()
-        time.sleep(2)
+        stack.wait_settled()
         # Webhook: first has xcm.sent and xcm.timeout only, second xcm.sent and xcm.received;
         # each delivered once, signed; nothing left to deliver.
         stack.assert_exactly_once()
