@@ -4,7 +4,7 @@ import logging
 import os
 import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -58,7 +58,10 @@ async def test_a_fetch_reply_reads_as_redis_py_reads_it(
         await raw.xadd(f"{prefix}s2", {"z": b"x"}, id="0-100")
         reply = await raw.xread(streams, count=10)  # type: ignore[arg-type]
         ours = fetched_streams(reply)
-        theirs = await parsed.xread(streams, count=10)  # type: ignore[arg-type]
+        theirs = cast(
+            list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]],
+            await parsed.xread(streams, count=10),  # type: ignore[arg-type]
+        )
         expected = [
             (key, [(id_to_offset(entry_id), fields) for entry_id, fields in entries])
             for key, entries in theirs
