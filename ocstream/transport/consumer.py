@@ -366,6 +366,18 @@ class Consumer(base.Consumer):
     def close(self) -> None:
         pass
 
+    async def verify_all_partitions_active(self) -> None:
+        """faust's livelock check, which does nothing here.
+
+        faust runs it every 2.5 commit intervals: for each assigned partition it awaits
+        ``self.sleep(0)`` (mode's: a task, a timer and its cancellation, several turns of
+        the event loop) and then calls :meth:`verify_event_path`, which only faust's Kafka
+        consumer implements (it logs a partition whose agent made no progress). Ours is a
+        no-op, so the loop was pure cost: a worker holds 100 and more partitions with the
+        changelogs, and that was 50 tasks a second, idle or busy, the largest share of an
+        idle worker's wake-ups (``docs/benchmarks.md``, "Issue 14, twenty-ninth round"). A
+        partition that does not move shows in ``ocstream_consumer_lag_records`` instead."""
+
     def verify_event_path(self, now: float, tp: TP) -> None:
         pass
 

@@ -41,7 +41,8 @@ any delivery (:func:`deliver`); the agent takes them from there. The other topic
 become faust messages for the conductor, as before.
 
 Both loops are faust-streaming 0.15.3's (pinned exactly in pyproject.toml) with only those
-changes; the integration tests and the benchmark run through them.
+changes, and a plain ``asyncio.sleep(0)`` for the drain loop's ``consumer.sleep(0)`` (mode's,
+which makes a task per fetch); the integration tests and the benchmark run through them.
 """
 
 from __future__ import annotations
@@ -170,7 +171,10 @@ async def drain_messages(consumer: Any, fetcher: Any) -> None:  # pragma: no cov
     try:
         while not (consumer_should_stop() or fetcher_should_stop()):
             set_flag(CONSUMER_FETCHING)
-            await consumer.sleep(0)
+            # faust awaits mode's ``consumer.sleep(0)`` here: a task, a timer and its
+            # cancellation per fetch. A plain yield lets the other tasks run all the same,
+            # and a stop meanwhile is seen by the check below, as it was.
+            await asyncio.sleep(0)
             if not consumer.should_stop:
                 # What faust's getmany does before its loop.
                 records, active_partitions = await consumer._wait_next_records(1.0)

@@ -1,12 +1,15 @@
 """Where the consumer reads a partition it has just been given: at the group's committed offset,
-like a Kafka consumer, even when it fetches before faust has sought the partition there."""
+like a Kafka consumer, even when it fetches before faust has sought the partition there. And
+faust's periodic livelock check, which costs the consumer nothing."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import faust
 import pytest
+from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 
 from ocstream.transport import TopicWriter
@@ -93,3 +96,29 @@ async def test_a_seek_wins_over_the_committed_offset(
     finally:
         consumer.client.hmget = lookup
     assert [offset for offset, _ in fetched[tp]][:2] == [4, 5]  # not 6, the committed one
+
+
+async def test_the_livelock_check_makes_no_task_per_partition(consumer: Any) -> None:
+    """faust's livelock check awaits mode's ``sleep(0)`` (a task, a timer and a cancellation)
+    for every assigned partition, every 2.5 commit intervals, only to call a verification that
+    ocstream's consumer does not have. Here it is a no-op: no task, however many partitions."""
+    consumer.set_assignment({TP(f"t{n}", p) for n in range(20) for p in range(8)})
+    loop = asyncio.get_running_loop()
+    factory = loop.get_task_factory()
+    created = 0
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        nonlocal created
+        created += 1
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(counting)
+    try:
+        await consumer.verify_all_partitions_active()
+        ours = created
+        await FaustConsumer.verify_all_partitions_active(consumer)
+        theirs = created - ours
+    finally:
+        loop.set_task_factory(factory)
+    assert ours == 0
+    assert theirs >= 160  # faust's own: at least one per partition
