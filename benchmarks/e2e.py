@@ -711,10 +711,12 @@ def loop_lag(step: Step) -> str:
 
 
 def worker_cpu(step: Step) -> str:
-    """``6.8`` for one worker, ``6.8 (w1 4.1, w2 2.7)`` for several."""
+    """``6.84`` for one worker, ``6.84 (w1 4.12, w2 2.72)`` for several: two decimals, so
+    that alternating runs can tell a change of a few percent (the CPU counts in 10 ms ticks,
+    a thousandth of a millisecond per journey over a step)."""
     names = sorted(k for k in step.cpu if re.fullmatch(r"w\d+", k))
-    split = ", ".join(f"{k} {step.cpu[k]:.1f}" for k in names)
-    return f"{step.cpu['workers']:.1f}" + (f" ({split})" if len(names) > 1 else "")
+    split = ", ".join(f"{k} {step.cpu[k]:.2f}" for k in names)
+    return f"{step.cpu['workers']:.2f}" + (f" ({split})" if len(names) > 1 else "")
 
 
 def block_cpu_ratio(step: Step) -> float:
@@ -749,7 +751,7 @@ def step_line(step: Step, label: str) -> str:
         f"event loop held over "
         f"{'/'.join(f'{float(b) * 1000:.0f}' for b in LAG_BOUNDS)} ms: {loop_lag(step)}; "
         f"CPU ms/journey workers {worker_cpu(step)} "
-        f"ingress {step.cpu['ingress']:.1f} redis {step.cpu['redis']:.1f}; received p99 / "
+        f"ingress {step.cpu['ingress']:.2f} redis {step.cpu['redis']:.2f}; received p99 / "
         f"block CPU {block_cpu_ratio(step):.2f} -> {verdict}"
     )
 
@@ -982,8 +984,8 @@ def bench(args: argparse.Namespace, rates: list[float], counts: list[int], root:
                 f"{s.drain:.2f} | "
                 f"{s.rss_ingress / MiB:.0f} / {'+'.join(f'{r / MiB:.0f}' for r in s.rss_workers)}"
                 f" | {s.redis_used / MiB:.0f} | {s.redis_in / 1000:.1f} | "
-                f"{worker_cpu(s)} + {s.cpu['ingress']:.1f} + "
-                f"{s.cpu['redis']:.1f} | {block_cpu_ratio(s):.2f} | "
+                f"{worker_cpu(s)} + {s.cpu['ingress']:.2f} + "
+                f"{s.cpu['redis']:.2f} | {block_cpu_ratio(s):.2f} | "
                 f"{'yes' if s.kept_up else 'no'} |"
             )
     sustained: dict[int, float] = {}
