@@ -88,6 +88,7 @@ from procs import (
     WorkerProc,
     cleanup,
     cpu_seconds,
+    redis_bytes_in,
     redis_commands,
     redis_cpu,
     stop_all,
@@ -179,11 +180,6 @@ def changelog_by_table(client: redis.Redis, prefix: str) -> dict[str, int]:
         table = found.group(1).decode() if found else key.decode()
         counts[table] = counts.get(table, 0) + int(value or 0)
     return counts
-
-
-def net_input_bytes(client: redis.Redis) -> int:
-    """Bytes every client sent the Redis server so far (the whole server: run alone)."""
-    return int(client.info("stats")["total_net_input_bytes"])
 
 
 def all_committed(client: redis.Redis, prefix: str) -> bool:
@@ -485,7 +481,7 @@ def journeys_phase(
             (sends if _is_sent(record) else later).append(record)
     cpu = CpuMeter(run)
     gc_before, _, reads_before = metrics_of(run)
-    bytes_in = net_input_bytes(run.client)
+    bytes_in = redis_bytes_in(run.client)
     t0 = time.perf_counter()
     if args.arrival == "timed":
         publish(run.url, run.prefix, args.partitions, sends)
@@ -513,7 +509,7 @@ def journeys_phase(
         return previous == changelog[0]
 
     wait_for(changelog_settled, 30, "the changelogs to settle", interval=0.5)
-    written = net_input_bytes(run.client) - bytes_in
+    written = redis_bytes_in(run.client) - bytes_in
     held = sum(redis_by_kind(run.client, run.prefix).values())
     trim_consumed(run.client, run.prefix)
     settle_tombstones(run, "old tombstones to go")

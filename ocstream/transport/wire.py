@@ -266,7 +266,9 @@ def fetched_streams(response: Any, **kwargs: Any) -> list[tuple[bytes, list[Fetc
     against 1.6 µs of client CPU a record (``python benchmarks/redis_client.py``), for every
     record a worker fetches, its standby records included. A RESP2 reply (a list of
     ``[key, entries]``) is read the same way; an entry without fields (which only
-    XREADGROUP's pending list gives) has an empty dict, as with redis-py."""
+    XREADGROUP's pending list gives) has an empty dict, as with redis-py. The offset is
+    :func:`id_to_offset`'s, written out for bytes: calling it (it also takes text) costs 0.08
+    µs a record more, a third or so of what the callback saves."""
     if not response:
         return []
     streams = response.items() if isinstance(response, dict) else response

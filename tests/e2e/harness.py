@@ -34,6 +34,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 
+from ocstream.transport.keys import Keyspace, offset_field
 from ocstream.transport.wire import entry_value
 from tests.localnet.check import (
     EXPECTED_JOURNEYS,
@@ -676,22 +677,25 @@ class Stack:
         """The records of the workers' topics the group has not processed and committed yet:
         per ``topic:partition``, the partition's end (its sequence counter, the next offset)
         minus the group's committed offset (0 when none). Changelogs are left out: standbys
-        read them and the group commits no offset there."""
-        group = f"{self.prefix}g:{self.app_id}:"
+        read them and the group commits no offset there. Four reads of Redis in all."""
+        keys = Keyspace(self.prefix)
+        group = keys.group(self.app_id)
         topics = sorted(
             name.decode()
-            for name in cast(set[bytes], self.client.smembers(group + "topics"))
+            for name in cast(set[bytes], self.client.smembers(group.topics))
             if not name.endswith(b"-changelog")
         )
-        committed = {(t, p): n for t in topics for p, n in self.committed(t).items()}
+        counts = cast(list[bytes | None], self.client.hmget(keys.topics, topics)) if topics else []
+        pairs = [(t, p) for t, n in zip(topics, counts, strict=True) for p in range(int(n or 0))]
+        if not pairs:
+            return {}
+        ends = cast(list[bytes | None], self.client.mget([keys.sequence(t, p) for t, p in pairs]))
+        done = cast(dict[bytes, bytes], self.client.hgetall(group.offsets))
         out = {}
-        for topic in topics:
-            count = cast(bytes | None, self.client.hget(f"{self.prefix}topics", topic))
-            for partition in range(int(count or 0)):
-                end = cast(bytes | None, self.client.get(f"{self.prefix}o:{topic}:{partition}"))
-                left = int(end or 0) - committed.get((topic, partition), 0)
-                if left > 0:
-                    out[f"{topic}:{partition}"] = left
+        for (topic, partition), end in zip(pairs, ends, strict=True):
+            left = int(end or 0) - int(done.get(offset_field(topic, partition).encode(), 0))
+            if left > 0:
+                out[f"{topic}:{partition}"] = left
         return out
 
     def wait_settled(self, timeout: float = 60) -> None:

@@ -14,6 +14,7 @@ from redis.exceptions import DataError, InvalidResponse, NoScriptError, Response
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ocstream.transport.client import Backoff, connect, request_client
+from tests.transport.tasks import counting_tasks
 
 
 def test_backoff_grows_to_its_cap_and_never_overflows() -> None:
@@ -170,36 +171,23 @@ async def test_a_stream_that_cannot_be_parsed_drops_the_connection(redis_url: st
 async def test_a_write_takes_no_task(redis_url: str) -> None:
     """redis-py writes each command or pipeline inside ``asyncio.wait_for``: a task each.
     The transport's client writes without one when the socket takes the bytes."""
-    loop = asyncio.get_running_loop()
-    created = 0
-    factory = loop.get_task_factory()
-
-    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-        nonlocal created
-        created += 1
-        if factory is not None:
-            return factory(loop, coro, **kwargs)
-        return asyncio.Task(coro, loop=loop, **kwargs)
 
     async def tasks_for_100_commands(client: Any) -> int:
-        nonlocal created
         await client.ping()  # connected before counting
-        created = 0
-        for _ in range(50):
-            await client.set("oc:test:write", "v")
-        async with client.pipeline(transaction=False) as pipe:
+        with counting_tasks() as created:
             for _ in range(50):
-                pipe.get("oc:test:write")
-            await pipe.execute()
-        return created
+                await client.set("oc:test:write", "v")
+            async with client.pipeline(transaction=False) as pipe:
+                for _ in range(50):
+                    pipe.get("oc:test:write")
+                await pipe.execute()
+            return created()
 
     ours, theirs = connect(redis_url), aioredis.Redis.from_url(redis_url, socket_timeout=30)
-    loop.set_task_factory(counting)
     try:
         assert await tasks_for_100_commands(theirs) == 51
         assert await tasks_for_100_commands(ours) == 0
     finally:
-        loop.set_task_factory(factory)
         await ours.delete("oc:test:write")
         await ours.aclose()
         await theirs.aclose()
@@ -290,16 +278,19 @@ async def test_a_write_to_a_closed_connection_is_a_connection_error(redis_url: s
 
 async def test_a_write_the_socket_refuses_ends_as_a_connection_error(redis_url: str) -> None:
     """A socket that can no longer send, under a transport that does not know it yet: the
-    write goes the transport client's own way, the transport fails on it, and the command
-    ends with redis-py's ``ConnectionError`` and the connection dropped; the next command
-    gets a new connection."""
+    write goes the transport client's own way. An asyncio transport reports a failed send by
+    closing itself, not by raising, so the write returns; the reply's read then ends with
+    redis-py's ``ConnectionError`` and the connection dropped, and the next command gets a
+    new connection."""
     client = connect(redis_url)
     try:
         async with _held_connection(client) as connection:
-            connection._writer.transport.get_extra_info("socket").shutdown(socket.SHUT_WR)
-            assert not connection._writer.transport.is_closing()
+            transport = connection._writer.transport
+            transport.get_extra_info("socket").shutdown(socket.SHUT_WR)
+            assert not transport.is_closing()
+            await connection.send_command("PING", check_health=False)
+            assert transport.is_closing()  # the send failed (EPIPE) and closed it
             with pytest.raises(RedisConnectionError):
-                await connection.send_command("PING", check_health=False)
                 await connection.read_response()
             assert not connection.is_connected
         assert await client.ping() is True

@@ -4,7 +4,6 @@ faust's periodic livelock check, which costs the consumer nothing."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import faust
@@ -15,6 +14,7 @@ from faust.types import TP
 from ocstream.transport import TopicWriter
 from ocstream.transport.keys import Keyspace, offset_field
 from ocstream.transport.settings import TransportSettings
+from tests.transport.tasks import counting_tasks
 
 TOPIC = "positions"
 
@@ -103,22 +103,10 @@ async def test_the_livelock_check_makes_no_task_per_partition(consumer: Any) -> 
     for every assigned partition, every 2.5 commit intervals, only to call a verification that
     ocstream's consumer does not have. Here it is a no-op: no task, however many partitions."""
     consumer.set_assignment({TP(f"t{n}", p) for n in range(20) for p in range(8)})
-    loop = asyncio.get_running_loop()
-    factory = loop.get_task_factory()
-    created = 0
-
-    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-        nonlocal created
-        created += 1
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    loop.set_task_factory(counting)
-    try:
+    with counting_tasks() as created:
         await consumer.verify_all_partitions_active()
-        ours = created
+        ours = created()
         await FaustConsumer.verify_all_partitions_active(consumer)
-        theirs = created - ours
-    finally:
-        loop.set_task_factory(factory)
+        theirs = created() - ours
     assert ours == 0
     assert theirs >= 160  # faust's own: at least one per partition
