@@ -70,7 +70,7 @@ def _append_call(
 ) -> scripts.ScriptCall:
     args: list[bytes | str | int] = ["1" if compact else "0"]
     for record in records:
-        fields = record.fields()
+        fields = record.fields(compacted=compact)
         args.append(len(fields))
         args.extend(fields)
     return (

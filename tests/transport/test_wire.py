@@ -112,6 +112,9 @@ def test_record_fields_omit_absent_parts() -> None:
     fields = Record(b"k", b"v", 7, [("h", b"1")]).fields()
     assert fields[:6] == ["t", 7, "k", b"k", "v", b"v"]
     assert fields[6] == "h"
+    # In a compacted topic a value goes without its time, a tombstone with it.
+    assert Record(b"k", b"v", 7).fields(compacted=True) == ["k", b"k", "v", b"v"]
+    assert Record(b"k", None, 7).fields(compacted=True) == ["t", 7, "k", b"k"]
 
 
 def test_long_values_are_compressed_and_read_back() -> None:

@@ -197,7 +197,7 @@ def test_two_workers_match_recorded_journeys(
         class Damaged(Record):
             """A record whose compressed value is not zlib (a foreign writer's, or damaged)."""
 
-            def fields(self) -> list[bytes | str | int]:
+            def fields(self, *, compacted: bool = False) -> list[bytes | str | int]:
                 return ["t", self.timestamp_ms, "k", self.key or b"", "z", b"\x78not zlib"]
 
         async def garbage() -> None:
