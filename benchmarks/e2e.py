@@ -137,6 +137,7 @@ from ocstream.ingress.registry import NetworkRecord
 from ocstream.sinks.webhook import DeliveryIds
 from ocstream.testing import fixtures_path
 from ocstream.transport import Keyspace
+from ocstream.transport.lag import group_lag
 from ocstream.transport.wire import entry_value, partition_for_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -144,6 +145,8 @@ from tests.workers import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SUBSCRIPTION = "bench-e2e"
+#: The topics whose lag a step reports (the workers' group reads them all).
+LAG_TOPICS = ("blocks", "xcm-legs", "xcm-notifications")
 MiB = 2**20
 #: Seconds the median latency may grow from a step's first third to its last third.
 GROWTH_LIMIT = 0.5
@@ -380,17 +383,13 @@ class Run:
         return "; ".join(parts)
 
     def lag(self) -> dict[str, int]:
-        """Records not yet committed by the group, per topic: what an operator sees as the
-        group's lag. (The workers' own ``ocstream_consumer_lag_records`` counts records not yet
-        fetched; a worker fetches ahead into its buffers, so it stays near 0 under a backlog.)"""
-        topics = ("blocks", "xcm-legs", "xcm-notifications")
-        pairs = [(t, p) for t in topics for p in range(self.partitions)]
-        ends = self.client.mget([self.keys.sequence(t, p) for t, p in pairs])
-        fields = [f"{t}\x1f{p}" for t, p in pairs]
-        done = self.client.hmget(self.keys.group(self.app_id).offsets, fields)
+        """Records not yet committed by the group, per topic (``ocstream.transport.lag``): what
+        an operator sees as the group's lag. (The workers' own ``ocstream_consumer_lag_records``
+        counts records not yet fetched; a worker fetches ahead into its buffers, so it stays
+        near 0 under a backlog.)"""
         out: Counter[str] = Counter()
-        for (topic, _), end, committed in zip(pairs, ends, done, strict=True):
-            out[topic] += max(0, int(end or 0) - int(committed or 0))
+        for (topic, _), n in group_lag(self.client, self.keys, self.app_id, LAG_TOPICS).items():
+            out[topic] += n
         return dict(out)
 
     def read_published(self) -> None:
@@ -727,7 +726,7 @@ def block_cpu_ratio(step: Step) -> float:
 
 
 def step_line(step: Step, label: str) -> str:
-    lag = "/".join(str(step.lag.get(t, 0)) for t in ("blocks", "xcm-legs", "xcm-notifications"))
+    lag = "/".join(str(step.lag.get(t, 0)) for t in LAG_TOPICS)
     verdict = "kept up" if step.kept_up else "FELL BEHIND"
     if not step.drained:
         verdict += f" (not drained: {step.received}/{step.journeys} delivered)"

@@ -99,6 +99,7 @@ from procs import (
 from throughput import baseline, fill
 
 from ocstream.transport import Keyspace, TopicWriter
+from ocstream.transport.lag import group_lag
 from ocstream.transport.settings import TransportSettings
 from ocstream.transport.wire import entry_value
 
@@ -183,16 +184,16 @@ def changelog_by_table(client: redis.Redis, prefix: str) -> dict[str, int]:
 
 
 def all_committed(client: redis.Redis, prefix: str) -> bool:
-    """Whether every group committed everything written to the topics it reads (and some
-    group committed ``xcm-legs`` at all: before the first commit there is nothing to compare)."""
+    """Whether every group committed everything written to the topics it reads
+    (``ocstream.transport.lag``), and some group reads ``xcm-legs``: before the workers
+    subscribe there is nothing to compare."""
     keys = Keyspace(prefix)
     legs_seen = False
-    for group in client.scan_iter(match=prefix + "g:*:offsets", count=1000):
-        for field, value in cast(dict[bytes, bytes], client.hgetall(group)).items():
-            topic, _, partition = field.decode().rpartition("\x1f")
-            legs_seen = legs_seen or topic == LEGS
-            if int(client.get(keys.sequence(topic, int(partition))) or 0) > int(value):
-                return False
+    for group in cast(set[bytes], client.smembers(keys.groups)):
+        lag = group_lag(client, keys, group.decode())
+        if any(lag.values()):
+            return False
+        legs_seen = legs_seen or any(topic == LEGS for topic, _ in lag)
     return legs_seen
 
 

@@ -24,6 +24,7 @@ from faust.stores.rocksdb import Store as FaustRocksDBStore
 from ocstream.transport import TopicWriter
 from ocstream.transport.assignor import MIN_RECORDS
 from ocstream.transport.keys import Keyspace
+from ocstream.transport.lag import group_lag
 from ocstream.transport.traffic import SETTLE_RECORDS
 from tests.workers import (
     Worker,
@@ -90,6 +91,16 @@ def test_agent_consumes_everything_another_process_produced(
             20,
             "offsets committed up to the highwaters",
         )
+        # The lag a tool reads from Redis (ocstream.transport.lag) agrees: the group's topics
+        # as its member subscribed them, changelogs left out, nothing behind.
+        client = redis.Redis.from_url(redis_url)
+        lag = group_lag(client, Keyspace(prefix), app_id)
+        client.close()
+        assert {tp for tp in lag if tp[0] == "demo-events"} == {
+            ("demo-events", p) for p in range(4)
+        }
+        assert not any(topic.endswith("-changelog") for topic, _ in lag)
+        assert not any(lag.values()), lag
         metrics = worker.get("/metrics")
         # The demo dataflow alone: 4 partitions of demo-events, 4 of its changelog, the leader's.
         assert "ocstream_group_assigned_partitions 9.0" in metrics

@@ -34,7 +34,8 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 
-from ocstream.transport.keys import Keyspace, offset_field
+from ocstream.transport.keys import Keyspace
+from ocstream.transport.lag import group_lag
 from ocstream.transport.wire import entry_value
 from tests.localnet.check import (
     EXPECTED_JOURNEYS,
@@ -674,29 +675,11 @@ class Stack:
         }
 
     def behind(self) -> dict[str, int]:
-        """The records of the workers' topics the group has not processed and committed yet:
-        per ``topic:partition``, the partition's end (its sequence counter, the next offset)
-        minus the group's committed offset (0 when none). Changelogs are left out: standbys
-        read them and the group commits no offset there. Four reads of Redis in all."""
-        keys = Keyspace(self.prefix)
-        group = keys.group(self.app_id)
-        topics = sorted(
-            name.decode()
-            for name in cast(set[bytes], self.client.smembers(group.topics))
-            if not name.endswith(b"-changelog")
-        )
-        counts = cast(list[bytes | None], self.client.hmget(keys.topics, topics)) if topics else []
-        pairs = [(t, p) for t, n in zip(topics, counts, strict=True) for p in range(int(n or 0))]
-        if not pairs:
-            return {}
-        ends = cast(list[bytes | None], self.client.mget([keys.sequence(t, p) for t, p in pairs]))
-        done = cast(dict[bytes, bytes], self.client.hgetall(group.offsets))
-        out = {}
-        for (topic, partition), end in zip(pairs, ends, strict=True):
-            left = int(end or 0) - int(done.get(offset_field(topic, partition).encode(), 0))
-            if left > 0:
-                out[f"{topic}:{partition}"] = left
-        return out
+        """The records of the workers' topics the group has not processed and committed yet,
+        per ``topic:partition`` (``ocstream.transport.lag``; changelogs left out: standbys
+        read them and the group commits no offset there)."""
+        lag = group_lag(self.client, Keyspace(self.prefix), self.app_id)
+        return {f"{topic}:{partition}": n for (topic, partition), n in lag.items() if n}
 
     def wait_settled(self, timeout: float = 60) -> None:
         """Wait until the group has processed and committed every record of its topics and no
