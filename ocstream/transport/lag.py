@@ -29,8 +29,8 @@ CHANGELOG_SUFFIX = "-changelog"
 def group_topics(client: redis.Redis, keys: Keyspace, group: str) -> list[str]:
     """The topics ``group``'s members subscribe to, table changelogs left out: standbys read
     those, and the group commits no offset there."""
-    names = cast(set[bytes], client.smembers(keys.group(group).topics))
-    return sorted(n.decode() for n in names if not n.decode().endswith(CHANGELOG_SUFFIX))
+    names = (n.decode() for n in cast(set[bytes], client.smembers(keys.group(group).topics)))
+    return sorted(n for n in names if not n.endswith(CHANGELOG_SUFFIX))
 
 
 def group_lag(
