@@ -51,7 +51,7 @@ class _TP(SimpleNamespace):
     topic: str
     partition: int
 
-    def __hash__(self) -> int:
+    def __hash__(self) -> int:  # type: ignore[override]  # a SimpleNamespace hashable as a TP
         return hash((self.topic, self.partition))
 
     def __lt__(self, other: _TP) -> bool:
@@ -150,7 +150,7 @@ def metric_set(text: str) -> list[list[Any]]:
 
 
 def _render_before(app: Any) -> str:  # pragma: no cover - runs against the old code only
-    from ocstream import ops, web  # type: ignore[attr-defined]
+    from ocstream import ops, web
 
     text: str = web.render_metrics(app)  # type: ignore[attr-defined]
     text += ops.render_delivery_metrics(app)  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ sinks have their own tests, and the deployment test runs the whole chain in a wo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,6 +25,7 @@ from ocstream.delivery import (
     ORIGIN_HEADER,
     SELECT_HEADER,
     Delivery,
+    EncodedNote,
     _with_subscription,
     is_terminal,
     notification_headers,
@@ -42,20 +43,22 @@ class Recorder:
     """Records what a channel was given, per subscription."""
 
     def __init__(self) -> None:
-        self.got: list[tuple[str, dict[str, Any]]] = []
+        self.got: list[tuple[str, Mapping[str, Any]]] = []
         self.bodies: list[bytes | None] = []  # the encoded bodies enqueue_many was given
 
-    async def enqueue(self, subscription_id: str, index: int, note: dict[str, Any]) -> bool:
+    async def enqueue(self, subscription_id: str, index: int, note: Mapping[str, Any]) -> bool:
         self.got.append((subscription_id, note))
         return True
 
     async def enqueue_many(
-        self, deliveries: list[tuple[str, int, dict[str, Any]]], bodies: Any = None
+        self,
+        deliveries: Sequence[tuple[str, int, Mapping[str, Any]]],
+        bodies: Sequence[bytes | None] | None = None,
     ) -> list[bool | Exception]:
         self.bodies.extend(bodies if bodies is not None else [None] * len(deliveries))
         return [await self.enqueue(*delivery) for delivery in deliveries]
 
-    async def publish_many(self, notifications: list[tuple[str, dict[str, Any]]]) -> None:
+    async def publish_many(self, notifications: list[tuple[str, Mapping[str, Any]]]) -> None:
         self.got.extend(notifications)
 
     async def deliver(self, subscription_id: str, note: dict[str, Any]) -> None:
@@ -240,12 +243,13 @@ async def test_a_terminal_retried_after_a_redis_error_is_still_delivered(
     store, lives, (first, _) = world["store"], world["lives"], world["workers"]
     await store.create_many([sub("one")])
     await settle(lives, 1)
-    hooks = world["hooks"]
+    hooks: Recorder = world["hooks"]
     original = hooks.enqueue_many
     failures = [ConnectionError("Redis went away")]
 
     async def flaky(
-        deliveries: list[tuple[str, int, dict[str, Any]]], bodies: Any = None
+        deliveries: Sequence[tuple[str, int, Mapping[str, Any]]],
+        bodies: Sequence[bytes | None] | None = None,
     ) -> list[bool | Exception]:
         if failures:
             return [failures.pop()] * len(deliveries)
@@ -322,9 +326,9 @@ async def test_the_agent_delivers_in_batches_each_journey_in_order(
     batches: list[int] = []
     deliver_encoded = delivery.deliver_encoded
 
-    async def recorded(notifications: list[tuple[str | None, bytes]]) -> int:
-        batches.append(len(notifications))
-        return await deliver_encoded(notifications)
+    async def recorded(records: Sequence[EncodedNote]) -> int:
+        batches.append(len(records))
+        return await deliver_encoded(records)
 
     delivery.deliver_encoded = recorded  # type: ignore[method-assign]
     await delivery.start()
@@ -375,12 +379,13 @@ async def test_a_batch_that_meets_a_redis_outage_is_delivered_again_then_acknowl
     store, lives, (first, _) = world["store"], world["lives"], world["workers"]
     await store.create_many([sub("one", outboundTTL=6000)])
     await settle(lives, 1)
-    hooks = world["hooks"]
+    hooks: Recorder = world["hooks"]
     original = hooks.enqueue_many
     failures = [ConnectionError("Redis went away")] * 2
 
     async def flaky(
-        deliveries: list[tuple[str, int, dict[str, Any]]], bodies: Any = None
+        deliveries: Sequence[tuple[str, int, Mapping[str, Any]]],
+        bodies: Sequence[bytes | None] | None = None,
     ) -> list[bool | Exception]:
         if failures:
             return [failures.pop()] * len(deliveries)
@@ -461,8 +466,12 @@ async def test_notifications_as_the_topic_holds_them_are_decoded_only_where_foll
     # nobody follows nor listens to, are never read; a followed origin's are read once.
     reads: list[str] = []
 
-    def lazily(name: str, raw: bytes | None) -> Any:
-        return lambda: reads.append(name) or raw
+    def lazily(name: str, raw: bytes | None) -> Callable[[], bytes | None]:
+        def read() -> bytes | None:
+            reads.append(name)
+            return raw
+
+        return read
 
     again = note("xcm.relayed", journey="followed")
     lazy = [

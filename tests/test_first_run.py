@@ -7,6 +7,7 @@ Redis. The worker's start and stop times are measured by ``benchmarks/worker_sta
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 from ocstream.cli import NO_NETWORKS, _alone_in_its_group
 from ocstream.runtime import QUIET_AT_INFO
@@ -15,10 +16,15 @@ from tests.workers import Worker, wait_for
 
 
 def lines_before_ready(worker: Worker) -> list[str]:
-    lines = wait_for(
-        lambda: (text := worker.log_text()) and "[^Worker]: Ready" in text and text.splitlines(),
-        60,
-        f"{worker.name} to log Ready",
+    lines = cast(
+        list[str],  # the predicate's truthy result: the log's lines
+        wait_for(
+            lambda: (
+                (text := worker.log_text()) and "[^Worker]: Ready" in text and text.splitlines()
+            ),
+            60,
+            f"{worker.name} to log Ready",
+        ),
     )
     return lines[: next(i for i, line in enumerate(lines) if "[^Worker]: Ready" in line)]
 

@@ -13,7 +13,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -169,7 +169,7 @@ async def test_a_redis_back_empty_gets_the_configured_networks_again(
     key = f"{PREFIX}networks"
 
     def declared() -> bool:
-        return sorted(k.decode() for k in client.hkeys(key)) == NETWORKS
+        return sorted(k.decode() for k in cast(list[bytes], client.hkeys(key))) == NETWORKS
 
     server = own_redis
     try:

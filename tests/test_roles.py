@@ -23,7 +23,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiohttp
 import orjson
@@ -57,8 +57,10 @@ NOTIFICATIONS = "xcm-notifications"
 KEPT = 20
 
 
-async def until(check: Callable[[], Awaitable[T]], timeout: float, what: str) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+async def until(check: Callable[[], Awaitable[T | None]], timeout: float, what: str) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``.
+
+    A check that returns None until it is done gives its result without the None."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     last: Any = None
@@ -69,7 +71,7 @@ async def until(check: Callable[[], Awaitable[T]], timeout: float, what: str) ->
             last = exc
         else:
             if last:
-                return last
+                return cast(T, last)
         await asyncio.sleep(0.2)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
@@ -112,7 +114,8 @@ def assignments(redis_url: str, prefix: str, app_id: str) -> dict[int, set[str]]
     group = Keyspace(prefix).group(app_id)
     stable = int(client.hget(group.state, "stable_gen") or 0)
     found: dict[int, set[str]] = {}
-    for member, raw in client.hgetall(group.assignment(stable)).items():
+    members = cast(dict[bytes, bytes], client.hgetall(group.assignment(stable)))
+    for member, raw in members.items():
         decoded = ConsumerProtocolMemberAssignment.decode(raw)
         pid = int(member.decode().rsplit("-", 2)[1])
         # faust's leader topic, which every member subscribes to, goes to one of them.
@@ -183,7 +186,7 @@ async def test_match_and_deliver_workers_split_the_work_and_deliver_once(
             async def leading() -> bool:
                 if not matcher.alive():
                     raise AssertionError(f"m1 exited:\n{matcher.log_tail()}")
-                leader = sync_client.get(keys.group(app_id).leader)
+                leader = cast(bytes | None, sync_client.get(keys.group(app_id).leader))
                 return leader is not None and int(leader.decode().rsplit("-", 2)[1]) == matcher.pid
 
             await until(leading, 60, "the matching worker to lead the group")
@@ -277,7 +280,10 @@ async def test_match_and_deliver_workers_split_the_work_and_deliver_once(
             selected = [
                 orjson.loads(headers[SELECT_HEADER])
                 for p in range(PARTITIONS)
-                for _, fields in sync_client.xrange(keys.stream(NOTIFICATIONS, p))
+                for _, fields in cast(
+                    list[tuple[bytes, dict[bytes, bytes]]],
+                    sync_client.xrange(keys.stream(NOTIFICATIONS, p)),
+                )
                 if SELECT_HEADER in (headers := dict(decode_headers(fields.get(b"h"))))
             ]
             assert sorted(n["id"] for n in selected) == sorted(n["id"] for n in real), selected

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
@@ -501,7 +501,8 @@ async def test_writes_update_the_live_view_without_a_reload(
     version = await store.version()
     for worker_ in (w, other):
         live = worker_.app.subscriptions_live
-        await eventually(lambda live=live: live.version == version, 10, f"version {version}")
+        caught_up = cast(Callable[[], bool], lambda live=live: live.version == version)
+        await eventually(caught_up, 10, f"version {version}")
         assert live.get("n1").destinations == [p.ASSET_HUB]
         assert live.get("o3") is None and live.get("o4") is None
         assert len(live.persistent()) == 19

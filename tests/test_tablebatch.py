@@ -14,7 +14,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
@@ -27,7 +27,7 @@ from ocstream.runtime import Table
 from ocstream.tablebatch import TableBatch
 from ocstream.transport.keys import Keyspace
 from ocstream.transport.metrics import METRICS
-from ocstream.transport.producer import MAX_BATCH_RECORDS, MAX_IN_FLIGHT
+from ocstream.transport.producer import MAX_BATCH_RECORDS, MAX_IN_FLIGHT, Producer
 from ocstream.transport.settings import TransportSettings
 from ocstream.transport.wire import entry_value
 from tests.workers import free_port
@@ -42,10 +42,15 @@ async def app(redis_url: str, prefix: str, tmp_path: Path) -> AsyncIterator[Any]
     await app.producer.stop()
 
 
+async def _xrange(client: aioredis.Redis, name: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """The entries of stream ``name`` (bytes: the client does not decode responses)."""
+    return cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(name))
+
+
 async def changelog(redis_url: str, prefix: str, topic: str, partition: int) -> list[Any]:
     """``(key, value)`` of each entry of a changelog partition, in order."""
     client = aioredis.Redis.from_url(redis_url)
-    entries = await client.xrange(Keyspace(prefix).stream(topic, partition))
+    entries = await _xrange(client, Keyspace(prefix).stream(topic, partition))
     await client.aclose()
     return [(fields[b"k"], entry_value(fields)) for _, fields in entries]
 
@@ -356,7 +361,7 @@ async def test_queue_keys_records_like_send_once_the_partitions_are_known(
     await producer.flush()
     client = aioredis.Redis.from_url(redis_url)
     for partition in range(4):
-        entries = await client.xrange(Keyspace(prefix).stream(topic, partition))
+        entries = await _xrange(client, Keyspace(prefix).stream(topic, partition))
         mine = [n for n, key in enumerate(keys) if partition_for_key(key, 4) == partition]
         assert [int(entry_value(fields) or b"-1") for _, fields in entries] == mine
         for _, fields in entries:
@@ -429,7 +434,7 @@ async def test_a_stop_with_redis_gone_fails_every_queued_record_and_returns(
     gone = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     app = faust.App("tb-gone", broker=gone, store="rocksdb://", datadir=str(tmp_path))
     app.transport_settings = TransportSettings(prefix=prefix)  # type: ignore[attr-defined]
-    producer = app.producer
+    producer = cast(Producer, app.producer)  # the transport's producer (broker=redis://)
     await producer.start()
     retries = METRICS.produce_retries
     first = producer.queue_many("tb-gone", 0, [(b"k", b"v")] * MAX_BATCH_RECORDS)

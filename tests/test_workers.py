@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -168,7 +168,9 @@ def wait_tombstones_removed(redis_url: str, prefix: str, app_id: str, deleted: s
             not any(
                 fields[b"k"].decode().strip('"') in deleted
                 for p in range(4)
-                for _, fields in client.xrange(stream(changelog, p))
+                for _, fields in cast(
+                    list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream(changelog, p))
+                )
             )
         ),
         30,
@@ -286,7 +288,9 @@ def stored_counts(worker: Worker, partition: int) -> tuple[dict[str, int], int |
     try:
         offset = db.get(OFFSET_KEY)
         counts = {
-            json.loads(key): json.loads(value) for key, value in db.items() if key != OFFSET_KEY
+            json.loads(cast(bytes, key)): json.loads(value)  # raw_mode: bytes keys
+            for key, value in db.items()
+            if key != OFFSET_KEY
         }
     finally:
         db.close()
@@ -324,7 +328,8 @@ def test_standby_stores_hold_what_the_changelog_holds(
     try:
         wait_for(caught_up, 30, "both holders of every partition to apply its whole changelog")
     except AssertionError as exc:
-        reports = {k.decode(): json.loads(v) for k, v in client.hgetall(applied_key).items()}
+        applied_reports = cast(dict[bytes, bytes], client.hgetall(applied_key))
+        reports = {k.decode(): json.loads(v) for k, v in applied_reports.items()}
         raise AssertionError(f"{exc}\nchangelog ends {ends}\nreports {reports}") from None
     applied = [
         worker.metric("ocstream_transport_standby_records_applied_total") for worker in workers
@@ -708,7 +713,9 @@ def test_a_leader_taking_over_without_a_rebalance_checks_the_traffic(
         generation = old.metric("ocstream_group_generation")
         assert client.exists(group.assigned_groups)
         leader = client.get(group.leader)
-        (other,) = [m for m in client.zrange(group.members, 0, -1) if m != leader]
+        (other,) = [
+            m for m in cast(list[bytes], client.zrange(group.members, 0, -1)) if m != leader
+        ]
         client.set(group.leader, other, px=10_000)
         wait_for(lambda: new.metric("ocstream_group_leader") == 1, 30, "the lease moved")
         wait_for(lambda: "took over the traffic checks" in new.log_text(), 30, "the record taken")
@@ -728,7 +735,9 @@ def test_a_leader_taking_over_without_a_rebalance_checks_the_traffic(
         gauge = "ocstream_group_assignment_weighed_records"
         wait_for(lambda: new.metric(gauge) >= MIN_RECORDS, 30, "the new leader's gauge")
         leader = client.get(group.leader)
-        (other,) = [m for m in client.zrange(group.members, 0, -1) if m != leader]
+        (other,) = [
+            m for m in cast(list[bytes], client.zrange(group.members, 0, -1)) if m != leader
+        ]
         client.set(group.leader, other, px=10_000)
         wait_for(
             lambda: old.metric(gauge) >= MIN_RECORDS and new.metric(gauge) == 0,
@@ -841,7 +850,11 @@ def test_a_distributed_worker_sees_networks_registered_later(
     worker.wait_assigned()
     assert json.loads(worker.get("/networks")) == {}
     # An ingress elsewhere registers a network: no restart needed to see it.
-    record = {"id": "urn:ocn:polkadot:2034", "relay": "urn:ocn:polkadot:0", "tip_number": 7}
+    record: dict[str, Any] = {
+        "id": "urn:ocn:polkadot:2034",
+        "relay": "urn:ocn:polkadot:0",
+        "tip_number": 7,
+    }
     redis.Redis.from_url(redis_url).hset(f"{prefix}networks", record["id"], json.dumps(record))
     networks = json.loads(worker.get("/networks"))
     assert networks["urn:ocn:polkadot:2034"]["tip_number"] == 7

@@ -35,8 +35,12 @@ FAST_GROUP_ENV = {
 }
 
 
-def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` on timeout."""
+def wait_for(
+    predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` on timeout.
+
+    A predicate that returns None until it is done gives its result without the None."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:

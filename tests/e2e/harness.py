@@ -332,7 +332,10 @@ class PrivateRedis:
 # -- the stack --------------------------------------------------------------------------------
 
 #: kind -> (origin, destination, outcome, error)
-EXPECTED = {kind: tuple(rest) for kind, *rest in EXPECTED_JOURNEYS}
+EXPECTED = cast(
+    dict[str, tuple[str, str, str, str | None]],
+    {kind: tuple(rest) for kind, *rest in EXPECTED_JOURNEYS},
+)
 
 
 def _summary(journey: dict[str, list[Received]]) -> list[tuple[str, str, str, Any]]:
@@ -580,7 +583,7 @@ class Stack:
             entries = cast(list[tuple[bytes, dict[bytes, bytes]]], self.client.xrange(stream))
             for entry_id, fields in entries:
                 offset = int(entry_id.decode().split("-", 1)[1]) - 1
-                out.append((partition, offset, json.loads(entry_value(fields))))
+                out.append((partition, offset, json.loads(cast(bytes, entry_value(fields)))))
         return out
 
     def committed(self, topic: str) -> dict[int, int]:

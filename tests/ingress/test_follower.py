@@ -10,7 +10,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -94,13 +94,17 @@ class Harness:
         count = await self.writer.topics.get("blocks") or 0
         blocks = []
         for p in range(count):
-            for _, fields in await self.client.xrange(keys.stream("blocks", p)):
+            entries = await self.client.xrange(keys.stream("blocks", p))
+            for _, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], entries):
                 assert fields[b"k"] == key.encode()
                 # The ingress vouches for its values, and reading them as they are gives the
                 # same block as normalising them again.
                 assert decode_headers(fields.get(b"h")) == [(NORMALISED_HEADER, b"1")]
-                block = ExtendedBlock.from_json_bytes(entry_value(fields))
-                assert ExtendedBlock.from_json_bytes(entry_value(fields), normalised=True) == block
+                block = ExtendedBlock.from_json_bytes(cast(bytes, entry_value(fields)))
+                assert (
+                    ExtendedBlock.from_json_bytes(cast(bytes, entry_value(fields)), normalised=True)
+                    == block
+                )
                 blocks.append(block)
         return blocks
 
@@ -281,7 +285,7 @@ async def test_sent_blocks_carry_their_storage_items(
         storage={(s["key"], s["block_hash"]): s["value"] for s in expected},
     )
     await server.start()
-    await server.finalize(blocks[0].number)
+    await server.finalize(cast(int, blocks[0].number))  # v1 recordings: numbered
     harness = Harness(redis_url, prefix, [server.url])
     harness.follower.network = NetworkConfig.model_validate(
         {**network, "provider": {"type": "rpc", "url": server.url}}
@@ -290,7 +294,7 @@ async def test_sent_blocks_carry_their_storage_items(
     harness.start()
     try:
         await harness.wait_published(1, key=network["id"])  # it starts at the first block
-        await server.finalize(blocks[-1].number)
+        await server.finalize(cast(int, blocks[-1].number))
         published = await harness.wait_published(len(blocks), key=network["id"])
     finally:
         await harness.stop()
@@ -331,7 +335,9 @@ async def test_a_runtime_upgrade_loads_the_new_metadata_before_decoding(
         await harness.stop()
         record = await harness.registry.get(URN)
         assert record is not None
-        await after.registry.put(record.model_copy(update={"tip_number": upgraded[0].number - 1}))
+        await after.registry.put(
+            record.model_copy(update={"tip_number": cast(int, upgraded[0].number) - 1})
+        )
         after.start()
         await server.finalize(upgraded[-1].number)
         blocks = await after.wait_published(2 + len(upgraded))

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -57,6 +57,11 @@ def config_text(servers: list[RecordedChainServer], networks: list[str]) -> str:
     )
 
 
+async def _xrange(client: aioredis.Redis, name: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """The entries of stream ``name`` (bytes: the clients here do not decode responses)."""
+    return cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(name))
+
+
 async def published(url: str, prefix: str) -> dict[str, list[int]]:
     """Block numbers in the blocks topic, per network, in topic order."""
     client = aioredis.Redis.from_url(url, socket_timeout=10)
@@ -65,9 +70,9 @@ async def published(url: str, prefix: str) -> dict[str, list[int]]:
     try:
         count = int(await client.hget(keys.topics, "blocks") or 0)
         for p in range(count):
-            for _, fields in await client.xrange(keys.stream("blocks", p)):
+            for _, fields in await _xrange(client, keys.stream("blocks", p)):
                 out[fields[b"k"].decode()].append(
-                    ExtendedBlock.from_json_bytes(entry_value(fields)).number
+                    ExtendedBlock.from_json_bytes(cast(bytes, entry_value(fields))).number
                 )
     finally:
         await client.aclose()
@@ -241,7 +246,8 @@ async def test_health_reports_redis_down_and_a_stale_network(
 
         async def retrying() -> bool:
             health = await service.health()
-            return health["networks"][NETWORKS[0]]["state"] == "retrying"
+            state: str = health["networks"][NETWORKS[0]]["state"]
+            return state == "retrying"
 
         await wait_until(retrying, 30, "the follower to notice and retry")
         server = await asyncio.to_thread(start_redis, redis_dir, port)
@@ -359,7 +365,7 @@ async def test_publishing_a_block_twice_appends_it_once(redis_url: str, prefix: 
         values = []
         for p in range(2):
             values += [
-                entry_value(f) for _, f in await client.xrange(writer.keys.stream("blocks", p))
+                entry_value(f) for _, f in await _xrange(client, writer.keys.stream("blocks", p))
             ]
         assert values == [b"block 7", b"block 8"]
         stored = await registry.get(NETWORKS[0])

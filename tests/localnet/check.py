@@ -221,7 +221,7 @@ def published_blocks(client: redis.Redis, prefix: str) -> dict[str, list[Extende
             list[tuple[bytes, dict[bytes, bytes]]], client.xrange(f"{prefix}t:blocks:{partition}")
         )
         for _, fields in entries:
-            block = ExtendedBlock.from_json_bytes(entry_value(fields))
+            block = ExtendedBlock.from_json_bytes(cast(bytes, entry_value(fields)))
             out.setdefault(block.network, []).append(block)
     return out
 
@@ -233,7 +233,7 @@ def notifications(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
     for partition in range(partitions):
         stream = f"{prefix}t:xcm-notifications:{partition}"
         for _, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream)):
-            note = json.loads(entry_value(fields))
+            note = json.loads(cast(bytes, entry_value(fields)))
             found[note["id"]] = note
     return list(found.values())
 

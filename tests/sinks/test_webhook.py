@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -464,7 +464,9 @@ async def test_dead_letters_are_listed_newest_first_and_paged(env: Env, receiver
     dispatcher = await env.started(schedule=(0,))
     for n in range(5):
         await dispatcher.enqueue("sub-1", 0, notification(100 + n))
-        await until(lambda n=n: dispatcher.counters["dead_letters"] == n + 1)
+        await until(
+            cast(Callable[[], bool], lambda n=n: dispatcher.counters["dead_letters"] == n + 1)
+        )
     listed = await dispatcher.dead_letters(limit=10)
     assert [d["notificationId"] for d in listed] == [
         notification(100 + n)["id"] for n in reversed(range(5))
@@ -480,7 +482,9 @@ async def test_dead_letters_beyond_the_maximum_are_dropped(env: Env, receivers: 
     dispatcher = await env.started(schedule=(0,), dead_letter_max=2)
     for n in range(4):
         await dispatcher.enqueue("sub-1", 0, notification(200 + n))
-        await until(lambda n=n: dispatcher.counters["dead_letters"] == n + 1)
+        await until(
+            cast(Callable[[], bool], lambda n=n: dispatcher.counters["dead_letters"] == n + 1)
+        )
     listed = await dispatcher.dead_letters()
     assert [d["notificationId"] for d in listed] == [
         notification(203)["id"],
@@ -658,7 +662,7 @@ async def test_a_running_dispatcher_attempts_what_it_enqueues_up_to_its_room(
     assert results == [True, True, True]
     assert (dispatcher.counters["enqueued"], dispatcher.counters["handed_off"]) == (3, 2)
     # two leased to this dispatcher as they were stored, the third waits in due for room
-    leases = await env.client.hgetall(f"{env.prefix}wh:lease")
+    leases = cast(dict[bytes, bytes], await env.client.hgetall(f"{env.prefix}wh:lease"))
     assert len(leases) == 2 and all(t.decode().startswith(dispatcher.name) for t in leases.values())
     gauges = await dispatcher.gauges()
     assert (gauges["in_flight"], gauges["due"], gauges["active"]) == (2, 1, 2)
@@ -878,7 +882,7 @@ async def test_an_attempt_sets_no_timer_where_nothing_waits(
 
 async def _due_ids(env: Env) -> list[str]:
     for _ in range(100):
-        ids = await env.client.zrange(f"{env.prefix}wh:due", 0, -1)
+        ids = cast(list[bytes], await env.client.zrange(f"{env.prefix}wh:due", 0, -1))
         if ids:
             return [i.decode() for i in ids]
         await asyncio.sleep(0.02)
@@ -1001,9 +1005,8 @@ async def test_subscription_status_counts_delivered_retrying_and_dead(
 
     # A second dispatcher with one attempt only: the retries due now die at their next attempt.
     flaky_healthy = True
-    await env.client.zadd(
-        f"{env.prefix}wh:due", {m: 0 for m in await env.client.zrange(f"{env.prefix}wh:due", 0, -1)}
-    )
+    due = cast(list[bytes], await env.client.zrange(f"{env.prefix}wh:due", 0, -1))
+    await env.client.zadd(f"{env.prefix}wh:due", {m: 0 for m in due})
     dispatcher2 = await env.started(schedule=(0, 0), dead_letter_max=2)
     await until(lambda: dispatcher2.counters["dead_letters"] == 3 and len(flaky.acknowledged) == 1)
     status = await dispatcher2.subscription_status()

@@ -31,7 +31,8 @@ def test_commands_are_packed_by_hiredis_as_redis_py_packs_them() -> None:
     from redis.asyncio.connection import Connection
 
     python_packed = Connection()
-    packed = connect("redis://127.0.0.1:1/0").connection_pool.make_connection()
+    pool: Any = connect("redis://127.0.0.1:1/0").connection_pool  # make_connection: untyped
+    packed = pool.make_connection()
     assert type(packed).__name__ == "HiredisConnection"
     for args in [
         ("SET", "kä", "välue"),
@@ -123,7 +124,7 @@ async def test_replies_already_received_take_no_timer(
     import redis.asyncio.connection as connection
 
     timers = 0
-    real = connection.async_timeout
+    real = connection.async_timeout  # type: ignore[attr-defined]  # imported there, not exported
 
     def counted(delay: float | None) -> Any:
         nonlocal timers
@@ -155,7 +156,8 @@ async def test_a_stream_that_cannot_be_parsed_drops_the_connection(redis_url: st
     client = connect(redis_url)
     try:
         await client.ping()
-        connection = await client.connection_pool.get_connection()
+        pool: Any = client.connection_pool  # get_connection: untyped in redis-py
+        connection = await pool.get_connection()
         try:
             connection._parser._reader.feed(b"?not a reply\r\n")  # what no Redis sends
             with pytest.raises(InvalidResponse):

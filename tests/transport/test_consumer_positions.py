@@ -4,7 +4,7 @@ faust's periodic livelock check, which costs the consumer nothing."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import faust
 import pytest
@@ -12,6 +12,7 @@ from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 
 from ocstream.transport import TopicWriter
+from ocstream.transport.consumer import Consumer
 from ocstream.transport.keys import Keyspace, offset_field
 from ocstream.transport.settings import TransportSettings
 from tests.transport.tasks import counting_tasks
@@ -22,8 +23,8 @@ TOPIC = "positions"
 @pytest.fixture
 async def consumer(redis_url: str, prefix: str, app_id: str) -> Any:
     app = faust.App(app_id, broker=redis_url)
-    app.transport_settings = TransportSettings(prefix=prefix)
-    made = app.consumer
+    app.transport_settings = TransportSettings(prefix=prefix)  # type: ignore[attr-defined]  # read by the transport
+    made = cast(Consumer, app.consumer)  # the transport's consumer (broker=redis://)
     yield made
     await made.client.aclose()
     await made.fetch_client.aclose()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 import redis.asyncio as aioredis
 
@@ -14,7 +16,9 @@ def group(prefix: str) -> GroupKeys:
     return Keyspace(prefix).group("g")
 
 
-async def beat(client: aioredis.Redis, g: GroupKeys, member: str, session_ms: int = 5000) -> list:
+async def beat(
+    client: aioredis.Redis, g: GroupKeys, member: str, session_ms: int = 5000
+) -> list[Any]:
     return list(
         await scripts.heartbeat(
             client, [g.members, g.leader, g.state, g.meta], [member, session_ms]
@@ -38,7 +42,7 @@ async def test_first_heartbeat_takes_the_lease_by_server_time(
     server_seconds, micros = await client.time()
     server_ms = server_seconds * 1000 + micros // 1000
     assert abs(int(now) - server_ms) < 1000
-    assert int(await client.zscore(group.members, "a")) == int(now) + 5000
+    assert int(cast(float, await client.zscore(group.members, "a"))) == int(now) + 5000
     assert (await beat(client, group, "b"))[0] == 0  # the lease is taken
     assert (await beat(client, group, "a"))[0] == 1  # and renewed by its holder
 
@@ -129,7 +133,7 @@ async def test_expired_members_are_removed_by_the_leader_only(
     keys = [group.members, group.meta, group.leader]
     assert await scripts.expire_members(client, keys, ["gone"]) == []  # not the leader
     # Deadlines are judged by Redis time: wait until the server clock passes it.
-    deadline = await client.zscore(group.members, "gone")
+    deadline = cast(float, await client.zscore(group.members, "gone"))  # a member: a score
     while True:
         seconds, micros = await client.time()
         if seconds * 1000 + micros // 1000 > deadline:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -32,11 +33,12 @@ def keys(prefix: str) -> Keyspace:
 
 
 def settings(**limits: float) -> TransportSettings:
-    return TransportSettings(**{**NO_LIMITS, **limits})
+    fields: dict[str, Any] = {**NO_LIMITS, **limits}
+    return TransportSettings(**fields)
 
 
 async def first_offset(client: aioredis.Redis, stream: str) -> int | None:
-    head = await client.xrange(stream, count=1)
+    head = cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(stream, count=1))
     return id_to_offset(head[0][0]) if head else None
 
 
@@ -187,7 +189,9 @@ async def remove(client: aioredis.Redis, keys: Keyspace, **kwargs: float) -> Non
 
 
 async def changelog_keys(client: aioredis.Redis, keys: Keyspace) -> dict[bytes, bytes | None]:
-    entries = await client.xrange(keys.stream(CHANGELOG, 0))
+    entries = cast(
+        list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(keys.stream(CHANGELOG, 0))
+    )
     return {fields[b"k"]: fields.get(b"v") for _, fields in entries}
 
 

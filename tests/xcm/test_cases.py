@@ -115,38 +115,38 @@ def test_case_legs(
         if "received" in message:
             evidence = message["received"]
             block, extracted = found[evidence["block"]]
-            legs = [
+            received_legs = [
                 leg
                 for leg in extracted.received
-                if leg.context["event"]["blockPosition"] == evidence["event_index"]  # type: ignore[index, call-overload]
+                if leg.context["event"]["blockPosition"] == evidence["event_index"]
             ]
-            assert len(legs) == 1, label
-            leg = legs[0]
-            assert leg.outcome == evidence["outcome"], label
-            assert evidence["value"] in (leg.message_id, leg.message_hash), label
+            assert len(received_legs) == 1, label
+            received = received_legs[0]
+            assert received.outcome == evidence["outcome"], label
+            assert evidence["value"] in (received.message_id, received.message_hash), label
             if message.get("hash") and evidence.get("matched_by") == "hash":
-                assert message["hash"] in leg.ids, label
+                assert message["hash"] in received.ids, label
             if message.get("topic") and evidence.get("matched_by") == "topic":
-                assert message["topic"] in leg.ids, label
+                assert message["topic"] in received.ids, label
             if evidence.get("error") is not None:
-                assert leg.error == evidence["error"], (label, leg.error)
+                assert received.error == evidence["error"], (label, received.error)
             if "assets_trapped" in message:
-                assert leg.assets_trapped is not None, label
+                assert received.assets_trapped is not None, label
             else:
-                assert leg.assets_trapped is None, label
+                assert received.assets_trapped is None, label
             checked += 1
         if "relayed" in message:
             evidence = message["relayed"]
             _, extracted = found[evidence["block"]]
-            legs = [
+            relayed_legs = [
                 leg
                 for leg in extracted.relayed
                 if leg.message_hash == message["hash"]
                 and leg.origin.endswith(f":{evidence['candidate_para']}")
                 and leg.recipient.endswith(f":{evidence['recipient']}")
             ]
-            assert len(legs) == 1, label
-            assert legs[0].message_id == (message["topic"] or message["hash"]), label
+            assert len(relayed_legs) == 1, label
+            assert relayed_legs[0].message_id == (message["topic"] or message["hash"]), label
             checked += 1
     # No more sent legs than the manifest records in the blocks it sends from.
     for ref, hashes in sent_by_block.items():

@@ -20,6 +20,7 @@ from ocstream.ingress.decode import RuntimeDecoder, build_extended_block
 from ocstream.ingress.model import ExtendedBlock, StorageItem
 from ocstream.ingress.raw import load_sidecar_json, load_v1_cbor
 from ocstream.ingress.registry import NetworkRecord
+from ocstream.xcm.bridge import BridgeLeg
 from ocstream.xcm.codec import XcmCodec
 from ocstream.xcm.coverage import Coverage, coverage_of_record, uncovered_stop
 from ocstream.xcm.extract import extract
@@ -42,7 +43,9 @@ def _block(
     raise AssertionError(f"#{number} is not in {file}")
 
 
-def _sent(fixtures_dir: Path, decoder_for: DecoderFor) -> list[SentLeg | ReceivedLeg | RelayedLeg]:
+def _sent(
+    fixtures_dir: Path, decoder_for: DecoderFor
+) -> list[SentLeg | ReceivedLeg | RelayedLeg | BridgeLeg]:
     decoder = decoder_for(ASSET_HUB, "assethub-9430.scale")
     block = _block(fixtures_dir, decoder, ASSET_HUB, "ump-out-1000.cbor.bin", 4818937)
     manifest = json.loads((fixtures_dir / "cases/v1-ump-assethub-polkadot.json").read_text())
@@ -67,7 +70,7 @@ def _relay_coverage(
 
 
 def _run(
-    legs: list[SentLeg | ReceivedLeg | RelayedLeg], coverage: dict[str, Coverage]
+    legs: list[SentLeg | ReceivedLeg | RelayedLeg | BridgeLeg], coverage: dict[str, Coverage]
 ) -> list[dict[str, object]]:
     cluster = Cluster()
     cluster.engine.coverage = coverage.get

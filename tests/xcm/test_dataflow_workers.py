@@ -12,9 +12,10 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator
 from hashlib import blake2b
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -54,16 +55,21 @@ NETWORKS = {
 JUNK = "junk"
 
 
+def _xrange(client: redis.Redis, name: bytes | str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """The entries of a stream (bytes: the clients here do not decode responses)."""
+    return cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(name))
+
+
 def read_records(redis_url: str, prefix: str, topic: str) -> list[tuple[int, str, Any]]:
     """``(partition, key, value)`` of every record of a topic (but the junk of ``xcm-legs``)."""
     client = redis.Redis.from_url(redis_url)
     keys = Keyspace(prefix)
     found = []
     for partition in range(PARTITIONS):
-        for _, fields in client.xrange(keys.stream(topic, partition)):
+        for _, fields in _xrange(client, keys.stream(topic, partition)):
             key = fields.get(b"k", b"").decode()
             if key != JUNK or topic != "xcm-legs":
-                found.append((partition, key, json.loads(entry_value(fields))))
+                found.append((partition, key, json.loads(cast(bytes, entry_value(fields)))))
     client.close()
     return found
 
@@ -74,8 +80,8 @@ def notification_records(redis_url: str, prefix: str) -> list[tuple[list[Any], d
     keys = Keyspace(prefix)
     found = []
     for partition in range(PARTITIONS):
-        for _, fields in client.xrange(keys.stream("xcm-notifications", partition)):
-            value = json.loads(entry_value(fields))
+        for _, fields in _xrange(client, keys.stream("xcm-notifications", partition)):
+            value = json.loads(cast(bytes, entry_value(fields)))
             found.append((decode_headers(fields.get(b"h")), value))
     client.close()
     return found
@@ -86,10 +92,10 @@ def compressed_with(redis_url: str, prefix: str) -> set[int]:
     stream but ``blocks``, which the test writes."""
     client = redis.Redis.from_url(redis_url)
     found = set()
-    for key in client.scan_iter(match=f"{prefix}t:*", _type="stream"):
+    for key in cast(Iterator[bytes], client.scan_iter(match=f"{prefix}t:*", _type="stream")):
         if key.startswith(f"{prefix}t:blocks:".encode()):
             continue
-        for _, fields in client.xrange(key):
+        for _, fields in _xrange(client, key):
             packed = fields.get(b"z")
             if packed is not None and packed.startswith(ZSTD_MAGIC):
                 found.add(zstandard.get_frame_parameters(packed).dict_id)
@@ -259,7 +265,7 @@ def test_two_workers_match_recorded_journeys(
         journeys.setdefault(note["journeyId"], []).append(note["type"])
     hashes = {n["journeyId"]: n["origin"]["messageHash"] for n in by_id.values()}
     found = sorted((hashes[jid], sorted(types)) for jid, types in journeys.items())
-    garbage = "0x" + blake2b(b"\xff\xff", digest_size=32).hexdigest()
+    garbage_hash = "0x" + blake2b(b"\xff\xff", digest_size=32).hexdigest()
     assert found == sorted(
         [
             # Asset Hub -> Interlay: matched although the receipt was published first.
@@ -274,8 +280,8 @@ def test_two_workers_match_recorded_journeys(
             ),
             # Bytes that are not XCM (and bytes of a runtime with no metadata): dead-lettered,
             # yet tracked by hash, two identical messages as two journeys.
-            (garbage, ["xcm.sent", "xcm.timeout"]),
-            (garbage, ["xcm.sent", "xcm.timeout"]),
+            (garbage_hash, ["xcm.sent", "xcm.timeout"]),
+            (garbage_hash, ["xcm.sent", "xcm.timeout"]),
         ]
     ), journeys
     received = next(n for n in by_id.values() if n["type"] == "xcm.received")
@@ -383,15 +389,16 @@ def test_sweeps_read_what_expires_not_what_is_kept(
         """Wait until every worker has run ``more`` sweeps from now."""
         for worker in running:
             start = engine_counters(worker).get("sweeps", 0)
-            wait_for(
-                lambda w=worker, s=start: engine_counters(w).get("sweeps", 0) >= s + more,
-                30,
-                f"{more} sweeps on {worker.name}",
-            )
+
+            def swept(w: Worker = worker, s: int = start) -> bool:
+                return engine_counters(w).get("sweeps", 0) >= s + more
+
+            wait_for(swept, 30, f"{more} sweeps on {worker.name}")
 
     def notified(kind: str, count: int) -> bool:
         notes = read_topic(redis_url, prefix, "xcm-notifications")
-        return sum(n["type"] == kind for n in {n["id"]: n for n in notes}.values()) >= count
+        seen: int = sum(n["type"] == kind for n in {n["id"]: n for n in notes}.values())
+        return seen >= count
 
     running = workers("a")
     try:

@@ -18,7 +18,7 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import redis
@@ -28,7 +28,10 @@ from ocstream.transport.wire import entry_value
 from tests.workers import Worker, publish_records, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from journeys import build_journeys, shuffled  # noqa: E402
+if TYPE_CHECKING:  # mypy does not see the sys.path above: it finds the module from the root
+    from benchmarks.journeys import build_journeys, shuffled
+else:
+    from journeys import build_journeys, shuffled
 
 PARTITIONS = 4  # the test workers' topic partitions
 JOURNEYS = 3000
@@ -45,7 +48,8 @@ def notifications(redis_url: str, prefix: str) -> dict[str, dict[str, Any]]:
     keys = Keyspace(prefix)
     found: dict[str, dict[str, Any]] = {}
     for partition in range(PARTITIONS):
-        for _, fields in client.xrange(keys.stream("xcm-notifications", partition)):
+        entries = client.xrange(keys.stream("xcm-notifications", partition))
+        for _, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], entries):
             note = orjson.loads(entry_value(fields) or b"{}")
             found[note["id"]] = note
     client.close()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +145,7 @@ def _journey(
         else leg
         for leg in found["dot19777221"][1].legs
     ]
-    blocks = [found["dot19777220"][1].legs, hydration.legs, relayed, [receipt]]
+    blocks: list[list[Any]] = [found["dot19777220"][1].legs, hydration.legs, relayed, [receipt]]
     return blocks, hop_hash, hydration
 
 
@@ -154,7 +154,7 @@ def _origin_journey(cluster: Cluster) -> list[dict[str, Any]]:
     return [n for n in unique if n["origin"]["messageHash"] == ORIGIN_HASH]
 
 
-def _types(notifications: list[dict[str, Any]]) -> Counter[str]:
+def _types(notifications: Iterable[dict[str, Any]]) -> Counter[str]:
     return Counter(n["type"] for n in notifications)
 
 

@@ -6,16 +6,17 @@ route through the same function (``tests/xcm/sim.py``); this checks the keys the
 from __future__ import annotations
 
 from collections import Counter
+from typing import cast
 
 import orjson
 import pytest
 
 from ocstream.transport.wire import partition_for_key
 from ocstream.xcm.keys import leg_key, spread_key, spread_origin
-from ocstream.xcm.legs import NO_HASH, leg_record
-from ocstream.xcm.matching import Engine, Tables
+from ocstream.xcm.legs import NO_HASH, SentLeg, leg_record
+from ocstream.xcm.matching import TABLES, Engine, Tables
 
-from .sim import TABLES, bridge_leg, received_leg, relayed_leg, sent_leg
+from .sim import bridge_leg, received_leg, relayed_leg, sent_leg
 
 RELAY = "urn:ocn:polkadot:0"
 ASSET_HUB = "urn:ocn:polkadot:1000"
@@ -69,11 +70,11 @@ def test_legs_that_need_their_chains_state_keep_the_chain() -> None:
     assert spread_origin(ASSET_HUB) is None
 
 
-def _handle(key: str, leg: object) -> list[str]:
+def _handle(key: str, leg: SentLeg) -> list[str]:
     engine = Engine(now=lambda: 1000.0)
-    tables = Tables({name: {} for name in TABLES})  # type: ignore[misc]
-    step = engine.handle(tables, key, orjson.loads(leg_record(leg)))  # type: ignore[arg-type]
-    return [note["type"] for note in step.notifications]
+    tables = Tables({name: {} for name in TABLES})
+    step = engine.handle(tables, key, orjson.loads(leg_record(leg)))
+    return [cast(str, note["type"]) for note in step.notifications]
 
 
 def test_a_new_journey_is_matched_under_either_key() -> None:

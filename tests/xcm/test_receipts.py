@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ocstream.xcm import matching
-from ocstream.xcm.legs import ReceivedLeg, SentLeg
+from ocstream.xcm.legs import ReceivedLeg, RelayedLeg, SentLeg
 from ocstream.xcm.matching import MatchSettings
 
 from .sim import Cluster, finish, received_leg, sent_leg
@@ -48,7 +48,7 @@ def receipt(number: int, at: int | None) -> ReceivedLeg:
     )
 
 
-def publish(cluster: Cluster, *legs: SentLeg | ReceivedLeg) -> None:
+def publish(cluster: Cluster, *legs: SentLeg | ReceivedLeg | RelayedLeg) -> None:
     for leg in legs:
         cluster.publish_legs([leg])
     cluster.drain()
@@ -216,7 +216,7 @@ def test_identical_messages_among_other_sends_of_their_origin(
             )
         )  # fmt: skip
     cluster = Cluster()
-    queues = [sends, receipts]
+    queues: list[list[SentLeg] | list[ReceivedLeg]] = [sends, receipts]
     while any(queues):
         queue = data.draw(st.sampled_from([q for q in queues if q]))
         cluster.publish_legs([queue.pop(0)])

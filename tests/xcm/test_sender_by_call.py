@@ -87,13 +87,13 @@ def test_the_relay_signer_goes_to_the_transfer_not_to_the_subscribe_version(
     block = _relay_block(fixtures_dir, decoder)
     [call] = [x for x in block.extrinsics if x.module == "XcmPallet"]
     assert not any(e.module == "XcmPallet" and e.name == "Sent" for e in block.events)
-    args = call.args
+    args: Any = call.args  # JSON: indexed below by the shape of this call
     assert isinstance(args, dict)
     amount = args["assets"]["V3"][0]["fun"]["Fungible"]
     account = args["beneficiary"]["V3"]["interior"]["X1"]["AccountId32"]["id"]
     transfer = v2_reserve_transfer(amount, account)
     codec = XcmCodec(decoder)
-    instructions = codec.message(transfer).instructions
+    instructions: Any = codec.message(transfer).instructions
     assert isinstance(instructions, dict)
     assert [i if isinstance(i, str) else next(iter(i)) for i in instructions["V2"]] == [
         "ReserveAssetDeposited",

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cbor2
 import orjson
@@ -477,15 +477,16 @@ async def test_publish_blocks_as_the_ingress_does(
             key = fields[b"k"]
             assert partition == partition_for_key(key, count)  # the ingress's partitioning
             assert decode_headers(fields[b"h"]) == [(NORMALISED_HEADER, b"1")]  # as it vouches
-            block = ExtendedBlock.from_json_bytes(entry_value(fields))
+            block = ExtendedBlock.from_json_bytes(cast(bytes, entry_value(fields)))
             assert key == block.network.encode()
             seen.append(block)
     assert sorted(seen, key=blocks.index) == blocks
     # one network's blocks share a partition, in order
     hydra = partition_for_key(NETWORKS["hydra"].encode(), count)
-    assert [ExtendedBlock.from_json_bytes(entry_value(f)).number for _, f in partitions[hydra]][
-        -2:
-    ] == [
+    assert [
+        ExtendedBlock.from_json_bytes(cast(bytes, entry_value(f))).number
+        for _, f in partitions[hydra]
+    ][-2:] == [
         6783591,
         6783592,
     ]
@@ -513,4 +514,4 @@ def test_publish_blocks_sync_uses_the_settings_partitions(
     assert count == 3
     [(entry_id, fields)] = [entry for entries in partitions.values() for entry in entries]
     assert entry_id == "0-1"
-    assert ExtendedBlock.from_json_bytes(entry_value(fields)) == block
+    assert ExtendedBlock.from_json_bytes(cast(bytes, entry_value(fields))) == block
