@@ -78,7 +78,12 @@ def install(app: Any, settings: Settings, *, redis_url: str) -> None:
     webhooks = WebhookDispatcher(
         client,
         prefix,
-        WebhookSettings(allow_private_targets=settings.webhook_allow_private),
+        WebhookSettings(
+            timeout=settings.webhook_timeout,
+            schedule=settings.webhook_schedule,
+            max_concurrency=settings.webhook_concurrency,
+            allow_private_targets=settings.webhook_allow_private,
+        ),
         get_subscription=subscription_json,
     )
 

@@ -24,6 +24,11 @@ option                     environment              meaning
 (none)                     ``OCSTREAM_HEADER_TIMEOUT``  seconds to send a request's headers
 (none)                     ``OCSTREAM_BODY_TIMEOUT``  seconds to send a request's body
 (none)                     ``OCSTREAM_WEBHOOK_ALLOW_PRIVATE``  allow webhooks to private hosts
+(none)                     ``OCSTREAM_WEBHOOK_TIMEOUT``  seconds per webhook attempt (10)
+(none)                     ``OCSTREAM_WEBHOOK_SCHEDULE``  delay before each attempt, seconds,
+                                                    comma-separated (0,5,300,...: 8 attempts)
+(none)                     ``OCSTREAM_WEBHOOK_CONCURRENCY``  webhook POSTs in flight per
+                                                    worker (64)
 (none)                     ``OCSTREAM_HEALTH_STALE_AFTER``  seconds without a new block before
                                                     /health calls a network stale (120)
 =========================  =======================  ======================================
@@ -38,7 +43,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -64,9 +69,15 @@ ENV_NAMES = {
     "header_timeout": "OCSTREAM_HEADER_TIMEOUT",
     "body_timeout": "OCSTREAM_BODY_TIMEOUT",
     "webhook_allow_private": "OCSTREAM_WEBHOOK_ALLOW_PRIVATE",
+    "webhook_timeout": "OCSTREAM_WEBHOOK_TIMEOUT",
+    "webhook_schedule": "OCSTREAM_WEBHOOK_SCHEDULE",
+    "webhook_concurrency": "OCSTREAM_WEBHOOK_CONCURRENCY",
     "health_stale_after": "OCSTREAM_HEALTH_STALE_AFTER",
 }
-_LISTS = ("api_tokens", "admin_tokens", "read_tokens", "allowed_hosts")
+_LISTS = ("api_tokens", "admin_tokens", "read_tokens", "allowed_hosts", "webhook_schedule")
+#: The webhook retry schedule's default (``ocstream.sinks.webhook.DEFAULT_SCHEDULE``, which
+#: this module does not import: it imports the HTTP client).
+WEBHOOK_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 #: ``Host`` names accepted by default when the worker listens on a loopback address.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -115,6 +126,18 @@ class Settings(BaseModel):
     body_timeout: float = Field(default=30.0, gt=0)
     #: Let webhooks target loopback, private and link-local addresses (off: SSRF guard).
     webhook_allow_private: bool = False
+    #: Seconds one webhook attempt may take: the DNS check, connecting, sending and the
+    #: answer's headers (``docs/webhooks.md``).
+    webhook_timeout: float = Field(default=10.0, gt=0, le=300)
+    #: Delay before each webhook attempt, in seconds, counted from the previous failure; its
+    #: length is the number of attempts, after which a delivery is a dead letter. Every worker
+    #: of a deployment should have the same: whichever worker attempts a delivery next
+    #: schedules its retry by its own.
+    webhook_schedule: tuple[Annotated[float, Field(ge=0, allow_inf_nan=False)], ...] = Field(
+        default=WEBHOOK_SCHEDULE, min_length=1, max_length=100
+    )
+    #: Webhook POSTs in flight at once on one worker.
+    webhook_concurrency: int = Field(default=64, ge=1, le=10_000)
     #: Seconds without a new block of a network after which /health reports it stale.
     health_stale_after: float = Field(default=120.0, gt=0)
     transport: TransportSettings = Field(default_factory=TransportSettings)

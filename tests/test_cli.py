@@ -18,9 +18,11 @@ import pytest
 import redis
 
 import ocstream
+from ocstream.app import build_app
 from ocstream.cli import FAUST_COMMANDS, _faust_parser
 from ocstream.errors import ConfigError
 from ocstream.settings import Settings, load_settings
+from ocstream.sinks.webhook import DEFAULT_SCHEDULE, WebhookSettings
 from ocstream.transport import TransportSettings
 from tests.conftest import SYSTEM_REDIS_URL
 from tests.workers import Worker, changelog_counts, ocstream_env, produce_all, wait_for
@@ -195,6 +197,48 @@ def test_settings_precedence_cli_over_env_over_file(tmp_path: Path) -> None:
     assert settings.transport == TransportSettings(session_timeout=7, linger_ms=3)
     assert load_settings({"config_file": str(config)}, env).port == 4100
     assert load_settings({}, {}).redis_url is None  # embedded by default
+
+
+async def test_webhook_delivery_settings_reach_the_dispatcher(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Timeout, retry schedule and concurrency of webhook delivery: from the file, the
+    environment over it, the defaults the dispatcher's own, and a worker's dispatcher built
+    with them; values the dispatcher would refuse stop the worker at its start."""
+    defaults, own = Settings(), WebhookSettings()
+    assert defaults.webhook_schedule == tuple(own.schedule) == tuple(map(float, DEFAULT_SCHEDULE))
+    assert (defaults.webhook_timeout, defaults.webhook_concurrency) == (
+        own.timeout,
+        own.max_concurrency,
+    )
+    config = tmp_path / "worker.toml"
+    config.write_text(
+        "[worker]\nwebhook_schedule = [0, 1, 60]\nwebhook_timeout = 4\nwebhook_concurrency = 16\n"
+    )
+    from_file = load_settings({"config_file": str(config)}, {})
+    assert from_file.webhook_schedule == (0.0, 1.0, 60.0)
+    assert (from_file.webhook_timeout, from_file.webhook_concurrency) == (4.0, 16)
+    env = {"OCSTREAM_WEBHOOK_SCHEDULE": "0, 2.5", "OCSTREAM_WEBHOOK_CONCURRENCY": "5"}
+    settings = load_settings(
+        {"config_file": str(config), "redis_url": redis_url, "data_dir": str(tmp_path / "d")}, env
+    )
+    assert settings.webhook_schedule == (0.0, 2.5)
+    assert (settings.webhook_timeout, settings.webhook_concurrency) == (4.0, 5)
+    app = build_app(settings, redis_url=redis_url)
+    dispatcher = app.webhooks.settings
+    assert dispatcher.schedule == (0.0, 2.5)
+    assert (dispatcher.timeout, dispatcher.max_concurrency) == (4.0, 5)
+    assert dispatcher.lease_seconds == 3 * 4.0 + 30  # follows the timeout
+    for bad in (
+        {"OCSTREAM_WEBHOOK_SCHEDULE": "0,-5"},
+        {"OCSTREAM_WEBHOOK_SCHEDULE": "0,soon"},
+        {"OCSTREAM_WEBHOOK_SCHEDULE": ","},
+        {"OCSTREAM_WEBHOOK_SCHEDULE": "0,inf"},
+        {"OCSTREAM_WEBHOOK_TIMEOUT": "0"},
+        {"OCSTREAM_WEBHOOK_CONCURRENCY": "0"},
+    ):
+        with pytest.raises(ConfigError, match="webhook_"):
+            load_settings({}, bad)
 
 
 @pytest.mark.parametrize(
