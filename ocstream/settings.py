@@ -45,7 +45,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 from .transport.settings import TransportSettings
@@ -141,6 +141,16 @@ class Settings(BaseModel):
     #: Seconds without a new block of a network after which /health reports it stale.
     health_stale_after: float = Field(default=120.0, gt=0)
     transport: TransportSettings = Field(default_factory=TransportSettings)
+
+    @field_validator("webhook_schedule")
+    @classmethod
+    def _first_attempt_at_once(cls, schedule: tuple[float, ...]) -> tuple[float, ...]:
+        if schedule[0] != 0:
+            raise ValueError(
+                "the first step must be 0: a notification's first attempt is made as soon as "
+                "it is queued, the steps after it are the retries' delays"
+            )
+        return schedule
 
     @property
     def embedded(self) -> bool:

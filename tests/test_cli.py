@@ -234,6 +234,7 @@ async def test_webhook_delivery_settings_reach_the_dispatcher(
         {"OCSTREAM_WEBHOOK_SCHEDULE": "0,soon"},
         {"OCSTREAM_WEBHOOK_SCHEDULE": ","},
         {"OCSTREAM_WEBHOOK_SCHEDULE": "0,inf"},
+        {"OCSTREAM_WEBHOOK_SCHEDULE": "5,10"},  # the first attempt is always made at once
         {"OCSTREAM_WEBHOOK_TIMEOUT": "0"},
         {"OCSTREAM_WEBHOOK_CONCURRENCY": "0"},
     ):
