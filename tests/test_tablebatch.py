@@ -30,6 +30,7 @@ from ocstream.transport.metrics import METRICS
 from ocstream.transport.producer import MAX_BATCH_RECORDS, MAX_IN_FLIGHT, Producer
 from ocstream.transport.settings import TransportSettings
 from ocstream.transport.wire import entry_value
+from tests.streams import axrange
 from tests.workers import free_port
 
 
@@ -42,15 +43,10 @@ async def app(redis_url: str, prefix: str, tmp_path: Path) -> AsyncIterator[Any]
     await app.producer.stop()
 
 
-async def _xrange(client: aioredis.Redis, name: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    """The entries of stream ``name`` (bytes: the client does not decode responses)."""
-    return cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(name))
-
-
 async def changelog(redis_url: str, prefix: str, topic: str, partition: int) -> list[Any]:
     """``(key, value)`` of each entry of a changelog partition, in order."""
     client = aioredis.Redis.from_url(redis_url)
-    entries = await _xrange(client, Keyspace(prefix).stream(topic, partition))
+    entries = await axrange(client, Keyspace(prefix).stream(topic, partition))
     await client.aclose()
     return [(fields[b"k"], entry_value(fields)) for _, fields in entries]
 
@@ -361,7 +357,7 @@ async def test_queue_keys_records_like_send_once_the_partitions_are_known(
     await producer.flush()
     client = aioredis.Redis.from_url(redis_url)
     for partition in range(4):
-        entries = await _xrange(client, Keyspace(prefix).stream(topic, partition))
+        entries = await axrange(client, Keyspace(prefix).stream(topic, partition))
         mine = [n for n, key in enumerate(keys) if partition_for_key(key, 4) == partition]
         assert [int(entry_value(fields) or b"-1") for _, fields in entries] == mine
         for _, fields in entries:

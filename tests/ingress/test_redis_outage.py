@@ -31,6 +31,7 @@ from ocstream.transport import Keyspace, TopicWriter
 from ocstream.transport.wire import entry_value
 from tests.ingress.rpc_server import RecordedChainServer
 from tests.own_redis import kill_redis, start_redis, wipe
+from tests.streams import axrange
 from tests.workers import free_port, ocstream_env
 
 FIRST = 17844552
@@ -57,11 +58,6 @@ def config_text(servers: list[RecordedChainServer], networks: list[str]) -> str:
     )
 
 
-async def _xrange(client: aioredis.Redis, name: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    """The entries of stream ``name`` (bytes: the clients here do not decode responses)."""
-    return cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(name))
-
-
 async def published(url: str, prefix: str) -> dict[str, list[int]]:
     """Block numbers in the blocks topic, per network, in topic order."""
     client = aioredis.Redis.from_url(url, socket_timeout=10)
@@ -70,7 +66,7 @@ async def published(url: str, prefix: str) -> dict[str, list[int]]:
     try:
         count = int(await client.hget(keys.topics, "blocks") or 0)
         for p in range(count):
-            for _, fields in await _xrange(client, keys.stream("blocks", p)):
+            for _, fields in await axrange(client, keys.stream("blocks", p)):
                 out[fields[b"k"].decode()].append(
                     ExtendedBlock.from_json_bytes(cast(bytes, entry_value(fields))).number
                 )
@@ -365,7 +361,7 @@ async def test_publishing_a_block_twice_appends_it_once(redis_url: str, prefix: 
         values = []
         for p in range(2):
             values += [
-                entry_value(f) for _, f in await _xrange(client, writer.keys.stream("blocks", p))
+                entry_value(f) for _, f in await axrange(client, writer.keys.stream("blocks", p))
             ]
         assert values == [b"block 7", b"block 8"]
         stored = await registry.get(NETWORKS[0])

@@ -12,11 +12,7 @@ import redis.asyncio as aioredis
 from ocstream.transport import Keyspace, TopicError, TopicWriter
 from ocstream.transport.wire import Record, entry_value, id_to_offset
 from ocstream.transport.writer import append_records
-
-
-async def _xrange(client: aioredis.Redis, name: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    """The entries of stream ``name`` (bytes: the client does not decode responses)."""
-    return cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(name))
+from tests.streams import axrange
 
 
 async def test_concurrent_writers_get_dense_unique_offsets(redis_url: str, prefix: str) -> None:
@@ -37,7 +33,7 @@ async def test_concurrent_writers_get_dense_unique_offsets(redis_url: str, prefi
     keys = Keyspace(prefix)
     lengths = []
     for p in range(2):
-        ids = [entry_id for entry_id, _ in await _xrange(client, keys.stream("t", p))]
+        ids = [entry_id for entry_id, _ in await axrange(client, keys.stream("t", p))]
         assert [id_to_offset(i) for i in ids] == list(range(len(ids)))  # dense, from 0
         lengths.append(len(ids))
     assert lengths == [208, 192]  # batches i = 0, 2, … 24 went to partition 0
@@ -75,7 +71,7 @@ async def test_compaction_keeps_last_value_and_a_tombstone_per_deleted_key(
     batch.append(("cl", 0, Record(b"k0", None, 1)))  # delete k0
     offsets = await append_records(client, keys, batch, compacted={"cl"})
     assert offsets == list(range(31))
-    entries = await _xrange(client, keys.stream("cl", 0))
+    entries = await axrange(client, keys.stream("cl", 0))
     latest = {fields[b"k"]: fields.get(b"v") for _, fields in entries}
     assert latest == {b"k1": b"28", b"k2": b"29", b"k0": None}
     assert len(entries) == 3  # one entry per key, the tombstone included
@@ -90,7 +86,7 @@ async def test_compaction_keeps_last_value_and_a_tombstone_per_deleted_key(
     # A compressed value is a value, not a tombstone.
     big = b"0x" + b"ab" * 1000
     await append_records(client, keys, [("cl", 0, Record(b"k2", big, 1))], compacted={"cl"})
-    entries = await _xrange(client, keys.stream("cl", 0))
+    entries = await axrange(client, keys.stream("cl", 0))
     assert {fields[b"k"]: entry_value(fields) for _, fields in entries}[b"k2"] == big
     assert b"z" in entries[-1][1] and await client.zcard(keys.tombstones("cl", 0)) == 1
     # Highwater survives compaction: the next write is offset 32.
@@ -106,7 +102,7 @@ async def _check_compacted(
 ) -> None:
     """The stream, its index and its tombstones hold exactly the newest record of each key
     (``newest``: key -> (offset, value or None for a delete))."""
-    entries = await _xrange(client, keys.stream("cl", 0))
+    entries = await axrange(client, keys.stream("cl", 0))
     assert {fields[b"k"]: (id_to_offset(i), entry_value(fields)) for i, fields in entries} == (
         newest
     )

@@ -38,6 +38,7 @@ from ocstream.transport.writer import TopicWriter, append_records
 from ocstream.xcm.keys import leg_key, spread_origin
 from ocstream.xcm.legs import SentLeg, leg_record
 from ocstream.xcm.matching import TABLES
+from tests.streams import xrange
 
 from ..workers import Worker, publish_records, wait_for
 from .sim import relayed_leg
@@ -55,18 +56,13 @@ NETWORKS = {
 JUNK = "junk"
 
 
-def _xrange(client: redis.Redis, name: bytes | str) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    """The entries of a stream (bytes: the clients here do not decode responses)."""
-    return cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(name))
-
-
 def read_records(redis_url: str, prefix: str, topic: str) -> list[tuple[int, str, Any]]:
     """``(partition, key, value)`` of every record of a topic (but the junk of ``xcm-legs``)."""
     client = redis.Redis.from_url(redis_url)
     keys = Keyspace(prefix)
     found = []
     for partition in range(PARTITIONS):
-        for _, fields in _xrange(client, keys.stream(topic, partition)):
+        for _, fields in xrange(client, keys.stream(topic, partition)):
             key = fields.get(b"k", b"").decode()
             if key != JUNK or topic != "xcm-legs":
                 found.append((partition, key, json.loads(cast(bytes, entry_value(fields)))))
@@ -80,7 +76,7 @@ def notification_records(redis_url: str, prefix: str) -> list[tuple[list[Any], d
     keys = Keyspace(prefix)
     found = []
     for partition in range(PARTITIONS):
-        for _, fields in _xrange(client, keys.stream("xcm-notifications", partition)):
+        for _, fields in xrange(client, keys.stream("xcm-notifications", partition)):
             value = json.loads(cast(bytes, entry_value(fields)))
             found.append((decode_headers(fields.get(b"h")), value))
     client.close()
@@ -95,7 +91,7 @@ def compressed_with(redis_url: str, prefix: str) -> set[int]:
     for key in cast(Iterator[bytes], client.scan_iter(match=f"{prefix}t:*", _type="stream")):
         if key.startswith(f"{prefix}t:blocks:".encode()):
             continue
-        for _, fields in _xrange(client, key):
+        for _, fields in xrange(client, key):
             packed = fields.get(b"z")
             if packed is not None and packed.startswith(ZSTD_MAGIC):
                 found.add(zstandard.get_frame_parameters(packed).dict_id)
