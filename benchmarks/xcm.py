@@ -99,6 +99,7 @@ from procs import (
 from throughput import baseline, fill
 
 from ocstream.transport import Keyspace, TopicWriter
+from ocstream.transport.keys import is_changelog
 from ocstream.transport.lag import group_lag
 from ocstream.transport.settings import TransportSettings
 from ocstream.transport.wire import entry_value
@@ -208,7 +209,7 @@ def trim_consumed(client: redis.Redis, prefix: str) -> None:
             committed[name] = min(int(value), committed.get(name, int(value)))
     for name, offset in committed.items():
         topic, _, partition = name.rpartition("\x1f")
-        if topic.endswith("-changelog") or not partition.isdigit():
+        if is_changelog(topic) or not partition.isdigit():
             continue
         # Exact, as retention trims (scripts.py): redis-py's default is "~", which removes
         # whole nodes only and at most 10,000 entries a call, and left half the legs of a

@@ -50,6 +50,7 @@ from mode import get_logger
 from . import local_state, retention, scripts
 from .assignor import LoadAwareAssignor
 from .client import TRANSIENT_ERRORS, Backoff
+from .keys import is_changelog
 from .metrics import METRICS
 from .traffic import TrafficWatch, Verdict
 
@@ -244,7 +245,7 @@ class GroupCoordinator:
             # cut by length (only its old tombstones go).
             subscribed |= set(self.consumer.subscription())
             changelogs = set(self.app.tables.changelog_topics)
-            changelogs |= {t for t in subscribed if t.endswith("-changelog")}
+            changelogs |= {t for t in subscribed if is_changelog(t)}
             await retention.apply(
                 self.client,
                 self.consumer.keys,

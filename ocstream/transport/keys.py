@@ -135,5 +135,15 @@ class GroupKeys:
         return self.base + "assign-groups"
 
 
+#: What faust's table changelog topics end with (``<app id>-<table>-changelog``).
+CHANGELOG_SUFFIX = "-changelog"
+
+
+def is_changelog(topic: str) -> bool:
+    """Whether ``topic`` is a table's changelog by its name: how a member knows the changelog
+    of a table it does not have itself (another role's, another app's)."""
+    return topic.endswith(CHANGELOG_SUFFIX)
+
+
 def offset_field(topic: str, partition: int) -> str:
     return f"{topic}{OFFSET_FIELD_SEP}{partition}"

@@ -19,18 +19,16 @@ from typing import cast
 
 import redis
 
-from .keys import Keyspace, offset_field
+from .keys import Keyspace, is_changelog, offset_field
 
 __all__ = ["group_lag", "group_topics"]
-
-CHANGELOG_SUFFIX = "-changelog"
 
 
 def group_topics(client: redis.Redis, keys: Keyspace, group: str) -> list[str]:
     """The topics ``group``'s members subscribe to, table changelogs left out: standbys read
     those, and the group commits no offset there."""
     names = (n.decode() for n in cast(set[bytes], client.smembers(keys.group(group).topics)))
-    return sorted(n for n in names if not n.endswith(CHANGELOG_SUFFIX))
+    return sorted(n for n in names if not is_changelog(n))
 
 
 def group_lag(
