@@ -39,6 +39,17 @@ __all__ = ["install"]
 log = logging.getLogger("ocstream.services")
 
 
+def webhook_options(settings: Settings) -> dict[str, Any]:
+    """The webhook settings the worker was given, as ``WebhookSettings`` names them; those
+    not given keep the dispatcher's defaults."""
+    given = {
+        "timeout": settings.webhook_timeout,
+        "schedule": settings.webhook_schedule,
+        "max_concurrency": settings.webhook_concurrency,
+    }
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def install(app: Any, settings: Settings, *, redis_url: str) -> None:
     client = connect(redis_url, name=f"{settings.app_id}-services")
     # The API's requests have their own bounded pool with short timeouts: a frozen Redis
@@ -79,10 +90,8 @@ def install(app: Any, settings: Settings, *, redis_url: str) -> None:
         client,
         prefix,
         WebhookSettings(
-            timeout=settings.webhook_timeout,
-            schedule=settings.webhook_schedule,
-            max_concurrency=settings.webhook_concurrency,
             allow_private_targets=settings.webhook_allow_private,
+            **webhook_options(settings),
         ),
         get_subscription=subscription_json,
     )

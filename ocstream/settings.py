@@ -24,11 +24,11 @@ option                     environment              meaning
 (none)                     ``OCSTREAM_HEADER_TIMEOUT``  seconds to send a request's headers
 (none)                     ``OCSTREAM_BODY_TIMEOUT``  seconds to send a request's body
 (none)                     ``OCSTREAM_WEBHOOK_ALLOW_PRIVATE``  allow webhooks to private hosts
-(none)                     ``OCSTREAM_WEBHOOK_TIMEOUT``  seconds per webhook attempt (10)
+(none)                     ``OCSTREAM_WEBHOOK_TIMEOUT``  seconds per webhook attempt
 (none)                     ``OCSTREAM_WEBHOOK_SCHEDULE``  delay before each attempt, seconds,
-                                                    comma-separated (0,5,300,...: 8 attempts)
+                                                    comma-separated, the first 0
 (none)                     ``OCSTREAM_WEBHOOK_CONCURRENCY``  webhook POSTs in flight per
-                                                    worker (64)
+                                                    worker (all three: docs/webhooks.md)
 (none)                     ``OCSTREAM_HEALTH_STALE_AFTER``  seconds without a new block before
                                                     /health calls a network stale (120)
 =========================  =======================  ======================================
@@ -75,9 +75,6 @@ ENV_NAMES = {
     "health_stale_after": "OCSTREAM_HEALTH_STALE_AFTER",
 }
 _LISTS = ("api_tokens", "admin_tokens", "read_tokens", "allowed_hosts", "webhook_schedule")
-#: The webhook retry schedule's default (``ocstream.sinks.webhook.DEFAULT_SCHEDULE``, which
-#: this module does not import: it imports the HTTP client).
-WEBHOOK_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 #: ``Host`` names accepted by default when the worker listens on a loopback address.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -126,26 +123,27 @@ class Settings(BaseModel):
     body_timeout: float = Field(default=30.0, gt=0)
     #: Let webhooks target loopback, private and link-local addresses (off: SSRF guard).
     webhook_allow_private: bool = False
-    #: Seconds one webhook attempt may take: the DNS check, connecting, sending and the
-    #: answer's headers (``docs/webhooks.md``).
-    webhook_timeout: float = Field(default=10.0, gt=0, le=300)
+    #: Webhook delivery (``docs/webhooks.md``); None: the dispatcher's default
+    #: (``ocstream.sinks.webhook.WebhookSettings``). Seconds one attempt may take: the DNS
+    #: check, connecting, sending and the answer's headers.
+    webhook_timeout: float | None = Field(default=None, gt=0, le=300)
     #: Delay before each webhook attempt, in seconds, counted from the previous failure; its
     #: length is the number of attempts, after which a delivery is a dead letter. Every worker
     #: of a deployment should have the same: whichever worker attempts a delivery next
     #: schedules its retry by its own.
-    webhook_schedule: tuple[Annotated[float, Field(ge=0, allow_inf_nan=False)], ...] = Field(
-        default=WEBHOOK_SCHEDULE, min_length=1, max_length=100
+    webhook_schedule: tuple[Annotated[float, Field(ge=0, allow_inf_nan=False)], ...] | None = Field(
+        default=None, min_length=1, max_length=100
     )
     #: Webhook POSTs in flight at once on one worker.
-    webhook_concurrency: int = Field(default=64, ge=1, le=10_000)
+    webhook_concurrency: int | None = Field(default=None, ge=1, le=10_000)
     #: Seconds without a new block of a network after which /health reports it stale.
     health_stale_after: float = Field(default=120.0, gt=0)
     transport: TransportSettings = Field(default_factory=TransportSettings)
 
     @field_validator("webhook_schedule")
     @classmethod
-    def _first_attempt_at_once(cls, schedule: tuple[float, ...]) -> tuple[float, ...]:
-        if schedule[0] != 0:
+    def _first_attempt_at_once(cls, schedule: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if schedule is not None and schedule[0] != 0:
             raise ValueError(
                 "the first step must be 0: a notification's first attempt is made as soon as "
                 "it is queued, the steps after it are the retries' delays"

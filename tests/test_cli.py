@@ -203,14 +203,14 @@ async def test_webhook_delivery_settings_reach_the_dispatcher(
     tmp_path: Path, redis_url: str
 ) -> None:
     """Timeout, retry schedule and concurrency of webhook delivery: from the file, the
-    environment over it, the defaults the dispatcher's own, and a worker's dispatcher built
-    with them; values the dispatcher would refuse stop the worker at its start."""
-    defaults, own = Settings(), WebhookSettings()
-    assert defaults.webhook_schedule == tuple(own.schedule) == tuple(map(float, DEFAULT_SCHEDULE))
-    assert (defaults.webhook_timeout, defaults.webhook_concurrency) == (
-        own.timeout,
-        own.max_concurrency,
-    )
+    environment over it, and a worker's dispatcher built with them (with none given, with
+    its own defaults); values it could not use stop the worker at its start."""
+    own = WebhookSettings()
+    unset = build_app(
+        Settings(redis_url=redis_url, data_dir=tmp_path / "unset"), redis_url=redis_url
+    ).webhooks.settings
+    assert unset.schedule == tuple(map(float, DEFAULT_SCHEDULE))  # the dispatcher's defaults
+    assert (unset.timeout, unset.max_concurrency) == (own.timeout, own.max_concurrency)
     config = tmp_path / "worker.toml"
     config.write_text(
         "[worker]\nwebhook_schedule = [0, 1, 60]\nwebhook_timeout = 4\nwebhook_concurrency = 16\n"
