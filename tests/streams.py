@@ -3,7 +3,7 @@ the tests' clients do not decode responses, so an entry is ``(id, {field: value}
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -12,11 +12,12 @@ import redis.asyncio as aioredis
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
-def xrange(client: redis.Redis, name: bytes | str) -> Entries:
-    """The entries of stream ``name``, oldest first."""
-    return cast(Entries, client.xrange(name))
+def xrange(client: redis.Redis, name: bytes | str, **options: Any) -> Entries:
+    """The entries of stream ``name``, oldest first (``options``: XRANGE's ``min``, ``max``,
+    ``count``)."""
+    return cast(Entries, client.xrange(name, **options))
 
 
-async def axrange(client: aioredis.Redis, name: bytes | str) -> Entries:
-    """The entries of stream ``name``, oldest first (asyncio client)."""
-    return cast(Entries, await client.xrange(name))
+async def axrange(client: aioredis.Redis, name: bytes | str, **options: Any) -> Entries:
+    """The entries of stream ``name``, oldest first (asyncio client; options as above)."""
+    return cast(Entries, await client.xrange(name, **options))

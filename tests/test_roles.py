@@ -39,6 +39,7 @@ from ocstream.transport.client import connect
 from ocstream.transport.keys import Keyspace
 from ocstream.transport.wire import decode_headers
 from tests.sinks.test_webhook import Receiver
+from tests.streams import xrange
 from tests.workers import Worker, committed_offsets, highwaters
 
 T = TypeVar("T")
@@ -280,10 +281,7 @@ async def test_match_and_deliver_workers_split_the_work_and_deliver_once(
             selected = [
                 orjson.loads(headers[SELECT_HEADER])
                 for p in range(PARTITIONS)
-                for _, fields in cast(
-                    list[tuple[bytes, dict[bytes, bytes]]],
-                    sync_client.xrange(keys.stream(NOTIFICATIONS, p)),
-                )
+                for _, fields in xrange(sync_client, keys.stream(NOTIFICATIONS, p))
                 if SELECT_HEADER in (headers := dict(decode_headers(fields.get(b"h"))))
             ]
             assert sorted(n["id"] for n in selected) == sorted(n["id"] for n in real), selected

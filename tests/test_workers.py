@@ -26,6 +26,7 @@ from ocstream.transport.assignor import MIN_RECORDS
 from ocstream.transport.keys import Keyspace
 from ocstream.transport.lag import group_lag
 from ocstream.transport.traffic import SETTLE_RECORDS
+from tests.streams import xrange
 from tests.workers import (
     Worker,
     changelog_counts,
@@ -168,9 +169,7 @@ def wait_tombstones_removed(redis_url: str, prefix: str, app_id: str, deleted: s
             not any(
                 fields[b"k"].decode().strip('"') in deleted
                 for p in range(4)
-                for _, fields in cast(
-                    list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream(changelog, p))
-                )
+                for _, fields in xrange(client, stream(changelog, p))
             )
         ),
         30,

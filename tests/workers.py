@@ -21,6 +21,7 @@ import redis
 from ocstream.transport.keys import Keyspace
 from ocstream.transport.wire import entry_value, id_to_offset
 from ocstream.transport.writer import TopicWriter
+from tests.streams import xrange
 
 T = TypeVar("T")
 
@@ -265,8 +266,7 @@ def changelog_partition(
     client = redis.Redis.from_url(redis_url)
     stream = Keyspace(prefix).stream(f"{app_id}-demo-counts-changelog", partition)
     table: dict[str, int] = {}
-    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream))
-    for _, fields in entries:
+    for _, fields in xrange(client, stream):
         key = json.loads(fields[b"k"])
         value = entry_value(fields)
         if value is None:

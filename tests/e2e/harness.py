@@ -36,7 +36,7 @@ from standardwebhooks import Webhook
 
 from ocstream.transport.keys import Keyspace
 from ocstream.transport.lag import group_lag
-from ocstream.transport.wire import entry_value
+from ocstream.transport.wire import entry_value, id_to_offset
 from tests.localnet.check import (
     EXPECTED_JOURNEYS,
     PARA1000,
@@ -57,6 +57,7 @@ from tests.localnet.network import (
     ump_transfer,
     xcmp_transfer,
 )
+from tests.streams import xrange
 from tests.workers import FAST_GROUP_ENV, free_port, ocstream_env, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -580,10 +581,9 @@ class Stack:
         out = []
         for partition in range(partitions):
             stream = f"{self.prefix}t:{topic}:{partition}"
-            entries = cast(list[tuple[bytes, dict[bytes, bytes]]], self.client.xrange(stream))
-            for entry_id, fields in entries:
-                offset = int(entry_id.decode().split("-", 1)[1]) - 1
-                out.append((partition, offset, json.loads(cast(bytes, entry_value(fields)))))
+            for entry_id, fields in xrange(self.client, stream):
+                value = json.loads(cast(bytes, entry_value(fields)))
+                out.append((partition, id_to_offset(entry_id), value))
         return out
 
     def committed(self, topic: str) -> dict[int, int]:

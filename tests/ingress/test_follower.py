@@ -26,6 +26,7 @@ from ocstream.transport import Keyspace, TopicWriter
 from ocstream.transport.wire import decode_headers, entry_value
 from ocstream.xcm.coverage import Coverage, coverage_of_record
 from tests.ingress.rpc_server import RecordedChainServer
+from tests.streams import axrange
 
 URN = "urn:ocn:polkadot:0"
 FIRST = 17844552
@@ -94,8 +95,7 @@ class Harness:
         count = await self.writer.topics.get("blocks") or 0
         blocks = []
         for p in range(count):
-            entries = await self.client.xrange(keys.stream("blocks", p))
-            for _, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], entries):
+            for _, fields in await axrange(self.client, keys.stream("blocks", p)):
                 assert fields[b"k"] == key.encode()
                 # The ingress vouches for its values, and reading them as they are gives the
                 # same block as normalising them again.

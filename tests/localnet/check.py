@@ -44,6 +44,7 @@ from ocstream.xcm.extract import (
     decode_hrmp_outbound,
     decode_upward_messages,
 )
+from tests.streams import xrange
 from tests.workers import free_port
 
 from .network import (
@@ -217,10 +218,7 @@ def published_blocks(client: redis.Redis, prefix: str) -> dict[str, list[Extende
     partitions = int(cast(bytes | None, client.hget(f"{prefix}topics", "blocks")) or 0)
     out: dict[str, list[ExtendedBlock]] = {}
     for partition in range(partitions):
-        entries = cast(
-            list[tuple[bytes, dict[bytes, bytes]]], client.xrange(f"{prefix}t:blocks:{partition}")
-        )
-        for _, fields in entries:
+        for _, fields in xrange(client, f"{prefix}t:blocks:{partition}"):
             block = ExtendedBlock.from_json_bytes(cast(bytes, entry_value(fields)))
             out.setdefault(block.network, []).append(block)
     return out
@@ -232,7 +230,7 @@ def notifications(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for partition in range(partitions):
         stream = f"{prefix}t:xcm-notifications:{partition}"
-        for _, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream)):
+        for _, fields in xrange(client, stream):
             note = json.loads(cast(bytes, entry_value(fields)))
             found[note["id"]] = note
     return list(found.values())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import pytest
@@ -22,6 +22,7 @@ from ocstream.transport.retention import Limits, apply, parse_override
 from ocstream.transport.settings import TransportSettings
 from ocstream.transport.wire import Record, id_to_offset
 from ocstream.transport.writer import append_records
+from tests.streams import axrange
 
 #: Only the limit a test is about: the others off.
 NO_LIMITS = {"retention_hours": 0, "retention_mb": 0, "max_len": 0}
@@ -38,7 +39,7 @@ def settings(**limits: float) -> TransportSettings:
 
 
 async def first_offset(client: aioredis.Redis, stream: str) -> int | None:
-    head = cast(list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(stream, count=1))
+    head = await axrange(client, stream, count=1)
     return id_to_offset(head[0][0]) if head else None
 
 
@@ -189,9 +190,7 @@ async def remove(client: aioredis.Redis, keys: Keyspace, **kwargs: float) -> Non
 
 
 async def changelog_keys(client: aioredis.Redis, keys: Keyspace) -> dict[bytes, bytes | None]:
-    entries = cast(
-        list[tuple[bytes, dict[bytes, bytes]]], await client.xrange(keys.stream(CHANGELOG, 0))
-    )
+    entries = await axrange(client, keys.stream(CHANGELOG, 0))
     return {fields[b"k"]: fields.get(b"v") for _, fields in entries}
 
 

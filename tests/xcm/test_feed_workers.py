@@ -18,13 +18,14 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis
 
 from ocstream.transport import Keyspace
 from ocstream.transport.wire import entry_value
+from tests.streams import xrange
 from tests.workers import Worker, publish_records, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -48,8 +49,7 @@ def notifications(redis_url: str, prefix: str) -> dict[str, dict[str, Any]]:
     keys = Keyspace(prefix)
     found: dict[str, dict[str, Any]] = {}
     for partition in range(PARTITIONS):
-        entries = client.xrange(keys.stream("xcm-notifications", partition))
-        for _, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], entries):
+        for _, fields in xrange(client, keys.stream("xcm-notifications", partition)):
             note = orjson.loads(entry_value(fields) or b"{}")
             found[note["id"]] = note
     client.close()
