@@ -1,0 +1,210 @@
+"""A worker working off a large backlog of ``xcm-legs`` writes its results as it goes, in round
+trips of bounded size, and matches every journey exactly once.
+
+The match agent (``topology/xcm.py``, ``xcm_match``) takes records from a direct feed and, while
+the feed holds some, has nothing to wait for: its flush only queues records in the producer.
+Left to itself it would keep the event loop for as long as the feed lasts, and the producer
+(whose task writes what was queued) would write nothing until then, and then everything at
+once; the drain loop would not refill the feed meanwhile either. That is the regression this
+test guards (``docs/benchmarks.md``, "Issue 14, twenty-fifth round": a burst of 40,000 journeys
+held the loop for more than a second at a time, and a round trip of 60,000 records took 200 MiB
+of heap). What prevents it is a turn of the event loop while the matcher works: the matcher's
+``await app.producer.wait_room()`` after each batch, and the drain loop's own yield every 100
+records it hands over (``ocstream/transport/drain.py``, ``_Drain.YIELD_EVERY``), which keeps the
+feed short in the first place. The test fails when neither holds; either one alone is enough to
+pass it (removing ``wait_room`` alone does not fail it).
+
+The backlog (synthetic journeys, ``benchmarks/journeys.py``, every leg published at once in a
+random order) is in Redis before the worker starts, and the worker's fetch count is raised so
+that one fetch brings all of it into the worker: how much of it the matcher gets through
+between two writes is then decided by those yields alone. While the worker works, the test
+samples the notifications in Redis and the worker's ``/metrics``. It asserts:
+
+1. some notifications were in Redis while at least :data:`UNTAKEN_SHARE` of the backlog was not
+   yet taken by the worker's agents (``ocstream_transport_direct_records_taken_total``, read
+   after the notifications: it counts delivery's records and the matcher's own index records
+   too, so it only overstates how far the matcher got). A committed offset would not do:
+   offsets are committed after the writes they cover, so the committed lag is still the whole
+   backlog just after an agent that held the loop has had its writes made;
+2. the producer's round trips carried at most :data:`~ocstream.transport.producer.MAX_BATCH_RECORDS`
+   records each on average, over many round trips;
+3. every journey ended with exactly its three notifications (``xcm.sent``, ``xcm.relayed``,
+   ``xcm.received``), each written once, nothing dead-lettered, nothing timed out.
+
+No assertion is about time: the timeouts only keep a broken run from hanging.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from ocstream.transport import Keyspace
+from ocstream.transport.producer import MAX_BATCH_RECORDS
+from ocstream.transport.wire import entry_value
+from tests.streams import xrange
+from tests.workers import Worker, publish_records, wait_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+if TYPE_CHECKING:  # mypy does not see the sys.path above: it finds the module from the root
+    from benchmarks.journeys import build_journeys, shuffled
+else:
+    from journeys import build_journeys, shuffled
+
+PARTITIONS = 4  # the test worker's topic partitions
+#: 30,000 leg records: about 4 s of matching for one worker on the 2-core development machine,
+#: so that dozens of samples land while it works, several of them in its first third.
+JOURNEYS = 10_000
+#: The match agent's batch bound (``OCSTREAM_XCM_BATCH_RECORDS``; 500 by default).
+BATCH_RECORDS = 200
+#: Share of the backlog that must still be untaken in some sample that finds notifications
+#: written (assertion 1). A worker yielding per batch had taken a tenth to a fifth of it when the
+#: first notifications landed; one that holds the loop until its feed runs dry, all of it.
+UNTAKEN_SHARE = 0.3
+SAMPLE_EVERY = 0.1  # seconds between samples
+TIMEOUT = 180.0  # only against a hang: a healthy run takes a few seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One look at the run: the notifications in Redis, then the worker's counters."""
+
+    at: float  # seconds since the worker was started (for the failure message)
+    notifications: int
+    taken: float | None  # direct_records_taken; None when the worker did not answer
+    produced: float | None  # records_produced
+
+    def __str__(self) -> str:
+        taken = "-" if self.taken is None else f"{self.taken:.0f}"
+        produced = "-" if self.produced is None else f"{self.produced:.0f}"
+        return f"{self.at:.2f}s notes={self.notifications} taken={taken} produced={produced}"
+
+
+def scrape(worker: Worker) -> dict[str, float] | None:
+    """The unlabelled samples of the worker's ``/metrics``, read in one request (so they are of
+    one moment); None when it does not answer (not started yet, or its loop is held)."""
+    try:
+        text = worker.get("/metrics")
+    except OSError:  # refused, reset, timed out (urllib's URLError is an OSError)
+        return None
+    return {
+        sample.name: float(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
+
+
+def notification_count(client: redis.Redis, keys: Keyspace) -> int:
+    streams = [keys.stream("xcm-notifications", p) for p in range(PARTITIONS)]
+    return sum(client.xlen(stream) for stream in streams)
+
+
+def notification_entries(client: redis.Redis, keys: Keyspace) -> list[dict[str, Any]]:
+    """Every notification entry written, in partition order (duplicates included)."""
+    return [
+        orjson.loads(entry_value(fields) or b"{}")
+        for partition in range(PARTITIONS)
+        for _, fields in xrange(client, keys.stream("xcm-notifications", partition))
+    ]
+
+
+def test_a_backlog_is_written_as_it_is_matched_in_bounded_round_trips(
+    redis_url: str, prefix: str, app_id: str, tmp_path: Path
+) -> None:
+    journeys = build_journeys(0, JOURNEYS, seed=11, partitions=PARTITIONS)
+    records = shuffled(journeys, seed=12)
+    backlog = len(records)
+    publish_records(redis_url, prefix, "xcm-legs", records, PARTITIONS)
+    env = {
+        "OCSTREAM_XCM_BATCH_RECORDS": str(BATCH_RECORDS),
+        # One fetch takes every partition's whole backlog into the worker (the default 1,000 a
+        # partition would hand it over in slices, each followed by writes whatever the agent
+        # does).
+        "OCSTREAM_TRANSPORT_FETCH_COUNT": str(backlog),
+    }
+    # The production dataflow (matching and delivery), as a deployed worker runs it.
+    worker = Worker(
+        "w1",
+        tmp_path,
+        redis_url=redis_url,
+        prefix=prefix,
+        app_id=app_id,
+        partitions=PARTITIONS,
+        env=env,
+        dataflow=None,
+    )
+    client = redis.Redis.from_url(redis_url)
+    keys = Keyspace(prefix)
+    samples: list[Sample] = []
+    try:
+        started = time.monotonic()
+        worker.start()
+        while True:
+            if not worker.alive():
+                raise AssertionError(f"the worker exited:\n{worker.log_tail()}")
+            # The notifications first: the counters read after them are of the same moment or
+            # later, so they can only overstate what had been taken when the notes were there.
+            notes = notification_count(client, keys)
+            counters = scrape(worker) or {}
+            taken = counters.get("ocstream_transport_direct_records_taken_total")
+            produced = counters.get("ocstream_transport_records_produced_total")
+            samples.append(Sample(time.monotonic() - started, notes, taken, produced))
+            if notes >= 3 * JOURNEYS:
+                break
+            if time.monotonic() - started > TIMEOUT:
+                raise AssertionError(
+                    f"{notes} of {3 * JOURNEYS} notifications after {TIMEOUT}s:\n"
+                    f"{worker.log_tail()}"
+                )
+            time.sleep(SAMPLE_EVERY)
+        final = wait_for(lambda: scrape(worker), 30, "the worker's /metrics")
+    finally:
+        worker.stop()
+    entries = notification_entries(client, keys)
+    dead_letters = [keys.stream("xcm-dead-letters", p) for p in range(PARTITIONS)]
+    dead = sum(client.xlen(stream) for stream in dead_letters)
+    client.close()
+
+    # 1. Notifications were written while much of the backlog was still to be taken.
+    during = [
+        s
+        for s in samples
+        if s.taken is not None
+        and s.notifications > 0
+        and backlog - s.taken >= UNTAKEN_SHARE * backlog
+    ]
+    timeline = "\n".join(str(s) for s in samples)
+    assert during, (
+        f"no sample found notifications written while {UNTAKEN_SHARE:.0%} of the {backlog} "
+        f"records of the backlog were still to be taken: the worker wrote only once it had "
+        f"taken (nearly) all of it.\n{timeline}"
+    )
+
+    # 2. Round trips of bounded size, and many of them.
+    produced = final["ocstream_transport_records_produced_total"]
+    writes = final["ocstream_transport_produce_writes_total"]
+    assert produced >= 3 * JOURNEYS  # the notifications alone, besides the table changelogs
+    assert writes > 1
+    assert produced / writes <= MAX_BATCH_RECORDS, (produced, writes)
+
+    # 3. Every journey matched exactly once: its three notifications, each written once.
+    by_id = {note["id"]: note for note in entries}
+    assert len(entries) == len(by_id) == 3 * JOURNEYS
+    by_journey: dict[str, Counter[str]] = {}
+    for note in by_id.values():
+        by_journey.setdefault(note["journeyId"], Counter())[note["type"]] += 1
+    assert len(by_journey) == JOURNEYS
+    kinds = Counter(frozenset(types.items()) for types in by_journey.values())
+    expected = frozenset({"xcm.sent": 1, "xcm.relayed": 1, "xcm.received": 1}.items())
+    assert kinds == {expected: JOURNEYS}, kinds
+    assert dead == 0
+    assert final["oc_engine_timeout_total"] == 0
