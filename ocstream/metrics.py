@@ -208,11 +208,25 @@ TRANSPORT_HELP = {
 
 @worker_collector
 def transport_families(app: Any) -> Iterator[Metric]:
-    """``ocstream_transport_*_total``: the transport's counters of this process."""
+    """``ocstream_transport_*_total``: the transport's counters of this process; and what its
+    producer holds, ``ocstream_transport_produce_queued_records`` and ``…_queued_peak_records``."""
     from .transport import METRICS
 
     for name, value in METRICS.as_dict().items():
         yield _counter(f"ocstream_transport_{name}_total", TRANSPORT_HELP.get(name, name), value)
+    producer: Any = getattr(app, "producer", None)
+    if hasattr(producer, "outstanding_peak"):
+        yield _gauge(
+            "ocstream_transport_produce_queued_records",
+            "Records queued to be appended to topics, or being appended, not written yet.",
+            producer.outstanding,
+        )
+        yield _gauge(
+            "ocstream_transport_produce_queued_peak_records",
+            "The most records queued or being appended at once since start (agents wait above "
+            "about two round trips' worth when Redis takes records in slower than they come).",
+            producer.outstanding_peak,
+        )
 
 
 def gc_families() -> Iterator[Metric]:

@@ -123,6 +123,7 @@ def sample_app() -> Any:
         websocket_hub=SimpleNamespace(clients_by_type=lambda: {"ephemeral": 1, "persistent": 0}),
         ingress=ingress,
         delivery_backlog=_backlog(),
+        producer=SimpleNamespace(outstanding=40, outstanding_peak=9_000),
     )
 
 

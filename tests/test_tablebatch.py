@@ -380,8 +380,13 @@ async def test_a_backlog_is_written_in_round_trips_of_bounded_size(
     # Queued without a turn of the loop in between, as an agent working off a backlog does.
     first = producer.queue_many(topic, 0, [(b"k%d" % n, b"%d" % n) for n in range(count - 1)])
     last = producer.queue_many(topic, 1, [(b"last", b"x")])
+    assert producer.outstanding == count
     await producer.flush()
     assert (METRICS.produce_writes - writes, METRICS.records_produced - produced) == (3, count)
+    # What it held at once, all of it (ocstream_transport_produce_queued_peak_records), and
+    # nothing now.
+    assert producer.outstanding_peak >= count
+    assert producer.outstanding == 0
     assert first.result().offset == count - 2
     assert last.result().offset == 0
     values = [int(value) for _, value in await changelog(redis_url, prefix, topic, 0)]

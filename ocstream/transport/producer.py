@@ -84,6 +84,15 @@ class Producer(base.Producer):
         self._settled = 0
         self._settled_changed = asyncio.Condition()
         self._compacted: set[str] = set()
+        #: The most records this producer has held queued or being written at once since it
+        #: started (taken as each round trip settles): what agents queued while Redis or the
+        #: writer was behind, which ``wait_room`` bounds.
+        self.outstanding_peak = 0
+
+    @property
+    def outstanding(self) -> int:
+        """Records queued or being written, not yet written or failed."""
+        return self._queued - self._settled
 
     @property
     def client(self) -> Redis:
@@ -271,6 +280,8 @@ class Producer(base.Producer):
                 await self._settle(len(batch))
 
     async def _settle(self, count: int) -> None:
+        # What is held only grows between two settles: its highest is just before one.
+        self.outstanding_peak = max(self.outstanding_peak, self._queued - self._settled)
         async with self._settled_changed:
             self._settled += count
             self._settled_changed.notify_all()
