@@ -11,8 +11,9 @@ held the loop for more than a second at a time, and a round trip of 60,000 recor
 of heap). What prevents it is a turn of the event loop while the matcher works: the matcher's
 ``await app.producer.wait_room()`` after each batch, and the drain loop's own yield every 100
 records it hands over (``ocstream/transport/drain.py``, ``_Drain.YIELD_EVERY``), which keeps the
-feed short in the first place. The test fails when neither holds; either one alone is enough to
-pass it (removing ``wait_room`` alone does not fail it).
+feed short in the first place. The first test fails when neither holds; either one alone is
+enough to pass it. The second test is about ``wait_room``'s bound alone: it keeps Redis from
+taking writes for a while, so that the producer falls behind whatever the loop does.
 
 The backlog (synthetic journeys, ``benchmarks/journeys.py``, every leg published at once in a
 random order) is in Redis before the worker starts, and the worker's fetch count is raised so
@@ -48,7 +49,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from ocstream.transport import Keyspace
-from ocstream.transport.producer import MAX_BATCH_RECORDS
+from ocstream.transport.producer import MAX_BATCH_RECORDS, MAX_IN_FLIGHT
 from ocstream.transport.wire import entry_value
 from tests.streams import xrange
 from tests.workers import Worker, publish_records, wait_for
@@ -117,22 +118,44 @@ def notification_entries(client: redis.Redis, keys: Keyspace) -> list[dict[str, 
     ]
 
 
-def test_a_backlog_is_written_as_it_is_matched_in_bounded_round_trips(
-    redis_url: str, prefix: str, app_id: str, tmp_path: Path
-) -> None:
-    journeys = build_journeys(0, JOURNEYS, seed=11, partitions=PARTITIONS)
-    records = shuffled(journeys, seed=12)
-    backlog = len(records)
-    publish_records(redis_url, prefix, "xcm-legs", records, PARTITIONS)
+def assert_matched_once(entries: list[dict[str, Any]], dead: int, final: dict[str, float]) -> None:
+    """Every journey ended with exactly its three notifications, each written once; nothing
+    dead-lettered, nothing timed out."""
+    by_id = {note["id"]: note for note in entries}
+    assert len(entries) == len(by_id) == 3 * JOURNEYS
+    by_journey: dict[str, Counter[str]] = {}
+    for note in by_id.values():
+        by_journey.setdefault(note["journeyId"], Counter())[note["type"]] += 1
+    assert len(by_journey) == JOURNEYS
+    kinds = Counter(frozenset(types.items()) for types in by_journey.values())
+    expected = frozenset({"xcm.sent": 1, "xcm.relayed": 1, "xcm.received": 1}.items())
+    assert kinds == {expected: JOURNEYS}, kinds
+    assert dead == 0
+    assert final["oc_engine_timeout_total"] == 0
+
+
+def dead_letter_count(client: redis.Redis, keys: Keyspace) -> int:
+    return sum(client.xlen(keys.stream("xcm-dead-letters", p)) for p in range(PARTITIONS))
+
+
+def backlog_worker(
+    redis_url: str,
+    prefix: str,
+    app_id: str,
+    tmp_path: Path,
+    backlog: int,
+    extra: dict[str, str] | None = None,
+) -> Worker:
+    """One worker running the production dataflow (by default matching and delivery, as a
+    deployed worker runs it), with small matching batches and a fetch that takes every
+    partition's whole backlog at once (the default 1,000 a partition would hand it over in
+    slices, each followed by writes whatever the agent does); ``extra``: more settings."""
     env = {
         "OCSTREAM_XCM_BATCH_RECORDS": str(BATCH_RECORDS),
-        # One fetch takes every partition's whole backlog into the worker (the default 1,000 a
-        # partition would hand it over in slices, each followed by writes whatever the agent
-        # does).
         "OCSTREAM_TRANSPORT_FETCH_COUNT": str(backlog),
+        **(extra or {}),
     }
-    # The production dataflow (matching and delivery), as a deployed worker runs it.
-    worker = Worker(
+    return Worker(
         "w1",
         tmp_path,
         redis_url=redis_url,
@@ -142,6 +165,16 @@ def test_a_backlog_is_written_as_it_is_matched_in_bounded_round_trips(
         env=env,
         dataflow=None,
     )
+
+
+def test_a_backlog_is_written_as_it_is_matched_in_bounded_round_trips(
+    redis_url: str, prefix: str, app_id: str, tmp_path: Path
+) -> None:
+    journeys = build_journeys(0, JOURNEYS, seed=11, partitions=PARTITIONS)
+    records = shuffled(journeys, seed=12)
+    backlog = len(records)
+    publish_records(redis_url, prefix, "xcm-legs", records, PARTITIONS)
+    worker = backlog_worker(redis_url, prefix, app_id, tmp_path, backlog)
     client = redis.Redis.from_url(redis_url)
     keys = Keyspace(prefix)
     samples: list[Sample] = []
@@ -170,8 +203,7 @@ def test_a_backlog_is_written_as_it_is_matched_in_bounded_round_trips(
     finally:
         worker.stop()
     entries = notification_entries(client, keys)
-    dead_letters = [keys.stream("xcm-dead-letters", p) for p in range(PARTITIONS)]
-    dead = sum(client.xlen(stream) for stream in dead_letters)
+    dead = dead_letter_count(client, keys)
     client.close()
 
     # 1. Notifications were written while much of the backlog was still to be taken.
@@ -197,14 +229,69 @@ def test_a_backlog_is_written_as_it_is_matched_in_bounded_round_trips(
     assert produced / writes <= MAX_BATCH_RECORDS, (produced, writes)
 
     # 3. Every journey matched exactly once: its three notifications, each written once.
-    by_id = {note["id"]: note for note in entries}
-    assert len(entries) == len(by_id) == 3 * JOURNEYS
-    by_journey: dict[str, Counter[str]] = {}
-    for note in by_id.values():
-        by_journey.setdefault(note["journeyId"], Counter())[note["type"]] += 1
-    assert len(by_journey) == JOURNEYS
-    kinds = Counter(frozenset(types.items()) for types in by_journey.values())
-    expected = frozenset({"xcm.sent": 1, "xcm.relayed": 1, "xcm.received": 1}.items())
-    assert kinds == {expected: JOURNEYS}, kinds
-    assert dead == 0
-    assert final["oc_engine_timeout_total"] == 0
+    assert_matched_once(entries, dead, final)
+
+
+#: How long Redis refuses writes in the second test: long enough for a worker on a slow machine
+#: to match far more than MAX_IN_FLIGHT records' worth (it makes about five a leg record, some
+#: thousands of leg records a second), well short of the group's session timeout, which the
+#: test sets to 10 s (the test workers' 3 s would leave too little margin: heartbeats are
+#: writes too).
+PAUSE_MS = 2000
+
+
+def test_an_agent_waits_for_room_while_redis_takes_no_writes(
+    redis_url: str, prefix: str, app_id: str, tmp_path: Path
+) -> None:
+    """The same backlog, fetched whole, through a worker that only matches (``--role match``:
+    in a worker that also delivers, matching waits for delivery to finish what it holds, which
+    during the pause it cannot, and that would stop the agent before the bound does). Once the
+    worker has written its first notifications, Redis refuses every write for
+    :data:`PAUSE_MS` (``CLIENT PAUSE … WRITE``: reads go on, so the worker's feed stays full).
+    The match agent must stop at ``wait_room``'s bound instead of
+    queuing the backlog's records: the producer's peak (``ocstream_transport_produce_queued_
+    peak_records``) above :data:`~ocstream.transport.producer.MAX_IN_FLIGHT` (so the pause did
+    bring it to the bound) but not by more than one batch's records (the agent checks after
+    each batch), and at least one wait counted. Measured: a peak of 11,700-11,900 records and
+    11 waits; with the agent's ``wait_room`` replaced by a bare turn of the loop, it went on
+    matching through the pause, to a peak of 20,000-23,000."""
+    journeys = build_journeys(0, JOURNEYS, seed=13, partitions=PARTITIONS)
+    records = shuffled(journeys, seed=14)
+    publish_records(redis_url, prefix, "xcm-legs", records, PARTITIONS)
+    extra = {"OCSTREAM_ROLE": "match", "OCSTREAM_TRANSPORT_SESSION_TIMEOUT": "10"}
+    worker = backlog_worker(redis_url, prefix, app_id, tmp_path, len(records), extra)
+    client = redis.Redis.from_url(redis_url)
+    keys = Keyspace(prefix)
+    try:
+        worker.start()
+
+        def writing() -> bool:
+            if not worker.alive():
+                raise AssertionError(f"the worker exited:\n{worker.log_tail()}")
+            return notification_count(client, keys) > 0
+
+        wait_for(writing, TIMEOUT, "the worker's first notifications")
+        client.client_pause(PAUSE_MS, all=False)  # CLIENT PAUSE <ms> WRITE
+        paused_at = notification_count(client, keys)
+
+        def done() -> bool:
+            if not worker.alive():
+                raise AssertionError(f"the worker exited:\n{worker.log_tail()}")
+            return notification_count(client, keys) >= 3 * JOURNEYS
+
+        wait_for(done, TIMEOUT, f"all {3 * JOURNEYS} notifications")
+        final = wait_for(lambda: scrape(worker), 30, "the worker's /metrics")
+    finally:
+        worker.stop()
+    entries = notification_entries(client, keys)
+    dead = dead_letter_count(client, keys)
+    client.close()
+
+    # The pause came while most of the backlog was still to be matched.
+    assert paused_at < JOURNEYS, paused_at
+    peak = final["ocstream_transport_produce_queued_peak_records"]
+    # A batch of BATCH_RECORDS leg records makes far fewer than MAX_BATCH_RECORDS records.
+    assert MAX_IN_FLIGHT < peak <= MAX_IN_FLIGHT + MAX_BATCH_RECORDS, peak
+    assert final["ocstream_transport_produce_waits_total"] >= 1, final
+    assert final["ocstream_transport_produce_queued_records"] == 0
+    assert_matched_once(entries, dead, final)
