@@ -200,14 +200,14 @@ class Producer(base.Producer):
         records to take, which would keep the loop from the writes and let the queue grow by
         as much as the agent can process (``topology/xcm.py``, the match agent). A wait is
         counted in ``ocstream_transport_produce_waits_total``."""
-        if self._queued - self._settled <= MAX_IN_FLIGHT:
+        if self.outstanding <= MAX_IN_FLIGHT:
             await asyncio.sleep(0)
             return
         METRICS.produce_waits += 1
         self._wakeup.set()
         async with self._settled_changed:
             await self._settled_changed.wait_for(
-                lambda: self._queued - self._settled <= MAX_IN_FLIGHT
+                lambda: self.outstanding <= MAX_IN_FLIGHT
             )
 
     async def send_and_wait(
@@ -281,7 +281,7 @@ class Producer(base.Producer):
 
     async def _settle(self, count: int) -> None:
         # What is held only grows between two settles: its highest is just before one.
-        self.outstanding_peak = max(self.outstanding_peak, self._queued - self._settled)
+        self.outstanding_peak = max(self.outstanding_peak, self.outstanding)
         async with self._settled_changed:
             self._settled += count
             self._settled_changed.notify_all()
