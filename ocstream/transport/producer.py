@@ -206,9 +206,7 @@ class Producer(base.Producer):
         METRICS.produce_waits += 1
         self._wakeup.set()
         async with self._settled_changed:
-            await self._settled_changed.wait_for(
-                lambda: self.outstanding <= MAX_IN_FLIGHT
-            )
+            await self._settled_changed.wait_for(lambda: self.outstanding <= MAX_IN_FLIGHT)
 
     async def send_and_wait(
         self,

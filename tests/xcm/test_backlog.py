@@ -138,6 +138,19 @@ def dead_letter_count(client: redis.Redis, keys: Keyspace) -> int:
     return sum(client.xlen(keys.stream("xcm-dead-letters", p)) for p in range(PARTITIONS))
 
 
+def still_running(worker: Worker) -> None:
+    if not worker.alive():
+        raise AssertionError(f"the worker exited:\n{worker.log_tail()}")
+
+
+def written(client: redis.Redis, keys: Keyspace) -> tuple[list[dict[str, Any]], int]:
+    """Every notification entry written and the count of dead letters; closes ``client``."""
+    entries = notification_entries(client, keys)
+    dead = dead_letter_count(client, keys)
+    client.close()
+    return entries, dead
+
+
 def backlog_worker(
     redis_url: str,
     prefix: str,
@@ -182,8 +195,7 @@ def test_a_backlog_is_written_as_it_is_matched_in_bounded_round_trips(
         started = time.monotonic()
         worker.start()
         while True:
-            if not worker.alive():
-                raise AssertionError(f"the worker exited:\n{worker.log_tail()}")
+            still_running(worker)
             # The notifications first: the counters read after them are of the same moment or
             # later, so they can only overstate what had been taken when the notes were there.
             notes = notification_count(client, keys)
@@ -202,9 +214,7 @@ def test_a_backlog_is_written_as_it_is_matched_in_bounded_round_trips(
         final = wait_for(lambda: scrape(worker), 30, "the worker's /metrics")
     finally:
         worker.stop()
-    entries = notification_entries(client, keys)
-    dead = dead_letter_count(client, keys)
-    client.close()
+    entries, dead = written(client, keys)
 
     # 1. Notifications were written while much of the backlog was still to be taken.
     during = [
@@ -266,8 +276,7 @@ def test_an_agent_waits_for_room_while_redis_takes_no_writes(
         worker.start()
 
         def writing() -> bool:
-            if not worker.alive():
-                raise AssertionError(f"the worker exited:\n{worker.log_tail()}")
+            still_running(worker)
             return notification_count(client, keys) > 0
 
         wait_for(writing, TIMEOUT, "the worker's first notifications")
@@ -275,17 +284,14 @@ def test_an_agent_waits_for_room_while_redis_takes_no_writes(
         paused_at = notification_count(client, keys)
 
         def done() -> bool:
-            if not worker.alive():
-                raise AssertionError(f"the worker exited:\n{worker.log_tail()}")
+            still_running(worker)
             return notification_count(client, keys) >= 3 * JOURNEYS
 
         wait_for(done, TIMEOUT, f"all {3 * JOURNEYS} notifications")
         final = wait_for(lambda: scrape(worker), 30, "the worker's /metrics")
     finally:
         worker.stop()
-    entries = notification_entries(client, keys)
-    dead = dead_letter_count(client, keys)
-    client.close()
+    entries, dead = written(client, keys)
 
     # The pause came while most of the backlog was still to be matched.
     assert paused_at < JOURNEYS, paused_at
