@@ -325,12 +325,14 @@ READ_COUNTERS = {
 }
 
 
-def metrics_of(run: Run) -> tuple[float, list[float], dict[str, float]]:
+def metrics_of(run: Run) -> tuple[float, list[float], dict[str, float], float]:
     """From one read of each worker's ``/metrics``: the workers' seconds of garbage collection
-    so far, their longest pause per generation (``ocstream_gc_*``), and their records fetched
-    and standby records applied (:data:`READ_COUNTERS`), summed."""
+    so far, their longest pause per generation (``ocstream_gc_*``), their records fetched
+    and standby records applied (:data:`READ_COUNTERS`), summed, and the most records one
+    worker's producer held queued at once since start."""
     seconds, pauses = 0.0, [0.0, 0.0, 0.0]
     reads = dict.fromkeys(READ_COUNTERS.values(), 0.0)
+    queued_peak = 0.0
     for worker in run.workers:
         for name, labels, value in worker.samples():
             if name == "ocstream_gc_seconds_total":
@@ -340,7 +342,9 @@ def metrics_of(run: Run) -> tuple[float, list[float], dict[str, float]]:
                 pauses[generation] = max(pauses[generation], value)
             elif name in READ_COUNTERS and not labels:
                 reads[READ_COUNTERS[name]] += value
-    return seconds, pauses, reads
+            elif name == "ocstream_transport_produce_queued_peak_records":
+                queued_peak = max(queued_peak, value)
+    return seconds, pauses, reads, queued_peak
 
 
 # --- phases --------------------------------------------------------------------------------------
@@ -482,7 +486,7 @@ def journeys_phase(
         for record in records:
             (sends if _is_sent(record) else later).append(record)
     cpu = CpuMeter(run)
-    gc_before, _, reads_before = metrics_of(run)
+    gc_before, _, reads_before, _ = metrics_of(run)
     bytes_in = redis_bytes_in(run.client)
     t0 = time.perf_counter()
     if args.arrival == "timed":
@@ -495,7 +499,7 @@ def journeys_phase(
     total = len(warm) + args.journeys
     t1, (cpu_used, cpu_each, by_command) = end_of_timed_part(run, reader, cpu, total, args.timeout)
     elapsed = t1 - t0
-    gc_after, gc_pause, reads_after = metrics_of(run)
+    gc_after, gc_pause, reads_after, queued_peak = metrics_of(run)
     reads = {k: v - reads_before[k] for k, v in reads_after.items()}
 
     # Late relayed notifications (a relayed leg after its receipt) may still be on their way.
@@ -560,6 +564,7 @@ def journeys_phase(
         "gc_seconds": gc_after - gc_before,
         "gc_pause": gc_pause,
         "reads": {k: v / args.journeys for k, v in reads.items()},
+        "queued_peak": queued_peak,
     }
 
 
@@ -867,7 +872,8 @@ def main(argv: Iterable[str] | None = None) -> int:
             f"{r['gc_seconds']:.2f} s of the workers' CPU (longest pause since start, "
             f"generations 0/1/2: {'/'.join(f'{p * 1000:.0f}' for p in r['gc_pause'])} ms), "
             f"per journey in the timed part: {r['reads']['fetched']:.1f} records fetched, "
-            f"{r['reads']['standby']:.1f} applied by standbys\n"
+            f"{r['reads']['standby']:.1f} applied by standbys; the most records a worker's "
+            f"producer held queued at once {r['queued_peak']:,.0f}\n"
             f"    Redis: {r['bytes_in']:,.0f} bytes received per journey; the run's keys hold "
             f"{r['held']:,.0f} bytes per journey, {r['kept']:,.0f} once the consumed topic "
             f"entries are trimmed ({kept}), {r['final']:,.0f} once ended journeys are swept "
