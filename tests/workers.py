@@ -179,15 +179,24 @@ class Worker:
         assigned = found.get("ocstream_group_assigned_partitions", 0) > 0
         return found if assigned and found.get("ocstream_group_generation", 0) > 0 else {}
 
-    def metric(self, name: str) -> float:
-        """The value of the unlabelled sample ``name`` of the worker's ``/metrics``."""
+    def metrics(self) -> dict[str, float]:
+        """The unlabelled samples of the worker's ``/metrics``, by name, from one request (so
+        they are of one moment)."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        for family in text_string_to_metric_families(self.get("/metrics")):
-            for sample in family.samples:
-                if sample.name == name and not sample.labels:
-                    return float(sample.value)
-        raise KeyError(f"{self.name}: no metric {name}")
+        return {
+            sample.name: float(sample.value)
+            for family in text_string_to_metric_families(self.get("/metrics"))
+            for sample in family.samples
+            if not sample.labels
+        }
+
+    def metric(self, name: str) -> float:
+        """The value of the unlabelled sample ``name`` of the worker's ``/metrics``."""
+        found = self.metrics()
+        if name not in found:
+            raise KeyError(f"{self.name}: no metric {name}")
+        return found[name]
 
     def stop(self, timeout: float = 30) -> int:
         if self.proc is None or self.proc.poll() is not None:
