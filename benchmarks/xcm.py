@@ -99,7 +99,7 @@ from procs import (
 from throughput import baseline, fill
 
 from ocstream.transport import Keyspace, TopicWriter
-from ocstream.transport.keys import is_changelog
+from ocstream.transport.keys import is_changelog, parse_offset_field
 from ocstream.transport.lag import group_lag
 from ocstream.transport.settings import TransportSettings
 from ocstream.transport.wire import entry_value
@@ -202,19 +202,19 @@ def trim_consumed(client: redis.Redis, prefix: str) -> None:
     """Remove what every consumer read from the run's topics (not the table changelogs): what
     retention leaves of finished journeys once its window has passed."""
     keys = Keyspace(prefix)
-    committed: dict[str, int] = {}
+    committed: dict[tuple[str, int], int] = {}
     for group in client.scan_iter(match=prefix + "g:*:offsets", count=1000):
         for field, value in cast(dict[bytes, bytes], client.hgetall(group)).items():
-            name = field.decode()
-            committed[name] = min(int(value), committed.get(name, int(value)))
-    for name, offset in committed.items():
-        topic, _, partition = name.rpartition("\x1f")
-        if is_changelog(topic) or not partition.isdigit():
+            named = parse_offset_field(field)
+            if named is not None:
+                committed[named] = min(int(value), committed.get(named, int(value)))
+    for (topic, partition), offset in committed.items():
+        if is_changelog(topic):
             continue
         # Exact, as retention trims (scripts.py): redis-py's default is "~", which removes
         # whole nodes only and at most 10,000 entries a call, and left half the legs of a
         # 20,000-journey run in the figure.
-        client.xtrim(keys.stream(topic, int(partition)), minid=f"0-{offset + 1}", approximate=False)
+        client.xtrim(keys.stream(topic, partition), minid=f"0-{offset + 1}", approximate=False)
 
 
 def settle_tombstones(run: Run, what: str) -> int:

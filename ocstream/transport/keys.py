@@ -147,3 +147,13 @@ def is_changelog(topic: str) -> bool:
 
 def offset_field(topic: str, partition: int) -> str:
     return f"{topic}{OFFSET_FIELD_SEP}{partition}"
+
+
+def parse_offset_field(field: str | bytes) -> tuple[str, int] | None:
+    """The topic and partition an :func:`offset_field` names, or None for a field that is not
+    one (a tool reading a group's offsets hash should skip what it does not understand)."""
+    name = field.decode() if isinstance(field, bytes) else field
+    topic, sep, partition = name.rpartition(OFFSET_FIELD_SEP)
+    if not sep or not topic or not partition.isdigit():
+        return None
+    return topic, int(partition)

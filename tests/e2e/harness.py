@@ -34,7 +34,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 
-from ocstream.transport.keys import Keyspace
+from ocstream.transport.keys import Keyspace, parse_offset_field
 from ocstream.transport.lag import group_lag
 from ocstream.transport.wire import entry_value, id_to_offset
 from tests.localnet.check import (
@@ -591,9 +591,9 @@ class Stack:
         raw = cast(dict[bytes, bytes], self.client.hgetall(f"{self.prefix}g:{self.app_id}:offsets"))
         out = {}
         for field_name, value in raw.items():
-            name, _, partition = field_name.decode().rpartition("\x1f")
-            if name == topic:
-                out[int(partition)] = int(value)
+            named = parse_offset_field(field_name)
+            if named is not None and named[0] == topic:
+                out[named[1]] = int(value)
         return out
 
     def dump_topics(self) -> None:

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ocstream.transport import wire
-from ocstream.transport.keys import Keyspace, offset_field
+from ocstream.transport.keys import Keyspace, offset_field, parse_offset_field
 from ocstream.transport.metrics import METRICS
 from ocstream.transport.wire import (
     Record,
@@ -255,6 +255,11 @@ def test_key_layout_and_offset_fields() -> None:
     assert keys.group("g").offsets == "x:g:g:offsets"
     assert keys.group("g").assignment(7) == "x:g:g:assign:7"
     assert offset_field("a:b", 12) == "a:b\x1f12"
+    # ... and read back, from str or bytes; what is not such a field is None.
+    assert parse_offset_field(offset_field("a:b", 12)) == ("a:b", 12)
+    assert parse_offset_field(offset_field("x-changelog", 0).encode()) == ("x-changelog", 0)
+    for other in ("a:b", "a:b\x1f", "\x1f3", "a\x1fb", "a\x1f-1"):
+        assert parse_offset_field(other) is None, other
 
 
 @settings(max_examples=200)
