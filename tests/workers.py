@@ -179,17 +179,20 @@ class Worker:
         assigned = found.get("ocstream_group_assigned_partitions", 0) > 0
         return found if assigned and found.get("ocstream_group_generation", 0) > 0 else {}
 
-    def metrics(self) -> dict[str, float]:
-        """The unlabelled samples of the worker's ``/metrics``, by name, from one request (so
-        they are of one moment)."""
+    def samples(self) -> list[tuple[str, dict[str, str], float]]:
+        """Every sample of the worker's ``/metrics`` (name, labels, value), from one request
+        (so they are of one moment)."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        return {
-            sample.name: float(sample.value)
+        return [
+            (sample.name, sample.labels, float(sample.value))
             for family in text_string_to_metric_families(self.get("/metrics"))
             for sample in family.samples
-            if not sample.labels
-        }
+        ]
+
+    def metrics(self) -> dict[str, float]:
+        """The unlabelled samples of the worker's ``/metrics``, by name, from one request."""
+        return {name: value for name, labels, value in self.samples() if not labels}
 
     def metric(self, name: str) -> float:
         """The value of the unlabelled sample ``name`` of the worker's ``/metrics``."""

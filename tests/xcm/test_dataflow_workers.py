@@ -20,7 +20,6 @@ from typing import Any, cast
 import pytest
 import redis
 import zstandard
-from prometheus_client.parser import text_string_to_metric_families
 
 from ocstream.delivery import ORIGIN_HEADER
 from ocstream.ingress.model import ExtendedBlock
@@ -437,19 +436,18 @@ def test_sweeps_read_what_expires_not_what_is_kept(
         # Meanwhile (4 s and more) each worker collected its young generations on the clock,
         # and timed them for /metrics; none was started by allocation counts.
         for worker in running:
+            samples = worker.samples()
             gc_counts = {
-                sample.labels["generation"]: sample.value
-                for family in text_string_to_metric_families(worker.get("/metrics"))
-                for sample in family.samples
-                if sample.name == "ocstream_gc_collections_total"
+                labels["generation"]: value
+                for name, labels, value in samples
+                if name == "ocstream_gc_collections_total"
             }
             assert gc_counts["1"] >= 3 and gc_counts["0"] == 0, (worker.name, gc_counts)
             # ... and watched its event loop: a wake-up every 50 ms, on /metrics.
             wakeups = [
-                sample.value
-                for family in text_string_to_metric_families(worker.get("/metrics"))
-                for sample in family.samples
-                if sample.name == "ocstream_event_loop_lag_seconds_count"
+                value
+                for name, _, value in samples
+                if name == "ocstream_event_loop_lag_seconds_count"
             ]
             assert wakeups and wakeups[0] >= 40, (worker.name, wakeups)
 
