@@ -65,7 +65,10 @@ instead of between its batches.
   whole server) at the end of the step; the bytes Redis received per journey during the step
   (``total_net_input_bytes``: the ingress's blocks, the workers' records and webhook
   bookkeeping, this script's own reads); CPU milliseconds per journey of the workers, the
-  ingress and Redis (the whole server: other users of it count too);
+  ingress and Redis (the whole server: other users of it count too); the most records one
+  worker's producer held queued at once since the run's workers started (the largest of the
+  workers' ``ocstream_transport_produce_queued_peak_records``: what a burst of blocks left
+  waiting for Redis);
 * *p99 / block CPU*: the receipts' p99 over K x the workers' CPU per journey, which is the CPU
   the workers spend on one block's journeys (sends and receipts; an Asset Hub block and a relay
   block come together). The same run gives both, so the ratio does not move with the
@@ -443,6 +446,19 @@ class Run:
             if w.alive()
         }
 
+    def queued_peak(self) -> float:
+        """The most records one worker's producer held queued at once since it started."""
+        return max(
+            (
+                value
+                for w in self.workers
+                if w.alive()
+                for name, _, value in w.samples()
+                if name == "ocstream_transport_produce_queued_peak_records"
+            ),
+            default=0.0,
+        )
+
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far: each worker (by name), all workers, the Redis server."""
         out = {w.name: cpu_seconds(w.proc.pid) for w in self.workers if w.alive() and w.proc}
@@ -514,6 +530,9 @@ class Step:
     #: Per worker, the step's event loop wake-ups (every 50 ms) and how many came later than
     #: each of LAG_BOUNDS (``ocstream_event_loop_lag_seconds``, ``ocstream/looplag.py``).
     loop_lag: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: The most records one worker's producer held queued at once, since the workers started
+    #: (``ocstream_transport_produce_queued_peak_records``, the largest of the workers).
+    queued_peak: float = 0.0
     growth: float = float("nan")
     kept_up: bool = False
     drained: bool = True
@@ -602,6 +621,7 @@ def run_step(
             bound: wakeups - (lags.get(bound, 0) - before.get(bound, 0)) for bound in LAG_BOUNDS
         }
     step.cpu["ingress"] = ingress_cpu * 1000 / step.journeys
+    step.queued_peak = run.queued_peak()
     step.rss_workers = [rss_peak(w.proc.pid) for w in run.workers if w.proc]
     step.redis_used = int(run.client.info("memory")["used_memory"])
     records = receiver.take()
@@ -749,6 +769,7 @@ def step_line(step: Step, label: str) -> str:
         f"{step.redis_used / MiB:.0f} MiB, received {step.redis_in / 1000:.1f} kB/journey; "
         f"event loop held over "
         f"{'/'.join(f'{float(b) * 1000:.0f}' for b in LAG_BOUNDS)} ms: {loop_lag(step)}; "
+        f"producer held queued at most {step.queued_peak:,.0f} records; "
         f"CPU ms/journey workers {worker_cpu(step)} "
         f"ingress {step.cpu['ingress']:.2f} redis {step.cpu['redis']:.2f}; received p99 / "
         f"block CPU {block_cpu_ratio(step):.2f} -> {verdict}"
