@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +27,17 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    DataError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 #: Errors after which the same call may succeed once Redis is reachable again.
@@ -37,6 +47,34 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     OSError,
 )
+
+#: Codes of error replies that say Redis refuses writes for now, not that the command is wrong:
+#: out of memory under ``maxmemory`` (``OOM``), a replica since a failover (``READONLY``),
+#: writes stopped after a failed background save (``MISCONF``), its data still loading after
+#: a restart (``LOADING``), a long script running (``BUSY``), too few replicas
+#: (``NOREPLICAS``), and a primary or cluster that is not ready (``MASTERDOWN``, ``TRYAGAIN``,
+#: ``CLUSTERDOWN``). A script's error carries the code after a ``-`` (Redis 6.2) or first
+#: (Redis 7, where redis-py strips it and raises its own class, e.g. ``OutOfMemoryError``).
+_REFUSED_FOR_NOW = re.compile(
+    r"(?:^|[-\s])(?:OOM|READONLY|MISCONF|LOADING|BUSY|NOREPLICAS|MASTERDOWN|TRYAGAIN|CLUSTERDOWN)\b"
+)
+_REFUSED_FOR_NOW_CLASSES: tuple[type[BaseException], ...] = (
+    OutOfMemoryError,
+    ReadOnlyError,
+    BusyLoadingError,
+    MasterDownError,
+    TryAgainError,
+    ClusterDownError,
+)
+
+
+def refused_for_now(exc: BaseException) -> bool:
+    """Whether an error reply says Redis cannot take writes at the moment (the same write may
+    succeed later, as after :data:`TRANSIENT_ERRORS`), rather than that the write is wrong
+    (``WRONGTYPE``, ``ERR`` ...), which no retry mends."""
+    if isinstance(exc, _REFUSED_FOR_NOW_CLASSES):
+        return True
+    return isinstance(exc, ResponseError) and _REFUSED_FOR_NOW.search(str(exc)) is not None
 
 
 #: redis-py's asyncio hiredis parser, whose reader holds the replies already received, and

@@ -9,11 +9,19 @@ from typing import Any
 import hiredis
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import (
+    BusyLoadingError,
+    DataError,
+    InvalidResponse,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, InvalidResponse, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ocstream.transport.client import Backoff, connect, request_client
+from ocstream.transport.client import Backoff, connect, refused_for_now, request_client
 from tests.transport.tasks import counting_tasks
 
 
@@ -25,6 +33,36 @@ def test_backoff_grows_to_its_cap_and_never_overflows() -> None:
     assert all(2.5 <= d <= 5.0 for d in delays[20:])
     backoff.reset()
     assert backoff.next_delay() <= 0.1
+
+
+@pytest.mark.parametrize(
+    ("error", "for_now"),
+    [
+        # How Redis 6.2 words a refused write inside the append script, and Redis 7 (whose
+        # codes redis-py strips, raising its own class instead).
+        (ResponseError("@user_script: 16: -OOM command not allowed when used memory > x"), True),
+        (ResponseError("Error running script (call to f_1): @user_script:9: -READONLY no"), True),
+        (OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), True),
+        (ReadOnlyError("You can't write against a read only replica."), True),
+        (
+            ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's failing"),
+            True,
+        ),
+        (BusyLoadingError("Redis is loading the dataset in memory"), True),
+        (ResponseError("BUSY Redis is busy running a script."), True),
+        (ResponseError("NOREPLICAS Not enough good replicas to write."), True),
+        # Refused for good: no retry mends these.
+        (ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), False),
+        (ResponseError("ERR no such key"), False),
+        (ResponseError("BUSYKEY Target key name already exists."), False),
+        (DataError("Invalid input of type: 'dict'"), False),
+        (ValueError("OOM"), False),  # not a reply of Redis at all
+    ],
+)
+def test_refused_for_now_tells_a_passing_refusal_from_a_wrong_write(
+    error: Exception, for_now: bool
+) -> None:
+    assert refused_for_now(error) is for_now
 
 
 def test_commands_are_packed_by_hiredis_as_redis_py_packs_them() -> None:
