@@ -43,6 +43,10 @@ while i <= #ARGV do
     -- lost): resume after the stream's last id. The ids after it follow the stream's.
     local res = redis.pcall('XADD', stream, id, unpack(ARGV, i + 1, i + n))
     if type(res) == 'table' and res.err then
+      -- Any other refusal (out of memory, a replica, ...) is the caller's to see as it is.
+      if not string.find(res.err, 'equal or smaller', 1, true) then
+        return redis.error_reply(res.err)
+      end
       local info = call('XINFO', 'STREAM', stream)
       for j = 1, #info, 2 do
         if info[j] == 'last-generated-id' then
