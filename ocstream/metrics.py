@@ -174,7 +174,14 @@ def _labelled(
 TRANSPORT_HELP = {
     "records_produced": "Records appended to topics by this process.",
     "produce_writes": "Round trips in which the producer appended records.",
-    "produce_retries": "Produce batches retried after a Redis error.",
+    "produce_retries": (
+        "Produce round trips retried because Redis did not answer or refused writes for now "
+        "(out of memory, read-only, loading)."
+    ),
+    "produce_failed": (
+        "Records Redis refused for good (e.g. WRONGTYPE: another value holds the topic's key); "
+        "they were not written."
+    ),
     "produce_waits": (
         "Times an agent waited for the producer to write the records it had queued (it had "
         "queued more than Redis took in)."

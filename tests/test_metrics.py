@@ -72,6 +72,8 @@ ADDED = [
     # An agent held back until the producer had written what it queued (transport/producer.py,
     # wait_room).
     ["ocstream_transport_produce_waits_total", "counter", []],
+    # Records Redis refused for good (WRONGTYPE ...), not written (docs/transport.md, Producer).
+    ["ocstream_transport_produce_failed_total", "counter", []],
     # Records the producer holds queued or being written, now and at most since start
     # (transport/producer.py; what wait_room bounds).
     ["ocstream_transport_produce_queued_records", "gauge", []],

@@ -329,12 +329,77 @@ async def test_queue_many_fails_its_future_when_the_partition_write_fails(
     client = aioredis.Redis.from_url(redis_url)
     await client.set(Keyspace(prefix).stream(topic, 1), "not a stream")  # XADD: WRONGTYPE
     await client.aclose()
+    failed, retries = METRICS.produce_failed, METRICS.produce_retries
     fut = producer.queue_many(topic, 1, [(b"k", b"v"), (b"l", b"w")])
     good = producer.queue_many(topic, 0, [(b"m", b"x")])
     await producer.flush()
     assert isinstance(fut.exception(), Exception)
     assert "WRONGTYPE" in str(fut.exception()).upper()
     assert good.result().offset == 0
+    # Refused for good: not retried, and each record is counted (the first one had no future
+    # to tell: an agent's outputs are queued that way).
+    assert (METRICS.produce_failed - failed, METRICS.produce_retries - retries) == (2, 0)
+    assert producer.outstanding == 0
+
+
+@pytest.mark.parametrize("server", ["redis62", "redis7"])
+async def test_writes_redis_refuses_for_now_are_kept_in_order_until_it_takes_them(
+    server: str, prefix: str, tmp_path: Path
+) -> None:
+    """Redis at its ``maxmemory`` (policy ``noeviction``) answers every write ``OOM``, in an
+    error reply per partition. The producer keeps those records, in order, and retries them
+    with backoff; ``flush()`` (which commits wait for) waits; once Redis takes writes again,
+    each is written once, in its place. A private server (``maxmemory`` is server-wide), of
+    both versions: a script's error reads differently on each. Partition 1's stream does not
+    exist yet, which takes the append script's first write through its other branch."""
+    from ocstream.embedded import EmbeddedRedis
+    from tests.own_redis import redis_binary
+
+    binary = redis_binary() if server == "redis7" else None
+    redis_server = EmbeddedRedis(tmp_path / "redis", binary=binary).start()
+    app = faust.App("tb-oom", broker=redis_server.url, store="rocksdb://", datadir=str(tmp_path))
+    app.transport_settings = TransportSettings(prefix=prefix)  # type: ignore[attr-defined]
+    producer = cast(Producer, app.producer)
+    client = aioredis.Redis.from_url(redis_server.url)
+    await producer.start()
+    try:
+        topic = "tb-oom"
+        await producer.create_topic(topic, 2, 1)
+        await producer.send(topic, b"before", b"0", 0, None, None)
+        await producer.flush()
+        used = int((await client.info("memory"))["used_memory"])
+        await client.config_set("maxmemory-policy", "noeviction")
+        await client.config_set("maxmemory", used // 2)
+        retries, failed = METRICS.produce_retries, METRICS.produce_failed
+        for n in range(1, 4):
+            producer._append(topic, 0, b"k%d" % n, b"%d" % n, 0, None, None)  # as queue() does
+        last = producer.queue_many(topic, 1, [(b"a", b"x"), (b"b", None), (b"c", b"z")])
+        flushing = asyncio.ensure_future(producer.flush())
+        deadline = asyncio.get_running_loop().time() + 30
+        while METRICS.produce_retries < retries + 2:  # two refusals at least, then look
+            assert asyncio.get_running_loop().time() < deadline, "no write was refused"
+            await asyncio.sleep(0.02)
+        assert not flushing.done() and not last.done()
+        assert producer.outstanding == 6
+        assert await client.xlen(Keyspace(prefix).stream(topic, 0)) == 1
+        assert not await client.exists(Keyspace(prefix).stream(topic, 1))
+        await client.config_set("maxmemory", 0)
+        await asyncio.wait_for(flushing, 30)
+        assert last.result().offset == 2
+        assert METRICS.produce_failed == failed
+        assert producer.outstanding == 0
+        url = redis_server.url
+        assert await changelog(url, prefix, topic, 0) == [
+            (b"before", b"0"),
+            (b"k1", b"1"),
+            (b"k2", b"2"),
+            (b"k3", b"3"),
+        ]
+        assert await changelog(url, prefix, topic, 1) == [(b"a", b"x"), (b"b", None), (b"c", b"z")]
+    finally:
+        await producer.stop()
+        await client.aclose()
+        redis_server.stop()
 
 
 async def test_queue_keys_records_like_send_once_the_partitions_are_known(

@@ -18,7 +18,7 @@ from faust.types import TP, ConsumerMessage
 from mode import Service, get_logger
 from redis.asyncio import Redis
 
-from .client import TRANSIENT_ERRORS, Backoff, connect
+from .client import TRANSIENT_ERRORS, Backoff, connect, refused_for_now
 from .drain import StandbyApplier, drain_messages, wait_next_records
 from .group import GroupCoordinator
 from .keys import Keyspace, offset_field
@@ -344,7 +344,11 @@ class Consumer(base.Consumer):
             accepted = await self.group.commit(
                 {offset_field(tp.topic, tp.partition): off for tp, off in offsets.items()}
             )
-        except TRANSIENT_ERRORS as exc:
+        except Exception as exc:
+            # Redis gone, or refusing writes for now (out of memory, a replica): the offsets
+            # stay where they were and the records are read again if this member stops.
+            if not isinstance(exc, TRANSIENT_ERRORS) and not refused_for_now(exc):
+                raise
             self.log.warning("Commit failed (%s: %s); faust retries it", type(exc).__name__, exc)
             return False
         METRICS.commits += 1

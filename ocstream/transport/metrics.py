@@ -11,6 +11,8 @@ class TransportMetrics:
     #: Round trips in which the producer appended records (records_produced / this: per write).
     produce_writes: int = 0
     produce_retries: int = 0
+    #: Records Redis refused for good (their futures failed; the rest had nobody to tell).
+    produce_failed: int = 0
     #: Times an agent waited for the producer to write what it had queued (``wait_room``).
     produce_waits: int = 0
     records_fetched: int = 0

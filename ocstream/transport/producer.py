@@ -5,7 +5,10 @@ queued records in one round trip (one Lua call per partition; :data:`MAX_BATCH_R
 most), which is what makes table changelog writes cheap. A transient Redis error keeps the
 batch and retries it with backoff until Redis answers (a retried batch may be written twice if
 the first reply was lost: the transport is at-least-once, like faust on Kafka without
-transactions).
+transactions). So do the partitions Redis refused to write for now (out of memory, a replica
+since a failover, ...: :func:`~.client.refused_for_now`): their records are kept, in order,
+and ``flush()`` waits for them. A partition refused for good (``WRONGTYPE``) fails its
+records' futures, and each such record is counted and logged.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from faust.types import TP, RecordMetadata
 from mode import Service, get_logger
 from redis.asyncio import Redis
 
-from .client import TRANSIENT_ERRORS, Backoff, connect
+from .client import TRANSIENT_ERRORS, Backoff, connect, refused_for_now
 from .keys import Keyspace
 from .metrics import METRICS
 from .settings import TransportSettings
@@ -256,26 +259,43 @@ class Producer(base.Producer):
                     METRICS.produce_retries += 1
                     await backoff.wait(logger, "produce", exc)
                     continue
-                backoff.reset()
-                METRICS.records_produced += len(batch)
-                METRICS.produce_writes += 1
-                for (topic, partition, record, fut), result in zip(batch, results, strict=True):
+                again: list[_Pending] = []
+                refused: BaseException | None = None
+                for item, result in zip(batch, results, strict=True):
+                    topic, partition, record, fut = item
+                    if isinstance(result, BaseException):
+                        if refused_for_now(result) and not self.should_stop:
+                            again.append(item)
+                            refused = result
+                        else:
+                            self._failed(topic, partition, result, fut)
+                        continue
+                    METRICS.records_produced += 1
                     if fut is None or fut.done():
                         continue
-                    if isinstance(result, BaseException):
-                        fut.set_exception(result)
-                    else:
-                        fut.set_result(
-                            RecordMetadata(
-                                topic,
-                                partition,
-                                TP(topic, partition),
-                                result,
-                                record.timestamp_ms / 1000.0,
-                                0,
-                            )
+                    fut.set_result(
+                        RecordMetadata(
+                            topic,
+                            partition,
+                            TP(topic, partition),
+                            result,
+                            record.timestamp_ms / 1000.0,
+                            0,
                         )
-                await self._settle(len(batch))
+                    )
+                if len(again) < len(batch):
+                    METRICS.produce_writes += 1
+                await self._settle(len(batch) - len(again))
+                if refused is not None:
+                    # Redis took nothing for those partitions (one script call each, all or
+                    # nothing): they go first again, in their order, and are neither settled
+                    # nor failed, so flush() and the commits behind it wait for them. Records
+                    # that reached other partitions in this round trip stay written.
+                    self._pending[:0] = again
+                    METRICS.produce_retries += 1
+                    await backoff.wait(logger, "produce", refused)
+                    continue
+                backoff.reset()
 
     async def _settle(self, count: int) -> None:
         # What is held only grows between two settles: its highest is just before one.
@@ -283,6 +303,31 @@ class Producer(base.Producer):
         async with self._settled_changed:
             self._settled += count
             self._settled_changed.notify_all()
+
+    def _failed(
+        self,
+        topic: str,
+        partition: int,
+        exc: BaseException,
+        fut: asyncio.Future[RecordMetadata] | None,
+    ) -> None:
+        """A record Redis refused for good (``WRONGTYPE``: something else holds the stream's
+        key; a script error): its future fails; it is counted and logged either way, since
+        the records queued without a future (an agent's outputs, all but the last of a table
+        batch's) have nobody else to tell."""
+        METRICS.produce_failed += 1
+        count = METRICS.produce_failed
+        if count == 1 or count % 1000 == 0:
+            logger.error(
+                "a record for %s[%d] was not written (%d so far): %s: %s",
+                topic,
+                partition,
+                count,
+                type(exc).__name__,
+                exc,
+            )
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
 
     @staticmethod
     def _fail(batch: list[_Pending], exc: BaseException) -> None:
