@@ -73,7 +73,7 @@ from mode import Service
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from .transport.client import TRANSIENT_ERRORS, Backoff
+from .transport.client import TRANSIENT_ERRORS, Backoff, refused_for_now
 from .transport.scripts import LuaScript
 
 __all__ = [
@@ -427,6 +427,9 @@ class Delivery(Service):
         self._services = services
         self._ttl_key = f"{prefix}dlv:ttl"
         self._ttl_notes = f"{prefix}dlv:ttl:notes"
+        #: Timers this worker claimed and could not deliver nor put back (Redis refused the
+        #: write): put back before its next pass takes any.
+        self._ttl_unreturned: dict[str, float] = {}
         self._notes = f"{prefix}dlv:notes:"
         # The fan-out's pub/sub connection (None while no websocket subscription is held),
         # the channels asked of it and those Redis confirmed.
@@ -637,7 +640,9 @@ class Delivery(Service):
         if hooks:
             enqueued: list[bool | Exception] = outcomes[0]
             for pair, result in zip(hook_pairs, enqueued, strict=True):
-                if isinstance(result, TRANSIENT_ERRORS):
+                if isinstance(result, Exception) and (
+                    isinstance(result, TRANSIENT_ERRORS) or refused_for_now(result)
+                ):
                     raise result
                 if isinstance(result, Exception):
                     self._failed(pair.notification, pair.subscription, result)
@@ -691,8 +696,8 @@ class Delivery(Service):
             for i, reply in zip(missing, await retry.execute(raise_on_error=False), strict=True):
                 replies[i] = reply
         for group, reply in zip(groups, replies, strict=True):
-            if isinstance(reply, TRANSIENT_ERRORS):
-                raise reply
+            if isinstance(reply, TRANSIENT_ERRORS) or refused_for_now(reply):
+                raise reply  # Redis away or not taking writes (OOM, READONLY): all goes again
             if isinstance(reply, Exception):
                 for pair in group:
                     pair.marks = reply
@@ -898,6 +903,9 @@ class Delivery(Service):
 
         Several workers run this loop: ``ZREM`` tells which one claimed a timer."""
         now = time.time() if now is None else now
+        if self._ttl_unreturned:
+            await self.client.zadd(self._ttl_key, self._ttl_unreturned)
+            self._ttl_unreturned = {}
         due = await self.client.zrangebyscore(self._ttl_key, 0, now, start=0, num=100)
         fired = 0
         for raw in due:
@@ -920,8 +928,12 @@ class Delivery(Service):
                 await self.deliver_to(subscription, timeout)
             except BaseException:
                 # Not delivered: put the timer back (due now) for the next pass, or another
-                # worker, to fire it again.
-                await self.client.zadd(self._ttl_key, {member: now})
+                # worker, to fire it again; if Redis refuses that too (the same outage, or
+                # out of memory, where the claim's ZREM went through), the next pass does.
+                try:
+                    await self.client.zadd(self._ttl_key, {member: now})
+                except Exception:
+                    self._ttl_unreturned[member] = now
                 raise
             await self.client.hdel(self._ttl_notes, member)
             self.counters["subscription_timeouts"] += 1

@@ -10,9 +10,12 @@ sinks have their own tests, and the deployment test runs the whole chain in a wo
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -403,6 +406,99 @@ async def test_a_batch_that_meets_a_redis_outage_is_delivered_again_then_acknowl
     # The receipt removed the timer its xcm.sent set, the other journey's timer is left.
     assert await first.client.zscore(f"{first.prefix}dlv:ttl", "one|o1") is None
     assert await first.client.zscore(f"{first.prefix}dlv:ttl", "one|o2") is not None
+
+
+@contextlib.asynccontextmanager
+async def private_delivery(server: str, tmp_path: Path) -> AsyncIterator[tuple[Any, Delivery]]:
+    """A Redis server of the test's own (``redis62``: the embedded one; ``redis7``: the
+    machine's binary), for faults that are server-wide, and one started :class:`Delivery` on it
+    with webhook subscription ``one`` (``outboundTTL`` 6 s) in force: ``(client, delivery)``."""
+    from ocstream.embedded import EmbeddedRedis  # noqa: PLC0415
+    from tests.own_redis import redis_binary  # noqa: PLC0415
+
+    binary = redis_binary() if server == "redis7" else None
+    redis_server = EmbeddedRedis(tmp_path / "redis", binary=binary).start()
+    client = connect(redis_server.url, name="test-delivery-private")
+    prefix = "private:"
+    live = LiveSubscriptions(client, prefix, poll_interval=0.1)
+    delivery = Delivery(
+        client=client,
+        prefix=prefix,
+        subscriptions=live,
+        webhooks=Recorder(),
+        hub=Recorder(),
+        log_sink=Recorder(),
+        timer_interval=0.05,
+    )
+    await delivery.start()
+    try:
+        await SubscriptionStore(client, prefix).create_many([sub("one", outboundTTL=6000)])
+        await settle([live], 1)
+        yield client, delivery
+    finally:
+        await delivery.stop()
+        await client.aclose()
+        redis_server.stop()
+
+
+async def refuse_writes(client: Any, refuse: bool) -> None:
+    """Redis at its ``maxmemory`` with the ``noeviction`` policy answers every write ``OOM``
+    (reads and deletes go on), or back to no limit."""
+    if refuse:
+        used = int((await client.info("memory"))["used_memory"])
+        await client.config_set("maxmemory-policy", "noeviction")
+        await client.config_set("maxmemory", used // 2)
+    else:
+        await client.config_set("maxmemory", 0)
+
+
+@pytest.mark.parametrize("server", ["redis62", "redis7"])
+async def test_a_batch_redis_refuses_for_now_waits_and_is_delivered_once_it_takes_writes(
+    server: str, tmp_path: Path
+) -> None:
+    """A Redis at its ``maxmemory`` answers the batch's bookkeeping ``OOM``, one error reply per
+    notification. That is no reason to give the notifications up (which acked them,
+    undelivered, before): the agent waits, as for an outage, and delivers each once Redis
+    takes writes again."""
+    from topology.delivery import deliver_stream  # noqa: PLC0415
+
+    async with private_delivery(server, tmp_path) as (client, delivery):
+        hooks = cast(Recorder, delivery.webhooks)
+        await refuse_writes(client, True)
+        notes = [note("xcm.sent", "o1"), note("xcm.sent", "o2"), note("xcm.received", "o1")]
+        stream = RecordedStream(notes, hooks)
+        agent = asyncio.ensure_future(deliver_stream(SimpleNamespace(delivery=delivery), stream))
+        await asyncio.sleep(1.0)  # attempts at 0.1, 0.2, 0.4 ... s (the agent's backoff)
+        assert not agent.done()
+        assert hooks.got == [] and stream.acked == []  # nothing given up, nothing acknowledged
+        await refuse_writes(client, False)
+        await asyncio.wait_for(agent, 30)
+        assert [n["id"] for _, n in hooks.got] == [n["id"] for n in notes]
+        assert sorted(event for event, _ in stream.acked) == [0, 1, 2]
+        assert delivery.counters["errors"] == 0
+        # The receipt removed the timer its xcm.sent set; the other journey's timer is there.
+        assert await client.zscore("private:dlv:ttl", "one|o1") is None
+        assert await client.zscore("private:dlv:ttl", "one|o2") is not None
+
+
+@pytest.mark.parametrize("server", ["redis62", "redis7"])
+async def test_a_timer_redis_refuses_to_fire_or_put_back_fires_on_a_later_pass(
+    server: str, tmp_path: Path
+) -> None:
+    """Out of memory, Redis lets a worker claim a due timer (``ZREM`` frees memory) but refuses
+    its delivery's bookkeeping and the ``ZADD`` that would put the timer back. The worker keeps
+    it and puts it back on its next pass: the ``xcm.timeout`` is not lost."""
+    async with private_delivery(server, tmp_path) as (client, delivery):
+        hooks = cast(Recorder, delivery.webhooks)
+        await delivery.deliver_many([note("xcm.sent", "t1")])
+        later = time.time() + 60  # past the 6 s outboundTTL (the agent's own passes are not)
+        await refuse_writes(client, True)
+        with pytest.raises(Exception, match="OOM|maxmemory"):
+            await delivery.fire_due_timers(now=later)
+        assert await client.zscore("private:dlv:ttl", "one|t1") is None  # claimed
+        await refuse_writes(client, False)
+        assert await delivery.fire_due_timers(now=later) == 1
+        assert hooks.types("one") == ["xcm.sent", "xcm.timeout"]
 
 
 async def test_earlier_stages_wait_for_the_notifications_delivery_holds(

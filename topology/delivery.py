@@ -29,7 +29,7 @@ from typing import Any
 from ocstream.dataflow import declare_outputs
 from ocstream.delivery import ORIGIN_HEADER, SELECT_HEADER, Encoded, EncodedNote
 from ocstream.stages import Backlog
-from ocstream.transport.client import TRANSIENT_ERRORS, Backoff
+from ocstream.transport.client import TRANSIENT_ERRORS, Backoff, refused_for_now
 from ocstream.transport.direct import DirectFeed, direct_feed
 from ocstream.transport.wire import header_items
 
@@ -57,12 +57,14 @@ async def deliver_batch(app: Any, notifications: Sequence[EncodedNote]) -> None:
         try:
             await delivery.deliver_encoded(notifications)
             return
-        except TRANSIENT_ERRORS as exc:
-            # Redis is away: wait for it rather than lose the notifications.
-            delay = backoff.next_delay()
-            log.warning("delivery: Redis error (%s), retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, TRANSIENT_ERRORS) or refused_for_now(exc):
+                # Redis is away, or refuses writes for now (out of memory, a replica): wait
+                # for it rather than lose the notifications.
+                delay = backoff.next_delay()
+                log.warning("delivery: Redis error (%s), retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                continue
             # Notifications that cannot be delivered must not stop the others; the webhook
             # dispatcher keeps its own retries and dead letters.
             origins = sorted({item[0] for item in notifications if item[0]})

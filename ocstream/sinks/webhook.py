@@ -101,7 +101,7 @@ import orjson
 from redis.asyncio import Redis
 from yarl import URL
 
-from ..transport.client import TRANSIENT_ERRORS, Backoff
+from ..transport.client import TRANSIENT_ERRORS, Backoff, refused_for_now
 from ..transport.scripts import LuaScript, run_pipelined
 from .http1 import Http1Client, InvalidHeader
 from .ssrf import GuardedResolver, TargetRefused, TargetUnresolved, check_target
@@ -889,7 +889,11 @@ class WebhookDispatcher:
                     ],
                 )
                 break
-            except TRANSIENT_ERRORS as exc:
+            except Exception as exc:
+                # Redis away, or refusing writes for now (out of memory, a replica): retried
+                # a while; anything else is a bug to see, not to retry.
+                if not isinstance(exc, TRANSIENT_ERRORS) and not refused_for_now(exc):
+                    raise
                 if attempt == 7 or self._stopping and outcome.action == "release":
                     log.warning(
                         "webhook: could not record the result of %s (%s); its lease will "
