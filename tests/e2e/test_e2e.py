@@ -4,10 +4,12 @@ test ends with every transfer's journey delivered exactly once (``docs/e2e.md``)
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from tests.conftest import SYSTEM_REDIS_URL
 from tests.localnet.check import RELAY, notifications
@@ -79,6 +81,46 @@ def test_a_redis_restart(net: LocalNet, root: Path) -> None:
             stack.wait_settled()
             stack.assert_exactly_once()
     finally:
+        server.stop()
+
+
+#: How long the private Redis refuses writes in the next test: the UMP transfer's blocks come
+#: meanwhile, and the ingress and the workers retry several times (their backoffs start at
+#: 0.1 s); well short of the group's 10 s session timeout (heartbeats are refused too).
+REFUSED_FOR = 5.0
+
+
+def test_redis_refusing_writes_for_a_while(net: LocalNet, root: Path) -> None:
+    """A private redis-server is brought to its ``maxmemory`` (policy ``noeviction``) right after
+    the first transfer, while its journey is under way, and answers every write ``OOM`` for
+    :data:`REFUSED_FOR` seconds, during which the second transfer is made; then writes are
+    allowed again. Nobody drops what Redis refused (before, the workers' producer failed those
+    writes: notifications were lost and a refused commit stopped the worker)."""
+    server = PrivateRedis(root / "redis").start()
+    client = redis.Redis.from_url(server.url)
+    try:
+        with running_stack(net, server.url, root, "refused") as stack:
+            stack.transfer("dmp")
+            used = int(client.info("memory")["used_memory"])
+            client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", used // 2)
+            try:
+                with pytest.raises(redis.exceptions.ResponseError, match="OOM|maxmemory"):
+                    client.set("probe", "x")  # the premise: Redis refuses writes now
+                stack.transfer("ump")
+                time.sleep(REFUSED_FOR)
+            finally:
+                client.config_set("maxmemory", 0)
+            stack.transfer("xcmp")
+            stack.wait_delivered(timeout=180)
+            for child in (stack.ingress, *stack.workers):
+                assert child.alive(), child.log_tail()
+            stack.wait_settled()
+            stack.assert_exactly_once()
+            # The refusal reached the ingress (the UMP transfer's blocks came during it).
+            assert "maxmemory" in stack.ingress.log_text(), stack.ingress.log_tail()
+    finally:
+        client.close()
         server.stop()
 
 
