@@ -261,16 +261,17 @@ class Producer(base.Producer):
                     continue
                 again: list[_Pending] = []
                 refused: BaseException | None = None
+                failed = 0
                 for item, result in zip(batch, results, strict=True):
-                    topic, partition, record, fut = item
                     if isinstance(result, BaseException):
                         if refused_for_now(result) and not self.should_stop:
                             again.append(item)
                             refused = result
                         else:
-                            self._failed(topic, partition, result, fut)
+                            failed += 1
+                            self._failed(item[0], item[1], result, item[3])
                         continue
-                    METRICS.records_produced += 1
+                    topic, partition, record, fut = item
                     if fut is None or fut.done():
                         continue
                     fut.set_result(
@@ -283,7 +284,9 @@ class Producer(base.Producer):
                             0,
                         )
                     )
-                if len(again) < len(batch):
+                written = len(batch) - len(again) - failed
+                METRICS.records_produced += written
+                if written:
                     METRICS.produce_writes += 1
                 await self._settle(len(batch) - len(again))
                 if refused is not None:
