@@ -49,7 +49,7 @@ from mode import get_logger
 
 from . import local_state, retention, scripts
 from .assignor import LoadAwareAssignor
-from .client import TRANSIENT_ERRORS, Backoff
+from .client import TRANSIENT_ERRORS, Backoff, refused_for_now
 from .keys import is_changelog
 from .metrics import METRICS
 from .traffic import TrafficWatch, Verdict
@@ -140,14 +140,14 @@ class GroupCoordinator:
                 self._backoff.reset()
             except asyncio.CancelledError:
                 raise
-            except TRANSIENT_ERRORS as exc:
+            except Exception as exc:
                 if self.consumer.should_stop:
                     return
-                await self._backoff.wait(logger, "group heartbeat", exc)
-                continue
-            except Exception:
-                if self.consumer.should_stop:
-                    return
+                if isinstance(exc, TRANSIENT_ERRORS) or refused_for_now(exc):
+                    # Redis away, or refusing writes for now (out of memory, a replica): one
+                    # line and a backoff, not a traceback every heartbeat.
+                    await self._backoff.wait(logger, "group heartbeat", exc)
+                    continue
                 logger.exception("[group] %s: tick failed", self.member_id)
             if self._progressed:
                 self._progressed = False

@@ -121,4 +121,6 @@ def test_writes_refused_for_a_while_are_written_once_redis_takes_them_again(
     assert final["ocstream_transport_produce_retries_total"] >= 1, final
     assert final["ocstream_transport_produce_failed_total"] == 0, final
     assert "maxmemory" in log, log[-3000:]  # the refusal is in the log, as Redis worded it
+    # ... in lines with a backoff, not as a traceback for every refused heartbeat.
+    assert "tick failed" not in log, log[-3000:]
     assert_matched_once(entries, dead, final, journeys=JOURNEYS)
