@@ -113,7 +113,11 @@ class GroupCoordinator:
         # took over), and what a weighing decides (traffic.py).
         self._watch = TrafficWatch.of(self.settings)
         self._last_report = 0.0
-        self._backoff = Backoff()
+        # Heartbeats after a Redis error come at most a quarter of the session apart: once
+        # Redis is back, every member beats again well before its session runs out (with the
+        # default 5 s cap, a 5 s outage cost a member its place, and the group a rebalance).
+        cap = min(Backoff.cap, self.settings.session_timeout / 4)
+        self._backoff = Backoff(cap=max(cap, self.settings.heartbeat_interval))
         self.is_leader = False
         #: Set by a tick that moved the group on (a generation begun or assigned, a release
         #: acknowledged, an assignment taken): the next tick runs at once instead of after

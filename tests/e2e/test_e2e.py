@@ -86,7 +86,9 @@ def test_a_redis_restart(net: LocalNet, root: Path) -> None:
 
 #: How long the private Redis refuses writes in the next test: the UMP transfer's blocks come
 #: meanwhile, and the ingress and the workers retry several times (their backoffs start at
-#: 0.1 s); well short of the group's 10 s session timeout (heartbeats are refused too).
+#: 0.1 s). It outlasts the test workers' 3 s session (heartbeats are refused too), so once
+#: Redis takes writes the leader removes a member whose beats were refused and the group
+#: rebalances: that must lose nothing either.
 REFUSED_FOR = 5.0
 
 
