@@ -62,6 +62,16 @@ def test_the_ingress_killed_and_restarted_fills_the_gap(net: LocalNet, root: Pat
         stack.assert_exactly_once()
 
 
+def delivered_once_by_all(stack: Stack) -> None:
+    """Every transfer's journey delivered (within 180 s: Redis faults delay them), the ingress
+    and both workers still running, and each journey delivered exactly once."""
+    stack.wait_delivered(timeout=180)
+    for child in (stack.ingress, *stack.workers):
+        assert child.alive(), child.log_tail()
+    stack.wait_settled()
+    stack.assert_exactly_once()
+
+
 def test_a_redis_restart(net: LocalNet, root: Path) -> None:
     """A private redis-server (AOF, fsync always) is killed (SIGKILL) right after the first
     transfer and started again on the same port and directory; everyone reconnects."""
@@ -75,11 +85,7 @@ def test_a_redis_restart(net: LocalNet, root: Path) -> None:
             server.kill9()
             server.start()
             stack.transfer("xcmp")
-            stack.wait_delivered(timeout=180)
-            for child in (stack.ingress, *stack.workers):
-                assert child.alive(), child.log_tail()
-            stack.wait_settled()
-            stack.assert_exactly_once()
+            delivered_once_by_all(stack)
     finally:
         server.stop()
 
@@ -114,11 +120,7 @@ def test_redis_refusing_writes_for_a_while(net: LocalNet, root: Path) -> None:
             finally:
                 client.config_set("maxmemory", 0)
             stack.transfer("xcmp")
-            stack.wait_delivered(timeout=180)
-            for child in (stack.ingress, *stack.workers):
-                assert child.alive(), child.log_tail()
-            stack.wait_settled()
-            stack.assert_exactly_once()
+            delivered_once_by_all(stack)
             # The refusal reached the ingress (the UMP transfer's blocks came during it).
             assert "maxmemory" in stack.ingress.log_text(), stack.ingress.log_tail()
     finally:

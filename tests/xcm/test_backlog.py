@@ -146,6 +146,37 @@ def written(client: redis.Redis, keys: Keyspace) -> tuple[list[dict[str, Any]], 
     return entries, dead
 
 
+def start_writing(worker: Worker, client: redis.Redis, keys: Keyspace) -> None:
+    """Start the worker and wait until it has written its first notifications."""
+    worker.start()
+
+    def writing() -> bool:
+        still_running(worker)
+        return notification_count(client, keys) > 0
+
+    wait_for(writing, TIMEOUT, "the worker's first notifications")
+
+
+def wait_all_written(
+    worker: Worker, client: redis.Redis, keys: Keyspace, journeys: int
+) -> dict[str, float]:
+    """Wait for every journey's three notifications, then for the worker's producer to hold
+    nothing (the last notifications are queued before their batch's table changes, which may
+    still be on their way); returns the worker's metrics then."""
+
+    def done() -> bool:
+        still_running(worker)
+        return notification_count(client, keys) >= 3 * journeys
+
+    wait_for(done, TIMEOUT, f"all {3 * journeys} notifications")
+
+    def drained() -> dict[str, float] | None:
+        found = scrape(worker)
+        return found if found and found["ocstream_transport_produce_queued_records"] == 0 else None
+
+    return wait_for(drained, 30, "the producer to write all it held")
+
+
 def backlog_worker(
     redis_url: str,
     prefix: str,
@@ -268,31 +299,11 @@ def test_an_agent_waits_for_room_while_redis_takes_no_writes(
     client = redis.Redis.from_url(redis_url)
     keys = Keyspace(prefix)
     try:
-        worker.start()
-
-        def writing() -> bool:
-            still_running(worker)
-            return notification_count(client, keys) > 0
-
-        wait_for(writing, TIMEOUT, "the worker's first notifications")
+        start_writing(worker, client, keys)
         client.client_pause(PAUSE_MS, all=False)  # CLIENT PAUSE <ms> WRITE
         paused_at = notification_count(client, keys)
 
-        def done() -> bool:
-            still_running(worker)
-            return notification_count(client, keys) >= 3 * JOURNEYS
-
-        wait_for(done, TIMEOUT, f"all {3 * JOURNEYS} notifications")
-
-        def drained() -> dict[str, float] | None:
-            # The last notifications are queued before their batch's table changes, so the
-            # producer may still be writing those: it must get to hold nothing.
-            found = scrape(worker)
-            return (
-                found if found and found["ocstream_transport_produce_queued_records"] == 0 else None
-            )
-
-        final = wait_for(drained, 30, "the producer to write all it held")
+        final = wait_all_written(worker, client, keys, JOURNEYS)
     finally:
         worker.stop()
     entries, dead = written(client, keys)

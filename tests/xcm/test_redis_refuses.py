@@ -28,16 +28,16 @@ import redis
 from ocstream.embedded import EmbeddedRedis
 from ocstream.transport import Keyspace
 from tests.own_redis import redis_binary
-from tests.workers import publish_records, wait_for
+from tests.workers import publish_records
 
 from .test_backlog import (
     PARTITIONS,
-    TIMEOUT,
     assert_matched_once,
     backlog_worker,
     notification_count,
-    scrape,
+    start_writing,
     still_running,
+    wait_all_written,
     written,
 )
 
@@ -77,13 +77,7 @@ def test_writes_refused_for_a_while_are_written_once_redis_takes_them_again(
     client = redis.Redis.from_url(private_redis)
     keys = Keyspace(prefix)
     try:
-        worker.start()
-
-        def writing() -> bool:
-            still_running(worker)
-            return notification_count(client, keys) > 0
-
-        wait_for(writing, TIMEOUT, "the worker's first notifications")
+        start_writing(worker, client, keys)
         used = int(client.info("memory")["used_memory"])
         client.config_set("maxmemory-policy", "noeviction")
         client.config_set("maxmemory", used // 2)
@@ -98,19 +92,7 @@ def test_writes_refused_for_a_while_are_written_once_redis_takes_them_again(
         finally:
             client.config_set("maxmemory", 0)
 
-        def done() -> bool:
-            still_running(worker)
-            return notification_count(client, keys) >= 3 * JOURNEYS
-
-        wait_for(done, TIMEOUT, f"all {3 * JOURNEYS} notifications")
-
-        def drained() -> dict[str, float] | None:
-            found = scrape(worker)
-            return (
-                found if found and found["ocstream_transport_produce_queued_records"] == 0 else None
-            )
-
-        final = wait_for(drained, 30, "the producer to write all it held")
+        final = wait_all_written(worker, client, keys, JOURNEYS)
     finally:
         worker.stop()
     log = worker.log_text()
