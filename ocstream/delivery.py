@@ -888,13 +888,16 @@ class Delivery(Service):
                 backoff.reset()
                 if not fired:
                     await self.sleep(self.timer_interval)
-            except TRANSIENT_ERRORS as exc:
-                delay = backoff.next_delay()
-                log.warning("subscription timers: Redis error (%s), retrying in %.1fs", exc, delay)
-                await self.sleep(delay)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
+                if isinstance(exc, TRANSIENT_ERRORS) or refused_for_now(exc):
+                    delay = backoff.next_delay()
+                    log.warning(
+                        "subscription timers: Redis error (%s), retrying in %.1fs", exc, delay
+                    )
+                    await self.sleep(delay)
+                    continue
                 log.exception("subscription timers failed; retrying")
                 await self.sleep(self.timer_interval)
 

@@ -752,11 +752,11 @@ class WebhookDispatcher:
             batch = min(free, 100)
             try:
                 claimed, wait_ms = await self._claim(batch)
-            except TRANSIENT_ERRORS as exc:
-                await backoff.wait(log, "webhook claim", exc)
-                continue
-            except Exception as exc:  # e.g. a Redis error reply: keep the loop alive
-                log.exception("webhook: claiming due deliveries failed")
+            except Exception as exc:
+                # Redis away or refusing writes for now (out of memory, a replica): one line
+                # per try; anything else with its traceback. The loop goes on either way.
+                if not isinstance(exc, TRANSIENT_ERRORS) and not refused_for_now(exc):
+                    log.exception("webhook: claiming due deliveries failed")
                 await backoff.wait(log, "webhook claim", exc)
                 continue
             backoff.reset()
