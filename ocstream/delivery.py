@@ -73,7 +73,7 @@ from mode import Service
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from .transport.client import TRANSIENT_ERRORS, Backoff, refused_for_now
+from .transport.client import TRANSIENT_ERRORS, Backoff, retryable
 from .transport.scripts import LuaScript
 
 __all__ = [
@@ -640,9 +640,7 @@ class Delivery(Service):
         if hooks:
             enqueued: list[bool | Exception] = outcomes[0]
             for pair, result in zip(hook_pairs, enqueued, strict=True):
-                if isinstance(result, Exception) and (
-                    isinstance(result, TRANSIENT_ERRORS) or refused_for_now(result)
-                ):
+                if isinstance(result, Exception) and retryable(result):
                     raise result
                 if isinstance(result, Exception):
                     self._failed(pair.notification, pair.subscription, result)
@@ -696,7 +694,7 @@ class Delivery(Service):
             for i, reply in zip(missing, await retry.execute(raise_on_error=False), strict=True):
                 replies[i] = reply
         for group, reply in zip(groups, replies, strict=True):
-            if isinstance(reply, TRANSIENT_ERRORS) or refused_for_now(reply):
+            if retryable(reply):
                 raise reply  # Redis away or not taking writes (OOM, READONLY): all goes again
             if isinstance(reply, Exception):
                 for pair in group:
@@ -891,7 +889,7 @@ class Delivery(Service):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if isinstance(exc, TRANSIENT_ERRORS) or refused_for_now(exc):
+                if retryable(exc):
                     delay = backoff.next_delay()
                     log.warning(
                         "subscription timers: Redis error (%s), retrying in %.1fs", exc, delay

@@ -29,7 +29,7 @@ from typing import Any
 from ocstream.dataflow import declare_outputs
 from ocstream.delivery import ORIGIN_HEADER, SELECT_HEADER, Encoded, EncodedNote
 from ocstream.stages import Backlog
-from ocstream.transport.client import TRANSIENT_ERRORS, Backoff, refused_for_now
+from ocstream.transport.client import Backoff, retryable
 from ocstream.transport.direct import DirectFeed, direct_feed
 from ocstream.transport.wire import header_items
 
@@ -58,7 +58,7 @@ async def deliver_batch(app: Any, notifications: Sequence[EncodedNote]) -> None:
             await delivery.deliver_encoded(notifications)
             return
         except Exception as exc:
-            if isinstance(exc, TRANSIENT_ERRORS) or refused_for_now(exc):
+            if retryable(exc):
                 # Redis is away, or refuses writes for now (out of memory, a replica): wait
                 # for it rather than lose the notifications.
                 delay = backoff.next_delay()

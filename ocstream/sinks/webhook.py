@@ -101,7 +101,7 @@ import orjson
 from redis.asyncio import Redis
 from yarl import URL
 
-from ..transport.client import TRANSIENT_ERRORS, Backoff, refused_for_now
+from ..transport.client import TRANSIENT_ERRORS, Backoff, retryable
 from ..transport.scripts import LuaScript, run_pipelined
 from .http1 import Http1Client, InvalidHeader
 from .ssrf import GuardedResolver, TargetRefused, TargetUnresolved, check_target
@@ -755,7 +755,7 @@ class WebhookDispatcher:
             except Exception as exc:
                 # Redis away or refusing writes for now (out of memory, a replica): one line
                 # per try; anything else with its traceback. The loop goes on either way.
-                if not isinstance(exc, TRANSIENT_ERRORS) and not refused_for_now(exc):
+                if not retryable(exc):
                     log.exception("webhook: claiming due deliveries failed")
                 await backoff.wait(log, "webhook claim", exc)
                 continue
@@ -892,7 +892,7 @@ class WebhookDispatcher:
             except Exception as exc:
                 # Redis away, or refusing writes for now (out of memory, a replica): retried
                 # a while; anything else is a bug to see, not to retry.
-                if not isinstance(exc, TRANSIENT_ERRORS) and not refused_for_now(exc):
+                if not retryable(exc):
                     raise
                 if attempt == 7 or self._stopping and outcome.action == "release":
                     log.warning(

@@ -68,13 +68,20 @@ _REFUSED_FOR_NOW_CLASSES: tuple[type[BaseException], ...] = (
 )
 
 
-def refused_for_now(exc: BaseException) -> bool:
+def refused_for_now(exc: object) -> bool:
     """Whether an error reply says Redis cannot take writes at the moment (the same write may
     succeed later, as after :data:`TRANSIENT_ERRORS`), rather than that the write is wrong
-    (``WRONGTYPE``, ``ERR`` ...), which no retry mends."""
+    (``WRONGTYPE``, ``ERR`` ...), which no retry mends. Anything but an exception: False."""
     if isinstance(exc, _REFUSED_FOR_NOW_CLASSES):
         return True
     return isinstance(exc, ResponseError) and _REFUSED_FOR_NOW.search(str(exc)) is not None
+
+
+def retryable(exc: object) -> bool:
+    """Whether a Redis call that failed with ``exc`` may succeed if made again later: Redis was
+    unreachable (:data:`TRANSIENT_ERRORS`) or refused writes for now (:func:`refused_for_now`).
+    The loops that wait Redis out (producer, commits, heartbeats, delivery) ask this."""
+    return isinstance(exc, TRANSIENT_ERRORS) or refused_for_now(exc)
 
 
 #: redis-py's asyncio hiredis parser, whose reader holds the replies already received, and

@@ -18,7 +18,7 @@ from faust.types import TP, ConsumerMessage
 from mode import Service, get_logger
 from redis.asyncio import Redis
 
-from .client import TRANSIENT_ERRORS, Backoff, connect, refused_for_now
+from .client import TRANSIENT_ERRORS, Backoff, connect, retryable
 from .drain import StandbyApplier, drain_messages, wait_next_records
 from .group import GroupCoordinator
 from .keys import Keyspace, offset_field
@@ -347,7 +347,7 @@ class Consumer(base.Consumer):
         except Exception as exc:
             # Redis gone, or refusing writes for now (out of memory, a replica): the offsets
             # stay where they were and the records are read again if this member stops.
-            if not isinstance(exc, TRANSIENT_ERRORS) and not refused_for_now(exc):
+            if not retryable(exc):
                 raise
             self.log.warning("Commit failed (%s: %s); faust retries it", type(exc).__name__, exc)
             return False

@@ -49,7 +49,7 @@ from mode import get_logger
 
 from . import local_state, retention, scripts
 from .assignor import LoadAwareAssignor
-from .client import TRANSIENT_ERRORS, Backoff, refused_for_now
+from .client import TRANSIENT_ERRORS, Backoff, retryable
 from .keys import is_changelog
 from .metrics import METRICS
 from .traffic import TrafficWatch, Verdict
@@ -147,7 +147,7 @@ class GroupCoordinator:
             except Exception as exc:
                 if self.consumer.should_stop:
                     return
-                if isinstance(exc, TRANSIENT_ERRORS) or refused_for_now(exc):
+                if retryable(exc):
                     # Redis away, or refusing writes for now (out of memory, a replica): one
                     # line and a backoff, not a traceback every heartbeat.
                     await self._backoff.wait(logger, "group heartbeat", exc)

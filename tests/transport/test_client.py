@@ -21,7 +21,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ocstream.transport.client import Backoff, connect, refused_for_now, request_client
+from ocstream.transport.client import Backoff, connect, refused_for_now, request_client, retryable
 from tests.transport.tasks import counting_tasks
 
 
@@ -63,6 +63,13 @@ def test_refused_for_now_tells_a_passing_refusal_from_a_wrong_write(
     error: Exception, for_now: bool
 ) -> None:
     assert refused_for_now(error) is for_now
+
+
+def test_retryable_is_an_outage_or_a_refusal_for_now() -> None:
+    assert retryable(RedisConnectionError("gone")) and retryable(RedisTimeoutError("slow"))
+    assert retryable(OutOfMemoryError("command not allowed when used memory > 'maxmemory'."))
+    assert not retryable(ResponseError("WRONGTYPE Operation against a key"))
+    assert not retryable([b"1", b"0"])  # a reply, not an error
 
 
 def test_commands_are_packed_by_hiredis_as_redis_py_packs_them() -> None:
