@@ -39,19 +39,17 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import redis
 
 from ocstream.transport import Keyspace
 from ocstream.transport.producer import MAX_BATCH_RECORDS, MAX_IN_FLIGHT
-from ocstream.transport.wire import entry_value
-from tests.streams import xrange
 from tests.workers import Worker, publish_records, wait_for
+
+from .outcomes import assert_each_journey_notified_once, dead_letter_count, notification_entries
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 if TYPE_CHECKING:  # mypy does not see the sys.path above: it finds the module from the root
@@ -102,15 +100,6 @@ def notification_count(client: redis.Redis, keys: Keyspace) -> int:
     return sum(client.xlen(stream) for stream in streams)
 
 
-def notification_entries(client: redis.Redis, keys: Keyspace) -> list[dict[str, Any]]:
-    """Every notification entry written, in partition order (duplicates included)."""
-    return [
-        orjson.loads(entry_value(fields) or b"{}")
-        for partition in range(PARTITIONS)
-        for _, fields in xrange(client, keys.stream("xcm-notifications", partition))
-    ]
-
-
 def assert_matched_once(
     entries: list[dict[str, Any]], dead: int, final: dict[str, float], journeys: int = JOURNEYS
 ) -> None:
@@ -118,19 +107,9 @@ def assert_matched_once(
     written once; nothing dead-lettered, nothing timed out."""
     by_id = {note["id"]: note for note in entries}
     assert len(entries) == len(by_id) == 3 * journeys
-    by_journey: dict[str, Counter[str]] = {}
-    for note in by_id.values():
-        by_journey.setdefault(note["journeyId"], Counter())[note["type"]] += 1
-    assert len(by_journey) == journeys
-    kinds = Counter(frozenset(types.items()) for types in by_journey.values())
-    expected = frozenset({"xcm.sent": 1, "xcm.relayed": 1, "xcm.received": 1}.items())
-    assert kinds == {expected: journeys}, kinds
+    assert_each_journey_notified_once(by_id.values(), journeys)
     assert dead == 0
     assert final["oc_engine_timeout_total"] == 0
-
-
-def dead_letter_count(client: redis.Redis, keys: Keyspace) -> int:
-    return sum(client.xlen(keys.stream("xcm-dead-letters", p)) for p in range(PARTITIONS))
 
 
 def still_running(worker: Worker) -> None:
@@ -140,8 +119,8 @@ def still_running(worker: Worker) -> None:
 
 def written(client: redis.Redis, keys: Keyspace) -> tuple[list[dict[str, Any]], int]:
     """Every notification entry written and the count of dead letters; closes ``client``."""
-    entries = notification_entries(client, keys)
-    dead = dead_letter_count(client, keys)
+    entries = notification_entries(client, keys, PARTITIONS)
+    dead = dead_letter_count(client, keys, PARTITIONS)
     client.close()
     return entries, dead
 

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import redis
 
 from ocstream.transport import Keyspace
-from ocstream.transport.wire import entry_value
-from tests.streams import xrange
 from tests.workers import Worker, publish_records, wait_for
+
+from .outcomes import assert_each_journey_notified_once, dead_letter_count, notification_entries
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 if TYPE_CHECKING:  # mypy does not see the sys.path above: it finds the module from the root
@@ -46,14 +44,9 @@ def notifications(redis_url: str, prefix: str) -> dict[str, dict[str, Any]]:
     """Every notification written, by id (a notification written twice, after the kill, is
     the same notification)."""
     client = redis.Redis.from_url(redis_url)
-    keys = Keyspace(prefix)
-    found: dict[str, dict[str, Any]] = {}
-    for partition in range(PARTITIONS):
-        for _, fields in xrange(client, keys.stream("xcm-notifications", partition)):
-            note = orjson.loads(entry_value(fields) or b"{}")
-            found[note["id"]] = note
+    entries = notification_entries(client, Keyspace(prefix), PARTITIONS)
     client.close()
-    return found
+    return {note["id"]: note for note in entries}
 
 
 def test_a_backlog_is_matched_whole_through_a_join_and_a_kill(
@@ -110,17 +103,9 @@ def test_a_backlog_is_matched_whole_through_a_join_and_a_kill(
         if first.alive():
             first.stop()
 
-    notes = notifications(redis_url, prefix)
-    by_journey: dict[str, Counter[str]] = {}
-    for note in notes.values():
-        by_journey.setdefault(note["journeyId"], Counter())[note["type"]] += 1
-    assert len(by_journey) == JOURNEYS
-    kinds = Counter(frozenset(types.items()) for types in by_journey.values())
-    expected = frozenset({"xcm.sent": 1, "xcm.relayed": 1, "xcm.received": 1}.items())
-    assert kinds == {expected: JOURNEYS}, kinds
+    assert_each_journey_notified_once(notifications(redis_url, prefix).values(), JOURNEYS)
     client = redis.Redis.from_url(redis_url)
-    keys = Keyspace(prefix)
-    dead = sum(client.xlen(keys.stream("xcm-dead-letters", p)) for p in range(PARTITIONS))
+    dead = dead_letter_count(client, Keyspace(prefix), PARTITIONS)
     client.close()
     assert dead == 0
     # Legs w1 had matched, written and not committed came again to w2, which knew them as
