@@ -450,9 +450,22 @@ async def refuse_writes(client: Any, refuse: bool) -> None:
         await client.config_set("maxmemory", 0)
 
 
+async def logged(caplog: pytest.LogCaptureFixture, text: str, count: int) -> None:
+    """Wait (10 s at most) until ``ocstream.delivery`` has logged ``text`` ``count`` times."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        found = [
+            r for r in caplog.records if r.name == "ocstream.delivery" and text in r.getMessage()
+        ]
+        if len(found) >= count:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"{text!r} logged {len(found)} times"
+        await asyncio.sleep(0.02)
+
+
 @pytest.mark.parametrize("server", ["redis62", "redis7"])
 async def test_a_batch_redis_refuses_for_now_waits_and_is_delivered_once_it_takes_writes(
-    server: str, tmp_path: Path
+    server: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A Redis at its ``maxmemory`` answers the batch's bookkeeping ``OOM``, one error reply per
     notification. That is no reason to give the notifications up (which acked them,
@@ -466,7 +479,7 @@ async def test_a_batch_redis_refuses_for_now_waits_and_is_delivered_once_it_take
         notes = [note("xcm.sent", "o1"), note("xcm.sent", "o2"), note("xcm.received", "o1")]
         stream = RecordedStream(notes, hooks)
         agent = asyncio.ensure_future(deliver_stream(SimpleNamespace(delivery=delivery), stream))
-        await asyncio.sleep(1.0)  # attempts at 0.1, 0.2, 0.4 ... s (the agent's backoff)
+        await logged(caplog, "delivery: Redis error", 3)  # three attempts refused
         assert not agent.done()
         assert hooks.got == [] and stream.acked == []  # nothing given up, nothing acknowledged
         await refuse_writes(client, False)
@@ -496,9 +509,9 @@ async def test_a_timer_redis_refuses_to_fire_or_put_back_fires_on_a_later_pass(
         with pytest.raises(Exception, match="OOM|maxmemory"):
             await delivery.fire_due_timers(now=later)
         assert await client.zscore("private:dlv:ttl", "one|t1") is None  # claimed
-        await asyncio.sleep(0.5)  # the loop's passes (every 0.05 s) meet the refusal
+        # The loop's own passes (every 0.05 s) meet the refusal too.
+        await logged(caplog, "subscription timers: Redis error", 2)
         refusals = [r for r in caplog.records if r.name == "ocstream.delivery"]
-        assert any("subscription timers: Redis error" in r.getMessage() for r in refusals)
         assert not [r for r in refusals if r.exc_info], [r.getMessage() for r in refusals]
         await refuse_writes(client, False)
         assert await delivery.fire_due_timers(now=later) == 1

@@ -169,13 +169,7 @@ class Worker:
     def group(self) -> dict[str, float]:
         """``ocstream_group_*`` of the worker's ``/metrics`` once it holds an assignment
         (generation and assigned partitions above 0), else {}."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        found = {
-            family.name: family.samples[0].value
-            for family in text_string_to_metric_families(self.get("/metrics"))
-            if family.name.startswith("ocstream_group_") and family.samples
-        }
+        found = {k: v for k, v in self.metrics().items() if k.startswith("ocstream_group_")}
         assigned = found.get("ocstream_group_assigned_partitions", 0) > 0
         return found if assigned and found.get("ocstream_group_generation", 0) > 0 else {}
 
