@@ -344,16 +344,17 @@ async def test_queue_many_fails_its_future_when_the_partition_write_fails(
 
 @pytest.mark.parametrize("server", ["redis62", "redis7"])
 async def test_writes_redis_refuses_for_now_are_kept_in_order_until_it_takes_them(
-    server: str, prefix: str, tmp_path: Path
+    server: str, tmp_path: Path
 ) -> None:
     """Redis at its ``maxmemory`` (policy ``noeviction``) answers every write ``OOM``, in an
     error reply per partition. The producer keeps those records, in order, and retries them
     with backoff; ``flush()`` (which commits wait for) waits; once Redis takes writes again,
     each is written once, in its place. A private server (``maxmemory`` is server-wide), of
-    both versions: a script's error reads differently on each. Partition 1's stream does not
-    exist yet, which takes the append script's first write through its other branch."""
+    both versions: a script's error reads differently on each. ``tb-oom-new``'s stream does
+    not exist yet, which takes the append script's first write through its other branch."""
     from tests.own_redis import start_version
 
+    prefix = "tb-oom:"  # the server is the test's own: nothing else writes to it
     redis_server = start_version(server, tmp_path / "redis")
     app = faust.App("tb-oom", broker=redis_server.url, store="rocksdb://", datadir=str(tmp_path))
     app.transport_settings = TransportSettings(prefix=prefix)  # type: ignore[attr-defined]
@@ -361,17 +362,18 @@ async def test_writes_redis_refuses_for_now_are_kept_in_order_until_it_takes_the
     client = aioredis.Redis.from_url(redis_server.url)
     await producer.start()
     try:
-        topic = "tb-oom"
-        await producer.create_topic(topic, 2, 1)
+        topic, fresh = "tb-oom", "tb-oom-new"
+        await producer.create_topic(topic, 1, 1)
+        await producer.create_topic(fresh, 1, 1)
         await producer.send(topic, b"before", b"0", 0, None, None)
         await producer.flush()
         used = int((await client.info("memory"))["used_memory"])
         await client.config_set("maxmemory-policy", "noeviction")
         await client.config_set("maxmemory", used // 2)
         retries, failed = METRICS.produce_retries, METRICS.produce_failed
-        for n in range(1, 4):
-            producer._append(topic, 0, b"k%d" % n, b"%d" % n, 0, None, None)  # as queue() does
-        last = producer.queue_many(topic, 1, [(b"a", b"x"), (b"b", None), (b"c", b"z")])
+        for n in range(1, 4):  # without a future, as the matcher queues its outputs
+            assert producer.queue(topic, b"k%d" % n, b"%d" % n)
+        last = producer.queue_many(fresh, 0, [(b"a", b"x"), (b"b", None), (b"c", b"z")])
         flushing = asyncio.ensure_future(producer.flush())
         deadline = asyncio.get_running_loop().time() + 30
         while METRICS.produce_retries < retries + 2:  # two refusals at least, then look
@@ -380,7 +382,7 @@ async def test_writes_redis_refuses_for_now_are_kept_in_order_until_it_takes_the
         assert not flushing.done() and not last.done()
         assert producer.outstanding == 6
         assert await client.xlen(Keyspace(prefix).stream(topic, 0)) == 1
-        assert not await client.exists(Keyspace(prefix).stream(topic, 1))
+        assert not await client.exists(Keyspace(prefix).stream(fresh, 0))
         await client.config_set("maxmemory", 0)
         await asyncio.wait_for(flushing, 30)
         assert last.result().offset == 2
@@ -393,7 +395,7 @@ async def test_writes_redis_refuses_for_now_are_kept_in_order_until_it_takes_the
             (b"k2", b"2"),
             (b"k3", b"3"),
         ]
-        assert await changelog(url, prefix, topic, 1) == [(b"a", b"x"), (b"b", None), (b"c", b"z")]
+        assert await changelog(url, prefix, fresh, 0) == [(b"a", b"x"), (b"b", None), (b"c", b"z")]
     finally:
         await producer.stop()
         await client.aclose()
