@@ -291,9 +291,10 @@ class Producer(base.Producer):
                 await self._settle(len(batch) - len(again))
                 if refused is not None:
                     # Redis took nothing for those partitions (one script call each, all or
-                    # nothing): they go first again, in their order, and are neither settled
-                    # nor failed, so flush() and the commits behind it wait for them. Records
-                    # that reached other partitions in this round trip stay written.
+                    # nothing; a refusal while the round trip's transaction was queued
+                    # refuses every partition of it): they go first again, in their order,
+                    # and are neither settled nor failed, so flush() and the commits behind
+                    # it wait for them.
                     self._pending[:0] = again
                     METRICS.produce_retries += 1
                     await backoff.wait(logger, "produce", refused)

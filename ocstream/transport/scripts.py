@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 # Appends records to one partition with dense ids 0-<seq>.
 # KEYS: stream, sequence counter, compaction index, tombstones
@@ -352,27 +352,47 @@ class LuaScript:
 ScriptCall = tuple[LuaScript, Sequence[str], Sequence[Any]]
 
 
-async def run_pipelined(client: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+async def run_pipelined(
+    client: Redis, calls: Sequence[ScriptCall], *, atomic: bool = False
+) -> list[Any]:
     """Run many script calls in one round trip; exceptions are returned, not raised.
 
     A call answered NOSCRIPT did nothing, so after loading the scripts it is sent again.
+
+    ``atomic``: the calls go in one ``MULTI``/``EXEC`` transaction, which Redis runs whole or
+    not at all. A plain pipeline is run as it arrives: a round trip cut short (the process
+    killed while the socket still held part of it) leaves the calls before the cut applied,
+    and one that takes Redis over its ``maxmemory`` half way has its first calls written and
+    the rest refused. In a transaction, commands sent without their ``EXEC`` are dropped, and
+    Redis refuses to queue any command while out of memory, which discards the whole
+    transaction: every call then gets that refusal (``docs/transport.md``, "One round trip,
+    one transaction").
     """
-    pipe = client.pipeline(transaction=False)
-    for script, keys, args in calls:
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
-    results: list[Any] = await pipe.execute(raise_on_error=False)
+    results = await _pipelined(client, calls, atomic and len(calls) > 1)
     missing = [i for i, res in enumerate(results) if isinstance(res, NoScriptError)]
     if not missing:
         return results
     for script in {calls[i][0] for i in missing}:
         await client.script_load(script.source)
-    retry = client.pipeline(transaction=False)
-    for i in missing:
-        script, keys, args = calls[i]
-        retry.evalsha(script.sha, len(keys), *keys, *args)
-    for i, res in zip(missing, await retry.execute(raise_on_error=False), strict=True):
+    again = await _pipelined(client, [calls[i] for i in missing], atomic and len(missing) > 1)
+    for i, res in zip(missing, again, strict=True):
         results[i] = res
     return results
+
+
+async def _pipelined(client: Redis, calls: Sequence[ScriptCall], transaction: bool) -> list[Any]:
+    pipe = client.pipeline(transaction=transaction)
+    for script, keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    try:
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
+    except ResponseError as exc:
+        if not transaction:
+            raise
+        # EXECABORT: Redis refused a command as it was queued (redis-py raises that first
+        # refusal), so it discarded the transaction and none of the calls ran.
+        return [exc] * len(calls)
 
 
 append = LuaScript(APPEND)

@@ -88,7 +88,9 @@ async def append_records(
 ) -> list[int | BaseException]:
     """Append ``(topic, partition, record)`` items in one round trip.
 
-    Records of the same partition keep their order and go in one script call. Returns, for each
+    Records of the same partition keep their order and go in one script call. The calls go in
+    one transaction: Redis writes all of them or none (``scripts.run_pipelined``), so a round
+    trip cut short or refused half way never leaves some partitions written. Returns, for each
     item, its offset or the exception that the write of its partition raised.
     """
     groups: dict[tuple[str, int], list[int]] = defaultdict(list)
@@ -99,7 +101,7 @@ async def append_records(
         _append_call(keys, topic, partition, [batch[i][2] for i in indexes], topic in compacted)
         for (topic, partition), indexes in order
     ]
-    replies = await scripts.run_pipelined(client, calls)
+    replies = await scripts.run_pipelined(client, calls, atomic=True)
     out: list[int | BaseException] = [0] * len(batch)
     for ((_, _), indexes), reply in zip(order, replies, strict=True):
         if isinstance(reply, BaseException):

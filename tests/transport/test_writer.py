@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 from typing import cast
+from urllib.parse import urlparse
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
 
-from ocstream.transport import Keyspace, TopicError, TopicWriter
+from ocstream.transport import Keyspace, TopicError, TopicWriter, scripts
+from ocstream.transport.client import connect
 from ocstream.transport.wire import Record, entry_value, id_to_offset
 from ocstream.transport.writer import append_records
 from tests.streams import axrange
@@ -192,3 +197,183 @@ async def test_acl_user_and_password_come_from_the_url(redis_url: str, prefix: s
                 await writer.send("t", value=b"v")
     finally:
         admin.acl_deluser(user)
+
+
+class CuttingProxy:
+    """A TCP proxy to Redis that, once armed, passes only so many more of the client's bytes
+    and then drops both connections: what Redis is left with when the process writing is
+    killed while its socket still holds part of a round trip."""
+
+    def __init__(self, url: str) -> None:
+        parsed = urlparse(url)
+        self.target = (parsed.hostname or "127.0.0.1", parsed.port or 6379)
+        self.allowance: int | None = None
+        self.cut = asyncio.Event()
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> CuttingProxy:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    def arm(self, allowance: int) -> None:
+        self.allowance = allowance
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+
+        async def down() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+        replies = asyncio.ensure_future(down())
+        try:
+            while data := await reader.read(65536):
+                if self.allowance is not None and len(data) >= self.allowance:
+                    up_writer.write(data[: self.allowance])
+                    await up_writer.drain()
+                    self.cut.set()
+                    return
+                if self.allowance is not None:
+                    self.allowance -= len(data)
+                up_writer.write(data)
+                await up_writer.drain()
+        finally:
+            up_writer.close()
+            writer.close()
+            replies.cancel()
+
+
+def _append_batch(partitions: int, per_partition: int) -> list[tuple[str, int, Record]]:
+    """Records for ``partitions`` partitions of a plain topic and of a changelog."""
+    return [
+        (topic, p, Record(key=b"k%d" % n, value=b"v" * 400, timestamp_ms=1))
+        for topic in ("plain", "table-changelog")
+        for p in range(partitions)
+        for n in range(per_partition)
+    ]
+
+
+async def _written(client: aioredis.Redis, keys: Keyspace, partitions: int) -> dict[str, int]:
+    """Entries per stream of :func:`_append_batch`'s topics (streams with none left out), and
+    the sequence counters set."""
+    out: dict[str, int] = {}
+    for topic in ("plain", "table-changelog"):
+        for p in range(partitions):
+            length = await client.xlen(keys.stream(topic, p))
+            if length:
+                out[f"{topic}:{p}"] = length
+            if await client.exists(keys.sequence(topic, p)):
+                out[f"{topic}:{p} counter"] = 1
+    return out
+
+
+async def _until_dropped(client: aioredis.Redis, name: str) -> None:
+    """Wait until Redis has closed the connections named ``name`` (it runs, or drops, what a
+    closed connection sent before it frees it)."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while any(c.get("name") == name for c in await client.client_list()):
+        assert asyncio.get_running_loop().time() < deadline, f"{name}'s connection stays open"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_round_trip_cut_short_writes_no_partition(redis_url: str, prefix: str) -> None:
+    """A worker killed while the socket still held part of a round trip (here a proxy drops
+    the connection half way through it): Redis ran the complete commands it got, so with a
+    plain pipeline the first partitions were written and the rest not. A changelog change
+    could then be in Redis without the notification queued before it. The round trip is one
+    transaction, which Redis drops without its ``EXEC``: no partition is written, and the
+    producer's retry writes all of them once."""
+    keys = Keyspace(prefix)
+    batch = _append_batch(4, 30)
+    direct = aioredis.Redis.from_url(redis_url)
+    await direct.script_load(scripts.APPEND)  # else every call of the cut round trip is NOSCRIPT
+    async with CuttingProxy(redis_url) as proxy:
+        name = f"cut-{prefix.rstrip(':')}"
+        client = connect(proxy.url, name=name)
+        try:
+            await client.ping()  # the connection and its handshake, before the cut is armed
+            proxy.arm(sum(len(record.value or b"") for _, _, record in batch) // 2)
+            with pytest.raises(RedisConnectionError):
+                await append_records(client, keys, batch, {"table-changelog"})
+            assert proxy.cut.is_set()
+        finally:
+            await client.aclose()
+    await _until_dropped(direct, name)
+    assert await _written(direct, keys, 4) == {}
+    offsets = await append_records(direct, keys, batch, {"table-changelog"})
+    assert offsets == [n for _ in range(8) for n in range(30)]
+    assert set((await _written(direct, keys, 4)).values()) == {1, 30}
+    await direct.aclose()
+
+
+@pytest.mark.parametrize("server", ["redis62", "redis7"])
+async def test_a_round_trip_that_reaches_maxmemory_is_written_whole_or_not_at_all(
+    server: str, tmp_path: Path
+) -> None:
+    """Memory grows as a round trip is written, so a Redis reaches its ``maxmemory`` part way
+    through one. A plain pipeline then had its first partitions written and the rest refused
+    ``OOM``. In a transaction, Redis refuses to queue a command once it is out of memory, which
+    discards all of it. Tried at limits from just above the memory in use to above what the
+    round trip needs: each round trip is written whole or refused whole (and then retried by
+    the producer), and both happen. A private server, of both versions (``maxmemory`` is
+    server-wide)."""
+    from tests.own_redis import start_version
+
+    redis_server = start_version(server, tmp_path / "redis")
+    client = aioredis.Redis.from_url(redis_server.url)
+    batch = _append_batch(4, 100)  # 320 kB of values in 8 script calls
+    whole = [n for _ in range(8) for n in range(100)]
+    outcomes = set()
+    try:
+        await client.script_load(scripts.APPEND)
+        await client.config_set("maxmemory-policy", "noeviction")
+        for step in range(16):
+            keys = Keyspace(f"oom{step}:")
+            await client.config_set("maxmemory", 0)
+            used = int((await client.info("memory"))["used_memory"])
+            await client.config_set("maxmemory", used + 20_000 + step * 60_000)
+            replies = await append_records(client, keys, batch, {"table-changelog"})
+            written = await _written(client, keys, 4)
+            if replies == whole:
+                outcomes.add("written")
+                assert set(written.values()) == {1, 100}, (step, written)
+            else:
+                outcomes.add("refused")
+                assert all(isinstance(reply, OutOfMemoryError) for reply in replies), (
+                    step,
+                    replies[::100],
+                )
+                assert written == {}, (step, written)
+        assert outcomes == {"written", "refused"}
+    finally:
+        await client.aclose()
+        redis_server.stop()
+
+
+async def test_a_round_trip_after_the_script_cache_is_flushed_is_written_once(
+    redis_url: str, prefix: str
+) -> None:
+    """After a restart or ``SCRIPT FLUSH``, every call of a round trip's transaction is answered
+    NOSCRIPT at its ``EXEC`` and did nothing: the script is loaded and the calls are sent again,
+    once, together."""
+    keys = Keyspace(prefix)
+    batch = _append_batch(3, 5)
+    client = connect(redis_url)
+    try:
+        await client.script_flush()
+        assert await append_records(client, keys, batch, {"table-changelog"}) == [
+            n for _ in range(6) for n in range(5)
+        ]
+        assert set((await _written(client, keys, 3)).values()) == {1, 5}
+    finally:
+        await client.aclose()
