@@ -305,6 +305,10 @@ class Ingress(ChildProc):
         return all(tips[urn] == self.segment.last[urn] for urn in self.segment.files)
 
 
+#: Each live worker's ``/metrics`` samples by worker name: metric name, labels, value.
+Scrape = dict[str, list[tuple[str, dict[str, str], float]]]
+
+
 @dataclass
 class Run:
     """One worker count: its prefix, app id, processes and the records it received."""
@@ -433,31 +437,9 @@ class Run:
                     out[message_hash] = min(written, out.get(message_hash, written))
         return out
 
-    def loop_lags(self) -> dict[str, dict[str, float]]:
-        """Each worker's event loop lag histogram so far (``ocstream_event_loop_lag_seconds``):
-        wake-ups at or under each bucket's bound, ``+Inf`` for all."""
-        return {
-            w.name: {
-                labels["le"]: value
-                for name, labels, value in w.samples()
-                if name == "ocstream_event_loop_lag_seconds_bucket"
-            }
-            for w in self.workers
-            if w.alive()
-        }
-
-    def queued_peak(self) -> float:
-        """The most records one worker's producer held queued at once since it started."""
-        return max(
-            (
-                value
-                for w in self.workers
-                if w.alive()
-                for name, _, value in w.samples()
-                if name == "ocstream_transport_produce_queued_peak_records"
-            ),
-            default=0.0,
-        )
+    def scrape(self) -> Scrape:
+        """Each live worker's ``/metrics`` samples, one request per worker."""
+        return {w.name: w.samples() for w in self.workers if w.alive()}
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far: each worker (by name), all workers, the Redis server."""
@@ -538,6 +520,34 @@ class Step:
     drained: bool = True
 
 
+def loop_lags(
+    scraped: Scrape,
+) -> dict[str, dict[str, float]]:
+    """Each worker's event loop lag histogram so far (``ocstream_event_loop_lag_seconds``):
+    wake-ups at or under each bucket's bound, ``+Inf`` for all."""
+    return {
+        worker: {
+            labels["le"]: value
+            for name, labels, value in samples
+            if name == "ocstream_event_loop_lag_seconds_bucket"
+        }
+        for worker, samples in scraped.items()
+    }
+
+
+def queued_peak(scraped: Scrape) -> float:
+    """The most records one worker's producer held queued at once since it started."""
+    return max(
+        (
+            value
+            for samples in scraped.values()
+            for name, _, value in samples
+            if name == "ocstream_transport_produce_queued_peak_records"
+        ),
+        default=0.0,
+    )
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -588,7 +598,7 @@ def run_step(
         wait_for(started, 60, f"the ingress to start publishing {name}", interval=0.02)
         cpu0, ingress_cpu0 = run.cpu(), cpu_seconds(ingress.pid)
         bytes_in0 = redis_bytes_in(run.client)
-        lags0 = run.loop_lags()
+        lags0 = loop_lags(run.scrape())
         timeout = 60 + 3 * segment.blocks / step.block_rate
         wait_for(finished, timeout, f"the ingress to publish {name}", interval=0.1)
         step.lag = run.lag()
@@ -614,14 +624,15 @@ def run_step(
     cpu1 = run.cpu()
     step.cpu = {k: (cpu1[k] - cpu0[k]) * 1000 / step.journeys for k in cpu1}
     step.redis_in = (redis_bytes_in(run.client) - bytes_in0) / step.journeys
-    for worker, lags in run.loop_lags().items():
+    scraped = run.scrape()  # once: loop lags and the producer's peak
+    for worker, lags in loop_lags(scraped).items():
         before = lags0.get(worker, {})
         wakeups = lags.get("+Inf", 0) - before.get("+Inf", 0)
         step.loop_lag[worker] = {"wakeups": wakeups} | {
             bound: wakeups - (lags.get(bound, 0) - before.get(bound, 0)) for bound in LAG_BOUNDS
         }
     step.cpu["ingress"] = ingress_cpu * 1000 / step.journeys
-    step.queued_peak = run.queued_peak()
+    step.queued_peak = queued_peak(scraped)
     step.rss_workers = [rss_peak(w.proc.pid) for w in run.workers if w.proc]
     step.redis_used = int(run.client.info("memory")["used_memory"])
     records = receiver.take()
