@@ -144,7 +144,7 @@ from ocstream.transport.lag import group_lag
 from ocstream.transport.wire import entry_value, partition_for_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.workers import free_port  # noqa: E402
+from tests.workers import Sample, free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SUBSCRIPTION = "bench-e2e"
@@ -306,7 +306,7 @@ class Ingress(ChildProc):
 
 
 #: Each live worker's ``/metrics`` samples by worker name: metric name, labels, value.
-Scrape = dict[str, list[tuple[str, dict[str, str], float]]]
+Scrape = dict[str, list[Sample]]
 
 
 @dataclass

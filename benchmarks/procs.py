@@ -21,13 +21,19 @@ from typing import Any, TypeVar
 
 import redis
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
 from ocstream.transport.settings import TransportSettings
 
 # The process helpers of the tests: free ports, the fast group timeouts, a clean environment.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.workers import FAST_GROUP_ENV, free_port, ocstream_env  # noqa: E402
+from tests.workers import (  # noqa: E402
+    FAST_GROUP_ENV,
+    Sample,
+    free_port,
+    metric_samples,
+    ocstream_env,
+    unlabelled,
+)
 
 T = TypeVar("T")
 
@@ -191,16 +197,11 @@ class WorkerProc(ChildProc):
 
     def metrics(self) -> dict[str, float]:
         """Samples without labels, by name."""
-        return {name: value for name, labels, value in self.samples() if not labels}
+        return unlabelled(self.samples())
 
-    def samples(self) -> list[tuple[str, dict[str, str], float]]:
+    def samples(self) -> list[Sample]:
         """Every sample of ``/metrics``: name, labels, value (prometheus_client's parser)."""
-        text = self.get("/metrics").decode()
-        return [
-            (sample.name, sample.labels, sample.value)
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        ]
+        return metric_samples(self.get("/metrics").decode())
 
     def rss_bytes(self, field: str = "VmRSS") -> int:
         """Resident memory now (``VmHWM``: its peak)."""

@@ -79,6 +79,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: One sample of a ``/metrics`` text: name (a counter's with its ``_total``), labels, value.
+Sample = tuple[str, dict[str, str], float]
+
+
+def metric_samples(text: str) -> list[Sample]:
+    """Every sample of a ``/metrics`` text, read with prometheus_client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        (sample.name, sample.labels, float(sample.value))
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
+
+
+def unlabelled(samples: list[Sample]) -> dict[str, float]:
+    """The samples without labels, by name."""
+    return {name: value for name, labels, value in samples if not labels}
+
+
 class Worker:
     """One ``python -m ocstream worker`` process with its own data dir and port."""
 
@@ -173,20 +193,14 @@ class Worker:
         assigned = found.get("ocstream_group_assigned_partitions", 0) > 0
         return found if assigned and found.get("ocstream_group_generation", 0) > 0 else {}
 
-    def samples(self) -> list[tuple[str, dict[str, str], float]]:
+    def samples(self) -> list[Sample]:
         """Every sample of the worker's ``/metrics`` (name, labels, value), from one request
         (so they are of one moment)."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        return [
-            (sample.name, sample.labels, float(sample.value))
-            for family in text_string_to_metric_families(self.get("/metrics"))
-            for sample in family.samples
-        ]
+        return metric_samples(self.get("/metrics"))
 
     def metrics(self) -> dict[str, float]:
         """The unlabelled samples of the worker's ``/metrics``, by name, from one request."""
-        return {name: value for name, labels, value in self.samples() if not labels}
+        return unlabelled(self.samples())
 
     def metric(self, name: str) -> float:
         """The value of the unlabelled sample ``name`` of the worker's ``/metrics``."""

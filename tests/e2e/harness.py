@@ -31,7 +31,6 @@ from typing import Any, Self, cast
 
 import redis
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 
 from ocstream.transport.keys import Keyspace, parse_offset_field
@@ -58,7 +57,14 @@ from tests.localnet.network import (
     xcmp_transfer,
 )
 from tests.streams import xrange
-from tests.workers import FAST_GROUP_ENV, free_port, ocstream_env, wait_for
+from tests.workers import (
+    FAST_GROUP_ENV,
+    free_port,
+    metric_samples,
+    ocstream_env,
+    unlabelled,
+    wait_for,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 WORKDIR = Path(os.environ.get("OCSTREAM_LOCALNET_DIR", REPO / ".localnet")).resolve()
@@ -352,17 +358,6 @@ def _summary(journey: dict[str, list[Received]]) -> list[tuple[str, str, str, An
 VERSION_INSTRUCTIONS = ("SubscribeVersion", "UnsubscribeVersion", "QueryResponse")
 
 
-def unlabelled_samples(text: str) -> dict[str, float]:
-    """The samples without labels of a ``/metrics`` text, by sample name (a counter's with its
-    ``_total``), read with prometheus_client's parser."""
-    return {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if not sample.labels
-    }
-
-
 def version_negotiation(note: dict[str, Any]) -> bool:
     """Whether a notification is of a version-negotiation message. The runtime may queue one in
     the very block of a transfer (the relay's ``SubscribeVersion`` to a para it first sends to
@@ -474,7 +469,7 @@ class Stack:
         if self.client.zcard(f"{self.prefix}g:{self.app_id}:members") != len(self.workers):
             return None
         for port in self.worker_ports:
-            held = unlabelled_samples(self.http("GET", port, "/metrics")[1])
+            held = unlabelled(metric_samples(self.http("GET", port, "/metrics")[1]))
             if held.get("ocstream_group_generation") != float(generation):
                 return None
         return generation
@@ -571,7 +566,8 @@ class Stack:
         for port, worker in zip(self.worker_ports, self.workers, strict=True):
             if not worker.alive():
                 continue
-            total += int(unlabelled_samples(self.http("GET", port, "/metrics")[1]).get(name, 0))
+            samples = metric_samples(self.http("GET", port, "/metrics")[1])
+            total += int(unlabelled(samples).get(name, 0))
         return total
 
     def topic_records(self, topic: str) -> list[tuple[int, int, dict[str, Any]]]:
