@@ -671,7 +671,11 @@ class Delivery(Service):
             return set()
         calls = [self._book_args(group) for group in groups]
         asked = sorted(channels)
-        pipe = self.client.pipeline(transaction=False)
+        # One transaction: Redis books all of the batch or none of it. Run call by call, a
+        # batch that takes Redis over its maxmemory half way had its first notifications'
+        # at-most-once markers set and the rest refused; the batch went again and found
+        # those markers, so their websocket and log deliveries were never made.
+        pipe = self.client.pipeline(transaction=len(calls) + bool(asked) > 1)
         if asked:
             pipe.pubsub_numsub(*asked)
         for args in calls:
@@ -688,7 +692,7 @@ class Delivery(Service):
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:  # Redis lost its scripts (restarted, flushed): those calls did nothing
             await self.client.script_load(BOOK)
-            retry = self.client.pipeline(transaction=False)
+            retry = self.client.pipeline(transaction=len(missing) > 1)
             for i in missing:
                 retry.evalsha(_book.sha, 2, self._ttl_key, self._ttl_notes, *calls[i])
             for i, reply in zip(missing, await retry.execute(raise_on_error=False), strict=True):

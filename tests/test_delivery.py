@@ -518,6 +518,45 @@ async def test_a_timer_redis_refuses_to_fire_or_put_back_fires_on_a_later_pass(
         assert hooks.types("one") == ["xcm.sent", "xcm.timeout"]
 
 
+@pytest.mark.parametrize("server", ["redis62", "redis7"])
+async def test_bookkeeping_that_reaches_maxmemory_part_way_loses_no_log_delivery(
+    server: str, tmp_path: Path
+) -> None:
+    """Memory grows as a batch is booked (the at-most-once markers of a log subscription, the
+    timers and stored ``xcm.sent`` of a webhook one), so a Redis reaches its ``maxmemory`` part
+    way through a batch. Booked call by call, the first notifications' markers were set and
+    the rest refused; the batch went again, met those markers, and their log deliveries were
+    never made. Booked in one transaction, a batch is booked whole or refused whole. Tried at
+    limits from just above the memory in use to above what a batch needs: each notification
+    reaches the log once, and both outcomes happen."""
+    async with private_delivery(server, tmp_path) as (client, delivery):
+        await SubscriptionStore(client, "private:").create_many([sub("logged", "log")])
+        await settle([cast(LiveSubscriptions, delivery.subscriptions)], 2)
+        log = cast(Recorder, delivery.log_sink)
+        outcomes = set()
+        for step in range(24):
+            notes = [note("xcm.sent", f"s{step}-{n}") for n in range(60)]
+            await client.config_set("maxmemory", 0)
+            used = int((await client.info("memory"))["used_memory"])
+            await client.config_set("maxmemory-policy", "noeviction")
+            await client.config_set("maxmemory", used + 5_000 + step * 5_000)
+            try:
+                await delivery.deliver_many(notes)
+                outcomes.add("booked")
+            except Exception as exc:  # the agent's retry, once Redis takes writes again
+                assert "OOM" in str(exc) or "maxmemory" in str(exc), exc
+                outcomes.add("refused")
+                await client.config_set("maxmemory", 0)
+                await delivery.deliver_many(notes)
+            got = [
+                n["id"]
+                for sid, n in log.got
+                if sid == "logged" and n["journeyId"] in {m["journeyId"] for m in notes}
+            ]
+            assert got == [n["id"] for n in notes], (step, len(got))
+        assert outcomes == {"booked", "refused"}
+
+
 async def test_earlier_stages_wait_for_the_notifications_delivery_holds(
     world: dict[str, Any],
 ) -> None:
