@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ExecAbortError, NoScriptError, ResponseError
 
 # Appends records to one partition with dense ids 0-<seq>.
 # KEYS: stream, sequence counter, compaction index, tombstones
@@ -388,10 +388,11 @@ async def _pipelined(client: Redis, calls: Sequence[ScriptCall], transaction: bo
         results: list[Any] = await pipe.execute(raise_on_error=False)
         return results
     except ResponseError as exc:
-        if not transaction:
+        # EXECABORT: Redis refused a command as it was queued, so it discarded the transaction
+        # and none of the calls ran. redis-py raises that first refusal, from the abort.
+        aborted = isinstance(exc, ExecAbortError) or isinstance(exc.__cause__, ExecAbortError)
+        if not (transaction and aborted):
             raise
-        # EXECABORT: Redis refused a command as it was queued (redis-py raises that first
-        # refusal), so it discarded the transaction and none of the calls ran.
         return [exc] * len(calls)
 
 
