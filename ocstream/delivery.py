@@ -71,10 +71,9 @@ from typing import Any, Protocol
 import orjson
 from mode import Service
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 from .transport.client import TRANSIENT_ERRORS, Backoff, retryable
-from .transport.scripts import LuaScript
+from .transport.scripts import LuaScript, ScriptCall, run_pipelined
 
 __all__ = [
     "BOOKKEEPING_SECONDS",
@@ -669,18 +668,16 @@ class Delivery(Service):
                 groups.append([pair])
         if not groups and not channels:
             return set()
-        calls = [self._book_args(group) for group in groups]
+        keys = [self._ttl_key, self._ttl_notes]
+        calls: list[ScriptCall] = [(_book, keys, self._book_args(group)) for group in groups]
         asked = sorted(channels)
         # One transaction: Redis books all of the batch or none of it. Run call by call, a
         # batch that takes Redis over its maxmemory half way had its first notifications'
         # at-most-once markers set and the rest refused; the batch went again and found
         # those markers, so their websocket and log deliveries were never made.
-        pipe = self.client.pipeline(transaction=len(calls) + bool(asked) > 1)
-        if asked:
-            pipe.pubsub_numsub(*asked)
-        for args in calls:
-            pipe.evalsha(_book.sha, 2, self._ttl_key, self._ttl_notes, *args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        replies = await run_pipelined(
+            self.client, calls, atomic=True, reads=[("PUBSUB NUMSUB", *asked)] if asked else ()
+        )
         listened: set[str] = set()
         if asked:
             counts = replies.pop(0)
@@ -689,14 +686,6 @@ class Delivery(Service):
             for channel, count in counts:
                 if int(count) > 0:
                     listened.add(channel.decode() if isinstance(channel, bytes) else channel)
-        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if missing:  # Redis lost its scripts (restarted, flushed): those calls did nothing
-            await self.client.script_load(BOOK)
-            retry = self.client.pipeline(transaction=len(missing) > 1)
-            for i in missing:
-                retry.evalsha(_book.sha, 2, self._ttl_key, self._ttl_notes, *calls[i])
-            for i, reply in zip(missing, await retry.execute(raise_on_error=False), strict=True):
-                replies[i] = reply
         for group, reply in zip(groups, replies, strict=True):
             if retryable(reply):
                 raise reply  # Redis away or not taking writes (OOM, READONLY): all goes again

@@ -166,6 +166,30 @@ async def test_filters_and_one_terminal_per_subscription(world: dict[str, Any]) 
     assert log.types("logged") == ["xcm.sent", "xcm.received"]
 
 
+async def test_a_batch_booked_after_the_script_cache_is_flushed_goes_once(
+    world: dict[str, Any],
+) -> None:
+    """After a restart or ``SCRIPT FLUSH`` every BOOK call of a batch is answered NOSCRIPT and
+    did nothing: the script is loaded and the batch booked again, once. A websocket held on
+    the other worker makes the batch ask ``PUBSUB NUMSUB`` in the same transaction, whose
+    reply comes back ahead of the calls'."""
+    store, lives, (first, second) = world["store"], world["lives"], world["workers"]
+    await store.create_many([sub("logged", channel="log"), sub("hook", outboundTTL=6000)])
+    await settle(lives, 2)
+    await second.add_ephemeral(sub("socket", channel="websocket", ephemeral=True))
+    notes = [note("xcm.sent", f"f{n}") for n in range(3)]
+    await first.client.script_flush()
+    await first.deliver_many(notes)
+    await first.deliver_many(notes)  # booked the first time: goes to no channel again
+    ids = [n["id"] for n in notes]
+    assert [n["id"] for sid, n in world["log"].got if sid == "logged"] == ids
+    # The webhook subscription's timers were booked (its sink, not BOOK, keeps its marker).
+    for n in range(3):
+        assert await first.client.zscore(f"{first.prefix}dlv:ttl", f"hook|f{n}") is not None
+    assert first.counters["fanned_out"] == 6  # someone listens: published, both times
+    assert first.counters["errors"] == 0
+
+
 async def test_outbound_ttl_fires_once_across_workers_and_beats_a_late_receipt(
     world: dict[str, Any],
 ) -> None:

@@ -353,7 +353,11 @@ ScriptCall = tuple[LuaScript, Sequence[str], Sequence[Any]]
 
 
 async def run_pipelined(
-    client: Redis, calls: Sequence[ScriptCall], *, atomic: bool = False
+    client: Redis,
+    calls: Sequence[ScriptCall],
+    *,
+    atomic: bool = False,
+    reads: Sequence[Sequence[Any]] = (),
 ) -> list[Any]:
     """Run many script calls in one round trip; exceptions are returned, not raised.
 
@@ -367,21 +371,31 @@ async def run_pipelined(
     Redis refuses to queue any command while out of memory, which discards the whole
     transaction: every call then gets that refusal (``docs/transport.md``, "One round trip,
     one transaction").
+
+    ``reads``: commands (e.g. ``("PUBSUB NUMSUB", channel)``) sent ahead of the calls in the
+    same round trip, and transaction; their replies come first in the list, then the calls'.
     """
-    results = await _pipelined(client, calls, atomic and len(calls) > 1)
-    missing = [i for i, res in enumerate(results) if isinstance(res, NoScriptError)]
+    head = len(reads)
+    results = await _pipelined(client, reads, calls, atomic and head + len(calls) > 1)
+    missing = [i for i in range(head, len(results)) if isinstance(results[i], NoScriptError)]
     if not missing:
         return results
-    for script in {calls[i][0] for i in missing}:
+    for script in {calls[i - head][0] for i in missing}:
         await client.script_load(script.source)
-    again = await _pipelined(client, [calls[i] for i in missing], atomic and len(missing) > 1)
+    again = await _pipelined(
+        client, (), [calls[i - head] for i in missing], atomic and len(missing) > 1
+    )
     for i, res in zip(missing, again, strict=True):
         results[i] = res
     return results
 
 
-async def _pipelined(client: Redis, calls: Sequence[ScriptCall], transaction: bool) -> list[Any]:
+async def _pipelined(
+    client: Redis, reads: Sequence[Sequence[Any]], calls: Sequence[ScriptCall], transaction: bool
+) -> list[Any]:
     pipe = client.pipeline(transaction=transaction)
+    for command in reads:
+        pipe.execute_command(*command)
     for script, keys, args in calls:
         pipe.evalsha(script.sha, len(keys), *keys, *args)
     try:
@@ -389,11 +403,11 @@ async def _pipelined(client: Redis, calls: Sequence[ScriptCall], transaction: bo
         return results
     except ResponseError as exc:
         # EXECABORT: Redis refused a command as it was queued, so it discarded the transaction
-        # and none of the calls ran. redis-py raises that first refusal, from the abort.
+        # and none of the commands ran. redis-py raises that first refusal, from the abort.
         aborted = isinstance(exc, ExecAbortError) or isinstance(exc.__cause__, ExecAbortError)
         if not (transaction and aborted):
             raise
-        return [exc] * len(calls)
+        return [exc] * (len(reads) + len(calls))
 
 
 append = LuaScript(APPEND)
