@@ -23,7 +23,8 @@ import statistics
 import time
 import uuid
 
-from redis.asyncio import Redis
+import redis
+from procs import redis_cpu  # benchmarks/ is this script's directory
 
 from ocstream.transport import scripts
 from ocstream.transport.client import connect
@@ -34,11 +35,6 @@ from ocstream.transport.writer import _append_call
 PARTITIONS, PER_PARTITION = 8, 60
 
 
-async def redis_cpu(client: Redis) -> float:
-    info = await client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
@@ -47,6 +43,7 @@ async def main() -> None:
     args = parser.parse_args()
     print(f"command: python benchmarks/append.py --rounds {args.rounds} --repeat {args.repeat}")
     client = connect(args.redis)
+    server_stats = redis.Redis.from_url(args.redis)  # INFO cpu, read between the passes
     rnd = random.Random(1)
     prefix = f"appendbench-{uuid.uuid4().hex[:8]}:"
     records = args.rounds * PARTITIONS * PER_PARTITION
@@ -78,13 +75,13 @@ async def main() -> None:
                         for _ in range(args.rounds)
                     ]
                     atomic = how == "transaction"
-                    server, own = await redis_cpu(client), time.process_time()
+                    server, own = redis_cpu(server_stats), time.process_time()
                     for calls in rounds:
                         replies = await scripts.run_pipelined(client, calls, atomic=atomic)
                         bad = [r for r in replies if isinstance(r, BaseException)]
                         if bad:
                             raise SystemExit(f"a write failed: {bad[0]}")
-                    spent = (await redis_cpu(client) - server, time.process_time() - own)
+                    spent = (redis_cpu(server_stats) - server, time.process_time() - own)
                     figures.setdefault((topic, how), []).append(
                         (spent[0] * 1e6 / records, spent[1] * 1e6 / records)
                     )
@@ -109,6 +106,7 @@ async def main() -> None:
         async for key in client.scan_iter(match=f"{prefix}*", count=1000):
             await client.delete(key)
         await client.aclose()
+        server_stats.close()
 
 
 if __name__ == "__main__":
