@@ -2,8 +2,9 @@
 ``noeviction`` policy: every write answers ``OOM command not allowed``) loses nothing: once
 Redis takes writes again, every journey gets exactly its notifications.
 
-Redis refuses such a write per command, in an error reply, not by dropping the connection, so
-the producer's pipeline answers one error per partition instead of raising. Before, the
+Redis refuses such a write in an error reply, not by dropping the connection: it discards the
+round trip's transaction, and the producer gets the refusal for each partition of it instead
+of an exception. Before, the
 producer took those errors as final: records nobody waited for (the match agent's
 notifications and index records) were dropped without a word, and the offsets of the legs that
 made them were committed. It must keep them queued, in order, and write them when Redis takes
