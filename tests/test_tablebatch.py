@@ -27,8 +27,8 @@ from ocstream.runtime import Table
 from ocstream.tablebatch import TableBatch
 from ocstream.transport.keys import Keyspace
 from ocstream.transport.metrics import METRICS
-from ocstream.transport.producer import MAX_BATCH_RECORDS, MAX_IN_FLIGHT, Producer
-from ocstream.transport.settings import TransportSettings
+from ocstream.transport.producer import MAX_IN_FLIGHT, Producer
+from ocstream.transport.settings import PRODUCE_BATCH_RECORDS, TransportSettings
 from ocstream.transport.wire import entry_value
 from tests.streams import axrange
 from tests.workers import free_port
@@ -431,31 +431,44 @@ async def test_queue_keys_records_like_send_once_the_partitions_are_known(
     await client.aclose()
 
 
+@pytest.mark.parametrize("batch_records", [None, 700])
 async def test_a_backlog_is_written_in_round_trips_of_bounded_size(
-    app: Any, redis_url: str, prefix: str
+    redis_url: str, prefix: str, tmp_path: Path, batch_records: int | None
 ) -> None:
-    """Records queued faster than they are written go to Redis :data:`MAX_BATCH_RECORDS` at a
-    time (packing them all in one round trip took 200 MiB of heap for 60,000), in order, with
-    each future answered."""
-    producer = app.producer
-    topic = "tb-many"
-    await producer.create_topic(topic, 2, 1)
-    count = 2 * MAX_BATCH_RECORDS + 7
-    writes, produced = METRICS.produce_writes, METRICS.records_produced
-    # Queued without a turn of the loop in between, as an agent working off a backlog does.
-    first = producer.queue_many(topic, 0, [(b"k%d" % n, b"%d" % n) for n in range(count - 1)])
-    last = producer.queue_many(topic, 1, [(b"last", b"x")])
-    assert producer.outstanding == count
-    await producer.flush()
-    assert (METRICS.produce_writes - writes, METRICS.records_produced - produced) == (3, count)
-    # What it held at once, all of it (ocstream_transport_produce_queued_peak_records), and
-    # nothing now.
-    assert producer.outstanding_peak >= count
-    assert producer.outstanding == 0
-    assert first.result().offset == count - 2
-    assert last.result().offset == 0
-    values = [int(value) for _, value in await changelog(redis_url, prefix, topic, 0)]
-    assert values == list(range(count - 1))
+    """Records queued faster than they are written go to Redis ``produce_batch_records`` at a
+    time (the default, :data:`PRODUCE_BATCH_RECORDS`, or as set: packing them all in one round
+    trip took 200 MiB of heap for 60,000, and Redis serves no other client while it runs one),
+    in order, with each future answered."""
+    settings = (
+        TransportSettings(prefix=prefix)
+        if batch_records is None
+        else TransportSettings(prefix=prefix, produce_batch_records=batch_records)
+    )
+    app = faust.App("tb", broker=redis_url, store="rocksdb://", datadir=str(tmp_path))
+    app.transport_settings = settings  # type: ignore[attr-defined]
+    producer = cast(Producer, app.producer)
+    await producer.start()
+    try:
+        topic = "tb-many"
+        await producer.create_topic(topic, 2, 1)
+        count = 2 * (batch_records or PRODUCE_BATCH_RECORDS) + 7
+        writes, produced = METRICS.produce_writes, METRICS.records_produced
+        # Queued without a turn of the loop in between, as an agent working off a backlog does.
+        first = producer.queue_many(topic, 0, [(b"k%d" % n, b"%d" % n) for n in range(count - 1)])
+        last = producer.queue_many(topic, 1, [(b"last", b"x")])
+        assert producer.outstanding == count
+        await producer.flush()
+        assert (METRICS.produce_writes - writes, METRICS.records_produced - produced) == (3, count)
+        # What it held at once, all of it (ocstream_transport_produce_queued_peak_records), and
+        # nothing now.
+        assert producer.outstanding_peak >= count
+        assert producer.outstanding == 0
+        assert first.result().offset == count - 2
+        assert last.result().offset == 0
+        values = [int(value) for _, value in await changelog(redis_url, prefix, topic, 0)]
+        assert values == list(range(count - 1))
+    finally:
+        await producer.stop()
 
 
 async def test_wait_room_gives_the_loop_a_turn_and_holds_an_agent_that_outruns_redis(
@@ -503,7 +516,7 @@ async def test_a_stop_with_redis_gone_fails_every_queued_record_and_returns(
     producer = cast(Producer, app.producer)  # the transport's producer (broker=redis://)
     await producer.start()
     retries = METRICS.produce_retries
-    first = producer.queue_many("tb-gone", 0, [(b"k", b"v")] * MAX_BATCH_RECORDS)
+    first = producer.queue_many("tb-gone", 0, [(b"k", b"v")] * producer.batch_records)
     second = producer.queue_many("tb-gone", 1, [(b"k", b"v")] * 7)
     # Stopped once a round trip has failed and been put back for a retry (the case the stop
     # must clear), not after a guessed time.

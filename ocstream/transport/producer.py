@@ -1,14 +1,15 @@
 """faust's producer on Redis: records are queued and appended in pipelined batches.
 
 ``send()`` only queues; a background task drains the queue every ``linger_ms`` and writes the
-queued records in one round trip (one Lua call per partition; :data:`MAX_BATCH_RECORDS` at
-most), which is what makes table changelog writes cheap. A transient Redis error keeps the
-batch and retries it with backoff until Redis answers (a retried batch may be written twice if
-the first reply was lost: the transport is at-least-once, like faust on Kafka without
-transactions). So do the partitions Redis refused to write for now (out of memory, a replica
-since a failover, ...: :func:`~.client.refused_for_now`): their records are kept, in order,
-and ``flush()`` waits for them. A partition refused for good (``WRONGTYPE``) fails its
-records' futures, and each such record is counted and logged.
+queued records in one round trip (one Lua call per partition, in one transaction;
+``produce_batch_records`` at most, a transport setting), which is what makes table changelog
+writes cheap. A transient Redis error keeps the batch and retries it with backoff until Redis
+answers (a retried batch may be written twice if the first reply was lost: the transport is
+at-least-once, like faust on Kafka without transactions). So do the partitions Redis refused
+to write for now (out of memory, a replica since a failover, ...:
+:func:`~.client.refused_for_now`): their records are kept, in order, and ``flush()`` waits for
+them. A partition refused for good (``WRONGTYPE``) fails its records' futures, and each such
+record is counted and logged.
 """
 
 from __future__ import annotations
@@ -40,18 +41,12 @@ logger = get_logger(__name__)
 #: :meth:`Producer.queue_many` call (nobody waits for them one by one).
 _Pending = tuple[str, int, Record, "asyncio.Future[RecordMetadata] | None"]
 
-#: Most records written in one round trip. Packing a round trip's records takes several times
-#: their size in transient heap, which the process keeps once it has grown to it: 60,000
-#: records (a backlog's second of table changes, or a sweep's tombstones) took about 200 MiB.
-#: A round trip of this many took 0.1 to 0.35 s in a burst: long enough that its overhead does
-#: not show.
-MAX_BATCH_RECORDS = 5_000
-
 #: Records queued or being written above which :meth:`Producer.wait_room` holds an agent back.
-#: Two round trips' worth: one in Redis while the next is queued, so Redis never waits for the
-#: agent, and an agent that outruns Redis stops at about 10 MB of records instead of holding
-#: a backlog's worth in the queue (40,000 records and 150 MiB more heap, seen in a burst).
-MAX_IN_FLIGHT = 2 * MAX_BATCH_RECORDS
+#: An agent that outruns Redis stops at about 10 MB of records instead of holding a backlog's
+#: worth in the queue (40,000 records and 150 MiB more heap, seen in a burst), and the queue
+#: still holds the next round trips while one is in Redis, so Redis never waits for the
+#: agent. At least two round trips' worth when ``produce_batch_records`` is set higher.
+MAX_IN_FLIGHT = 10_000
 
 
 class _Buffer(ProducerBuffer):
@@ -77,6 +72,10 @@ class Producer(base.Producer):
     def __post_init__(self) -> None:
         transport = cast("Transport", self.transport)
         self.settings: TransportSettings = transport.settings
+        #: Most records in one round trip, and the most queued or being written before
+        #: ``wait_room`` holds an agent back.
+        self.batch_records = self.settings.produce_batch_records
+        self.max_in_flight = max(MAX_IN_FLIGHT, 2 * self.batch_records)
         self.keys = Keyspace(self.settings.prefix)
         self._pending: list[_Pending] = []
         self._wakeup = asyncio.Event()
@@ -197,19 +196,19 @@ class Producer(base.Producer):
         return fut
 
     async def wait_room(self) -> None:
-        """Give the event loop a turn, and wait while more than :data:`MAX_IN_FLIGHT` records
-        are queued or being written: for an agent that queues records in place
-        (:meth:`queue`, :meth:`queue_many`) in a loop that does not otherwise wait while it has
-        records to take, which would keep the loop from the writes and let the queue grow by
-        as much as the agent can process (``topology/xcm.py``, the match agent). A wait is
-        counted in ``ocstream_transport_produce_waits_total``."""
-        if self.outstanding <= MAX_IN_FLIGHT:
+        """Give the event loop a turn, and wait while more than ``max_in_flight`` records
+        (:data:`MAX_IN_FLIGHT`) are queued or being written: for an agent that queues records
+        in place (:meth:`queue`, :meth:`queue_many`) in a loop that does not otherwise wait
+        while it has records to take, which would keep the loop from the writes and let the
+        queue grow by as much as the agent can process (``topology/xcm.py``, the match
+        agent). A wait is counted in ``ocstream_transport_produce_waits_total``."""
+        if self.outstanding <= self.max_in_flight:
             await asyncio.sleep(0)
             return
         METRICS.produce_waits += 1
         self._wakeup.set()
         async with self._settled_changed:
-            await self._settled_changed.wait_for(lambda: self.outstanding <= MAX_IN_FLIGHT)
+            await self._settled_changed.wait_for(lambda: self.outstanding <= self.max_in_flight)
 
     async def send_and_wait(
         self,
@@ -239,8 +238,8 @@ class Producer(base.Producer):
                 await asyncio.sleep(linger)
             self._wakeup.clear()
             while self._pending:
-                batch = self._pending[:MAX_BATCH_RECORDS]
-                del self._pending[:MAX_BATCH_RECORDS]
+                batch = self._pending[: self.batch_records]
+                del self._pending[: self.batch_records]
                 try:
                     results = await append_records(
                         self.client,

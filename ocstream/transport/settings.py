@@ -20,6 +20,9 @@ from .traffic import FIRST_LOOK, SETTLE_RECORDS, UNEVEN_CHECKS
 
 ENV_PREFIX = "OCSTREAM_TRANSPORT_"
 
+#: The default of ``produce_batch_records``.
+PRODUCE_BATCH_RECORDS = 3_000
+
 
 class TransportSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -28,6 +31,12 @@ class TransportSettings(BaseModel):
     prefix: str = DEFAULT_PREFIX
     #: How long the producer waits to batch more records into one round trip (like linger.ms).
     linger_ms: float = Field(default=1.0, ge=0, le=1000)
+    #: Most records the producer writes in one round trip. A round trip is one
+    #: ``MULTI``/``EXEC``, and Redis serves no other client while it runs it (about 5 µs a
+    #: record on the development machine); packing it takes several times its records' size
+    #: in heap, which the process keeps. A backlog goes in round trips of this many, one after
+    #: the other (``docs/transport.md``, "How large a round trip is").
+    produce_batch_records: int = Field(default=PRODUCE_BATCH_RECORDS, ge=1, le=100_000)
     #: Most records returned by one XREAD per partition.
     fetch_count: int = Field(default=1000, ge=1, le=100_000)
     #: A member whose heartbeat is older than this (Redis server time) is dropped from the group.

@@ -27,8 +27,9 @@ samples the notifications in Redis and the worker's ``/metrics``. It asserts:
    too, so it only overstates how far the matcher got). A committed offset would not do:
    offsets are committed after the writes they cover, so the committed lag is still the whole
    backlog just after an agent that held the loop has had its writes made;
-2. the producer's round trips carried at most :data:`~ocstream.transport.producer.MAX_BATCH_RECORDS`
-   records each on average, over many round trips;
+2. the producer's round trips carried at most ``produce_batch_records``
+   (:data:`~ocstream.transport.settings.PRODUCE_BATCH_RECORDS`) records each on average, over
+   many round trips;
 3. every journey ended with exactly its three notifications (``xcm.sent``, ``xcm.relayed``,
    ``xcm.received``), each written once, nothing dead-lettered, nothing timed out.
 
@@ -46,7 +47,8 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from ocstream.transport import Keyspace
-from ocstream.transport.producer import MAX_BATCH_RECORDS, MAX_IN_FLIGHT
+from ocstream.transport.producer import MAX_IN_FLIGHT
+from ocstream.transport.settings import PRODUCE_BATCH_RECORDS
 from tests.workers import Worker, publish_records, wait_for
 
 from .outcomes import assert_each_journey_notified_once, dead_letter_count, notification_entries
@@ -63,6 +65,10 @@ PARTITIONS = 4  # the test worker's topic partitions
 JOURNEYS = 10_000
 #: The match agent's batch bound (``OCSTREAM_XCM_BATCH_RECORDS``; 500 by default).
 BATCH_RECORDS = 200
+#: More records than one batch of :data:`BATCH_RECORDS` leg records makes: what the match agent
+#: may queue past ``wait_room``'s bound before it checks again (it checks after each batch; the
+#: peak went 1,700 to 1,900 records past the bound).
+BATCH_OUTPUT = 5_000
 #: Share of the backlog that must still be untaken in some sample that finds notifications
 #: written (assertion 1). A worker yielding per batch had taken a tenth to a fifth of it when the
 #: first notifications landed; one that holds the loop until its feed runs dry, all of it.
@@ -241,7 +247,7 @@ def test_a_backlog_is_written_as_it_is_matched_in_bounded_round_trips(
     writes = final["ocstream_transport_produce_writes_total"]
     assert produced >= 3 * JOURNEYS  # the notifications alone, besides the table changelogs
     assert writes > 1
-    assert produced / writes <= MAX_BATCH_RECORDS, (produced, writes)
+    assert produced / writes <= PRODUCE_BATCH_RECORDS, (produced, writes)
 
     # 3. Every journey matched exactly once: its three notifications, each written once.
     assert_matched_once(entries, dead, final)
@@ -266,10 +272,10 @@ def test_an_agent_waits_for_room_while_redis_takes_no_writes(
     The match agent must stop at ``wait_room``'s bound instead of
     queuing the backlog's records: the producer's peak (``ocstream_transport_produce_queued_
     peak_records``) above :data:`~ocstream.transport.producer.MAX_IN_FLIGHT` (so the pause did
-    bring it to the bound) but not by more than one batch's records (the agent checks after
-    each batch), and at least one wait counted. Measured: a peak of 11,700-11,900 records and
-    11 waits; with the agent's ``wait_room`` replaced by a bare turn of the loop, it went on
-    matching through the pause, to a peak of 20,000-23,000."""
+    bring it to the bound) but not by more than one batch's records (:data:`BATCH_OUTPUT`:
+    the agent checks after each batch), and at least one wait counted. Measured: a peak of
+    11,700-11,900 records and 11 waits; with the agent's ``wait_room`` replaced by a bare turn
+    of the loop, it went on matching through the pause, to a peak of 20,000-23,000."""
     journeys = build_journeys(0, JOURNEYS, seed=13, partitions=PARTITIONS)
     records = shuffled(journeys, seed=14)
     publish_records(redis_url, prefix, "xcm-legs", records, PARTITIONS)
@@ -291,7 +297,6 @@ def test_an_agent_waits_for_room_while_redis_takes_no_writes(
     # notifications come three a journey).
     assert paused_at < JOURNEYS, paused_at
     peak = final["ocstream_transport_produce_queued_peak_records"]
-    # A batch of BATCH_RECORDS leg records makes far fewer than MAX_BATCH_RECORDS records.
-    assert MAX_IN_FLIGHT < peak <= MAX_IN_FLIGHT + MAX_BATCH_RECORDS, peak
+    assert MAX_IN_FLIGHT < peak <= MAX_IN_FLIGHT + BATCH_OUTPUT, peak
     assert final["ocstream_transport_produce_waits_total"] >= 1, final
     assert_matched_once(entries, dead, final)
