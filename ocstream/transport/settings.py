@@ -32,7 +32,7 @@ class TransportSettings(BaseModel):
     #: How long the producer waits to batch more records into one round trip (like linger.ms).
     linger_ms: float = Field(default=1.0, ge=0, le=1000)
     #: Most records the producer writes in one round trip. A round trip is one
-    #: ``MULTI``/``EXEC``, and Redis serves no other client while it runs it (about 5 µs a
+    #: ``MULTI``/``EXEC``, and Redis serves no other client while it runs it (about 6 µs a
     #: record on the development machine); packing it takes several times its records' size
     #: in heap, which the process keeps. A backlog goes in round trips of this many, one after
     #: the other (``docs/transport.md``, "How large a round trip is").
