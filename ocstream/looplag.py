@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 
-__all__ = ["LAG_BUCKETS", "LAG_EVERY", "LOOP_LAG", "LoopLag", "watch_loop"]
+__all__ = ["LAG_BUCKETS", "LAG_EVERY", "LOOP_LAG", "Durations", "watch_loop"]
 
 #: Seconds between two wake-ups of :func:`watch_loop`.
 LAG_EVERY = 0.05
@@ -27,8 +27,9 @@ LAG_EVERY = 0.05
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class LoopLag:
-    """Lags seen so far: a cumulative histogram, their sum and the longest."""
+class Durations:
+    """Durations seen so far (the loop's lags here; the producer's round trips too): a
+    cumulative histogram, their sum and the longest."""
 
     def __init__(self, buckets: tuple[float, ...] = LAG_BUCKETS) -> None:
         self.buckets = buckets
@@ -36,19 +37,19 @@ class LoopLag:
         self.total = 0.0
         self.longest = 0.0
 
-    def observe(self, lag: float) -> None:
-        lag = max(lag, 0.0)
-        self.counts[bisect.bisect_left(self.buckets, lag)] += 1
-        self.total += lag
-        if lag > self.longest:
-            self.longest = lag
+    def observe(self, seconds: float) -> None:
+        seconds = max(seconds, 0.0)
+        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
+        self.total += seconds
+        if seconds > self.longest:
+            self.longest = seconds
 
     @property
     def count(self) -> int:
         return sum(self.counts)
 
     def cumulative(self) -> list[tuple[str, int]]:
-        """``(upper bound, lags at or under it)`` per bucket, ``+Inf`` last, as Prometheus
+        """``(upper bound, durations at or under it)`` per bucket, ``+Inf`` last, as Prometheus
         histograms count."""
         out, running = [], 0
         for bound, count in zip((*map(str, self.buckets), "+Inf"), self.counts, strict=True):
@@ -58,10 +59,10 @@ class LoopLag:
 
 
 #: This process's lags (a worker's, or an ``ocstream ingress``').
-LOOP_LAG = LoopLag()
+LOOP_LAG = Durations()
 
 
-async def watch_loop(every: float = LAG_EVERY, into: LoopLag = LOOP_LAG) -> None:
+async def watch_loop(every: float = LAG_EVERY, into: Durations = LOOP_LAG) -> None:
     """Forever: sleep ``every`` seconds and record in ``into`` how much later the loop woke
     this task up than asked (a task of a worker or an ingress)."""
     loop = asyncio.get_running_loop()

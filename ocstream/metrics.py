@@ -215,8 +215,10 @@ TRANSPORT_HELP = {
 
 @worker_collector
 def transport_families(app: Any) -> Iterator[Metric]:
-    """``ocstream_transport_*_total``: the transport's counters of this process; and what its
-    producer holds, ``ocstream_transport_produce_queued_records`` and ``…_queued_peak_records``."""
+    """``ocstream_transport_*_total``: the transport's counters of this process; what its
+    producer holds, ``ocstream_transport_produce_queued_records`` and ``…_queued_peak_records``;
+    and how long its write round trips took, ``…_produce_round_trip_seconds`` and
+    ``…_round_trip_max_seconds``."""
     from .transport import METRICS
 
     for name, value in METRICS.as_dict().items():
@@ -231,8 +233,22 @@ def transport_families(app: Any) -> Iterator[Metric]:
         yield _gauge(
             "ocstream_transport_produce_queued_peak_records",
             "The most records queued or being appended at once since start (agents wait above "
-            "about two round trips' worth when Redis takes records in slower than they come).",
+            "10,000 when Redis takes records in slower than they come).",
             producer.outstanding_peak,
+        )
+    round_trips = getattr(producer, "round_trips", None)
+    if round_trips is not None:
+        yield HistogramMetricFamily(
+            "ocstream_transport_produce_round_trip_seconds",
+            "How long the producer's write round trips took, each one transaction of at most "
+            "produce_batch_records records, from packing to the last reply.",
+            buckets=round_trips.cumulative(),
+            sum_value=round_trips.total,
+        )
+        yield _gauge(
+            "ocstream_transport_produce_round_trip_max_seconds",
+            "The longest write round trip since start.",
+            round_trips.longest,
         )
 
 

@@ -20,7 +20,9 @@ from collections import Counter
 from types import SimpleNamespace
 from typing import Any
 
+from ocstream.looplag import Durations
 from ocstream.stages import Backlog
+from ocstream.transport.producer import ROUND_TRIP_BUCKETS
 
 #: The engine's and the extractor's counter keys as topology/xcm.py counts them, dead letters
 #: included (their kinds carry hyphens).
@@ -123,8 +125,18 @@ def sample_app() -> Any:
         websocket_hub=SimpleNamespace(clients_by_type=lambda: {"ephemeral": 1, "persistent": 0}),
         ingress=ingress,
         delivery_backlog=_backlog(),
-        producer=SimpleNamespace(outstanding=40, outstanding_peak=9_000),
+        producer=SimpleNamespace(
+            outstanding=40, outstanding_peak=9_000, round_trips=_round_trips()
+        ),
     )
+
+
+def _round_trips() -> Durations:
+    """Three write round trips of the producer: 2 ms, 4 ms and 30 ms."""
+    durations = Durations(ROUND_TRIP_BUCKETS)
+    for seconds in (0.002, 0.004, 0.03):
+        durations.observe(seconds)
+    return durations
 
 
 _TYPE = re.compile(r"^# TYPE (\S+) (\S+)$")

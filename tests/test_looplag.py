@@ -8,11 +8,11 @@ import time
 from prometheus_client.parser import text_string_to_metric_families
 
 from ocstream import metrics
-from ocstream.looplag import LOOP_LAG, LoopLag, watch_loop
+from ocstream.looplag import LOOP_LAG, Durations, watch_loop
 
 
 async def test_a_held_loop_is_seen_as_lag() -> None:
-    lags = LoopLag()
+    lags = Durations()
     watcher = asyncio.create_task(watch_loop(every=0.01, into=lags))
     await asyncio.sleep(0.2)  # a loop with nothing to do: every wake-up on time, or nearly
     quiet = lags.count
@@ -31,7 +31,7 @@ async def test_a_held_loop_is_seen_as_lag() -> None:
 
 
 def test_lags_beyond_the_last_bucket_and_early_wakeups() -> None:
-    lags = LoopLag(buckets=(0.1, 1.0))
+    lags = Durations(buckets=(0.1, 1.0))
     lags.observe(-0.001)  # a timer a hair early counts as no lag
     lags.observe(0.1)  # on a bound: in that bucket, as Prometheus' "le" says
     lags.observe(7.0)

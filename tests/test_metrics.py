@@ -78,6 +78,12 @@ ADDED = [
     # (transport/producer.py; what wait_room bounds).
     ["ocstream_transport_produce_queued_records", "gauge", []],
     ["ocstream_transport_produce_queued_peak_records", "gauge", []],
+    # How long the producer's write round trips took, each one transaction that Redis runs
+    # without serving anyone else (docs/transport.md, "How large a round trip is").
+    ["ocstream_transport_produce_round_trip_max_seconds", "gauge", []],
+    ["ocstream_transport_produce_round_trip_seconds_bucket", "untyped", ["le"]],
+    ["ocstream_transport_produce_round_trip_seconds_count", "untyped", []],
+    ["ocstream_transport_produce_round_trip_seconds_sum", "untyped", []],
 ]
 
 
@@ -114,6 +120,13 @@ def test_worker_metrics_are_those_of_before() -> None:
     assert families["ocstream_delivery_first_wait_seconds"].samples[0].value == 0.125
     assert families["ocstream_delivery_backlog"].samples[0].value == 5  # 4 - 2 + 3
     assert families["ocstream_group_assignment_weighed_records"].samples[0].value == 1250
+    trips = {
+        s.labels.get("le", s.name): s.value
+        for s in families["ocstream_transport_produce_round_trip_seconds"].samples
+    }
+    assert (trips["0.0025"], trips["0.005"], trips["0.025"], trips["0.05"]) == (1, 2, 2, 3)
+    assert trips["ocstream_transport_produce_round_trip_seconds_count"] == 3
+    assert families["ocstream_transport_produce_round_trip_max_seconds"].samples[0].value == 0.03
     ingress = families["ocstream_ingress_backlog_blocks"].samples[0]
     assert (ingress.labels, ingress.value) == ({"network": "urn:ocn:polkadot:0"}, 2)
 

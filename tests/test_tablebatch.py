@@ -463,6 +463,9 @@ async def test_a_backlog_is_written_in_round_trips_of_bounded_size(
         # nothing now.
         assert producer.outstanding_peak >= count
         assert producer.outstanding == 0
+        # Each round trip timed (ocstream_transport_produce_round_trip_seconds).
+        assert producer.round_trips.count == 3
+        assert 0 < producer.round_trips.longest <= producer.round_trips.total
         assert first.result().offset == count - 2
         assert last.result().offset == 0
         values = [int(value) for _, value in await changelog(redis_url, prefix, topic, 0)]

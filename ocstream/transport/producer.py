@@ -25,6 +25,7 @@ from faust.types import TP, RecordMetadata
 from mode import Service, get_logger
 from redis.asyncio import Redis
 
+from ..looplag import Durations
 from .client import TRANSIENT_ERRORS, Backoff, connect, refused_for_now
 from .keys import Keyspace
 from .metrics import METRICS
@@ -47,6 +48,10 @@ _Pending = tuple[str, int, Record, "asyncio.Future[RecordMetadata] | None"]
 #: still holds the next round trips while one is in Redis, so Redis never waits for the
 #: agent. At least two round trips' worth when ``produce_batch_records`` is set higher.
 MAX_IN_FLIGHT = 10_000
+
+#: Upper bounds (seconds) of the buckets of the producer's round-trip times
+#: (``ocstream_transport_produce_round_trip_seconds``).
+ROUND_TRIP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class _Buffer(ProducerBuffer):
@@ -90,6 +95,10 @@ class Producer(base.Producer):
         #: started (taken as each round trip settles): what agents queued while Redis or the
         #: writer was behind, which ``wait_room`` bounds.
         self.outstanding_peak = 0
+        #: How long each answered round trip took, from packing to the last reply: Redis's
+        #: time in the transaction, and whatever made it wait (other clients' round trips, a
+        #: busy machine, a slow network).
+        self.round_trips = Durations(ROUND_TRIP_BUCKETS)
 
     @property
     def outstanding(self) -> int:
@@ -240,6 +249,7 @@ class Producer(base.Producer):
             while self._pending:
                 batch = self._pending[: self.batch_records]
                 del self._pending[: self.batch_records]
+                started = time.perf_counter()
                 try:
                     results = await append_records(
                         self.client,
@@ -258,6 +268,7 @@ class Producer(base.Producer):
                     METRICS.produce_retries += 1
                     await backoff.wait(logger, "produce", exc)
                     continue
+                self.round_trips.observe(time.perf_counter() - started)
                 again: list[_Pending] = []
                 refused: BaseException | None = None
                 failed = 0
