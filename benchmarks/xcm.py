@@ -325,14 +325,15 @@ READ_COUNTERS = {
 }
 
 
-def metrics_of(run: Run) -> tuple[float, list[float], dict[str, float], float]:
+def metrics_of(run: Run) -> tuple[float, list[float], dict[str, float], float, float]:
     """From one read of each worker's ``/metrics``: the workers' seconds of garbage collection
     so far, their longest pause per generation (``ocstream_gc_*``), their records fetched
-    and standby records applied (:data:`READ_COUNTERS`), summed, and the most records one
-    worker's producer held queued at once since start."""
+    and standby records applied (:data:`READ_COUNTERS`), summed, the most records one
+    worker's producer held queued at once since start, and the longest write round trip of
+    any of them (seconds)."""
     seconds, pauses = 0.0, [0.0, 0.0, 0.0]
     reads = dict.fromkeys(READ_COUNTERS.values(), 0.0)
-    queued_peak = 0.0
+    queued_peak = round_trip = 0.0
     for worker in run.workers:
         for name, labels, value in worker.samples():
             if name == "ocstream_gc_seconds_total":
@@ -344,7 +345,9 @@ def metrics_of(run: Run) -> tuple[float, list[float], dict[str, float], float]:
                 reads[READ_COUNTERS[name]] += value
             elif name == "ocstream_transport_produce_queued_peak_records":
                 queued_peak = max(queued_peak, value)
-    return seconds, pauses, reads, queued_peak
+            elif name == "ocstream_transport_produce_round_trip_max_seconds":
+                round_trip = max(round_trip, value)
+    return seconds, pauses, reads, queued_peak, round_trip
 
 
 # --- phases --------------------------------------------------------------------------------------
@@ -486,7 +489,7 @@ def journeys_phase(
         for record in records:
             (sends if _is_sent(record) else later).append(record)
     cpu = CpuMeter(run)
-    gc_before, _, reads_before, _ = metrics_of(run)
+    gc_before, _, reads_before, _, _ = metrics_of(run)
     bytes_in = redis_bytes_in(run.client)
     t0 = time.perf_counter()
     if args.arrival == "timed":
@@ -499,7 +502,7 @@ def journeys_phase(
     total = len(warm) + args.journeys
     t1, (cpu_used, cpu_each, by_command) = end_of_timed_part(run, reader, cpu, total, args.timeout)
     elapsed = t1 - t0
-    gc_after, gc_pause, reads_after, queued_peak = metrics_of(run)
+    gc_after, gc_pause, reads_after, queued_peak, round_trip = metrics_of(run)
     reads = {k: v - reads_before[k] for k, v in reads_after.items()}
 
     # Late relayed notifications (a relayed leg after its receipt) may still be on their way.
@@ -565,6 +568,7 @@ def journeys_phase(
         "gc_pause": gc_pause,
         "reads": {k: v / args.journeys for k, v in reads.items()},
         "queued_peak": queued_peak,
+        "round_trip": round_trip,
     }
 
 
@@ -876,7 +880,8 @@ def main(argv: Iterable[str] | None = None) -> int:
             f"generations 0/1/2: {'/'.join(f'{p * 1000:.0f}' for p in r['gc_pause'])} ms), "
             f"per journey in the timed part: {r['reads']['fetched']:.1f} records fetched, "
             f"{r['reads']['standby']:.1f} applied by standbys; the most records a worker's "
-            f"producer held queued at once {r['queued_peak']:,.0f}\n"
+            f"producer held queued at once {r['queued_peak']:,.0f}, its longest write round "
+            f"trip {r['round_trip'] * 1000:.0f} ms\n"
             f"    Redis: {r['bytes_in']:,.0f} bytes received per journey; the run's keys hold "
             f"{r['held']:,.0f} bytes per journey, {r['kept']:,.0f} once the consumed topic "
             f"entries are trimmed ({kept}), {r['final']:,.0f} once ended journeys are swept "
