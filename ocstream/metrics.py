@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -51,6 +51,9 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .looplag import Durations
 
 __all__ = [
     "CONTENT_TYPE",
@@ -238,17 +241,12 @@ def transport_families(app: Any) -> Iterator[Metric]:
         )
     round_trips = getattr(producer, "round_trips", None)
     if round_trips is not None:
-        yield HistogramMetricFamily(
-            "ocstream_transport_produce_round_trip_seconds",
+        yield from _durations(
+            "ocstream_transport_produce_round_trip",
             "How long the producer's write round trips took, each one transaction of at most "
             "produce_batch_records records, from packing to the last reply.",
-            buckets=round_trips.cumulative(),
-            sum_value=round_trips.total,
-        )
-        yield _gauge(
-            "ocstream_transport_produce_round_trip_max_seconds",
             "The longest write round trip since start.",
-            round_trips.longest,
+            round_trips,
         )
 
 
@@ -291,18 +289,24 @@ def loop_families() -> Iterator[Metric]:
     (``ocstream/looplag.py``): a worker's, and an ``ocstream ingress`` process's."""
     from .looplag import LOOP_LAG
 
-    yield HistogramMetricFamily(
-        "ocstream_event_loop_lag_seconds",
+    yield from _durations(
+        "ocstream_event_loop_lag",
         "How much later than asked the event loop woke a task that sleeps 50 ms at a time: "
         "what anything ready waited for the loop.",
-        buckets=LOOP_LAG.cumulative(),
-        sum_value=LOOP_LAG.total,
-    )
-    yield _gauge(
-        "ocstream_event_loop_lag_max_seconds",
         "The longest such wait since start: the longest the event loop was held.",
-        LOOP_LAG.longest,
+        LOOP_LAG,
     )
+
+
+def _durations(name: str, help_text: str, max_help: str, durations: Durations) -> Iterator[Metric]:
+    """``durations`` as a histogram, ``<name>_seconds``, and its longest, ``<name>_max_seconds``."""
+    yield HistogramMetricFamily(
+        f"{name}_seconds",
+        help_text,
+        buckets=durations.cumulative(),
+        sum_value=durations.total,
+    )
+    yield _gauge(f"{name}_max_seconds", max_help, durations.longest)
 
 
 @worker_collector
