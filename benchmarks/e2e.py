@@ -68,7 +68,8 @@ instead of between its batches.
   ingress and Redis (the whole server: other users of it count too); the most records one
   worker's producer held queued at once since the run's workers started (the largest of the
   workers' ``ocstream_transport_produce_queued_peak_records``: what a burst of blocks left
-  waiting for Redis);
+  waiting for Redis), and the longest write round trip of any worker since they started
+  (``ocstream_transport_produce_round_trip_max_seconds``);
 * *p99 / block CPU*: the receipts' p99 over K x the workers' CPU per journey, which is the CPU
   the workers spend on one block's journeys (sends and receipts; an Asset Hub block and a relay
   block come together). The same run gives both, so the ratio does not move with the
@@ -515,6 +516,9 @@ class Step:
     #: The most records one worker's producer held queued at once, since the workers started
     #: (``ocstream_transport_produce_queued_peak_records``, the largest of the workers).
     queued_peak: float = 0.0
+    #: The longest write round trip of any worker since the workers started, seconds
+    #: (``ocstream_transport_produce_round_trip_max_seconds``).
+    round_trip: float = 0.0
     growth: float = float("nan")
     kept_up: bool = False
     drained: bool = True
@@ -535,15 +539,11 @@ def loop_lags(
     }
 
 
-def queued_peak(scraped: Scrape) -> float:
-    """The most records one worker's producer held queued at once since it started."""
+def largest(scraped: Scrape, metric: str) -> float:
+    """The largest of the workers' values of the unlabelled series ``metric`` (0 if none has
+    it): e.g. the most records one worker's producer held queued at once since it started."""
     return max(
-        (
-            value
-            for samples in scraped.values()
-            for name, _, value in samples
-            if name == "ocstream_transport_produce_queued_peak_records"
-        ),
+        (value for samples in scraped.values() for name, _, value in samples if name == metric),
         default=0.0,
     )
 
@@ -632,7 +632,8 @@ def run_step(
             bound: wakeups - (lags.get(bound, 0) - before.get(bound, 0)) for bound in LAG_BOUNDS
         }
     step.cpu["ingress"] = ingress_cpu * 1000 / step.journeys
-    step.queued_peak = queued_peak(scraped)
+    step.queued_peak = largest(scraped, "ocstream_transport_produce_queued_peak_records")
+    step.round_trip = largest(scraped, "ocstream_transport_produce_round_trip_max_seconds")
     step.rss_workers = [rss_peak(w.proc.pid) for w in run.workers if w.proc]
     step.redis_used = int(run.client.info("memory")["used_memory"])
     records = receiver.take()
@@ -780,7 +781,8 @@ def step_line(step: Step, label: str) -> str:
         f"{step.redis_used / MiB:.0f} MiB, received {step.redis_in / 1000:.1f} kB/journey; "
         f"event loop held over "
         f"{'/'.join(f'{float(b) * 1000:.0f}' for b in LAG_BOUNDS)} ms: {loop_lag(step)}; "
-        f"producer held queued at most {step.queued_peak:,.0f} records; "
+        f"producer held queued at most {step.queued_peak:,.0f} records, longest write round "
+        f"trip {step.round_trip * 1000:.0f} ms; "
         f"CPU ms/journey workers {worker_cpu(step)} "
         f"ingress {step.cpu['ingress']:.2f} redis {step.cpu['redis']:.2f}; received p99 / "
         f"block CPU {block_cpu_ratio(step):.2f} -> {verdict}"
