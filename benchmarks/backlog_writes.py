@@ -30,7 +30,7 @@ import uuid
 from multiprocessing.connection import Connection
 
 import redis
-from procs import redis_cpu  # benchmarks/ is this script's directory
+from procs import percentile, redis_cpu  # benchmarks/ is this script's directory
 
 from ocstream.transport import scripts
 from ocstream.transport.client import connect
@@ -54,11 +54,6 @@ def probe(url: str, interval: float, stop: Connection, out: Connection) -> None:
         time.sleep(interval)
     out.send(waits)
     client.close()
-
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def one_pass(
@@ -100,8 +95,8 @@ async def one_pass(
         "rate": args.records / wall,
         "redis_us": spent[0] * 1e6 / args.records,
         "client_us": spent[1] * 1e6 / args.records,
-        "p50_ms": quantile(waits, 0.5) * 1e3,
-        "p99_ms": quantile(waits, 0.99) * 1e3,
+        "p50_ms": percentile(waits, 50) * 1e3,
+        "p99_ms": percentile(waits, 99) * 1e3,
         "max_ms": max(waits) * 1e3,
     }
 

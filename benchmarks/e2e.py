@@ -127,6 +127,7 @@ from procs import (  # benchmarks/ is this script's directory
     bench_env,
     cleanup,
     cpu_seconds,
+    percentile,
     redis_bytes_in,
     redis_cpu,
     serve_printing_port,
@@ -546,14 +547,6 @@ def largest(scraped: Scrape, metric: str) -> float:
         (value for samples in scraped.values() for name, _, value in samples if name == metric),
         default=0.0,
     )
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
 #: Seconds at the start of a step left out of the "settled" p99 (the ingress is starting).

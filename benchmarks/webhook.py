@@ -57,7 +57,7 @@ import aiohttp
 import orjson
 import redis
 from aiohttp import web
-from procs import serve_printing_port  # benchmarks/ is this script's directory
+from procs import percentile, serve_printing_port  # benchmarks/ is this script's directory
 
 from ocstream.ingress.registry import NetworkRecord, NetworkRegistry
 from ocstream.sinks.webhook import WebhookDispatcher, WebhookSettings
@@ -448,12 +448,6 @@ class BenchWorker:
                 self.proc.kill()
                 self.proc.wait()
         delete_keys(self.url, self.prefix)
-
-
-def percentile(values: list[float], q: float) -> float:
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
 async def amain(args: argparse.Namespace) -> None:
