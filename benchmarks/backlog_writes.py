@@ -2,15 +2,16 @@
 records in a round trip, in one run.
 
     python benchmarks/backlog_writes.py [--redis URL] [--records N] [--sizes 5000 1000 ...]
-                                        [--repeat P] [--value-bytes B]
+                                        [--repeat P] [--value-bytes B] [--partitions P]
 
 A round trip of the producer is one ``MULTI``/``EXEC`` (``writer.append_records``), and Redis
 serves nobody else while it runs the transaction. This writes ``--records`` records the way a
 worker catching up writes them: round trips of a given size, one after the other, each awaited,
 over the ``--partitions`` (8) of a changelog, compacted, and as many of a plain topic, values of
-``--value-bytes``, keys drawn from 5,000. Meanwhile a probe process sends ``PING`` every
-millisecond on its own connection and times each reply: what another worker's fetch or commit
-waits for.
+``--value-bytes`` (hex of random bytes, which compresses about as well as the records' JSON:
+values of 512 bytes or more are compressed on the way), keys drawn from 5,000. Meanwhile a
+probe process sends ``PING`` every millisecond on its own connection and times each reply: what
+another worker's fetch or commit waits for.
 
 For each size (the order alternates between passes; the medians of ``--repeat`` passes are
 printed): records written per second, the client's and Redis's CPU per record, and the probe's
@@ -61,12 +62,17 @@ async def one_pass(
 ) -> dict[str, float]:
     rnd = random.Random(size)
     keys = Keyspace(f"backlogbench-{uuid.uuid4().hex[:8]}:")
-    value = b"v" * args.value_bytes
+    # Hex of random bytes: values of 512 bytes or more are compressed on the way
+    # (``wire.COMPRESS_MIN_BYTES``), and a repeated byte would shrink to nothing.
     items = [
         (
             TOPICS[n % 2][0],
             rnd.randrange(args.partitions),
-            Record(b"key-%d" % rnd.randrange(5000), value, 1),
+            Record(
+                b"key-%d" % rnd.randrange(5000),
+                rnd.randbytes(args.value_bytes // 2).hex().encode(),
+                1,
+            ),
         )
         for n in range(args.records)
     ]
