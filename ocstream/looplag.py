@@ -15,9 +15,10 @@ Like :mod:`ocstream.gctune`, it imports nothing heavy.
 from __future__ import annotations
 
 import asyncio
-import bisect
 
-__all__ = ["LAG_BUCKETS", "LAG_EVERY", "LOOP_LAG", "Durations", "watch_loop"]
+from .durations import Durations
+
+__all__ = ["LAG_BUCKETS", "LAG_EVERY", "LOOP_LAG", "watch_loop"]
 
 #: Seconds between two wake-ups of :func:`watch_loop`.
 LAG_EVERY = 0.05
@@ -27,39 +28,8 @@ LAG_EVERY = 0.05
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class Durations:
-    """Durations seen so far (the loop's lags here; the producer's round trips too): a
-    cumulative histogram, their sum and the longest."""
-
-    def __init__(self, buckets: tuple[float, ...] = LAG_BUCKETS) -> None:
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)  # the last one: beyond every bound
-        self.total = 0.0
-        self.longest = 0.0
-
-    def observe(self, seconds: float) -> None:
-        seconds = max(seconds, 0.0)
-        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
-        self.total += seconds
-        if seconds > self.longest:
-            self.longest = seconds
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        """``(upper bound, durations at or under it)`` per bucket, ``+Inf`` last, as Prometheus
-        histograms count."""
-        out, running = [], 0
-        for bound, count in zip((*map(str, self.buckets), "+Inf"), self.counts, strict=True):
-            running += count
-            out.append((bound, running))
-        return out
-
-
 #: This process's lags (a worker's, or an ``ocstream ingress``').
-LOOP_LAG = Durations()
+LOOP_LAG = Durations(LAG_BUCKETS)
 
 
 async def watch_loop(every: float = LAG_EVERY, into: Durations = LOOP_LAG) -> None:

@@ -53,7 +53,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from .looplag import Durations
+    from .durations import Durations
 
 __all__ = [
     "CONTENT_TYPE",

@@ -20,7 +20,7 @@ from collections import Counter
 from types import SimpleNamespace
 from typing import Any
 
-from ocstream.looplag import Durations
+from ocstream.durations import Durations
 from ocstream.stages import Backlog
 from ocstream.transport.producer import ROUND_TRIP_BUCKETS
 

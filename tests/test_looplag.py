@@ -8,11 +8,12 @@ import time
 from prometheus_client.parser import text_string_to_metric_families
 
 from ocstream import metrics
-from ocstream.looplag import LOOP_LAG, Durations, watch_loop
+from ocstream.durations import Durations
+from ocstream.looplag import LAG_BUCKETS, LOOP_LAG, watch_loop
 
 
 async def test_a_held_loop_is_seen_as_lag() -> None:
-    lags = Durations()
+    lags = Durations(LAG_BUCKETS)
     watcher = asyncio.create_task(watch_loop(every=0.01, into=lags))
     await asyncio.sleep(0.2)  # a loop with nothing to do: every wake-up on time, or nearly
     quiet = lags.count

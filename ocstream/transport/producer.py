@@ -25,7 +25,7 @@ from faust.types import TP, RecordMetadata
 from mode import Service, get_logger
 from redis.asyncio import Redis
 
-from ..looplag import Durations
+from ..durations import Durations
 from .client import TRANSIENT_ERRORS, Backoff, connect, refused_for_now
 from .keys import Keyspace
 from .metrics import METRICS
