@@ -34,13 +34,21 @@ from tests.streams import axrange
 from tests.workers import free_port
 
 
+def redis_app(
+    app_id: str, broker: str, tmp_path: Path, settings: TransportSettings
+) -> tuple[Any, Producer]:
+    """A faust app on the Redis transport with ``settings``, and its producer (not started)."""
+    app = faust.App(app_id, broker=broker, store="rocksdb://", datadir=str(tmp_path), Table=Table)
+    app.transport_settings = settings  # type: ignore[attr-defined]
+    return app, cast(Producer, app.producer)
+
+
 @pytest.fixture
 async def app(redis_url: str, prefix: str, tmp_path: Path) -> AsyncIterator[Any]:
-    app = faust.App("tb", broker=redis_url, store="rocksdb://", datadir=str(tmp_path), Table=Table)
-    app.transport_settings = TransportSettings(prefix=prefix)  # type: ignore[attr-defined]
-    await app.producer.start()
+    app, producer = redis_app("tb", redis_url, tmp_path, TransportSettings(prefix=prefix))
+    await producer.start()
     yield app
-    await app.producer.stop()
+    await producer.stop()
 
 
 async def changelog(redis_url: str, prefix: str, topic: str, partition: int) -> list[Any]:
@@ -356,9 +364,7 @@ async def test_writes_redis_refuses_for_now_are_kept_in_order_until_it_takes_the
 
     prefix = "tb-oom:"  # the server is the test's own: nothing else writes to it
     redis_server = start_version(server, tmp_path / "redis")
-    app = faust.App("tb-oom", broker=redis_server.url, store="rocksdb://", datadir=str(tmp_path))
-    app.transport_settings = TransportSettings(prefix=prefix)  # type: ignore[attr-defined]
-    producer = cast(Producer, app.producer)
+    _, producer = redis_app("tb-oom", redis_server.url, tmp_path, TransportSettings(prefix=prefix))
     client = aioredis.Redis.from_url(redis_server.url)
     await producer.start()
     try:
@@ -444,9 +450,7 @@ async def test_a_backlog_is_written_in_round_trips_of_bounded_size(
         if batch_records is None
         else TransportSettings(prefix=prefix, produce_batch_records=batch_records)
     )
-    app = faust.App("tb", broker=redis_url, store="rocksdb://", datadir=str(tmp_path))
-    app.transport_settings = settings  # type: ignore[attr-defined]
-    producer = cast(Producer, app.producer)
+    _, producer = redis_app("tb", redis_url, tmp_path, settings)
     await producer.start()
     try:
         topic = "tb-many"
@@ -514,9 +518,7 @@ async def test_a_stop_with_redis_gone_fails_every_queued_record_and_returns(
     round trip's worth too: every future fails and the stop returns (a stop flushes first, and
     would wait for ever on records left in the queue)."""
     gone = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    app = faust.App("tb-gone", broker=gone, store="rocksdb://", datadir=str(tmp_path))
-    app.transport_settings = TransportSettings(prefix=prefix)  # type: ignore[attr-defined]
-    producer = cast(Producer, app.producer)  # the transport's producer (broker=redis://)
+    _, producer = redis_app("tb-gone", gone, tmp_path, TransportSettings(prefix=prefix))
     await producer.start()
     retries = METRICS.produce_retries
     first = producer.queue_many("tb-gone", 0, [(b"k", b"v")] * producer.batch_records)
