@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import re
 import shlex
@@ -325,29 +326,41 @@ READ_COUNTERS = {
 }
 
 
-def metrics_of(run: Run) -> tuple[float, list[float], dict[str, float], float, float]:
-    """From one read of each worker's ``/metrics``: the workers' seconds of garbage collection
-    so far, their longest pause per generation (``ocstream_gc_*``), their records fetched
-    and standby records applied (:data:`READ_COUNTERS`), summed, the most records one
-    worker's producer held queued at once since start, and the longest write round trip of
-    any of them (seconds)."""
-    seconds, pauses = 0.0, [0.0, 0.0, 0.0]
-    reads = dict.fromkeys(READ_COUNTERS.values(), 0.0)
-    queued_peak = round_trip = 0.0
+@dataclasses.dataclass
+class WorkerMetrics:
+    """What :func:`metrics_of` reads from the workers' ``/metrics``."""
+
+    #: The workers' seconds of garbage collection so far, summed (``ocstream_gc_*``).
+    gc_seconds: float = 0.0
+    #: Their longest pause per generation.
+    gc_pause: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])
+    #: Their records fetched and standby records applied (:data:`READ_COUNTERS`), summed.
+    reads: dict[str, float] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(READ_COUNTERS.values(), 0.0)
+    )
+    #: The most records one worker's producer held queued at once since start.
+    queued_peak: float = 0.0
+    #: The longest write round trip of any of them since start, seconds.
+    round_trip: float = 0.0
+
+
+def metrics_of(run: Run) -> WorkerMetrics:
+    """From one read of each worker's ``/metrics``: see :class:`WorkerMetrics`."""
+    out = WorkerMetrics()
     for worker in run.workers:
         for name, labels, value in worker.samples():
             if name == "ocstream_gc_seconds_total":
-                seconds += value
+                out.gc_seconds += value
             elif name == "ocstream_gc_pause_max_seconds":
                 generation = int(labels["generation"])
-                pauses[generation] = max(pauses[generation], value)
+                out.gc_pause[generation] = max(out.gc_pause[generation], value)
             elif name in READ_COUNTERS and not labels:
-                reads[READ_COUNTERS[name]] += value
+                out.reads[READ_COUNTERS[name]] += value
             elif name == "ocstream_transport_produce_queued_peak_records":
-                queued_peak = max(queued_peak, value)
+                out.queued_peak = max(out.queued_peak, value)
             elif name == "ocstream_transport_produce_round_trip_max_seconds":
-                round_trip = max(round_trip, value)
-    return seconds, pauses, reads, queued_peak, round_trip
+                out.round_trip = max(out.round_trip, value)
+    return out
 
 
 # --- phases --------------------------------------------------------------------------------------
@@ -489,7 +502,7 @@ def journeys_phase(
         for record in records:
             (sends if _is_sent(record) else later).append(record)
     cpu = CpuMeter(run)
-    gc_before, _, reads_before, _, _ = metrics_of(run)
+    before = metrics_of(run)
     bytes_in = redis_bytes_in(run.client)
     t0 = time.perf_counter()
     if args.arrival == "timed":
@@ -502,8 +515,8 @@ def journeys_phase(
     total = len(warm) + args.journeys
     t1, (cpu_used, cpu_each, by_command) = end_of_timed_part(run, reader, cpu, total, args.timeout)
     elapsed = t1 - t0
-    gc_after, gc_pause, reads_after, queued_peak, round_trip = metrics_of(run)
-    reads = {k: v - reads_before[k] for k, v in reads_after.items()}
+    after = metrics_of(run)
+    reads = {k: v - before.reads[k] for k, v in after.reads.items()}
 
     # Late relayed notifications (a relayed leg after its receipt) may still be on their way.
     wait_notes(run, reader, "xcm.relayed", total, 30)
@@ -564,11 +577,11 @@ def journeys_phase(
         "tombstones_left": left,
         "final_kinds": {k: v / total for k, v in final.items() if v},
         "peak_rss": max(w.rss_bytes("VmHWM") for w in run.workers),
-        "gc_seconds": gc_after - gc_before,
-        "gc_pause": gc_pause,
+        "gc_seconds": after.gc_seconds - before.gc_seconds,
+        "gc_pause": after.gc_pause,
         "reads": {k: v / args.journeys for k, v in reads.items()},
-        "queued_peak": queued_peak,
-        "round_trip": round_trip,
+        "queued_peak": after.queued_peak,
+        "round_trip": after.round_trip,
     }
 
 
