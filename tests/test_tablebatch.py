@@ -511,6 +511,29 @@ async def test_wait_room_gives_the_loop_a_turn_and_holds_an_agent_that_outruns_r
     await task
 
 
+async def test_wait_room_leaves_two_round_trips_of_a_larger_setting(
+    redis_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """With ``produce_batch_records`` above half of :data:`MAX_IN_FLIGHT`, an agent may keep two
+    round trips queued (one in Redis while the next fills): holding it at MAX_IN_FLIGHT would
+    leave Redis idle while the agent refills a round trip."""
+    batch = 7_000
+    settings = TransportSettings(prefix=prefix, produce_batch_records=batch)
+    _, producer = redis_app("tb", redis_url, tmp_path, settings)
+    await producer.start()
+    try:
+        assert producer.max_in_flight == 2 * batch > MAX_IN_FLIGHT
+        await producer.create_topic("tb-big", 1, 1)
+        waits = METRICS.produce_waits
+        fut = producer.queue_many("tb-big", 0, [(b"k", b"v")] * (2 * batch - 1000))
+        await producer.wait_room()
+        assert METRICS.produce_waits == waits  # above MAX_IN_FLIGHT, but two round trips at most
+        await producer.flush()
+        assert fut.result().offset == 2 * batch - 1001
+    finally:
+        await producer.stop()
+
+
 async def test_a_stop_with_redis_gone_fails_every_queued_record_and_returns(
     prefix: str, tmp_path: Path
 ) -> None:
