@@ -37,6 +37,8 @@ def _benchmark() -> ModuleType:
     spec = importlib.util.spec_from_file_location("xcm_benchmark", BENCHMARKS / "xcm.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    # Registered before it runs, as an import does: dataclasses look their module up there.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
