@@ -189,6 +189,7 @@ TRANSPORT_HELP = {
         "Times an agent waited for the producer to write the records it had queued (it had "
         "queued more than Redis took in)."
     ),
+    "produce_wait_seconds": "Seconds agents spent in those waits, summed.",
     "records_fetched": "Records fetched from topic partitions.",
     "fetch_errors": "Fetches that failed with a Redis error.",
     "commits": "Offset commits attempted.",

@@ -69,9 +69,10 @@ ADDED = [
     # The producer's write round trips: records_produced over it is records per write
     # (docs/transport.md, Producer).
     ["ocstream_transport_produce_writes_total", "counter", []],
-    # An agent held back until the producer had written what it queued (transport/producer.py,
-    # wait_room).
+    # An agent held back until the producer had written what it queued, and for how long in all
+    # (transport/producer.py, wait_room).
     ["ocstream_transport_produce_waits_total", "counter", []],
+    ["ocstream_transport_produce_wait_seconds_total", "counter", []],
     # Records Redis refused for good (WRONGTYPE ...), not written (docs/transport.md, Producer).
     ["ocstream_transport_produce_failed_total", "counter", []],
     # Records the producer holds queued or being written, now and at most since start

@@ -12,6 +12,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
@@ -483,7 +484,7 @@ async def test_wait_room_gives_the_loop_a_turn_and_holds_an_agent_that_outruns_r
 ) -> None:
     """``Producer.wait_room`` (the match agent calls it after each batch): with little queued it
     only lets the rest of the loop run; with more than :data:`MAX_IN_FLIGHT` queued it returns
-    once the producer has written enough of it, and counts the wait."""
+    once the producer has written enough of it, and counts the wait and its length."""
     producer = app.producer
     topic = "tb-room"
     await producer.create_topic(topic, 1, 1)
@@ -499,10 +500,16 @@ async def test_wait_room_gives_the_loop_a_turn_and_holds_an_agent_that_outruns_r
     assert METRICS.produce_waits == waits
 
     written = METRICS.records_produced
+    waited = METRICS.produce_wait_seconds
     records = [(b"k", b"v" * 100)] * (MAX_IN_FLIGHT + 3000)
     fut = producer.queue_many(topic, 0, records)
+    started = time.perf_counter()
     await producer.wait_room()
+    held = time.perf_counter() - started
     assert METRICS.produce_waits == waits + 1
+    # Its length is summed (ocstream_transport_produce_wait_seconds_total): at least one
+    # round trip's, and no more than the call took.
+    assert 0 < METRICS.produce_wait_seconds - waited <= held
     # Nothing had been written when it was called (no turn of the loop since the queueing);
     # it returned with no more than MAX_IN_FLIGHT left, so round trips came in between.
     assert METRICS.records_produced - written >= len(records) - MAX_IN_FLIGHT
@@ -524,10 +531,11 @@ async def test_wait_room_leaves_two_round_trips_of_a_larger_setting(
     try:
         assert producer.max_in_flight == 2 * batch > MAX_IN_FLIGHT
         await producer.create_topic("tb-big", 1, 1)
-        waits = METRICS.produce_waits
+        waits, waited = METRICS.produce_waits, METRICS.produce_wait_seconds
         fut = producer.queue_many("tb-big", 0, [(b"k", b"v")] * (2 * batch - 1000))
         await producer.wait_room()
         assert METRICS.produce_waits == waits  # above MAX_IN_FLIGHT, but two round trips at most
+        assert METRICS.produce_wait_seconds == waited
         await producer.flush()
         assert fut.result().offset == 2 * batch - 1001
     finally:

@@ -15,6 +15,8 @@ class TransportMetrics:
     produce_failed: int = 0
     #: Times an agent waited for the producer to write what it had queued (``wait_room``).
     produce_waits: int = 0
+    #: Seconds agents spent in those waits, summed.
+    produce_wait_seconds: float = 0.0
     records_fetched: int = 0
     fetch_errors: int = 0
     commits: int = 0
@@ -40,7 +42,7 @@ class TransportMetrics:
     direct_records_taken: int = 0
     direct_records_dropped: int = 0
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
 

@@ -210,14 +210,17 @@ class Producer(base.Producer):
         in place (:meth:`queue`, :meth:`queue_many`) in a loop that does not otherwise wait
         while it has records to take, which would keep the loop from the writes and let the
         queue grow by as much as the agent can process (``topology/xcm.py``, the match
-        agent). A wait is counted in ``ocstream_transport_produce_waits_total``."""
+        agent). A wait is counted in ``ocstream_transport_produce_waits_total``, and its
+        length in ``…_produce_wait_seconds_total``."""
         if self.outstanding <= self.max_in_flight:
             await asyncio.sleep(0)
             return
         METRICS.produce_waits += 1
         self._wakeup.set()
+        started = time.perf_counter()
         async with self._settled_changed:
             await self._settled_changed.wait_for(lambda: self.outstanding <= self.max_in_flight)
+        METRICS.produce_wait_seconds += time.perf_counter() - started
 
     async def send_and_wait(
         self,
