@@ -342,6 +342,10 @@ class WorkerMetrics:
     queued_peak: float = 0.0
     #: The longest write round trip of any of them since start, seconds.
     round_trip: float = 0.0
+    #: Times their agents waited for the producer (``wait_room``), and the seconds they
+    #: waited, summed.
+    produce_waits: float = 0.0
+    produce_wait_seconds: float = 0.0
 
 
 def metrics_of(run: Run) -> WorkerMetrics:
@@ -360,6 +364,10 @@ def metrics_of(run: Run) -> WorkerMetrics:
                 out.queued_peak = max(out.queued_peak, value)
             elif name == "ocstream_transport_produce_round_trip_max_seconds":
                 out.round_trip = max(out.round_trip, value)
+            elif name == "ocstream_transport_produce_waits_total":
+                out.produce_waits += value
+            elif name == "ocstream_transport_produce_wait_seconds_total":
+                out.produce_wait_seconds += value
     return out
 
 
@@ -582,6 +590,8 @@ def journeys_phase(
         "reads": {k: v / args.journeys for k, v in reads.items()},
         "queued_peak": after.queued_peak,
         "round_trip": after.round_trip,
+        "produce_waits": after.produce_waits - before.produce_waits,
+        "produce_wait_seconds": after.produce_wait_seconds - before.produce_wait_seconds,
     }
 
 
@@ -894,7 +904,9 @@ def main(argv: Iterable[str] | None = None) -> int:
             f"per journey in the timed part: {r['reads']['fetched']:.1f} records fetched, "
             f"{r['reads']['standby']:.1f} applied by standbys; the most records a worker's "
             f"producer held queued at once {r['queued_peak']:,.0f}, its longest write round "
-            f"trip {r['round_trip'] * 1000:.0f} ms\n"
+            f"trip {r['round_trip'] * 1000:.0f} ms; agents waited for their producer "
+            f"{r['produce_waits']:,.0f} times in the timed part, {r['produce_wait_seconds']:.2f} s "
+            f"in all\n"
             f"    Redis: {r['bytes_in']:,.0f} bytes received per journey; the run's keys hold "
             f"{r['held']:,.0f} bytes per journey, {r['kept']:,.0f} once the consumed topic "
             f"entries are trimmed ({kept}), {r['final']:,.0f} once ended journeys are swept "
