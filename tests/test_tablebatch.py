@@ -542,6 +542,33 @@ async def test_wait_room_leaves_two_round_trips_of_a_larger_setting(
         await producer.stop()
 
 
+async def test_a_wait_cut_short_is_counted_as_long_as_it_lasted(
+    prefix: str, tmp_path: Path
+) -> None:
+    """An agent whose wait for room is cancelled (a stop, a rebalance) while Redis does not
+    answer: the time it waited is added to ``ocstream_transport_produce_wait_seconds_total``
+    all the same, so the sum keeps up with the count of waits."""
+    gone = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there: nothing is written
+    _, producer = redis_app("tb-cut", gone, tmp_path, TransportSettings(prefix=prefix))
+    await producer.start()
+    try:
+        queued = producer.queue_many("tb-cut", 0, [(b"k", b"v")] * (producer.max_in_flight + 10))
+        waits, waited = METRICS.produce_waits, METRICS.produce_wait_seconds
+        started = time.perf_counter()
+        agent = asyncio.ensure_future(producer.wait_room())
+        await asyncio.sleep(0.3)
+        assert not agent.done()  # still held: nothing can be written
+        assert METRICS.produce_waits == waits + 1
+        agent.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await agent
+        held = time.perf_counter() - started
+        assert 0.3 <= METRICS.produce_wait_seconds - waited <= held
+    finally:
+        await asyncio.wait_for(producer.stop(), 60)
+    assert isinstance(queued.exception(), Exception)  # given up at the stop
+
+
 async def test_a_stop_with_redis_gone_fails_every_queued_record_and_returns(
     prefix: str, tmp_path: Path
 ) -> None:

@@ -218,9 +218,11 @@ class Producer(base.Producer):
         METRICS.produce_waits += 1
         self._wakeup.set()
         started = time.perf_counter()
-        async with self._settled_changed:
-            await self._settled_changed.wait_for(lambda: self.outstanding <= self.max_in_flight)
-        METRICS.produce_wait_seconds += time.perf_counter() - started
+        try:
+            async with self._settled_changed:
+                await self._settled_changed.wait_for(lambda: self.outstanding <= self.max_in_flight)
+        finally:  # a wait cut short (a stop, a rebalance) counts as long as it lasted
+            METRICS.produce_wait_seconds += time.perf_counter() - started
 
     async def send_and_wait(
         self,
