@@ -49,6 +49,8 @@ import redis.asyncio as aioredis
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from procs import percentile  # noqa: E402  (benchmarks/ is this script's directory)
+
 from ocstream.gctune import collect_young, tune_gc  # noqa: E402
 from ocstream.ingress.config import NetworkConfig  # noqa: E402
 from ocstream.ingress.decode import DecoderCache  # noqa: E402
@@ -124,8 +126,8 @@ async def one_round(
     await client.aclose()
     return {
         "cpu_share": cpu / wall,
-        "p50": latencies[len(latencies) // 2],
-        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "p50": percentile(latencies, 50),
+        "p99": percentile(latencies, 99),
         "blocks": float(len(latencies)),
         "warmup": warmup,
     }
