@@ -3,7 +3,7 @@
     python benchmarks/xcm.py [--redis URL] [--journeys N] [--workers 1 2] [--partitions P]
                              [--pending M] [--rounds R] [--standby-replicas K] [--seed S]
                              [--origins N] [--sends-by id chain] [--arrival shuffled|timed]
-                             [--join] [--timeout S] [--keep DIR]
+                             [--publish ahead|during] [--join] [--timeout S] [--keep DIR]
 
 Legs are synthetic but shaped like real ones (a reserve-transfer program, its bytes, the sender,
 the events), so records weigh about what extracted legs weigh: 3.3 kB for a sent leg, 1.2 kB for
@@ -27,10 +27,19 @@ round's phases both ways. ``--origins 1`` makes every journey start at one busy 
    (its ``xcm.sent`` is out), as chains produce them: a receipt's block comes after its send's,
    so the journey is indexed at its destination before the receipt arrives. Shuffled, most
    receipts and relayed legs arrive first and wait in the inbound and relay tables.
-   Timed from the first publish until ``xcm-notifications`` holds every journey's three
+   By default (``--publish ahead``) the legs are published while the workers are stopped
+   (``SIGSTOP``, for the half second or so that takes, well under the group's 3 s session
+   timeout), and the clock starts as they resume (``SIGCONT``): the timed part is the workers
+   working off a backlog, as the baseline's loop works off messages written before it starts.
+   Publishing beside them (``--publish during``, the only way with ``--arrival timed``, and
+   how every round before the thirty-sixth was measured) gives this script's CPU for it, about
+   a tenth of what a one-worker run uses, and Redis's for taking it, to the timed part, where
+   it competes with the workers for the two cores. The clock stops when
+   ``xcm-notifications`` holds every journey's three
    notifications, as its sequence counters say (the notifications themselves are read and
    checked after the timed part: reading them during it took a fifth of a core from the
-   workers). A small warm-up batch of journeys goes first, untimed. With
+   workers). A run whose group changed generation inside the timed part says so. A small
+   warm-up batch of journeys goes first, untimed. With
    ``--join``, one worker takes the warm-up alone and the others join after it: the group's
    assignment is then made with the warm-up's traffic on record, which the load-aware
    assignor weighs (``ocstream/transport/assignor.py``; compare with
@@ -65,6 +74,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import re
@@ -76,7 +86,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any, cast
@@ -346,6 +356,8 @@ class WorkerMetrics:
     #: waited, summed.
     produce_waits: float = 0.0
     produce_wait_seconds: float = 0.0
+    #: The group generation each worker holds, in the order of the run's workers.
+    generations: list[int] = dataclasses.field(default_factory=list)
 
 
 def metrics_of(run: Run) -> WorkerMetrics:
@@ -368,7 +380,40 @@ def metrics_of(run: Run) -> WorkerMetrics:
                 out.produce_waits += value
             elif name == "ocstream_transport_produce_wait_seconds_total":
                 out.produce_wait_seconds += value
+            elif name == "ocstream_group_generation":
+                out.generations.append(int(value))
     return out
+
+
+def process_state(pid: int) -> str:
+    """The state letter of a process, from ``/proc`` (``T``: stopped by a signal)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+@contextlib.contextmanager
+def frozen(run: Run) -> Iterator[None]:
+    """The run's workers stopped (``SIGSTOP``) inside the block and resumed on the way out,
+    as one would be by a long pause of its host. The block must last well under the group's
+    session timeout (``OCSTREAM_TRANSPORT_SESSION_TIMEOUT``, 3 s for these workers), or the
+    group would evict them; :func:`journeys_phase` checks that no generation moved."""
+    pids = [w.proc.pid for w in run.workers if w.proc is not None]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        # The signal is delivered on the way: a worker can run on for a moment after kill().
+        wait_for(
+            lambda: all(process_state(pid) == "T" for pid in pids), 10, "the workers to stop",
+            interval=0.001,
+        )  # fmt: skip
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+#: How a round's line says that the legs were published before its clock started.
+AHEAD = ", the workers stopped, before the clock"
 
 
 # --- phases --------------------------------------------------------------------------------------
@@ -509,22 +554,39 @@ def journeys_phase(
     if args.arrival == "timed":
         for record in records:
             (sends if _is_sent(record) else later).append(record)
-    cpu = CpuMeter(run)
     before = metrics_of(run)
     bytes_in = redis_bytes_in(run.client)
-    t0 = time.perf_counter()
-    if args.arrival == "timed":
-        publish(run.url, run.prefix, args.partitions, sends)
-        wait_notes(run, reader, "xcm.sent", len(warm) + len(sends), args.timeout)
-        publish(run.url, run.prefix, args.partitions, later)
+    if args.publish == "ahead":
+        # The legs go in while the workers are stopped, and the clock starts as they resume:
+        # the timed part is the workers' (and Redis's) work on a backlog, as the baseline's
+        # loop works off messages written before it starts, and this script's CPU for
+        # publishing (a tenth of the one-worker run's) is not taken from them.
+        with frozen(run):
+            t0 = time.perf_counter()
+            publish(run.url, run.prefix, args.partitions, records)
+            published = time.perf_counter() - t0
+            cpu = CpuMeter(run)
+            t0 = time.perf_counter()
     else:
-        publish(run.url, run.prefix, args.partitions, records)
-    published = time.perf_counter() - t0
+        cpu = CpuMeter(run)
+        t0 = time.perf_counter()
+        if args.arrival == "timed":
+            publish(run.url, run.prefix, args.partitions, sends)
+            wait_notes(run, reader, "xcm.sent", len(warm) + len(sends), args.timeout)
+            publish(run.url, run.prefix, args.partitions, later)
+        else:
+            publish(run.url, run.prefix, args.partitions, records)
+        published = time.perf_counter() - t0
     total = len(warm) + args.journeys
     t1, (cpu_used, cpu_each, by_command) = end_of_timed_part(run, reader, cpu, total, args.timeout)
     elapsed = t1 - t0
     after = metrics_of(run)
     reads = {k: v - before.reads[k] for k, v in after.reads.items()}
+    if after.generations != before.generations:
+        print(
+            f"  ({run.tag}: the group's generations moved in the timed part, "
+            f"{before.generations} -> {after.generations}: it includes a rebalance)"
+        )
 
     # Late relayed notifications (a relayed leg after its receipt) may still be on their way.
     wait_notes(run, reader, "xcm.relayed", total, 30)
@@ -771,7 +833,17 @@ def main(argv: Iterable[str] | None = None) -> int:
         help="shuffled: every leg published at once in a random order (receipts mostly before "
         "their journey's index); timed: the sends first, the rest once every send is matched",
     )  # fmt: skip
+    parser.add_argument(
+        "--publish", choices=["ahead", "during"], default=None,
+        help="ahead (default when shuffled): the legs are published while the workers are "
+        "stopped, and the clock starts as they resume; during (always with --arrival timed): "
+        "the clock starts at the first publish, which runs beside the workers",
+    )  # fmt: skip
     args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.publish is None:
+        args.publish = "during" if args.arrival == "timed" else "ahead"
+    elif args.publish == "ahead" and args.arrival == "timed":
+        parser.error("--arrival timed publishes after the sends are matched: --publish during")
     signal.signal(signal.SIGTERM, _interrupted)
     signal.signal(signal.SIGINT, _interrupted)
     client = redis.Redis.from_url(args.redis)
@@ -785,7 +857,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         f"{len(PARAS)} parachains, from {args.origins} of them, sent legs keyed by "
         f"{'/'.join(args.sends_by)}), warm-up={args.warmup}, workers={args.workers}, "
         f"partitions={args.partitions}, pending={args.pending}, seed={args.seed}, "
-        f"rounds={args.rounds}, arrival={args.arrival}, join={args.join}, "
+        f"rounds={args.rounds}, arrival={args.arrival}, publish={args.publish}, join={args.join}, "
         f"assignment={transport.assignment}, load check={transport.load_check_interval:g} s "
         f"(first looks {transport.load_first_look:g} s, settled at "
         f"{transport.load_settle_records} records per partition), "
@@ -836,7 +908,8 @@ def main(argv: Iterable[str] | None = None) -> int:
                 print(
                     f"round {round_}: j{count}{label(mode)} {count} worker(s): "
                     f"{result['journeys_s']:>6,.0f} journeys/s {result['legs_s']:>6,.0f} legs/s "
-                    f"in {result['elapsed']:.2f} s (published in {result['published']:.2f} s)",
+                    f"in {result['elapsed']:.2f} s (published in {result['published']:.2f} s"
+                    f"{AHEAD if args.publish == 'ahead' else ''})",
                     flush=True,
                 )
             # The machine's speed drifts by minutes (the loops before and after a round have

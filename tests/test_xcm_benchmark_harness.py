@@ -8,6 +8,9 @@ receipt is still missing, waits for the ids instead (``end_of_timed_part``, thro
 ``wait_notes``). No benchmark run has produced such a duplicate, so that path is exercised
 here, with notifications written by ocstream's own ``TopicWriter`` as the workers' producer
 writes them.
+
+By default the benchmark publishes the legs while its workers are stopped (``frozen``), and
+starts the clock as they resume; the last test checks that with a real worker.
 """
 
 from __future__ import annotations
@@ -137,3 +140,29 @@ def test_a_duplicate_makes_the_count_early_and_the_timed_part_waits_for_the_ids(
     assert end >= written[0]
     assert reader.count("xcm.received") == journeys
     assert reader.entries == 3 * journeys + 1
+
+
+def test_legs_published_ahead_wait_for_the_workers_to_resume(run: Any) -> None:
+    """``--publish ahead``: the legs go in while the workers are stopped, and the clock starts as
+    they resume. The workers must really be stopped for the whole publish (their own process,
+    not a wrapper), must take the legs once resumed, and the group must not have noticed."""
+    journeys = bench.build_journeys(0, 20, 7, partitions=PARTITIONS)
+    run.start(1, 60)
+    [worker] = run.workers
+    before = bench.metrics_of(run)
+    assert before.generations and before.generations[0] > 0
+    states: list[str] = []
+    with bench.frozen(run):
+        states.append(bench.process_state(worker.proc.pid))
+        bench.publish(run.url, run.prefix, PARTITIONS, bench.shuffled(journeys, 7))
+        states.append(bench.process_state(worker.proc.pid))
+        # Nothing taken: the legs are all there, and not one notification is.
+        assert bench.highwater(run.client, run.prefix, bench.LEGS, PARTITIONS) == 60
+        assert bench.highwater(run.client, run.prefix, bench.NOTIFICATIONS, PARTITIONS) == 0
+    assert states == ["T", "T"]
+    assert bench.process_state(worker.proc.pid) != "T"
+    bench.wait_notified(run, PARTITIONS, 60, timeout=60)
+    reader = bench.NotificationReader(run.client, run.prefix, PARTITIONS)
+    reader.poll()
+    assert {kind: reader.count(kind) for kind in KINDS} == dict.fromkeys(KINDS, 20)
+    assert bench.metrics_of(run).generations == before.generations
