@@ -4,6 +4,7 @@
                              [--pending M] [--rounds R] [--standby-replicas K] [--seed S]
                              [--origins N] [--sends-by id chain] [--arrival shuffled|timed]
                              [--publish ahead|during] [--join] [--timeout S] [--keep DIR]
+                             [--py-spy DIR]
 
 Legs are synthetic but shaped like real ones (a reserve-transfer program, its bytes, the sender,
 the events), so records weigh about what extracted legs weigh: 3.3 kB for a sent leg, 1.2 kB for
@@ -66,7 +67,11 @@ near 1 means the two workers are held back by the cores, not by how the work is 
 work is split shows in the busiest worker's share of the workers' CPU (0.5: an even split).
 Exits 1 (with the workers' log tails) when something does not complete in ``--timeout``
 seconds, or when notifications are missing. Keys live under fresh prefixes that are deleted
-at the end; ``--keep DIR`` keeps the workers' logs and data.
+at the end; ``--keep DIR`` keeps the workers' logs and data. ``--py-spy DIR`` samples each
+worker with py-spy (not a dependency of the project: ``pip install py-spy``) during the timed
+part only, one file of collapsed stacks per worker and run. A sample is taken whenever the
+worker is not idle, waiting for a core included, so with more busy processes than cores the
+counts overstate CPU: compare shares within one file, not counts across runs.
 The default run takes about 2.5 minutes on the 2-core development machine.
 """
 
@@ -82,6 +87,7 @@ import shlex
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -385,6 +391,34 @@ def metrics_of(run: Run) -> WorkerMetrics:
     return out
 
 
+def profile_workers(run: Run, directory: str | None) -> list[subprocess.Popen[bytes]]:
+    """With ``--py-spy DIR``: one ``py-spy record`` per worker, sampling it at 100 Hz from now
+    until :func:`stop_profiling`, into ``DIR/<run tag>-<worker>-<HHMMSS>.raw``
+    (collapsed stacks; idle time left out). py-spy is not one of the project's dependencies."""
+    if directory is None:
+        return []
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%H%M%S")
+    return [
+        subprocess.Popen(
+            ["py-spy", "record", "-p", str(w.proc.pid), "-r", "100", "-f", "raw", "--nonblocking",
+             "-o", str(out / f"{run.tag}-{w.name}-{stamp}.raw")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for w in run.workers
+        if w.proc is not None
+    ]  # fmt: skip
+
+
+def stop_profiling(profilers: list[subprocess.Popen[bytes]]) -> None:
+    """End the samplers :func:`profile_workers` started; each writes its file as it ends."""
+    for proc in profilers:
+        proc.send_signal(signal.SIGINT)
+    for proc in profilers:
+        proc.wait(30)
+
+
 def process_state(pid: int) -> str:
     """The state letter of a process, from ``/proc`` (``T``: stopped by a signal)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
@@ -565,9 +599,11 @@ def journeys_phase(
             t0 = time.perf_counter()
             publish(run.url, run.prefix, args.partitions, records)
             published = time.perf_counter() - t0
+            profilers = profile_workers(run, args.py_spy)
             cpu = CpuMeter(run)
             t0 = time.perf_counter()
     else:
+        profilers = profile_workers(run, args.py_spy)
         cpu = CpuMeter(run)
         t0 = time.perf_counter()
         if args.arrival == "timed":
@@ -579,6 +615,7 @@ def journeys_phase(
         published = time.perf_counter() - t0
     total = len(warm) + args.journeys
     t1, (cpu_used, cpu_each, by_command) = end_of_timed_part(run, reader, cpu, total, args.timeout)
+    stop_profiling(profilers)
     elapsed = t1 - t0
     after = metrics_of(run)
     reads = {k: v - before.reads[k] for k, v in after.reads.items()}
@@ -809,6 +846,11 @@ def main(argv: Iterable[str] | None = None) -> int:
         help="raw loops before and after each round; a is the median of both",
     )
     parser.add_argument("--keep", metavar="DIR", help="keep the workers' logs and data dirs here")
+    parser.add_argument(
+        "--py-spy", metavar="DIR",
+        help="sample each worker with py-spy (installed apart) during the timed part only, into "
+        "DIR/<run>-<worker>-<time>.raw",
+    )  # fmt: skip
     parser.add_argument(
         "--standby-replicas", type=int, help="the workers' standby_replicas (default: theirs, 1)"
     )
