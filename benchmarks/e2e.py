@@ -3,7 +3,7 @@
     python benchmarks/e2e.py [--redis URL] [--rates 10,50,100,125,150,175,200,250,300,350]
                              [--seconds 15] [--block-rate 2] [--workers 1,2] [--partitions 4]
                              [--split] [--batch-records N] [--batch-seconds S]
-                             [--quick] [--check] [--keep DIR]
+                             [--quick] [--check] [--keep DIR] [--py-spy DIR]
 
 **Traffic.** Two synthetic chains, Polkadot Asset Hub (para 1000) and the Polkadot relay, made
 by ``benchmarks/e2e_chain.py`` from one real UMP teleport of the fixtures (Asset Hub #4818937
@@ -88,7 +88,9 @@ It also counts, per run, missing and duplicate notifications (more than one POST
 type), bad signatures and wrong outcomes, and exits 1 if there are any.
 
 Everything started is stopped and every key of the run's prefixes deleted at the end, on errors
-and on Ctrl-C too. The default run takes 5 to 7 minutes on the 2-core development machine
+and on Ctrl-C too. ``--py-spy DIR`` samples the workers and the ingress of each step with
+py-spy, from the step's first block until its CPU is read (``procs.start_py_spy`` says how to
+read the files). The default run takes 5 to 7 minutes on the 2-core development machine
 (the figures and their reading are in ``docs/load.md``); ``--quick`` (rates 10 and 40, 6 s
 each, which do not saturate anything) about 70 seconds.
 """
@@ -131,7 +133,9 @@ from procs import (  # benchmarks/ is this script's directory
     redis_bytes_in,
     redis_cpu,
     serve_printing_port,
+    start_py_spy,
     stop_all,
+    stop_py_spy,
     wait_for,
     wait_group,
     wait_traffic_settled,
@@ -569,6 +573,30 @@ def run_step(
     name: str,
     expected: Counter[str],
     drain_timeout: float,
+    py_spy: str | None = None,
+) -> Step:
+    """One step: its chains published, every notification awaited, the figures taken. With
+    ``py_spy`` (``--py-spy DIR``), the workers and the ingress are sampled from the step's
+    first block until its CPU is read."""
+    samplers: list[subprocess.Popen[bytes]] = []
+    try:
+        return _run_step(
+            run, receiver, segment, step, name, expected, drain_timeout, py_spy, samplers
+        )
+    finally:
+        stop_py_spy(samplers)
+
+
+def _run_step(
+    run: Run,
+    receiver: Receiver,
+    segment: Segment,
+    step: Step,
+    name: str,
+    expected: Counter[str],
+    drain_timeout: float,
+    py_spy: str | None,
+    samplers: list[subprocess.Popen[bytes]],
 ) -> Step:
     ingress = Ingress(run, segment, step.block_rate, name)
     run.ingress = ingress
@@ -589,6 +617,9 @@ def run_step(
             return ingress.published_all()
 
         wait_for(started, 60, f"the ingress to start publishing {name}", interval=0.02)
+        tag = f"w{run.workers_n}-{name}"
+        targets = [(f"{tag}-{w.name}", w.proc.pid) for w in run.workers if w.proc]
+        samplers += start_py_spy(py_spy, [*targets, (f"{tag}-ingress", ingress.pid)])
         cpu0, ingress_cpu0 = run.cpu(), cpu_seconds(ingress.pid)
         bytes_in0 = redis_bytes_in(run.client)
         lags0 = loop_lags(run.scrape())
@@ -615,6 +646,7 @@ def run_step(
     if step.drained:
         time.sleep(0.5)  # a duplicate would come right after
     cpu1 = run.cpu()
+    stop_py_spy(samplers)
     step.cpu = {k: (cpu1[k] - cpu0[k]) * 1000 / step.journeys for k in cpu1}
     step.redis_in = (redis_bytes_in(run.client) - bytes_in0) / step.journeys
     scraped = run.scrape()  # once: loop lags and the producer's peak
@@ -854,6 +886,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="rates 10,40, 6 s each: a smoke run")
     parser.add_argument("--check", action="store_true", help="only make and check the chains")
     parser.add_argument("--keep", metavar="DIR", help="keep recordings and logs here")
+    parser.add_argument(
+        "--py-spy", metavar="DIR",
+        help="sample the workers and the ingress with py-spy (installed apart) during each "
+        "step, from its first block until its CPU is read: DIR/w<N>-<step>-<process>-<time>.raw",
+    )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=120, help="seconds for workers to start")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -959,7 +996,9 @@ def bench(args: argparse.Namespace, rates: list[float], counts: list[int], root:
                     block_rate=rate / segment.per_block,
                     journeys=len(segment.journeys),
                 )
-                run_step(run, receiver, segment, step, name, expected, args.drain_timeout)
+                run_step(
+                    run, receiver, segment, step, name, expected, args.drain_timeout, args.py_spy
+                )
                 label = "warm-up" if name == "warmup" else f"rate {rate:g}"
                 print(step_line(step, label), flush=True)
                 if name == "warmup":

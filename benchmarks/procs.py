@@ -360,3 +360,35 @@ def cleanup(client: redis.Redis, prefix: str) -> None:
             batch = []
     if batch:
         client.unlink(*batch)
+
+
+def start_py_spy(
+    directory: str | None, targets: list[tuple[str, int]]
+) -> list[subprocess.Popen[bytes]]:
+    """With a directory (the harnesses' ``--py-spy DIR``): one ``py-spy record`` per ``(name,
+    pid)``, sampling that process at 100 Hz from now until :func:`stop_py_spy`, into
+    ``DIR/<name>-<HHMMSS>.raw`` (collapsed stacks, idle time left out). py-spy is not one of the
+    project's dependencies (``pip install py-spy``). It takes a sample whenever the process is
+    not idle, waiting for a core included: with more busy processes than cores its counts
+    overstate CPU, so compare shares within one file, not counts across runs."""
+    if directory is None:
+        return []
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%H%M%S")
+    return [
+        subprocess.Popen(
+            ["py-spy", "record", "-p", str(pid), "-r", "100", "-f", "raw", "--nonblocking",
+             "-o", str(out / f"{name}-{stamp}.raw")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for name, pid in targets
+    ]  # fmt: skip
+
+
+def stop_py_spy(samplers: list[subprocess.Popen[bytes]]) -> None:
+    """End the samplers :func:`start_py_spy` started; each writes its file as it ends."""
+    for proc in samplers:
+        proc.send_signal(signal.SIGINT)
+    for proc in samplers:
+        proc.wait(30)

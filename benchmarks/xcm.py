@@ -68,10 +68,8 @@ work is split shows in the busiest worker's share of the workers' CPU (0.5: an e
 Exits 1 (with the workers' log tails) when something does not complete in ``--timeout``
 seconds, or when notifications are missing. Keys live under fresh prefixes that are deleted
 at the end; ``--keep DIR`` keeps the workers' logs and data. ``--py-spy DIR`` samples each
-worker with py-spy (not a dependency of the project: ``pip install py-spy``) during the timed
-part only, one file of collapsed stacks per worker and run. A sample is taken whenever the
-worker is not idle, waiting for a core included, so with more busy processes than cores the
-counts overstate CPU: compare shares within one file, not counts across runs.
+worker with py-spy during the timed part only, one file of collapsed stacks per worker and run
+(``procs.start_py_spy`` says how to read them).
 The default run takes about 2.5 minutes on the 2-core development machine.
 """
 
@@ -87,7 +85,6 @@ import shlex
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -108,7 +105,9 @@ from procs import (
     redis_bytes_in,
     redis_commands,
     redis_cpu,
+    start_py_spy,
     stop_all,
+    stop_py_spy,
     wait_for,
     wait_group,
     wait_traffic_settled,
@@ -391,32 +390,9 @@ def metrics_of(run: Run) -> WorkerMetrics:
     return out
 
 
-def profile_workers(run: Run, directory: str | None) -> list[subprocess.Popen[bytes]]:
-    """With ``--py-spy DIR``: one ``py-spy record`` per worker, sampling it at 100 Hz from now
-    until :func:`stop_profiling`, into ``DIR/<run tag>-<worker>-<HHMMSS>.raw``
-    (collapsed stacks; idle time left out). py-spy is not one of the project's dependencies."""
-    if directory is None:
-        return []
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%H%M%S")
-    return [
-        subprocess.Popen(
-            ["py-spy", "record", "-p", str(w.proc.pid), "-r", "100", "-f", "raw", "--nonblocking",
-             "-o", str(out / f"{run.tag}-{w.name}-{stamp}.raw")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        for w in run.workers
-        if w.proc is not None
-    ]  # fmt: skip
-
-
-def stop_profiling(profilers: list[subprocess.Popen[bytes]]) -> None:
-    """End the samplers :func:`profile_workers` started; each writes its file as it ends."""
-    for proc in profilers:
-        proc.send_signal(signal.SIGINT)
-    for proc in profilers:
-        proc.wait(30)
+def worker_pids(run: Run) -> list[tuple[str, int]]:
+    """The run's workers as ``--py-spy`` names them: ``<run tag>-<worker>``, with their pids."""
+    return [(f"{run.tag}-{w.name}", w.proc.pid) for w in run.workers if w.proc is not None]
 
 
 def process_state(pid: int) -> str:
@@ -599,11 +575,11 @@ def journeys_phase(
             t0 = time.perf_counter()
             publish(run.url, run.prefix, args.partitions, records)
             published = time.perf_counter() - t0
-            profilers = profile_workers(run, args.py_spy)
+            profilers = start_py_spy(args.py_spy, worker_pids(run))
             cpu = CpuMeter(run)
             t0 = time.perf_counter()
     else:
-        profilers = profile_workers(run, args.py_spy)
+        profilers = start_py_spy(args.py_spy, worker_pids(run))
         cpu = CpuMeter(run)
         t0 = time.perf_counter()
         if args.arrival == "timed":
@@ -615,7 +591,7 @@ def journeys_phase(
         published = time.perf_counter() - t0
     total = len(warm) + args.journeys
     t1, (cpu_used, cpu_each, by_command) = end_of_timed_part(run, reader, cpu, total, args.timeout)
-    stop_profiling(profilers)
+    stop_py_spy(profilers)
     elapsed = t1 - t0
     after = metrics_of(run)
     reads = {k: v - before.reads[k] for k, v in after.reads.items()}
