@@ -326,6 +326,8 @@ class Run:
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     workers: list[WorkerProc] = field(default_factory=list)
     ingress: Ingress | None = None
+    #: ``--py-spy``: the samplers of the step under way (stopped with the run, if it ends first).
+    samplers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     records: list[list[Any]] = field(default_factory=list)
     #: The segments replayed so far, and whether each was delivered in full.
     done: list[tuple[Segment, bool]] = field(default_factory=list)
@@ -461,6 +463,7 @@ class Run:
         if self.stopped:
             return
         self.stopped = True
+        stop_py_spy(self.samplers)
         if self.ingress is not None:
             self.ingress.stop()
         stop_all(self.workers)
@@ -578,26 +581,6 @@ def run_step(
     """One step: its chains published, every notification awaited, the figures taken. With
     ``py_spy`` (``--py-spy DIR``), the workers and the ingress are sampled from the step's
     first block until its CPU is read."""
-    samplers: list[subprocess.Popen[bytes]] = []
-    try:
-        return _run_step(
-            run, receiver, segment, step, name, expected, drain_timeout, py_spy, samplers
-        )
-    finally:
-        stop_py_spy(samplers)
-
-
-def _run_step(
-    run: Run,
-    receiver: Receiver,
-    segment: Segment,
-    step: Step,
-    name: str,
-    expected: Counter[str],
-    drain_timeout: float,
-    py_spy: str | None,
-    samplers: list[subprocess.Popen[bytes]],
-) -> Step:
     ingress = Ingress(run, segment, step.block_rate, name)
     run.ingress = ingress
     try:
@@ -619,7 +602,7 @@ def _run_step(
         wait_for(started, 60, f"the ingress to start publishing {name}", interval=0.02)
         tag = f"w{run.workers_n}-{name}"
         targets = [(f"{tag}-{w.name}", w.proc.pid) for w in run.workers if w.proc]
-        samplers += start_py_spy(py_spy, [*targets, (f"{tag}-ingress", ingress.pid)])
+        run.samplers = start_py_spy(py_spy, [*targets, (f"{tag}-ingress", ingress.pid)])
         cpu0, ingress_cpu0 = run.cpu(), cpu_seconds(ingress.pid)
         bytes_in0 = redis_bytes_in(run.client)
         lags0 = loop_lags(run.scrape())
@@ -646,7 +629,7 @@ def _run_step(
     if step.drained:
         time.sleep(0.5)  # a duplicate would come right after
     cpu1 = run.cpu()
-    stop_py_spy(samplers)
+    stop_py_spy(run.samplers)
     step.cpu = {k: (cpu1[k] - cpu0[k]) * 1000 / step.journeys for k in cpu1}
     step.redis_in = (redis_bytes_in(run.client) - bytes_in0) / step.journeys
     scraped = run.scrape()  # once: loop lags and the producer's peak
