@@ -316,10 +316,20 @@ def wait_traffic_settled(workers: list[WorkerProc], tag: str, *, looks: int = 6)
     )
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (the state letter first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_state(pid: int) -> str:
+    """The state letter of a process (``T``: stopped by a signal)."""
+    return _stat(pid)[0]
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -85,6 +85,7 @@ import shlex
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -102,6 +103,7 @@ from procs import (
     WorkerProc,
     cleanup,
     cpu_seconds,
+    process_state,
     redis_bytes_in,
     redis_commands,
     redis_cpu,
@@ -395,12 +397,6 @@ def worker_pids(run: Run) -> list[tuple[str, int]]:
     return [(f"{run.tag}-{w.name}", w.proc.pid) for w in run.workers if w.proc is not None]
 
 
-def process_state(pid: int) -> str:
-    """The state letter of a process, from ``/proc`` (``T``: stopped by a signal)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[0]
-
-
 @contextlib.contextmanager
 def frozen(run: Run) -> Iterator[None]:
     """The run's workers stopped (``SIGSTOP``) inside the block and resumed on the way out,
@@ -446,6 +442,8 @@ class Run:
         self.workers: list[WorkerProc] = []
         self.client = redis.Redis.from_url(url)
         self.stopped = False
+        #: ``--py-spy``: the samplers of the timed part (stopped with the run, if it ends first).
+        self.samplers: list[subprocess.Popen[bytes]] = []
 
     def start(self, count: int, timeout: float) -> None:
         """Start ``count`` more workers and wait until the group settles with all of them."""
@@ -467,6 +465,7 @@ class Run:
         if self.stopped:
             return
         self.stopped = True
+        stop_py_spy(self.samplers)
         stop_all(self.workers)
         cleanup(self.client, self.prefix)
         self.client.close()
@@ -566,22 +565,20 @@ def journeys_phase(
             (sends if _is_sent(record) else later).append(record)
     before = metrics_of(run)
     bytes_in = redis_bytes_in(run.client)
-    if args.publish == "ahead":
-        # The legs go in while the workers are stopped, and the clock starts as they resume:
-        # the timed part is the workers' (and Redis's) work on a backlog, as the baseline's
-        # loop works off messages written before it starts, and this script's CPU for
-        # publishing (a tenth of the one-worker run's) is not taken from them.
-        with frozen(run):
+    # --publish ahead: the legs go in while the workers are stopped, and the clock starts as
+    # they resume: the timed part is the workers' (and Redis's) work on a backlog, as the
+    # baseline's loop works off messages written before it starts, and this script's CPU for
+    # publishing (a tenth of the one-worker run's) is not taken from them.
+    ahead = args.publish == "ahead"
+    with frozen(run) if ahead else contextlib.nullcontext():
+        if ahead:
             t0 = time.perf_counter()
             publish(run.url, run.prefix, args.partitions, records)
             published = time.perf_counter() - t0
-            profilers = start_py_spy(args.py_spy, worker_pids(run))
-            cpu = CpuMeter(run)
-            t0 = time.perf_counter()
-    else:
-        profilers = start_py_spy(args.py_spy, worker_pids(run))
+        run.samplers = start_py_spy(args.py_spy, worker_pids(run))
         cpu = CpuMeter(run)
         t0 = time.perf_counter()
+    if not ahead:
         if args.arrival == "timed":
             publish(run.url, run.prefix, args.partitions, sends)
             wait_notes(run, reader, "xcm.sent", len(warm) + len(sends), args.timeout)
@@ -591,7 +588,7 @@ def journeys_phase(
         published = time.perf_counter() - t0
     total = len(warm) + args.journeys
     t1, (cpu_used, cpu_each, by_command) = end_of_timed_part(run, reader, cpu, total, args.timeout)
-    stop_py_spy(profilers)
+    stop_py_spy(run.samplers)
     elapsed = t1 - t0
     after = metrics_of(run)
     reads = {k: v - before.reads[k] for k, v in after.reads.items()}
