@@ -25,6 +25,13 @@ clearly uneven (:data:`REBALANCE_GAIN`). When to look, which records to weigh an
 uneven checks make a rebalance is decided by ``traffic.py`` (``TrafficWatch``).
 
 ``OCSTREAM_TRANSPORT_ASSIGNMENT=sticky`` turns the weighing off (faust's assignment alone).
+
+**Tables without standbys.** faust gives every table a standby replica per
+``table_standby_replicas``. A table marked with :func:`without_standbys` gets none: its
+changelog partitions are dealt to their actives only, and a member that takes one over
+recovers it from the changelog. That suits a table whose entries live seconds (the XCM
+matcher's waiting legs): its compacted changelog holds few live entries, so recovering it
+costs little, while a standby would apply every write and every deletion of it.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from mode import get_logger
 from .metrics import METRICS
 
 __all__ = [
+    "STANDBYS_ATTRIBUTE",
     "MIN_GAIN",
     "MIN_RECORDS",
     "REBALANCE_GAIN",
@@ -51,9 +59,33 @@ __all__ = [
     "group_weights",
     "recent_or_all",
     "records_since",
+    "without_standbys",
 ]
 
 logger = get_logger(__name__)
+
+#: The attribute :func:`without_standbys` sets on a table (False: no standby replicas).
+STANDBYS_ATTRIBUTE = "ocstream_standbys"
+
+
+def without_standbys(table: Any) -> Any:
+    """Mark a faust table so that no member holds a standby replica of it, whatever
+    ``table_standby_replicas`` says (see the module's docstring); returns the table. Every
+    worker of an app must mark the same tables: the group leader's marks are the ones that
+    count. A global table keeps its copies on every member (faust's standbys are how it has
+    them), marked or not."""
+    setattr(table, STANDBYS_ATTRIBUTE, False)
+    return table
+
+
+def unreplicated_changelogs(tables: Iterable[Any]) -> set[str]:
+    """The changelog topics of the tables marked by :func:`without_standbys`."""
+    return {
+        table.changelog_topic.get_topic_name()
+        for table in tables
+        if getattr(table, STANDBYS_ATTRIBUTE, True) is False and not table.is_global
+    }
+
 
 #: A swap is made only if it narrows the gap between the two members by at least this share of
 #: a member's fair load (total / members): small gains are not worth moving table state.
@@ -284,8 +316,9 @@ class LoadAwareAssignor(PartitionAssignor):
 
     def _perform_assignment(self, cluster: Any, member_metadata: Any) -> Any:
         # This is faust-streaming's PartitionAssignor._perform_assignment (0.15.3), unchanged but
-        # for the call to ``balance`` after each group's assignment: faust offers no hook
-        # between assigning a group and packing the result.
+        # for the call to ``balance`` after each group's assignment and the standbys of tables
+        # marked ``without_standbys`` dropped: faust offers no hook between assigning a group
+        # and packing the result.
         self.last_groups = {}
         self.weighed_records = 0.0
         cluster_assgn = ClusterAssignment()
@@ -333,6 +366,10 @@ class LoadAwareAssignor(PartitionAssignor):
                 for client, copart_assn in result.items():
                     assignments[client].add_copartitioned_assignment(copart_assn)
         assignments = self._global_table_standby_assignments(assignments, partitions_by_topic)
+        unreplicated = unreplicated_changelogs(self._table_manager.data.values())
+        for assignment in assignments.values():
+            for topic in unreplicated.intersection(assignment.standbys):
+                del assignment.standbys[topic]
         changelog_distribution = self._get_changelog_distribution(assignments)
         external_topic_distribution = self._get_external_topic_distribution(assignments)
         return self._protocol_assignments(
