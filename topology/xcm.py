@@ -34,11 +34,13 @@ from faust.web import Request, Response, View
 from ocstream.dataflow import declare_producer
 from ocstream.delivery import notification_headers
 from ocstream.envvars import env_number, env_seconds
+from ocstream.errors import SettingError
 from ocstream.ingress.decode import DecoderCache
 from ocstream.ingress.model import NORMALISED_HEADER, ExtendedBlock
 from ocstream.ingress.registry import NetworkRegistry
 from ocstream.runtime import RocksDBStore
 from ocstream.tablebatch import TableBatch
+from ocstream.transport.assignor import without_standbys
 from ocstream.transport.client import connect
 from ocstream.transport.direct import direct_feed
 from ocstream.transport.wire import header_items, json_value
@@ -90,6 +92,15 @@ SCAN_CHUNK = 500
 #: CPU per journey (``docs/benchmarks.md``, "Issue 14, continued").
 BATCH_RECORDS = 500
 BATCH_SECONDS = 0.05
+
+#: The tables that get no standby replica by default (``OCSTREAM_XCM_NO_STANDBY_TABLES``):
+#: the legs waiting for their journey. An entry lives until its journey is indexed, seconds
+#: where chains are followed in step and longer only where a leg has no journey to find, so a
+#: takeover recovers such a table from a changelog of few live entries. A standby, though,
+#: applies every entry written and every deletion: in a backlog worked off out of order
+#: (``benchmarks/xcm.py``), 8 of a journey's 12 changelog records (``docs/benchmarks.md``,
+#: "Issue 14, thirty-seventh round").
+NO_STANDBY_TABLES = ("inbound", "relay")
 
 #: Counters of this process (``/metrics`` renders them as ``oc_xcm_*_total``).
 COUNTERS: Counter[str] = Counter()
@@ -240,6 +251,8 @@ class XcmSettings:
     #: ``OCSTREAM_XCM_BATCH_RECORDS`` and ``_SECONDS``: the bounds of a matching batch.
     batch_records: float = BATCH_RECORDS
     batch_seconds: float = BATCH_SECONDS
+    #: ``OCSTREAM_XCM_NO_STANDBY_TABLES``: the tables without standby replicas.
+    no_standby_tables: tuple[str, ...] = NO_STANDBY_TABLES
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> XcmSettings:
@@ -253,7 +266,29 @@ class XcmSettings:
             batch_seconds=_setting(
                 environ, "OCSTREAM_XCM_BATCH_SECONDS", BATCH_SECONDS, env_seconds
             ),
+            no_standby_tables=table_names(
+                environ, "OCSTREAM_XCM_NO_STANDBY_TABLES", NO_STANDBY_TABLES
+            ),
         )
+
+
+def table_names(environ: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """Names of XCM tables, comma-separated, from the variable ``name`` (``none``: no table);
+    ``default`` when it is not set; a ``SettingError`` naming the variable for a name that is
+    not one of the tables."""
+    raw = environ.get(name)
+    if raw is None:
+        return default
+    if raw.strip().lower() == "none":
+        return ()
+    names = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    unknown = [n for n in names if n not in TABLES]
+    if unknown or not names:
+        raise SettingError(
+            f"{name}={raw!r}: expected 'none' or table names separated by commas, out of "
+            f"{', '.join(TABLES)}"
+        )
+    return names
 
 
 def record_bound(value: float) -> float:
@@ -279,6 +314,7 @@ def _pending_final(journey: Any) -> bool:
 def declare(app: Any, settings: XcmSettings | None = None) -> None:
     """Declare the XCM dataflow on ``app``, with ``settings`` (default: read from the process
     environment now; the command line reads them before it starts anything and passes them)."""
+    settings = settings or XcmSettings.from_env(os.environ)
     blocks = app.topic(BLOCKS_TOPIC, key_type=str, value_serializer="raw")
     legs = app.topic(LEGS_TOPIC, key_type=str, value_serializer="json")
     notifications = app.topic(NOTIFICATIONS_TOPIC, key_type=str, value_serializer="json")
@@ -289,13 +325,14 @@ def declare(app: Any, settings: XcmSettings | None = None) -> None:
         )
         for name, table in TABLE_NAMES.items()
     }
+    for name in settings.no_standby_tables:
+        without_standbys(tables[name])
     # The ingress publishes blocks from its own process, or from a service in the worker
     # (embedded mode): no agent of the app writes them.
     declare_producer(
         app, "ingress", writes=[BLOCKS_TOPIC], detail="follows the chains, publishes blocks"
     )
     networks = Networks(app)
-    settings = settings or XcmSettings.from_env(os.environ)
     engine = Engine(
         settings.match, now=time.time, monitored=networks.monitored, coverage=networks.coverage
     )

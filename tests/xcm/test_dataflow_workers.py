@@ -20,6 +20,7 @@ from typing import Any, cast
 import pytest
 import redis
 import zstandard
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from ocstream.delivery import ORIGIN_HEADER
 from ocstream.ingress.model import ExtendedBlock
@@ -322,6 +323,104 @@ def test_two_workers_match_recorded_journeys(
     assert "urn:ocn:polkadot:2099" in unknown["reason"]
     runtime = next(d for d in dead if d["kind"] == "unknown-runtime")
     assert "1234" in runtime["reason"]
+
+
+def held(redis_url: str, prefix: str, app_id: str) -> dict[int, dict[str, set[int]]]:
+    """The partitions of each topic in each member's assignment of the group's stable
+    generation (actives and standbys alike: the member fetches both), by the pid in the member
+    id (``host-pid-random``)."""
+    client = redis.Redis.from_url(redis_url)
+    group = Keyspace(prefix).group(app_id)
+    stable = int(client.hget(group.state, "stable_gen") or 0)
+    members = cast(dict[bytes, bytes], client.hgetall(group.assignment(stable)))
+    client.close()
+    found: dict[int, dict[str, set[int]]] = {}
+    for member, raw in members.items():
+        pid = int(member.decode().rsplit("-", 2)[1])
+        decoded = ConsumerProtocolMemberAssignment.decode(raw)
+        found[pid] = {topic: set(partitions) for topic, partitions in decoded.assignment}
+    return found
+
+
+def test_waiting_legs_have_no_standbys_and_survive_a_takeover(
+    redis_url: str, prefix: str, app_id: str, tmp_path: Path, fixtures_dir: Path
+) -> None:
+    """With the default one standby replica, the tables of legs waiting for their journey
+    (``inbound``, ``relay``: ``OCSTREAM_XCM_NO_STANDBY_TABLES``) get none. Each worker holds
+    their changelogs' partitions where it holds the legs' (its actives) and nowhere else,
+    while it holds every partition of the journeys table's (its actives and its standbys). A
+    receipt left waiting in ``inbound`` by a worker that is then killed is recovered by the
+    survivor from the changelog alone, and matched when its origin's block comes."""
+    hrmp, _ = register_and_load(redis_url, prefix, fixtures_dir)
+    workers = [
+        Worker(name, tmp_path, redis_url=redis_url, prefix=prefix, app_id=app_id, dataflow="xcm")
+        for name in ("w1", "w2")
+    ]
+
+    def changelog(table: str) -> str:
+        return f"{app_id}-xcm-{table}-changelog"
+
+    def held_by(pids: set[int]) -> dict[int, dict[str, set[int]]] | None:
+        found = held(redis_url, prefix, app_id)
+        if set(found) != pids:
+            return None
+        legs = [p for topics in found.values() for p in topics.get("xcm-legs", set())]
+        return found if sorted(legs) == list(range(PARTITIONS)) else None
+
+    client = redis.Redis.from_url(redis_url)
+    keys = Keyspace(prefix)
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.wait_assigned()
+        found = wait_for(
+            lambda: held_by({w.pid for w in workers}), 60, "an assignment of both workers"
+        )
+        for topics in found.values():
+            actives = topics["xcm-legs"]
+            assert len(actives) == PARTITIONS // 2, found
+            for table in ("inbound", "relay"):
+                assert topics.get(changelog(table)) == actives, (table, found)
+            for table in ("journeys", "outbound", "seen", "hop"):
+                assert topics.get(changelog(table)) == set(range(PARTITIONS)), (table, found)
+
+        # The receipt first: it waits in the inbound table of its chain's partition.
+        destination = [b for b in hrmp if b.network == "urn:ocn:polkadot:2032"]
+        origin = [b for b in hrmp if b.network == "urn:ocn:polkadot:1000"]
+        publish_blocks_sync(redis_url, destination, prefix=prefix, partitions=PARTITIONS)
+
+        def waiting() -> tuple[int] | None:
+            for p in range(PARTITIONS):
+                entries = xrange(client, keys.stream(changelog("inbound"), p))
+                if any(entry_value(fields) is not None for _, fields in entries):
+                    return (p,)
+            return None
+
+        (partition,) = wait_for(waiting, 60, "the receipt waiting in the inbound table")
+        owner = next(w for w in workers if partition in found[w.pid]["xcm-legs"])
+        survivor = next(w for w in workers if w is not owner)
+        owner.kill()
+        wait_for(lambda: held_by({survivor.pid}), 60, "the survivor holding every partition")
+
+        publish_blocks_sync(redis_url, origin, prefix=prefix, partitions=PARTITIONS)
+
+        def received() -> list[dict[str, Any]] | None:
+            notes = {n["id"]: n for n in read_topic(redis_url, prefix, "xcm-notifications")}
+            done = [n for n in notes.values() if n["type"] == "xcm.received"]
+            return done or None
+
+        (note,) = wait_for(received, 60, "the waiting receipt matched by the survivor")
+        assert note["origin"]["chainId"] == "urn:ocn:polkadot:1000"
+        assert note["destination"]["chainId"] == "urn:ocn:polkadot:2032"
+        assert note["destination"]["messageHash"] == (
+            "0x19f82753eb9718974dd2d6dfc5e3b238625d012c1a8de5e3347f56079f143867"
+        )
+        assert survivor.alive()
+    finally:
+        client.close()
+        for worker in workers:
+            worker.stop()
 
 
 # The sweep does not depend on the Redis version: Redis 7 only, to keep the suite's time.

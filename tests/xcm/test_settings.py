@@ -11,7 +11,14 @@ import topology
 from ocstream.envvars import env_number, env_seconds
 from ocstream.errors import ConfigError
 from ocstream.xcm.matching import MatchSettings
-from topology.xcm import BATCH_SECONDS, XcmSettings, _setting, record_bound
+from topology.xcm import (
+    BATCH_SECONDS,
+    NO_STANDBY_TABLES,
+    XcmSettings,
+    _setting,
+    record_bound,
+    table_names,
+)
 
 from ..workers import run_worker_once
 
@@ -53,6 +60,33 @@ def test_the_match_agents_settings_are_read_from_the_environment_given() -> None
     assert settings.match.journey_ttl == 8.0
     with pytest.raises(ValueError, match="OCSTREAM_XCM_BATCH_SECONDS: not a number: 'ten ms'"):
         XcmSettings.from_env({"OCSTREAM_XCM_BATCH_SECONDS": "ten ms"})
+
+
+@pytest.mark.parametrize(
+    ("raw", "tables"),
+    [
+        (None, NO_STANDBY_TABLES),
+        ("none", ()),
+        (" None ", ()),
+        ("inbound", ("inbound",)),
+        ("seen, journeys,seen", ("seen", "journeys")),
+        ("inbound,relay,", ("inbound", "relay")),
+    ],
+)
+def test_the_tables_without_standbys_are_named_in_a_list(
+    raw: str | None, tables: tuple[str, ...]
+) -> None:
+    """``OCSTREAM_XCM_NO_STANDBY_TABLES``: table names separated by commas (each once), or
+    ``none``; unset, the tables of waiting legs."""
+    env = {} if raw is None else {"OCSTREAM_XCM_NO_STANDBY_TABLES": raw}
+    assert XcmSettings.from_env(env).no_standby_tables == tables
+    assert NO_STANDBY_TABLES == ("inbound", "relay")
+
+
+@pytest.mark.parametrize("raw", ["", " , ", "inbound,journey", "all", "inbound relay"])
+def test_a_table_that_is_not_one_is_refused_by_name(raw: str) -> None:
+    with pytest.raises(ConfigError, match=r"^OCSTREAM_XCM_NO_STANDBY_TABLES='.*': expected 'none'"):
+        table_names({"OCSTREAM_XCM_NO_STANDBY_TABLES": raw}, "OCSTREAM_XCM_NO_STANDBY_TABLES", ())
 
 
 def test_the_dataflow_reads_its_environment_once_and_declares_with_it() -> None:
