@@ -49,16 +49,17 @@ from mode import get_logger
 from .metrics import METRICS
 
 __all__ = [
-    "STANDBYS_ATTRIBUTE",
     "MIN_GAIN",
     "MIN_RECORDS",
     "REBALANCE_GAIN",
+    "STANDBYS_ATTRIBUTE",
     "Balance",
     "LoadAwareAssignor",
     "balance",
     "group_weights",
     "recent_or_all",
     "records_since",
+    "unreplicated_changelogs",
     "without_standbys",
 ]
 

@@ -24,6 +24,8 @@ from ocstream.transport.assignor import (
     group_weights,
     recent_or_all,
     records_since,
+    unreplicated_changelogs,
+    without_standbys,
 )
 
 # What xcm.py's ten parachains give 8 partitions: destinations hash onto them as
@@ -257,3 +259,30 @@ def test_records_since_a_reading_count_new_partitions_from_zero_and_never_go_neg
     then = {"legs": [100, 50], "gone": [7]}
     now = {"legs": [130, 50, 20, 5], "blocks": [3], "gone": [2]}
     assert records_since(now, then) == {"legs": [30, 0, 20, 5], "blocks": [3], "gone": [0]}
+
+
+class _Topic:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def get_topic_name(self) -> str:
+        return self.name
+
+
+class _Table:
+    """What the assignor reads of a faust table: its changelog topic and whether it is global."""
+
+    def __init__(self, name: str, *, is_global: bool = False) -> None:
+        self.changelog_topic = _Topic(f"app-{name}-changelog")
+        self.is_global = is_global
+
+
+def test_only_marked_tables_that_are_not_global_lose_their_standbys() -> None:
+    """The real assignment runs in two workers in ``tests/xcm/test_dataflow_workers.py``
+    (``test_waiting_legs_have_no_standbys_and_survive_a_takeover``); here which changelogs
+    it leaves without standbys."""
+    plain, marked, shared = _Table("plain"), _Table("marked"), _Table("shared", is_global=True)
+    assert without_standbys(marked) is marked
+    without_standbys(shared)
+    assert unreplicated_changelogs([plain, marked, shared]) == {"app-marked-changelog"}
+    assert unreplicated_changelogs([plain]) == set()
