@@ -29,7 +29,6 @@ import aiohttp
 import orjson
 import pytest
 import redis
-from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from prometheus_client.parser import text_string_to_metric_families
 
 from ocstream.delivery import SELECT_HEADER
@@ -40,7 +39,7 @@ from ocstream.transport.keys import Keyspace
 from ocstream.transport.wire import decode_headers
 from tests.sinks.test_webhook import Receiver
 from tests.streams import xrange
-from tests.workers import Worker, committed_offsets, highwaters
+from tests.workers import Worker, committed_offsets, group_assignment, highwaters
 
 T = TypeVar("T")
 
@@ -109,24 +108,16 @@ def synthetic(n: int) -> list[dict[str, Any]]:
 
 
 def assignments(redis_url: str, prefix: str, app_id: str) -> dict[int, set[str]]:
-    """The topics of each member's assignment in the group's stable generation, by the pid in
-    the member id (``host-pid-random``)."""
-    client = redis.Redis.from_url(redis_url)
-    group = Keyspace(prefix).group(app_id)
-    stable = int(client.hget(group.state, "stable_gen") or 0)
-    found: dict[int, set[str]] = {}
-    members = cast(dict[bytes, bytes], client.hgetall(group.assignment(stable)))
-    for member, raw in members.items():
-        decoded = ConsumerProtocolMemberAssignment.decode(raw)
-        pid = int(member.decode().rsplit("-", 2)[1])
-        # faust's leader topic, which every member subscribes to, goes to one of them.
-        found[pid] = {
+    """The topics of each member's assignment in the group's stable generation, by pid."""
+    return {
+        pid: {
+            # faust's leader topic, which every member subscribes to, goes to one of them.
             topic
-            for topic, partitions in decoded.assignment
+            for topic, partitions in held.items()
             if partitions and not topic.endswith("-__assignor-__leader")
         }
-    client.close()
-    return found
+        for pid, held in group_assignment(redis_url, prefix, app_id).items()
+    }
 
 
 async def metrics(http: aiohttp.ClientSession, worker: Worker) -> dict[str, float]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import redis
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from ocstream.transport.keys import Keyspace
 from ocstream.transport.wire import entry_value, id_to_offset
@@ -306,6 +307,23 @@ def changelog_counts(
     for p in range(partitions):
         table.update(changelog_partition(redis_url, prefix, app_id, p)[0])
     return table
+
+
+def group_assignment(redis_url: str, prefix: str, app_id: str) -> dict[int, dict[str, set[int]]]:
+    """The partitions of each topic in each member's assignment of the group's stable
+    generation (actives and standbys alike: the member fetches both), by the pid in the member
+    id (``host-pid-random``)."""
+    client = redis.Redis.from_url(redis_url)
+    group = Keyspace(prefix).group(app_id)
+    stable = int(client.hget(group.state, "stable_gen") or 0)
+    members = cast(dict[bytes, bytes], client.hgetall(group.assignment(stable)))
+    client.close()
+    found: dict[int, dict[str, set[int]]] = {}
+    for member, raw in members.items():
+        pid = int(member.decode().rsplit("-", 2)[1])
+        decoded = ConsumerProtocolMemberAssignment.decode(raw)
+        found[pid] = {topic: set(partitions) for topic, partitions in decoded.assignment}
+    return found
 
 
 def committed_offsets(redis_url: str, prefix: str, app_id: str) -> dict[str, int]:

@@ -8,8 +8,10 @@ assignments faust's own ``CopartitionedAssignor`` makes.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import cast
 
+import faust
 import orjson
 import pytest
 from faust.assignor.client_assignment import CopartitionedAssignment
@@ -261,28 +263,15 @@ def test_records_since_a_reading_count_new_partitions_from_zero_and_never_go_neg
     assert records_since(now, then) == {"legs": [30, 0, 20, 5], "blocks": [3], "gone": [0]}
 
 
-class _Topic:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def get_topic_name(self) -> str:
-        return self.name
-
-
-class _Table:
-    """What the assignor reads of a faust table: its changelog topic and whether it is global."""
-
-    def __init__(self, name: str, *, is_global: bool = False) -> None:
-        self.changelog_topic = _Topic(f"app-{name}-changelog")
-        self.is_global = is_global
-
-
-def test_only_marked_tables_that_are_not_global_lose_their_standbys() -> None:
+def test_only_marked_tables_that_are_not_global_lose_their_standbys(tmp_path: Path) -> None:
     """The real assignment runs in two workers in ``tests/xcm/test_dataflow_workers.py``
     (``test_waiting_legs_have_no_standbys_and_survive_a_takeover``); here which changelogs
-    it leaves without standbys."""
-    plain, marked, shared = _Table("plain"), _Table("marked"), _Table("shared", is_global=True)
+    it leaves without standbys, read off faust's own tables."""
+    app = faust.App("mark", broker="redis://127.0.0.1:1", datadir=str(tmp_path))
+    plain = app.Table("plain", default=None)
+    marked = app.Table("marked", default=None)
+    shared = app.GlobalTable("shared", default=None)
     assert without_standbys(marked) is marked
     without_standbys(shared)
-    assert unreplicated_changelogs([plain, marked, shared]) == {"app-marked-changelog"}
+    assert unreplicated_changelogs(app.tables.values()) == {"mark-marked-changelog"}
     assert unreplicated_changelogs([plain]) == set()

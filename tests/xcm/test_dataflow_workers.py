@@ -20,7 +20,6 @@ from typing import Any, cast
 import pytest
 import redis
 import zstandard
-from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from ocstream.delivery import ORIGIN_HEADER
 from ocstream.ingress.model import ExtendedBlock
@@ -40,7 +39,7 @@ from ocstream.xcm.legs import SentLeg, leg_record
 from ocstream.xcm.matching import TABLES
 from tests.streams import xrange
 
-from ..workers import Worker, publish_records, wait_for
+from ..workers import Worker, group_assignment, publish_records, wait_for
 from .sim import relayed_leg
 
 PARTITIONS = 4
@@ -325,23 +324,6 @@ def test_two_workers_match_recorded_journeys(
     assert "1234" in runtime["reason"]
 
 
-def held(redis_url: str, prefix: str, app_id: str) -> dict[int, dict[str, set[int]]]:
-    """The partitions of each topic in each member's assignment of the group's stable
-    generation (actives and standbys alike: the member fetches both), by the pid in the member
-    id (``host-pid-random``)."""
-    client = redis.Redis.from_url(redis_url)
-    group = Keyspace(prefix).group(app_id)
-    stable = int(client.hget(group.state, "stable_gen") or 0)
-    members = cast(dict[bytes, bytes], client.hgetall(group.assignment(stable)))
-    client.close()
-    found: dict[int, dict[str, set[int]]] = {}
-    for member, raw in members.items():
-        pid = int(member.decode().rsplit("-", 2)[1])
-        decoded = ConsumerProtocolMemberAssignment.decode(raw)
-        found[pid] = {topic: set(partitions) for topic, partitions in decoded.assignment}
-    return found
-
-
 def test_waiting_legs_have_no_standbys_and_survive_a_takeover(
     redis_url: str, prefix: str, app_id: str, tmp_path: Path, fixtures_dir: Path
 ) -> None:
@@ -361,7 +343,7 @@ def test_waiting_legs_have_no_standbys_and_survive_a_takeover(
         return f"{app_id}-xcm-{table}-changelog"
 
     def held_by(pids: set[int]) -> dict[int, dict[str, set[int]]] | None:
-        found = held(redis_url, prefix, app_id)
+        found = group_assignment(redis_url, prefix, app_id)
         if set(found) != pids:
             return None
         legs = [p for topics in found.values() for p in topics.get("xcm-legs", set())]
